@@ -38,7 +38,7 @@ export class TokenSealer {
 
   static async fromRawKey(raw: Uint8Array): Promise<TokenSealer> {
     if (raw.length !== 32) throw new Error("sealing key must be 32 bytes");
-    const key = await crypto.subtle.importKey("raw", raw, "AES-GCM", false, ["encrypt", "decrypt"]);
+    const key = await crypto.subtle.importKey("raw", new Uint8Array(raw), "AES-GCM", false, ["encrypt", "decrypt"]);
     return new TokenSealer(key);
   }
 

@@ -379,23 +379,24 @@ export class Store {
 
   /** Deletes rows past their life; rotated and revoked tokens are kept until they expire, for replay detection. */
   purgeExpired(now: number): number {
-    let removed = 0;
-    this.db.transaction((tx) => {
-      removed += tx.delete(schema.authorizations).where(lt(schema.authorizations.expiresAt, now)).run().changes;
-      removed += tx.delete(schema.authCodes).where(lt(schema.authCodes.expiresAt, now)).run().changes;
-      removed += tx.delete(schema.accessTokens).where(lt(schema.accessTokens.expiresAt, now)).run().changes;
-      removed += tx.delete(schema.refreshTokens).where(lt(schema.refreshTokens.expiresAt, now)).run().changes;
+    const a = schema.authorizations, c = schema.authCodes, at = schema.accessTokens, rt = schema.refreshTokens, g = schema.grants;
+    return this.db.transaction((tx) => {
+      let removed = tx.delete(a).where(lt(a.expiresAt, now)).returning({ id: a.id }).all().length;
+      removed += tx.delete(c).where(lt(c.expiresAt, now)).returning({ id: c.codeHash }).all().length;
+      removed += tx.delete(at).where(lt(at.expiresAt, now)).returning({ id: at.tokenHash }).all().length;
+      removed += tx.delete(rt).where(lt(rt.expiresAt, now)).returning({ id: rt.tokenHash }).all().length;
       removed += tx
-        .delete(schema.grants)
+        .delete(g)
         .where(
           and(
-            sql`${schema.grants.revokedAt} IS NOT NULL`,
-            sql`NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE refresh_tokens.grant_id = ${schema.grants.id})`,
-            sql`NOT EXISTS (SELECT 1 FROM auth_codes WHERE auth_codes.grant_id = ${schema.grants.id})`,
+            sql`${g.revokedAt} IS NOT NULL`,
+            sql`NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE refresh_tokens.grant_id = ${g.id})`,
+            sql`NOT EXISTS (SELECT 1 FROM auth_codes WHERE auth_codes.grant_id = ${g.id})`,
           ),
         )
-        .run().changes;
+        .returning({ id: g.id })
+        .all().length;
+      return removed;
     });
-    return removed;
   }
 }
