@@ -1,0 +1,181 @@
+// Real processes: the child's environment, its process group, its stop sequence and its stderr,
+// checked the way an operator would check them (env output, ps, the log).
+import { afterEach, describe, expect, test } from "bun:test";
+import type { ChildConfig } from "../../src/config.ts";
+import { createMemoryLogger } from "../../src/log.ts";
+import { checkChildCommand, ChildStartError, createSpawnChild, type ChildProcess } from "../../src/supervisor/child.ts";
+
+const brokerEnv = {
+  PATH: process.env.PATH,
+  HOME: "/home/broker",
+  LANG: undefined,
+  FORGEJO_CLIENT_SECRET: "gto_brokersecretbrokersecret",
+  BROKER_SEALING_KEY: "must-not-leak",
+};
+
+function config(command: string[], overrides: Partial<ChildConfig> = {}): ChildConfig {
+  return {
+    command,
+    urlEnv: "FORGEJO_URL",
+    tokenEnv: "FORGEJO_ACCESS_TOKEN",
+    passthroughEnv: ["HOME", "LANG"],
+    stopGraceMs: 2000,
+    ...overrides,
+  };
+}
+
+const started: ChildProcess[] = [];
+afterEach(async () => {
+  await Promise.all(started.splice(0).map((child) => child.stop()));
+});
+
+function spawn(command: string[], options: { overrides?: Partial<ChildConfig>; token?: string; maxStderrBytes?: number } = {}) {
+  const logger = createMemoryLogger();
+  const spawnChild = createSpawnChild({
+    config: config(command, options.overrides),
+    forgejoUrl: "https://forgejo.test",
+    env: brokerEnv,
+    logger,
+    maxStderrLineChars: 200,
+    maxStderrBytes: options.maxStderrBytes ?? 1024 * 1024,
+  });
+  const child = spawnChild({ sessionId: "sess-1", token: options.token ?? "gto_usertokenusertoken" });
+  started.push(child);
+  return { child, logger };
+}
+
+/** Live (not zombie: this container's init does not reap) processes in a process group. */
+function liveInGroup(pgid: number): string[] {
+  const out = Bun.spawnSync(["ps", "-eo", "pid=,pgid=,stat=,args="]).stdout.toString();
+  return out
+    .split("\n")
+    .map((line) => line.trim().split(/\s+/))
+    .filter((cols) => Number(cols[1]) === pgid && !cols[2]?.startsWith("Z"))
+    .map((cols) => cols.join(" "));
+}
+
+async function readAll(stream: ReadableStream<Uint8Array>): Promise<string> {
+  return await new Response(stream).text();
+}
+
+describe("child environment", () => {
+  test("is exactly PATH, the URL, the token and the passthrough variables that are set", async () => {
+    const { child } = spawn(["env"]);
+    const text = await readAll(child.stdout);
+    const env = Object.fromEntries(text.trim().split("\n").map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]));
+    expect(env).toEqual({
+      PATH: process.env.PATH!,
+      HOME: "/home/broker",
+      FORGEJO_URL: "https://forgejo.test",
+      FORGEJO_ACCESS_TOKEN: "gto_usertokenusertoken",
+    });
+    expect((await child.exited).code).toBe(0);
+  });
+
+  test("uses the configured variable names", async () => {
+    const { child } = spawn(["env"], { overrides: { urlEnv: "GITEA_HOST", tokenEnv: "GITEA_TOKEN", passthroughEnv: [] } });
+    const text = await readAll(child.stdout);
+    expect(text.trim().split("\n").map((line) => line.split("=")[0]).sort()).toEqual(["GITEA_HOST", "GITEA_TOKEN", "PATH"]);
+  });
+});
+
+describe("process group", () => {
+  test("the child leads its own group, and stop leaves nothing of it in ps", async () => {
+    const { child } = spawn(["sh", "-c", "sleep 60 & sleep 60 & echo ready; wait"]);
+    const reader = child.stdout.getReader();
+    await reader.read();
+    // Every process the child started is in the group whose id is the child's pid.
+    expect(liveInGroup(child.pid).length).toBe(3);
+    const exit = await child.stop();
+    expect(exit.signal).toBe("SIGTERM");
+    await Bun.sleep(50);
+    expect(liveInGroup(child.pid)).toEqual([]);
+  });
+
+  test("a child that ignores SIGTERM is killed after the grace period", async () => {
+    const { child } = spawn(["sh", "-c", "trap '' TERM; sleep 60 & echo ready; wait"], { overrides: { stopGraceMs: 300 } });
+    await child.stdout.getReader().read();
+    const began = performance.now();
+    const exit = await child.stop();
+    expect(performance.now() - began).toBeGreaterThanOrEqual(280);
+    expect(exit.signal).toBe("SIGKILL");
+    await Bun.sleep(50);
+    expect(liveInGroup(child.pid)).toEqual([]);
+  });
+
+  test("what a child leaves behind when it exits on its own is killed too", async () => {
+    const { child } = spawn(["sh", "-c", "sleep 60 & exit 0"]);
+    await child.exited;
+    await Bun.sleep(50);
+    expect(liveInGroup(child.pid)).toEqual([]);
+  });
+
+  test("stop after exit resolves with the same exit", async () => {
+    const { child } = spawn(["true"]);
+    const exit = await child.exited;
+    expect(await child.stop()).toEqual(exit);
+  });
+});
+
+describe("stdio", () => {
+  test("writes reach stdin and closing stdin lets a well-behaved child finish", async () => {
+    const { child } = spawn(["cat"]);
+    expect(child.write('{"jsonrpc":"2.0","method":"ping","id":1}\n')).toBe(true);
+    const reader = child.stdout.getReader();
+    const { value } = await reader.read();
+    expect(new TextDecoder().decode(value)).toBe('{"jsonrpc":"2.0","method":"ping","id":1}\n');
+    await child.stop();
+    expect(child.write("late\n")).toBe(false);
+  });
+});
+
+describe("stderr", () => {
+  test("is logged line by line, tagged with the session, with secrets masked", async () => {
+    const { child, logger } = spawn(
+      ["sh", "-c", "echo 'starting'; echo 'token is plain-user-token-1234 and gto_abcdefghijklmnop' >&2; printf 'no newline at end' >&2"],
+      { token: "plain-user-token-1234" },
+    );
+    await child.exited;
+    const lines = logger.lines.map((line) => JSON.parse(line)).filter((entry) => entry.msg === "child stderr");
+    expect(lines.map((entry) => entry.stderr)).toEqual(["token is *** and gto_abc***", "no newline at end"]);
+    expect(lines.every((entry) => entry.session === "sess-1")).toBe(true);
+    expect(logger.lines.join("\n")).not.toContain("plain-user-token-1234");
+    expect(logger.lines.join("\n")).not.toContain("abcdefghijklmnop");
+  });
+
+  test("a child that dies at start-up leaves its last stderr line in the exit", async () => {
+    const { child } = spawn(["sh", "-c", "echo 'connecting' >&2; echo 'fatal: GET /api/v1/version: 401 for gto_abcdefghijklmnop' >&2; exit 3"]);
+    const exit = await child.exited;
+    expect(exit).toEqual({ code: 3, signal: null, lastStderrLine: "fatal: GET /api/v1/version: 401 for gto_abc***" });
+  });
+
+  test("long lines are cut and the total logged is capped, while the child is still drained", async () => {
+    const { child, logger } = spawn(
+      ["sh", "-c", "head -c 1000 /dev/zero | tr '\\0' x >&2; echo >&2; i=0; while [ $i -lt 2000 ]; do echo \"line $i\" >&2; i=$((i+1)); done; echo done"],
+      { maxStderrBytes: 1000 },
+    );
+    expect(await readAll(child.stdout)).toBe("done\n");
+    const exit = await child.exited;
+    const entries = logger.lines.map((line) => JSON.parse(line));
+    const stderrLines = entries.filter((entry) => entry.msg === "child stderr").map((entry) => entry.stderr as string);
+    expect(stderrLines[0]).toBe("x".repeat(200) + " …[truncated]");
+    const loggedBytes = stderrLines.reduce((sum, line) => sum + Buffer.byteLength(line), 0);
+    expect(loggedBytes).toBeGreaterThanOrEqual(1000);
+    expect(loggedBytes).toBeLessThan(1000 + 250);
+    expect(entries.filter((entry) => entry.msg.includes("exceeded its log cap")).length).toBe(1);
+    expect(exit.lastStderrLine).toBe("line 1999");
+  });
+});
+
+describe("start-up check", () => {
+  test("a command that does not resolve is reported clearly", () => {
+    expect(checkChildCommand(["forgejo-mcp-not-installed", "--transport", "stdio"], { PATH: "/usr/bin:/bin" })).toBe(
+      'BROKER_CHILD_COMMAND: "forgejo-mcp-not-installed" is not an executable file on PATH (/usr/bin:/bin)',
+    );
+    expect(checkChildCommand(["sh"], { PATH: process.env.PATH })).toBeNull();
+  });
+
+  test("spawning a command that does not resolve throws ChildStartError", () => {
+    expect(() => spawn(["forgejo-mcp-not-installed"])).toThrow(ChildStartError);
+  });
+});
