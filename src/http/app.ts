@@ -1,0 +1,95 @@
+// Composes the broker's Elysia app: discovery, the OAuth endpoints, health, the guarded /mcp
+// route, one request log line per request, and the single mapping of thrown errors to responses.
+import { Elysia } from "elysia";
+import type { Logger } from "../log.ts";
+import type { OAuthDeps } from "../oauth/deps.ts";
+import { OAuthError } from "../oauth/errors.ts";
+import { authorizeRoutes } from "../oauth/handlers/authorize.ts";
+import { callbackRoutes } from "../oauth/handlers/callback.ts";
+import { metadataRoutes } from "../oauth/handlers/metadata.ts";
+import { registerRoutes } from "../oauth/handlers/register.ts";
+import { revokeRoutes } from "../oauth/handlers/revoke.ts";
+import { tokenRoutes } from "../oauth/handlers/token.ts";
+import { bearerGuard } from "../oauth/middleware/bearer-auth.ts";
+import type { TokenIdentity } from "../store/store.ts";
+
+export interface HealthCheck {
+  name: string;
+  check: () => void | Promise<void>;
+}
+
+export interface AppDeps {
+  oauth: OAuthDeps;
+  logger: Logger;
+  health: HealthCheck[];
+  /** Routes mounted behind the bearer guard; until the data plane exists, /mcp answers 501. */
+  protectedRoutes?: (guarded: ReturnType<typeof bearerGuard>) => Elysia<any, any, any, any, any, any, any>;
+}
+
+/** A client id to put in the request log: never a secret, only the public identifier. */
+function clientIdOf(request: Request, identity: TokenIdentity | undefined, query: Record<string, unknown> | undefined): string | undefined {
+  if (identity) return identity.clientId;
+  if (typeof query?.client_id === "string") return query.client_id;
+  const basic = /^basic\s+([A-Za-z0-9+/=]+)/i.exec(request.headers.get("authorization") ?? "");
+  if (basic) return decodeURIComponent(Buffer.from(basic[1]!, "base64").toString("utf8").split(":")[0] ?? "");
+  return undefined;
+}
+
+export function createApp(deps: AppDeps) {
+  const started = new WeakMap<Request, number>();
+  const { logger } = deps;
+
+  const guarded = bearerGuard(deps.oauth);
+  const mcp = deps.protectedRoutes
+    ? deps.protectedRoutes(guarded)
+    : new Elysia({ name: "mcp-placeholder" })
+        .use(guarded)
+        .all("/mcp", () => Response.json({ jsonrpc: "2.0", id: null, error: { code: -32601, message: "The MCP endpoint is not available yet" } }, { status: 501 }));
+
+  return new Elysia()
+    .onRequest(({ request }) => {
+      started.set(request, performance.now());
+    })
+    .onAfterResponse((ctx) => {
+      const { request, set, query } = ctx;
+      const identity = (ctx as { identity?: TokenIdentity }).identity;
+      const begun = started.get(request);
+      const response = (ctx as { responseValue?: unknown }).responseValue;
+      logger.info("request", {
+        method: request.method,
+        path: new URL(request.url).pathname,
+        status: response instanceof Response ? response.status : (set.status ?? 200),
+        duration_ms: begun === undefined ? undefined : Math.round((performance.now() - begun) * 100) / 100,
+        client_id: clientIdOf(request, identity, query),
+      });
+    })
+    .onError(({ error, code, request }) => {
+      if (error instanceof OAuthError) return error.toResponse();
+      if (code === "NOT_FOUND") return Response.json({ error: "not_found", error_description: "No such endpoint" }, { status: 404 });
+      if (code === "PARSE") return Response.json({ error: "invalid_request", error_description: "The body could not be parsed" }, { status: 400 });
+      if (code === "VALIDATION") return Response.json({ error: "invalid_request", error_description: "The request does not match the expected shape" }, { status: 400 });
+      logger.error("unhandled error", { method: request.method, path: new URL(request.url).pathname, error: error instanceof Error ? error : String(error) });
+      return Response.json({ error: "server_error", error_description: "Internal error" }, { status: 500 });
+    })
+    .get("/healthz", async () => {
+      const parts: Record<string, string> = {};
+      let healthy = true;
+      for (const { name, check } of deps.health) {
+        try {
+          await check();
+          parts[name] = "ok";
+        } catch {
+          parts[name] = "failed";
+          healthy = false;
+        }
+      }
+      return Response.json({ status: healthy ? "ok" : "degraded", ...parts }, { status: healthy ? 200 : 503, headers: { "Cache-Control": "no-store" } });
+    })
+    .use(metadataRoutes(deps.oauth.config))
+    .use(registerRoutes(deps.oauth))
+    .use(authorizeRoutes(deps.oauth))
+    .use(callbackRoutes(deps.oauth))
+    .use(tokenRoutes(deps.oauth))
+    .use(revokeRoutes(deps.oauth))
+    .use(mcp);
+}

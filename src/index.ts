@@ -1,0 +1,32 @@
+// Entry point: configuration → store → app → listen; SIGTERM/SIGINT stop accepting, let
+// in-flight requests finish, close the database and exit 0. Bad configuration exits 2.
+import { startBroker } from "./broker.ts";
+import { loadConfig } from "./config.ts";
+import { createLogger } from "./log.ts";
+
+const result = loadConfig(process.env);
+if (!result.ok) {
+  for (const problem of result.problems) console.error(`config: ${problem}`);
+  process.exit(2);
+}
+const config = result.config;
+const logger = createLogger({ level: (process.env.BROKER_LOG_LEVEL as "debug" | "info" | "warn" | "error" | undefined) ?? "info" });
+
+const broker = await startBroker(config, { logger });
+logger.info("broker listening", { url: broker.url, public_url: config.publicUrl, forgejo_url: config.forgejo.url });
+
+let signalled = false;
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  process.on(signal, () => {
+    if (signalled) return;
+    signalled = true;
+    logger.info("shutting down", { signal });
+    broker.stop().then(
+      () => process.exit(0),
+      (error) => {
+        logger.error("shutdown failed", { error });
+        process.exit(1);
+      },
+    );
+  });
+}

@@ -1,0 +1,58 @@
+// Authenticates the client at the token and revocation endpoints the way it registered:
+// `none` (client_id only), `client_secret_basic` (RFC 6749 §2.3.1) or `client_secret_post`.
+import { constantTimeEqual, hashToken } from "../crypto.ts";
+import type { ClientRow, Store } from "../store/store.ts";
+import { InvalidClientError, InvalidRequestError } from "./errors.ts";
+
+export interface PresentedClientCredentials {
+  clientId: string;
+  clientSecret?: string;
+  method: "none" | "client_secret_basic" | "client_secret_post";
+}
+
+/** Reads the client's credentials from an Authorization: Basic header or the form body. */
+export function presentedClientCredentials(
+  authorization: string | undefined,
+  body: { client_id?: string; client_secret?: string },
+): PresentedClientCredentials {
+  const basic = /^basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(authorization ?? "");
+  if (basic) {
+    const decoded = Buffer.from(basic[1]!, "base64").toString("utf8");
+    const colon = decoded.indexOf(":");
+    if (colon < 0) throw new InvalidClientError("Malformed HTTP Basic client credentials", true);
+    // RFC 6749 §2.3.1: both parts are form-urlencoded before being joined.
+    const clientId = decodeFormComponent(decoded.slice(0, colon));
+    const clientSecret = decodeFormComponent(decoded.slice(colon + 1));
+    if (clientId === null || clientSecret === null) throw new InvalidClientError("Malformed HTTP Basic client credentials", true);
+    if (body.client_id !== undefined && body.client_id !== clientId) {
+      throw new InvalidRequestError("client_id in the body differs from the one in the Authorization header");
+    }
+    return { clientId, clientSecret, method: "client_secret_basic" };
+  }
+  if (body.client_id === undefined || body.client_id === "") throw new InvalidClientError("client_id is required");
+  if (body.client_secret !== undefined) return { clientId: body.client_id, clientSecret: body.client_secret, method: "client_secret_post" };
+  return { clientId: body.client_id, method: "none" };
+}
+
+function decodeFormComponent(value: string): string | null {
+  try {
+    return decodeURIComponent(value.replace(/\+/g, " "));
+  } catch {
+    return null;
+  }
+}
+
+export function authenticateClient(store: Store, presented: PresentedClientCredentials): ClientRow {
+  const usedBasic = presented.method === "client_secret_basic";
+  const client = store.getClient(presented.clientId);
+  if (!client) throw new InvalidClientError("Unknown client", usedBasic);
+  if (client.tokenEndpointAuthMethod !== presented.method) {
+    throw new InvalidClientError(`This client registered token_endpoint_auth_method=${client.tokenEndpointAuthMethod}`, usedBasic);
+  }
+  if (client.secretHash !== null) {
+    if (presented.clientSecret === undefined || !constantTimeEqual(hashToken(presented.clientSecret), client.secretHash)) {
+      throw new InvalidClientError("Client authentication failed", usedBasic);
+    }
+  }
+  return client;
+}

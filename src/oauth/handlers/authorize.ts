@@ -1,0 +1,271 @@
+// The authorization endpoint: checks the client's request, shows the broker's consent page, and
+// on Allow sends the browser to Forgejo (our own PKCE and state); on Deny back with access_denied.
+import { generateCodeVerifier } from "arctic";
+import { Elysia, t } from "elysia";
+import { constantTimeEqual, hashToken, mintToken, randomBase64Url } from "../../crypto.ts";
+import type { AuthorizationRow, ClientRow } from "../../store/store.ts";
+import { describeForgejoScopes, pageHeaders, renderConsentPage, renderErrorPage } from "../consent-page.ts";
+import type { OAuthDeps } from "../deps.ts";
+import { endpoints } from "../deps.ts";
+import { isValidS256Challenge } from "../pkce.ts";
+import { resolveRedirectUri, withQuery } from "../redirect-uri.ts";
+import { resolveRequestedScope } from "../scope.ts";
+
+/** An error we may tell the client about by redirecting to its (already verified) redirect URI. */
+export interface RedirectableError {
+  error: string;
+  description: string;
+}
+
+export interface AuthorizationRequest {
+  client_id?: string;
+  redirect_uri?: string;
+  response_type?: string;
+  code_challenge?: string;
+  code_challenge_method?: string;
+  state?: string;
+  scope?: string;
+  resource?: string;
+}
+
+export type AuthorizationVerdict =
+  | { kind: "page"; status: number; title: string; message: string }
+  | { kind: "redirect"; redirectUri: string; state?: string; error: RedirectableError }
+  | { kind: "consent"; client: ClientRow; redirectUri: string; scope: string; resource: string; codeChallenge: string; state?: string };
+
+/**
+ * The rules of RFC 6749 §4.1.2.1 and OAuth 2.1 in order: until the client and its redirect URI are
+ * trusted, errors are shown as a page (never redirect to an unchecked URI); after, they redirect.
+ */
+export function checkAuthorizationRequest(
+  query: AuthorizationRequest,
+  client: ClientRow | undefined,
+  resourceUrl: string,
+): AuthorizationVerdict {
+  if (!query.client_id) return { kind: "page", status: 400, title: "Invalid request", message: "client_id is missing." };
+  if (!client) {
+    return { kind: "page", status: 400, title: "Unknown application", message: "This application is not registered with the broker. Start again from your MCP client." };
+  }
+  const redirectUri = resolveRedirectUri(query.redirect_uri, client.redirectUris);
+  if (redirectUri === null) {
+    return {
+      kind: "page",
+      status: 400,
+      title: "Invalid redirect URI",
+      message: query.redirect_uri === undefined
+        ? "redirect_uri is missing and the application registered more than one."
+        : "redirect_uri does not match any URI this application registered.",
+    };
+  }
+  const fail = (error: string, description: string): AuthorizationVerdict => ({
+    kind: "redirect",
+    redirectUri,
+    state: query.state,
+    error: { error, description },
+  });
+  if (query.response_type !== "code") return fail("unsupported_response_type", "response_type must be code");
+  if (!query.code_challenge) return fail("invalid_request", "code_challenge is required (PKCE with S256)");
+  if (query.code_challenge_method !== "S256") return fail("invalid_request", "code_challenge_method must be S256");
+  if (!isValidS256Challenge(query.code_challenge)) return fail("invalid_request", "code_challenge is not a base64url SHA-256 digest");
+  if (query.resource !== undefined && query.resource !== resourceUrl) {
+    return fail("invalid_target", `resource must be ${resourceUrl}`);
+  }
+  const scope = resolveRequestedScope(query.scope);
+  if (!scope.ok) return fail("invalid_scope", scope.reason);
+  return {
+    kind: "consent",
+    client,
+    redirectUri,
+    scope: scope.scope,
+    resource: resourceUrl,
+    codeChallenge: query.code_challenge,
+    state: query.state,
+  };
+}
+
+/** RFC 9207: every authorization response, success or error, names the issuer. */
+export function redirectToClient(redirectUri: string, issuer: string, params: Record<string, string | null | undefined>): Response {
+  return new Response(null, {
+    status: 302,
+    headers: { Location: withQuery(redirectUri, { ...params, iss: issuer }), "Cache-Control": "no-store" },
+  });
+}
+
+export function htmlPage(status: number, title: string, message: string): Response {
+  return new Response(renderErrorPage(title, message), { status, headers: pageHeaders() });
+}
+
+/** The cookie that ties a consent to the browser that saw it (and the callback to that browser). */
+export function browserCookieName(publicUrl: string): string {
+  return publicUrl.startsWith("https:") ? "__Host-fmb_browser" : "fmb_browser";
+}
+
+export function readCookie(header: string | null, name: string): string | undefined {
+  for (const part of (header ?? "").split(";")) {
+    const eq = part.indexOf("=");
+    if (eq > 0 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return undefined;
+}
+
+function browserCookie(publicUrl: string, value: string, maxAgeS: number): string {
+  const secure = publicUrl.startsWith("https:") ? "; Secure" : "";
+  return `${browserCookieName(publicUrl)}=${value}; Path=/; HttpOnly; SameSite=Lax; Max-Age=${maxAgeS}${secure}`;
+}
+
+/** A redirect target as a CSP form-action source: an origin, or a private-use scheme. */
+function formActionSource(uri: string): string {
+  const url = new URL(uri);
+  return url.protocol === "http:" || url.protocol === "https:" ? url.origin : url.protocol;
+}
+
+const optionalString = t.Optional(t.String({ maxLength: 4000 }));
+
+export const AuthorizationQuery = t.Object(
+  {
+    client_id: optionalString,
+    redirect_uri: optionalString,
+    response_type: optionalString,
+    code_challenge: optionalString,
+    code_challenge_method: optionalString,
+    state: optionalString,
+    scope: optionalString,
+    resource: optionalString,
+  },
+  { additionalProperties: true },
+);
+
+export const ConsentForm = t.Object({
+  authorization_id: t.String({ maxLength: 200 }),
+  csrf_token: t.String({ maxLength: 200 }),
+  decision: t.Union([t.Literal("allow"), t.Literal("deny")]),
+});
+
+export function authorizeRoutes(deps: OAuthDeps) {
+  const { config, store, logger } = deps;
+  const urls = endpoints(config.publicUrl);
+  const forgejoOrigin = new URL(config.forgejo.url).origin;
+  const ourOrigin = new URL(config.publicUrl).origin;
+  const cookieName = browserCookieName(config.publicUrl);
+  const badRequest = () => htmlPage(400, "Invalid request", "The request is malformed: a parameter is missing, repeated or too long. Start again from your MCP client.");
+
+  return new Elysia({ name: "oauth-authorize" })
+    .get(
+      "/oauth/authorize",
+      ({ query, request }) => {
+        const verdict = checkAuthorizationRequest(query, query.client_id ? store.getClient(query.client_id) : undefined, config.resourceUrl);
+        if (verdict.kind === "page") return htmlPage(verdict.status, verdict.title, verdict.message);
+        if (verdict.kind === "redirect") {
+          return redirectToClient(verdict.redirectUri, config.publicUrl, {
+            error: verdict.error.error,
+            error_description: verdict.error.description,
+            state: verdict.state,
+          });
+        }
+
+        const now = deps.now();
+        const existing = readCookie(request.headers.get("cookie"), cookieName);
+        const browserValue = existing && /^[A-Za-z0-9_-]{32,64}$/.test(existing) ? existing : randomBase64Url(32);
+        const csrfToken = mintToken("csrf");
+        const authorization: AuthorizationRow = {
+          id: randomBase64Url(24),
+          clientId: verdict.client.id,
+          redirectUri: verdict.redirectUri,
+          codeChallenge: verdict.codeChallenge,
+          clientState: verdict.state ?? null,
+          resource: verdict.resource,
+          scope: verdict.scope,
+          csrfHash: hashToken(csrfToken),
+          browserHash: hashToken(browserValue),
+          upstreamStateHash: null,
+          upstreamVerifierSealed: null,
+          createdAt: now,
+          expiresAt: now + deps.lifetimes.authorizationMs,
+          consumedAt: null,
+        };
+        store.createAuthorization(authorization);
+
+        const html = renderConsentPage({
+          clientName: verdict.client.name,
+          clientId: verdict.client.id,
+          redirectTarget: describeRedirectTarget(verdict.redirectUri),
+          forgejoHost: new URL(config.forgejo.url).host,
+          access: describeForgejoScopes(config.forgejo.scopes),
+          authorizationId: authorization.id,
+          csrfToken,
+          formAction: urls.authorization,
+        });
+        const headers = new Headers(pageHeaders([forgejoOrigin, formActionSource(verdict.redirectUri)]));
+        headers.append("Set-Cookie", browserCookie(config.publicUrl, browserValue, Math.ceil(deps.lifetimes.authorizationMs / 1000)));
+        return new Response(html, { status: 200, headers });
+      },
+      {
+        query: AuthorizationQuery,
+        error({ code }) {
+          if (code === "VALIDATION") return badRequest();
+        },
+      },
+    )
+    .post(
+      "/oauth/authorize",
+      async ({ body, request }) => {
+        // A browser always sends Origin on a form POST; a foreign one is a cross-site forgery.
+        const origin = request.headers.get("origin");
+        if ((origin !== null && origin !== ourOrigin) || request.headers.get("sec-fetch-site") === "cross-site") {
+          return htmlPage(403, "Request refused", "This form was submitted from another site.");
+        }
+        const now = deps.now();
+        const authorization = store.getAuthorization(body.authorization_id, now);
+        if (!authorization) {
+          return htmlPage(400, "This request has expired", "The sign-in request is no longer valid (it expired or was already answered). Start again from your MCP client.");
+        }
+        const browserValue = readCookie(request.headers.get("cookie"), cookieName);
+        const sameBrowser = browserValue !== undefined && constantTimeEqual(hashToken(browserValue), authorization.browserHash);
+        if (!sameBrowser || !constantTimeEqual(hashToken(body.csrf_token), authorization.csrfHash)) {
+          logger.warn("consent refused: CSRF check failed", { client_id: authorization.clientId });
+          return htmlPage(403, "Request refused", "The form's security token does not match this browser. Start again from your MCP client.");
+        }
+
+        if (body.decision === "deny") {
+          const denied = store.consumeAuthorization(authorization.id, now);
+          if (!denied) return htmlPage(400, "This request has expired", "The sign-in request was already answered.");
+          logger.info("consent denied", { client_id: denied.clientId });
+          return redirectToClient(denied.redirectUri, config.publicUrl, {
+            error: "access_denied",
+            error_description: "The user denied the request",
+            state: denied.clientState,
+          });
+        }
+
+        const upstreamState = mintToken("state");
+        const verifier = generateCodeVerifier();
+        const sealedVerifier = await deps.sealer.sealUpstreamToken(verifier, `pkce:${authorization.id}`);
+        if (!store.allowAuthorization(authorization.id, hashToken(upstreamState), sealedVerifier, now)) {
+          return htmlPage(400, "This request has expired", "The sign-in request was already answered.");
+        }
+        logger.info("consent given", { client_id: authorization.clientId });
+        return new Response(null, {
+          status: 303,
+          headers: { Location: deps.forgejo.authorizationUrl(upstreamState, verifier).href, "Cache-Control": "no-store" },
+        });
+      },
+      {
+        parse: "urlencoded",
+        body: ConsentForm,
+        error({ code }) {
+          if (code === "VALIDATION" || code === "PARSE") return badRequest();
+        },
+      },
+    );
+}
+
+/** What the consent page names as the destination: a host for web clients, the scheme for native apps. */
+export function describeRedirectTarget(redirectUri: string): string {
+  const url = new URL(redirectUri);
+  if (url.protocol === "https:" || url.protocol === "http:") {
+    return url.hostname === "localhost" || url.hostname === "127.0.0.1" || url.hostname === "[::1]"
+      ? `${url.host} (an application on this computer)`
+      : url.host;
+  }
+  return `${url.protocol} (a native application)`;
+}

@@ -1,0 +1,19 @@
+// The error hook the JSON OAuth endpoints share: typed OAuth errors render themselves, and
+// Elysia's parse and validation failures become the endpoint's own OAuth error code.
+import { OAuthError } from "../errors.ts";
+
+/** Elysia's validation error as one short sentence naming the offending field. */
+export function describeValidation(error: unknown): string {
+  const detail = (error as { valueError?: { path: string; message: string } }).valueError;
+  if (!detail) return "The request does not match the expected shape";
+  const field = detail.path.replace(/^\//, "").replace(/\//g, ".") || "body";
+  return `${field}: ${detail.message}`;
+}
+
+export function oauthErrorHook(bodyError: (description: string) => OAuthError, unparsable: string) {
+  return ({ code, error }: { code: unknown; error: unknown }) => {
+    if (error instanceof OAuthError) return error.toResponse();
+    if (code === "PARSE") return bodyError(unparsable).toResponse();
+    if (code === "VALIDATION") return bodyError(describeValidation(error)).toResponse();
+  };
+}

@@ -1,0 +1,132 @@
+// RFC 7591 dynamic client registration: checks the metadata, stores the client (a confidential
+// client's secret only as a hash) and echoes the registered metadata with the credentials once.
+import { Elysia, t } from "elysia";
+import { hashToken, mintToken, randomBase64Url } from "../../crypto.ts";
+import type { OAuthDeps } from "../deps.ts";
+import { InvalidClientMetadataError, InvalidRedirectUriError, TooManyRequestsError } from "../errors.ts";
+import { checkRedirectUri } from "../redirect-uri.ts";
+import { oauthErrorHook } from "./json-errors.ts";
+import { resolveRequestedScope } from "../scope.ts";
+
+const AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post"] as const;
+const GRANT_TYPES = ["authorization_code", "refresh_token"];
+const MAX_REDIRECT_URIS = 20;
+
+const optionalString = t.Optional(t.String({ maxLength: 2000 }));
+
+export const RegistrationRequest = t.Object(
+  {
+    redirect_uris: t.Optional(t.Unknown()),
+    token_endpoint_auth_method: optionalString,
+    grant_types: t.Optional(t.Unknown()),
+    response_types: t.Optional(t.Unknown()),
+    client_name: optionalString,
+    client_uri: optionalString,
+    logo_uri: optionalString,
+    tos_uri: optionalString,
+    policy_uri: optionalString,
+    scope: optionalString,
+    contacts: t.Optional(t.Array(t.String({ maxLength: 320 }), { maxItems: 10 })),
+    software_id: optionalString,
+    software_version: optionalString,
+  },
+  { additionalProperties: true },
+);
+
+export type RegistrationInput = typeof RegistrationRequest.static;
+
+/** The metadata to store and echo, or the RFC 7591 error that says what is wrong with it. */
+export function validateRegistration(input: RegistrationInput) {
+  const uris = input.redirect_uris;
+  if (!Array.isArray(uris) || uris.length === 0 || !uris.every((u) => typeof u === "string")) {
+    throw new InvalidRedirectUriError("redirect_uris must be a non-empty array of strings");
+  }
+  if (uris.length > MAX_REDIRECT_URIS) throw new InvalidRedirectUriError(`at most ${MAX_REDIRECT_URIS} redirect_uris`);
+  for (const uri of uris as string[]) {
+    const verdict = checkRedirectUri(uri);
+    if (!verdict.ok) throw new InvalidRedirectUriError(`redirect_uri ${JSON.stringify(uri.slice(0, 200))} ${verdict.reason}`);
+  }
+
+  const method = input.token_endpoint_auth_method ?? "client_secret_basic";
+  if (!(AUTH_METHODS as readonly string[]).includes(method)) {
+    throw new InvalidClientMetadataError(`token_endpoint_auth_method must be one of ${AUTH_METHODS.join(", ")}`);
+  }
+
+  const grantTypes = input.grant_types ?? ["authorization_code", "refresh_token"];
+  if (!Array.isArray(grantTypes) || grantTypes.length === 0 || !grantTypes.every((g) => GRANT_TYPES.includes(g))) {
+    throw new InvalidClientMetadataError(`grant_types may contain only ${GRANT_TYPES.join(", ")}`);
+  }
+  if (!grantTypes.includes("authorization_code")) {
+    throw new InvalidClientMetadataError("grant_types must include authorization_code");
+  }
+  const responseTypes = input.response_types ?? ["code"];
+  if (!Array.isArray(responseTypes) || responseTypes.length !== 1 || responseTypes[0] !== "code") {
+    throw new InvalidClientMetadataError('response_types must be ["code"]');
+  }
+  if (input.scope !== undefined) {
+    const scope = resolveRequestedScope(input.scope);
+    if (!scope.ok) throw new InvalidClientMetadataError(scope.reason);
+  }
+  for (const field of ["client_uri", "logo_uri", "tos_uri", "policy_uri"] as const) {
+    const value = input[field];
+    if (value !== undefined && !/^https?:\/\//.test(value)) throw new InvalidClientMetadataError(`${field} must be an http(s) URL`);
+  }
+
+  const name = (input.client_name ?? "").trim();
+  return {
+    method: method as (typeof AUTH_METHODS)[number],
+    metadata: {
+      redirect_uris: uris as string[],
+      token_endpoint_auth_method: method,
+      grant_types: grantTypes as string[],
+      response_types: ["code"],
+      client_name: name === "" ? undefined : name,
+      client_uri: input.client_uri,
+      logo_uri: input.logo_uri,
+      tos_uri: input.tos_uri,
+      policy_uri: input.policy_uri,
+      scope: input.scope,
+      contacts: input.contacts,
+      software_id: input.software_id,
+      software_version: input.software_version,
+    },
+  };
+}
+
+export function registerRoutes(deps: OAuthDeps) {
+  return new Elysia({ name: "oauth-register" }).post(
+    "/oauth/register",
+    ({ body, request, set }) => {
+      const rate = deps.rateLimiter.take(`register:${deps.clientAddress(request)}`);
+      if (!rate.allowed) throw new TooManyRequestsError(rate.retryAfterS);
+
+      const { method, metadata } = validateRegistration(body);
+      const now = deps.now();
+      const clientId = `fmb_client_${randomBase64Url(18)}`;
+      const clientSecret = method === "none" ? undefined : mintToken("cs");
+      deps.store.createClient({
+        id: clientId,
+        secretHash: clientSecret === undefined ? null : hashToken(clientSecret),
+        tokenEndpointAuthMethod: method,
+        name: metadata.client_name ?? clientId,
+        redirectUris: metadata.redirect_uris,
+        metadata,
+        createdAt: now,
+      });
+      deps.logger.info("client registered", { client_id: clientId, auth_method: method });
+      set.status = 201;
+      set.headers["cache-control"] = "no-store";
+      return {
+        client_id: clientId,
+        client_id_issued_at: Math.floor(now / 1000),
+        ...(clientSecret === undefined ? {} : { client_secret: clientSecret, client_secret_expires_at: 0 }),
+        ...metadata,
+      };
+    },
+    {
+      parse: "json",
+      body: RegistrationRequest,
+      error: oauthErrorHook((description) => new InvalidClientMetadataError(description), "The body must be a JSON object"),
+    },
+  );
+}

@@ -1,0 +1,35 @@
+// RFC 7009 token revocation: an authenticated client revokes one of its access or refresh
+// tokens; unknown tokens get 200 too, so the endpoint reveals nothing about what exists.
+import { Elysia, t } from "elysia";
+import { hashToken } from "../../crypto.ts";
+import { authenticateClient, presentedClientCredentials } from "../client-auth.ts";
+import type { OAuthDeps } from "../deps.ts";
+import { InvalidRequestError, TooManyRequestsError } from "../errors.ts";
+import { oauthErrorHook } from "./json-errors.ts";
+
+const optionalString = t.Optional(t.String({ maxLength: 4000 }));
+
+export const RevocationRequest = t.Object(
+  { token: optionalString, token_type_hint: optionalString, client_id: optionalString, client_secret: optionalString },
+  { additionalProperties: true },
+);
+
+export function revokeRoutes(deps: OAuthDeps) {
+  return new Elysia({ name: "oauth-revoke" }).post(
+    "/oauth/revoke",
+    ({ body, request }) => {
+      const rate = deps.rateLimiter.take(`token:${deps.clientAddress(request)}`);
+      if (!rate.allowed) throw new TooManyRequestsError(rate.retryAfterS);
+      const client = authenticateClient(deps.store, presentedClientCredentials(request.headers.get("authorization") ?? undefined, body));
+      if (!body.token) throw new InvalidRequestError("token is required");
+      const revoked = deps.store.revokeToken(hashToken(body.token), client.id, deps.now());
+      if (revoked !== "unknown") deps.logger.info("token revoked", { client_id: client.id, kind: revoked });
+      return new Response(null, { status: 200, headers: { "Cache-Control": "no-store" } });
+    },
+    {
+      parse: "urlencoded",
+      body: RevocationRequest,
+      error: oauthErrorHook((description) => new InvalidRequestError(description), "The body must be application/x-www-form-urlencoded"),
+    },
+  );
+}

@@ -1,0 +1,52 @@
+// The bearer guard in front of /mcp (RFC 6750, RFC 9728, RFC 8707): a token only from the
+// Authorization header, live, and issued for this resource; on success the route gets the identity.
+import { bearer } from "@elysiajs/bearer";
+import { Elysia } from "elysia";
+import type { BrokerConfig } from "../../config.ts";
+import { hashToken } from "../../crypto.ts";
+import type { Store, TokenIdentity } from "../../store/store.ts";
+import { endpoints } from "../deps.ts";
+import { BearerTokenError } from "../errors.ts";
+import { SUPPORTED_SCOPES } from "../scope.ts";
+
+/** @elysiajs/bearer matches the scheme case-sensitively; RFC 9110 §11.1 makes it case-insensitive. */
+export function bearerFromAuthorization(header: string | undefined): string | undefined {
+  const match = /^bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header ?? "");
+  return match?.[1];
+}
+
+export interface BearerCheck {
+  /** The query string carried a token: refused whatever else the request has. */
+  tokenInQuery: boolean;
+  token: string | undefined;
+  /** An Authorization header was present but not a well-formed bearer credential. */
+  malformed: boolean;
+}
+
+export function authenticateBearer(check: BearerCheck, deps: { config: BrokerConfig; store: Store; now: () => number }): TokenIdentity {
+  const challenge = { resourceMetadataUrl: endpoints(deps.config.publicUrl).protectedResourceMetadata, scope: SUPPORTED_SCOPES.join(" ") };
+  if (check.tokenInQuery) {
+    throw new BearerTokenError("invalid_request", "Access tokens are accepted only in the Authorization header, never in the query string", challenge);
+  }
+  if (check.malformed) throw new BearerTokenError("invalid_request", "The Authorization header is not a Bearer token", challenge);
+  if (check.token === undefined) throw new BearerTokenError(null, "Sign-in required: send an access token in the Authorization header", challenge);
+  const identity = deps.store.findAccessIdentity(hashToken(check.token), deps.now());
+  if (!identity) throw new BearerTokenError("invalid_token", "The access token is unknown, expired or revoked", challenge);
+  if (identity.resource !== deps.config.resourceUrl) {
+    throw new BearerTokenError("invalid_token", `The access token was not issued for ${deps.config.resourceUrl}`, challenge);
+  }
+  return identity;
+}
+
+/** Mount protected routes after this plugin; they receive `identity`. */
+export function bearerGuard(deps: { config: BrokerConfig; store: Store; now: () => number }) {
+  return new Elysia({ name: "bearer-guard" })
+    .use(bearer())
+    .resolve({ as: "scoped" }, ({ bearer: fromLibrary, request, headers }) => {
+      const tokenInQuery = new URL(request.url).searchParams.has("access_token");
+      // The library also reads ?access_token=, which tokenInQuery refuses before the token is looked at.
+      const token = tokenInQuery ? undefined : (fromLibrary ?? bearerFromAuthorization(headers.authorization));
+      const malformed = headers.authorization !== undefined && token === undefined;
+      return { identity: authenticateBearer({ tokenInQuery, token, malformed }, deps) };
+    });
+}

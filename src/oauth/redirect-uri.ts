@@ -1,0 +1,49 @@
+// Redirect-URI rules for registration and authorization (OAuth 2.1 §2.3.1, RFC 8252 §7, MCP):
+// https anywhere, http only on loopback, private-use reverse-DNS schemes for native apps.
+
+const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
+const REFUSED_SCHEMES = new Set(["javascript:", "data:", "file:", "vbscript:", "blob:", "about:", "ftp:", "ws:", "wss:"]);
+
+export type RedirectUriVerdict = { ok: true } | { ok: false; reason: string };
+
+/** Whether a client may register this redirect URI. */
+export function checkRedirectUri(raw: string): RedirectUriVerdict {
+  if (raw.length > 2000) return { ok: false, reason: "is longer than 2000 characters" };
+  if (/[\s*]/.test(raw)) return { ok: false, reason: "contains white space or a wildcard" };
+  if (raw.includes("#")) return { ok: false, reason: "must not contain a fragment" };
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    return { ok: false, reason: "is not an absolute URI" };
+  }
+  if (REFUSED_SCHEMES.has(url.protocol)) return { ok: false, reason: `uses the refused scheme ${url.protocol}` };
+  if (url.username || url.password) return { ok: false, reason: "must not carry credentials" };
+  if (url.protocol === "https:") {
+    return url.hostname ? { ok: true } : { ok: false, reason: "has no host" };
+  }
+  if (url.protocol === "http:") {
+    return LOOPBACK_HOSTS.has(url.hostname)
+      ? { ok: true }
+      : { ok: false, reason: "uses http, which is allowed only for localhost, 127.0.0.1 and [::1]" };
+  }
+  const scheme = url.protocol.slice(0, -1);
+  // RFC 8252 §7.1: a private-use scheme is a reverse domain name, so it contains a dot.
+  if (/^[a-z][a-z0-9+-]*(\.[a-z0-9+-]+)+$/i.test(scheme)) return { ok: true };
+  return { ok: false, reason: `uses the scheme ${scheme}:, which is neither https nor a reverse-DNS private-use scheme` };
+}
+
+/** The redirect URI an authorization request resolves to, or null when it does not match exactly. */
+export function resolveRedirectUri(requested: string | undefined, registered: string[]): string | null {
+  if (requested === undefined) return registered.length === 1 ? registered[0]! : null;
+  return registered.includes(requested) ? requested : null;
+}
+
+/** Appends query parameters to a redirect URI, keeping the ones it already has. */
+export function withQuery(redirectUri: string, params: Record<string, string | null | undefined>): string {
+  const url = new URL(redirectUri);
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== null && value !== undefined) url.searchParams.set(key, value);
+  }
+  return url.href;
+}

@@ -1,0 +1,69 @@
+// Starts a real broker on a loopback port against the Forgejo stand-in, in a fresh data
+// directory, with a logger whose lines the test can read; everything stops with stop().
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startBroker, type BrokerOptions, type RunningBroker } from "../../src/broker.ts";
+import { loadConfig, type BrokerConfig } from "../../src/config.ts";
+import { createMemoryLogger } from "../../src/log.ts";
+import { startFakeForgejo, type FakeForgejo, type FakeForgejoOptions } from "../fixtures/forgejo.ts";
+
+export interface TestBroker {
+  broker: RunningBroker;
+  forgejo: FakeForgejo;
+  config: BrokerConfig;
+  dataDir: string;
+  logs: string[];
+  /** The MCP resource URL (publicUrl + /mcp). */
+  mcpUrl: string;
+  /** Stops the broker only (the data directory and Forgejo stay), for restart tests. */
+  restart(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startTestBroker(
+  options: { forgejo?: FakeForgejoOptions; env?: Record<string, string>; broker?: Partial<BrokerOptions>; dataDir?: string } = {},
+): Promise<TestBroker> {
+  const forgejo = await startFakeForgejo(options.forgejo);
+  const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "fmb-test-"));
+  const port = await freePort();
+  const result = loadConfig({
+    BROKER_PUBLIC_URL: `http://127.0.0.1:${port}`,
+    BROKER_PORT: String(port),
+    BROKER_DATA_DIR: dataDir,
+    FORGEJO_URL: forgejo.url,
+    FORGEJO_CLIENT_ID: forgejo.clientId,
+    FORGEJO_CLIENT_SECRET: forgejo.clientSecret,
+    ...options.env,
+  });
+  if (!result.ok) throw new Error(result.problems.join("\n"));
+  const config = result.config;
+  const logger = createMemoryLogger();
+  const start = () => startBroker(config, { logger, ...options.broker });
+  const handle: TestBroker = {
+    broker: await start(),
+    forgejo,
+    config,
+    dataDir,
+    logs: logger.lines,
+    mcpUrl: config.resourceUrl,
+    async restart() {
+      await handle.broker.stop();
+      handle.broker = await start();
+    },
+    async stop() {
+      await handle.broker.stop();
+      await forgejo.stop();
+      if (options.dataDir === undefined) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+  return handle;
+}
+
+/** The issuer must be known before listening, so the test asks the OS for a free port first. */
+async function freePort(): Promise<number> {
+  const probe = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response() });
+  const port = probe.port!;
+  await probe.stop(true);
+  return port;
+}
