@@ -1,0 +1,177 @@
+// The one sealed upstream Forgejo credential per Forgejo user: stored at sign-in, handed out unsealed,
+// refreshed by one caller at a time and stored before use, dropped with the user's grants when Forgejo says no.
+import type { TokenSealer } from "../crypto.ts";
+import type { Logger } from "../log.ts";
+import type { Store, UpstreamCredentialRow } from "../store/store.ts";
+import { UpstreamRefusedError, type ForgejoClient, type ForgejoUser, type UpstreamTokens } from "./forgejo.ts";
+
+export interface UpstreamAccess {
+  accessToken: string;
+  accessExpiresAt: number | null;
+}
+
+export type CredentialLossReason = "missing" | "refused" | "unreadable";
+
+/** The user has no usable Forgejo credential any more: their grants are revoked, they must sign in again. */
+export class UpstreamCredentialLostError extends Error {
+  constructor(
+    readonly forgejoUserId: number,
+    readonly reason: CredentialLossReason,
+    readonly revokedGrantIds: string[],
+    /** Forgejo's OAuth error code when it refused the refresh. */
+    readonly upstreamCode: string | null = null,
+  ) {
+    super(`Forgejo credential of user ${forgejoUserId} is gone (${reason}${upstreamCode ? `: ${upstreamCode}` : ""})`);
+    this.name = "UpstreamCredentialLostError";
+  }
+}
+
+export type CredentialEvent =
+  | { type: "rotated"; forgejoUserId: number; accessExpiresAt: number | null }
+  | { type: "lost"; forgejoUserId: number; reason: CredentialLossReason; revokedGrantIds: string[] };
+
+export interface UpstreamCredentialsOptions {
+  store: Store;
+  sealer: TokenSealer;
+  forgejo: Pick<ForgejoClient, "refresh">;
+  logger: Logger;
+  now: () => number;
+}
+
+// The associated data ties each ciphertext to its user and its role, so a sealed token copied into
+// another row or the other column fails to unseal instead of being used as someone else's token.
+const accessAad = (forgejoUserId: number) => `upstream:${forgejoUserId}:access`;
+const refreshAad = (forgejoUserId: number) => `upstream:${forgejoUserId}:refresh`;
+
+export class UpstreamCredentials {
+  /** Forgejo retires a refresh token when it is used, so two refreshes of one user would cost them their grant. */
+  private readonly inFlight = new Map<number, Promise<UpstreamAccess>>();
+  private readonly listeners = new Set<(event: CredentialEvent) => void>();
+
+  constructor(private readonly options: UpstreamCredentialsOptions) {}
+
+  /** After a code exchange: the new pair replaces the user's credential, which Forgejo has just retired. */
+  async saveFromSignIn(user: ForgejoUser, tokens: UpstreamTokens): Promise<void> {
+    const { sealer, store, now } = this.options;
+    store.putUpstreamCredential({
+      forgejoUserId: user.id,
+      forgejoLogin: user.login,
+      accessTokenSealed: await sealer.sealUpstreamToken(tokens.accessToken, accessAad(user.id)),
+      refreshTokenSealed: tokens.refreshToken === null ? null : await sealer.sealUpstreamToken(tokens.refreshToken, refreshAad(user.id)),
+      accessExpiresAt: tokens.accessExpiresAt,
+      updatedAt: now(),
+    });
+    this.emit({ type: "rotated", forgejoUserId: user.id, accessExpiresAt: tokens.accessExpiresAt });
+  }
+
+  /** The user's access token, refreshed first when it expires within `minValidityMs`. */
+  async accessTokenFor(forgejoUserId: number, { minValidityMs }: { minValidityMs: number }): Promise<UpstreamAccess> {
+    const row = this.options.store.getUpstreamCredential(forgejoUserId);
+    if (row && this.validFor(row, minValidityMs)) return this.unsealAccess(row);
+    return this.singleFlight(forgejoUserId, minValidityMs);
+  }
+
+  /** A refresh now, whatever the expiry (the data plane rotating a child's token); joins one in flight. */
+  async refreshNow(forgejoUserId: number): Promise<UpstreamAccess> {
+    return this.singleFlight(forgejoUserId, null);
+  }
+
+  /** Learns of every new token and every loss; returns the unsubscribe function. */
+  onChange(listener: (event: CredentialEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private singleFlight(forgejoUserId: number, minValidityMs: number | null): Promise<UpstreamAccess> {
+    const running = this.inFlight.get(forgejoUserId);
+    if (running) return running;
+    const flight = this.refresh(forgejoUserId, minValidityMs).finally(() => this.inFlight.delete(forgejoUserId));
+    this.inFlight.set(forgejoUserId, flight);
+    return flight;
+  }
+
+  private async refresh(forgejoUserId: number, minValidityMs: number | null): Promise<UpstreamAccess> {
+    const { store, sealer, forgejo, now, logger } = this.options;
+    const row = store.getUpstreamCredential(forgejoUserId);
+    if (!row) return this.lose(forgejoUserId, "missing");
+    // Another writer may have stored a fresh pair between the caller's read and this flight.
+    if (minValidityMs !== null && this.validFor(row, minValidityMs)) return this.unsealAccess(row);
+    if (row.refreshTokenSealed === null) return this.lose(forgejoUserId, "missing");
+
+    let refreshToken: string;
+    try {
+      refreshToken = await sealer.unsealUpstreamToken(row.refreshTokenSealed, refreshAad(forgejoUserId));
+    } catch {
+      return this.lose(forgejoUserId, "unreadable");
+    }
+
+    let tokens: UpstreamTokens;
+    try {
+      tokens = await forgejo.refresh(refreshToken);
+    } catch (error) {
+      if (!(error instanceof UpstreamRefusedError)) throw error;
+      // A sign-in during our request retires the token we sent: the newer row is good, keep it.
+      const current = store.getUpstreamCredential(forgejoUserId);
+      if (current && current.version !== row.version) return this.unsealAccess(current);
+      return this.lose(forgejoUserId, "refused", error.code);
+    }
+
+    // Stored before anyone uses it: a new pair we failed to keep would leave only retired tokens behind.
+    const stored = store.replaceUpstreamCredential(forgejoUserId, row.version, {
+      accessTokenSealed: await sealer.sealUpstreamToken(tokens.accessToken, accessAad(forgejoUserId)),
+      refreshTokenSealed:
+        tokens.refreshToken === null ? row.refreshTokenSealed : await sealer.sealUpstreamToken(tokens.refreshToken, refreshAad(forgejoUserId)),
+      accessExpiresAt: tokens.accessExpiresAt,
+      updatedAt: now(),
+    });
+    if (!stored) {
+      // Someone stored a newer credential meanwhile (a sign-in); it supersedes ours, so use it.
+      logger.info("upstream refresh superseded by a newer credential", { forgejo_user_id: forgejoUserId });
+      const current = store.getUpstreamCredential(forgejoUserId);
+      if (!current) return this.lose(forgejoUserId, "missing");
+      return this.unsealAccess(current);
+    }
+    logger.info("upstream credential refreshed", { forgejo_user_id: forgejoUserId, access_expires_at: tokens.accessExpiresAt });
+    this.emit({ type: "rotated", forgejoUserId, accessExpiresAt: tokens.accessExpiresAt });
+    return { accessToken: tokens.accessToken, accessExpiresAt: tokens.accessExpiresAt };
+  }
+
+  private validFor(row: UpstreamCredentialRow, minValidityMs: number): boolean {
+    return row.accessExpiresAt === null || row.accessExpiresAt - this.options.now() > minValidityMs;
+  }
+
+  private async unsealAccess(row: UpstreamCredentialRow): Promise<UpstreamAccess> {
+    let accessToken: string;
+    try {
+      accessToken = await this.options.sealer.unsealUpstreamToken(row.accessTokenSealed, accessAad(row.forgejoUserId));
+    } catch {
+      return this.lose(row.forgejoUserId, "unreadable");
+    }
+    return { accessToken, accessExpiresAt: row.accessExpiresAt };
+  }
+
+  /** Without a usable credential the user's grants would only lead to failing sessions: revoke them, so the client re-authorizes. */
+  private lose(forgejoUserId: number, reason: CredentialLossReason, upstreamCode: string | null = null): never {
+    const { store, now, logger } = this.options;
+    store.deleteUpstreamCredential(forgejoUserId);
+    const revokedGrantIds = store.revokeGrantsOfUser(forgejoUserId, now());
+    logger.warn("upstream credential lost; grants revoked", {
+      forgejo_user_id: forgejoUserId,
+      reason,
+      upstream_error: upstreamCode,
+      revoked_grants: revokedGrantIds.length,
+    });
+    this.emit({ type: "lost", forgejoUserId, reason, revokedGrantIds });
+    throw new UpstreamCredentialLostError(forgejoUserId, reason, revokedGrantIds, upstreamCode);
+  }
+
+  private emit(event: CredentialEvent): void {
+    for (const listener of this.listeners) {
+      try {
+        listener(event);
+      } catch (error) {
+        this.options.logger.error("credential listener failed", { event: event.type, error: error instanceof Error ? error : String(error) });
+      }
+    }
+  }
+}
