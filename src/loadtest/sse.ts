@@ -24,22 +24,30 @@ export async function readSseResponse(
   let buffer = "";
   let data = "";
   let hasData = false;
+  // A CR ended the last line: an LF opening the next chunk belongs to it (CRLF split in two).
+  let afterCr = false;
   try {
     for (;;) {
       const chunk = await reader.read();
       if (chunk.done) return null;
       buffer += decoder.decode(chunk.value, STREAM);
-      let start = 0;
+      let start = afterCr && buffer.charCodeAt(0) === 10 ? 1 : 0;
+      afterCr = false;
+      // Most servers send LF only: once no CR is left in the buffer, stop scanning for one.
+      let cr = buffer.indexOf("\r", start);
       for (;;) {
         const lf = buffer.indexOf("\n", start);
-        const cr = buffer.indexOf("\r", start);
+        if (cr !== -1 && cr < start) cr = buffer.indexOf("\r", start);
         let end: number;
         let next: number;
         if (cr !== -1 && (lf === -1 || cr < lf)) {
-          // A CR at the very end may be the first half of CRLF: wait for the next chunk.
-          if (cr === buffer.length - 1) break;
           end = cr;
-          next = buffer.charCodeAt(cr + 1) === 10 ? cr + 2 : cr + 1;
+          if (cr === buffer.length - 1) {
+            next = cr + 1;
+            afterCr = true;
+          } else {
+            next = buffer.charCodeAt(cr + 1) === 10 ? cr + 2 : cr + 1;
+          }
         } else if (lf !== -1) {
           end = lf;
           next = lf + 1;

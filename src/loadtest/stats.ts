@@ -18,7 +18,8 @@ export interface LatencySummary {
 export function percentile(sorted: ArrayLike<number>, p: number): number {
   const n = sorted.length;
   if (n === 0) return NaN;
-  const rank = Math.ceil((p / 100) * n);
+  // The epsilon keeps float noise (0.999 × 1000 = 999.0000000000001) from skipping a rank.
+  const rank = Math.ceil((p / 100) * n - 1e-9);
   return sorted[Math.min(n, Math.max(1, rank)) - 1]!;
 }
 

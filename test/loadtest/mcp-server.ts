@@ -9,6 +9,8 @@ export interface TestServer {
   url: string;
   /** Requests by method, and DELETEs the transport accepted (a session really ended). */
   counts: { initialize: number; toolCalls: number; deletes: number; sessionsClosed: number };
+  /** Sessions the server still holds. */
+  openSessions(): number;
   stop(): Promise<void>;
 }
 
@@ -17,6 +19,8 @@ export interface TestServerOptions {
   json: boolean;
   /** When set, every request without `Authorization: Bearer <token>` is answered 401. */
   token?: string;
+  /** No Mcp-Session-Id at all: a fresh server and transport per request, as the SDK does it. */
+  stateless?: boolean;
 }
 
 export function startMcpServer(options: TestServerOptions): TestServer {
@@ -30,6 +34,10 @@ export function startMcpServer(options: TestServerOptions): TestServer {
       // A notification ahead of the response: the SSE reader must skip it.
       await extra.sendNotification({ method: "notifications/message", params: { level: "info", data: "echoing" } });
       return { content: [{ type: "text", text }] };
+    });
+    server.registerTool("hang", { inputSchema: {} }, async () => {
+      counts.toolCalls++;
+      return new Promise<never>(() => {});
     });
     server.registerTool("fail", { inputSchema: {} }, async () => {
       counts.toolCalls++;
@@ -50,6 +58,18 @@ export function startMcpServer(options: TestServerOptions): TestServer {
       }
       const sessionId = request.headers.get("mcp-session-id");
       if (request.method === "DELETE") counts.deletes++;
+      // The SDK turns every tool failure into an isError result; this tool name gets a real JSON-RPC error.
+      if (request.method === "POST") {
+        const message = await request.clone().json();
+        if (message?.params?.name === "rpc-error") {
+          return Response.json({ jsonrpc: "2.0", id: message.id, error: { code: -32603, message: "deliberate" } });
+        }
+      }
+      if (options.stateless) {
+        const transport = new WebStandardStreamableHTTPServerTransport({ enableJsonResponse: options.json });
+        await newServer().connect(transport);
+        return transport.handleRequest(request);
+      }
       if (sessionId !== null) {
         const transport = transports.get(sessionId);
         if (transport === undefined) return new Response("unknown session", { status: 404 });
@@ -73,6 +93,7 @@ export function startMcpServer(options: TestServerOptions): TestServer {
   return {
     url: `http://127.0.0.1:${http.port}/mcp`,
     counts,
+    openSessions: () => transports.size,
     async stop() {
       for (const transport of transports.values()) await transport.close();
       await http.stop(true);
