@@ -1,0 +1,131 @@
+// In-memory stand-ins for a child process and for time, shared by the bridge and session tests
+// so that neither needs a real process or a real clock.
+import type { ChildExit, ChildProcess } from "../../src/supervisor/child.ts";
+import type { TimerHandle, Timers } from "../../src/supervisor/timers.ts";
+
+let nextPid = 10_000;
+
+export type Json = Record<string, unknown>;
+
+export class FakeChild implements ChildProcess {
+  readonly pid = nextPid++;
+  readonly stdout: ReadableStream<Uint8Array>;
+  readonly exited: Promise<ChildExit>;
+  /** Lines written to stdin, without their newline. */
+  readonly written: string[] = [];
+  stopCalls = 0;
+  stderr: string | null = null;
+  /** Answers what the bridge writes, like a real server would. */
+  onMessage: ((message: Json, child: FakeChild) => void) | null = null;
+  private controller!: ReadableStreamDefaultController<Uint8Array>;
+  private resolveExit!: (exit: ChildExit) => void;
+  private gone = false;
+
+  constructor(options: { onMessage?: (message: Json, child: FakeChild) => void } = {}) {
+    this.onMessage = options.onMessage ?? null;
+    this.stdout = new ReadableStream({ start: (controller) => void (this.controller = controller) });
+    this.exited = new Promise((resolve) => (this.resolveExit = resolve));
+  }
+
+  get messages(): Json[] {
+    return this.written.map((line) => JSON.parse(line) as Json);
+  }
+
+  write(data: string): boolean {
+    if (this.gone) return false;
+    for (const line of data.split("\n").filter(Boolean)) {
+      this.written.push(line);
+      this.onMessage?.(JSON.parse(line) as Json, this);
+    }
+    return true;
+  }
+
+  /** Raw bytes on stdout, exactly as given. */
+  emitRaw(text: string | Uint8Array): void {
+    this.controller.enqueue(typeof text === "string" ? new TextEncoder().encode(text) : text);
+  }
+
+  send(message: Json): void {
+    this.emitRaw(JSON.stringify(message) + "\n");
+  }
+
+  exit(exit: Partial<ChildExit> = {}): void {
+    if (this.gone) return;
+    this.gone = true;
+    try {
+      this.controller.close();
+    } catch {
+      // already closed
+    }
+    this.resolveExit({ code: 1, signal: null, lastStderrLine: this.stderr, ...exit });
+  }
+
+  lastStderrLine(): string | null {
+    return this.stderr;
+  }
+
+  stop(): Promise<ChildExit> {
+    this.stopCalls++;
+    this.exit({ code: null, signal: "SIGTERM" });
+    return this.exited;
+  }
+}
+
+/** A child that answers initialize the way an MCP server does. */
+export function initializingChild(extra: (message: Json, child: FakeChild) => void = () => {}): FakeChild {
+  return new FakeChild({
+    onMessage: (message, child) => {
+      if (message.method === "initialize") {
+        child.send({
+          jsonrpc: "2.0",
+          id: message.id,
+          result: { protocolVersion: "2025-11-25", capabilities: { tools: {} }, serverInfo: { name: "fake", version: "1" } },
+        });
+      }
+      extra(message, child);
+    },
+  });
+}
+
+export class FakeTimers implements Timers {
+  private time = 1_000_000;
+  private nextId = 1;
+  private readonly due = new Map<number, { at: number; fn: () => void }>();
+
+  now(): number {
+    return this.time;
+  }
+
+  setTimeout(fn: () => void, ms: number): TimerHandle {
+    const id = this.nextId++;
+    this.due.set(id, { at: this.time + ms, fn });
+    return id;
+  }
+
+  clearTimeout(handle: TimerHandle): void {
+    this.due.delete(handle as number);
+  }
+
+  get pending(): number {
+    return this.due.size;
+  }
+
+  /** Moves the clock, firing what falls due in order (including timers those set). */
+  advance(ms: number): void {
+    const until = this.time + ms;
+    for (;;) {
+      let next: [number, { at: number; fn: () => void }] | null = null;
+      for (const entry of this.due) if (entry[1].at <= until && (next === null || entry[1].at < next[1].at)) next = entry;
+      if (next === null) break;
+      this.due.delete(next[0]);
+      this.time = next[1].at;
+      next[1].fn();
+    }
+    this.time = until;
+  }
+}
+
+/** Lets stream reads and promise callbacks run. */
+export async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await Bun.sleep(0);
+}
