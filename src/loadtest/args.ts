@@ -22,6 +22,9 @@ export const USAGE = `usage: bun run loadtest -- --url <mcp url> [options]
 exit status: 0 all succeeded, 1 some requests failed, 2 bad usage, unreachable URL or
 refused token, 130 interrupted (what was measured so far is printed)`;
 
+/** 800 MB of samples: beyond this a typo (an extra zero) would exhaust memory before the first call. */
+const MAX_SAMPLES = 100_000_000;
+
 export interface CliOptions {
   url: string;
   token?: string;
@@ -97,6 +100,9 @@ export function parseCliArgs(argv: string[]): ParsedArgs {
     if (toolArgs === null || typeof toolArgs !== "object" || Array.isArray(toolArgs)) {
       problems.push("--args must be a JSON object, like '{\"text\":\"hi\"}'");
     }
+  }
+  if (sessions * calls > MAX_SAMPLES) {
+    problems.push(`--sessions × --calls is ${sessions * calls}; at most ${MAX_SAMPLES} (every latency is kept, 8 bytes each)`);
   }
   if (problems.length > 0) return { kind: "error", message: problems.join("\n") };
 
