@@ -15,6 +15,8 @@ export interface CliDeps {
   writeFile(path: string, text: string): Promise<void>;
   /** Aborted on Ctrl-C. */
   signal: AbortSignal;
+  /** How many requests this runtime's fetch keeps in flight at once (Bun: 256 unless BUN_CONFIG_MAX_HTTP_REQUESTS). */
+  maxConcurrentRequests: number;
 }
 
 /** What --json writes: the options (without the token) and each phase's full result. */
@@ -35,6 +37,15 @@ export async function main(argv: string[], deps: CliDeps): Promise<number> {
     return 2;
   }
   const options = parsed.options;
+  if (options.load !== null && options.load.sessions > deps.maxConcurrentRequests) {
+    // Beyond the cap, calls would queue inside the generator and the latencies would measure that queue.
+    const { sessions } = options.load;
+    deps.stderr.write(
+      `loadtest: --sessions ${sessions} is more than the ${deps.maxConcurrentRequests} requests Bun's fetch sends at once;\n` +
+        `  run it as BUN_CONFIG_MAX_HTTP_REQUESTS=${sessions} bun run loadtest -- …\n`,
+    );
+    return 2;
+  }
 
   let token = options.token;
   if (options.tokenFile !== undefined) {
@@ -135,6 +146,7 @@ if (import.meta.main) {
     readFile: (path) => Bun.file(path).text(),
     writeFile: async (path, text) => void (await Bun.write(path, text)),
     signal: controller.signal,
+    maxConcurrentRequests: Number(process.env.BUN_CONFIG_MAX_HTTP_REQUESTS) || 256,
   });
   // Idle keep-alive sockets must not hold the process open.
   process.exit(code);

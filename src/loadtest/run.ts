@@ -191,6 +191,8 @@ function perSecond(count: number, ms: number): number | null {
 /**
  * Opens `sessions` sessions concurrently, then (once all are open, so set-up does not overlap
  * the calls) makes `calls` sequential tools/calls in each; ends every session with DELETE.
+ * Bun's fetch sends at most 256 requests at once unless the process was started with
+ * BUN_CONFIG_MAX_HTTP_REQUESTS ≥ sessions: beyond that the latencies include a client-side queue.
  */
 export async function runLoad(options: LoadOptions, deps: RunDeps): Promise<LoadResult> {
   const run = new Run(options, deps);

@@ -18,8 +18,11 @@ afterEach(async () => {
   server = undefined;
 });
 
-function spawnCli(args: string[]) {
-  return Bun.spawn([process.execPath, CLI, ...args], { stdout: "pipe", stderr: "pipe" });
+// Bun's default cap on concurrent fetches, whatever the environment running the tests says.
+const { BUN_CONFIG_MAX_HTTP_REQUESTS: _, ...defaultEnv } = process.env;
+
+function spawnCli(args: string[], env: Record<string, string | undefined> = defaultEnv) {
+  return Bun.spawn([process.execPath, CLI, ...args], { env, stdout: "pipe", stderr: "pipe" });
 }
 
 async function runCli(args: string[]) {
@@ -154,6 +157,7 @@ function memoryDeps(isTTY: boolean): CliDeps & { out: string[] } {
     readFile: async () => "",
     writeFile: async () => {},
     signal: new AbortController().signal,
+    maxConcurrentRequests: 256,
   };
 }
 
@@ -166,6 +170,25 @@ test("without a terminal there is no progress line, only the table", async () =>
   expect(text).not.toContain("\r");
   expect(text).toMatch(/^load: 2 sessions × 3 calls of echo at /);
   expect(text).toMatch(/calls ok\s+6 \/ 6\n/);
+});
+
+test("more sessions than fetch sends at once is refused, naming the variable that lifts the cap", async () => {
+  const { stderr, code } = await runCli(["--url", "http://127.0.0.1:1/mcp", "--sessions", "300", "--calls", "1"]);
+
+  expect(code).toBe(2);
+  expect(stderr).toContain("BUN_CONFIG_MAX_HTTP_REQUESTS=300 bun run loadtest");
+});
+
+test("with BUN_CONFIG_MAX_HTTP_REQUESTS raised, 300 sessions open", async () => {
+  server = startMcpServer({ json: true });
+  const child = spawnCli(["--url", server.url, "--sessions", "300", "--calls", "1"], {
+    ...defaultEnv,
+    BUN_CONFIG_MAX_HTTP_REQUESTS: "300",
+  });
+  const stdout = await new Response(child.stdout).text();
+
+  expect(await child.exited).toBe(0);
+  expect(stdout).toMatch(/sessions opened\s+300 \/ 300/);
 });
 
 test("the progress line shows sessions open, calls done, the rate and errors", () => {
