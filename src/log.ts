@@ -13,7 +13,8 @@ export interface Logger {
 }
 
 const SECRET_KEY = /token|secret|password|code|cookie|authorization|verifier|state|csrf|key/i;
-const SECRET_VALUE = /\b(fmb_[a-z]+_[A-Za-z0-9_-]{10,}|gt[a-z]_[A-Za-z0-9_-]{10,}|Bearer\s+\S+)/g;
+// Our token prefixes, Forgejo's personal and OAuth tokens (the latter are JWTs), bearer credentials.
+const SECRET_VALUE = /\b(fmb_(?:at|rt|code|cs|state|csrf)_[A-Za-z0-9_-]{10,}|gt[a-z]_[A-Za-z0-9_-]{10,}|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_.-]+|Bearer\s+\S+)/g;
 
 /** Masks credential-shaped substrings in free text (child stderr, error messages). */
 export function maskSecrets(text: string): string {

@@ -66,8 +66,8 @@ export function createApp(deps: AppDeps) {
     .onError(({ error, code, request }) => {
       if (error instanceof OAuthError) return error.toResponse();
       if (code === "NOT_FOUND") return Response.json({ error: "not_found", error_description: "No such endpoint" }, { status: 404 });
-      if (code === "PARSE") return Response.json({ error: "invalid_request", error_description: "The body could not be parsed" }, { status: 400 });
-      if (code === "VALIDATION") return Response.json({ error: "invalid_request", error_description: "The request does not match the expected shape" }, { status: 400 });
+      // Each route answers its own parse and validation failures in its protocol's format.
+      if (code === "PARSE" || code === "VALIDATION") return;
       logger.error("unhandled error", { method: request.method, path: new URL(request.url).pathname, error: error instanceof Error ? error : String(error) });
       return Response.json({ error: "server_error", error_description: "Internal error" }, { status: 500 });
     })

@@ -115,3 +115,43 @@ export class TestOAuthProvider implements OAuthClientProvider {
     return this.verifier;
   }
 }
+
+export interface ObtainedTokens {
+  clientId: string;
+  clientSecret?: string;
+  redirectUri: string;
+  verifier: string;
+  code: string;
+  accessToken: string;
+  refreshToken: string;
+}
+
+/** Registers a public client, signs in as the stand-in's current user, and exchanges the code, with plain fetch. */
+export async function obtainTokens(publicUrl: string, options: { redirectUri?: string; state?: string } = {}): Promise<ObtainedTokens> {
+  const redirectUri = options.redirectUri ?? "http://127.0.0.1:33418/callback";
+  const registered = await fetch(`${publicUrl}/oauth/register`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ client_name: "Test", redirect_uris: [redirectUri], token_endpoint_auth_method: "none" }),
+  }).then((r) => r.json() as Promise<{ client_id: string }>);
+  const verifier = "v".repeat(20) + crypto.randomUUID();
+  const challenge = new Bun.CryptoHasher("sha256").update(verifier).digest("base64url");
+  const url = new URL(`${publicUrl}/oauth/authorize`);
+  url.search = new URLSearchParams({
+    client_id: registered.client_id,
+    redirect_uri: redirectUri,
+    response_type: "code",
+    code_challenge: challenge,
+    code_challenge_method: "S256",
+    ...(options.state ? { state: options.state } : {}),
+  }).toString();
+  const landing = await walkBrowserFlow(url, redirectUri);
+  const code = landing.searchParams.get("code");
+  if (!code) throw new Error(`no code: ${landing.href}`);
+  const tokens = await fetch(`${publicUrl}/oauth/token`, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ grant_type: "authorization_code", code, code_verifier: verifier, redirect_uri: redirectUri, client_id: registered.client_id }),
+  }).then((r) => r.json() as Promise<{ access_token: string; refresh_token: string }>);
+  return { clientId: registered.client_id, redirectUri, verifier, code, accessToken: tokens.access_token, refreshToken: tokens.refresh_token };
+}

@@ -5,7 +5,7 @@ import { hashToken } from "../../crypto.ts";
 import { authenticateClient, presentedClientCredentials } from "../client-auth.ts";
 import type { OAuthDeps } from "../deps.ts";
 import { InvalidRequestError, TooManyRequestsError } from "../errors.ts";
-import { oauthErrorHook } from "./json-errors.ts";
+import { oauthErrorHook, requireFormBody } from "./json-errors.ts";
 
 const optionalString = t.Optional(t.String({ maxLength: 4000 }));
 
@@ -20,6 +20,7 @@ export function revokeRoutes(deps: OAuthDeps) {
     ({ body, request }) => {
       const rate = deps.rateLimiter.take(`token:${deps.clientAddress(request)}`);
       if (!rate.allowed) throw new TooManyRequestsError(rate.retryAfterS);
+      requireFormBody(request);
       const client = authenticateClient(deps.store, presentedClientCredentials(request.headers.get("authorization") ?? undefined, body));
       if (!body.token) throw new InvalidRequestError("token is required");
       const revoked = deps.store.revokeToken(hashToken(body.token), client.id, deps.now());

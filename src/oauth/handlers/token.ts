@@ -16,7 +16,7 @@ import {
 } from "../errors.ts";
 import { verifyS256 } from "../pkce.ts";
 import { narrowScope } from "../scope.ts";
-import { oauthErrorHook } from "./json-errors.ts";
+import { oauthErrorHook, requireFormBody } from "./json-errors.ts";
 
 const optionalString = t.Optional(t.String({ maxLength: 4000 }));
 
@@ -120,6 +120,7 @@ export function tokenRoutes(deps: OAuthDeps) {
     ({ body, request, set }) => {
       const rate = deps.rateLimiter.take(`token:${deps.clientAddress(request)}`);
       if (!rate.allowed) throw new TooManyRequestsError(rate.retryAfterS);
+      requireFormBody(request);
       const client = authenticateClient(store, presentedClientCredentials(request.headers.get("authorization") ?? undefined, body));
       if (!body.grant_type) throw new InvalidRequestError("grant_type is required");
       let response: TokenResponse;

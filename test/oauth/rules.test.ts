@@ -1,0 +1,147 @@
+// Table tests for the protocol rules the endpoints rest on: redirect URIs, PKCE, scopes and
+// the WWW-Authenticate challenge.
+import { describe, expect, test } from "bun:test";
+import { bearerChallenge } from "../../src/oauth/errors.ts";
+import { bearerFromAuthorization } from "../../src/oauth/middleware/bearer-auth.ts";
+import { isValidS256Challenge, s256Challenge, verifyS256 } from "../../src/oauth/pkce.ts";
+import { checkRedirectUri, resolveRedirectUri, withQuery } from "../../src/oauth/redirect-uri.ts";
+import { narrowScope, resolveRequestedScope } from "../../src/oauth/scope.ts";
+
+describe("redirect URIs at registration", () => {
+  const cases: [string, boolean][] = [
+    ["https://app.example.com/callback", true],
+    ["https://app.example.com:8443/cb?x=1", true],
+    ["http://localhost/callback", true],
+    ["http://localhost:33418/callback", true],
+    ["http://127.0.0.1:6274/oauth/callback", true],
+    ["http://[::1]:9000/cb", true],
+    ["com.example.app:/oauth2redirect", true],
+    ["com.example.app://callback", true],
+    ["cursor://anysphere.cursor-retrieval/oauth/callback", false],
+    ["http://app.example.com/callback", false],
+    ["http://localhost.evil.com/cb", false],
+    ["http://127.0.0.2/cb", false],
+    ["javascript:alert(1)", false],
+    ["data:text/html,hi", false],
+    ["file:///etc/passwd", false],
+    ["https://app.example.com/cb#fragment", false],
+    ["https://*.example.com/cb", false],
+    ["https://app.example.com/*", false],
+    ["https://user:pass@app.example.com/cb", false],
+    ["myapp:/cb", false],
+    ["/relative/callback", false],
+    ["", false],
+  ];
+  test.each(cases)("%p → allowed %p", (uri, allowed) => {
+    expect(checkRedirectUri(uri).ok).toBe(allowed);
+  });
+
+  test("a refusal says why", () => {
+    const verdict = checkRedirectUri("http://app.example.com/callback");
+    expect(verdict).toEqual({ ok: false, reason: "uses http, which is allowed only for localhost, 127.0.0.1 and [::1]" });
+  });
+});
+
+describe("redirect URIs at authorization: exact match only", () => {
+  const registered = ["http://127.0.0.1:3000/cb", "https://app.example.com/cb"];
+  const cases: [string | undefined, string[], string | null][] = [
+    ["http://127.0.0.1:3000/cb", registered, "http://127.0.0.1:3000/cb"],
+    ["http://127.0.0.1:3000/cb/", registered, null],
+    ["http://127.0.0.1:3001/cb", registered, null],
+    ["HTTPS://app.example.com/cb", registered, null],
+    ["https://app.example.com/cb?extra=1", registered, null],
+    [undefined, registered, null],
+    [undefined, ["https://only.example.com/cb"], "https://only.example.com/cb"],
+  ];
+  test.each(cases)("%p with %p → %p", (requested, list, expected) => {
+    expect(resolveRedirectUri(requested, list)).toBe(expected);
+  });
+
+  test("response parameters are added without losing the URI's own query", () => {
+    expect(withQuery("https://app.example.com/cb?tenant=7", { code: "c", state: "s&t", iss: undefined })).toBe(
+      "https://app.example.com/cb?tenant=7&code=c&state=s%26t",
+    );
+  });
+});
+
+describe("PKCE S256", () => {
+  // RFC 7636 appendix B.
+  const verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+  const challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+  test("matches the RFC's example", () => {
+    expect(s256Challenge(verifier)).toBe(challenge);
+    expect(verifyS256(verifier, challenge)).toBe(true);
+  });
+
+  const verifierCases: [string, boolean][] = [
+    [verifier, true],
+    ["a".repeat(42), false],
+    ["a".repeat(43), true],
+    ["a".repeat(128), true],
+    ["a".repeat(129), false],
+    [verifier.slice(0, 42) + "+", false],
+    [verifier.slice(0, -1) + "Y", true],
+  ];
+  test.each(verifierCases)("verifier %p is well-formed and verifies against its own challenge: %p", (candidate, shapeOk) => {
+    expect(verifyS256(candidate, s256Challenge(candidate))).toBe(shapeOk);
+    if (candidate !== verifier) expect(verifyS256(candidate, challenge)).toBe(false);
+  });
+
+  const challengeCases: [string, boolean][] = [
+    [challenge, true],
+    [challenge + "=", false],
+    [challenge.slice(1), false],
+    ["E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw+cM", false],
+    ["plain-text-verifier-used-as-challenge-value-too-long", false],
+  ];
+  test.each(challengeCases)("challenge %p well-formed: %p", (candidate, ok) => {
+    expect(isValidS256Challenge(candidate)).toBe(ok);
+  });
+});
+
+describe("scopes", () => {
+  const requested: [string | undefined, ReturnType<typeof resolveRequestedScope>][] = [
+    [undefined, { ok: true, scope: "mcp" }],
+    ["", { ok: true, scope: "mcp" }],
+    ["mcp", { ok: true, scope: "mcp" }],
+    ["mcp mcp", { ok: true, scope: "mcp" }],
+    ["mcp admin", { ok: false, reason: "unknown scope admin; supported: mcp" }],
+  ];
+  test.each(requested)("request %p → %p", (scope, verdict) => {
+    expect(resolveRequestedScope(scope)).toEqual(verdict);
+  });
+
+  test("a refresh may keep or narrow the scope, never widen it", () => {
+    expect(narrowScope("mcp", undefined)).toEqual({ ok: true, scope: "mcp" });
+    expect(narrowScope("mcp", "mcp")).toEqual({ ok: true, scope: "mcp" });
+    expect(narrowScope("mcp", "mcp admin")).toEqual({ ok: false, reason: "scope admin was not granted" });
+  });
+});
+
+describe("bearer credentials", () => {
+  const cases: [string | undefined, string | undefined][] = [
+    ["Bearer fmb_at_abc", "fmb_at_abc"],
+    ["bearer fmb_at_abc", "fmb_at_abc"],
+    ["BEARER fmb_at_abc", "fmb_at_abc"],
+    ["Bearer  fmb_at_abc ", "fmb_at_abc"],
+    ["Basic dXNlcjpwYXNz", undefined],
+    ["Bearer", undefined],
+    ["Bearer a b", undefined],
+    ["Bearerfmb_at_abc", undefined],
+    [undefined, undefined],
+  ];
+  test.each(cases)("%p → %p", (header, token) => {
+    expect(bearerFromAuthorization(header)).toBe(token);
+  });
+
+  test("the challenge quotes and escapes its parameters", () => {
+    const meta = { resourceMetadataUrl: "https://b.example/.well-known/oauth-protected-resource/mcp", scope: "mcp" };
+    expect(bearerChallenge(null, "ignored", meta)).toBe(
+      'Bearer resource_metadata="https://b.example/.well-known/oauth-protected-resource/mcp", scope="mcp"',
+    );
+    expect(bearerChallenge("invalid_token", 'bad "token"', meta)).toBe(
+      'Bearer error="invalid_token", error_description="bad \\"token\\"", resource_metadata="https://b.example/.well-known/oauth-protected-resource/mcp", scope="mcp"',
+    );
+  });
+});
