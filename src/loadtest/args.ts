@@ -101,6 +101,7 @@ export function parseCliArgs(argv: string[]): ParsedArgs {
       problems.push("--args must be a JSON object, like '{\"text\":\"hi\"}'");
     }
   }
+  if (churn !== null && churn > MAX_SAMPLES) problems.push(`--churn is at most ${MAX_SAMPLES}`);
   if (sessions * calls > MAX_SAMPLES) {
     problems.push(`--sessions × --calls is ${sessions * calls}; at most ${MAX_SAMPLES} (every latency is kept, 8 bytes each)`);
   }
