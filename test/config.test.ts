@@ -1,0 +1,67 @@
+// Configuration as an operator writes it: defaults, each variable's validation, and the
+// command-line splitting that must never go through a shell.
+import { describe, expect, test } from "bun:test";
+import { DEFAULT_FORGEJO_SCOPES, loadConfig, splitCommandLine } from "../src/config.ts";
+
+const REQUIRED = { FORGEJO_URL: "https://forgejo.example.com/", FORGEJO_CLIENT_ID: "id", FORGEJO_CLIENT_SECRET: "secret" };
+
+describe("loadConfig", () => {
+  test("defaults", () => {
+    const result = loadConfig(REQUIRED);
+    if (!result.ok) throw new Error(result.problems.join("\n"));
+    expect(result.config).toMatchObject({
+      publicUrl: "http://127.0.0.1:8080",
+      resourceUrl: "http://127.0.0.1:8080/mcp",
+      host: "127.0.0.1",
+      port: 8080,
+      dataDir: "./data",
+      sealingKey: null,
+      forgejo: { url: "https://forgejo.example.com", clientId: "id", clientSecret: "secret", scopes: DEFAULT_FORGEJO_SCOPES.split(" ") },
+      child: { command: ["forgejo-mcp", "--transport", "stdio"], urlEnv: "FORGEJO_URL", tokenEnv: "FORGEJO_ACCESS_TOKEN", passthroughEnv: [], stopGraceMs: 5000 },
+      sessions: { idleTimeoutMs: 900_000, refreshLeadMs: 300_000, requestTimeoutMs: 300_000, maxMessageBytes: 4 * 1024 * 1024, allowedOrigins: ["http://127.0.0.1:8080"] },
+    });
+  });
+
+  test("a configured sealing key is decoded", () => {
+    const key = Buffer.alloc(32, 7).toString("base64");
+    const result = loadConfig({ ...REQUIRED, BROKER_SEALING_KEY: key });
+    expect(result.ok && Buffer.from(result.config.sealingKey!).equals(Buffer.alloc(32, 7))).toBe(true);
+  });
+
+  const problems: [string, Record<string, string>, RegExp][] = [
+    ["public URL with a query", { BROKER_PUBLIC_URL: "https://mcp.example.com/?x=1" }, /^BROKER_PUBLIC_URL: must not carry a query/],
+    ["public URL of another scheme", { BROKER_PUBLIC_URL: "ftp://mcp.example.com" }, /^BROKER_PUBLIC_URL: must be an http or https URL/],
+    ["port out of range", { BROKER_PORT: "70000" }, /^BROKER_PORT: must be a whole number from 0 to 65535, got "70000"/],
+    ["key of the wrong length", { BROKER_SEALING_KEY: Buffer.alloc(16).toString("base64") }, /^BROKER_SEALING_KEY: must be 32 bytes/],
+    ["a bad env name for the token", { BROKER_CHILD_TOKEN_ENV: "MY-TOKEN" }, /^BROKER_CHILD_TOKEN_ENV: is not an environment variable name/],
+    ["a bad passthrough name", { BROKER_CHILD_ENV_PASSTHROUGH: "HOME,BAD=1" }, /^BROKER_CHILD_ENV_PASSTHROUGH: has a bad variable name "BAD=1"/],
+    ["an origin with a path", { BROKER_ALLOWED_ORIGINS: "https://claude.ai/x" }, /^BROKER_ALLOWED_ORIGINS: has "https:\/\/claude.ai\/x", which is not an origin/],
+    ["zero sessions", { BROKER_MAX_SESSIONS: "0" }, /^BROKER_MAX_SESSIONS: must be a whole number from 1/],
+  ];
+  test.each(problems)("%s", (_, env, expected) => {
+    const result = loadConfig({ ...REQUIRED, ...env });
+    expect(result.ok).toBe(false);
+    if (!result.ok) {
+      expect(result.problems).toHaveLength(1);
+      expect(result.problems[0]).toMatch(expected);
+      expect(result.problems[0]).toContain("(example: ");
+    }
+  });
+});
+
+describe("splitCommandLine", () => {
+  const cases: [string, string[] | null][] = [
+    ["forgejo-mcp --transport stdio", ["forgejo-mcp", "--transport", "stdio"]],
+    ["  a   b  ", ["a", "b"]],
+    [`bun "/opt/my app/child.ts" --x`, ["bun", "/opt/my app/child.ts", "--x"]],
+    [`echo 'a "b" c'`, ["echo", 'a "b" c']],
+    [`echo "a \\"b\\""`, ["echo", 'a "b"']],
+    [`echo a\\ b`, ["echo", "a b"]],
+    [`echo ''`, ["echo", ""]],
+    [`echo $HOME; rm -rf /`, ["echo", "$HOME;", "rm", "-rf", "/"]],
+    [`echo "unterminated`, null],
+  ];
+  test.each(cases)("%p → %p", (line, argv) => {
+    expect(splitCommandLine(line)).toEqual(argv);
+  });
+});

@@ -1,0 +1,48 @@
+// Token minting, hashing and AES-256-GCM sealing: what an operator relies on when a database
+// file leaks (only hashes and ciphertext) and when the broker restarts (the key persists).
+import { describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { TokenSealer, hashToken, loadOrCreateSealingKey, mintToken } from "../src/crypto.ts";
+
+describe("tokens", () => {
+  test("prefixed, 256 bits of randomness, never repeated", () => {
+    const tokens = new Set(Array.from({ length: 1000 }, () => mintToken("at")));
+    expect(tokens.size).toBe(1000);
+    for (const token of [...tokens].slice(0, 10)) {
+      expect(token).toMatch(/^fmb_at_[A-Za-z0-9_-]{43}$/);
+      expect(Buffer.from(token.slice(7), "base64url")).toHaveLength(32);
+    }
+  });
+
+  test("hashes are SHA-256 hex", () => {
+    expect(hashToken("abc")).toBe("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  });
+});
+
+describe("sealing", () => {
+  test("round-trips, differs per seal, and refuses another row's associated data or a tampered ciphertext", async () => {
+    const sealer = await TokenSealer.fromRawKey(crypto.getRandomValues(new Uint8Array(32)));
+    const a = await sealer.sealUpstreamToken("gto_secret", "user:1");
+    const b = await sealer.sealUpstreamToken("gto_secret", "user:1");
+    expect(a).not.toBe(b);
+    expect(a).not.toContain("gto_secret");
+    expect(await sealer.unsealUpstreamToken(a, "user:1")).toBe("gto_secret");
+    await expect(sealer.unsealUpstreamToken(a, "user:2")).rejects.toThrow();
+    const tampered = a.slice(0, -2) + (a.endsWith("A") ? "BB" : "AA");
+    await expect(sealer.unsealUpstreamToken(tampered, "user:1")).rejects.toThrow();
+    const other = await TokenSealer.fromRawKey(crypto.getRandomValues(new Uint8Array(32)));
+    await expect(other.unsealUpstreamToken(a, "user:1")).rejects.toThrow();
+  });
+
+  test("the generated key persists with mode 0600 in a 0700 directory", () => {
+    const dir = join(mkdtempSync(join(tmpdir(), "fmb-key-")), "data");
+    const first = loadOrCreateSealingKey(dir, null);
+    const second = loadOrCreateSealingKey(dir, null);
+    expect(Buffer.from(second).equals(Buffer.from(first))).toBe(true);
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    expect(statSync(join(dir, "sealing.key")).mode & 0o777).toBe(0o600);
+    expect(Buffer.from(readFileSync(join(dir, "sealing.key"), "utf8").trim(), "base64")).toHaveLength(32);
+  });
+});

@@ -1,0 +1,34 @@
+// Log hygiene: whatever a caller passes, no credential reaches a log line.
+import { describe, expect, test } from "bun:test";
+import { createMemoryLogger, maskSecrets } from "../src/log.ts";
+
+describe("logging", () => {
+  test("one JSON object per line, with the fields given", () => {
+    const logger = createMemoryLogger();
+    logger.child({ session: "s1" }).info("hello", { n: 1 });
+    expect(logger.lines).toHaveLength(1);
+    expect(JSON.parse(logger.lines[0]!)).toMatchObject({ level: "info", msg: "hello", session: "s1", n: 1 });
+  });
+
+  test("secret-named fields and credential-shaped text are masked; public ids are not", () => {
+    const logger = createMemoryLogger();
+    const jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXZhbHVl";
+    logger.info("x", {
+      access_token: "anything",
+      client_secret: "s3cr3t",
+      cookie: "fmb_browser=abc",
+      client_id: "fmb_client_public123456",
+      stderr: `failed with token fmb_at_${"A".repeat(43)} and ${jwt} and Authorization: Bearer xyz123`,
+      error: new Error(`bad gto_${"b".repeat(40)}`),
+    });
+    const line = logger.lines[0]!;
+    for (const secret of ["anything", "s3cr3t", "fmb_browser=abc", "A".repeat(43), jwt, "xyz123", "b".repeat(40)]) {
+      expect(line).not.toContain(secret);
+    }
+    expect(JSON.parse(line).client_id).toBe("fmb_client_public123456");
+  });
+
+  test("maskSecrets keeps the surrounding text readable", () => {
+    expect(maskSecrets(`token fmb_rt_${"x".repeat(43)} refused`)).toBe("token fmb_rt_*** refused");
+  });
+});

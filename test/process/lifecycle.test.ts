@@ -1,0 +1,108 @@
+// The broker as an operator runs it: `bun src/index.ts` with configuration from the environment,
+// refusing bad configuration with exit 2, serving health, and stopping cleanly on SIGTERM.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { CookieJar, parseConsentForm } from "../helpers/oauth-client.ts";
+
+const ENTRY = join(import.meta.dir, "..", "..", "src", "index.ts");
+
+function runBroker(env: Record<string, string>) {
+  return Bun.spawn([process.execPath, ENTRY], {
+    env: { PATH: process.env.PATH ?? "", ...env },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+}
+
+async function waitForHealth(url: string, child: ReturnType<typeof runBroker>) {
+  for (let i = 0; i < 100; i++) {
+    if (child.exitCode !== null) throw new Error(`broker exited with ${child.exitCode}: ${await new Response(child.stderr).text()}`);
+    try {
+      const response = await fetch(`${url}/healthz`);
+      if (response.ok) return response;
+    } catch {}
+    await Bun.sleep(50);
+  }
+  throw new Error("broker did not become healthy");
+}
+
+describe("configuration errors", () => {
+  test("every problem on its own line naming the variable and an example, exit code 2", async () => {
+    const child = runBroker({ BROKER_PORT: "http", FORGEJO_URL: "not a url", BROKER_SEALING_KEY: "short", BROKER_CHILD_COMMAND: "forgejo-mcp 'unbalanced" });
+    expect(await child.exited).toBe(2);
+    const lines = (await new Response(child.stderr).text()).trim().split("\n");
+    expect(lines).toEqual([
+      expect.stringMatching(/^config: BROKER_PORT: must be a whole number from 0 to 65535, got "http" \(example: BROKER_PORT=8080\)$/),
+      expect.stringMatching(/^config: BROKER_SEALING_KEY: must be 32 bytes in base64/),
+      expect.stringMatching(/^config: FORGEJO_URL: is not an absolute URL: "not a url" \(example: FORGEJO_URL=https:\/\//),
+      expect.stringMatching(/^config: FORGEJO_CLIENT_ID: is required \(example: /),
+      expect.stringMatching(/^config: FORGEJO_CLIENT_SECRET: is required \(example: /),
+      expect.stringMatching(/^config: BROKER_CHILD_COMMAND: is not a command line/),
+    ]);
+  });
+});
+
+describe("a running broker", () => {
+  let forgejo: FakeForgejo;
+  let dataDir: string;
+  beforeAll(async () => {
+    forgejo = await startFakeForgejo();
+    dataDir = mkdtempSync(join(tmpdir(), "fmb-proc-"));
+  });
+  afterAll(async () => {
+    await forgejo.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test("keeps its data private, answers health, and on SIGTERM finishes an in-flight sign-in before exiting 0", async () => {
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const url = `http://127.0.0.1:${port}`;
+    const child = runBroker({
+      BROKER_PUBLIC_URL: url,
+      BROKER_PORT: String(port),
+      BROKER_DATA_DIR: join(dataDir, "broker"),
+      FORGEJO_URL: forgejo.url,
+      FORGEJO_CLIENT_ID: forgejo.clientId,
+      FORGEJO_CLIENT_SECRET: forgejo.clientSecret,
+    });
+    const health = await waitForHealth(url, child);
+    expect(await health.json()).toEqual({ status: "ok", store: "ok" });
+    expect(statSync(join(dataDir, "broker")).mode & 0o777).toBe(0o700);
+    expect(statSync(join(dataDir, "broker", "sealing.key")).mode & 0o777).toBe(0o600);
+
+    // Walk a sign-in up to Forgejo's redirect back, then make Forgejo slow so the callback is in flight.
+    const client = await fetch(`${url}/oauth/register`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ redirect_uris: ["http://127.0.0.1:9/cb"], token_endpoint_auth_method: "none" }),
+    }).then((r) => r.json());
+    const jar = new CookieJar();
+    const page = await fetch(`${url}/oauth/authorize?client_id=${client.client_id}&response_type=code&code_challenge_method=S256&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM`);
+    jar.store(page);
+    const consent = parseConsentForm(await page.text());
+    const allowed = await fetch(`${url}/oauth/authorize`, {
+      method: "POST",
+      redirect: "manual",
+      headers: { "content-type": "application/x-www-form-urlencoded", cookie: jar.header(), origin: url },
+      body: new URLSearchParams({ authorization_id: consent.authorizationId, csrf_token: consent.csrfToken, decision: "allow" }),
+    });
+    const callback = (await fetch(allowed.headers.get("location")!, { redirect: "manual" })).headers.get("location")!;
+    forgejo.delayTokenEndpoint(800);
+    const inFlight = fetch(callback, { redirect: "manual", headers: { cookie: jar.header() } });
+    await Bun.sleep(200);
+    child.kill("SIGTERM");
+    const response = await inFlight;
+    forgejo.delayTokenEndpoint(0);
+    expect(response.status).toBe(302);
+    expect(new URL(response.headers.get("location")!).searchParams.get("code")).toStartWith("fmb_code_");
+    expect(await child.exited).toBe(0);
+    await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+
+    const stdout = await new Response(child.stdout).text();
+    expect(stdout).toContain('"msg":"shutting down"');
+    expect(stdout).not.toContain(forgejo.clientSecret);
+  });
+});
