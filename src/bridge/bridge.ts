@@ -108,6 +108,7 @@ export class Bridge {
   private nextBrokerId = 1;
   private closedReason: string | null = null;
   private closing = false;
+  private closingDone: Promise<void> | null = null;
   private recordedInitialize: IncomingMessage | null = null;
   private recordedInitialized: IncomingMessage | null = null;
   private lastActive: number;
@@ -293,7 +294,12 @@ export class Bridge {
   }
 
   /** Ends the session: every waiting caller gets an error now, every stream ends, every child is stopped. */
-  async close(reason = "the session has ended"): Promise<void> {
+  close(reason = "the session has ended"): Promise<void> {
+    this.closingDone ??= this.shutDown(reason);
+    return this.closingDone;
+  }
+
+  private async shutDown(reason: string): Promise<void> {
     this.closing = true;
     if (this.closedReason === null) this.closedReason = reason;
     this.failAll(this.current, reason, true);

@@ -1,0 +1,354 @@
+// The session registry: Mcp-Session-Id → {bridge, the grant it is bound to, activity}; enforces
+// the caps, reaps idle sessions, and moves a user's sessions to new children when their token rotates.
+import { Bridge } from "../bridge/bridge.ts";
+import type { IncomingMessage } from "../bridge/jsonrpc.ts";
+import type { OutboundEvent } from "../bridge/message-stream.ts";
+import type { SessionConfig } from "../config.ts";
+import { randomHex } from "../crypto.ts";
+import type { Logger } from "../log.ts";
+import type { SpawnChild } from "../supervisor/child.ts";
+import { ChildStartError } from "../supervisor/child.ts";
+import type { TimerHandle, Timers } from "../supervisor/timers.ts";
+import {
+  InitializeRejectedError,
+  SessionForbiddenError,
+  SessionLimitError,
+  SessionNotFoundError,
+  SessionStartError,
+  UserSessionLimitError,
+} from "./errors.ts";
+import { RefreshScheduler } from "./refresh-scheduler.ts";
+
+/** Who a session belongs to: the grant, not the access token, so a refreshed token keeps its session. */
+export interface SessionIdentity {
+  grantId: string;
+  forgejoUserId: number;
+  clientId: string;
+}
+
+export interface UpstreamToken {
+  token: string;
+  /** Epoch milliseconds; null when Forgejo gave no expiry. */
+  expiresAt: number | null;
+}
+
+/** The user's current (unsealed) upstream Forgejo token. */
+export type UpstreamTokenProvider = (forgejoUserId: number) => Promise<UpstreamToken>;
+
+/**
+ * Refreshes a user's upstream token and stores the new pair before resolving; single-flight per
+ * user is its job. `refused`: Forgejo said no (the user must sign in again); otherwise transient.
+ */
+export type UpstreamRefresher = (
+  forgejoUserId: number,
+) => Promise<({ ok: true } & UpstreamToken) | { ok: false; refused: boolean; reason: string }>;
+
+export interface SessionEntry {
+  readonly id: string;
+  readonly bridge: Bridge;
+  readonly binding: SessionIdentity;
+  readonly createdAt: number;
+  /** Last time a request named this session. The bridge keeps its own for streams and messages. */
+  lastActivity: number;
+}
+
+export interface CreatedSession {
+  entry: SessionEntry;
+  /** What the child sent on the initialize request's stream, ending with its InitializeResult. */
+  events: OutboundEvent[];
+}
+
+export interface SessionRegistryDeps {
+  config: SessionConfig;
+  spawn: SpawnChild;
+  upstreamToken: UpstreamTokenProvider;
+  logger: Logger;
+  timers: Timers;
+  /** Without it, sessions keep the token they started with. */
+  refresh?: UpstreamRefresher;
+  /** After a refused refresh has ended the user's sessions: revoke their grants so the client signs in again. */
+  onRefreshRefused?: (forgejoUserId: number, reason: string) => Promise<void> | void;
+  initializeTimeoutMs?: number;
+  reapIntervalMs?: number;
+  refreshRetryMs?: number;
+  retryAfterS?: number;
+  replayMaxEvents?: number;
+  replayMaxBytes?: number;
+}
+
+const SESSION_ID = /^[0-9a-f]{48}$/;
+
+export class SessionRegistry {
+  private readonly sessions = new Map<string, SessionEntry>();
+  private readonly byUser = new Map<number, Set<string>>();
+  private readonly starting = new Map<number, number>();
+  private startingTotal = 0;
+  /** One rotation at a time per session; a second waits for the first. */
+  private readonly rotations = new Map<string, Promise<void>>();
+  private readonly scheduler: RefreshScheduler | null;
+  private reapTimer: TimerHandle | null = null;
+  private closed = false;
+
+  constructor(private readonly deps: SessionRegistryDeps) {
+    const refresh = deps.refresh;
+    this.scheduler =
+      refresh === undefined
+        ? null
+        : new RefreshScheduler({
+            timers: deps.timers,
+            logger: deps.logger,
+            leadMs: deps.config.refreshLeadMs,
+            retryMs: deps.refreshRetryMs ?? 30_000,
+            onDue: (forgejoUserId) => this.refreshUser(forgejoUserId, refresh),
+          });
+    this.scheduleReap();
+  }
+
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  sessionsOf(forgejoUserId: number): string[] {
+    return [...(this.byUser.get(forgejoUserId) ?? [])];
+  }
+
+  /** When the user's next upstream refresh is due (null: none scheduled). */
+  refreshDueAt(forgejoUserId: number): number | null {
+    return this.scheduler?.dueAt(forgejoUserId) ?? null;
+  }
+
+  /**
+   * Starts a child with the user's upstream token, sends it the client's initialize and waits for
+   * the answer; only then does the session exist. Throws SessionLimitError, UserSessionLimitError,
+   * SessionStartError, InitializeRejectedError, or what the token provider throws.
+   */
+  async create(identity: SessionIdentity, initialize: IncomingMessage): Promise<CreatedSession> {
+    const retryAfterS = this.deps.retryAfterS ?? 30;
+    if (this.closed) throw new SessionLimitError("the broker is shutting down", retryAfterS);
+    const user = identity.forgejoUserId;
+    const userStarting = this.starting.get(user) ?? 0;
+    if (this.sessions.size + this.startingTotal >= this.deps.config.maxSessions) {
+      throw new SessionLimitError(`the broker is at its limit of ${this.deps.config.maxSessions} sessions`, retryAfterS);
+    }
+    if ((this.byUser.get(user)?.size ?? 0) + userStarting >= this.deps.config.maxSessionsPerUser) {
+      throw new UserSessionLimitError(
+        `you have ${this.deps.config.maxSessionsPerUser} open sessions, the most allowed; close one or wait for one to expire`,
+        retryAfterS,
+      );
+    }
+    this.starting.set(user, userStarting + 1);
+    this.startingTotal++;
+    try {
+      return await this.start(identity, initialize);
+    } finally {
+      this.startingTotal--;
+      const left = (this.starting.get(user) ?? 1) - 1;
+      if (left === 0) this.starting.delete(user);
+      else this.starting.set(user, left);
+    }
+  }
+
+  /** The session for a request; counts as activity. Throws SessionNotFoundError (404), SessionForbiddenError (403). */
+  get(id: string, identity: SessionIdentity): SessionEntry {
+    const entry = SESSION_ID.test(id) ? this.sessions.get(id) : undefined;
+    if (entry === undefined) throw new SessionNotFoundError();
+    if (entry.binding.grantId !== identity.grantId) throw new SessionForbiddenError();
+    entry.lastActivity = this.deps.timers.now();
+    return entry;
+  }
+
+  /** Stops the session's child and forgets the session; false if there was none. */
+  async delete(id: string, reason = "the session was deleted"): Promise<boolean> {
+    const entry = this.sessions.get(id);
+    if (entry === undefined) return false;
+    await this.drop(entry, reason);
+    return true;
+  }
+
+  /**
+   * Moves each of the user's sessions to a new child started with `token`, under the same session
+   * id; a session whose new child fails keeps its old one (and is logged). Resolves when all tried.
+   */
+  async rotateUser(forgejoUserId: number, token: string): Promise<{ moved: number; failed: number }> {
+    const results = await Promise.all(this.sessionsOf(forgejoUserId).map((id) => this.rotateSession(id, token)));
+    return { moved: results.filter(Boolean).length, failed: results.filter((ok) => !ok).length };
+  }
+
+  /** Ends every session of the user, e.g. when Forgejo refused to refresh their token. */
+  async endUser(forgejoUserId: number, reason = "the sign-in to Forgejo has ended"): Promise<void> {
+    this.scheduler?.unwatch(forgejoUserId);
+    await Promise.all(
+      this.sessionsOf(forgejoUserId).map((id) => {
+        const entry = this.sessions.get(id);
+        return entry === undefined ? undefined : this.drop(entry, reason);
+      }),
+    );
+  }
+
+  /** Drops sessions with no open stream and no request for idleTimeoutMs; returns how many. */
+  async reapIdle(): Promise<number> {
+    const now = this.deps.timers.now();
+    const idle = [...this.sessions.values()].filter(
+      (entry) =>
+        entry.bridge.activeStreams === 0 &&
+        now - Math.max(entry.lastActivity, entry.bridge.lastActivity) >= this.deps.config.idleTimeoutMs,
+    );
+    await Promise.all(idle.map((entry) => this.drop(entry, "the session was idle for too long")));
+    return idle.length;
+  }
+
+  /** Stops every child and waits until all have exited; later creates are refused. */
+  async shutdown(): Promise<void> {
+    this.closed = true;
+    if (this.reapTimer !== null) this.deps.timers.clearTimeout(this.reapTimer);
+    this.reapTimer = null;
+    this.scheduler?.close();
+    await Promise.all([...this.sessions.values()].map((entry) => this.drop(entry, "the broker is shutting down")));
+  }
+
+  private async start(identity: SessionIdentity, initialize: IncomingMessage): Promise<CreatedSession> {
+    const upstream = await this.deps.upstreamToken(identity.forgejoUserId);
+    const id = randomHex(24);
+    const logger = this.deps.logger.child({ session: id });
+    let child;
+    try {
+      child = this.deps.spawn({ sessionId: id, token: upstream.token });
+    } catch (error) {
+      if (error instanceof ChildStartError) throw new SessionStartError(error.message, error.lastStderrLine);
+      throw error;
+    }
+    const bridge = new Bridge(child, {
+      logger,
+      timers: this.deps.timers,
+      requestTimeoutMs: this.deps.config.requestTimeoutMs,
+      maxMessageBytes: this.deps.config.maxMessageBytes,
+      replayMaxEvents: this.deps.replayMaxEvents,
+      replayMaxBytes: this.deps.replayMaxBytes,
+      onChildExit: (exit) => {
+        const entry = this.sessions.get(id);
+        if (entry?.bridge !== bridge) return;
+        logger.warn("the session's MCP server exited; session dropped", { exit_code: exit.code, signal: exit.signal });
+        void this.drop(entry, "the MCP server exited");
+      },
+    });
+
+    const initializeTimeoutMs = this.deps.initializeTimeoutMs ?? 30_000;
+    const { events, timedOut } = await this.initialize(bridge, initialize, initializeTimeoutMs);
+    const answer = events.at(-1);
+    if (answer === undefined || answer.origin === "broker") {
+      await bridge.close();
+      const exit = await child.exited;
+      throw new SessionStartError(
+        timedOut
+          ? `the MCP server did not answer initialize within ${Math.round(initializeTimeoutMs / 1000)} s`
+          : "the MCP server exited before answering initialize",
+        exit.lastStderrLine,
+      );
+    }
+    if ("error" in answer.message) {
+      await bridge.close();
+      throw new InitializeRejectedError(events);
+    }
+    if (this.closed) {
+      await bridge.close("the broker is shutting down");
+      throw new SessionLimitError("the broker is shutting down", this.deps.retryAfterS ?? 30);
+    }
+
+    const now = this.deps.timers.now();
+    const entry: SessionEntry = { id, bridge, binding: { ...identity }, createdAt: now, lastActivity: now };
+    this.sessions.set(id, entry);
+    let ids = this.byUser.get(identity.forgejoUserId);
+    if (ids === undefined) this.byUser.set(identity.forgejoUserId, (ids = new Set()));
+    ids.add(id);
+    this.scheduler?.watch(identity.forgejoUserId, upstream.expiresAt);
+    logger.info("session started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: child.pid });
+    return { entry, events };
+  }
+
+  /** Collects the initialize stream; a silent child gets initializeTimeoutMs, not the long request timeout. */
+  private async initialize(
+    bridge: Bridge,
+    initialize: IncomingMessage,
+    timeoutMs: number,
+  ): Promise<{ events: OutboundEvent[]; timedOut: boolean }> {
+    const stream = bridge.request(initialize);
+    let timedOut = false;
+    const timer = this.deps.timers.setTimeout(() => {
+      timedOut = true;
+      void bridge.close("the MCP server did not answer initialize in time");
+    }, timeoutMs);
+    const events: OutboundEvent[] = [];
+    try {
+      for (let event = await stream.next(); event !== null; event = await stream.next()) events.push(event);
+    } finally {
+      this.deps.timers.clearTimeout(timer);
+    }
+    return { events, timedOut };
+  }
+
+  private rotateSession(id: string, token: string): Promise<boolean> {
+    const previous = this.rotations.get(id) ?? Promise.resolve();
+    const attempt = previous.then(async () => {
+      const entry = this.sessions.get(id);
+      if (entry === undefined) return false;
+      try {
+        const child = this.deps.spawn({ sessionId: id, token });
+        await entry.bridge.replaceChild(child, this.deps.initializeTimeoutMs ?? 30_000);
+        this.deps.logger.info("session moved to a child with the refreshed token", { session: id, pid: child.pid });
+        return true;
+      } catch (error) {
+        this.deps.logger.error("could not move a session to a child with the refreshed token; it keeps the old one", {
+          session: id,
+          error: error instanceof Error ? error.message : String(error),
+        });
+        return false;
+      }
+    });
+    const settled = attempt.then(() => undefined);
+    this.rotations.set(id, settled);
+    void settled.then(() => {
+      if (this.rotations.get(id) === settled) this.rotations.delete(id);
+    });
+    return attempt;
+  }
+
+  private async refreshUser(forgejoUserId: number, refresh: UpstreamRefresher): Promise<number | null> {
+    if (this.sessionsOf(forgejoUserId).length === 0) return null;
+    const outcome = await refresh(forgejoUserId);
+    if (outcome.ok) {
+      await this.rotateUser(forgejoUserId, outcome.token);
+      return outcome.expiresAt;
+    }
+    if (!outcome.refused) throw new Error(outcome.reason);
+    this.deps.logger.warn("Forgejo refused to refresh the user's token; ending their sessions", {
+      forgejo_user_id: forgejoUserId,
+      reason: outcome.reason,
+    });
+    await this.endUser(forgejoUserId, "Forgejo refused to refresh the sign-in");
+    await this.deps.onRefreshRefused?.(forgejoUserId, outcome.reason);
+    return null;
+  }
+
+  private async drop(entry: SessionEntry, reason: string): Promise<void> {
+    if (this.sessions.get(entry.id) === entry) {
+      this.sessions.delete(entry.id);
+      const ids = this.byUser.get(entry.binding.forgejoUserId);
+      ids?.delete(entry.id);
+      if (ids !== undefined && ids.size === 0) {
+        this.byUser.delete(entry.binding.forgejoUserId);
+        this.scheduler?.unwatch(entry.binding.forgejoUserId);
+      }
+      this.deps.logger.info("session ended", { session: entry.id, reason });
+    }
+    await entry.bridge.close(reason);
+  }
+
+  private scheduleReap(): void {
+    const every = this.deps.reapIntervalMs ?? Math.max(1000, Math.min(30_000, Math.floor(this.deps.config.idleTimeoutMs / 4)));
+    this.reapTimer = this.deps.timers.setTimeout(() => {
+      if (this.closed) return;
+      this.scheduleReap();
+      void this.reapIdle();
+    }, every);
+  }
+}
