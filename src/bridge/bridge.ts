@@ -1,6 +1,5 @@
-// One session's JSON-RPC traffic between HTTP and its child process: client requests out and
-// responses back by id, server-initiated messages to the right SSE stream, replay, and the
-// hand-over to a new child when the upstream token rotates.
+// One session's JSON-RPC traffic between HTTP and its children: requests out and answers back by id,
+// server messages to the right SSE stream, replay by event id, and the hand-over on token rotation.
 import type { Logger } from "../log.ts";
 import type { ChildExit, ChildProcess } from "../supervisor/child.ts";
 import type { TimerHandle, Timers } from "../supervisor/timers.ts";

@@ -1,5 +1,5 @@
-// JSON-RPC 2.0 message shapes as the bridge sees them: classified for routing, never rebuilt,
-// so whatever fields a client or server sends pass through byte for byte.
+// JSON-RPC 2.0 messages as the bridge sees them: classified for routing and forwarded as received,
+// rebuilt only where the broker must own an id, so no field a client or server sends is ever lost.
 
 export type JsonRpcId = string | number;
 

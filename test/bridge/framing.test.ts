@@ -1,4 +1,5 @@
-// Line framing of a child's stdout: what arrives in arbitrary chunks comes out as whole messages.
+// Line framing of a child's stdout: whatever way the bytes are chunked, whole messages come out,
+// and an oversized one is dropped without taking the next one with it.
 import { describe, expect, test } from "bun:test";
 import { LineFramer } from "../../src/bridge/framing.ts";
 
