@@ -11,6 +11,7 @@ import { registerRoutes } from "../oauth/handlers/register.ts";
 import { revokeRoutes } from "../oauth/handlers/revoke.ts";
 import { tokenRoutes } from "../oauth/handlers/token.ts";
 import { bearerGuard } from "../oauth/middleware/bearer-auth.ts";
+import { corsPolicy } from "./cors.ts";
 import type { TokenIdentity } from "../store/store.ts";
 
 export interface HealthCheck {
@@ -47,6 +48,7 @@ export function createApp(deps: AppDeps) {
         .all("/mcp", () => Response.json({ jsonrpc: "2.0", id: null, error: { code: -32601, message: "The MCP endpoint is not available yet" } }, { status: 501 }));
 
   return new Elysia()
+    .use(corsPolicy(deps.oauth.config.sessions.allowedOrigins))
     .onRequest(({ request }) => {
       started.set(request, performance.now());
     })
