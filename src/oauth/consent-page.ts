@@ -36,17 +36,17 @@ export function describeForgejoScopes(scopes: string[]): string[] {
 
 const STYLE = `body{font:16px/1.5 system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem;color:#222}
 h1{font-size:1.4rem}ul{padding-left:1.2rem}.who{background:#f4f4f4;border-radius:6px;padding:.8rem 1rem}
-.warn{color:#8a4b00}.actions{display:flex;gap:1rem;margin-top:1.5rem}button{font-size:1rem;padding:.5rem 1.4rem;border-radius:6px;border:1px solid #888;cursor:pointer}
+.warn{color:#8a4b00}.actions{display:flex;gap:1rem;margin-top:1.5rem}button{font:inherit;padding:.5rem 1.4rem;border-radius:6px;border:1px solid #888;cursor:pointer}
 button.allow{background:#1f6f3f;color:#fff;border-color:#1f6f3f}`;
 
 function page(title: string, body: string): string {
-  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><meta name="referrer" content="no-referrer"><title>${escapeHtml(title)}</title><style>${STYLE}</style></head><body>${body}</body></html>`;
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><meta name="referrer" content="same-origin"><title>${escapeHtml(title)}</title><style>${STYLE}</style></head><body>${body}</body></html>`;
 }
 
 export interface ConsentView {
   clientName: string;
   clientId: string;
-  redirectTarget: string;
+  redirectTarget: { host: string; note?: string };
   forgejoHost: string;
   access: string[];
   authorizationId: string;
@@ -58,8 +58,8 @@ export function renderConsentPage(view: ConsentView): string {
   const e = escapeHtml;
   return page(
     `Allow ${view.clientName}?`,
-    `<h1>Allow <strong>${e(view.clientName)}</strong> to use Forgejo as you?</h1>
-<div class="who"><p><strong>${e(view.clientName)}</strong> will be sent back to <strong>${e(view.redirectTarget)}</strong>.</p>
+    `<h1>Allow “${e(view.clientName)}” to use Forgejo as you?</h1>
+<div class="who"><p><strong>${e(view.clientName)}</strong> will be sent back to <strong>${e(view.redirectTarget.host)}</strong>${view.redirectTarget.note ? ` ${e(view.redirectTarget.note)}` : ""}.</p>
 <p>It wants to use the Forgejo MCP tools on <strong>${e(view.forgejoHost)}</strong> with your account. It will be able to:</p>
 <ul>${view.access.map((item) => `<li>${e(item)}</li>`).join("")}</ul>
 <p>It can never do more than your own Forgejo account may.</p></div>
@@ -84,7 +84,7 @@ export function pageHeaders(formTargets: string[] = []): Record<string, string> 
     "Content-Type": "text/html; charset=utf-8",
     "Content-Security-Policy": `default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; frame-ancestors 'none'; form-action 'self' ${formTargets.join(" ")}`.trim(),
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
   };
 }

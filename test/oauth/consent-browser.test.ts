@@ -181,7 +181,7 @@ describe("the consent page in a real browser", () => {
       expect(headers["cache-control"]).toBe("no-store");
 
       expect(await page.title()).toBe("Allow Notes Assistant?");
-      await expect(page.getByRole("heading", { level: 1 }).innerText()).resolves.toBe("Allow Notes Assistant to use Forgejo as you?");
+      await expect(page.getByRole("heading", { level: 1 }).innerText()).resolves.toBe("Allow “Notes Assistant” to use Forgejo as you?");
       const body = await page.locator("body").innerText();
       expect(body).toContain(`Notes Assistant will be sent back to 127.0.0.1:${clientServer.port} (an application on this computer).`);
       expect(body).toContain(new URL(t.forgejo.url).host);
@@ -242,7 +242,7 @@ describe("the consent page in a real browser", () => {
     const forgejoAuthorizeBefore = t.forgejo.stats.authorizeRequests;
     const landing = await inBrowser(async (page) => {
       await openConsent(page, flow);
-      await expect(page.getByRole("heading", { level: 1 }).innerText()).resolves.toBe(`Allow <img src=x onerror=alert(1)> "Evil" & Co to use Forgejo as you?`);
+      await expect(page.getByRole("heading", { level: 1 }).innerText()).resolves.toBe(`Allow “<img src=x onerror=alert(1)> "Evil" & Co” to use Forgejo as you?`);
       expect(await page.locator("img").count()).toBe(0);
       return decide(page, "Deny");
     });

@@ -209,9 +209,12 @@ export function authorizeRoutes(deps: OAuthDeps) {
     .post(
       "/oauth/authorize",
       async ({ body, request }) => {
-        // A browser always sends Origin on a form POST; a foreign one is a cross-site forgery.
+        // Sec-Fetch-Site, where sent (every current browser), must say the form came from our own
+        // page. Origin alone cannot: our pages' no-referrer policy makes the browser send "null".
+        const fetchSite = request.headers.get("sec-fetch-site");
         const origin = request.headers.get("origin");
-        if ((origin !== null && origin !== ourOrigin) || request.headers.get("sec-fetch-site") === "cross-site") {
+        const foreign = fetchSite !== null ? fetchSite !== "same-origin" : origin !== null && origin !== "null" && origin !== ourOrigin;
+        if (foreign) {
           return htmlPage(403, "Request refused", "This form was submitted from another site.");
         }
         const now = deps.now();
@@ -260,12 +263,12 @@ export function authorizeRoutes(deps: OAuthDeps) {
 }
 
 /** What the consent page names as the destination: a host for web clients, the scheme for native apps. */
-export function describeRedirectTarget(redirectUri: string): string {
+export function describeRedirectTarget(redirectUri: string): { host: string; note?: string } {
   const url = new URL(redirectUri);
   if (url.protocol === "https:" || url.protocol === "http:") {
     return url.hostname === "localhost" || url.hostname === "127.0.0.1" || url.hostname === "[::1]"
-      ? `${url.host} (an application on this computer)`
-      : url.host;
+      ? { host: url.host, note: "(an application on this computer)" }
+      : { host: url.host };
   }
-  return `${url.protocol} (a native application)`;
+  return { host: url.protocol, note: "(a native application)" };
 }
