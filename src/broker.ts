@@ -1,14 +1,18 @@
-// Assembles a running broker from a validated configuration: store, sealing key, Forgejo client,
-// the app and its listener, the purge timer, and an orderly stop; shared by the entry point and tests.
+// Assembles a running broker from a validated configuration: store, sealing key, Forgejo client, the
+// session registry and its children, the app and its listener, the purge timer, and an orderly stop.
 import { join } from "node:path";
 import type { BrokerConfig } from "./config.ts";
 import { TokenSealer, ensurePrivateDir, loadOrCreateSealingKey } from "./crypto.ts";
-import { createApp, type AppDeps } from "./http/app.ts";
+import { createApp } from "./http/app.ts";
+import { mcpRoutes } from "./http/mcp-routes.ts";
 import type { Logger } from "./log.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
+import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
 import { Store } from "./store/store.ts";
-import { UpstreamCredentials } from "./upstream/credentials.ts";
+import { createSpawnChild } from "./supervisor/child.ts";
+import { realTimers } from "./supervisor/timers.ts";
+import { UpstreamCredentialLostError, UpstreamCredentials } from "./upstream/credentials.ts";
 import { ForgejoClient } from "./upstream/forgejo.ts";
 
 export interface BrokerOptions {
@@ -17,7 +21,8 @@ export interface BrokerOptions {
   lifetimes?: Partial<TokenLifetimes>;
   rateLimit?: RateLimitPolicy;
   purgeIntervalMs?: number;
-  protectedRoutes?: AppDeps["protectedRoutes"];
+  /** SSE comment heartbeat period; 15 s by default. */
+  heartbeatMs?: number;
 }
 
 export interface RunningBroker {
@@ -25,7 +30,8 @@ export interface RunningBroker {
   server: ReturnType<typeof Bun.serve>;
   store: Store;
   oauth: OAuthDeps;
-  /** Stops accepting, lets in-flight requests finish, closes the database. */
+  registry: SessionRegistry;
+  /** Stops accepting, stops every child and waits for it, lets in-flight requests finish, closes the database. */
   stop(): Promise<void>;
 }
 
@@ -61,7 +67,28 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     clientAddress: (request) => server?.requestIP(request)?.address ?? "unknown",
     lifetimes: { ...DEFAULT_LIFETIMES, ...options.lifetimes },
   };
-  const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: options.protectedRoutes });
+  const registry = new SessionRegistry({
+    config: config.sessions,
+    // Children take only PATH and the passthrough variables from the broker's environment.
+    spawn: createSpawnChild({ config: config.child, forgejoUrl: config.forgejo.url, env: process.env, logger }),
+    upstreamToken: upstreamTokenFrom(credentials, config.sessions.refreshLeadMs),
+    refresh: refresherFrom(credentials),
+    logger,
+    timers: realTimers,
+  });
+  // However a credential is lost (a refused refresh, an unreadable row), its grants are revoked: end the sessions too.
+  const unsubscribe = credentials.onChange((event) => {
+    if (event.type === "lost") void registry.endUser(event.forgejoUserId, "the sign-in to Forgejo has ended");
+  });
+  const mcp = mcpRoutes({
+    registry,
+    sessions: config.sessions,
+    publicUrl: config.publicUrl,
+    logger,
+    keepOpen: (request) => server?.timeout(request, 0),
+    heartbeatMs: options.heartbeatMs,
+  });
+  const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });
   server = Bun.serve({ hostname: config.host, port: config.port, fetch: (request) => app.handle(request), idleTimeout: 30 });
 
   const purge = setInterval(() => {
@@ -80,11 +107,37 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     server,
     store,
     oauth,
+    registry,
     stop: () =>
       (stopping ??= (async () => {
         clearInterval(purge);
-        await server.stop();
+        unsubscribe();
+        // Stop listening first; open SSE streams end when their sessions do, so the drain can finish.
+        const drained = server.stop();
+        await registry.shutdown();
+        await drained;
         store.close();
       })()),
+  };
+}
+
+/** The registry's token source: the user's Forgejo token, refreshed first when it would expire within the lead. */
+function upstreamTokenFrom(credentials: UpstreamCredentials, refreshLeadMs: number): UpstreamTokenProvider {
+  return async (forgejoUserId) => {
+    const access = await credentials.accessTokenFor(forgejoUserId, { minValidityMs: refreshLeadMs });
+    return { token: access.accessToken, expiresAt: access.accessExpiresAt };
+  };
+}
+
+/** The registry's refresher: a lost credential is a refusal (sign in again), anything else is transient. */
+function refresherFrom(credentials: UpstreamCredentials): UpstreamRefresher {
+  return async (forgejoUserId) => {
+    try {
+      const access = await credentials.refreshNow(forgejoUserId);
+      return { ok: true, token: access.accessToken, expiresAt: access.accessExpiresAt };
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      return { ok: false, refused: error instanceof UpstreamCredentialLostError, reason };
+    }
   };
 }

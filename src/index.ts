@@ -1,19 +1,21 @@
-// Entry point: configuration → store → app → listen; SIGTERM/SIGINT stop accepting, let
-// in-flight requests finish, close the database and exit 0. Bad configuration exits 2.
+// Entry point: configuration → child command check → store → app → listen; SIGTERM/SIGINT stop accepting,
+// stop every child and wait for it, let in-flight requests finish, close the database, exit 0. Bad configuration exits 2.
 import { startBroker } from "./broker.ts";
 import { loadConfig } from "./config.ts";
 import { createLogger } from "./log.ts";
+import { checkChildCommand } from "./supervisor/child.ts";
 
 const result = loadConfig(process.env);
-if (!result.ok) {
-  for (const problem of result.problems) console.error(`config: ${problem}`);
+const problems = result.ok ? [checkChildCommand(result.config.child.command, process.env)].filter((p) => p !== null) : result.problems;
+if (!result.ok || problems.length > 0) {
+  for (const problem of problems) console.error(`config: ${problem}`);
   process.exit(2);
 }
 const config = result.config;
 const logger = createLogger({ level: (process.env.BROKER_LOG_LEVEL as "debug" | "info" | "warn" | "error" | undefined) ?? "info" });
 
 const broker = await startBroker(config, { logger });
-logger.info("broker listening", { url: broker.url, public_url: config.publicUrl, forgejo_url: config.forgejo.url });
+logger.info("broker listening", { url: broker.url, public_url: config.publicUrl, forgejo_url: config.forgejo.url, child_command: config.child.command[0] });
 
 let signalled = false;
 for (const signal of ["SIGTERM", "SIGINT"] as const) {

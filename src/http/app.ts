@@ -23,8 +23,8 @@ export interface AppDeps {
   oauth: OAuthDeps;
   logger: Logger;
   health: HealthCheck[];
-  /** Routes mounted behind the bearer guard; until the data plane exists, /mcp answers 501. */
-  protectedRoutes?: (guarded: ReturnType<typeof bearerGuard>) => Elysia<any, any, any, any, any, any, any>;
+  /** Routes mounted behind the bearer guard (the /mcp endpoint); they receive the guard to mount after their own early checks. */
+  protectedRoutes: (guarded: ReturnType<typeof bearerGuard>) => Elysia<any, any, any, any, any, any, any>;
 }
 
 /** A client id to put in the request log: never a secret, only the public identifier. */
@@ -40,12 +40,7 @@ export function createApp(deps: AppDeps) {
   const started = new WeakMap<Request, number>();
   const { logger } = deps;
 
-  const guarded = bearerGuard(deps.oauth);
-  const mcp = deps.protectedRoutes
-    ? deps.protectedRoutes(guarded)
-    : new Elysia({ name: "mcp-placeholder" })
-        .use(guarded)
-        .all("/mcp", () => Response.json({ jsonrpc: "2.0", id: null, error: { code: -32601, message: "The MCP endpoint is not available yet" } }, { status: 501 }));
+  const mcp = deps.protectedRoutes(bearerGuard(deps.oauth));
 
   return new Elysia()
     .use(corsPolicy(deps.oauth.config.sessions.allowedOrigins))

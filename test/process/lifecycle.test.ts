@@ -5,7 +5,8 @@ import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
-import { CookieJar, parseConsentForm } from "../helpers/oauth-client.ts";
+import { childCommand, holdStandaloneStream, openSession, postMcp, processesMatching } from "../helpers/mcp.ts";
+import { CookieJar, obtainTokens, parseConsentForm } from "../helpers/oauth-client.ts";
 
 const ENTRY = join(import.meta.dir, "..", "..", "src", "index.ts");
 
@@ -43,6 +44,19 @@ describe("configuration errors", () => {
       expect.stringMatching(/^config: BROKER_CHILD_COMMAND: is not a command line/),
     ]);
   });
+
+  test("a child command that does not resolve is named with the PATH searched, exit code 2", async () => {
+    const child = runBroker({
+      FORGEJO_URL: "https://forgejo.example.com",
+      FORGEJO_CLIENT_ID: "id",
+      FORGEJO_CLIENT_SECRET: "secret",
+      BROKER_CHILD_COMMAND: "no-such-forgejo-mcp --transport stdio",
+    });
+    expect(await child.exited).toBe(2);
+    expect((await new Response(child.stderr).text()).trim()).toBe(
+      `config: BROKER_CHILD_COMMAND: "no-such-forgejo-mcp" is not an executable file on PATH (${process.env.PATH ?? ""})`,
+    );
+  });
 });
 
 describe("a running broker", () => {
@@ -67,6 +81,7 @@ describe("a running broker", () => {
       FORGEJO_URL: forgejo.url,
       FORGEJO_CLIENT_ID: forgejo.clientId,
       FORGEJO_CLIENT_SECRET: forgejo.clientSecret,
+      BROKER_CHILD_COMMAND: childCommand(),
     });
     const health = await waitForHealth(url, child);
     expect(await health.json()).toEqual({ status: "ok", store: "ok" });
@@ -105,4 +120,72 @@ describe("a running broker", () => {
     expect(stdout).toContain('"msg":"shutting down"');
     expect(stdout).not.toContain(forgejo.clientSecret);
   });
+});
+
+describe("SIGTERM with live MCP sessions", () => {
+  let forgejo: FakeForgejo;
+  let dataDir: string;
+  beforeAll(async () => {
+    forgejo = await startFakeForgejo();
+    dataDir = mkdtempSync(join(tmpdir(), "fmb-proc-"));
+  });
+  afterAll(async () => {
+    await forgejo.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  test("50 sessions, streams open and a call in flight: every child is stopped and awaited, exit 0, no child left", async () => {
+    const marker = `--sigterm-${crypto.randomUUID()}`;
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const url = `http://127.0.0.1:${port}`;
+    const broker = runBroker({
+      BROKER_PUBLIC_URL: url,
+      BROKER_PORT: String(port),
+      BROKER_DATA_DIR: join(dataDir, "broker"),
+      FORGEJO_URL: forgejo.url,
+      FORGEJO_CLIENT_ID: forgejo.clientId,
+      FORGEJO_CLIENT_SECRET: forgejo.clientSecret,
+      BROKER_CHILD_COMMAND: childCommand(marker),
+      BROKER_MAX_SESSIONS_PER_USER: "100",
+    });
+    await waitForHealth(url, broker);
+    const { accessToken } = await obtainTokens(url);
+    const mcpUrl = `${url}/mcp`;
+
+    const sessions: string[] = [];
+    for (let batch = 0; batch < 5; batch++) {
+      sessions.push(...(await Promise.all(Array.from({ length: 10 }, () => openSession(mcpUrl, accessToken)))));
+    }
+    expect(new Set(sessions).size).toBe(50);
+    const children = await processesMatching(marker);
+    expect(children).toHaveLength(50);
+    // Each child leads its own process group, a child of the broker.
+    for (const row of children) {
+      expect(row.ppid).toBe(broker.pid);
+      expect(row.pgid).toBe(row.pid);
+    }
+
+    // Standalone streams open on a few sessions, and a long call in flight on another.
+    const held = new AbortController();
+    const streams = await Promise.all(sessions.slice(0, 5).map((id) => holdStandaloneStream(mcpUrl, accessToken, id, held.signal)));
+    for (const stream of streams) expect(stream.status).toBe(200);
+    const call = postMcp(
+      mcpUrl,
+      accessToken,
+      { jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "slow_count", arguments: { n: 1000, delay_ms: 50 } } },
+      { "mcp-session-id": sessions[10]! },
+    ).then((response) => response.text());
+    await Bun.sleep(200);
+
+    broker.kill("SIGTERM");
+    expect(await broker.exited).toBe(0);
+    // The waiting call was answered with an error rather than left hanging.
+    expect(await call).toContain('"error"');
+    expect(await processesMatching(marker)).toEqual([]);
+    // The open streams were ended by the broker, not by us.
+    for (const stream of streams) expect(stream.text()).toStartWith(": stream open");
+    held.abort();
+    const stdout = await new Response(broker.stdout).text();
+    expect(stdout.match(/"msg":"session ended"/g)).toHaveLength(50);
+  }, 60_000);
 });

@@ -1,0 +1,256 @@
+// The Streamable HTTP /mcp endpoint behind the bearer guard: checks each POST, GET and DELETE, hands
+// it to the session registry and bridge, and answers in JSON or SSE, every refusal a JSON-RPC error.
+import { Elysia } from "elysia";
+import { InvalidEventIdError, MessageTooLargeError, StreamConflictError } from "../bridge/bridge.ts";
+import { ErrorCode, errorResponse, isJsonRpcId, parseMessage, type IncomingMessage, type JsonRpcId } from "../bridge/jsonrpc.ts";
+import type { MessageStream, OutboundEvent } from "../bridge/message-stream.ts";
+import type { SessionConfig } from "../config.ts";
+import type { Logger } from "../log.ts";
+import { endpoints } from "../oauth/deps.ts";
+import { BearerTokenError } from "../oauth/errors.ts";
+import type { bearerGuard } from "../oauth/middleware/bearer-auth.ts";
+import { SUPPORTED_SCOPES } from "../oauth/scope.ts";
+import {
+  InitializeRejectedError,
+  SessionForbiddenError,
+  SessionLimitError,
+  SessionNotFoundError,
+  SessionStartError,
+  UserSessionLimitError,
+} from "../session/errors.ts";
+import type { SessionEntry, SessionIdentity, SessionRegistry } from "../session/registry.ts";
+import { UpstreamCredentialLostError } from "../upstream/credentials.ts";
+import { fixedEvents, prefixed, sseResponse, type EventSource } from "./sse-response.ts";
+
+export const SUPPORTED_PROTOCOL_VERSIONS = ["2025-11-25", "2025-06-18", "2025-03-26"] as const;
+
+export interface McpRoutesDeps {
+  registry: SessionRegistry;
+  sessions: SessionConfig;
+  publicUrl: string;
+  logger: Logger;
+  /** Turns the server's idle timeout off for this request: its answer may be long in coming or never end. */
+  keepOpen(request: Request): void;
+  heartbeatMs?: number;
+}
+
+const SESSION_HEADER = "Mcp-Session-Id";
+/** The codes the SDK's own servers use for transport refusals and for an unknown session. */
+const TRANSPORT_ERROR = -32000;
+const SESSION_NOT_FOUND = -32001;
+
+/** A refusal the route answers with a status and a JSON-RPC error body. */
+class McpHttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+function rpcError(status: number, id: JsonRpcId | null, code: number, message: string, headers: Record<string, string> = {}): Response {
+  return new Response(errorResponse(id, code, message), { status, headers: { "Content-Type": "application/json", ...headers } });
+}
+
+/** Whether an Accept header admits `type` (absent = anything; q=0 = refused). */
+export function accepts(header: string | null, type: string): boolean {
+  if (header === null || header.trim() === "") return true;
+  const [major] = type.split("/");
+  return header.split(",").some((range) => {
+    const [media = "", ...params] = range.split(";").map((part) => part.trim().toLowerCase());
+    const q = params.find((param) => param.startsWith("q="));
+    if (q !== undefined && !(Number(q.slice(2)) > 0)) return false;
+    return media === type || media === `${major}/*` || media === "*/*";
+  });
+}
+
+/** Reads at most `limit` bytes of the body; null when there is more. */
+async function readBody(request: Request, limit: number): Promise<string | null> {
+  const declared = Number(request.headers.get("content-length") ?? Number.NaN);
+  if (declared > limit) return null;
+  if (request.body === null) return "";
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of request.body) {
+    size += chunk.byteLength;
+    if (size > limit) return null;
+    chunks.push(chunk);
+  }
+  return new TextDecoder().decode(Buffer.concat(chunks, size));
+}
+
+export function mcpRoutes(deps: McpRoutesDeps) {
+  const { registry, sessions, logger } = deps;
+  const heartbeatMs = deps.heartbeatMs ?? 15_000;
+  const allowedOrigins = new Set(sessions.allowedOrigins);
+  const challenge = { resourceMetadataUrl: endpoints(deps.publicUrl).protectedResourceMetadata, scope: SUPPORTED_SCOPES.join(" ") };
+
+  const checkProtocolVersion = (request: Request) => {
+    const version = request.headers.get("mcp-protocol-version");
+    if (version !== null && !(SUPPORTED_PROTOCOL_VERSIONS as readonly string[]).includes(version.trim())) {
+      throw new McpHttpError(
+        400,
+        TRANSPORT_ERROR,
+        `Unsupported MCP-Protocol-Version ${JSON.stringify(version)}; supported: ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")}`,
+      );
+    }
+  };
+
+  const sessionIdOf = (request: Request): string => {
+    const id = request.headers.get(SESSION_HEADER);
+    if (id === null || id.trim() === "") {
+      throw new McpHttpError(400, TRANSPORT_ERROR, "Bad Request: the Mcp-Session-Id header is required; start a session with initialize");
+    }
+    return id.trim();
+  };
+
+  /** The one place a thrown refusal becomes a response; anything unforeseen is logged, never a crash. */
+  const refusal = (error: unknown, id: JsonRpcId | null, sessionId?: string): Response => {
+    const session: Record<string, string> = sessionId === undefined ? {} : { [SESSION_HEADER]: sessionId };
+    if (error instanceof McpHttpError) return rpcError(error.status, id, error.code, error.message, { ...error.headers, ...session });
+    if (error instanceof SessionLimitError || error instanceof UserSessionLimitError) {
+      return rpcError(error.status, id, TRANSPORT_ERROR, error.message, { "Retry-After": String(error.retryAfterS) });
+    }
+    if (error instanceof SessionNotFoundError) return rpcError(404, id, SESSION_NOT_FOUND, "Session not found");
+    if (error instanceof SessionForbiddenError) return rpcError(403, id, TRANSPORT_ERROR, error.message);
+    if (error instanceof SessionStartError) return rpcError(502, id, TRANSPORT_ERROR, error.message);
+    if (error instanceof MessageTooLargeError) return rpcError(413, id, ErrorCode.InvalidRequest, error.message, session);
+    if (error instanceof StreamConflictError) return rpcError(409, id, TRANSPORT_ERROR, error.message, session);
+    if (error instanceof InvalidEventIdError) return rpcError(400, id, TRANSPORT_ERROR, error.message, session);
+    if (error instanceof UpstreamCredentialLostError) {
+      // Its grants are revoked already; the 401 sends the client through sign-in again.
+      return new BearerTokenError("invalid_token", "The sign-in to Forgejo has ended; sign in again", challenge).toResponse();
+    }
+    logger.error("/mcp request failed", { error: error instanceof Error ? error : String(error) });
+    return rpcError(500, id, ErrorCode.InternalError, "Internal error", session);
+  };
+
+  /** JSON when the first thing for the request is its answer and the client takes JSON; otherwise SSE. */
+  const answer = async (request: Request, source: EventSource, headers: Record<string, string>): Promise<Response> => {
+    const json = accepts(request.headers.get("accept"), "application/json");
+    const sse = accepts(request.headers.get("accept"), "text/event-stream");
+    const gone = () => source.close("client disconnected");
+    request.signal.addEventListener("abort", gone, { once: true });
+    let first: OutboundEvent | null;
+    try {
+      first = await source.next();
+      // A client that takes only JSON cannot be sent what comes before the answer.
+      while (!sse && first !== null && first.kind !== "response") first = await source.next();
+    } finally {
+      request.signal.removeEventListener("abort", gone);
+    }
+    if (first === null) return rpcError(499, null, TRANSPORT_ERROR, "the client went away", headers);
+    if (json && first.kind === "response") {
+      return new Response(first.data, { status: 200, headers: { "Content-Type": "application/json", ...headers } });
+    }
+    return sseResponse(prefixed([first], source), { heartbeatMs, headers, signal: request.signal });
+  };
+
+  const initialize = async (request: Request, identity: SessionIdentity, incoming: IncomingMessage, id: JsonRpcId): Promise<Response> => {
+    const existing = request.headers.get(SESSION_HEADER);
+    if (existing !== null) {
+      const entry = registry.get(existing.trim(), identity);
+      return rpcError(400, id, ErrorCode.InvalidRequest, "Bad Request: this session is already initialized; send initialize without Mcp-Session-Id for a new one", {
+        [SESSION_HEADER]: entry.id,
+      });
+    }
+    deps.keepOpen(request);
+    try {
+      const { entry, events } = await registry.create(identity, incoming);
+      return await answer(request, fixedEvents(events), { [SESSION_HEADER]: entry.id });
+    } catch (error) {
+      if (error instanceof InitializeRejectedError) return answer(request, fixedEvents(error.events), {});
+      throw error;
+    }
+  };
+
+  const forward = async (request: Request, entry: SessionEntry, incoming: IncomingMessage): Promise<Response> => {
+    deps.keepOpen(request);
+    const stream: MessageStream = entry.bridge.request(incoming);
+    return answer(request, stream, { [SESSION_HEADER]: entry.id });
+  };
+
+  const post = async (request: Request, identity: SessionIdentity): Promise<Response> => {
+    let id: JsonRpcId | null = null;
+    let sessionId: string | undefined;
+    try {
+      const contentType = (request.headers.get("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
+      if (contentType !== "application/json") {
+        throw new McpHttpError(415, TRANSPORT_ERROR, "Unsupported Media Type: Content-Type must be application/json");
+      }
+      const accept = request.headers.get("accept");
+      if (!accepts(accept, "application/json") && !accepts(accept, "text/event-stream")) {
+        throw new McpHttpError(406, TRANSPORT_ERROR, "Not Acceptable: the client must accept application/json or text/event-stream");
+      }
+      const raw = await readBody(request, sessions.maxMessageBytes);
+      if (raw === null) {
+        throw new McpHttpError(413, ErrorCode.InvalidRequest, `Payload Too Large: a message may have at most ${sessions.maxMessageBytes} bytes`);
+      }
+      const parsed = parseMessage(raw);
+      if (!parsed.ok) {
+        if (parsed.problem === "parse") throw new McpHttpError(400, ErrorCode.ParseError, "Parse error: the body is not JSON");
+        if (parsed.problem === "batch") {
+          throw new McpHttpError(400, ErrorCode.InvalidRequest, "Invalid Request: JSON-RPC batches are not supported (MCP 2025-11-25); send one message per request");
+        }
+        throw new McpHttpError(400, ErrorCode.InvalidRequest, "Invalid Request: the body is not a JSON-RPC 2.0 message");
+      }
+      const { incoming, kind } = parsed;
+      if (kind === "request" && isJsonRpcId(incoming.message.id)) id = incoming.message.id;
+      checkProtocolVersion(request);
+      if (kind === "request" && incoming.message.method === "initialize") return await initialize(request, identity, incoming, id!);
+      const entry = registry.get(sessionIdOf(request), identity);
+      sessionId = entry.id;
+      if (kind === "request") return await forward(request, entry, incoming);
+      entry.bridge.send(incoming, kind);
+      return new Response(null, { status: 202, headers: { [SESSION_HEADER]: entry.id } });
+    } catch (error) {
+      return refusal(error, id, sessionId);
+    }
+  };
+
+  const get = (request: Request, identity: SessionIdentity): Response => {
+    let sessionId: string | undefined;
+    try {
+      if (!accepts(request.headers.get("accept"), "text/event-stream")) {
+        throw new McpHttpError(406, TRANSPORT_ERROR, "Not Acceptable: the client must accept text/event-stream");
+      }
+      checkProtocolVersion(request);
+      const entry = registry.get(sessionIdOf(request), identity);
+      sessionId = entry.id;
+      const lastEventId = request.headers.get("last-event-id");
+      const stream = lastEventId === null ? entry.bridge.openStandalone() : entry.bridge.resume(lastEventId);
+      deps.keepOpen(request);
+      return sseResponse(stream, { heartbeatMs, headers: { [SESSION_HEADER]: entry.id }, signal: request.signal });
+    } catch (error) {
+      return refusal(error, null, sessionId);
+    }
+  };
+
+  const del = async (request: Request, identity: SessionIdentity): Promise<Response> => {
+    try {
+      checkProtocolVersion(request);
+      const entry = registry.get(sessionIdOf(request), identity);
+      await registry.delete(entry.id);
+      return new Response(null, { status: 204, headers: { [SESSION_HEADER]: entry.id } });
+    } catch (error) {
+      return refusal(error, null);
+    }
+  };
+
+  return (guarded: ReturnType<typeof bearerGuard>) =>
+    new Elysia({ name: "mcp" })
+      // Before the guard: a page on a foreign origin (DNS rebinding) learns nothing, not even whether a token is good.
+      .onBeforeHandle(({ request }) => {
+        const origin = request.headers.get("origin");
+        if (origin !== null && !allowedOrigins.has(origin)) {
+          return rpcError(403, null, TRANSPORT_ERROR, `Forbidden: Origin ${JSON.stringify(origin)} is not allowed`);
+        }
+      })
+      .use(guarded)
+      .post("/mcp", ({ request, identity }) => post(request, identity), { parse: "none" })
+      .get("/mcp", ({ request, identity }) => get(request, identity))
+      .delete("/mcp", ({ request, identity }) => del(request, identity));
+}

@@ -1,0 +1,79 @@
+// The session caps and the idle reaper seen from HTTP: 429 and 503 with Retry-After, and sessions
+// with no request and no open stream for BROKER_IDLE_TIMEOUT_S stopped and answered 404 afterwards.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { hashToken } from "../../src/crypto.ts";
+import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { childCommand, holdStandaloneStream, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
+import { obtainTokens } from "../helpers/oauth-client.ts";
+
+async function tokenFor(t: TestBroker, login: string): Promise<string> {
+  t.forgejo.setCurrentUser(login);
+  return (await obtainTokens(t.config.publicUrl)).accessToken;
+}
+
+describe("caps", () => {
+  let t: TestBroker;
+  beforeAll(async () => {
+    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(), BROKER_MAX_SESSIONS: "3", BROKER_MAX_SESSIONS_PER_USER: "2" } });
+  });
+  afterAll(async () => {
+    await t.stop();
+  });
+
+  test("BROKER_MAX_SESSIONS_PER_USER → 429, BROKER_MAX_SESSIONS → 503, both with Retry-After; a freed slot is usable again", async () => {
+    const alice = await tokenFor(t, "alice");
+    const bob = await tokenFor(t, "bob");
+    const [first] = [await openSession(t.mcpUrl, alice), await openSession(t.mcpUrl, alice)];
+
+    const perUser = await postMcp(t.mcpUrl, alice, INITIALIZE);
+    expect(perUser.status).toBe(429);
+    expect(perUser.headers.get("retry-after")).toBe("30");
+    expect(perUser.headers.get("mcp-session-id")).toBeNull();
+    expect(await perUser.json()).toEqual({
+      jsonrpc: "2.0",
+      id: 1,
+      error: { code: -32000, message: "you have 2 open sessions, the most allowed; close one or wait for one to expire" },
+    });
+
+    await openSession(t.mcpUrl, bob);
+    const total = await postMcp(t.mcpUrl, bob, INITIALIZE);
+    expect(total.status).toBe(503);
+    expect(total.headers.get("retry-after")).toBe("30");
+    expect(await total.json()).toEqual({ jsonrpc: "2.0", id: 1, error: { code: -32000, message: "the broker is at its limit of 3 sessions" } });
+
+    expect((await fetch(t.mcpUrl, { method: "DELETE", headers: { authorization: `Bearer ${alice}`, "mcp-session-id": first! } })).status).toBe(204);
+    expect(await openSession(t.mcpUrl, bob)).toMatch(/^[0-9a-f]{48}$/);
+  });
+});
+
+describe("idle reaping", () => {
+  let t: TestBroker;
+  beforeAll(async () => {
+    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(), BROKER_IDLE_TIMEOUT_S: "1" } });
+  });
+  afterAll(async () => {
+    await t.stop();
+  });
+
+  test("a session with no request and no stream is stopped after BROKER_IDLE_TIMEOUT_S; one with an open stream stays", async () => {
+    const token = await tokenFor(t, "alice");
+    const identity = () => t.broker.store.findAccessIdentity(hashToken(token), Date.now())!;
+    const idle = await openSession(t.mcpUrl, token);
+    const watched = await openSession(t.mcpUrl, token);
+    const idlePid = t.broker.registry.get(idle, identity()).bridge.childPid;
+    const controller = new AbortController();
+    const stream = await holdStandaloneStream(t.mcpUrl, token, watched, controller.signal);
+    expect(stream.status).toBe(200);
+
+    // The reaper looks once a second; 1 s idle plus up to 1 s until it looks, plus the child's stop.
+    await Bun.sleep(2600);
+    expect(() => process.kill(idlePid, 0)).toThrow();
+    const late = await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", id: 3, method: "tools/list" }, { "mcp-session-id": idle });
+    expect(late.status).toBe(404);
+    expect(await late.json()).toEqual({ jsonrpc: "2.0", id: 3, error: { code: -32001, message: "Session not found" } });
+    expect(t.logs.some((line) => line.includes('"reason":"the session was idle for too long"'))).toBe(true);
+
+    expect((await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", id: 4, method: "tools/list" }, { "mcp-session-id": watched })).status).toBe(200);
+    controller.abort();
+  });
+});
