@@ -1,0 +1,118 @@
+// The bench command line: rounds, session counts, calls, churn, the scale point, the child, the
+// targets; --quick for a check in a few minutes. A pure function, so it can be tested alone.
+import { parseArgs } from "node:util";
+
+export const TARGETS = ["direct", "broker", "supergateway"] as const;
+export type TargetName = (typeof TARGETS)[number];
+
+export interface BenchOptions {
+  rounds: number;
+  sessions: number[];
+  /** Calls per measurement (one target at one S), split evenly over its S sessions. */
+  calls: number;
+  /** Untimed calls on one session of a fresh gateway before it is measured. */
+  warmup: number;
+  churn: number;
+  /** Concurrent sessions at the scale point with the C child; 0 skips it. */
+  scale: number;
+  scaleTargets: TargetName[];
+  child: "ts" | "c";
+  targets: TargetName[];
+  brokerLogLevel: string;
+  /** Extra bun flags for the broker process (before src/index.ts), e.g. --cpu-prof. */
+  brokerFlags: string[];
+  /** A command the broker runs under (e.g. valgrind --tool=callgrind), split on whitespace. */
+  brokerWrapper: string[];
+  quick: boolean;
+  out: string;
+}
+
+export const USAGE = `usage: bun run bench [-- options]
+
+  --rounds N          rounds; targets alternate A B C A B C… and medians are reported (default 3)
+  --sessions LIST     concurrent sessions per measurement (default 1,16,64)
+  --calls N           calls per measurement, split evenly over its sessions (default 10000)
+  --warmup N          untimed calls on one session of each fresh gateway first (default 200)
+  --churn N           initialize → call → DELETE cycles per target and round (default 50)
+  --scale N           concurrent sessions at the scale point, C child, one call each (default 1000; 0 skips)
+  --scale-targets L   targets at the scale point (default direct,broker,supergateway)
+  --child ts|c        the child for the rows and the churn: the bun one (ts, default) or the C one
+  --targets LIST      default direct,broker,supergateway
+  --broker-log-level  BROKER_LOG_LEVEL for the broker (default warn: supergateway runs with --logLevel none)
+  --broker-flags F    extra bun flags for the broker, e.g. "--cpu-prof --cpu-prof-md --cpu-prof-dir=/tmp/prof"
+  --broker-wrapper W  run the broker under W, e.g. "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p"
+  --quick             1 round, sessions 1,16, 500 calls, 10 churn cycles, no scale point
+  --out FILE          the markdown report (default bench/results/latest.md; --quick: bench/results/quick.md)
+  --help`;
+
+export type Parsed = { kind: "run"; options: BenchOptions } | { kind: "help" } | { kind: "error"; message: string };
+
+function positive(name: string, raw: string | undefined, fallback: number, min = 1, max = 1_000_000): number {
+  if (raw === undefined) return fallback;
+  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) throw new Error(`--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`);
+  return Number(raw);
+}
+
+function targetList(name: string, raw: string | undefined, fallback: TargetName[]): TargetName[] {
+  if (raw === undefined) return fallback;
+  const list = raw.split(",").map((s) => s.trim()).filter(Boolean);
+  for (const item of list) if (!(TARGETS as readonly string[]).includes(item)) throw new Error(`--${name}: unknown target ${JSON.stringify(item)} (known: ${TARGETS.join(", ")})`);
+  // Keep the canonical order, so A B C is always direct, broker, supergateway.
+  return TARGETS.filter((t) => list.includes(t));
+}
+
+export function parseBenchArgs(argv: string[]): Parsed {
+  const args = argv.filter((a) => a !== "--");
+  try {
+    const { values } = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        rounds: { type: "string" },
+        sessions: { type: "string" },
+        calls: { type: "string" },
+        warmup: { type: "string" },
+        churn: { type: "string" },
+        scale: { type: "string" },
+        "scale-targets": { type: "string" },
+        child: { type: "string" },
+        targets: { type: "string" },
+        "broker-log-level": { type: "string" },
+        "broker-flags": { type: "string" },
+        "broker-wrapper": { type: "string" },
+        quick: { type: "boolean" },
+        out: { type: "string" },
+        help: { type: "boolean" },
+      },
+    });
+    if (values.help) return { kind: "help" };
+    const quick = values.quick === true;
+    const sessions = values.sessions === undefined ? (quick ? [1, 16] : [1, 16, 64]) : values.sessions.split(",").map((s) => positive("sessions", s.trim(), 1, 1, 10_000));
+    const child = values.child ?? "ts";
+    if (child !== "ts" && child !== "c") throw new Error(`--child must be ts or c, got ${JSON.stringify(child)}`);
+    const level = values["broker-log-level"] ?? "warn";
+    if (!["debug", "info", "warn", "error"].includes(level)) throw new Error(`--broker-log-level must be debug, info, warn or error`);
+    return {
+      kind: "run",
+      options: {
+        rounds: positive("rounds", values.rounds, quick ? 1 : 3, 1, 100),
+        sessions,
+        calls: positive("calls", values.calls, quick ? 500 : 10_000, 1, 10_000_000),
+        warmup: positive("warmup", values.warmup, 200, 0),
+        churn: positive("churn", values.churn, quick ? 10 : 50, 0, 100_000),
+        scale: positive("scale", values.scale, quick ? 0 : 1000, 0, 20_000),
+        scaleTargets: targetList("scale-targets", values["scale-targets"], [...TARGETS]),
+        child,
+        targets: targetList("targets", values.targets, [...TARGETS]),
+        brokerLogLevel: level,
+        brokerFlags: (values["broker-flags"] ?? "").split(/\s+/).filter(Boolean),
+        brokerWrapper: (values["broker-wrapper"] ?? "").split(/\s+/).filter(Boolean),
+        quick,
+        out: values.out ?? (quick ? "bench/results/quick.md" : "bench/results/latest.md"),
+      },
+    };
+  } catch (error) {
+    return { kind: "error", message: error instanceof Error ? error.message : String(error) };
+  }
+}

@@ -1,0 +1,200 @@
+// The HTTP targets, each started fresh as its own process: supergateway (the peer) and this broker
+// (a subprocess `bun src/index.ts` against the Forgejo stand-in, with a token minted through the
+// real OAuth flow). Every gateway is stopped with SIGTERM, then SIGKILL, and any descendant it
+// left behind is killed by pid (checked against its start time), so a run leaves nothing running.
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Subprocess } from "bun";
+import { obtainTokens } from "../../test/helpers/oauth-client.ts";
+import type { FakeForgejo } from "../../test/fixtures/forgejo.ts";
+import { probeMcp } from "./mcp-probe.ts";
+import { descendantsOf, procStat } from "./proc.ts";
+
+export const REPO_ROOT = resolve(import.meta.dir, "../..");
+
+export interface Gateway {
+  pid: number;
+  url: string;
+  token?: string;
+  /** notifications/progress seen by the start-up probe for one progress call (5 expected). */
+  progressNotifications: number;
+  stop(): Promise<StopReport>;
+}
+
+export interface StopReport {
+  /** Descendants still alive after the gateway exited, killed by the harness. */
+  stragglers: number;
+  /** How the gateway ended: "SIGTERM" when it exited on its own after SIGTERM. */
+  ended: string;
+}
+
+/** A target that cannot be measured now (not an error in the harness): the row says why. */
+export class Unavailable extends Error {}
+
+const live = new Set<Subprocess>();
+
+/** Asks the OS for a free loopback port (the broker's issuer URL must be known before it listens). */
+export async function freePort(): Promise<number> {
+  const probe = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response() });
+  const port = probe.port!;
+  await probe.stop(true);
+  return port;
+}
+
+async function waitFor(check: () => Promise<boolean>, proc: Subprocess, ms: number, what: string, log?: string): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (performance.now() < deadline) {
+    if (proc.exitCode !== null || proc.signalCode !== null) {
+      throw new Unavailable(`${what} exited (${proc.exitCode ?? proc.signalCode}) before it was ready${log ? `: ${tail(log)}` : ""}`);
+    }
+    if (await check().catch(() => false)) return;
+    await Bun.sleep(25);
+  }
+  throw new Unavailable(`${what} was not ready within ${ms} ms${log ? `: ${tail(log)}` : ""}`);
+}
+
+function tail(path: string): string {
+  try {
+    return readFileSync(path, "utf8").trim().split("\n").slice(-3).join(" | ").slice(0, 400);
+  } catch {
+    return "(no log)";
+  }
+}
+
+/** SIGTERM, up to `graceMs` to exit, SIGKILL; then SIGKILL any descendant that outlived it. */
+async function stopProcess(proc: Subprocess, graceMs: number): Promise<StopReport> {
+  const snapshot = descendantsOf(proc.pid).map((pid) => procStat(pid)).filter((s) => s !== null);
+  let ended = "SIGTERM";
+  if (proc.exitCode === null && proc.signalCode === null) {
+    proc.kill("SIGTERM");
+    const exited = await Promise.race([proc.exited.then(() => true), Bun.sleep(graceMs).then(() => false)]);
+    if (!exited) {
+      ended = "SIGKILL";
+      proc.kill("SIGKILL");
+      await proc.exited;
+    }
+  } else ended = `already exited (${proc.exitCode ?? proc.signalCode})`;
+  live.delete(proc);
+  let stragglers = 0;
+  for (const before of snapshot) {
+    const now = procStat(before.pid);
+    if (now === null || now.startTime !== before.startTime || now.state === "Z") continue;
+    stragglers++;
+    try {
+      process.kill(before.pid, "SIGKILL");
+    } catch {
+      // gone in between
+    }
+  }
+  return { stragglers, ended };
+}
+
+/** For Ctrl-C and fatal errors: stop every gateway still running. */
+export async function stopAllGateways(): Promise<void> {
+  await Promise.all([...live].map((proc) => stopProcess(proc, 3000)));
+}
+
+export interface ChildSpec {
+  name: string;
+  argv: string[];
+}
+
+/** The child as one command line, for supergateway (run by a shell) and BROKER_CHILD_COMMAND (split without one). */
+export function commandLine(argv: string[]): string {
+  return argv.map((arg) => (/^[A-Za-z0-9_./=:-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`)).join(" ");
+}
+
+/** supergateway's own entry point, run by node: what `npx supergateway` runs, without npx's wrapper processes. */
+export function supergatewayEntry(): string {
+  return join(REPO_ROOT, "node_modules/supergateway/dist/index.js");
+}
+
+export async function startSupergateway(child: ChildSpec): Promise<Gateway> {
+  const port = await freePort();
+  const node = Bun.which("node");
+  if (node === null) throw new Unavailable("node is not on PATH (supergateway is a Node program)");
+  const proc = Bun.spawn(
+    [node, supergatewayEntry(), "--stdio", commandLine(child.argv), "--outputTransport", "streamableHttp", "--stateful", "--logLevel", "none", "--port", String(port)],
+    { stdin: "ignore", stdout: "ignore", stderr: "ignore", cwd: REPO_ROOT },
+  );
+  live.add(proc);
+  const url = `http://127.0.0.1:${port}/mcp`;
+  try {
+    await waitFor(async () => (await fetch(url, { signal: AbortSignal.timeout(1000) })).status > 0, proc, 15_000, "supergateway");
+    const probe = await probeMcp(url, undefined);
+    if (!probe.ok) throw new Unavailable(probe.reason);
+    return { pid: proc.pid, url, progressNotifications: probe.progressNotifications, stop: () => stopProcess(proc, 8000) };
+  } catch (error) {
+    await stopProcess(proc, 3000);
+    throw error;
+  }
+}
+
+export interface BrokerOptions {
+  child: ChildSpec;
+  forgejo: FakeForgejo;
+  maxSessions: number;
+  logLevel: string;
+  /** Extra bun flags (profiling) and a wrapper command (valgrind): measured figures then describe the profiled broker. */
+  flags?: string[];
+  wrapper?: string[];
+}
+
+export async function startBroker(options: BrokerOptions): Promise<Gateway> {
+  const port = await freePort();
+  const dataDir = mkdtempSync(join(tmpdir(), "fmb-bench-"));
+  const log = join(dataDir, "broker.log");
+  const publicUrl = `http://127.0.0.1:${port}`;
+  // One append descriptor for both streams, so stdout and stderr lines interleave instead of overwriting.
+  const logFd = openSync(log, "a");
+  const argv = [...(options.wrapper ?? []), process.execPath, ...(options.flags ?? []), join(REPO_ROOT, "src/index.ts")];
+  const proc = Bun.spawn(argv, {
+    cwd: REPO_ROOT,
+    stdin: "ignore",
+    stdout: logFd,
+    stderr: logFd,
+    // A clean environment: nothing of the harness's (BUN_CONFIG_MAX_HTTP_REQUESTS among it) leaks in.
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HOME: process.env.HOME ?? "/tmp",
+      BROKER_PUBLIC_URL: publicUrl,
+      BROKER_HOST: "127.0.0.1",
+      BROKER_PORT: String(port),
+      BROKER_DATA_DIR: dataDir,
+      FORGEJO_URL: options.forgejo.url,
+      FORGEJO_CLIENT_ID: options.forgejo.clientId,
+      FORGEJO_CLIENT_SECRET: options.forgejo.clientSecret,
+      BROKER_CHILD_COMMAND: commandLine(options.child.argv),
+      BROKER_MAX_SESSIONS: String(options.maxSessions),
+      BROKER_MAX_SESSIONS_PER_USER: String(options.maxSessions),
+      BROKER_LOG_LEVEL: options.logLevel,
+    },
+  });
+  closeSync(logFd);
+  live.add(proc);
+  const stop = async () => {
+    // A profiler writes its file at exit: give a wrapped or profiled broker longer before SIGKILL.
+    const report = await stopProcess(proc, (options.wrapper?.length ?? 0) > 0 || (options.flags?.length ?? 0) > 0 ? 60_000 : 8000);
+    rmSync(dataDir, { recursive: true, force: true });
+    return report;
+  };
+  try {
+    const startMs = (options.wrapper?.length ?? 0) > 0 ? 120_000 : 15_000;
+    await waitFor(async () => (await fetch(`${publicUrl}/healthz`, { signal: AbortSignal.timeout(1000) })).ok, proc, startMs, "the broker", log);
+    let token: string;
+    try {
+      token = (await obtainTokens(publicUrl)).accessToken;
+    } catch (error) {
+      throw new Unavailable(`the OAuth flow failed: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    if (!token) throw new Unavailable("the OAuth flow returned no access token");
+    const url = `${publicUrl}/mcp`;
+    const probe = await probeMcp(url, token);
+    if (!probe.ok) throw new Unavailable(probe.reason);
+    return { pid: proc.pid, url, token, progressNotifications: probe.progressNotifications, stop };
+  } catch (error) {
+    await stop();
+    throw error instanceof Unavailable ? error : new Unavailable(error instanceof Error ? error.message : String(error));
+  }
+}

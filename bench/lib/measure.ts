@@ -1,0 +1,363 @@
+// One measurement of one target: a fresh gateway (or, for direct, fresh children), a warm-up, then
+// the load (S sessions, calls split over them) with RSS sampled and the gateway's CPU read at the
+// exact start and end of the calls phase; or the churn cycle; or the scale point. Returns figures
+// or an error, never made-up numbers.
+import { runChurn, runLoad, type LoadResult } from "../../src/loadtest/run.ts";
+import type { FakeForgejo } from "../../test/fixtures/forgejo.ts";
+import type { TargetName } from "./args.ts";
+import { runDirectChurn, runDirectLoad, StdioSession } from "./direct.ts";
+import { startBroker, startSupergateway, type ChildSpec, type Gateway } from "./gateways.ts";
+import { cpuSeconds, describeDescendants, procStat, rssKb, RssSampler, treePssKb } from "./proc.ts";
+
+export interface LoadSample {
+  callsPerSecond: number | null;
+  p50Ms: number | null;
+  p99Ms: number | null;
+  setupP50Ms: number | null;
+  setupP99Ms: number | null;
+  /** Peak RSS of the gateway process alone, KiB (null for direct: there is none). */
+  gatewayRssKb: number | null;
+  /** Peak RSS of the gateway and all its descendants (direct: of its children), KiB. */
+  treeRssKb: number;
+  /** Gateway CPU seconds (user + system) per 1,000 calls over the calls phase; null for direct. */
+  cpuPer1k: number | null;
+  sessionsOpened: number;
+  callsOk: number;
+  callsRequested: number;
+  errors: string[];
+  /** Progress notifications delivered for one progress call at start-up (5 expected). */
+  progress: number | null;
+}
+
+export interface ChurnSample {
+  cyclesPerSecond: number | null;
+  cycleP50Ms: number | null;
+  ok: number;
+  requested: number;
+  /** Descendants of the gateway 1 s after the last DELETE (direct: of the children it spawned), and how many are zombies. */
+  leftAfter1s: number | null;
+  zombiesAfter1s: number | null;
+  leftExamples: string[];
+  errors: string[];
+}
+
+export interface ScaleSample {
+  sessions: number;
+  opened: number;
+  callsOk: number;
+  setupP50Ms: number | null;
+  setupP99Ms: number | null;
+  openSeconds: number;
+  /** Gateway RSS before the load (after warm-up) and at its peak, KiB; null for direct. */
+  gatewayBaseKb: number | null;
+  gatewayPeakKb: number | null;
+  treePeakKb: number;
+  /** PSS of the whole tree once every session is open (shared pages counted once overall), KiB. */
+  treePssKb: number | null;
+  errors: string[];
+}
+
+export type Outcome<T> = { ok: true; value: T } | { ok: false; reason: string };
+
+export interface MeasureContext {
+  forgejo: FakeForgejo;
+  brokerLogLevel: string;
+  brokerFlags: string[];
+  brokerWrapper: string[];
+  maxSessions: number;
+  /** Every direct session spawned, so Ctrl-C can kill them. */
+  directSessions: Set<StdioSession>;
+  /** Env for the direct children: what the broker would give its children (PATH and the two variables). */
+  directEnv: Record<string, string>;
+}
+
+const now = () => performance.now();
+
+export async function startGateway(target: Exclude<TargetName, "direct">, child: ChildSpec, ctx: MeasureContext): Promise<Gateway> {
+  return target === "broker"
+    ? startBroker({ child, forgejo: ctx.forgejo, maxSessions: ctx.maxSessions, logLevel: ctx.brokerLogLevel, flags: ctx.brokerFlags, wrapper: ctx.brokerWrapper })
+    : startSupergateway(child);
+}
+
+function loadErrors(result: LoadResult): string[] {
+  const errors = result.errors.map((e) => `${e.count}× ${e.kind} ${e.detail}: ${e.example}`);
+  if (result.stop.reason !== "completed") errors.unshift(`stopped: ${result.stop.reason}`);
+  return errors;
+}
+
+/**
+ * A fetch for runLoad that notes the gateway's CPU time at the first tools/call (the calls phase
+ * begins: all sessions are open) and at the first DELETE (runLoad closes sessions only after every
+ * call is done), so session set-up and teardown do not count as per-call CPU.
+ */
+function cpuMarkingFetch(pid: number): { fetch: typeof fetch; marks: { start: number | null; end: number | null } } {
+  const marks = { start: null as number | null, end: null as number | null };
+  let phase = 0;
+  const wrapped = ((input: RequestInfo | URL, init?: RequestInit) => {
+    if (phase === 0) {
+      if (typeof init?.body === "string" && init.body.includes('"method":"tools/call"')) {
+        phase = 1;
+        marks.start = cpuSeconds(pid);
+      }
+    } else if (phase === 1 && init?.method === "DELETE") {
+      phase = 2;
+      marks.end = cpuSeconds(pid);
+    }
+    return fetch(input, init);
+  }) as typeof fetch;
+  return { fetch: wrapped, marks };
+}
+
+export async function measureLoad(target: TargetName, child: ChildSpec, sessions: number, totalCalls: number, warmup: number, ctx: MeasureContext): Promise<Outcome<LoadSample>> {
+  const calls = Math.max(1, Math.ceil(totalCalls / sessions));
+  if (target === "direct") return measureDirectLoad(child, sessions, calls, warmup, ctx);
+  let gateway: Gateway;
+  try {
+    gateway = await startGateway(target, child, ctx);
+  } catch (error) {
+    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+  }
+  try {
+    const common = { url: gateway.url, token: gateway.token, timeoutMs: 30_000 };
+    if (warmup > 0) await runLoad({ ...common, sessions: 1, calls: warmup }, { fetch, now });
+    const sampler = new RssSampler(() => [gateway.pid], true);
+    const { fetch: marked, marks } = cpuMarkingFetch(gateway.pid);
+    const result = await runLoad({ ...common, sessions, calls }, { fetch: marked, now });
+    marks.end ??= cpuSeconds(gateway.pid);
+    const memory = sampler.stop();
+    const cpu = marks.start !== null && result.calls.ok > 0 ? ((marks.end - marks.start) / result.calls.ok) * 1000 : null;
+    return {
+      ok: true,
+      value: {
+        callsPerSecond: result.calls.perSecond,
+        p50Ms: result.calls.latencyMs.p50,
+        p99Ms: result.calls.latencyMs.p99,
+        setupP50Ms: result.sessions.setupMs.p50,
+        setupP99Ms: result.sessions.setupMs.p99,
+        gatewayRssKb: memory.rootKb,
+        treeRssKb: memory.treeKb,
+        cpuPer1k: cpu,
+        sessionsOpened: result.sessions.opened,
+        callsOk: result.calls.ok,
+        callsRequested: result.calls.requested,
+        errors: loadErrors(result),
+        progress: gateway.progressNotifications,
+      },
+    };
+  } catch (error) {
+    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+  } finally {
+    const stopped = await gateway.stop();
+    if (stopped.stragglers > 0) console.error(`  ${target}: killed ${stopped.stragglers} process(es) it left behind`);
+  }
+}
+
+async function measureDirectLoad(child: ChildSpec, sessions: number, calls: number, warmup: number, ctx: MeasureContext): Promise<Outcome<LoadSample>> {
+  const track = (session: StdioSession) => {
+    ctx.directSessions.add(session);
+    void session.proc.exited.then(() => ctx.directSessions.delete(session));
+  };
+  const options = { command: child.argv, env: ctx.directEnv, track, timeoutMs: 30_000 };
+  try {
+    // The same correctness check the gateways get at start-up: one progress call.
+    const probe = new StdioSession(child.argv, ctx.directEnv);
+    track(probe);
+    const probeFailure = await probe.initialize();
+    const progress = probeFailure === null ? await probe.progress() : null;
+    await probe.close();
+    if (probeFailure !== null) return { ok: false, reason: `the child did not initialize: ${probeFailure}` };
+
+    if (warmup > 0) await runDirectLoad({ ...options, sessions: 1, calls: warmup });
+    const mine: StdioSession[] = [];
+    const sampler = new RssSampler(() => mine.map((s) => s.proc.pid), false);
+    const result = await runDirectLoad({
+      ...options,
+      sessions,
+      calls,
+      track: (session) => {
+        track(session);
+        mine.push(session);
+      },
+      onCallsEnd: () => sampler.sample(),
+    });
+    const memory = sampler.stop();
+    return {
+      ok: true,
+      value: {
+        callsPerSecond: result.calls.perSecond,
+        p50Ms: result.calls.latencyMs.p50,
+        p99Ms: result.calls.latencyMs.p99,
+        setupP50Ms: result.sessions.setupMs.p50,
+        setupP99Ms: result.sessions.setupMs.p99,
+        gatewayRssKb: null,
+        treeRssKb: memory.treeKb,
+        cpuPer1k: null,
+        sessionsOpened: result.sessions.opened,
+        callsOk: result.calls.ok,
+        callsRequested: result.calls.requested,
+        errors: Object.entries(result.errors).map(([what, n]) => `${n}× ${what}`),
+        progress,
+      },
+    };
+  } catch (error) {
+    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+  }
+}
+
+export async function measureChurn(target: TargetName, child: ChildSpec, cycles: number, ctx: MeasureContext): Promise<Outcome<ChurnSample>> {
+  if (target === "direct") {
+    const spawned: StdioSession[] = [];
+    const result = await runDirectChurn({
+      command: child.argv,
+      env: ctx.directEnv,
+      cycles,
+      track: (session) => {
+        ctx.directSessions.add(session);
+        spawned.push(session);
+      },
+    });
+    await Bun.sleep(1000);
+    // Every cycle reaps its child before the next starts; count any that still exist (zombie or not).
+    const left = spawned.map((s) => procStat(s.proc.pid)).filter((s) => s !== null);
+    for (const session of spawned) ctx.directSessions.delete(session);
+    return {
+      ok: true,
+      value: {
+        cyclesPerSecond: result.cycles.perSecond,
+        cycleP50Ms: result.cycles.latencyMs.p50,
+        ok: result.cycles.ok,
+        requested: cycles,
+        leftAfter1s: left.length,
+        zombiesAfter1s: left.filter((s) => s.state === "Z").length,
+        leftExamples: left.slice(0, 5).map((s) => `${s.pid} ${s.state}`),
+        errors: Object.entries(result.errors).map(([what, n]) => `${n}× ${what}`),
+      },
+    };
+  }
+  let gateway: Gateway;
+  try {
+    gateway = await startGateway(target, child, ctx);
+  } catch (error) {
+    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+  }
+  try {
+    // The start-up probe already ran one whole session; a short warm-up keeps churn comparable with the load rows.
+    await runLoad({ url: gateway.url, token: gateway.token, sessions: 1, calls: 50 }, { fetch, now });
+    const result = await runChurn({ url: gateway.url, token: gateway.token, cycles, timeoutMs: 30_000 }, { fetch, now });
+    await Bun.sleep(1000);
+    const left = describeDescendants(gateway.pid);
+    const errors = result.errors.map((e) => `${e.count}× ${e.kind} ${e.detail}: ${e.example}`);
+    if (result.cycles.deletes < result.cycles.ok) errors.push(`${result.cycles.ok - result.cycles.deletes} cycle(s) without a successful DELETE`);
+    return {
+      ok: true,
+      value: {
+        cyclesPerSecond: result.cycles.perSecond,
+        cycleP50Ms: result.cycles.latencyMs.p50,
+        ok: result.cycles.ok,
+        requested: cycles,
+        leftAfter1s: left.total,
+        zombiesAfter1s: left.zombies,
+        leftExamples: left.examples,
+        errors,
+      },
+    };
+  } catch (error) {
+    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+  } finally {
+    await gateway.stop();
+  }
+}
+
+export async function measureScale(target: TargetName, cChild: ChildSpec, sessions: number, ctx: MeasureContext): Promise<Outcome<ScaleSample>> {
+  const timeoutMs = 120_000;
+  if (target === "direct") {
+    const mine: StdioSession[] = [];
+    const sampler = new RssSampler(() => mine.map((s) => s.proc.pid), false, 100, 1000);
+    let pss: number | null = null;
+    try {
+      const result = await runDirectLoad({
+        command: cChild.argv,
+        env: ctx.directEnv,
+        sessions,
+        calls: 1,
+        timeoutMs,
+        track: (session) => {
+          ctx.directSessions.add(session);
+          void session.proc.exited.then(() => ctx.directSessions.delete(session));
+          mine.push(session);
+        },
+        onCallsStart: () => {
+          sampler.rescan();
+          sampler.sample();
+          pss = treePssKb(mine.map((s) => s.proc.pid));
+        },
+      });
+      const memory = sampler.stop();
+      return {
+        ok: true,
+        value: {
+          sessions,
+          opened: result.sessions.opened,
+          callsOk: result.calls.ok,
+          setupP50Ms: result.sessions.setupMs.p50,
+          setupP99Ms: result.sessions.setupMs.p99,
+          openSeconds: result.sessions.durationMs / 1000,
+          gatewayBaseKb: null,
+          gatewayPeakKb: null,
+          treePeakKb: memory.treeKb,
+          treePssKb: pss,
+          errors: Object.entries(result.errors).map(([what, n]) => `${n}× ${what}`),
+        },
+      };
+    } catch (error) {
+      sampler.stop();
+      return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+    }
+  }
+  let gateway: Gateway;
+  try {
+    gateway = await startGateway(target, cChild, ctx);
+  } catch (error) {
+    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+  }
+  try {
+    await runLoad({ url: gateway.url, token: gateway.token, sessions: 1, calls: 200 }, { fetch, now });
+    const base = rssKb(gateway.pid);
+    const sampler = new RssSampler(() => [gateway.pid], true, 100, 1000);
+    // Sample at the moment every session is open (the first call), when the tree is at its largest.
+    let sampled = false;
+    let pss: number | null = null;
+    const marking = ((input: RequestInfo | URL, init?: RequestInit) => {
+      if (!sampled && typeof init?.body === "string" && init.body.includes('"method":"tools/call"')) {
+        sampled = true;
+        sampler.rescan();
+        sampler.sample();
+        pss = treePssKb([gateway.pid]);
+      }
+      return fetch(input, init);
+    }) as typeof fetch;
+    const result = await runLoad({ url: gateway.url, token: gateway.token, sessions, calls: 1, timeoutMs }, { fetch: marking, now });
+    const memory = sampler.stop();
+    return {
+      ok: true,
+      value: {
+        sessions,
+        opened: result.sessions.opened,
+        callsOk: result.calls.ok,
+        setupP50Ms: result.sessions.setupMs.p50,
+        setupP99Ms: result.sessions.setupMs.p99,
+        openSeconds: result.sessions.durationMs / 1000,
+        gatewayBaseKb: base,
+        gatewayPeakKb: memory.rootKb,
+        treePeakKb: memory.treeKb,
+        treePssKb: pss,
+        errors: loadErrors(result),
+      },
+    };
+  } catch (error) {
+    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+  } finally {
+    const stopped = await gateway.stop();
+    if (stopped.stragglers > 0) console.error(`  ${target}: killed ${stopped.stragglers} process(es) it left behind`);
+  }
+}

@@ -1,0 +1,334 @@
+// Medians over rounds, the issue's target ratios with PASS/FAIL, and the markdown report: the
+// machine, the rows, the churn, the targets, the scale point, and every round's raw figures.
+import type { BenchOptions, TargetName } from "./args.ts";
+import type { ChurnSample, LoadSample, Outcome, ScaleSample } from "./measure.ts";
+
+export interface Machine {
+  date: string;
+  nproc: number;
+  memory: string;
+  cpu: string;
+  kernel: string;
+  bun: string;
+  node: string;
+  supergateway: string;
+  commit: string;
+}
+
+export interface BenchData {
+  options: BenchOptions;
+  machine: Machine;
+  childDescription: string;
+  /** Why a target could not be measured at all (checked once, before the rounds). */
+  unavailable: Partial<Record<TargetName, string>>;
+  /** loads[S][target] = one outcome per round. */
+  loads: Record<number, Partial<Record<TargetName, Outcome<LoadSample>[]>>>;
+  churn: Partial<Record<TargetName, Outcome<ChurnSample>[]>>;
+  scale: Partial<Record<TargetName, Outcome<ScaleSample>>>;
+  scaleSkipped: string | null;
+  wallSeconds: number;
+}
+
+export function median(values: (number | null | undefined)[]): number | null {
+  const xs = values.filter((v): v is number => typeof v === "number" && Number.isFinite(v)).sort((a, b) => a - b);
+  if (xs.length === 0) return null;
+  const mid = xs.length >> 1;
+  return xs.length % 2 === 1 ? xs[mid]! : (xs[mid - 1]! + xs[mid]!) / 2;
+}
+
+function oks<T>(outcomes: Outcome<T>[] | undefined): T[] {
+  return (outcomes ?? []).flatMap((o) => (o.ok ? [o.value] : []));
+}
+
+export interface Medians {
+  rounds: number;
+  callsPerSecond: number | null;
+  p50Ms: number | null;
+  p99Ms: number | null;
+  setupP50Ms: number | null;
+  gatewayRssKb: number | null;
+  treeRssKb: number | null;
+  cpuPer1k: number | null;
+}
+
+export function loadMedians(outcomes: Outcome<LoadSample>[] | undefined): Medians | null {
+  const samples = oks(outcomes);
+  if (samples.length === 0) return null;
+  return {
+    rounds: samples.length,
+    callsPerSecond: median(samples.map((s) => s.callsPerSecond)),
+    p50Ms: median(samples.map((s) => s.p50Ms)),
+    p99Ms: median(samples.map((s) => s.p99Ms)),
+    setupP50Ms: median(samples.map((s) => s.setupP50Ms)),
+    gatewayRssKb: median(samples.map((s) => s.gatewayRssKb)),
+    treeRssKb: median(samples.map((s) => s.treeRssKb)),
+    cpuPer1k: median(samples.map((s) => s.cpuPer1k)),
+  };
+}
+
+export interface ChurnMedians {
+  rounds: number;
+  cyclesPerSecond: number | null;
+  cycleP50Ms: number | null;
+  /** The worst round: a leak in any round is a leak. */
+  maxLeft: number | null;
+  maxZombies: number | null;
+}
+
+export function churnMedians(outcomes: Outcome<ChurnSample>[] | undefined): ChurnMedians | null {
+  const samples = oks(outcomes);
+  if (samples.length === 0) return null;
+  const lefts = samples.map((s) => s.leftAfter1s).filter((v): v is number => v !== null);
+  const zombies = samples.map((s) => s.zombiesAfter1s).filter((v): v is number => v !== null);
+  return {
+    rounds: samples.length,
+    cyclesPerSecond: median(samples.map((s) => s.cyclesPerSecond)),
+    cycleP50Ms: median(samples.map((s) => s.cycleP50Ms)),
+    maxLeft: lefts.length ? Math.max(...lefts) : null,
+    maxZombies: zombies.length ? Math.max(...zombies) : null,
+  };
+}
+
+const f = (v: number | null | undefined, digits = 1) => (v === null || v === undefined || !Number.isFinite(v) ? "—" : v.toFixed(digits));
+const ms = (v: number | null | undefined) => f(v, v !== null && v !== undefined && v < 10 ? 3 : 1);
+const mib = (kb: number | null | undefined) => (kb === null || kb === undefined ? "—" : (kb / 1024).toFixed(1));
+const ratio = (a: number | null, b: number | null) => (a === null || b === null || b === 0 ? null : a / b);
+
+export interface Verdict {
+  what: string;
+  measured: string;
+  required: string;
+  verdict: "PASS" | "FAIL" | "n/a";
+  note?: string;
+}
+
+/** The issue's targets, each from medians measured in this run. */
+export function verdicts(data: BenchData): Verdict[] {
+  const out: Verdict[] = [];
+  const na = (what: string, required: string, why: string): Verdict => ({ what, measured: "—", required, verdict: "n/a", note: why });
+  const check = (what: string, value: number | null, required: string, pass: (v: number) => boolean, show: (v: number) => string, missing: string): Verdict =>
+    value === null ? na(what, required, missing) : { what, measured: show(value), required, verdict: pass(value) ? "PASS" : "FAIL" };
+  const m = (s: number, t: TargetName) => loadMedians(data.loads[s]?.[t]);
+  const missingFor = (...ts: TargetName[]) => {
+    for (const t of ts) {
+      if (data.unavailable[t] !== undefined) return `${t} unavailable (reason above)`;
+      if (!data.options.targets.includes(t)) return `${t} not measured (--targets)`;
+    }
+    return "no successful round";
+  };
+
+  for (const s of data.options.sessions) {
+    const need = s === 1 ? 0.5 : 0.6;
+    const r = ratio(m(s, "broker")?.callsPerSecond ?? null, m(s, "direct")?.callsPerSecond ?? null);
+    out.push(check(`calls/s broker ÷ direct, S=${s}`, r, `≥ ${need}×`, (v) => v >= need, (v) => `${v.toFixed(2)}×`, missingFor("broker", "direct")));
+  }
+  if (data.options.sessions.includes(1)) {
+    const d = (m(1, "broker")?.p50Ms ?? null) !== null && (m(1, "direct")?.p50Ms ?? null) !== null ? m(1, "broker")!.p50Ms! - m(1, "direct")!.p50Ms! : null;
+    out.push(check("p50 added over direct, S=1", d, "≤ 0.15 ms", (v) => v <= 0.15, (v) => `${v.toFixed(3)} ms`, missingFor("broker", "direct")));
+  }
+  for (const s of data.options.sessions) {
+    const r = ratio(m(s, "broker")?.cpuPer1k ?? null, m(s, "supergateway")?.cpuPer1k ?? null);
+    out.push(check(`gateway CPU per call broker ÷ supergateway, S=${s}`, r, "≤ 0.10×", (v) => v <= 0.1, (v) => `${v.toFixed(3)}×`, missingFor("broker", "supergateway")));
+  }
+  const big = data.options.sessions.includes(64) ? 64 : Math.max(...data.options.sessions);
+  {
+    const r = ratio(m(big, "broker")?.gatewayRssKb ?? null, m(big, "supergateway")?.gatewayRssKb ?? null);
+    out.push(
+      check(`gateway RSS (children excluded) broker ÷ supergateway, S=${big}`, r, "≤ 0.5×", (v) => v <= 0.5, (v) => `${v.toFixed(2)}×`, missingFor("broker", "supergateway")),
+    );
+    if (big !== 64) {
+      const last = out[out.length - 1]!;
+      last.note = [last.note, "the target is stated at S=64; this run's largest S was used"].filter(Boolean).join("; ");
+    }
+  }
+  for (const s of data.options.sessions) {
+    const b = m(s, "broker")?.setupP50Ms ?? null;
+    const d = m(s, "direct")?.setupP50Ms ?? null;
+    out.push(check(`set-up p50 broker − direct, S=${s}`, b !== null && d !== null ? b - d : null, "≤ +5 ms", (v) => v <= 5, (v) => `${v >= 0 ? "+" : ""}${v.toFixed(2)} ms`, missingFor("broker", "direct")));
+  }
+  {
+    const b = churnMedians(data.churn.broker);
+    const d = churnMedians(data.churn.direct);
+    const r = ratio(b?.cyclesPerSecond ?? null, d?.cyclesPerSecond ?? null);
+    out.push(check("churn cycles/s broker ÷ direct", r, "≥ 0.90× (same within 10 %)", (v) => v >= 0.9, (v) => `${v.toFixed(2)}×`, missingFor("broker", "direct")));
+    out.push(
+      check(
+        "broker descendants 1 s after the last DELETE (zombies)",
+        b?.maxLeft ?? null,
+        "0",
+        (v) => v === 0,
+        (v) => `${v} (${b?.maxZombies ?? 0} zombies)`,
+        missingFor("broker"),
+      ),
+    );
+  }
+  {
+    const sc = data.scale.broker;
+    const what = `scale: ${data.options.scale || 1000} concurrent broker sessions, C child, all answering`;
+    if (data.scaleSkipped !== null) out.push(na(what, "all answer", data.scaleSkipped));
+    else if (sc === undefined) out.push(na(what, "all answer", missingFor("broker")));
+    else if (!sc.ok) out.push(na(what, "all answer", sc.reason));
+    else {
+      const v = sc.value;
+      out.push({ what, measured: `${v.callsOk} / ${v.sessions} answered`, required: "all answer", verdict: v.callsOk === v.sessions ? "PASS" : "FAIL" });
+    }
+  }
+  return out;
+}
+
+const ISSUE_SUPERGATEWAY: Record<number, number> = { 1: 0.1, 16: 0.18, 64: 0.23 };
+
+export function renderMarkdown(data: BenchData): string {
+  const { options, machine } = data;
+  const lines: string[] = [];
+  const push = (...l: string[]) => lines.push(...l);
+  push(
+    "# Benchmark: broker vs direct stdio vs supergateway",
+    "",
+    `Measured ${machine.date} in one run of \`bun run bench${options.quick ? " -- --quick" : ""}\` (${(data.wallSeconds / 60).toFixed(1)} min). All figures are medians over ${options.rounds} round(s); targets alternate A B C within each round.`,
+    "",
+    "## Machine",
+    "",
+    `- CPU: ${machine.cpu}, ${machine.nproc} cores (nproc)`,
+    `- memory: ${machine.memory}`,
+    `- kernel: ${machine.kernel}`,
+    `- bun ${machine.bun} (harness, broker, ts child); node ${machine.node} (supergateway ${machine.supergateway})`,
+    `- commit: ${machine.commit}`,
+    "",
+    "## Settings",
+    "",
+    `- child: ${data.childDescription}`,
+    `- sessions: ${options.sessions.join(", ")}; ${options.calls} calls per measurement split over the sessions (${options.sessions.map((s) => `S=${s}: ${Math.ceil(options.calls / s)} per session`).join(", ")}); warm-up ${options.warmup} calls on a fresh gateway`,
+    `- churn: ${options.churn} cycles per target and round; scale point: ${data.scaleSkipped ?? `${options.scale} sessions, C child, one call each`}`,
+    `- broker: \`bun src/index.ts\`, BROKER_LOG_LEVEL=${options.brokerLogLevel}, bearer guard on, token from the OAuth flow against the Forgejo stand-in; supergateway: \`node …/supergateway/dist/index.js --stdio "<child>" --outputTransport streamableHttp --stateful --logLevel none\``,
+    "",
+  );
+
+  for (const [target, reason] of Object.entries(data.unavailable)) push(`> **${target}: unavailable: ${reason}**`, "");
+
+  push(
+    "## Calls",
+    "",
+    "| S | target | calls/s | p50 ms | p99 ms | set-up p50 ms | gateway peak RSS MiB | tree peak RSS MiB | gateway CPU s / 1k calls | ÷ direct calls/s | progress 5/5 | rounds |",
+    "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|",
+  );
+  for (const s of options.sessions) {
+    const direct = loadMedians(data.loads[s]?.direct);
+    for (const target of options.targets) {
+      const outcomes = data.loads[s]?.[target];
+      const med = loadMedians(outcomes);
+      if (data.unavailable[target] !== undefined) {
+        push(`| ${s} | ${target} | unavailable: ${data.unavailable[target]!.replace(/\|/g, "\\|")} | | | | | | | | | 0 |`);
+        continue;
+      }
+      if (med === null) {
+        const reason = (outcomes ?? []).find((o) => !o.ok) as { reason: string } | undefined;
+        push(`| ${s} | ${target} | failed: ${(reason?.reason ?? "not run").replace(/\|/g, "\\|")} | | | | | | | | | 0 |`);
+        continue;
+      }
+      const progress = oks(outcomes).map((o) => o.progress);
+      const progressText = progress.every((p) => p === 5) ? "yes" : progress.map((p) => p ?? "?").join("/");
+      const r = ratio(med.callsPerSecond, direct?.callsPerSecond ?? null);
+      push(
+        `| ${s} | ${target} | ${f(med.callsPerSecond, 0)} | ${ms(med.p50Ms)} | ${ms(med.p99Ms)} | ${ms(med.setupP50Ms)} | ${mib(med.gatewayRssKb)} | ${mib(med.treeRssKb)} | ${f(med.cpuPer1k, 3)} | ${r === null ? "—" : `${r.toFixed(2)}×`} | ${progressText} | ${med.rounds} |`,
+      );
+    }
+  }
+  push(
+    "",
+    "The issue states supergateway at 0.10×, 0.18× and 0.23× of direct's calls/s at S = 1, 16, 64 on its 2-core machine; this run: " +
+      options.sessions
+        .map((s) => {
+          const r = ratio(loadMedians(data.loads[s]?.supergateway)?.callsPerSecond ?? null, loadMedians(data.loads[s]?.direct)?.callsPerSecond ?? null);
+          return `S=${s}: ${r === null ? "—" : `${r.toFixed(2)}×`}${ISSUE_SUPERGATEWAY[s] !== undefined ? ` (issue ${ISSUE_SUPERGATEWAY[s]!.toFixed(2)}×)` : ""}`;
+        })
+        .join(", ") +
+      ".",
+    "",
+    "## Churn (sequential initialize → one call → end of session)",
+    "",
+    "| target | cycles/s | cycle p50 ms | ÷ direct | left 1 s after the last end (zombies), worst round | rounds |",
+    "|---|---:|---:|---:|---|---:|",
+  );
+  const directChurn = churnMedians(data.churn.direct);
+  for (const target of options.targets) {
+    if (data.unavailable[target] !== undefined) {
+      push(`| ${target} | unavailable | | | | 0 |`);
+      continue;
+    }
+    const c = churnMedians(data.churn[target]);
+    if (c === null && options.churn === 0) {
+      push(`| ${target} | not run (--churn 0) | | | | 0 |`);
+      continue;
+    }
+    if (c === null) {
+      const reason = (data.churn[target] ?? []).find((o) => !o.ok) as { reason: string } | undefined;
+      push(`| ${target} | failed: ${(reason?.reason ?? "not run").replace(/\|/g, "\\|")} | | | | 0 |`);
+      continue;
+    }
+    const r = ratio(c.cyclesPerSecond, directChurn?.cyclesPerSecond ?? null);
+    push(`| ${target} | ${f(c.cyclesPerSecond, 1)} | ${ms(c.cycleP50Ms)} | ${r === null ? "—" : `${r.toFixed(2)}×`} | ${c.maxLeft ?? "—"} (${c.maxZombies ?? "—"}) | ${c.rounds} |`);
+  }
+  push("", "Direct ends a session by closing the child's stdin and reaping it, inside the timed cycle; the gateways end it with DELETE.", "");
+
+  push("## Targets (issue 4)", "", "| target | measured | required | verdict |", "|---|---:|---|:---:|");
+  for (const v of verdicts(data)) push(`| ${v.what} | ${v.measured} | ${v.required} | ${v.verdict}${v.note ? ` — ${v.note.replace(/\|/g, "\\|")}` : ""} |`);
+  push("");
+
+  push("## Scale point", "");
+  if (data.scaleSkipped !== null) push(`Skipped: ${data.scaleSkipped}.`, "");
+  else {
+    push(
+      `${options.scale} concurrent sessions with the C child, opened at once, then one echo call each.`,
+      "",
+      "| target | sessions open | calls answered | set-up p50 / p99 ms | all open after s | gateway RSS before → peak MiB | gateway KiB per session | tree peak RSS MiB | tree RSS KiB per session | tree PSS KiB per session |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    );
+    for (const target of options.scaleTargets) {
+      const o = data.scale[target];
+      if (data.unavailable[target] !== undefined) push(`| ${target} | unavailable: ${data.unavailable[target]!.replace(/\|/g, "\\|")} | | | | | | | | |`);
+      else if (o === undefined) push(`| ${target} | not run | | | | | | | | |`);
+      else if (!o.ok) push(`| ${target} | failed: ${o.reason.replace(/\|/g, "\\|")} | | | | | | | | |`);
+      else {
+        const v = o.value;
+        const perSession = v.gatewayBaseKb !== null && v.gatewayPeakKb !== null && v.opened > 0 ? (v.gatewayPeakKb - v.gatewayBaseKb) / v.opened : null;
+        push(
+          `| ${target} | ${v.opened} / ${v.sessions} | ${v.callsOk} | ${ms(v.setupP50Ms)} / ${ms(v.setupP99Ms)} | ${f(v.openSeconds, 2)} | ${v.gatewayBaseKb === null ? "—" : `${mib(v.gatewayBaseKb)} → ${mib(v.gatewayPeakKb)}`} | ${f(perSession, 1)} | ${mib(v.treePeakKb)} | ${f(v.opened > 0 ? v.treePeakKb / v.opened : null, 1)} | ${f(v.opened > 0 && v.treePssKb !== null ? v.treePssKb / v.opened : null, 1)} |`,
+        );
+        if (v.errors.length > 0) push(`|  | errors: ${v.errors.slice(0, 3).join("; ").replace(/\|/g, "\\|").slice(0, 300)} | | | | | | | | |`);
+      }
+    }
+    push(
+      "",
+      "Gateway KiB per session = (peak − before) ÷ sessions open. Tree figures include the children (and supergateway's `sh -c` wrappers); tree RSS counts the pages every copy of a program shares once per process, tree PSS (smaps_rollup, taken once when all sessions are open) divides them among the processes.",
+      "",
+    );
+  }
+
+  push("## Every round", "", "<details><summary>raw figures per round</summary>", "", "| S | target | round | calls/s | p50 ms | p99 ms | set-up p50 ms | gw RSS MiB | tree RSS MiB | CPU s/1k | ok | errors |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+  for (const s of options.sessions) {
+    for (const target of options.targets) {
+      (data.loads[s]?.[target] ?? []).forEach((o, i) => {
+        if (!o.ok) push(`| ${s} | ${target} | ${i + 1} | failed: ${o.reason.replace(/\|/g, "\\|").slice(0, 200)} | | | | | | | | |`);
+        else {
+          const v = o.value;
+          push(
+            `| ${s} | ${target} | ${i + 1} | ${f(v.callsPerSecond, 0)} | ${ms(v.p50Ms)} | ${ms(v.p99Ms)} | ${ms(v.setupP50Ms)} | ${mib(v.gatewayRssKb)} | ${mib(v.treeRssKb)} | ${f(v.cpuPer1k, 3)} | ${v.callsOk}/${v.callsRequested} | ${v.errors.join("; ").replace(/\|/g, "\\|").slice(0, 200)} |`,
+          );
+        }
+      });
+    }
+  }
+  push("", "| target | round | cycles/s | cycle p50 ms | left (zombies) | errors |", "|---|---:|---:|---:|---|---|");
+  for (const target of options.targets) {
+    (data.churn[target] ?? []).forEach((o, i) => {
+      if (!o.ok) push(`| ${target} | ${i + 1} | failed: ${o.reason.replace(/\|/g, "\\|").slice(0, 200)} | | | |`);
+      else {
+        const v = o.value;
+        push(`| ${target} | ${i + 1} | ${f(v.cyclesPerSecond, 1)} | ${ms(v.cycleP50Ms)} | ${v.leftAfter1s ?? "—"} (${v.zombiesAfter1s ?? "—"}) ${v.leftExamples.join(", ")} | ${v.errors.join("; ").replace(/\|/g, "\\|").slice(0, 200)} |`);
+      }
+    });
+  }
+  push("", "</details>", "");
+  return lines.join("\n");
+}
