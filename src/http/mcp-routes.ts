@@ -252,5 +252,6 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       .use(guarded)
       .post("/mcp", ({ request, identity }) => post(request, identity), { parse: "none" })
       .get("/mcp", ({ request, identity }) => get(request, identity))
-      .delete("/mcp", ({ request, identity }) => del(request, identity));
+      .delete("/mcp", ({ request, identity }) => del(request, identity))
+      .all("/mcp", () => rpcError(405, null, TRANSPORT_ERROR, "Method Not Allowed: use POST, GET or DELETE", { Allow: "GET, POST, DELETE" }));
 }

@@ -1,5 +1,5 @@
 // End to end with real child processes and the official SDK client: sign-in, initialize, tools of
-// that user's own child, progress, elicitation, DELETE; and the faults: kill -9, rotation mid-call.
+// that user's own child, progress, elicitation, DELETE; the faults: kill -9, rotation mid-call, refused refresh.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { StreamableHTTPError } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { hashToken } from "../../src/crypto.ts";
@@ -169,6 +169,23 @@ describe("rotation driven by the upstream token's expiry", () => {
     expect(signedIn.transport.sessionId).toBe(sessionId);
     expect(childPid(t, signedIn)).not.toBe(firstPid);
     expect(textOf(await signedIn.client.callTool({ name: "whoami", arguments: {} }))).toBe("bob");
+    await signedIn.client.close();
+  }, 20_000);
+
+  test("when Forgejo refuses the refresh, the user's sessions end and the client's next request gets 401", async () => {
+    const signedIn = await connectAs(t, "alice");
+    const sessionId = signedIn.transport.sessionId!;
+    const pid = childPid(t, signedIn);
+    const token = signedIn.provider.savedTokens!.access_token;
+    // The user revokes the app on Forgejo: the next scheduled refresh (about 2 s away) is refused.
+    t.forgejo.revokeUser("alice");
+    for (let i = 0; i < 100 && isAlive(pid); i++) await Bun.sleep(50);
+    expect(isAlive(pid)).toBe(false);
+    expect(t.broker.registry.sessionsOf(1)).toEqual([]);
+    const after = await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", id: 1, method: "tools/list" }, { "mcp-session-id": sessionId });
+    expect(after.status).toBe(401);
+    expect(after.headers.get("www-authenticate")).toContain('error="invalid_token"');
+    expect(t.logs.some((line) => line.includes('"msg":"upstream credential lost; grants revoked"'))).toBe(true);
     await signedIn.client.close();
   }, 20_000);
 });

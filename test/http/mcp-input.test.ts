@@ -159,6 +159,12 @@ describe("refused before anything reaches a child", () => {
     }
   });
 
+  test("a method other than POST, GET and DELETE → 405 with Allow", async () => {
+    const response = await fetch(t.mcpUrl, { method: "PUT", headers: { authorization: `Bearer ${token}`, "mcp-session-id": session } });
+    expect(response.headers.get("allow")).toBe("GET, POST, DELETE");
+    await expectError(response, 405, rpcError(null, -32000, "Method Not Allowed: use POST, GET or DELETE"));
+  });
+
   test("initialize on an existing session → 400; a client starts a new session without the header", async () => {
     await expectError(
       await postMcp(t.mcpUrl, token, INITIALIZE, { "mcp-session-id": session }),
