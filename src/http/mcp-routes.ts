@@ -3,7 +3,7 @@
 import { Elysia } from "elysia";
 import { InvalidEventIdError, MessageTooLargeError, StreamConflictError } from "../bridge/bridge.ts";
 import { ErrorCode, errorResponse, isJsonRpcId, parseMessage, type IncomingMessage, type JsonRpcId } from "../bridge/jsonrpc.ts";
-import type { MessageStream, OutboundEvent } from "../bridge/message-stream.ts";
+import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { SessionConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { endpoints } from "../oauth/deps.ts";
@@ -138,7 +138,10 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     try {
       first = await source.next();
       // A client that takes only JSON cannot be sent what comes before the answer.
-      while (!sse && first !== null && first.kind !== "response") first = await source.next();
+      while (!sse && first !== null && first.kind !== "response") {
+        logger.warn("dropped a message for a client that accepts only JSON", { kind: first.kind, method: String(first.message.method) });
+        first = await source.next();
+      }
     } finally {
       request.signal.removeEventListener("abort", gone);
     }
@@ -169,8 +172,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
 
   const forward = async (request: Request, entry: SessionEntry, incoming: IncomingMessage): Promise<Response> => {
     deps.keepOpen(request);
-    const stream: MessageStream = entry.bridge.request(incoming);
-    return answer(request, stream, { [SESSION_HEADER]: entry.id });
+    return answer(request, entry.bridge.request(incoming), { [SESSION_HEADER]: entry.id });
   };
 
   const post = async (request: Request, identity: SessionIdentity): Promise<Response> => {
