@@ -61,7 +61,7 @@ export async function startTestBroker(
 }
 
 /** The issuer must be known before listening, so the test asks the OS for a free port first. */
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   const probe = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response() });
   const port = probe.port!;
   await probe.stop(true);

@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
 import { childCommand, holdStandaloneStream, openSession, postMcp, processesMatching } from "../helpers/mcp.ts";
 import { CookieJar, obtainTokens, parseConsentForm } from "../helpers/oauth-client.ts";
+import { freePort } from "../helpers/broker.ts";
 
 const ENTRY = join(import.meta.dir, "..", "..", "src", "index.ts");
 
@@ -72,7 +73,7 @@ describe("a running broker", () => {
   });
 
   test("keeps its data private, answers health, and on SIGTERM finishes an in-flight sign-in before exiting 0", async () => {
-    const port = 20000 + Math.floor(Math.random() * 20000);
+    const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
     const child = runBroker({
       BROKER_PUBLIC_URL: url,
@@ -136,7 +137,7 @@ describe("SIGTERM with live MCP sessions", () => {
 
   test("50 sessions, streams open and a call in flight: every child is stopped and awaited, exit 0, no child left", async () => {
     const marker = `--sigterm-${crypto.randomUUID()}`;
-    const port = 20000 + Math.floor(Math.random() * 20000);
+    const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
     const broker = runBroker({
       BROKER_PUBLIC_URL: url,
