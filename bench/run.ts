@@ -52,7 +52,9 @@ function sh(argv: string[]): string {
 /** HEAD, and which files under src/ and bench/ differ from it: the broker measured is the working tree. */
 function describeCommit(): string {
   const head = sh(["git", "rev-parse", "--short", "HEAD"]);
-  const dirty = sh(["git", "status", "--porcelain", "--untracked-files=all", "--", "src", "bench"])
+  // Not through sh(): its trim() would eat the status column of the first line.
+  const status = Bun.spawnSync(["git", "status", "--porcelain", "--untracked-files=all", "--", "src", "bench"], { stdout: "pipe", stderr: "ignore", cwd: REPO_ROOT });
+  const dirty = (status.exitCode === 0 ? status.stdout.toString() : "")
     .split("\n")
     .map((line) => line.slice(3).trim())
     .filter((path) => path !== "" && !path.startsWith("bench/results/"));
