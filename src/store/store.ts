@@ -66,6 +66,36 @@ export class Store {
   constructor(private readonly sqlite: Database) {
     this.db = drizzle({ client: sqlite, schema });
     migrate(this.db, { migrationsFolder: MIGRATIONS });
+    this.accessIdentityQuery = this.prepareAccessIdentityQuery();
+  }
+
+  /** Every /mcp request runs this lookup: prepared once, not rebuilt and recompiled per request. */
+  private readonly accessIdentityQuery;
+
+  private prepareAccessIdentityQuery() {
+    const a = schema.accessTokens;
+    const g = schema.grants;
+    return this.db
+      .select({
+        grantId: a.grantId,
+        clientId: a.clientId,
+        scope: a.scope,
+        resource: a.resource,
+        expiresAt: a.expiresAt,
+        forgejoUserId: g.forgejoUserId,
+        forgejoLogin: g.forgejoLogin,
+      })
+      .from(a)
+      .innerJoin(g, eq(g.id, a.grantId))
+      .where(
+        and(
+          eq(a.tokenHash, sql.placeholder("tokenHash")),
+          isNull(a.revokedAt),
+          gt(a.expiresAt, sql.placeholder("now")),
+          isNull(g.revokedAt),
+        ),
+      )
+      .prepare();
   }
 
   static open(path: string): Store {
@@ -244,22 +274,7 @@ export class Store {
 
   /** The identity behind a live access token, or undefined for unknown, expired or revoked ones. */
   findAccessIdentity(tokenHash: string, now: number): TokenIdentity | undefined {
-    const a = schema.accessTokens;
-    const g = schema.grants;
-    const row = this.db
-      .select({
-        grantId: a.grantId,
-        clientId: a.clientId,
-        scope: a.scope,
-        resource: a.resource,
-        expiresAt: a.expiresAt,
-        forgejoUserId: g.forgejoUserId,
-        forgejoLogin: g.forgejoLogin,
-      })
-      .from(a)
-      .innerJoin(g, eq(g.id, a.grantId))
-      .where(and(eq(a.tokenHash, tokenHash), isNull(a.revokedAt), gt(a.expiresAt, now), isNull(g.revokedAt)))
-      .get();
+    const row = this.accessIdentityQuery.get({ tokenHash, now });
     if (!row) return undefined;
     const { scope, ...rest } = row;
     return { ...rest, scopes: scope.split(" ").filter(Boolean) };
