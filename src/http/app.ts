@@ -3,6 +3,7 @@
 import { Elysia } from "elysia";
 import type { Logger } from "../log.ts";
 import type { OAuthDeps } from "../oauth/deps.ts";
+import { parseBasicCredentials } from "../oauth/client-auth.ts";
 import { OAuthError } from "../oauth/errors.ts";
 import { authorizeRoutes } from "../oauth/handlers/authorize.ts";
 import { callbackRoutes } from "../oauth/handlers/callback.ts";
@@ -31,9 +32,8 @@ export interface AppDeps {
 function clientIdOf(request: Request, identity: TokenIdentity | undefined, query: Record<string, unknown> | undefined): string | undefined {
   if (identity) return identity.clientId;
   if (typeof query?.client_id === "string") return query.client_id;
-  const basic = /^basic\s+([A-Za-z0-9+/=]+)/i.exec(request.headers.get("authorization") ?? "");
-  if (basic) return decodeURIComponent(Buffer.from(basic[1]!, "base64").toString("utf8").split(":")[0] ?? "");
-  return undefined;
+  const basic = parseBasicCredentials(request.headers.get("authorization") ?? undefined);
+  return typeof basic === "object" ? basic.clientId : undefined;
 }
 
 export function createApp(deps: AppDeps) {

@@ -10,24 +10,33 @@ export interface PresentedClientCredentials {
   method: "none" | "client_secret_basic" | "client_secret_post";
 }
 
+/**
+ * The client credentials in an `Authorization: Basic` header: undefined when the header is not Basic,
+ * "malformed" when it is but cannot be decoded. RFC 6749 §2.3.1: both parts are form-urlencoded.
+ */
+export function parseBasicCredentials(authorization: string | undefined): { clientId: string; clientSecret: string } | "malformed" | undefined {
+  const basic = /^basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(authorization ?? "");
+  if (!basic) return undefined;
+  const decoded = Buffer.from(basic[1]!, "base64").toString("utf8");
+  const colon = decoded.indexOf(":");
+  if (colon < 0) return "malformed";
+  const clientId = decodeFormComponent(decoded.slice(0, colon));
+  const clientSecret = decodeFormComponent(decoded.slice(colon + 1));
+  return clientId === null || clientSecret === null ? "malformed" : { clientId, clientSecret };
+}
+
 /** Reads the client's credentials from an Authorization: Basic header or the form body. */
 export function presentedClientCredentials(
   authorization: string | undefined,
   body: { client_id?: string; client_secret?: string },
 ): PresentedClientCredentials {
-  const basic = /^basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(authorization ?? "");
+  const basic = parseBasicCredentials(authorization);
+  if (basic === "malformed") throw new InvalidClientError("Malformed HTTP Basic client credentials", true);
   if (basic) {
-    const decoded = Buffer.from(basic[1]!, "base64").toString("utf8");
-    const colon = decoded.indexOf(":");
-    if (colon < 0) throw new InvalidClientError("Malformed HTTP Basic client credentials", true);
-    // RFC 6749 §2.3.1: both parts are form-urlencoded before being joined.
-    const clientId = decodeFormComponent(decoded.slice(0, colon));
-    const clientSecret = decodeFormComponent(decoded.slice(colon + 1));
-    if (clientId === null || clientSecret === null) throw new InvalidClientError("Malformed HTTP Basic client credentials", true);
-    if (body.client_id !== undefined && body.client_id !== clientId) {
+    if (body.client_id !== undefined && body.client_id !== basic.clientId) {
       throw new InvalidRequestError("client_id in the body differs from the one in the Authorization header");
     }
-    return { clientId, clientSecret, method: "client_secret_basic" };
+    return { ...basic, method: "client_secret_basic" };
   }
   if (body.client_id === undefined || body.client_id === "") throw new InvalidClientError("client_id is required");
   if (body.client_secret !== undefined) return { clientId: body.client_id, clientSecret: body.client_secret, method: "client_secret_post" };

@@ -499,6 +499,17 @@ describe("bearer guard on /mcp", () => {
 });
 
 describe("request log", () => {
+  test("a Basic header that does not decode is invalid_client and still gets its log line", async () => {
+    const response = await form("/oauth/token", { grant_type: "refresh_token", refresh_token: "fmb_rt_x" }, { authorization: `Basic ${btoa("%%:x")}` });
+    const body = await expectOAuthError(response, 401, "invalid_client");
+    expect(body.error_description).toBe("Malformed HTTP Basic client credentials");
+    expect(response.headers.get("www-authenticate")).toBe('Basic realm="oauth"');
+    await Bun.sleep(20);
+    const line = t.logs.map((l) => JSON.parse(l)).findLast((l) => l.msg === "request" && l.path === "/oauth/token");
+    expect(line).toMatchObject({ method: "POST", status: 401 });
+    expect(line.client_id).toBeUndefined();
+  });
+
   test("one JSON line per request with method, path, status, duration, client id, and no secret", async () => {
     const tokens = await obtainTokens(base, { state: "secret-state-value" });
     await mcp({ authorization: `Bearer ${tokens.accessToken}` });

@@ -1,6 +1,7 @@
 // Table tests for the protocol rules the endpoints rest on: redirect URIs, PKCE, scopes and
 // the WWW-Authenticate challenge.
 import { describe, expect, test } from "bun:test";
+import { parseBasicCredentials } from "../../src/oauth/client-auth.ts";
 import { bearerChallenge } from "../../src/oauth/errors.ts";
 import { bearerFromAuthorization } from "../../src/oauth/middleware/bearer-auth.ts";
 import { isValidS256Challenge, s256Challenge, verifyS256 } from "../../src/oauth/pkce.ts";
@@ -143,5 +144,19 @@ describe("bearer credentials", () => {
     expect(bearerChallenge("invalid_token", 'bad "token"', meta)).toBe(
       'Bearer error="invalid_token", error_description="bad \\"token\\"", resource_metadata="https://b.example/.well-known/oauth-protected-resource/mcp", scope="mcp"',
     );
+  });
+});
+
+describe("HTTP Basic client credentials (RFC 6749 §2.3.1)", () => {
+  const cases: [string | undefined, ReturnType<typeof parseBasicCredentials>][] = [
+    [`Basic ${btoa("fmb_client_a:s3cret")}`, { clientId: "fmb_client_a", clientSecret: "s3cret" }],
+    [`basic ${btoa("a%3Ab:c+d")}`, { clientId: "a:b", clientSecret: "c d" }],
+    [`Basic ${btoa("no-colon")}`, "malformed"],
+    [`Basic ${btoa("%%:x")}`, "malformed"],
+    ["Bearer fmb_at_x", undefined],
+    [undefined, undefined],
+  ];
+  test.each(cases)("%p → %p", (header, expected) => {
+    expect(parseBasicCredentials(header)).toEqual(expected);
   });
 });
