@@ -6,10 +6,8 @@ import { ErrorCode, errorResponse, isJsonRpcId, parseMessage, type IncomingMessa
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { SessionConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
-import { endpoints } from "../oauth/deps.ts";
 import { BearerTokenError } from "../oauth/errors.ts";
-import type { bearerGuard } from "../oauth/middleware/bearer-auth.ts";
-import { SUPPORTED_SCOPES } from "../oauth/scope.ts";
+import { bearerChallengeFor, type bearerGuard } from "../oauth/middleware/bearer-auth.ts";
 import {
   InitializeRejectedError,
   SessionForbiddenError,
@@ -86,7 +84,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
   const { registry, sessions, logger } = deps;
   const heartbeatMs = deps.heartbeatMs ?? 15_000;
   const allowedOrigins = new Set(sessions.allowedOrigins);
-  const challenge = { resourceMetadataUrl: endpoints(deps.publicUrl).protectedResourceMetadata, scope: SUPPORTED_SCOPES.join(" ") };
+  const challenge = bearerChallengeFor(deps.publicUrl);
 
   const checkProtocolVersion = (request: Request) => {
     const version = request.headers.get("mcp-protocol-version");

@@ -4,10 +4,14 @@ import { constantTimeEqual, hashToken } from "../crypto.ts";
 import type { ClientRow, Store } from "../store/store.ts";
 import { InvalidClientError, InvalidRequestError } from "./errors.ts";
 
+/** What registration accepts and discovery advertises, for the token and revocation endpoints alike. */
+export const CLIENT_AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post"] as const;
+export type ClientAuthMethod = (typeof CLIENT_AUTH_METHODS)[number];
+
 export interface PresentedClientCredentials {
   clientId: string;
   clientSecret?: string;
-  method: "none" | "client_secret_basic" | "client_secret_post";
+  method: ClientAuthMethod;
 }
 
 /**

@@ -2,6 +2,11 @@
 // https anywhere, http only on loopback, private-use reverse-DNS schemes for native apps.
 
 const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
+
+/** A hostname (as URL.hostname gives it) that names this computer. */
+export function isLoopbackHost(hostname: string): boolean {
+  return LOOPBACK_HOSTS.has(hostname);
+}
 const REFUSED_SCHEMES = new Set(["javascript:", "data:", "file:", "vbscript:", "blob:", "about:", "ftp:", "ws:", "wss:"]);
 
 export type RedirectUriVerdict = { ok: true } | { ok: false; reason: string };
@@ -23,7 +28,7 @@ export function checkRedirectUri(raw: string): RedirectUriVerdict {
     return url.hostname ? { ok: true } : { ok: false, reason: "has no host" };
   }
   if (url.protocol === "http:") {
-    return LOOPBACK_HOSTS.has(url.hostname)
+    return isLoopbackHost(url.hostname)
       ? { ok: true }
       : { ok: false, reason: "uses http, which is allowed only for localhost, 127.0.0.1 and [::1]" };
   }

@@ -8,7 +8,7 @@ import { describeForgejoScopes, pageHeaders, renderConsentPage, renderErrorPage 
 import type { OAuthDeps } from "../deps.ts";
 import { endpoints } from "../deps.ts";
 import { isValidS256Challenge } from "../pkce.ts";
-import { resolveRedirectUri, withQuery } from "../redirect-uri.ts";
+import { isLoopbackHost, resolveRedirectUri, withQuery } from "../redirect-uri.ts";
 import { resolveRequestedScope } from "../scope.ts";
 
 /** An error we may tell the client about by redirecting to its (already verified) redirect URI. */
@@ -266,7 +266,7 @@ export function authorizeRoutes(deps: OAuthDeps) {
 export function describeRedirectTarget(redirectUri: string): { host: string; note?: string } {
   const url = new URL(redirectUri);
   if (url.protocol === "https:" || url.protocol === "http:") {
-    return url.hostname === "localhost" || url.hostname === "127.0.0.1" || url.hostname === "[::1]"
+    return isLoopbackHost(url.hostname)
       ? { host: url.host, note: "(an application on this computer)" }
       : { host: url.host };
   }

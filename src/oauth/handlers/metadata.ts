@@ -2,10 +2,9 @@
 // and RFC 9728 protected-resource metadata, both built from BROKER_PUBLIC_URL, never the Host header.
 import { Elysia } from "elysia";
 import type { BrokerConfig } from "../../config.ts";
+import { CLIENT_AUTH_METHODS } from "../client-auth.ts";
 import { endpoints } from "../deps.ts";
 import { SUPPORTED_SCOPES } from "../scope.ts";
-
-const AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post"];
 
 export function authorizationServerMetadata(config: BrokerConfig) {
   const urls = endpoints(config.publicUrl);
@@ -19,8 +18,8 @@ export function authorizationServerMetadata(config: BrokerConfig) {
     response_types_supported: ["code"],
     response_modes_supported: ["query"],
     grant_types_supported: ["authorization_code", "refresh_token"],
-    token_endpoint_auth_methods_supported: AUTH_METHODS,
-    revocation_endpoint_auth_methods_supported: AUTH_METHODS,
+    token_endpoint_auth_methods_supported: [...CLIENT_AUTH_METHODS],
+    revocation_endpoint_auth_methods_supported: [...CLIENT_AUTH_METHODS],
     code_challenge_methods_supported: ["S256"],
     authorization_response_iss_parameter_supported: true,
   };

@@ -2,13 +2,13 @@
 // client's secret only as a hash) and echoes the registered metadata with the credentials once.
 import { Elysia, t } from "elysia";
 import { hashToken, mintToken, randomBase64Url } from "../../crypto.ts";
+import { CLIENT_AUTH_METHODS, type ClientAuthMethod } from "../client-auth.ts";
 import type { OAuthDeps } from "../deps.ts";
 import { InvalidClientMetadataError, InvalidRedirectUriError, TooManyRequestsError } from "../errors.ts";
 import { checkRedirectUri } from "../redirect-uri.ts";
 import { oauthErrorHook } from "./json-errors.ts";
 import { resolveRequestedScope } from "../scope.ts";
 
-const AUTH_METHODS = ["none", "client_secret_basic", "client_secret_post"] as const;
 const GRANT_TYPES = ["authorization_code", "refresh_token"];
 const MAX_REDIRECT_URIS = 20;
 
@@ -48,8 +48,8 @@ export function validateRegistration(input: RegistrationInput) {
   }
 
   const method = input.token_endpoint_auth_method ?? "client_secret_basic";
-  if (!(AUTH_METHODS as readonly string[]).includes(method)) {
-    throw new InvalidClientMetadataError(`token_endpoint_auth_method must be one of ${AUTH_METHODS.join(", ")}`);
+  if (!(CLIENT_AUTH_METHODS as readonly string[]).includes(method)) {
+    throw new InvalidClientMetadataError(`token_endpoint_auth_method must be one of ${CLIENT_AUTH_METHODS.join(", ")}`);
   }
 
   const grantTypes = input.grant_types ?? ["authorization_code", "refresh_token"];
@@ -74,7 +74,7 @@ export function validateRegistration(input: RegistrationInput) {
 
   const name = (input.client_name ?? "").trim();
   return {
-    method: method as (typeof AUTH_METHODS)[number],
+    method: method as ClientAuthMethod,
     metadata: {
       redirect_uris: uris as string[],
       token_endpoint_auth_method: method,

@@ -23,8 +23,22 @@ export interface BearerCheck {
   malformed: boolean;
 }
 
-export function authenticateBearer(check: BearerCheck, deps: { config: BrokerConfig; store: Store; now: () => number }): TokenIdentity {
-  const challenge = { resourceMetadataUrl: endpoints(deps.config.publicUrl).protectedResourceMetadata, scope: SUPPORTED_SCOPES.join(" ") };
+export interface BearerDeps {
+  config: BrokerConfig;
+  store: Store;
+  now: () => number;
+}
+
+/** What every refusal's WWW-Authenticate names: where to discover sign-in, and the scope to ask for. */
+export function bearerChallengeFor(publicUrl: string) {
+  return { resourceMetadataUrl: endpoints(publicUrl).protectedResourceMetadata, scope: SUPPORTED_SCOPES.join(" ") };
+}
+
+export function authenticateBearer(
+  check: BearerCheck,
+  deps: BearerDeps,
+  challenge: ReturnType<typeof bearerChallengeFor>,
+): TokenIdentity {
   if (check.tokenInQuery) {
     throw new BearerTokenError("invalid_request", "Access tokens are accepted only in the Authorization header, never in the query string", challenge);
   }
@@ -39,7 +53,8 @@ export function authenticateBearer(check: BearerCheck, deps: { config: BrokerCon
 }
 
 /** Mount protected routes after this plugin; they receive `identity`. */
-export function bearerGuard(deps: { config: BrokerConfig; store: Store; now: () => number }) {
+export function bearerGuard(deps: BearerDeps) {
+  const challenge = bearerChallengeFor(deps.config.publicUrl);
   return new Elysia({ name: "bearer-guard" })
     .use(bearer())
     .resolve({ as: "scoped" }, ({ bearer: fromLibrary, request, headers }) => {
@@ -47,6 +62,6 @@ export function bearerGuard(deps: { config: BrokerConfig; store: Store; now: () 
       // The library also reads ?access_token=, which tokenInQuery refuses before the token is looked at.
       const token = tokenInQuery ? undefined : (fromLibrary ?? bearerFromAuthorization(headers.authorization));
       const malformed = headers.authorization !== undefined && token === undefined;
-      return { identity: authenticateBearer({ tokenInQuery, token, malformed }, deps) };
+      return { identity: authenticateBearer({ tokenInQuery, token, malformed }, deps, challenge) };
     });
 }
