@@ -72,22 +72,28 @@ describe("a running broker", () => {
     rmSync(dataDir, { recursive: true, force: true });
   });
 
-  test("keeps its data private, answers health, and on SIGTERM finishes an in-flight sign-in before exiting 0", async () => {
+  /** `bun src/index.ts` on a free port against the stand-in, in its own data directory; resolves once healthy. */
+  async function startBrokerProcess(env: Record<string, string>) {
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
     const child = runBroker({
       BROKER_PUBLIC_URL: url,
       BROKER_PORT: String(port),
-      BROKER_DATA_DIR: join(dataDir, "broker"),
+      BROKER_DATA_DIR: join(dataDir, `broker-${port}`),
       FORGEJO_URL: forgejo.url,
       FORGEJO_CLIENT_ID: forgejo.clientId,
       FORGEJO_CLIENT_SECRET: forgejo.clientSecret,
-      BROKER_CHILD_COMMAND: childCommand(),
+      ...env,
     });
     const health = await waitForHealth(url, child);
+    return { child, url, health, dataDir: join(dataDir, `broker-${port}`) };
+  }
+
+  test("keeps its data private, answers health, and on SIGTERM finishes an in-flight sign-in before exiting 0", async () => {
+    const { child, url, health, dataDir: brokerDir } = await startBrokerProcess({ BROKER_CHILD_COMMAND: childCommand() });
     expect(await health.json()).toEqual({ status: "ok", store: "ok" });
-    expect(statSync(join(dataDir, "broker")).mode & 0o777).toBe(0o700);
-    expect(statSync(join(dataDir, "broker", "sealing.key")).mode & 0o777).toBe(0o600);
+    expect(statSync(brokerDir).mode & 0o777).toBe(0o700);
+    expect(statSync(join(brokerDir, "sealing.key")).mode & 0o777).toBe(0o600);
 
     // Walk a sign-in up to Forgejo's redirect back, then make Forgejo slow so the callback is in flight.
     const client = await fetch(`${url}/oauth/register`, {
@@ -121,35 +127,10 @@ describe("a running broker", () => {
     expect(stdout).toContain('"msg":"shutting down"');
     expect(stdout).not.toContain(forgejo.clientSecret);
   });
-});
-
-describe("SIGTERM with live MCP sessions", () => {
-  let forgejo: FakeForgejo;
-  let dataDir: string;
-  beforeAll(async () => {
-    forgejo = await startFakeForgejo();
-    dataDir = mkdtempSync(join(tmpdir(), "fmb-proc-"));
-  });
-  afterAll(async () => {
-    await forgejo.stop();
-    rmSync(dataDir, { recursive: true, force: true });
-  });
 
   test("50 sessions, streams open and a call in flight: every child is stopped and awaited, exit 0, no child left", async () => {
     const marker = `--sigterm-${crypto.randomUUID()}`;
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    const broker = runBroker({
-      BROKER_PUBLIC_URL: url,
-      BROKER_PORT: String(port),
-      BROKER_DATA_DIR: join(dataDir, "broker"),
-      FORGEJO_URL: forgejo.url,
-      FORGEJO_CLIENT_ID: forgejo.clientId,
-      FORGEJO_CLIENT_SECRET: forgejo.clientSecret,
-      BROKER_CHILD_COMMAND: childCommand(marker),
-      BROKER_MAX_SESSIONS_PER_USER: "100",
-    });
-    await waitForHealth(url, broker);
+    const { child: broker, url } = await startBrokerProcess({ BROKER_CHILD_COMMAND: childCommand(marker), BROKER_MAX_SESSIONS_PER_USER: "100" });
     const { accessToken } = await obtainTokens(url);
     const mcpUrl = `${url}/mcp`;
 
