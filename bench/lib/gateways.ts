@@ -6,6 +6,7 @@ import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { brokerEnvFor, freePort } from "../../test/helpers/broker.ts";
 import { obtainTokens } from "../../test/helpers/oauth-client.ts";
 import type { FakeForgejo } from "../../test/fixtures/forgejo.ts";
 import { probeMcp } from "./mcp-probe.ts";
@@ -33,14 +34,6 @@ export interface StopReport {
 export class Unavailable extends Error {}
 
 const live = new Set<Subprocess>();
-
-/** Asks the OS for a free loopback port (the broker's issuer URL must be known before it listens). */
-export async function freePort(): Promise<number> {
-  const probe = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response() });
-  const port = probe.port!;
-  await probe.stop(true);
-  return port;
-}
 
 async function waitFor(check: () => Promise<boolean>, proc: Subprocess, ms: number, what: string, log?: string): Promise<void> {
   const deadline = performance.now() + ms;
@@ -158,13 +151,8 @@ export async function startBroker(options: BrokerOptions): Promise<Gateway> {
     env: {
       PATH: process.env.PATH ?? "/usr/bin:/bin",
       HOME: process.env.HOME ?? "/tmp",
-      BROKER_PUBLIC_URL: publicUrl,
+      ...brokerEnvFor(options.forgejo, port, dataDir),
       BROKER_HOST: "127.0.0.1",
-      BROKER_PORT: String(port),
-      BROKER_DATA_DIR: dataDir,
-      FORGEJO_URL: options.forgejo.url,
-      FORGEJO_CLIENT_ID: options.forgejo.clientId,
-      FORGEJO_CLIENT_SECRET: options.forgejo.clientSecret,
       BROKER_CHILD_COMMAND: commandLine(options.child.argv),
       BROKER_MAX_SESSIONS: String(options.maxSessions),
       BROKER_MAX_SESSIONS_PER_USER: String(options.maxSessions),

@@ -21,21 +21,25 @@ export interface TestBroker {
   stop(): Promise<void>;
 }
 
-export async function startTestBroker(
-  options: { forgejo?: FakeForgejoOptions; env?: Record<string, string>; broker?: Partial<BrokerOptions>; dataDir?: string } = {},
-): Promise<TestBroker> {
-  const forgejo = await startFakeForgejo(options.forgejo);
-  const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "fmb-test-"));
-  const port = await freePort();
-  const result = loadConfig({
+/** The environment of a broker on a loopback port that signs users in through the Forgejo stand-in. */
+export function brokerEnvFor(forgejo: Pick<FakeForgejo, "url" | "clientId" | "clientSecret">, port: number, dataDir: string): Record<string, string> {
+  return {
     BROKER_PUBLIC_URL: `http://127.0.0.1:${port}`,
     BROKER_PORT: String(port),
     BROKER_DATA_DIR: dataDir,
     FORGEJO_URL: forgejo.url,
     FORGEJO_CLIENT_ID: forgejo.clientId,
     FORGEJO_CLIENT_SECRET: forgejo.clientSecret,
-    ...options.env,
-  });
+  };
+}
+
+export async function startTestBroker(
+  options: { forgejo?: FakeForgejoOptions; env?: Record<string, string>; broker?: Partial<BrokerOptions>; dataDir?: string } = {},
+): Promise<TestBroker> {
+  const forgejo = await startFakeForgejo(options.forgejo);
+  const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), "fmb-test-"));
+  const port = await freePort();
+  const result = loadConfig({ ...brokerEnvFor(forgejo, port, dataDir), ...options.env });
   if (!result.ok) throw new Error(result.problems.join("\n"));
   const config = result.config;
   const logger = createMemoryLogger();

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
 import { childCommand, holdStandaloneStream, openSession, postMcp, processesMatching } from "../helpers/mcp.ts";
 import { CookieJar, obtainTokens, parseConsentForm } from "../helpers/oauth-client.ts";
-import { freePort } from "../helpers/broker.ts";
+import { brokerEnvFor, freePort } from "../helpers/broker.ts";
 
 const ENTRY = join(import.meta.dir, "..", "..", "src", "index.ts");
 
@@ -76,17 +76,10 @@ describe("a running broker", () => {
   async function startBrokerProcess(env: Record<string, string>) {
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
-    const child = runBroker({
-      BROKER_PUBLIC_URL: url,
-      BROKER_PORT: String(port),
-      BROKER_DATA_DIR: join(dataDir, `broker-${port}`),
-      FORGEJO_URL: forgejo.url,
-      FORGEJO_CLIENT_ID: forgejo.clientId,
-      FORGEJO_CLIENT_SECRET: forgejo.clientSecret,
-      ...env,
-    });
+    const brokerDir = join(dataDir, `broker-${port}`);
+    const child = runBroker({ ...brokerEnvFor(forgejo, port, brokerDir), ...env });
     const health = await waitForHealth(url, child);
-    return { child, url, health, dataDir: join(dataDir, `broker-${port}`) };
+    return { child, url, health, dataDir: brokerDir };
   }
 
   test("keeps its data private, answers health, and on SIGTERM finishes an in-flight sign-in before exiting 0", async () => {
