@@ -79,6 +79,11 @@ export async function startGateway(target: Exclude<TargetName, "direct">, child:
     : startSupergateway(child);
 }
 
+/** The direct harness counts failures by what went wrong; the report lists them like loadErrors does. */
+function directErrors(errors: Record<string, number>): string[] {
+  return Object.entries(errors).map(([what, n]) => `${n}× ${what}`);
+}
+
 function loadErrors(result: LoadResult): string[] {
   const errors = result.errors.map((e) => `${e.count}× ${e.kind} ${e.detail}: ${e.example}`);
   if (result.stop.reason !== "completed") errors.unshift(`stopped: ${result.stop.reason}`);
@@ -195,7 +200,7 @@ async function measureDirectLoad(child: ChildSpec, sessions: number, calls: numb
         sessionsOpened: result.sessions.opened,
         callsOk: result.calls.ok,
         callsRequested: result.calls.requested,
-        errors: Object.entries(result.errors).map(([what, n]) => `${n}× ${what}`),
+        errors: directErrors(result.errors),
         progress,
       },
     };
@@ -230,7 +235,7 @@ export async function measureChurn(target: TargetName, child: ChildSpec, cycles:
         leftAfter1s: left.length,
         zombiesAfter1s: left.filter((s) => s.state === "Z").length,
         leftExamples: left.slice(0, 5).map((s) => `${s.pid} ${s.state}`),
-        errors: Object.entries(result.errors).map(([what, n]) => `${n}× ${what}`),
+        errors: directErrors(result.errors),
       },
     };
   }
@@ -306,7 +311,7 @@ export async function measureScale(target: TargetName, cChild: ChildSpec, sessio
           gatewayPeakKb: null,
           treePeakKb: memory.treeKb,
           treePssKb: pss,
-          errors: Object.entries(result.errors).map(([what, n]) => `${n}× ${what}`),
+          errors: directErrors(result.errors),
         },
       };
     } catch (error) {
