@@ -71,6 +71,12 @@ export class Store {
 
   /** Every /mcp request runs this lookup: prepared once, not rebuilt and recompiled per request. */
   private readonly accessIdentityQuery;
+  private revocations = 0;
+
+  /** Goes up whenever this store revokes an access token, so a cache of identities knows to look again. */
+  get revocationCount(): number {
+    return this.revocations;
+  }
 
   private prepareAccessIdentityQuery() {
     const a = schema.accessTokens;
@@ -209,6 +215,7 @@ export class Store {
 
   /** Revokes a grant and every token issued under it. */
   revokeGrant(grantId: string, now: number): void {
+    this.revocations++;
     this.db.transaction((tx) => {
       tx.update(schema.grants).set({ revokedAt: now }).where(and(eq(schema.grants.id, grantId), isNull(schema.grants.revokedAt))).run();
       tx.update(schema.accessTokens).set({ revokedAt: now }).where(and(eq(schema.accessTokens.grantId, grantId), isNull(schema.accessTokens.revokedAt))).run();
@@ -324,6 +331,7 @@ export class Store {
       this.revokeFamily(refresh.familyId, now);
       return "refresh";
     }
+    this.revocations++;
     const access = this.db
       .update(schema.accessTokens)
       .set({ revokedAt: now })
@@ -334,6 +342,7 @@ export class Store {
   }
 
   private revokeFamily(familyId: string, now: number): void {
+    this.revocations++;
     this.db.transaction((tx) => {
       tx.update(schema.accessTokens).set({ revokedAt: now }).where(and(eq(schema.accessTokens.familyId, familyId), isNull(schema.accessTokens.revokedAt))).run();
       tx.update(schema.refreshTokens).set({ revokedAt: now }).where(and(eq(schema.refreshTokens.familyId, familyId), isNull(schema.refreshTokens.revokedAt))).run();

@@ -7,6 +7,7 @@ import { hashToken } from "../../crypto.ts";
 import type { Store, TokenIdentity } from "../../store/store.ts";
 import { endpoints } from "../deps.ts";
 import { BearerTokenError } from "../errors.ts";
+import { AccessIdentityCache } from "../identity-cache.ts";
 import { SUPPORTED_SCOPES } from "../scope.ts";
 
 /** @elysiajs/bearer matches the scheme case-sensitively; RFC 9110 §11.1 makes it case-insensitive. */
@@ -36,7 +37,7 @@ export function bearerChallengeFor(publicUrl: string) {
 
 export function authenticateBearer(
   check: BearerCheck,
-  deps: BearerDeps,
+  deps: Pick<BearerDeps, "config" | "now"> & { identities: Pick<AccessIdentityCache, "lookup"> },
   challenge: ReturnType<typeof bearerChallengeFor>,
 ): TokenIdentity {
   if (check.tokenInQuery) {
@@ -44,7 +45,7 @@ export function authenticateBearer(
   }
   if (check.malformed) throw new BearerTokenError("invalid_request", "The Authorization header is not a Bearer token", challenge);
   if (check.token === undefined) throw new BearerTokenError(null, "Sign-in required: send an access token in the Authorization header", challenge);
-  const identity = deps.store.findAccessIdentity(hashToken(check.token), deps.now());
+  const identity = deps.identities.lookup(hashToken(check.token), deps.now());
   if (!identity) throw new BearerTokenError("invalid_token", "The access token is unknown, expired or revoked", challenge);
   if (identity.resource !== deps.config.resourceUrl) {
     throw new BearerTokenError("invalid_token", `The access token was not issued for ${deps.config.resourceUrl}`, challenge);
@@ -55,6 +56,7 @@ export function authenticateBearer(
 /** Mount protected routes after this plugin; they receive `identity`. */
 export function bearerGuard(deps: BearerDeps) {
   const challenge = bearerChallengeFor(deps.config.publicUrl);
+  const checked = { config: deps.config, now: deps.now, identities: new AccessIdentityCache(deps.store) };
   return new Elysia({ name: "bearer-guard" })
     .use(bearer())
     .resolve({ as: "scoped" }, ({ bearer: fromLibrary, request, headers }) => {
@@ -62,6 +64,6 @@ export function bearerGuard(deps: BearerDeps) {
       // The library also reads ?access_token=, which tokenInQuery refuses before the token is looked at.
       const token = tokenInQuery ? undefined : (fromLibrary ?? bearerFromAuthorization(headers.authorization));
       const malformed = headers.authorization !== undefined && token === undefined;
-      return { identity: authenticateBearer({ tokenInQuery, token, malformed }, deps, challenge) };
+      return { identity: authenticateBearer({ tokenInQuery, token, malformed }, checked, challenge) };
     });
 }

@@ -1,0 +1,44 @@
+// Remembers, for a few seconds, which identity a live access token hash stands for, so that the
+// bearer guard does not ask SQLite again on every /mcp message of a busy session.
+import type { Store, TokenIdentity } from "../store/store.ts";
+
+export interface AccessIdentityCacheOptions {
+  /**
+   * How long an answer is trusted. Revocations made through this process's store end it at once;
+   * this bound is only for a revocation written by another process to the same database.
+   */
+  ttlMs: number;
+  /** Beyond this many tokens the oldest answer is forgotten, so memory stays bounded. */
+  maxEntries: number;
+}
+
+export const DEFAULT_IDENTITY_CACHE: AccessIdentityCacheOptions = { ttlMs: 5_000, maxEntries: 10_000 };
+
+interface CachedIdentity {
+  identity: TokenIdentity;
+  /** Never past the token's own expiry, so an expired token is refused to the millisecond. */
+  validUntil: number;
+  revocationCount: number;
+}
+
+export class AccessIdentityCache {
+  private readonly entries = new Map<string, CachedIdentity>();
+
+  constructor(
+    private readonly store: Pick<Store, "findAccessIdentity" | "revocationCount">,
+    private readonly options: AccessIdentityCacheOptions = DEFAULT_IDENTITY_CACHE,
+  ) {}
+
+  /** The identity behind a live access token, or undefined for unknown, expired or revoked ones. */
+  lookup(tokenHash: string, now: number): TokenIdentity | undefined {
+    const cached = this.entries.get(tokenHash);
+    if (cached !== undefined && now < cached.validUntil && cached.revocationCount === this.store.revocationCount) return cached.identity;
+    if (cached !== undefined) this.entries.delete(tokenHash);
+    const revocationCount = this.store.revocationCount;
+    const identity = this.store.findAccessIdentity(tokenHash, now);
+    if (identity === undefined) return undefined;
+    if (this.entries.size >= this.options.maxEntries) this.entries.delete(this.entries.keys().next().value!);
+    this.entries.set(tokenHash, { identity, validUntil: Math.min(now + this.options.ttlMs, identity.expiresAt), revocationCount });
+    return identity;
+  }
+}
