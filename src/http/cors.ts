@@ -1,6 +1,7 @@
 // Which browser origins may call which endpoints: discovery and the OAuth JSON endpoints are open
 // to any origin (browser-based MCP clients such as the Inspector), /mcp only to allowed origins.
 import { cors } from "@elysiajs/cors";
+import { requestPath } from "./request-path.ts";
 
 const OPEN_PATHS = new Set(["/oauth/register", "/oauth/token", "/oauth/revoke"]);
 
@@ -8,7 +9,7 @@ export function corsPolicy(mcpOrigins: string[]) {
   const allowed = new Set(mcpOrigins);
   return cors({
     origin: (request) => {
-      const path = new URL(request.url).pathname;
+      const path = requestPath(request.url);
       if (path.startsWith("/.well-known/") || OPEN_PATHS.has(path)) return true;
       const origin = request.headers.get("origin");
       return path === "/mcp" && origin !== null && allowed.has(origin);

@@ -4,6 +4,7 @@ import { bearer } from "@elysiajs/bearer";
 import { Elysia } from "elysia";
 import type { BrokerConfig } from "../../config.ts";
 import { hashToken } from "../../crypto.ts";
+import { hasQueryParam } from "../../http/request-path.ts";
 import type { Store, TokenIdentity } from "../../store/store.ts";
 import { endpoints } from "../deps.ts";
 import { BearerTokenError } from "../errors.ts";
@@ -60,7 +61,7 @@ export function bearerGuard(deps: BearerDeps) {
   return new Elysia({ name: "bearer-guard" })
     .use(bearer())
     .resolve({ as: "scoped" }, ({ bearer: fromLibrary, request, headers }) => {
-      const tokenInQuery = new URL(request.url).searchParams.has("access_token");
+      const tokenInQuery = hasQueryParam(request.url, "access_token");
       // The library also reads ?access_token=, which tokenInQuery refuses before the token is looked at.
       const token = tokenInQuery ? undefined : (fromLibrary ?? bearerFromAuthorization(headers.authorization));
       const malformed = headers.authorization !== undefined && token === undefined;
