@@ -21,7 +21,7 @@ export function randomHex(bytes: number): string {
 
 /** What the store keeps instead of a token: its SHA-256 in hex. */
 export function hashToken(token: string): string {
-  return new Bun.CryptoHasher("sha256").update(token).digest("hex");
+  return Bun.CryptoHasher.hash("sha256", token, "hex");
 }
 
 /** Compares two strings in time independent of where they differ. */

@@ -1,8 +1,22 @@
 // Log hygiene: whatever a caller passes, no credential reaches a log line.
 import { describe, expect, test } from "bun:test";
-import { createMemoryLogger, maskSecrets } from "../src/log.ts";
+import { createLogger, createMemoryLogger, maskSecrets } from "../src/log.ts";
 
 describe("logging", () => {
+  test.each([
+    ["debug", [true, true, true, true]],
+    ["info", [false, true, true, true]],
+    ["warn", [false, false, true, true]],
+    ["error", [false, false, false, true]],
+  ] as const)("at level %s, enabled() says which lines are written", (level, expected) => {
+    const lines: string[] = [];
+    const logger = createLogger({ level, write: (line) => lines.push(line) });
+    const levels = ["debug", "info", "warn", "error"] as const;
+    expect(levels.map((l) => logger.enabled(l))).toEqual([...expected]);
+    for (const l of levels) logger[l]("m");
+    expect(lines.map((line) => JSON.parse(line).level)).toEqual(levels.filter((_, i) => expected[i]));
+  });
+
   test("one JSON object per line, with the fields given", () => {
     const logger = createMemoryLogger();
     logger.child({ session: "s1" }).info("hello", { n: 1 });

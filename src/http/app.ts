@@ -13,6 +13,7 @@ import { revokeRoutes } from "../oauth/handlers/revoke.ts";
 import { tokenRoutes } from "../oauth/handlers/token.ts";
 import { bearerGuard } from "../oauth/middleware/bearer-auth.ts";
 import { corsPolicy } from "./cors.ts";
+import { requestPath } from "./request-path.ts";
 import type { TokenIdentity } from "../store/store.ts";
 
 export interface HealthCheck {
@@ -36,14 +37,10 @@ function clientIdOf(request: Request, identity: TokenIdentity | undefined, query
   return typeof basic === "object" ? basic.clientId : undefined;
 }
 
-export function createApp(deps: AppDeps) {
+/** One log line per request: method, path, status, duration and the public client id. */
+function logRequests(app: Elysia<any, any, any, any, any, any, any>, logger: Logger): void {
   const started = new WeakMap<Request, number>();
-  const { logger } = deps;
-
-  const mcp = deps.protectedRoutes(bearerGuard(deps.oauth));
-
-  return new Elysia()
-    .use(corsPolicy(deps.oauth.config.sessions.allowedOrigins))
+  app
     .onRequest(({ request }) => {
       started.set(request, performance.now());
     })
@@ -54,18 +51,29 @@ export function createApp(deps: AppDeps) {
       const response = (ctx as { responseValue?: unknown }).responseValue;
       logger.info("request", {
         method: request.method,
-        path: new URL(request.url).pathname,
+        path: requestPath(request.url),
         status: response instanceof Response ? response.status : (set.status ?? 200),
         duration_ms: begun === undefined ? undefined : Math.round((performance.now() - begun) * 100) / 100,
         client_id: clientIdOf(request, identity, query),
       });
-    })
+    });
+}
+
+export function createApp(deps: AppDeps) {
+  const { logger } = deps;
+
+  const mcp = deps.protectedRoutes(bearerGuard(deps.oauth));
+
+  const app = new Elysia().use(corsPolicy(deps.oauth.config.sessions.allowedOrigins));
+  // Not even hooked in when the level drops the lines: every /mcp message would pay for fields nobody reads.
+  if (logger.enabled("info")) logRequests(app, logger);
+  return app
     .onError(({ error, code, request }) => {
       if (error instanceof OAuthError) return error.toResponse();
       if (code === "NOT_FOUND") return Response.json({ error: "not_found", error_description: "No such endpoint" }, { status: 404 });
       // Each route answers its own parse and validation failures in its protocol's format.
       if (code === "PARSE" || code === "VALIDATION") return;
-      logger.error("unhandled error", { method: request.method, path: new URL(request.url).pathname, error: error instanceof Error ? error : String(error) });
+      logger.error("unhandled error", { method: request.method, path: requestPath(request.url), error: error instanceof Error ? error : String(error) });
       return Response.json({ error: "server_error", error_description: "Internal error" }, { status: 500 });
     })
     .get("/healthz", async () => {
