@@ -18,6 +18,7 @@ import {
 } from "../session/errors.ts";
 import type { SessionEntry, SessionIdentity, SessionRegistry } from "../session/registry.ts";
 import { UpstreamCredentialLostError } from "../upstream/credentials.ts";
+import { acceptedReplies, type AcceptedReplies } from "./accept.ts";
 import { fixedEvents, prefixed, sseResponse, type EventSource } from "./sse-response.ts";
 
 export const SUPPORTED_PROTOCOL_VERSIONS = ["2025-11-25", "2025-06-18", "2025-03-26"] as const;
@@ -51,18 +52,6 @@ class McpHttpError extends Error {
 
 function rpcError(status: number, id: JsonRpcId | null, code: number, message: string, headers: Record<string, string> = {}): Response {
   return new Response(errorResponse(id, code, message), { status, headers: { "Content-Type": "application/json", ...headers } });
-}
-
-/** Whether an Accept header admits `type` (absent = anything; q=0 = refused). */
-export function accepts(header: string | null, type: string): boolean {
-  if (header === null || header.trim() === "") return true;
-  const [major] = type.split("/");
-  return header.split(",").some((range) => {
-    const [media = "", ...params] = range.split(";").map((part) => part.trim().toLowerCase());
-    const q = params.find((param) => param.startsWith("q="));
-    if (q !== undefined && !(Number(q.slice(2)) > 0)) return false;
-    return media === type || media === `${major}/*` || media === "*/*";
-  });
 }
 
 /** Reads at most `limit` bytes of the body; null when there is more. */
@@ -129,9 +118,8 @@ export function mcpRoutes(deps: McpRoutesDeps) {
   };
 
   /** JSON when the first thing for the request is its answer and the client takes JSON; otherwise SSE. */
-  const answer = async (request: Request, source: EventSource, headers: Record<string, string>): Promise<Response> => {
-    const json = accepts(request.headers.get("accept"), "application/json");
-    const sse = accepts(request.headers.get("accept"), "text/event-stream");
+  const answer = async (request: Request, replies: AcceptedReplies, source: EventSource, headers: Record<string, string>): Promise<Response> => {
+    const { json, sse } = replies;
     const gone = () => source.close("client disconnected");
     request.signal.addEventListener("abort", gone, { once: true });
     let first: OutboundEvent | null;
@@ -152,7 +140,13 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     return sseResponse(prefixed([first], source), { heartbeatMs, headers, signal: request.signal });
   };
 
-  const initialize = async (request: Request, identity: SessionIdentity, incoming: IncomingMessage, id: JsonRpcId): Promise<Response> => {
+  const initialize = async (
+    request: Request,
+    replies: AcceptedReplies,
+    identity: SessionIdentity,
+    incoming: IncomingMessage,
+    id: JsonRpcId,
+  ): Promise<Response> => {
     const existing = request.headers.get(SESSION_HEADER);
     if (existing !== null) {
       const entry = registry.get(existing.trim(), identity);
@@ -163,16 +157,16 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     deps.keepOpen(request);
     try {
       const { entry, events } = await registry.create(identity, incoming);
-      return await answer(request, fixedEvents(events), { [SESSION_HEADER]: entry.id });
+      return await answer(request, replies, fixedEvents(events), { [SESSION_HEADER]: entry.id });
     } catch (error) {
-      if (error instanceof InitializeRejectedError) return answer(request, fixedEvents(error.events), {});
+      if (error instanceof InitializeRejectedError) return answer(request, replies, fixedEvents(error.events), {});
       throw error;
     }
   };
 
-  const forward = async (request: Request, entry: SessionEntry, incoming: IncomingMessage): Promise<Response> => {
+  const forward = async (request: Request, replies: AcceptedReplies, entry: SessionEntry, incoming: IncomingMessage): Promise<Response> => {
     deps.keepOpen(request);
-    return answer(request, entry.bridge.request(incoming), { [SESSION_HEADER]: entry.id });
+    return answer(request, replies, entry.bridge.request(incoming), { [SESSION_HEADER]: entry.id });
   };
 
   const post = async (request: Request, identity: SessionIdentity): Promise<Response> => {
@@ -183,8 +177,8 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       if (contentType !== "application/json") {
         throw new McpHttpError(415, TRANSPORT_ERROR, "Unsupported Media Type: Content-Type must be application/json");
       }
-      const accept = request.headers.get("accept");
-      if (!accepts(accept, "application/json") && !accepts(accept, "text/event-stream")) {
+      const replies = acceptedReplies(request.headers.get("accept"));
+      if (!replies.json && !replies.sse) {
         throw new McpHttpError(406, TRANSPORT_ERROR, "Not Acceptable: the client must accept application/json or text/event-stream");
       }
       const raw = await readBody(request, sessions.maxMessageBytes);
@@ -202,10 +196,10 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       const { incoming, kind } = parsed;
       if (kind === "request" && isJsonRpcId(incoming.message.id)) id = incoming.message.id;
       checkProtocolVersion(request);
-      if (kind === "request" && incoming.message.method === "initialize") return await initialize(request, identity, incoming, id!);
+      if (kind === "request" && incoming.message.method === "initialize") return await initialize(request, replies, identity, incoming, id!);
       const entry = registry.get(sessionIdOf(request), identity);
       sessionId = entry.id;
-      if (kind === "request") return await forward(request, entry, incoming);
+      if (kind === "request") return await forward(request, replies, entry, incoming);
       entry.bridge.send(incoming, kind);
       return new Response(null, { status: 202, headers: { [SESSION_HEADER]: entry.id } });
     } catch (error) {
@@ -216,7 +210,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
   const get = (request: Request, identity: SessionIdentity): Response => {
     let sessionId: string | undefined;
     try {
-      if (!accepts(request.headers.get("accept"), "text/event-stream")) {
+      if (!acceptedReplies(request.headers.get("accept")).sse) {
         throw new McpHttpError(406, TRANSPORT_ERROR, "Not Acceptable: the client must accept text/event-stream");
       }
       checkProtocolVersion(request);
