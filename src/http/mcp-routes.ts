@@ -225,11 +225,11 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     }
   };
 
-  const del = async (request: Request, identity: SessionIdentity): Promise<Response> => {
+  const del = (request: Request, identity: SessionIdentity): Response => {
     try {
       checkProtocolVersion(request);
       const entry = registry.get(sessionIdOf(request), identity);
-      await registry.delete(entry.id);
+      registry.delete(entry.id);
       return new Response(null, { status: 204, headers: { [SESSION_HEADER]: entry.id } });
     } catch (error) {
       return refusal(error, null);

@@ -83,6 +83,8 @@ export class SessionRegistry {
   private readonly byUser = new Map<number, Set<string>>();
   private readonly starting = new Map<number, number>();
   private startingTotal = 0;
+  /** Ended sessions whose children are still exiting: they count against the caps until gone. */
+  private readonly stopping = new Map<SessionEntry, Promise<void>>();
   /** One rotation at a time per session; a second waits for the first. */
   private readonly rotations = new Map<string, Promise<void>>();
   private readonly scheduler: RefreshScheduler | null;
@@ -124,18 +126,26 @@ export class SessionRegistry {
    */
   async create(identity: SessionIdentity, initialize: IncomingMessage): Promise<CreatedSession> {
     const retryAfterS = this.deps.retryAfterS ?? 30;
-    if (this.closed) throw new SessionLimitError("the broker is shutting down", retryAfterS);
     const user = identity.forgejoUserId;
+    // A child of an ended session still holds its slot for the moment it takes to exit; wait for
+    // those rather than refuse a client that closed a session to open another.
+    let waited = false;
+    for (;;) {
+      if (this.closed) throw new SessionLimitError("the broker is shutting down", retryAfterS);
+      const overall = this.sessions.size + this.startingTotal + this.stopping.size >= this.deps.config.maxSessions;
+      const ofUser = (this.byUser.get(user)?.size ?? 0) + (this.starting.get(user) ?? 0) + this.stoppingOf(user) >= this.deps.config.maxSessionsPerUser;
+      if (!overall && !ofUser) break;
+      if (waited || this.stopping.size === 0) {
+        if (overall) throw new SessionLimitError(`the broker is at its limit of ${this.deps.config.maxSessions} sessions`, retryAfterS);
+        throw new UserSessionLimitError(
+          `you have ${this.deps.config.maxSessionsPerUser} open sessions, the most allowed; close one or wait for one to expire`,
+          retryAfterS,
+        );
+      }
+      waited = true;
+      await Promise.all(this.stopping.values());
+    }
     const userStarting = this.starting.get(user) ?? 0;
-    if (this.sessions.size + this.startingTotal >= this.deps.config.maxSessions) {
-      throw new SessionLimitError(`the broker is at its limit of ${this.deps.config.maxSessions} sessions`, retryAfterS);
-    }
-    if ((this.byUser.get(user)?.size ?? 0) + userStarting >= this.deps.config.maxSessionsPerUser) {
-      throw new UserSessionLimitError(
-        `you have ${this.deps.config.maxSessionsPerUser} open sessions, the most allowed; close one or wait for one to expire`,
-        retryAfterS,
-      );
-    }
     this.starting.set(user, userStarting + 1);
     this.startingTotal++;
     try {
@@ -157,11 +167,14 @@ export class SessionRegistry {
     return entry;
   }
 
-  /** Stops the session's child and forgets the session; false if there was none. */
-  async delete(id: string, reason = "the session was deleted"): Promise<boolean> {
+  /**
+   * Ends a session: from now on its id is unknown and its child has been told to stop; the child's
+   * exit is awaited in the background (shutdown waits for it). False when there is no such session.
+   */
+  delete(id: string, reason = "the session was deleted"): boolean {
     const entry = this.sessions.get(id);
     if (entry === undefined) return false;
-    await this.drop(entry, reason);
+    void this.drop(entry, reason);
     return true;
   }
 
@@ -204,6 +217,7 @@ export class SessionRegistry {
     this.reapTimer = null;
     this.scheduler?.close();
     await Promise.all([...this.sessions.values()].map((entry) => this.drop(entry, "the broker is shutting down")));
+    await Promise.all(this.stopping.values());
   }
 
   private async start(identity: SessionIdentity, initialize: IncomingMessage): Promise<CreatedSession> {
@@ -340,7 +354,17 @@ export class SessionRegistry {
       }
       this.deps.logger.info("session ended", { session: entry.id, reason });
     }
-    await entry.bridge.close(reason);
+    const known = this.stopping.get(entry);
+    if (known !== undefined) return known;
+    const stopped = entry.bridge.close(reason).finally(() => this.stopping.delete(entry));
+    this.stopping.set(entry, stopped);
+    return stopped;
+  }
+
+  private stoppingOf(forgejoUserId: number): number {
+    let count = 0;
+    for (const entry of this.stopping.keys()) if (entry.binding.forgejoUserId === forgejoUserId) count++;
+    return count;
   }
 
   private scheduleReap(): void {

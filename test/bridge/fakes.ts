@@ -20,9 +20,12 @@ export class FakeChild implements ChildProcess {
   private controller!: ReadableStreamDefaultController<Uint8Array>;
   private resolveExit!: (exit: ChildExit) => void;
   private gone = false;
+  /** When set, stop() only asks: the child exits when the test calls exit(), like one slow to go. */
+  private readonly slowStop: boolean;
 
-  constructor(options: { onMessage?: (message: Json, child: FakeChild) => void } = {}) {
+  constructor(options: { onMessage?: (message: Json, child: FakeChild) => void; slowStop?: boolean } = {}) {
     this.onMessage = options.onMessage ?? null;
+    this.slowStop = options.slowStop ?? false;
     this.stdout = new ReadableStream({ start: (controller) => void (this.controller = controller) });
     this.exited = new Promise((resolve) => (this.resolveExit = resolve));
   }
@@ -66,14 +69,15 @@ export class FakeChild implements ChildProcess {
 
   stop(): Promise<ChildExit> {
     this.stopCalls++;
-    this.exit({ code: null, signal: "SIGTERM" });
+    if (!this.slowStop) this.exit({ code: null, signal: "SIGTERM" });
     return this.exited;
   }
 }
 
 /** A child that answers initialize the way an MCP server does. */
-export function initializingChild(extra: (message: Json, child: FakeChild) => void = () => {}): FakeChild {
+export function initializingChild(extra: (message: Json, child: FakeChild) => void = () => {}, options: { slowStop?: boolean } = {}): FakeChild {
   return new FakeChild({
+    ...options,
     onMessage: (message, child) => {
       if (message.method === "initialize") {
         child.send({

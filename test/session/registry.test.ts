@@ -180,7 +180,7 @@ describe("caps", () => {
     expect(error).toBeInstanceOf(SessionLimitError);
     expect([error.status, error.retryAfterS]).toEqual([503, 30]);
     const [first] = await Promise.all(starting);
-    await registry.delete(first!.entry.id);
+    registry.delete(first!.entry.id);
     await expect(registry.create(alice, initialize)).resolves.toBeDefined();
   });
 
@@ -214,10 +214,66 @@ describe("get", () => {
   test("after delete the id is not found, and the child was stopped", async () => {
     const { registry, children } = setup();
     const { entry } = await registry.create(alice, initialize);
-    expect(await registry.delete(entry.id)).toBe(true);
+    expect(registry.delete(entry.id)).toBe(true);
     expect(children[0]!.stopCalls).toBe(1);
     expect(() => registry.get(entry.id, alice)).toThrow(SessionNotFoundError);
-    expect(await registry.delete(entry.id)).toBe(false);
+    expect(registry.delete(entry.id)).toBe(false);
+  });
+});
+
+describe("children of deleted sessions", () => {
+  const slowToStop = () => initializingChild(() => {}, { slowStop: true });
+
+  test("delete returns at once; while the child is exiting it holds its slot, and a new session waits for it instead of being refused", async () => {
+    const { registry, children } = setup({ maxSessions: 1 }, { makeChild: slowToStop });
+    const { entry } = await registry.create(alice, initialize);
+    expect(registry.delete(entry.id)).toBe(true);
+    expect(children[0]!.stopCalls).toBe(1);
+    let opened = false;
+    const next = registry.create(bob, initialize).then((created) => ((opened = true), created));
+    await settle();
+    expect([opened, children.length]).toEqual([false, 1]);
+    children[0]!.exit({ code: null, signal: "SIGTERM" });
+    expect((await next).entry.id).not.toBe(entry.id);
+    expect(children.length).toBe(2);
+  });
+
+  test("the per-user cap counts the user's exiting children the same way", async () => {
+    const { registry, children } = setup({ maxSessionsPerUser: 1 }, { makeChild: slowToStop });
+    const { entry } = await registry.create(alice, initialize);
+    registry.delete(entry.id);
+    let opened = false;
+    const next = registry.create(alice, initialize).then((created) => ((opened = true), created));
+    await registry.create(bob, initialize);
+    expect(opened).toBe(false);
+    children[0]!.exit({ code: null, signal: "SIGTERM" });
+    await expect(next).resolves.toBeDefined();
+  });
+
+  test("a slot still held once the exiting children are gone is refused as before", async () => {
+    const { registry, children } = setup({ maxSessions: 2 }, { makeChild: slowToStop });
+    const { entry } = await registry.create(alice, initialize);
+    await registry.create(bob, initialize);
+    registry.delete(entry.id);
+    const pending = registry.create(alice, initialize).catch((e: unknown) => e);
+    const third = registry.create(bob, initialize).catch((e: unknown) => e);
+    children[0]!.exit({ code: null, signal: "SIGTERM" });
+    const outcomes = await Promise.all([pending, third]);
+    expect(outcomes.filter((o) => o instanceof SessionLimitError)).toHaveLength(1);
+    expect(registry.size).toBe(2);
+  });
+
+  test("shutdown waits until the children of deleted sessions have exited", async () => {
+    const { registry, children } = setup({}, { makeChild: slowToStop });
+    const { entry } = await registry.create(alice, initialize);
+    registry.delete(entry.id);
+    let done = false;
+    const shutdown = registry.shutdown().then(() => (done = true));
+    await settle();
+    expect(done).toBe(false);
+    children[0]!.exit({ code: null, signal: "SIGTERM" });
+    await shutdown;
+    expect(done).toBe(true);
   });
 });
 
