@@ -1,5 +1,5 @@
-// `bun run bench`: direct stdio, this broker and supergateway measured in one run on one machine,
-// with the same child and the same load generator (src/loadtest), targets alternating A B C over
+// `bun run bench`: direct stdio, the bare relay, this broker and supergateway measured in one run on
+// one machine, with the same child and the same load generator (src/loadtest), targets alternating over
 // rounds, medians reported against the issue's target ratios, and a markdown report written to
 // bench/results/. Every process it starts is stopped at the end (and on Ctrl-C), and checked.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -8,7 +8,7 @@ import { startFakeForgejo, type FakeForgejo } from "../test/fixtures/forgejo.ts"
 import { parseBenchArgs, USAGE, type TargetName } from "./lib/args.ts";
 import { buildCChild, NoCompiler, TS_CHILD } from "./lib/build.ts";
 import type { StdioSession } from "./lib/direct.ts";
-import { REPO_ROOT, startSupergateway, stopAllGateways, Unavailable, type ChildSpec } from "./lib/gateways.ts";
+import { REPO_ROOT, stopAllGateways, Unavailable, type ChildSpec } from "./lib/gateways.ts";
 import { measureChurn, measureLoad, measureScale, startGateway, type MeasureContext } from "./lib/measure.ts";
 import { describeDescendants } from "./lib/proc.ts";
 import { renderMarkdown, verdicts, type BenchData, type Machine } from "./lib/report.ts";
@@ -154,7 +154,7 @@ const ctx: MeasureContext = {
 for (const target of options.targets) {
   if (target === "direct") continue;
   try {
-    const gateway = target === "broker" ? await startGateway("broker", child, ctx) : await startSupergateway(child);
+    const gateway = await startGateway(target, child, ctx);
     const progress = gateway.progressNotifications;
     await gateway.stop();
     log(`bench: ${target} answers MCP (progress notifications for one call: ${progress})`);

@@ -2,8 +2,10 @@
 // targets; --quick for a check in a few minutes. A pure function, so it can be tested alone.
 import { parseArgs } from "node:util";
 
-export const TARGETS = ["direct", "broker", "supergateway"] as const;
+export const TARGETS = ["direct", "relay", "broker", "supergateway"] as const;
 export type TargetName = (typeof TARGETS)[number];
+/** The scale point's default: the relay is a reference for the rows, allowed there only when asked for. */
+export const SCALE_TARGETS: TargetName[] = ["direct", "broker", "supergateway"];
 
 export interface BenchOptions {
   rounds: number;
@@ -29,15 +31,15 @@ export interface BenchOptions {
 
 export const USAGE = `usage: bun run bench [-- options]
 
-  --rounds N          rounds; targets alternate A B C A B C… and medians are reported (default 3)
+  --rounds N          rounds; targets alternate A B C D A B C D… and medians are reported (default 3)
   --sessions LIST     concurrent sessions per measurement (default 1,16,64)
   --calls N           calls per measurement, split evenly over its sessions (default 10000)
   --warmup N          untimed calls on one session of each fresh gateway first (default 200)
   --churn N           initialize → call → DELETE cycles per target and round (default 50)
   --scale N           concurrent sessions at the scale point, C child, one call each (default 1000; 0 skips)
-  --scale-targets L   targets at the scale point (default direct,broker,supergateway)
+  --scale-targets L   targets at the scale point (default direct,broker,supergateway; relay when listed)
   --child ts|c        the child for the rows and the churn: the bun one (ts, default) or the C one
-  --targets LIST      default direct,broker,supergateway
+  --targets LIST      default direct,relay,broker,supergateway (relay: the bare Bun relay, bench/relay)
   --broker-log-level  BROKER_LOG_LEVEL for the broker (default warn: supergateway runs with --logLevel none)
   --broker-flags F    extra bun flags for the broker, e.g. "--cpu-prof --cpu-prof-md --cpu-prof-dir=/tmp/prof"
   --broker-wrapper W  run the broker under W, e.g. "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p"
@@ -57,7 +59,7 @@ function targetList(name: string, raw: string | undefined, fallback: TargetName[
   if (raw === undefined) return fallback;
   const list = raw.split(",").map((s) => s.trim()).filter(Boolean);
   for (const item of list) if (!(TARGETS as readonly string[]).includes(item)) throw new Error(`--${name}: unknown target ${JSON.stringify(item)} (known: ${TARGETS.join(", ")})`);
-  // Keep the canonical order, so A B C is always direct, broker, supergateway.
+  // Keep the canonical order, so the rounds always go direct, relay, broker, supergateway.
   return TARGETS.filter((t) => list.includes(t));
 }
 
@@ -102,7 +104,7 @@ export function parseBenchArgs(argv: string[]): Parsed {
         warmup: positive("warmup", values.warmup, 200, 0),
         churn: positive("churn", values.churn, quick ? 10 : 50, 0, 100_000),
         scale: positive("scale", values.scale, quick ? 0 : 1000, 0, 20_000),
-        scaleTargets: targetList("scale-targets", values["scale-targets"], [...TARGETS]),
+        scaleTargets: targetList("scale-targets", values["scale-targets"], [...SCALE_TARGETS]),
         child,
         targets: targetList("targets", values.targets, [...TARGETS]),
         brokerLogLevel: level,

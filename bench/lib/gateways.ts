@@ -1,6 +1,6 @@
-// The HTTP targets, each started fresh as its own process: supergateway (the peer) and this broker
-// (a subprocess `bun src/index.ts` against the Forgejo stand-in, with a token minted through the
-// real OAuth flow). Every gateway is stopped with SIGTERM, then SIGKILL, and any descendant it
+// The HTTP targets, each started fresh as its own process: supergateway (the peer), the bare relay
+// (bench/relay: the runtime's floor) and this broker (a subprocess `bun src/index.ts` against the
+// Forgejo stand-in, with a token minted through the real OAuth flow). Every gateway is stopped with SIGTERM, then SIGKILL, and any descendant it
 // left behind is killed by pid (checked against its start time), so a run leaves nothing running.
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -103,18 +103,13 @@ export function supergatewayEntry(): string {
   return join(REPO_ROOT, "node_modules/supergateway/dist/index.js");
 }
 
-export async function startSupergateway(child: ChildSpec): Promise<Gateway> {
-  const port = await freePort();
-  const node = Bun.which("node");
-  if (node === null) throw new Unavailable("node is not on PATH (supergateway is a Node program)");
-  const proc = Bun.spawn(
-    [node, supergatewayEntry(), "--stdio", commandLine(child.argv), "--outputTransport", "streamableHttp", "--stateful", "--logLevel", "none", "--port", String(port)],
-    { stdin: "ignore", stdout: "ignore", stderr: "ignore", cwd: REPO_ROOT },
-  );
+/** A gateway that needs no token: spawn it, wait until it answers HTTP, probe it, or stop it and say why not. */
+async function startPlainGateway(what: string, argv: string[], port: number, env?: Record<string, string>): Promise<Gateway> {
+  const proc = Bun.spawn(argv, { stdin: "ignore", stdout: "ignore", stderr: "ignore", cwd: REPO_ROOT, env });
   live.add(proc);
   const url = `http://127.0.0.1:${port}/mcp`;
   try {
-    await waitFor(async () => (await fetch(url, { signal: AbortSignal.timeout(1000) })).status > 0, proc, 15_000, "supergateway");
+    await waitFor(async () => (await fetch(url, { signal: AbortSignal.timeout(1000) })).status > 0, proc, 15_000, what);
     const probe = await probeMcp(url, undefined);
     if (!probe.ok) throw new Unavailable(probe.reason);
     return { pid: proc.pid, url, progressNotifications: probe.progressNotifications, stop: () => stopProcess(proc, 8000) };
@@ -122,6 +117,27 @@ export async function startSupergateway(child: ChildSpec): Promise<Gateway> {
     await stopProcess(proc, 3000);
     throw error;
   }
+}
+
+export async function startSupergateway(child: ChildSpec): Promise<Gateway> {
+  const port = await freePort();
+  const node = Bun.which("node");
+  if (node === null) throw new Unavailable("node is not on PATH (supergateway is a Node program)");
+  return startPlainGateway(
+    "supergateway",
+    [node, supergatewayEntry(), "--stdio", commandLine(child.argv), "--outputTransport", "streamableHttp", "--stateful", "--logLevel", "none", "--port", String(port)],
+    port,
+  );
+}
+
+export const RELAY_ENTRY = join(REPO_ROOT, "bench/relay/relay.ts");
+
+/** The bare relay (bench/relay/relay.ts) run by this bun: the runtime's HTTP + pipe floor, no auth. The child argv goes after `--`, unsplit. */
+export async function startRelay(child: ChildSpec): Promise<Gateway> {
+  const port = await freePort();
+  // The broker's clean environment, so nothing of the harness's (BUN_CONFIG_MAX_HTTP_REQUESTS) leaks in.
+  const env = { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp" };
+  return startPlainGateway("the relay", [process.execPath, RELAY_ENTRY, "--port", String(port), "--", ...child.argv], port, env);
 }
 
 export interface BrokerOptions {

@@ -6,7 +6,7 @@ import { runChurn, runLoad, type LoadResult } from "../../src/loadtest/run.ts";
 import type { FakeForgejo } from "../../test/fixtures/forgejo.ts";
 import type { TargetName } from "./args.ts";
 import { runDirectChurn, runDirectLoad, StdioSession } from "./direct.ts";
-import { startBroker, startSupergateway, type ChildSpec, type Gateway } from "./gateways.ts";
+import { startBroker, startRelay, startSupergateway, type ChildSpec, type Gateway } from "./gateways.ts";
 import { cpuSeconds, describeDescendants, procStat, rssKb, RssSampler, treePssKb } from "./proc.ts";
 
 export interface LoadSample {
@@ -74,9 +74,14 @@ export interface MeasureContext {
 const now = () => performance.now();
 
 export async function startGateway(target: Exclude<TargetName, "direct">, child: ChildSpec, ctx: MeasureContext): Promise<Gateway> {
-  return target === "broker"
-    ? startBroker({ child, forgejo: ctx.forgejo, maxSessions: ctx.maxSessions, logLevel: ctx.brokerLogLevel, flags: ctx.brokerFlags, wrapper: ctx.brokerWrapper })
-    : startSupergateway(child);
+  switch (target) {
+    case "broker":
+      return startBroker({ child, forgejo: ctx.forgejo, maxSessions: ctx.maxSessions, logLevel: ctx.brokerLogLevel, flags: ctx.brokerFlags, wrapper: ctx.brokerWrapper });
+    case "relay":
+      return startRelay(child);
+    case "supergateway":
+      return startSupergateway(child);
+  }
 }
 
 /** The direct harness counts failures by what went wrong; the report lists them like loadErrors does. */

@@ -176,6 +176,46 @@ export function verdicts(data: BenchData): Verdict[] {
   return out;
 }
 
+export interface RelayFloorRow {
+  sessions: number;
+  /** broker ÷ relay calls/s: how much of the runtime's throughput the broker keeps. */
+  brokerOverRelayCalls: number | null;
+  /** broker p50 − relay p50, ms: the latency the broker adds on top of a bare relay. */
+  brokerMinusRelayP50Ms: number | null;
+  /** broker ÷ relay gateway CPU per call. */
+  brokerOverRelayCpu: number | null;
+  /** relay ÷ supergateway gateway CPU per call: where this runtime's floor sits against the peer. */
+  relayOverSupergatewayCpu: number | null;
+  /** relay ÷ direct calls/s: what any HTTP gateway on this runtime costs against stdio. */
+  relayOverDirectCalls: number | null;
+}
+
+export type RelayFloor = { shown: false; reason: string } | { shown: true; rows: RelayFloorRow[]; churnBrokerOverRelay: number | null };
+
+/** Informational: the broker against the bare relay (the runtime's HTTP + pipe floor). The issue's targets are not here. */
+export function relayFloor(data: BenchData): RelayFloor {
+  if (!data.options.targets.includes("relay")) return { shown: false, reason: "the relay was not measured in this run (--targets)" };
+  if (data.unavailable.relay !== undefined) return { shown: false, reason: `the relay was unavailable: ${data.unavailable.relay}` };
+  const rows = data.options.sessions.map((s): RelayFloorRow => {
+    const relay = loadMedians(data.loads[s]?.relay);
+    const broker = loadMedians(data.loads[s]?.broker);
+    const sg = loadMedians(data.loads[s]?.supergateway);
+    const direct = loadMedians(data.loads[s]?.direct);
+    const brokerP50 = broker?.p50Ms ?? null;
+    const relayP50 = relay?.p50Ms ?? null;
+    return {
+      sessions: s,
+      brokerOverRelayCalls: ratio(broker?.callsPerSecond ?? null, relay?.callsPerSecond ?? null),
+      brokerMinusRelayP50Ms: brokerP50 !== null && relayP50 !== null ? brokerP50 - relayP50 : null,
+      brokerOverRelayCpu: ratio(broker?.cpuPer1k ?? null, relay?.cpuPer1k ?? null),
+      relayOverSupergatewayCpu: ratio(relay?.cpuPer1k ?? null, sg?.cpuPer1k ?? null),
+      relayOverDirectCalls: ratio(relay?.callsPerSecond ?? null, direct?.callsPerSecond ?? null),
+    };
+  });
+  const churnBrokerOverRelay = ratio(churnMedians(data.churn.broker)?.cyclesPerSecond ?? null, churnMedians(data.churn.relay)?.cyclesPerSecond ?? null);
+  return { shown: true, rows, churnBrokerOverRelay };
+}
+
 const ISSUE_SUPERGATEWAY: Record<number, number> = { 1: 0.1, 16: 0.18, 64: 0.23 };
 
 export function renderMarkdown(data: BenchData): string {
@@ -185,7 +225,7 @@ export function renderMarkdown(data: BenchData): string {
   push(
     "# Benchmark: broker vs direct stdio vs supergateway",
     "",
-    `Measured ${machine.date} in one run of \`bun run bench${options.quick ? " -- --quick" : ""}\` (${(data.wallSeconds / 60).toFixed(1)} min). All figures are medians over ${options.rounds} round(s); targets alternate A B C within each round.`,
+    `Measured ${machine.date} in one run of \`bun run bench${options.quick ? " -- --quick" : ""}\` (${(data.wallSeconds / 60).toFixed(1)} min). All figures are medians over ${options.rounds} round(s); targets alternate (${options.targets.join(", ")}) within each round.`,
     "",
     "## Machine",
     "",
@@ -201,6 +241,7 @@ export function renderMarkdown(data: BenchData): string {
     `- sessions: ${options.sessions.join(", ")}; ${options.calls} calls per measurement split over the sessions (${options.sessions.map((s) => `S=${s}: ${Math.ceil(options.calls / s)} per session`).join(", ")}); warm-up ${options.warmup} calls on a fresh gateway`,
     `- churn: ${options.churn} cycles per target and round; scale point: ${data.scaleSkipped ?? `${options.scale} sessions, C child, one call each`}`,
     `- broker: \`bun src/index.ts\`, BROKER_LOG_LEVEL=${options.brokerLogLevel}, bearer guard on, token from the OAuth flow against the Forgejo stand-in; supergateway: \`node …/supergateway/dist/index.js --stdio "<child>" --outputTransport streamableHttp --stateful --logLevel none\``,
+    ...(options.targets.includes("relay") ? ["- relay: `bun bench/relay/relay.ts --port P -- <child>`: Bun.serve and one child per session, no auth or limits (a reference for the runtime's floor, not a product)"] : []),
     "",
   );
 
@@ -274,6 +315,25 @@ export function renderMarkdown(data: BenchData): string {
   push("## Targets (issue 4)", "", "| target | measured | required | verdict |", "|---|---:|---|:---:|");
   for (const v of verdicts(data)) push(`| ${v.what} | ${v.measured} | ${v.required} | ${v.verdict}${v.note ? ` — ${v.note.replace(/\|/g, "\\|")}` : ""} |`);
   push("");
+
+  const floor = relayFloor(data);
+  if (!floor.shown) push(`_Against the bare relay (the runtime's floor): not shown, ${floor.reason}._`, "");
+  else {
+    const x = (v: number | null, d = 2) => (v === null ? "—" : `${v.toFixed(d)}×`);
+    push(
+      "## Against the bare relay (the runtime's floor)",
+      "",
+      "Informational, not a target: the relay (`bench/relay/relay.ts`) is the least a Streamable HTTP gateway on this runtime does (Bun.serve, one pipe write and one read per message, no auth, no limits). What the broker costs beyond it is the broker's own; what the relay costs is the runtime's.",
+      "",
+      "| S | broker ÷ relay calls/s | broker − relay p50 ms | broker ÷ relay CPU per call | relay ÷ supergateway CPU per call | relay ÷ direct calls/s |",
+      "|---:|---:|---:|---:|---:|---:|",
+    );
+    for (const r of floor.rows) {
+      const d = r.brokerMinusRelayP50Ms;
+      push(`| ${r.sessions} | ${x(r.brokerOverRelayCalls)} | ${d === null ? "—" : `${d >= 0 ? "+" : ""}${d.toFixed(3)}`} | ${x(r.brokerOverRelayCpu)} | ${x(r.relayOverSupergatewayCpu, 3)} | ${x(r.relayOverDirectCalls)} |`);
+    }
+    push("", `Churn cycles/s broker ÷ relay: ${x(floor.churnBrokerOverRelay)}.`, "");
+  }
 
   push("## Scale point", "");
   if (data.scaleSkipped !== null) push(`Skipped: ${data.scaleSkipped}.`, "");

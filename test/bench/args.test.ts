@@ -1,0 +1,35 @@
+// The bench's command line: which targets a run measures, in which order, and what the scale
+// point takes by default now that the bare relay is a target.
+import { expect, test } from "bun:test";
+import { parseBenchArgs, type TargetName } from "../../bench/lib/args.ts";
+
+function targetsOf(argv: string[]): { targets: TargetName[]; scaleTargets: TargetName[] } | string {
+  const parsed = parseBenchArgs(argv);
+  if (parsed.kind === "error") return parsed.message;
+  if (parsed.kind !== "run") throw new Error(`expected a run, got ${parsed.kind}`);
+  return { targets: parsed.options.targets, scaleTargets: parsed.options.scaleTargets };
+}
+
+const cases: { argv: string[]; targets: TargetName[]; scaleTargets: TargetName[] }[] = [
+  { argv: [], targets: ["direct", "relay", "broker", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
+  { argv: ["--quick"], targets: ["direct", "relay", "broker", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
+  // Any order on the command line, the canonical order in the run.
+  { argv: ["--targets", "broker,relay,direct"], targets: ["direct", "relay", "broker"], scaleTargets: ["direct", "broker", "supergateway"] },
+  { argv: ["--targets", " relay , ,supergateway"], targets: ["relay", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
+  { argv: ["--", "--targets", "relay"], targets: ["relay"], scaleTargets: ["direct", "broker", "supergateway"] },
+  // The relay is allowed at the scale point when asked for.
+  { argv: ["--scale-targets", "supergateway,relay"], targets: ["direct", "relay", "broker", "supergateway"], scaleTargets: ["relay", "supergateway"] },
+];
+
+for (const { argv, targets, scaleTargets } of cases) {
+  test(`targets for ${JSON.stringify(argv)}`, () => {
+    expect(targetsOf(argv)).toEqual({ targets, scaleTargets });
+  });
+}
+
+test.each([
+  [["--targets", "relay,nginx"], '--targets: unknown target "nginx" (known: direct, relay, broker, supergateway)'],
+  [["--scale-targets", "Relay"], '--scale-targets: unknown target "Relay" (known: direct, relay, broker, supergateway)'],
+])("rejects %j", (argv, message) => {
+  expect(targetsOf(argv)).toBe(message);
+});
