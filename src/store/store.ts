@@ -67,10 +67,17 @@ export class Store {
     this.db = drizzle({ client: sqlite, schema });
     migrate(this.db, { migrationsFolder: MIGRATIONS });
     this.accessIdentityQuery = this.prepareAccessIdentityQuery();
+    this.upstreamCredentialQuery = this.db
+      .select()
+      .from(schema.upstreamCredentials)
+      .where(eq(schema.upstreamCredentials.forgejoUserId, sql.placeholder("forgejoUserId")))
+      .prepare();
   }
 
   /** Every /mcp request runs this lookup: prepared once, not rebuilt and recompiled per request. */
   private readonly accessIdentityQuery;
+  /** Every new session reads its user's Forgejo credential: prepared once as well. */
+  private readonly upstreamCredentialQuery;
   private revocations = 0;
 
   /** Goes up whenever this store revokes an access token, so a cache of identities knows to look again. */
@@ -352,11 +359,7 @@ export class Store {
   // Upstream credentials
 
   getUpstreamCredential(forgejoUserId: number): UpstreamCredentialRow | undefined {
-    return this.db
-      .select()
-      .from(schema.upstreamCredentials)
-      .where(eq(schema.upstreamCredentials.forgejoUserId, forgejoUserId))
-      .get();
+    return this.upstreamCredentialQuery.get({ forgejoUserId });
   }
 
   /** Stores a credential from a fresh sign-in: it replaces whatever the user had (Forgejo invalidated it). */
