@@ -59,6 +59,11 @@ export interface ScaleSample {
 
 export type Outcome<T> = { ok: true; value: T } | { ok: false; reason: string };
 
+/** A measurement that threw: the row reports why instead of a figure. */
+function failed(error: unknown): { ok: false; reason: string } {
+  return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+}
+
 export interface MeasureContext {
   forgejo: FakeForgejo;
   brokerLogLevel: string;
@@ -125,7 +130,7 @@ export async function measureLoad(target: TargetName, child: ChildSpec, sessions
   try {
     gateway = await startGateway(target, child, ctx);
   } catch (error) {
-    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+    return failed(error);
   }
   try {
     const common = { url: gateway.url, token: gateway.token, timeoutMs: 30_000 };
@@ -155,7 +160,7 @@ export async function measureLoad(target: TargetName, child: ChildSpec, sessions
       },
     };
   } catch (error) {
-    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+    return failed(error);
   } finally {
     const stopped = await gateway.stop();
     if (stopped.stragglers > 0) console.error(`  ${target}: killed ${stopped.stragglers} process(es) it left behind`);
@@ -210,7 +215,7 @@ async function measureDirectLoad(child: ChildSpec, sessions: number, calls: numb
       },
     };
   } catch (error) {
-    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+    return failed(error);
   }
 }
 
@@ -248,7 +253,7 @@ export async function measureChurn(target: TargetName, child: ChildSpec, cycles:
   try {
     gateway = await startGateway(target, child, ctx);
   } catch (error) {
-    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+    return failed(error);
   }
   try {
     // The start-up probe already ran one whole session; a short warm-up keeps churn comparable with the load rows.
@@ -272,10 +277,25 @@ export async function measureChurn(target: TargetName, child: ChildSpec, cycles:
       },
     };
   } catch (error) {
-    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+    return failed(error);
   } finally {
     await gateway.stop();
   }
+}
+
+/** The scale point's figures both kinds of target share; memory is measured differently for each. */
+function scaleFigures(
+  sessions: number,
+  result: { sessions: Pick<LoadResult["sessions"], "opened" | "setupMs" | "durationMs">; calls: Pick<LoadResult["calls"], "ok"> },
+) {
+  return {
+    sessions,
+    opened: result.sessions.opened,
+    callsOk: result.calls.ok,
+    setupP50Ms: result.sessions.setupMs.p50,
+    setupP99Ms: result.sessions.setupMs.p99,
+    openSeconds: result.sessions.durationMs / 1000,
+  };
 }
 
 export async function measureScale(target: TargetName, cChild: ChildSpec, sessions: number, ctx: MeasureContext): Promise<Outcome<ScaleSample>> {
@@ -306,12 +326,7 @@ export async function measureScale(target: TargetName, cChild: ChildSpec, sessio
       return {
         ok: true,
         value: {
-          sessions,
-          opened: result.sessions.opened,
-          callsOk: result.calls.ok,
-          setupP50Ms: result.sessions.setupMs.p50,
-          setupP99Ms: result.sessions.setupMs.p99,
-          openSeconds: result.sessions.durationMs / 1000,
+          ...scaleFigures(sessions, result),
           gatewayBaseKb: null,
           gatewayPeakKb: null,
           treePeakKb: memory.treeKb,
@@ -321,14 +336,14 @@ export async function measureScale(target: TargetName, cChild: ChildSpec, sessio
       };
     } catch (error) {
       sampler.stop();
-      return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+      return failed(error);
     }
   }
   let gateway: Gateway;
   try {
     gateway = await startGateway(target, cChild, ctx);
   } catch (error) {
-    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+    return failed(error);
   }
   try {
     await runLoad({ url: gateway.url, token: gateway.token, sessions: 1, calls: 200 }, { fetch, now });
@@ -351,12 +366,7 @@ export async function measureScale(target: TargetName, cChild: ChildSpec, sessio
     return {
       ok: true,
       value: {
-        sessions,
-        opened: result.sessions.opened,
-        callsOk: result.calls.ok,
-        setupP50Ms: result.sessions.setupMs.p50,
-        setupP99Ms: result.sessions.setupMs.p99,
-        openSeconds: result.sessions.durationMs / 1000,
+        ...scaleFigures(sessions, result),
         gatewayBaseKb: base,
         gatewayPeakKb: memory.rootKb,
         treePeakKb: memory.treeKb,
@@ -365,7 +375,7 @@ export async function measureScale(target: TargetName, cChild: ChildSpec, sessio
       },
     };
   } catch (error) {
-    return { ok: false, reason: error instanceof Error ? error.message : String(error) };
+    return failed(error);
   } finally {
     const stopped = await gateway.stop();
     if (stopped.stragglers > 0) console.error(`  ${target}: killed ${stopped.stragglers} process(es) it left behind`);
