@@ -1,11 +1,67 @@
 // Browser-based MCP clients (the Inspector runs in a browser tab) call discovery and the OAuth
 // JSON endpoints cross-origin; the consent pages and /mcp are not opened to arbitrary origins.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { CORS_ALLOWED_HEADERS, CORS_EXPOSED_HEADERS, corsAnswer } from "../../src/http/cors.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { childCommand, openSession, postMcp } from "../helpers/mcp.ts";
+import { obtainTokens } from "../helpers/oauth-client.ts";
+
+const INSPECTOR = "http://localhost:6274";
+
+describe("corsAnswer", () => {
+  const mcpOrigins = new Set([INSPECTOR]);
+  const preflightOf = (path: string, origin: string) => corsAnswer({ method: "OPTIONS", path, origin, requestMethod: "POST" }, mcpOrigins);
+  const requestOf = (method: string, path: string, origin: string) => corsAnswer({ method, path, origin, requestMethod: null }, mcpOrigins);
+
+  const admitted: [string, string, string][] = [
+    ["/.well-known/oauth-authorization-server", "https://anywhere.example", "GET"],
+    ["/.well-known/oauth-protected-resource/mcp", "https://anywhere.example", "GET"],
+    ["/oauth/register", "https://anywhere.example", "POST"],
+    ["/oauth/token", "null", "POST"],
+    ["/oauth/revoke", INSPECTOR, "POST"],
+    ["/mcp", INSPECTOR, "GET, POST, DELETE"],
+  ];
+  test.each(admitted)("a preflight for %p from %p is admitted for %p", (path, origin, methods) => {
+    expect(preflightOf(path, origin)).toEqual({
+      preflight: true,
+      headers: {
+        "Access-Control-Allow-Origin": origin,
+        Vary: "Origin",
+        "Access-Control-Allow-Methods": methods,
+        "Access-Control-Allow-Headers": CORS_ALLOWED_HEADERS,
+        "Access-Control-Max-Age": "600",
+      },
+    });
+  });
+
+  test.each(admitted)("a request to %p from %p may read the answer and its exposed headers", (path, origin) => {
+    expect(requestOf("POST", path, origin)).toEqual({
+      preflight: false,
+      headers: { "Access-Control-Allow-Origin": origin, Vary: "Origin", "Access-Control-Expose-Headers": CORS_EXPOSED_HEADERS },
+    });
+  });
+
+  const refused: [string, string, Record<string, string>][] = [
+    ["/mcp", "https://evil.example", { Vary: "Origin" }],
+    ["/mcp", "http://localhost:6275", { Vary: "Origin" }],
+    ["/oauth/authorize", INSPECTOR, {}],
+    ["/oauth/callback", "https://evil.example", {}],
+    ["/healthz", INSPECTOR, {}],
+    ["/mcp/", INSPECTOR, {}],
+  ];
+  test.each(refused)("%p from %p gets no Access-Control-Allow-Origin", (path, origin, headers) => {
+    expect(preflightOf(path, origin)).toEqual({ preflight: true, headers });
+    expect(requestOf("GET", path, origin)).toEqual({ preflight: false, headers });
+  });
+
+  test("an OPTIONS without Access-Control-Request-Method is not a preflight", () => {
+    expect(requestOf("OPTIONS", "/mcp", INSPECTOR).preflight).toBe(false);
+  });
+});
 
 let t: TestBroker;
 beforeAll(async () => {
-  t = await startTestBroker({ env: { BROKER_ALLOWED_ORIGINS: "http://localhost:6274" } });
+  t = await startTestBroker({ env: { BROKER_ALLOWED_ORIGINS: INSPECTOR, BROKER_CHILD_COMMAND: childCommand() } });
 });
 afterAll(async () => {
   await t.stop();
@@ -43,6 +99,17 @@ test("/mcp is open to configured origins only, and exposes the session and chall
   expect(unauthenticated.headers.get("access-control-expose-headers")?.toLowerCase()).toContain("www-authenticate");
   const foreign = await preflight("/mcp", "https://evil.example");
   expect(foreign.headers.get("access-control-allow-origin")).toBeNull();
+});
+
+test("an MCP request without Origin (not a browser) gets no CORS headers, and its JSON answer keeps its Content-Length", async () => {
+  const { accessToken } = await obtainTokens(t.config.publicUrl);
+  const sessionId = await openSession(t.mcpUrl, accessToken);
+  const answer = await postMcp(t.mcpUrl, accessToken, { jsonrpc: "2.0", id: 2, method: "tools/list" }, { "mcp-session-id": sessionId, accept: "application/json" });
+  expect(answer.status).toBe(200);
+  const body = await answer.text();
+  expect(JSON.parse(body).id).toBe(2);
+  expect(answer.headers.get("content-length")).toBe(String(Buffer.byteLength(body)));
+  expect([...answer.headers.keys()].filter((name) => name.startsWith("access-control-") || name === "vary")).toEqual([]);
 });
 
 test("the consent page is not readable cross-origin", async () => {
