@@ -70,6 +70,8 @@ interface PendingRequest {
   stream: MessageStream;
   progressKey: string | null;
   timer: TimerHandle;
+  /** The client takes a JSON answer: a response that comes first goes out without an event id. */
+  jsonAnswer: boolean;
 }
 
 /** A child's request to the client that the client has yet to answer. */
@@ -148,8 +150,10 @@ export class Bridge {
   /**
    * Forwards a client request; its stream yields what the child sends for it and ends with the
    * response (or a broker error: duplicate id, timeout, child gone). Throws MessageTooLargeError.
+   * With `jsonAnswer`, a response that is the first thing on the stream goes out as plain JSON, so
+   * nobody can ask for it again by event id and the replay buffer does not keep it.
    */
-  request(incoming: IncomingMessage): MessageStream {
+  request(incoming: IncomingMessage, options: { jsonAnswer?: boolean } = {}): MessageStream {
     this.checkSize(incoming.raw);
     this.touch();
     const id = incoming.message.id as JsonRpcId;
@@ -173,6 +177,7 @@ export class Bridge {
       stream,
       progressKey: token === null ? null : idKey(token),
       timer: this.options.timers.setTimeout(() => this.timeout(pending), this.options.requestTimeoutMs),
+      jsonAnswer: options.jsonAnswer ?? false,
     };
     this.pending.set(key, pending);
     this.pendingByStream.set(stream, pending);
@@ -334,7 +339,8 @@ export class Bridge {
         return;
       }
       this.settle(pending);
-      this.emit(pending.stream, incoming.raw, message, kind, "child");
+      const replayable = !(pending.jsonAnswer && pending.stream.untouched);
+      this.emit(pending.stream, incoming.raw, message, kind, "child", replayable);
       this.endStream(pending.stream);
       return;
     }
@@ -492,14 +498,21 @@ export class Bridge {
     if (this.liveStreams.delete(stream)) this.touch();
   }
 
-  private emit(stream: MessageStream, data: string, message: JsonRpcMessage, kind: MessageKind, origin: "child" | "broker"): void {
-    stream.push(this.record(stream.streamNo, data, message, kind, origin));
+  private emit(stream: MessageStream, data: string, message: JsonRpcMessage, kind: MessageKind, origin: "child" | "broker", replayable = true): void {
+    stream.push(this.record(stream.streamNo, data, message, kind, origin, replayable));
   }
 
-  private record(streamNo: number, data: string, message: JsonRpcMessage, kind: MessageKind, origin: "child" | "broker"): ReplayEvent {
+  private record(
+    streamNo: number,
+    data: string,
+    message: JsonRpcMessage,
+    kind: MessageKind,
+    origin: "child" | "broker",
+    replayable = true,
+  ): ReplayEvent {
     const seq = this.nextSeq++;
     const event: ReplayEvent = { eventId: formatEventId({ stream: streamNo, seq }), stream: streamNo, seq, data, message, kind, origin };
-    this.replay.add(event);
+    if (replayable) this.replay.add(event);
     return event;
   }
 

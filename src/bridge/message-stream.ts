@@ -18,6 +18,7 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
   private waiter: ((event: OutboundEvent | null) => void) | null = null;
   private ended = false;
   private closed = false;
+  private pushed = false;
 
   constructor(
     readonly streamNo: number,
@@ -57,9 +58,15 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
     }
   }
 
+  /** Nothing has been pushed yet. */
+  get untouched(): boolean {
+    return !this.pushed;
+  }
+
   /** Bridge side. */
   push(event: OutboundEvent): void {
     if (this.ended || this.closed) return;
+    this.pushed = true;
     if (this.waiter !== null) this.wake(event);
     else this.queue.push(event);
   }

@@ -166,7 +166,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
 
   const forward = async (request: Request, replies: AcceptedReplies, entry: SessionEntry, incoming: IncomingMessage): Promise<Response> => {
     deps.keepOpen(request);
-    return answer(request, replies, entry.bridge.request(incoming), { [SESSION_HEADER]: entry.id });
+    return answer(request, replies, entry.bridge.request(incoming, { jsonAnswer: replies.json }), { [SESSION_HEADER]: entry.id });
   };
 
   const post = async (request: Request, identity: SessionIdentity): Promise<Response> => {

@@ -255,6 +255,24 @@ describe("event ids and replay", () => {
     expect(new Set(replayed.map((e) => e.eventId.split("_")[0]))).toEqual(new Set([seen!.eventId.split("_")[0]]));
   });
 
+  test("an answer that goes out as plain JSON is not kept for replay; one that follows progress on an SSE stream is", async () => {
+    const { bridge, child } = setup();
+    const plain = bridge.request(call(1, "a"), { jsonAnswer: true });
+    child.emitRaw('{"jsonrpc":"2.0","id":1,"result":{"n":1}}\n');
+    const [answer] = await all(plain);
+    expect(answer!.kind).toBe("response");
+    const [stream] = answer!.eventId.split("_");
+    expect(await all(bridge.resume(`${stream}_0`))).toEqual([]);
+
+    const streamed = bridge.request(call(2, "slow_count", { _meta: { progressToken: "t" } }), { jsonAnswer: true });
+    child.send({ jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: "t", progress: 1 } });
+    child.emitRaw('{"jsonrpc":"2.0","id":2,"result":{"n":2}}\n');
+    const events = await all(streamed);
+    expect(events.map((e) => e.kind)).toEqual(["notification", "response"]);
+    const replayed = await all(bridge.resume(events[0]!.eventId));
+    expect(replayed.map((e) => e.data)).toEqual([events[1]!.data]);
+  });
+
   test("the standalone stream resumes after Last-Event-ID and goes on live", async () => {
     const { bridge, child } = setup();
     const first = bridge.openStandalone();
