@@ -23,7 +23,7 @@ export interface BenchOptions {
   brokerLogLevel: string;
   /** Extra bun flags for the broker process (before src/index.ts), e.g. --cpu-prof. */
   brokerFlags: string[];
-  /** A command the broker runs under (e.g. valgrind --tool=callgrind), split on whitespace. */
+  /** A command the broker runs under (a profiler), split on whitespace. */
   brokerWrapper: string[];
   quick: boolean;
   out: string;
@@ -42,7 +42,7 @@ export const USAGE = `usage: bun run bench [-- options]
   --targets LIST      default direct,relay,broker,supergateway (relay: the bare Bun relay, bench/relay)
   --broker-log-level  BROKER_LOG_LEVEL for the broker (default warn: supergateway runs with --logLevel none)
   --broker-flags F    extra bun flags for the broker, e.g. "--cpu-prof --cpu-prof-md --cpu-prof-dir=/tmp/prof"
-  --broker-wrapper W  run the broker under W, e.g. "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p"
+  --broker-wrapper W  run the broker under command W (a profiler); the figures then describe W's process (valgrind cannot run bun 1.4.5: see bench/README.md)
   --quick             1 round, sessions 1,16, 500 calls, 10 churn cycles, no scale point
   --out FILE          the markdown report (default bench/results/latest.md; --quick: bench/results/quick.md)
   --help`;

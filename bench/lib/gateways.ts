@@ -145,7 +145,7 @@ export interface BrokerOptions {
   forgejo: FakeForgejo;
   maxSessions: number;
   logLevel: string;
-  /** Extra bun flags (profiling) and a wrapper command (valgrind): measured figures then describe the profiled broker. */
+  /** Extra bun flags (profiling) and a wrapper command (a profiler): measured figures then describe the profiled broker. */
   flags?: string[];
   wrapper?: string[];
 }
