@@ -27,30 +27,27 @@ export interface CorsAnswer {
   headers: Record<string, string>;
 }
 
-/** The methods a path admits cross-origin from `origin`; null when it admits none from there. */
-export function crossOriginMethods(path: string, origin: string, mcpOrigins: ReadonlySet<string>): string | null {
-  if (path.startsWith("/.well-known/")) return "GET";
-  if (OPEN_POST_PATHS.has(path)) return "POST";
-  if (path === "/mcp" && mcpOrigins.has(origin)) return "GET, POST, DELETE";
+/** Who may call a path cross-origin, and with which methods; null for a path no other origin may read. */
+function corsRuleFor(path: string): { methods: string; anyOrigin: boolean } | null {
+  if (path.startsWith("/.well-known/")) return { methods: "GET", anyOrigin: true };
+  if (OPEN_POST_PATHS.has(path)) return { methods: "POST", anyOrigin: true };
+  if (path === "/mcp") return { methods: "GET, POST, DELETE", anyOrigin: false };
   return null;
-}
-
-/** Whether the answer to `path` depends on the caller's origin, so caches must key on it. */
-function variesByOrigin(path: string): boolean {
-  return path === "/mcp" || path.startsWith("/.well-known/") || OPEN_POST_PATHS.has(path);
 }
 
 export function corsAnswer(request: CrossOriginRequest, mcpOrigins: ReadonlySet<string>): CorsAnswer {
   const preflight = request.method === "OPTIONS" && request.requestMethod !== null;
-  const methods = crossOriginMethods(request.path, request.origin, mcpOrigins);
-  if (methods === null) return { preflight, headers: variesByOrigin(request.path) ? { Vary: "Origin" } : {} };
+  const rule = corsRuleFor(request.path);
+  if (rule === null) return { preflight, headers: {} };
+  // The answer depends on the caller's origin from here on, so caches must key on it.
+  if (!rule.anyOrigin && !mcpOrigins.has(request.origin)) return { preflight, headers: { Vary: "Origin" } };
   const admitted = { "Access-Control-Allow-Origin": request.origin, Vary: "Origin" };
   if (!preflight) return { preflight, headers: { ...admitted, "Access-Control-Expose-Headers": CORS_EXPOSED_HEADERS } };
   return {
     preflight,
     headers: {
       ...admitted,
-      "Access-Control-Allow-Methods": methods,
+      "Access-Control-Allow-Methods": rule.methods,
       "Access-Control-Allow-Headers": CORS_ALLOWED_HEADERS,
       "Access-Control-Max-Age": PREFLIGHT_MAX_AGE_S,
     },
