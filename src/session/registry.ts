@@ -8,6 +8,7 @@ import { randomHex } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import type { SpawnChild } from "../supervisor/child.ts";
 import { ChildStartError } from "../supervisor/child.ts";
+import { SpawnPacer } from "../supervisor/spawn-pacer.ts";
 import type { TimerHandle, Timers } from "../supervisor/timers.ts";
 import {
   InitializeRejectedError,
@@ -64,6 +65,8 @@ export interface SessionRegistryDeps {
   upstreamToken: UpstreamTokenProvider;
   logger: Logger;
   timers: Timers;
+  /** Spaces child starts one event-loop turn apart (default: a pacer of its own). */
+  spawnPacer?: SpawnPacer;
   /** Without it, sessions keep the token they started with. */
   refresh?: UpstreamRefresher;
   /** After a refused refresh has ended the user's sessions: revoke their grants so the client signs in again. */
@@ -88,11 +91,13 @@ export class SessionRegistry {
   /** One rotation at a time per session; a second waits for the first. */
   private readonly rotations = new Map<string, Promise<void>>();
   private readonly scheduler: RefreshScheduler | null;
+  private readonly pacer: SpawnPacer;
   private reapTimer: TimerHandle | null = null;
   private closed = false;
 
   constructor(private readonly deps: SessionRegistryDeps) {
     const refresh = deps.refresh;
+    this.pacer = deps.spawnPacer ?? new SpawnPacer();
     this.scheduler =
       refresh === undefined
         ? null
@@ -224,6 +229,7 @@ export class SessionRegistry {
     const upstream = await this.deps.upstreamToken(identity.forgejoUserId);
     const id = randomHex(24);
     const logger = this.deps.logger.child({ session: id });
+    await this.pacer.turn();
     let child;
     try {
       child = this.deps.spawn({ sessionId: id, token: upstream.token });
@@ -303,6 +309,7 @@ export class SessionRegistry {
   private rotateSession(id: string, token: string): Promise<boolean> {
     const previous = this.rotations.get(id) ?? Promise.resolve();
     const attempt = previous.then(async () => {
+      await this.pacer.turn();
       const entry = this.sessions.get(id);
       if (entry === undefined) return false;
       try {

@@ -15,6 +15,7 @@ import {
 } from "../../src/session/errors.ts";
 import { SessionRegistry, type SessionIdentity, type UpstreamRefresher } from "../../src/session/registry.ts";
 import { ChildStartError, type ChildSpec } from "../../src/supervisor/child.ts";
+import { SpawnPacer } from "../../src/supervisor/spawn-pacer.ts";
 import { FakeChild, FakeTimers, initializingChild, settle, type Json } from "../bridge/fakes.ts";
 
 const HOUR = 3600_000;
@@ -46,7 +47,7 @@ function toolChild(spec: ChildSpec): FakeChild {
 
 function setup(
   config: Partial<SessionConfig> = {},
-  options: { refresh?: UpstreamRefresher; makeChild?: (spec: ChildSpec) => FakeChild } = {},
+  options: { refresh?: UpstreamRefresher; makeChild?: (spec: ChildSpec) => FakeChild; spawnPacer?: SpawnPacer } = {},
 ) {
   const timers = new FakeTimers();
   const logger = createMemoryLogger();
@@ -74,6 +75,7 @@ function setup(
     },
     upstreamToken: async (user) => tokens.get(user) ?? { token: `token-of-${user}`, expiresAt: timers.now() + HOUR },
     refresh: options.refresh,
+    spawnPacer: options.spawnPacer,
     onRefreshRefused: (user) => void refused.push(user),
     logger,
     timers,
@@ -169,6 +171,61 @@ describe("create", () => {
     expect(error).toBeInstanceOf(InitializeRejectedError);
     expect(error.events.map((e) => e.data)).toEqual(['{"jsonrpc":"2.0","id":0,"error":{"code":-32602,"message":"Unsupported protocol version"}}']);
     expect(registry.size).toBe(0);
+  });
+});
+
+describe("pacing child starts", () => {
+  /** A pacer whose turns the test hands out. */
+  function manualPacer() {
+    const waiting: (() => void)[] = [];
+    const pacer = new SpawnPacer(() => new Promise<void>((resolve) => void waiting.push(resolve)));
+    return { pacer, give: () => waiting.shift()!() };
+  }
+
+  test("concurrent creates start one child per turn, and a session is returned as soon as its own child answers", async () => {
+    const { pacer, give } = manualPacer();
+    const { registry, spawned } = setup({}, { spawnPacer: pacer });
+    const done: string[] = [];
+    const first = registry.create(alice, initialize).then((created) => {
+      done.push("alice");
+      return created;
+    });
+    const second = registry.create(bob, initialize).then((created) => {
+      done.push("bob");
+      return created;
+    });
+
+    await settle();
+    expect(spawned).toEqual([]);
+
+    give();
+    await settle();
+    expect(spawned.map((spec) => spec.token)).toEqual(["token-of-1"]);
+    expect(done).toEqual(["alice"]);
+
+    give();
+    await settle();
+    expect(spawned.map((spec) => spec.token)).toEqual(["token-of-1", "token-of-2"]);
+    expect(done).toEqual(["alice", "bob"]);
+    expect((await first).entry.binding).toEqual(alice);
+    expect((await second).entry.binding).toEqual(bob);
+  });
+
+  test("moving a session to a refreshed token waits for a turn as well", async () => {
+    const { pacer, give } = manualPacer();
+    const { registry, spawned } = setup({}, { spawnPacer: pacer });
+    const created = registry.create(alice, initialize);
+    await settle();
+    give();
+    const { entry } = await created;
+
+    const moved = registry.rotateUser(1, "token-of-1-refreshed");
+    await settle();
+    expect(spawned).toHaveLength(1);
+
+    give();
+    expect(await moved).toEqual({ moved: 1, failed: 0 });
+    expect(spawned.at(-1)).toEqual({ sessionId: entry.id, token: "token-of-1-refreshed" });
   });
 });
 
