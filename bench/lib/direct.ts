@@ -6,6 +6,7 @@
 import type { Subprocess } from "bun";
 import { LatencyRecorder, type LatencySummary } from "../../src/loadtest/stats.ts";
 import { PROTOCOL_VERSION } from "../../src/loadtest/session.ts";
+import { SpawnPacer } from "../../src/supervisor/spawn-pacer.ts";
 
 interface Message {
   id?: unknown;
@@ -177,16 +178,22 @@ export async function runDirectLoad(options: DirectOptions & { sessions: number;
     for (const session of all) if (session.startedAt >= 0 && t - session.startedAt > timeoutMs) session.kill();
   }, 250);
 
+  // Timed from the moment all S are asked for, as the load generator times its S concurrent
+  // initialize requests: a session's set-up includes waiting while the harness spawns the ones
+  // before it. Spawns are paced like the broker's (one per loop turn, src/supervisor/spawn-pacer.ts)
+  // so a child that has answered is served between them; run back to back, the same spawns gave
+  // direct a later p50, and the floor must be the best a single process can do.
+  const pacer = new SpawnPacer();
   const setupStart = now();
   await Promise.all(
     Array.from({ length: options.sessions }, async () => {
-      const t0 = now();
+      await pacer.turn();
       const session = new StdioSession(options.command, options.env);
       all.push(session);
       options.track?.(session);
       const failure = await withTimeout(session.initialize(), timeoutMs, "initialize").catch((e: Error) => e.message);
       if (failure === null) {
-        setup.record(now() - t0);
+        setup.record(now() - setupStart);
         open.push(session);
       } else fail(failure);
     }),
