@@ -97,10 +97,13 @@ async function cleanup(): Promise<void> {
   await forgejo?.stop();
 }
 
-process.on("SIGINT", () => {
-  log("\nbench: interrupted; stopping everything it started");
-  void cleanup().then(() => process.exit(130));
-});
+// SIGTERM too: the wrapper above forwards it, and a run stopped that way must not leave gateways behind.
+for (const [signal, status] of [["SIGINT", 130], ["SIGTERM", 143]] as const) {
+  process.on(signal, () => {
+    log(`\nbench: ${signal === "SIGINT" ? "interrupted" : "terminated"}; stopping everything it started`);
+    void cleanup().then(() => process.exit(status));
+  });
+}
 
 const started = performance.now();
 const data: BenchData = {
