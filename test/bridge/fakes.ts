@@ -1,6 +1,7 @@
-// In-memory stand-ins for a child process and for time, shared by the bridge and session tests
-// so that neither needs a real process or a real clock.
+// In-memory stand-ins for a child process, for time and for the spawn pacer's loop turns, shared
+// by the bridge, session and supervisor tests so that none needs a real process or a real clock.
 import type { ChildExit, ChildProcess } from "../../src/supervisor/child.ts";
+import type { NextTurn } from "../../src/supervisor/spawn-pacer.ts";
 import type { TimerHandle, Timers } from "../../src/supervisor/timers.ts";
 
 let nextPid = 10_000;
@@ -132,4 +133,20 @@ export class FakeTimers implements Timers {
 /** Lets stream reads and promise callbacks run. */
 export async function settle(): Promise<void> {
   for (let i = 0; i < 5; i++) await Bun.sleep(0);
+}
+
+/** Event-loop turns for a SpawnPacer that the test hands out one at a time. */
+export function manualTurns(): { nextTurn: NextTurn; readonly waiting: number; give(): void } {
+  const waiting: (() => void)[] = [];
+  return {
+    nextTurn: () => new Promise<void>((resolve) => void waiting.push(resolve)),
+    get waiting() {
+      return waiting.length;
+    },
+    give(): void {
+      const resolve = waiting.shift();
+      if (resolve === undefined) throw new Error("nobody is waiting for a turn");
+      resolve();
+    },
+  };
 }

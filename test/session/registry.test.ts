@@ -16,7 +16,7 @@ import {
 import { SessionRegistry, type SessionIdentity, type UpstreamRefresher } from "../../src/session/registry.ts";
 import { ChildStartError, type ChildSpec } from "../../src/supervisor/child.ts";
 import { SpawnPacer } from "../../src/supervisor/spawn-pacer.ts";
-import { FakeChild, FakeTimers, initializingChild, settle, type Json } from "../bridge/fakes.ts";
+import { FakeChild, FakeTimers, initializingChild, manualTurns, settle, type Json } from "../bridge/fakes.ts";
 
 const HOUR = 3600_000;
 
@@ -177,9 +177,8 @@ describe("create", () => {
 describe("pacing child starts", () => {
   /** A pacer whose turns the test hands out. */
   function manualPacer() {
-    const waiting: (() => void)[] = [];
-    const pacer = new SpawnPacer(() => new Promise<void>((resolve) => void waiting.push(resolve)));
-    return { pacer, give: () => waiting.shift()!() };
+    const turns = manualTurns();
+    return { pacer: new SpawnPacer(turns.nextTurn), give: () => turns.give() };
   }
 
   test("concurrent creates start one child per turn, and a session is returned as soon as its own child answers", async () => {

@@ -2,22 +2,7 @@
 // ready while a burst of sessions starts is served between the spawns instead of after all of them.
 import { describe, expect, test } from "bun:test";
 import { SpawnPacer } from "../../src/supervisor/spawn-pacer.ts";
-
-/** A NextTurn the test hands out by hand. */
-function manualTurns() {
-  const waiting: (() => void)[] = [];
-  return {
-    nextTurn: () => new Promise<void>((resolve) => void waiting.push(resolve)),
-    get waiting() {
-      return waiting.length;
-    },
-    give(): void {
-      const resolve = waiting.shift();
-      if (resolve === undefined) throw new Error("nobody is waiting for a turn");
-      resolve();
-    },
-  };
-}
+import { manualTurns } from "../bridge/fakes.ts";
 
 const flushMicrotasks = async () => {
   for (let i = 0; i < 10; i++) await Promise.resolve();
