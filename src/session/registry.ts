@@ -230,6 +230,8 @@ export class SessionRegistry {
     const id = randomHex(24);
     const logger = this.deps.logger.child({ session: id });
     await this.pacer.turn();
+    // Shutdown may have begun while this start waited for its turn: no new child once it has.
+    if (this.closed) throw new SessionLimitError("the broker is shutting down", this.deps.retryAfterS ?? 30);
     let child;
     try {
       child = this.deps.spawn({ sessionId: id, token: upstream.token });

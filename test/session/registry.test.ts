@@ -210,6 +210,21 @@ describe("pacing child starts", () => {
     expect((await second).entry.binding).toEqual(bob);
   });
 
+  test("a start still waiting for its turn when shutdown begins spawns nothing and is refused", async () => {
+    const { pacer, give } = manualPacer();
+    const { registry, spawned } = setup({}, { spawnPacer: pacer });
+    const pending = registry.create(alice, initialize).catch((e: unknown) => e);
+    await settle();
+    await registry.shutdown();
+
+    give();
+    const error = await pending;
+    expect(error).toBeInstanceOf(SessionLimitError);
+    expect((error as SessionLimitError).message).toBe("the broker is shutting down");
+    expect(spawned).toEqual([]);
+    expect(registry.size).toBe(0);
+  });
+
   test("moving a session to a refreshed token waits for a turn as well", async () => {
     const { pacer, give } = manualPacer();
     const { registry, spawned } = setup({}, { spawnPacer: pacer });
