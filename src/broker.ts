@@ -51,8 +51,10 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     scopes: config.forgejo.scopes,
     fetch,
     now,
+    timeoutMs: config.forgejo.timeoutMs,
+    timers: realTimers,
   });
-  const credentials = new UpstreamCredentials({ store, sealer, forgejo, logger, now });
+  const credentials = new UpstreamCredentials({ store, sealer, forgejo, logger, now, waitMs: config.forgejo.timeoutMs, timers: realTimers });
 
   let server: ReturnType<typeof Bun.serve> | undefined;
   const oauth: OAuthDeps = {

@@ -16,6 +16,8 @@ export interface BrokerConfig {
     clientId: string;
     clientSecret: string;
     scopes: string[];
+    /** How long the broker waits for each answer from Forgejo before it tells its own caller to retry. */
+    timeoutMs: number;
   };
   child: ChildConfig;
   sessions: SessionConfig;
@@ -123,6 +125,7 @@ export function loadConfig(env: Env): ConfigResult {
   const clientId = required("FORGEJO_CLIENT_ID", "3f2c…-uuid-of-the-oauth2-application");
   const clientSecret = required("FORGEJO_CLIENT_SECRET", "gto_…");
   const scopes = (get("FORGEJO_SCOPES") ?? DEFAULT_FORGEJO_SCOPES).split(/\s+/).filter(Boolean);
+  const forgejoTimeoutMs = integer("FORGEJO_TIMEOUT_S", 20, 1, 600, "20") * 1000;
 
   const commandLine = get("BROKER_CHILD_COMMAND") ?? "forgejo-mcp --transport stdio";
   const command = splitCommandLine(commandLine);
@@ -166,7 +169,7 @@ export function loadConfig(env: Env): ConfigResult {
       port,
       dataDir,
       sealingKey,
-      forgejo: { url: forgejoUrl, clientId, clientSecret, scopes },
+      forgejo: { url: forgejoUrl, clientId, clientSecret, scopes, timeoutMs: forgejoTimeoutMs },
       child: { command: command ?? [], urlEnv, tokenEnv, passthroughEnv, stopGraceMs },
       sessions: {
         ...sessions,

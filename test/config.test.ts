@@ -16,10 +16,15 @@ describe("loadConfig", () => {
       port: 8080,
       dataDir: "./data",
       sealingKey: null,
-      forgejo: { url: "https://forgejo.example.com", clientId: "id", clientSecret: "secret", scopes: DEFAULT_FORGEJO_SCOPES.split(" ") },
+      forgejo: { url: "https://forgejo.example.com", clientId: "id", clientSecret: "secret", scopes: DEFAULT_FORGEJO_SCOPES.split(" "), timeoutMs: 20_000 },
       child: { command: ["forgejo-mcp", "--transport", "stdio"], urlEnv: "FORGEJO_URL", tokenEnv: "FORGEJO_ACCESS_TOKEN", passthroughEnv: [], stopGraceMs: 5000 },
       sessions: { idleTimeoutMs: 900_000, refreshLeadMs: 300_000, requestTimeoutMs: 300_000, maxMessageBytes: 4 * 1024 * 1024, allowedOrigins: ["http://127.0.0.1:8080"] },
     });
+  });
+
+  test("FORGEJO_TIMEOUT_S is read in seconds", () => {
+    const result = loadConfig({ ...REQUIRED, FORGEJO_TIMEOUT_S: "7" });
+    expect(result.ok && result.config.forgejo.timeoutMs).toBe(7000);
   });
 
   test("a configured sealing key is decoded", () => {
@@ -37,6 +42,7 @@ describe("loadConfig", () => {
     ["a bad passthrough name", { BROKER_CHILD_ENV_PASSTHROUGH: "HOME,BAD=1" }, /^BROKER_CHILD_ENV_PASSTHROUGH: has a bad variable name "BAD=1"/],
     ["an origin with a path", { BROKER_ALLOWED_ORIGINS: "https://claude.ai/x" }, /^BROKER_ALLOWED_ORIGINS: has "https:\/\/claude.ai\/x", which is not an origin/],
     ["zero sessions", { BROKER_MAX_SESSIONS: "0" }, /^BROKER_MAX_SESSIONS: must be a whole number from 1/],
+    ["no wait for Forgejo at all", { FORGEJO_TIMEOUT_S: "0" }, /^FORGEJO_TIMEOUT_S: must be a whole number from 1 to 600, got "0"/],
   ];
   test.each(problems)("%s", (_, env, expected) => {
     const result = loadConfig({ ...REQUIRED, ...env });

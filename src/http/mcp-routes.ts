@@ -18,6 +18,7 @@ import {
 } from "../session/errors.ts";
 import type { SessionEntry, SessionIdentity, SessionRegistry } from "../session/registry.ts";
 import { UpstreamCredentialLostError } from "../upstream/credentials.ts";
+import { UpstreamUnavailableError } from "../upstream/forgejo.ts";
 import { acceptedReplies, type AcceptedReplies } from "./accept.ts";
 import { fixedEvents, prefixed, sseResponse, type EventSource } from "./sse-response.ts";
 
@@ -37,6 +38,8 @@ const SESSION_HEADER = "Mcp-Session-Id";
 /** The codes the SDK's own servers use for transport refusals and for an unknown session. */
 const TRANSPORT_ERROR = -32000;
 const SESSION_NOT_FOUND = -32001;
+/** A Forgejo that did not answer is usually back, or known to be down, within seconds. */
+const UPSTREAM_RETRY_AFTER_S = 10;
 
 /** A refusal the route answers with a status and a JSON-RPC error body. */
 class McpHttpError extends Error {
@@ -109,6 +112,11 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     if (error instanceof MessageTooLargeError) return rpcError(413, id, ErrorCode.InvalidRequest, error.message, session);
     if (error instanceof StreamConflictError) return rpcError(409, id, TRANSPORT_ERROR, error.message, session);
     if (error instanceof InvalidEventIdError) return rpcError(400, id, TRANSPORT_ERROR, error.message, session);
+    if (error instanceof UpstreamUnavailableError) {
+      return rpcError(503, id, TRANSPORT_ERROR, "Forgejo could not be reached to refresh the user's token; try again shortly", {
+        "Retry-After": String(UPSTREAM_RETRY_AFTER_S),
+      });
+    }
     if (error instanceof UpstreamCredentialLostError) {
       // Its grants are revoked already; the 401 sends the client through sign-in again.
       return new BearerTokenError("invalid_token", "The sign-in to Forgejo has ended; sign in again", challenge).toResponse();

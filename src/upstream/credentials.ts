@@ -3,7 +3,9 @@
 import type { TokenSealer } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import type { Store, UpstreamCredentialRow } from "../store/store.ts";
-import { UpstreamRefusedError, type ForgejoClient, type ForgejoUser, type UpstreamTokens } from "./forgejo.ts";
+import type { Timers } from "../supervisor/timers.ts";
+import { waitAtMost } from "./deadline.ts";
+import { forgejoTimedOut, UpstreamRefusedError, type ForgejoClient, type ForgejoUser, type UpstreamTokens } from "./forgejo.ts";
 
 export interface UpstreamAccess {
   accessToken: string;
@@ -36,6 +38,9 @@ export interface UpstreamCredentialsOptions {
   forgejo: Pick<ForgejoClient, "refresh">;
   logger: Logger;
   now: () => number;
+  /** How long a caller waits for a refresh; the refresh itself runs on and is stored when it ends. */
+  waitMs: number;
+  timers: Pick<Timers, "setTimeout" | "clearTimeout">;
 }
 
 // The associated data ties each ciphertext to its user and its role, so a sealed token copied into
@@ -68,12 +73,22 @@ export class UpstreamCredentials {
   async accessTokenFor(forgejoUserId: number, { minValidityMs }: { minValidityMs: number }): Promise<UpstreamAccess> {
     const row = this.options.store.getUpstreamCredential(forgejoUserId);
     if (row && this.validFor(row, minValidityMs)) return this.unsealAccess(row);
-    return this.singleFlight(forgejoUserId, minValidityMs);
+    return this.waitFor(this.singleFlight(forgejoUserId, minValidityMs));
   }
 
   /** A refresh now, whatever the expiry (the data plane rotating a child's token); joins one in flight. */
   async refreshNow(forgejoUserId: number): Promise<UpstreamAccess> {
-    return this.singleFlight(forgejoUserId, null);
+    return this.waitFor(this.singleFlight(forgejoUserId, null));
+  }
+
+  /**
+   * A stalled Forgejo must not hold session starts for minutes. The flight is not abandoned: it stays
+   * the user's one refresh until Forgejo answers, so no second refresh spends the token it carries,
+   * and a late new pair is stored as usual instead of being lost with the retired one.
+   */
+  private waitFor(flight: Promise<UpstreamAccess>): Promise<UpstreamAccess> {
+    const { waitMs, timers } = this.options;
+    return waitAtMost(flight, waitMs, timers, () => forgejoTimedOut("Forgejo's token endpoint (refreshing the user's token)", waitMs));
   }
 
   /** Learns of every new token and every loss; returns the unsubscribe function. */

@@ -1,6 +1,8 @@
 // The broker's OAuth client toward Forgejo (arctic's Gitea provider): authorization URL, code exchange,
 // refresh and user lookup, with failures sorted into "Forgejo said no" and "Forgejo could not answer".
 import { ArcticFetchError, Gitea, OAuth2RequestError, UnexpectedResponseError, type OAuth2Tokens } from "arctic";
+import type { Timers } from "../supervisor/timers.ts";
+import { waitAtMost } from "./deadline.ts";
 
 export interface UpstreamTokens {
   accessToken: string;
@@ -29,7 +31,7 @@ export class UpstreamRefusedError extends Error {
   }
 }
 
-export type UnavailableReason = "network" | "status" | "malformed" | "client_rejected";
+export type UnavailableReason = "network" | "status" | "malformed" | "client_rejected" | "timeout";
 
 /**
  * Forgejo could not give an answer about the user (network, 5xx, a body we cannot read), or it
@@ -59,6 +61,14 @@ export interface ForgejoClientOptions {
   /** For the API calls; arctic's token requests use the global fetch, it takes no other. */
   fetch: typeof fetch;
   now: () => number;
+  /** How long a sign-in waits for each of Forgejo's answers (the code exchange, the user lookup). */
+  timeoutMs: number;
+  timers: Pick<Timers, "setTimeout" | "clearTimeout">;
+}
+
+/** What a wait for Forgejo that ran out says; the seconds help an operator tell a slow Forgejo from a down one. */
+export function forgejoTimedOut(what: string, ms: number): UpstreamUnavailableError {
+  return new UpstreamUnavailableError("timeout", `${what} did not answer within ${ms / 1000} s`);
 }
 
 export class ForgejoClient {
@@ -73,20 +83,46 @@ export class ForgejoClient {
     return this.gitea.createAuthorizationURL(state, codeVerifier, this.options.scopes);
   }
 
+  /**
+   * arctic's request cannot be aborted, so the wait ends at the deadline and a late answer is
+   * dropped: the user's code is spent either way, and signing in again gets a new one.
+   */
   async exchangeCode(code: string, codeVerifier: string): Promise<UpstreamTokens> {
-    return this.tokens(() => this.gitea.validateAuthorizationCode(code, codeVerifier), false);
+    const { timeoutMs, timers } = this.options;
+    const exchange = this.tokens(() => this.gitea.validateAuthorizationCode(code, codeVerifier), false);
+    return waitAtMost(exchange, timeoutMs, timers, () => forgejoTimedOut("Forgejo's token endpoint", timeoutMs));
   }
 
-  /** Forgejo retires `refreshToken` (and every older one of the grant) as soon as this succeeds. */
+  /**
+   * Forgejo retires `refreshToken` (and every older one of the grant) as soon as this succeeds, so
+   * this waits for Forgejo's answer however long it takes (Bun ends an idle connection after 5
+   * minutes): the caller that owns the refresh must get the new pair to store it. Callers that only
+   * need a token bound their own wait (UpstreamCredentials).
+   */
   async refresh(refreshToken: string): Promise<UpstreamTokens> {
     return this.tokens(() => this.gitea.refreshAccessToken(refreshToken), true);
   }
 
   async fetchUser(accessToken: string): Promise<ForgejoUser> {
+    const { timeoutMs, timers } = this.options;
+    const abort = new AbortController();
+    const timer = timers.setTimeout(() => abort.abort(), timeoutMs);
+    try {
+      return await this.readUser(accessToken, abort.signal);
+    } catch (error) {
+      if (abort.signal.aborted) throw forgejoTimedOut("Forgejo's user API", timeoutMs);
+      throw error;
+    } finally {
+      timers.clearTimeout(timer);
+    }
+  }
+
+  private async readUser(accessToken: string, signal: AbortSignal): Promise<ForgejoUser> {
     let response: Response;
     try {
       response = await this.options.fetch(`${this.options.url}/api/v1/user`, {
         headers: { Authorization: `Bearer ${accessToken}`, Accept: "application/json" },
+        signal,
       });
     } catch (error) {
       throw new UpstreamUnavailableError("network", "Forgejo's user API could not be reached", null, { cause: error });

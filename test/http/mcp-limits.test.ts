@@ -1,5 +1,5 @@
-// The session caps and the idle reaper seen from HTTP: 429 and 503 with Retry-After, and sessions
-// with no request and no open stream for BROKER_IDLE_TIMEOUT_S stopped and answered 404 afterwards.
+// The session caps, the idle reaper and a stalled Forgejo seen from HTTP: 429 and 503 with Retry-After,
+// sessions with no request and no open stream for BROKER_IDLE_TIMEOUT_S stopped and answered 404 afterwards.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
@@ -76,4 +76,41 @@ describe("idle reaping", () => {
     expect((await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", id: 4, method: "tools/list" }, { "mcp-session-id": watched })).status).toBe(200);
     controller.abort();
   });
+});
+
+describe("a Forgejo that stops answering while a session start needs a refresh", () => {
+  let t: TestBroker;
+  beforeAll(async () => {
+    // Forgejo's tokens live 3600 s; with a lead of 3598 s a session start refreshes once a token is 2 s old.
+    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(), BROKER_REFRESH_LEAD_S: "3598", FORGEJO_TIMEOUT_S: "1" } });
+  });
+  afterAll(async () => {
+    t.forgejo.delayTokenEndpoint(0);
+    await t.stop();
+  });
+
+  test("initialize answers 503 with Retry-After after FORGEJO_TIMEOUT_S; the refresh runs on and its token serves the next start", async () => {
+    const token = await tokenFor(t, "alice");
+    await Bun.sleep(2100);
+    t.forgejo.delayTokenEndpoint(2500);
+    const refreshesBefore = t.forgejo.stats.refreshes;
+
+    const started = performance.now();
+    const stalled = await postMcp(t.mcpUrl, token, INITIALIZE);
+    expect(performance.now() - started).toBeLessThan(2000);
+    expect(stalled.status).toBe(503);
+    expect(stalled.headers.get("retry-after")).toBe("10");
+    expect(stalled.headers.get("mcp-session-id")).toBeNull();
+    expect(await stalled.json()).toEqual({
+      jsonrpc: "2.0",
+      id: 1,
+      error: { code: -32000, message: "Forgejo could not be reached to refresh the user's token; try again shortly" },
+    });
+    expect(t.logs.some((line) => line.includes('"msg":"/mcp request failed"'))).toBe(false);
+
+    for (let i = 0; i < 80 && !t.logs.some((line) => line.includes('"msg":"upstream credential refreshed"')); i++) await Bun.sleep(25);
+    t.forgejo.delayTokenEndpoint(0);
+    expect(await openSession(t.mcpUrl, token)).toMatch(/^[0-9a-f]{48}$/);
+    expect(t.forgejo.stats.refreshes).toBe(refreshesBefore + 1);
+  }, 15_000);
 });

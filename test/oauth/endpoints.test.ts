@@ -11,7 +11,10 @@ let base: string;
 let offsetMs = 0;
 
 beforeAll(async () => {
-  t = await startTestBroker({ broker: { now: () => Date.now() + offsetMs, rateLimit: { burst: 10_000, perSecond: 100 } } });
+  t = await startTestBroker({
+    env: { FORGEJO_TIMEOUT_S: "1" },
+    broker: { now: () => Date.now() + offsetMs, rateLimit: { burst: 10_000, perSecond: 100 } },
+  });
   base = t.config.publicUrl;
 });
 afterAll(async () => {
@@ -312,6 +315,24 @@ describe("Forgejo callback", () => {
       expect(location.searchParams.get("iss")).toBe(base);
     } finally {
       t.forgejo.failTokenEndpoint(null);
+    }
+  });
+
+  test("Forgejo not answering the code exchange within FORGEJO_TIMEOUT_S reaches the client as temporarily_unavailable", async () => {
+    const { client, jar, callbackUrl } = await reachCallback();
+    t.forgejo.delayTokenEndpoint(4000);
+    try {
+      const started = performance.now();
+      const response = await fetch(callbackUrl, { redirect: "manual", headers: { cookie: jar.header() } });
+      expect(performance.now() - started).toBeLessThan(3000);
+      expect(response.status).toBe(302);
+      const location = new URL(response.headers.get("location")!);
+      expect(location.origin + location.pathname).toBe(client.redirectUri);
+      expect(location.searchParams.get("error")).toBe("temporarily_unavailable");
+      expect(location.searchParams.get("state")).toBe("st-123");
+      expect(t.logs.some((line) => line.includes("Forgejo's token endpoint did not answer within 1 s"))).toBe(true);
+    } finally {
+      t.forgejo.delayTokenEndpoint(0);
     }
   });
 });

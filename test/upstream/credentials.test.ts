@@ -5,6 +5,7 @@ import { DEFAULT_FORGEJO_SCOPES } from "../../src/config.ts";
 import { randomBase64Url, TokenSealer } from "../../src/crypto.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { Store } from "../../src/store/store.ts";
+import { realTimers } from "../../src/supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials, type CredentialEvent } from "../../src/upstream/credentials.ts";
 import {
   ForgejoClient,
@@ -38,10 +39,12 @@ const makeClient = (clientSecret: string) =>
     scopes: DEFAULT_FORGEJO_SCOPES.split(" "),
     fetch,
     now: () => clock,
+    timeoutMs: 5000,
+    timers: realTimers,
   });
 
-const makeCredentials = (refresher: Pick<ForgejoClient, "refresh">) =>
-  new UpstreamCredentials({ store, sealer, forgejo: refresher, logger, now: () => clock });
+const makeCredentials = (refresher: Pick<ForgejoClient, "refresh">, waitMs = 5000) =>
+  new UpstreamCredentials({ store, sealer, forgejo: refresher, logger, now: () => clock, waitMs, timers: realTimers });
 
 beforeEach(async () => {
   clock = 1_700_000_000_000;
@@ -268,6 +271,36 @@ describe("refusal and unavailability", () => {
     const access = await credentials.accessTokenFor(ALICE.id, { minValidityMs: LEAD });
     expect(access.accessToken).not.toBe(tokens.accessToken);
     expect(await userAnswer(access.accessToken)).toBe(200);
+  });
+
+  test("a refresh Forgejo answers only after the wait: callers hear a timeout, no second refresh is sent, the late pair is kept", async () => {
+    const tokens = await signIn(ALICE);
+    const grantId = grantFor(ALICE);
+    const impatient = makeCredentials(client, 200);
+    const rotated: CredentialEvent[] = [];
+    impatient.onChange((event) => rotated.push(event));
+    clock += HOUR;
+    forgejo.delayTokenEndpoint(700);
+
+    const first = await rejection(impatient.accessTokenFor(ALICE.id, { minValidityMs: LEAD }));
+    expect(first).toBeInstanceOf(UpstreamUnavailableError);
+    expect((first as UpstreamUnavailableError).reason).toBe("timeout");
+    expect(first.message).toBe("Forgejo's token endpoint (refreshing the user's token) did not answer within 0.2 s");
+    // Still in flight: this caller waits for the same refresh instead of spending the refresh token a second time.
+    expect(await rejection(impatient.refreshNow(ALICE.id))).toBeInstanceOf(UpstreamUnavailableError);
+
+    for (let i = 0; i < 80 && store.getUpstreamCredential(ALICE.id)!.version === 1; i++) await Bun.sleep(25);
+    // Long enough for a second refresh, had one been sent at the second caller's time, to have arrived too.
+    await Bun.sleep(400);
+    forgejo.delayTokenEndpoint(0);
+    expect(forgejo.stats.refreshes).toBe(1);
+    expect(store.getUpstreamCredential(ALICE.id)!.version).toBe(2);
+    expect(rotated.map((event) => event.type)).toEqual(["rotated"]);
+    const access = await impatient.accessTokenFor(ALICE.id, { minValidityMs: LEAD });
+    expect(access.accessToken).not.toBe(tokens.accessToken);
+    expect(await userAnswer(access.accessToken)).toBe(200);
+    expect(forgejo.stats.refreshes).toBe(1);
+    expect(store.getGrant(grantId)!.revokedAt).toBeNull();
   });
 
   test("a wrong client secret keeps the user's credential: it works again once the broker is fixed", async () => {

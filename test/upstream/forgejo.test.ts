@@ -4,6 +4,7 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { DEFAULT_FORGEJO_SCOPES } from "../../src/config.ts";
 import { randomBase64Url } from "../../src/crypto.ts";
+import { realTimers } from "../../src/supervisor/timers.ts";
 import { ForgejoClient, UpstreamRefusedError, UpstreamUnavailableError, type UpstreamTokens } from "../../src/upstream/forgejo.ts";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
 
@@ -14,8 +15,8 @@ let clock = 1_700_000_000_000;
 let forgejo: FakeForgejo;
 let client: ForgejoClient;
 
-const clientFor = (target: { url: string; clientId: string; clientSecret: string }, fetchFn: typeof fetch = fetch) =>
-  new ForgejoClient({ ...target, redirectUri: REDIRECT, scopes: SCOPES, fetch: fetchFn, now: () => clock });
+const clientFor = (target: { url: string; clientId: string; clientSecret: string }, fetchFn: typeof fetch = fetch, timeoutMs = 5000) =>
+  new ForgejoClient({ ...target, redirectUri: REDIRECT, scopes: SCOPES, fetch: fetchFn, now: () => clock, timeoutMs, timers: realTimers });
 
 beforeEach(async () => {
   clock = 1_700_000_000_000;
@@ -185,5 +186,67 @@ describe("fetchUser", () => {
     const error = await rejection(odd.fetchUser("some-token"));
     expect(error).toBeInstanceOf(UpstreamUnavailableError);
     expect((error as UpstreamUnavailableError).reason).toBe("malformed");
+  });
+});
+
+describe("a Forgejo that accepts the connection and never answers", () => {
+  /** Holds every request open; `closed` counts the requests whose client hung up. */
+  function silentForgejo() {
+    const state = { received: [] as string[], closed: 0 };
+    const server = Bun.serve({
+      port: 0,
+      idleTimeout: 0,
+      fetch(request) {
+        state.received.push(new URL(request.url).pathname);
+        request.signal.addEventListener("abort", () => (state.closed += 1));
+        return new Promise<Response>(() => {});
+      },
+    });
+    return { state, target: { url: `http://127.0.0.1:${server.port}`, clientId: "c", clientSecret: "s" }, stop: () => server.stop(true) };
+  }
+
+  test("the code exchange ends at the deadline as unavailability, saying how long it waited", async () => {
+    const silent = silentForgejo();
+    try {
+      const started = performance.now();
+      const error = await rejection(clientFor(silent.target, fetch, 300).exchangeCode("the-code", "the-verifier"));
+      expect(error).toBeInstanceOf(UpstreamUnavailableError);
+      expect((error as UpstreamUnavailableError).reason).toBe("timeout");
+      expect(error.message).toBe("Forgejo's token endpoint did not answer within 0.3 s");
+      expect(error.message).not.toContain("the-code");
+      expect(performance.now() - started).toBeLessThan(3000);
+      expect(silent.state.received).toEqual(["/login/oauth/access_token"]);
+    } finally {
+      await silent.stop();
+    }
+  });
+
+  test("the user lookup ends at the deadline, and its request is aborted rather than left open", async () => {
+    const silent = silentForgejo();
+    try {
+      const error = await rejection(clientFor(silent.target, fetch, 300).fetchUser("some-token"));
+      expect(error).toBeInstanceOf(UpstreamUnavailableError);
+      expect((error as UpstreamUnavailableError).reason).toBe("timeout");
+      expect(error.message).toBe("Forgejo's user API did not answer within 0.3 s");
+      for (let i = 0; i < 40 && silent.state.closed === 0; i++) await Bun.sleep(25);
+      expect(silent.state).toEqual({ received: ["/api/v1/user"], closed: 1 });
+    } finally {
+      await silent.stop();
+    }
+  });
+
+  test("a user answer whose body stalls ends at the deadline too", async () => {
+    const stalled = clientFor(forgejo, (async (_input: RequestInfo | URL, init?: RequestInit) => {
+      const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          controller.enqueue(new TextEncoder().encode('{"id":1,'));
+          init?.signal?.addEventListener("abort", () => controller.error(init.signal!.reason));
+        },
+      });
+      return new Response(body, { headers: { "content-type": "application/json" } });
+    }) as unknown as typeof fetch, 300);
+    const error = await rejection(stalled.fetchUser("some-token"));
+    expect(error).toBeInstanceOf(UpstreamUnavailableError);
+    expect((error as UpstreamUnavailableError).reason).toBe("timeout");
   });
 });
