@@ -203,6 +203,18 @@ export class SessionRegistry {
     );
   }
 
+  /** Ends every session bound to the grant, e.g. once no token of it is left; resolves when all are dropped. */
+  async endGrant(grantId: string, reason: string): Promise<void> {
+    const ended = [...this.sessions.values()].filter((entry) => entry.binding.grantId === grantId);
+    await Promise.all(ended.map((entry) => this.drop(entry, reason)));
+  }
+
+  /** Whether any live session is bound to the grant. */
+  hasGrant(grantId: string): boolean {
+    for (const entry of this.sessions.values()) if (entry.binding.grantId === grantId) return true;
+    return false;
+  }
+
   /** Drops sessions with no open stream and no request for idleTimeoutMs; returns how many. */
   async reapIdle(): Promise<number> {
     const now = this.deps.timers.now();

@@ -79,10 +79,24 @@ export class Store {
   /** Every new session reads its user's Forgejo credential: prepared once as well. */
   private readonly upstreamCredentialQuery;
   private revocations = 0;
+  private readonly revocationListeners = new Set<(grantId: string) => void>();
 
   /** Goes up whenever this store revokes an access token, so a cache of identities knows to look again. */
   get revocationCount(): number {
     return this.revocations;
+  }
+
+  /**
+   * Hears the grant of every revocation once it is committed, whatever asked for it (RFC 7009, a
+   * replayed code or refresh token, a lost upstream credential); returns the unsubscribe function.
+   */
+  onRevocation(listener: (grantId: string) => void): () => void {
+    this.revocationListeners.add(listener);
+    return () => this.revocationListeners.delete(listener);
+  }
+
+  private revoked(grantId: string): void {
+    for (const listener of this.revocationListeners) listener(grantId);
   }
 
   private prepareAccessIdentityQuery() {
@@ -228,6 +242,30 @@ export class Store {
       tx.update(schema.accessTokens).set({ revokedAt: now }).where(and(eq(schema.accessTokens.grantId, grantId), isNull(schema.accessTokens.revokedAt))).run();
       tx.update(schema.refreshTokens).set({ revokedAt: now }).where(and(eq(schema.refreshTokens.grantId, grantId), isNull(schema.refreshTokens.revokedAt))).run();
     });
+    this.revoked(grantId);
+  }
+
+  /**
+   * Whether a client can still act under the grant: it holds a live access token, or a refresh
+   * token that can still be exchanged for one. A rotated refresh token does not count: its successor does.
+   */
+  grantHasLiveTokens(grantId: string, now: number): boolean {
+    const a = schema.accessTokens;
+    const r = schema.refreshTokens;
+    const access = this.db
+      .select({ one: sql`1` })
+      .from(a)
+      .where(and(eq(a.grantId, grantId), isNull(a.revokedAt), gt(a.expiresAt, now)))
+      .limit(1)
+      .get();
+    if (access) return true;
+    const refresh = this.db
+      .select({ one: sql`1` })
+      .from(r)
+      .where(and(eq(r.grantId, grantId), isNull(r.revokedAt), isNull(r.rotatedAt), gt(r.expiresAt, now)))
+      .limit(1)
+      .get();
+    return refresh !== undefined;
   }
 
   /** Revokes every active grant of a Forgejo user (their upstream credential is gone); returns the grant ids. */
@@ -260,7 +298,7 @@ export class Store {
     const existing = this.db.select().from(t).where(eq(t.codeHash, codeHash)).get();
     if (!existing) return { status: "unknown" };
     if (existing.usedAt === null) return { status: "expired" };
-    this.revokeFamily(existing.familyId, now);
+    this.revokeFamily(existing.familyId, existing.grantId, now);
     return { status: "replayed", code: existing };
   }
 
@@ -330,12 +368,12 @@ export class Store {
   /** RFC 7009: revoking a refresh token ends its family; an access token ends alone. Unknown is fine. */
   revokeToken(tokenHash: string, clientId: string, now: number): "access" | "refresh" | "unknown" {
     const refresh = this.db
-      .select({ familyId: schema.refreshTokens.familyId })
+      .select({ familyId: schema.refreshTokens.familyId, grantId: schema.refreshTokens.grantId })
       .from(schema.refreshTokens)
       .where(and(eq(schema.refreshTokens.tokenHash, tokenHash), eq(schema.refreshTokens.clientId, clientId)))
       .get();
     if (refresh) {
-      this.revokeFamily(refresh.familyId, now);
+      this.revokeFamily(refresh.familyId, refresh.grantId, now);
       return "refresh";
     }
     this.revocations++;
@@ -343,17 +381,20 @@ export class Store {
       .update(schema.accessTokens)
       .set({ revokedAt: now })
       .where(and(eq(schema.accessTokens.tokenHash, tokenHash), eq(schema.accessTokens.clientId, clientId)))
-      .returning({ hash: schema.accessTokens.tokenHash })
+      .returning({ grantId: schema.accessTokens.grantId })
       .get();
-    return access ? "access" : "unknown";
+    if (!access) return "unknown";
+    this.revoked(access.grantId);
+    return "access";
   }
 
-  private revokeFamily(familyId: string, now: number): void {
+  private revokeFamily(familyId: string, grantId: string, now: number): void {
     this.revocations++;
     this.db.transaction((tx) => {
       tx.update(schema.accessTokens).set({ revokedAt: now }).where(and(eq(schema.accessTokens.familyId, familyId), isNull(schema.accessTokens.revokedAt))).run();
       tx.update(schema.refreshTokens).set({ revokedAt: now }).where(and(eq(schema.refreshTokens.familyId, familyId), isNull(schema.refreshTokens.revokedAt))).run();
     });
+    this.revoked(grantId);
   }
 
   // Upstream credentials

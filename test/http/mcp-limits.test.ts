@@ -1,5 +1,5 @@
-// The session caps, the idle reaper and a stalled Forgejo seen from HTTP: 429 and 503 with Retry-After,
-// sessions with no request and no open stream for BROKER_IDLE_TIMEOUT_S stopped and answered 404 afterwards.
+// How long sessions live, seen from HTTP: caps (429/503 with Retry-After), the idle reaper, a stalled
+// Forgejo at session start, and revocation ending the sessions of a sign-in with no token left.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
@@ -113,4 +113,52 @@ describe("a Forgejo that stops answering while a session start needs a refresh",
     expect(await openSession(t.mcpUrl, token)).toMatch(/^[0-9a-f]{48}$/);
     expect(t.forgejo.stats.refreshes).toBe(refreshesBefore + 1);
   }, 15_000);
+});
+
+describe("revocation", () => {
+  let t: TestBroker;
+  beforeAll(async () => {
+    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand() } });
+  });
+  afterAll(async () => {
+    await t.stop();
+  });
+
+  const form = (path: string, fields: Record<string, string>) =>
+    fetch(`${t.config.publicUrl}${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded" },
+      body: new URLSearchParams(fields),
+    });
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  test("a session ends as soon as every token of its sign-in is revoked; a revoked access token alone leaves it to the refreshed one", async () => {
+    t.forgejo.setCurrentUser("alice");
+    const signedIn = await obtainTokens(t.config.publicUrl);
+    const session = await openSession(t.mcpUrl, signedIn.accessToken);
+    const identity = t.broker.store.findAccessIdentity(hashToken(signedIn.accessToken), Date.now())!;
+    const pid = t.broker.registry.get(session, identity).bridge.childPid;
+
+    expect((await form("/oauth/revoke", { token: signedIn.accessToken, client_id: signedIn.clientId })).status).toBe(200);
+    await Bun.sleep(300);
+    expect(alive(pid)).toBe(true);
+    const refreshed = (await (
+      await form("/oauth/token", { grant_type: "refresh_token", refresh_token: signedIn.refreshToken, client_id: signedIn.clientId })
+    ).json()) as { access_token: string; refresh_token: string };
+    const listed = await postMcp(t.mcpUrl, refreshed.access_token, { jsonrpc: "2.0", id: 2, method: "tools/list" }, { "mcp-session-id": session });
+    expect(listed.status).toBe(200);
+
+    expect((await form("/oauth/revoke", { token: refreshed.refresh_token, client_id: signedIn.clientId })).status).toBe(200);
+    for (let i = 0; i < 40 && alive(pid); i++) await Bun.sleep(25);
+    expect(alive(pid)).toBe(false);
+    expect(t.broker.registry.hasGrant(identity.grantId)).toBe(false);
+    expect(t.logs.some((line) => line.includes('"reason":"every token of its sign-in was revoked"'))).toBe(true);
+  });
 });

@@ -57,6 +57,47 @@ describe("Store", () => {
     expect(store.rotateRefreshToken("r2", "c1", 6, 10_000).status).toBe("invalid");
   });
 
+  test("a grant has live tokens while a live access token or an unrotated, unexpired refresh token is left", () => {
+    const { store, grant, pair } = seeded();
+    pair("f1", 1, 1000, 10_000);
+    pair("f2", 2, 1000, 10_000);
+    const live = (now: number) => store.grantHasLiveTokens(grant.id, now);
+    expect(live(1)).toBe(true);
+    // The access tokens expired: the refresh tokens can still get new ones.
+    expect(live(2000)).toBe(true);
+    store.revokeToken("r1", "c1", 2);
+    expect(live(2000)).toBe(true);
+    // Rotated refresh tokens live on only through their successors, which are not here.
+    store.rotateRefreshToken("r2", "c1", 3, 60_000);
+    expect(live(2000)).toBe(false);
+    expect(live(1)).toBe(true);
+    store.revokeToken("a2", "c1", 4);
+    expect(live(1)).toBe(false);
+    expect(live(20_000)).toBe(false);
+  });
+
+  test("every revocation reports its grant once committed; unknown tokens report nothing", () => {
+    const { store, grant, pair } = seeded();
+    pair("f1", 1);
+    pair("f2", 2);
+    const heard: { grantId: string; accessLive: boolean }[] = [];
+    // The listener reads the store as it is after the revocation: committed, not half done.
+    const stop = store.onRevocation((grantId) => heard.push({ grantId, accessLive: store.findAccessIdentity("a1", 1) !== undefined }));
+    expect(store.revokeToken("nope", "c1", 1)).toBe("unknown");
+    expect(heard).toEqual([]);
+    expect(store.revokeToken("r1", "c1", 1)).toBe("refresh");
+    expect(store.revokeToken("a2", "c1", 1)).toBe("access");
+    store.revokeGrantsOfUser(7, 2);
+    expect(heard).toEqual([
+      { grantId: grant.id, accessLive: false },
+      { grantId: grant.id, accessLive: false },
+      { grantId: grant.id, accessLive: false },
+    ]);
+    stop();
+    store.revokeGrant(grant.id, 3);
+    expect(heard).toHaveLength(3);
+  });
+
   test("purge removes what expired and keeps live rows, rotated tokens included until they expire", () => {
     const { store, pair } = seeded();
     pair("f1", 1, 100, 200);
