@@ -95,7 +95,9 @@ export class Store {
     return () => this.revocationListeners.delete(listener);
   }
 
+  /** The one place a committed revocation is marked: the identity cache's counter and the listeners. */
   private revoked(grantId: string): void {
+    this.revocations++;
     for (const listener of this.revocationListeners) listener(grantId);
   }
 
@@ -236,7 +238,6 @@ export class Store {
 
   /** Revokes a grant and every token issued under it. */
   revokeGrant(grantId: string, now: number): void {
-    this.revocations++;
     this.db.transaction((tx) => {
       tx.update(schema.grants).set({ revokedAt: now }).where(and(eq(schema.grants.id, grantId), isNull(schema.grants.revokedAt))).run();
       tx.update(schema.accessTokens).set({ revokedAt: now }).where(and(eq(schema.accessTokens.grantId, grantId), isNull(schema.accessTokens.revokedAt))).run();
@@ -376,7 +377,6 @@ export class Store {
       this.revokeFamily(refresh.familyId, refresh.grantId, now);
       return "refresh";
     }
-    this.revocations++;
     const access = this.db
       .update(schema.accessTokens)
       .set({ revokedAt: now })
@@ -389,7 +389,6 @@ export class Store {
   }
 
   private revokeFamily(familyId: string, grantId: string, now: number): void {
-    this.revocations++;
     this.db.transaction((tx) => {
       tx.update(schema.accessTokens).set({ revokedAt: now }).where(and(eq(schema.accessTokens.familyId, familyId), isNull(schema.accessTokens.revokedAt))).run();
       tx.update(schema.refreshTokens).set({ revokedAt: now }).where(and(eq(schema.refreshTokens.familyId, familyId), isNull(schema.refreshTokens.revokedAt))).run();
