@@ -148,10 +148,22 @@ export async function obtainTokens(publicUrl: string, options: { redirectUri?: s
   const landing = await walkBrowserFlow(url, redirectUri);
   const code = landing.searchParams.get("code");
   if (!code) throw new Error(`no code: ${landing.href}`);
-  const tokens = await fetch(`${publicUrl}/oauth/token`, {
-    method: "POST",
-    headers: { "content-type": "application/x-www-form-urlencoded" },
-    body: new URLSearchParams({ grant_type: "authorization_code", code, code_verifier: verifier, redirect_uri: redirectUri, client_id: registered.client_id }),
+  const tokens = await postForm(`${publicUrl}/oauth/token`, {
+    grant_type: "authorization_code",
+    code,
+    code_verifier: verifier,
+    redirect_uri: redirectUri,
+    client_id: registered.client_id,
   }).then((r) => r.json() as Promise<{ access_token: string; refresh_token: string }>);
   return { clientId: registered.client_id, redirectUri, verifier, code, accessToken: tokens.access_token, refreshToken: tokens.refresh_token };
+}
+
+/** POSTs an application/x-www-form-urlencoded body, as OAuth clients do; a redirect is returned, not followed. */
+export function postForm(url: string, fields: Record<string, string>, headers: Record<string, string> = {}): Promise<Response> {
+  return fetch(url, {
+    method: "POST",
+    redirect: "manual",
+    headers: { "content-type": "application/x-www-form-urlencoded", ...headers },
+    body: new URLSearchParams(fields),
+  });
 }

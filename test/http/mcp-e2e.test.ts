@@ -5,7 +5,7 @@ import { StreamableHTTPError } from "@modelcontextprotocol/sdk/client/streamable
 import { hashToken } from "../../src/crypto.ts";
 import type { SessionIdentity } from "../../src/session/registry.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, connectAs, postMcp, processesMatching, type SignedInClient } from "../helpers/mcp.ts";
+import { childCommand, connectAs, isAlive, postMcp, processesMatching, type SignedInClient } from "../helpers/mcp.ts";
 
 const textOf = (result: unknown) => ((result as { content: { type: string; text: string }[] }).content[0]!.text);
 
@@ -190,12 +190,3 @@ describe("rotation driven by the upstream token's expiry", () => {
     await signedIn.client.close();
   }, 20_000);
 });
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}

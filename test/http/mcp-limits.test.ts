@@ -3,8 +3,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, holdStandaloneStream, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { childCommand, holdStandaloneStream, INITIALIZE, isAlive, openSession, postMcp } from "../helpers/mcp.ts";
+import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
 
 async function tokenFor(t: TestBroker, login: string): Promise<string> {
   t.forgejo.setCurrentUser(login);
@@ -124,20 +124,7 @@ describe("revocation", () => {
     await t.stop();
   });
 
-  const form = (path: string, fields: Record<string, string>) =>
-    fetch(`${t.config.publicUrl}${path}`, {
-      method: "POST",
-      headers: { "content-type": "application/x-www-form-urlencoded" },
-      body: new URLSearchParams(fields),
-    });
-  const alive = (pid: number) => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
+  const form = (path: string, fields: Record<string, string>) => postForm(`${t.config.publicUrl}${path}`, fields);
 
   test("a session ends as soon as every token of its sign-in is revoked; a revoked access token alone leaves it to the refreshed one", async () => {
     t.forgejo.setCurrentUser("alice");
@@ -148,7 +135,7 @@ describe("revocation", () => {
 
     expect((await form("/oauth/revoke", { token: signedIn.accessToken, client_id: signedIn.clientId })).status).toBe(200);
     await Bun.sleep(300);
-    expect(alive(pid)).toBe(true);
+    expect(isAlive(pid)).toBe(true);
     const refreshed = (await (
       await form("/oauth/token", { grant_type: "refresh_token", refresh_token: signedIn.refreshToken, client_id: signedIn.clientId })
     ).json()) as { access_token: string; refresh_token: string };
@@ -156,8 +143,8 @@ describe("revocation", () => {
     expect(listed.status).toBe(200);
 
     expect((await form("/oauth/revoke", { token: refreshed.refresh_token, client_id: signedIn.clientId })).status).toBe(200);
-    for (let i = 0; i < 40 && alive(pid); i++) await Bun.sleep(25);
-    expect(alive(pid)).toBe(false);
+    for (let i = 0; i < 40 && isAlive(pid); i++) await Bun.sleep(25);
+    expect(isAlive(pid)).toBe(false);
     expect(t.broker.registry.hasGrant(identity.grantId)).toBe(false);
     expect(t.logs.some((line) => line.includes('"reason":"every token of its sign-in was revoked"'))).toBe(true);
   });

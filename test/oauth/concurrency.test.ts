@@ -2,7 +2,7 @@
 // registration and token requests from one address.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
 
 let t: TestBroker;
 beforeAll(async () => {
@@ -13,11 +13,7 @@ afterAll(async () => {
 });
 
 const refresh = (refreshToken: string, clientId: string) =>
-  fetch(`${t.config.publicUrl}/oauth/token`, {
-    method: "POST",
-    headers: { "content-type": "application/x-www-form-urlencoded" },
-    body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: refreshToken, client_id: clientId }),
-  });
+  postForm(`${t.config.publicUrl}/oauth/token`, { grant_type: "refresh_token", refresh_token: refreshToken, client_id: clientId });
 
 describe("refresh-token rotation under concurrency", () => {
   test("20 parallel refreshes with one refresh token: exactly one succeeds, the rest get invalid_grant", async () => {

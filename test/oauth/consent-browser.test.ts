@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chromium, type Browser, type BrowserContext, type Page, type Response as PwResponse } from "playwright-core";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { postForm } from "../helpers/oauth-client.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 // The machine has no outside network: without these Chromium keeps dialling Google's services.
@@ -219,10 +220,12 @@ describe("the consent page in a real browser", () => {
     expect(arrivals.some((a) => a.searchParams.get("code") === code)).toBe(true);
 
     const exchange = () =>
-      fetch(`${t.config.publicUrl}/oauth/token`, {
-        method: "POST",
-        headers: { "content-type": "application/x-www-form-urlencoded" },
-        body: new URLSearchParams({ grant_type: "authorization_code", code: code!, code_verifier: flow.verifier, redirect_uri: redirectUri, client_id: flow.clientId }),
+      postForm(`${t.config.publicUrl}/oauth/token`, {
+        grant_type: "authorization_code",
+        code: code!,
+        code_verifier: flow.verifier,
+        redirect_uri: redirectUri,
+        client_id: flow.clientId,
       });
     const tokenResponse = await exchange();
     expect(tokenResponse.status).toBe(200);

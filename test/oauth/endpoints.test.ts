@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { CookieJar, obtainTokens, parseConsentForm, walkBrowserFlow } from "../helpers/oauth-client.ts";
+import { CookieJar, obtainTokens, parseConsentForm, postForm, walkBrowserFlow } from "../helpers/oauth-client.ts";
 
 let t: TestBroker;
 let base: string;
@@ -21,13 +21,7 @@ afterAll(async () => {
   await t.stop();
 });
 
-const form = (path: string, fields: Record<string, string>, headers: Record<string, string> = {}) =>
-  fetch(`${base}${path}`, {
-    method: "POST",
-    redirect: "manual",
-    headers: { "content-type": "application/x-www-form-urlencoded", ...headers },
-    body: new URLSearchParams(fields),
-  });
+const form = (path: string, fields: Record<string, string>, headers: Record<string, string> = {}) => postForm(`${base}${path}`, fields, headers);
 
 const register = (body: unknown) =>
   fetch(`${base}/oauth/register`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });

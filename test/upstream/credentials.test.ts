@@ -14,6 +14,7 @@ import {
   type UpstreamTokens,
 } from "../../src/upstream/forgejo.ts";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { rejection } from "../helpers/promises.ts";
 
 const REDIRECT = "http://127.0.0.1:9/oauth/callback";
 const HOUR = 3600_000;
@@ -89,15 +90,6 @@ function grantFor(user: ForgejoUser): string {
     createdAt: clock,
   });
   return store.findOrCreateGrant({ id: randomBase64Url(12), clientId, forgejoUserId: user.id, forgejoLogin: user.login, scope: "mcp", now: clock }).id;
-}
-
-async function rejection(promise: Promise<unknown>): Promise<Error> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as Error;
-  }
-  throw new Error("expected a rejection");
 }
 
 const userAnswer = async (accessToken: string) =>

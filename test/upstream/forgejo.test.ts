@@ -7,6 +7,7 @@ import { randomBase64Url } from "../../src/crypto.ts";
 import { realTimers } from "../../src/supervisor/timers.ts";
 import { ForgejoClient, UpstreamRefusedError, UpstreamUnavailableError, type UpstreamTokens } from "../../src/upstream/forgejo.ts";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { rejection } from "../helpers/promises.ts";
 
 const REDIRECT = "http://127.0.0.1:9/oauth/callback";
 const SCOPES = DEFAULT_FORGEJO_SCOPES.split(" ");
@@ -36,15 +37,6 @@ async function codeFor(url: URL): Promise<string> {
 async function signIn(): Promise<UpstreamTokens> {
   const verifier = randomBase64Url(32);
   return client.exchangeCode(await codeFor(client.authorizationUrl(randomBase64Url(16), verifier)), verifier);
-}
-
-async function rejection(promise: Promise<unknown>): Promise<Error> {
-  try {
-    await promise;
-  } catch (error) {
-    return error as Error;
-  }
-  throw new Error("expected a rejection");
 }
 
 describe("sign-in", () => {
