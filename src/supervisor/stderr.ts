@@ -6,7 +6,7 @@ export interface StderrDrainOptions {
   logger: Logger;
   /** Applied to every line before it is logged or kept. */
   mask: (line: string) => string;
-  /** Longer lines are cut here (and marked) so one runaway line cannot flood the log. */
+  /** Longer lines are cut here (and marked) so one runaway line cannot flood the log; an unfinished line is held up to twice this. */
   maxLineChars: number;
   /** After this many bytes the rest is still read (a full pipe would block the child) but not logged. */
   maxTotalBytes: number;
@@ -26,8 +26,10 @@ export function drainStderr(stream: ReadableStream<Uint8Array>, options: StderrD
   let partial = "";
   let discardingRestOfLine = false;
 
-  const emit = (raw: string, truncated: boolean) => {
-    const line = mask(raw.endsWith("\r") ? raw.slice(0, -1) : raw) + (truncated ? " …[truncated]" : "");
+  // Masked before it is cut, so a cut never leaves a credential too short for the mask to know it.
+  const emit = (raw: string) => {
+    let line = mask(raw.endsWith("\r") ? raw.slice(0, -1) : raw);
+    if (line.length > maxLineChars) line = `${line.slice(0, maxLineChars)} …[truncated]`;
     if (line.trim() === "") return;
     last = line;
     if (loggedBytes >= maxTotalBytes) {
@@ -48,12 +50,14 @@ export function drainStderr(stream: ReadableStream<Uint8Array>, options: StderrD
       rest = rest.slice(newline + 1);
       partial = "";
       if (discardingRestOfLine) discardingRestOfLine = false;
-      else emit(piece, false);
+      else emit(piece);
     }
     if (discardingRestOfLine) return;
     partial += rest;
-    if (partial.length > maxLineChars) {
-      emit(partial.slice(0, maxLineChars), true);
+    // An unfinished line is given up on only well past the limit: a credential that the read
+    // split is then either whole enough to be masked or beyond the cut.
+    if (partial.length > 2 * maxLineChars) {
+      emit(partial);
       partial = "";
       discardingRestOfLine = true;
     }
@@ -67,7 +71,7 @@ export function drainStderr(stream: ReadableStream<Uint8Array>, options: StderrD
     } catch (error) {
       logger.warn("reading child stderr failed", { error: error instanceof Error ? error.message : String(error) });
     }
-    if (partial !== "" && !discardingRestOfLine) emit(partial, false);
+    if (partial !== "" && !discardingRestOfLine) emit(partial);
     partial = "";
   })();
 
