@@ -75,6 +75,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     spawn: createSpawnChild({ config: config.child, forgejoUrl: config.forgejo.url, env: process.env, logger }),
     upstreamToken: upstreamTokenFrom(credentials, config.sessions.refreshLeadMs),
     refresh: refresherFrom(credentials),
+    grantIsLive: (grantId) => store.grantHasLiveTokens(grantId, now()),
     logger,
     timers: realTimers,
   });

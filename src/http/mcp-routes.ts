@@ -13,6 +13,7 @@ import {
   SessionForbiddenError,
   SessionLimitError,
   SessionNotFoundError,
+  SessionRevokedError,
   SessionStartError,
   UserSessionLimitError,
 } from "../session/errors.ts";
@@ -120,6 +121,9 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     if (error instanceof UpstreamCredentialLostError) {
       // Its grants are revoked already; the 401 sends the client through sign-in again.
       return new BearerTokenError("invalid_token", "The sign-in to Forgejo has ended; sign in again", challenge).toResponse();
+    }
+    if (error instanceof SessionRevokedError) {
+      return new BearerTokenError("invalid_token", "The access token was revoked while the session started", challenge).toResponse();
     }
     logger.error("/mcp request failed", { error: error instanceof Error ? error : String(error) });
     return rpcError(500, id, ErrorCode.InternalError, "Internal error", session);

@@ -44,6 +44,15 @@ export class SessionForbiddenError extends Error {
   }
 }
 
+/** Every token of the session's sign-in was revoked while it started → 401, as its next request would get. */
+export class SessionRevokedError extends Error {
+  override readonly name = "SessionRevokedError";
+  readonly status = 401;
+  constructor() {
+    super("the sign-in was revoked while the session started");
+  }
+}
+
 /**
  * The child could not start or exited before answering initialize → 502 with a JSON-RPC error
  * (code -32000) whose message is this message; it carries the child's last stderr line, masked.

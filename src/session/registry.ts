@@ -15,6 +15,7 @@ import {
   SessionForbiddenError,
   SessionLimitError,
   SessionNotFoundError,
+  SessionRevokedError,
   SessionStartError,
   UserSessionLimitError,
 } from "./errors.ts";
@@ -69,6 +70,11 @@ export interface SessionRegistryDeps {
   spawnPacer?: SpawnPacer;
   /** Without it, sessions keep the token they started with. */
   refresh?: UpstreamRefresher;
+  /**
+   * Whether a client can still act under the grant. Asked once a start is about to register its
+   * session, because a revocation during the start found no session to end. Without it, every grant is live.
+   */
+  grantIsLive?: (grantId: string) => boolean;
   /** After a refused refresh has ended the user's sessions: revoke their grants so the client signs in again. */
   onRefreshRefused?: (forgejoUserId: number, reason: string) => Promise<void> | void;
   initializeTimeoutMs?: number;
@@ -286,6 +292,10 @@ export class SessionRegistry {
     if (this.closed) {
       await bridge.close("the broker is shutting down");
       throw new SessionLimitError("the broker is shutting down", this.deps.retryAfterS ?? 30);
+    }
+    if (this.deps.grantIsLive?.(identity.grantId) === false) {
+      await bridge.close("its sign-in was revoked while it started");
+      throw new SessionRevokedError();
     }
 
     const now = this.deps.timers.now();

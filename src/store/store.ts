@@ -72,12 +72,17 @@ export class Store {
       .from(schema.upstreamCredentials)
       .where(eq(schema.upstreamCredentials.forgejoUserId, sql.placeholder("forgejoUserId")))
       .prepare();
+    this.liveAccessTokenQuery = this.prepareLiveTokenQuery(schema.accessTokens);
+    this.liveRefreshTokenQuery = this.prepareLiveTokenQuery(schema.refreshTokens);
   }
 
   /** Every /mcp request runs this lookup: prepared once, not rebuilt and recompiled per request. */
   private readonly accessIdentityQuery;
   /** Every new session reads its user's Forgejo credential: prepared once as well. */
   private readonly upstreamCredentialQuery;
+  /** Every session start asks whether its grant is still live: prepared once as well. */
+  private readonly liveAccessTokenQuery;
+  private readonly liveRefreshTokenQuery;
   private revocations = 0;
   private readonly revocationListeners = new Set<(grantId: string) => void>();
 
@@ -251,22 +256,24 @@ export class Store {
    * token that can still be exchanged for one. A rotated refresh token does not count: its successor does.
    */
   grantHasLiveTokens(grantId: string, now: number): boolean {
-    const a = schema.accessTokens;
-    const r = schema.refreshTokens;
-    const access = this.db
+    return this.liveAccessTokenQuery.get({ grantId, now }) !== undefined || this.liveRefreshTokenQuery.get({ grantId, now }) !== undefined;
+  }
+
+  private prepareLiveTokenQuery(table: typeof schema.accessTokens | typeof schema.refreshTokens) {
+    const unrotated = "rotatedAt" in table ? isNull(table.rotatedAt) : undefined;
+    return this.db
       .select({ one: sql`1` })
-      .from(a)
-      .where(and(eq(a.grantId, grantId), isNull(a.revokedAt), gt(a.expiresAt, now)))
+      .from(table)
+      .where(
+        and(
+          eq(table.grantId, sql.placeholder("grantId")),
+          isNull(table.revokedAt),
+          unrotated,
+          gt(table.expiresAt, sql.placeholder("now")),
+        ),
+      )
       .limit(1)
-      .get();
-    if (access) return true;
-    const refresh = this.db
-      .select({ one: sql`1` })
-      .from(r)
-      .where(and(eq(r.grantId, grantId), isNull(r.revokedAt), isNull(r.rotatedAt), gt(r.expiresAt, now)))
-      .limit(1)
-      .get();
-    return refresh !== undefined;
+      .prepare();
   }
 
   /** Revokes every active grant of a Forgejo user (their upstream credential is gone); returns the grant ids. */

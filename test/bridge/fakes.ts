@@ -76,16 +76,15 @@ export class FakeChild implements ChildProcess {
 }
 
 /** A child that answers initialize the way an MCP server does. */
+/** What every fake child answers to initialize. */
+export const FAKE_INITIALIZE_RESULT = { protocolVersion: "2025-11-25", capabilities: { tools: {} }, serverInfo: { name: "fake", version: "1" } };
+
 export function initializingChild(extra: (message: Json, child: FakeChild) => void = () => {}, options: { slowStop?: boolean } = {}): FakeChild {
   return new FakeChild({
     ...options,
     onMessage: (message, child) => {
       if (message.method === "initialize") {
-        child.send({
-          jsonrpc: "2.0",
-          id: message.id,
-          result: { protocolVersion: "2025-11-25", capabilities: { tools: {} }, serverInfo: { name: "fake", version: "1" } },
-        });
+        child.send({ jsonrpc: "2.0", id: message.id, result: FAKE_INITIALIZE_RESULT });
       }
       extra(message, child);
     },

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, holdStandaloneStream, INITIALIZE, isAlive, openSession, postMcp } from "../helpers/mcp.ts";
+import { childCommand, holdStandaloneStream, INITIALIZE, isAlive, openSession, postMcp, processesMatching } from "../helpers/mcp.ts";
 import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
 
 async function tokenFor(t: TestBroker, login: string): Promise<string> {
@@ -116,9 +116,10 @@ describe("a Forgejo that stops answering while a session start needs a refresh",
 });
 
 describe("revocation", () => {
+  const marker = "revocation-test-child";
   let t: TestBroker;
   beforeAll(async () => {
-    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand() } });
+    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(marker) } });
   });
   afterAll(async () => {
     await t.stop();
@@ -147,5 +148,32 @@ describe("revocation", () => {
     expect(isAlive(pid)).toBe(false);
     expect(t.broker.registry.hasGrant(identity.grantId)).toBe(false);
     expect(t.logs.some((line) => line.includes('"reason":"every token of its sign-in was revoked"'))).toBe(true);
+  });
+
+  test("a session still starting when its sign-in is revoked is refused with 401, and its child does not live on", async () => {
+    t.forgejo.setCurrentUser("bob");
+    const signedIn = await obtainTokens(t.config.publicUrl);
+    // The child asks Forgejo for its version before it reads initialize: the start takes 1.5 s.
+    t.forgejo.delayApi(1500);
+    try {
+      const starting = postMcp(t.mcpUrl, signedIn.accessToken, INITIALIZE);
+      let child: { pid: number } | undefined;
+      for (let i = 0; i < 40 && child === undefined; i++) {
+        child = (await processesMatching(marker))[0];
+        if (child === undefined) await Bun.sleep(25);
+      }
+      expect(child).toBeDefined();
+
+      expect((await form("/oauth/revoke", { token: signedIn.refreshToken, client_id: signedIn.clientId })).status).toBe(200);
+      const answer = await starting;
+      expect(answer.status).toBe(401);
+      expect(answer.headers.get("www-authenticate")).toContain('error="invalid_token"');
+      expect(answer.headers.get("mcp-session-id")).toBeNull();
+      for (let i = 0; i < 40 && isAlive(child!.pid); i++) await Bun.sleep(25);
+      expect(isAlive(child!.pid)).toBe(false);
+      expect(t.broker.registry.size).toBe(0);
+    } finally {
+      t.forgejo.delayApi(0);
+    }
   });
 });

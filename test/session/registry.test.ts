@@ -10,13 +10,14 @@ import {
   SessionForbiddenError,
   SessionLimitError,
   SessionNotFoundError,
+  SessionRevokedError,
   SessionStartError,
   UserSessionLimitError,
 } from "../../src/session/errors.ts";
 import { SessionRegistry, type SessionIdentity, type UpstreamRefresher } from "../../src/session/registry.ts";
 import { ChildStartError, type ChildSpec } from "../../src/supervisor/child.ts";
 import { SpawnPacer } from "../../src/supervisor/spawn-pacer.ts";
-import { FakeChild, FakeTimers, initializingChild, manualTurns, settle, type Json } from "../bridge/fakes.ts";
+import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, initializingChild, manualTurns, settle, type Json } from "../bridge/fakes.ts";
 
 const HOUR = 3600_000;
 
@@ -47,7 +48,12 @@ function toolChild(spec: ChildSpec): FakeChild {
 
 function setup(
   config: Partial<SessionConfig> = {},
-  options: { refresh?: UpstreamRefresher; makeChild?: (spec: ChildSpec) => FakeChild; spawnPacer?: SpawnPacer } = {},
+  options: {
+    refresh?: UpstreamRefresher;
+    makeChild?: (spec: ChildSpec) => FakeChild;
+    spawnPacer?: SpawnPacer;
+    grantIsLive?: (grantId: string) => boolean;
+  } = {},
 ) {
   const timers = new FakeTimers();
   const logger = createMemoryLogger();
@@ -76,6 +82,7 @@ function setup(
     upstreamToken: async (user) => tokens.get(user) ?? { token: `token-of-${user}`, expiresAt: timers.now() + HOUR },
     refresh: options.refresh,
     spawnPacer: options.spawnPacer,
+    grantIsLive: options.grantIsLive,
     onRefreshRefused: (user) => void refused.push(user),
     logger,
     timers,
@@ -92,6 +99,15 @@ function setup(
     refused,
     setChild: (make: (spec: ChildSpec) => FakeChild) => void (makeChild = make),
   };
+}
+
+/** Answers initialize only when the test calls the function it pushes onto `held`. */
+function initializingChildHeldBy(held: (() => void)[]): FakeChild {
+  return new FakeChild({
+    onMessage: (message, child) => {
+      if (message.method === "initialize") held.push(() => child.send({ jsonrpc: "2.0", id: message.id, result: FAKE_INITIALIZE_RESULT }));
+    },
+  });
 }
 
 async function all(stream: MessageStream): Promise<OutboundEvent[]> {
@@ -171,6 +187,28 @@ describe("create", () => {
     expect(error).toBeInstanceOf(InitializeRejectedError);
     expect(error.events.map((e) => e.data)).toEqual(['{"jsonrpc":"2.0","id":0,"error":{"code":-32602,"message":"Unsupported protocol version"}}']);
     expect(registry.size).toBe(0);
+  });
+  test("a start whose sign-in is revoked before its child answers stops that child and is refused (401), with no session", async () => {
+    const revoked = new Set<string>();
+    const { registry, setChild, children } = setup({}, { grantIsLive: (grantId) => !revoked.has(grantId) });
+    const held: (() => void)[] = [];
+    setChild(() => initializingChildHeldBy(held));
+    const pending = registry.create(alice, initialize).catch((e: unknown) => e);
+    await settle();
+    expect(children).toHaveLength(1);
+
+    revoked.add(alice.grantId);
+    held.shift()!();
+    const error = (await pending) as SessionRevokedError;
+    expect(error).toBeInstanceOf(SessionRevokedError);
+    expect(error.status).toBe(401);
+    expect(children[0]!.stopCalls).toBe(1);
+    expect(registry.size).toBe(0);
+    expect(registry.hasGrant(alice.grantId)).toBe(false);
+
+    setChild(toolChild);
+    const other = await registry.create(bob, initialize);
+    expect(registry.get(other.entry.id, bob)).toBe(other.entry);
   });
 });
 
