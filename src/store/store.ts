@@ -260,6 +260,7 @@ export class Store {
   }
 
   private prepareLiveTokenQuery(table: typeof schema.accessTokens | typeof schema.refreshTokens) {
+    // Only refresh tokens rotate, and a rotated one lives on only in its successor.
     const unrotated = "rotatedAt" in table ? isNull(table.rotatedAt) : undefined;
     return this.db
       .select({ one: sql`1` })
