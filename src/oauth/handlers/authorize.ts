@@ -10,6 +10,7 @@ import { endpoints } from "../deps.ts";
 import { isValidS256Challenge } from "../pkce.ts";
 import { isLoopbackHost, resolveRedirectUri, withQuery } from "../redirect-uri.ts";
 import { resolveRequestedScope } from "../scope.ts";
+import { optionalParam } from "./params.ts";
 
 /** An error we may tell the client about by redirecting to its (already verified) redirect URI. */
 export interface RedirectableError {
@@ -119,18 +120,16 @@ function formActionSource(uri: string): string {
   return url.protocol === "http:" || url.protocol === "https:" ? url.origin : url.protocol;
 }
 
-const optionalString = t.Optional(t.String({ maxLength: 4000 }));
-
 export const AuthorizationQuery = t.Object(
   {
-    client_id: optionalString,
-    redirect_uri: optionalString,
-    response_type: optionalString,
-    code_challenge: optionalString,
-    code_challenge_method: optionalString,
-    state: optionalString,
-    scope: optionalString,
-    resource: optionalString,
+    client_id: optionalParam,
+    redirect_uri: optionalParam,
+    response_type: optionalParam,
+    code_challenge: optionalParam,
+    code_challenge_method: optionalParam,
+    state: optionalParam,
+    scope: optionalParam,
+    resource: optionalParam,
   },
   { additionalProperties: true },
 );

@@ -5,11 +5,10 @@ import { constantTimeEqual, hashToken, mintToken, randomBase64Url } from "../../
 import { UpstreamRefusedError } from "../../upstream/forgejo.ts";
 import type { OAuthDeps } from "../deps.ts";
 import { browserCookieName, htmlPage, readCookie, redirectToClient } from "./authorize.ts";
-
-const optionalString = t.Optional(t.String({ maxLength: 4000 }));
+import { optionalParam } from "./params.ts";
 
 export const CallbackQuery = t.Object(
-  { code: optionalString, state: optionalString, error: optionalString, error_description: optionalString },
+  { code: optionalParam, state: optionalParam, error: optionalParam, error_description: optionalParam },
   { additionalProperties: true },
 );
 

@@ -6,11 +6,10 @@ import { authenticateClient, presentedClientCredentials } from "../client-auth.t
 import type { OAuthDeps } from "../deps.ts";
 import { InvalidRequestError, TooManyRequestsError } from "../errors.ts";
 import { oauthErrorHook, requireFormBody } from "./json-errors.ts";
-
-const optionalString = t.Optional(t.String({ maxLength: 4000 }));
+import { optionalParam } from "./params.ts";
 
 export const RevocationRequest = t.Object(
-  { token: optionalString, token_type_hint: optionalString, client_id: optionalString, client_secret: optionalString },
+  { token: optionalParam, token_type_hint: optionalParam, client_id: optionalParam, client_secret: optionalParam },
   { additionalProperties: true },
 );
 

@@ -17,20 +17,19 @@ import {
 import { verifyS256 } from "../pkce.ts";
 import { narrowScope } from "../scope.ts";
 import { oauthErrorHook, requireFormBody } from "./json-errors.ts";
-
-const optionalString = t.Optional(t.String({ maxLength: 4000 }));
+import { optionalParam } from "./params.ts";
 
 export const TokenRequest = t.Object(
   {
-    grant_type: optionalString,
-    code: optionalString,
-    code_verifier: optionalString,
-    redirect_uri: optionalString,
-    refresh_token: optionalString,
-    scope: optionalString,
-    resource: optionalString,
-    client_id: optionalString,
-    client_secret: optionalString,
+    grant_type: optionalParam,
+    code: optionalParam,
+    code_verifier: optionalParam,
+    redirect_uri: optionalParam,
+    refresh_token: optionalParam,
+    scope: optionalParam,
+    resource: optionalParam,
+    client_id: optionalParam,
+    client_secret: optionalParam,
   },
   { additionalProperties: true },
 );
