@@ -6,6 +6,7 @@ import { hashToken } from "../../src/crypto.ts";
 import type { SessionIdentity } from "../../src/session/registry.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, connectAs, isAlive, postMcp, processesMatching, type SignedInClient } from "../helpers/mcp.ts";
+import { waitWhile } from "../helpers/promises.ts";
 
 const textOf = (result: unknown) => ((result as { content: { type: string; text: string }[] }).content[0]!.text);
 
@@ -75,7 +76,7 @@ describe("the official SDK client through the broker", () => {
     const sessionId = signedIn.transport.sessionId!;
     const pid = childPid(t, signedIn);
     await signedIn.transport.terminateSession();
-    for (let i = 0; i < 50 && isAlive(pid); i++) await Bun.sleep(20);
+    await waitWhile(() => isAlive(pid), 50, 20);
     expect(isAlive(pid)).toBe(false);
     const later = await postMcp(t.mcpUrl, signedIn.provider.savedTokens!.access_token, { jsonrpc: "2.0", id: 9, method: "tools/list" }, {
       "mcp-session-id": sessionId,
@@ -137,7 +138,7 @@ describe("the official SDK client through the broker", () => {
     const newPid = childPid(t, signedIn);
     expect(newPid).not.toBe(oldPid);
     // The old child finished its call, then was stopped.
-    for (let i = 0; i < 50 && isAlive(oldPid); i++) await Bun.sleep(20);
+    await waitWhile(() => isAlive(oldPid), 50, 20);
     expect(isAlive(oldPid)).toBe(false);
     // New calls go to the new child, which holds the refreshed token.
     expect(textOf(await signedIn.client.callTool({ name: "whoami", arguments: {} }))).toBe("alice");
@@ -180,7 +181,7 @@ describe("rotation driven by the upstream token's expiry", () => {
     const token = signedIn.provider.savedTokens!.access_token;
     // The user revokes the app on Forgejo: the next scheduled refresh (about 2 s away) is refused.
     t.forgejo.revokeUser("alice");
-    for (let i = 0; i < 100 && isAlive(pid); i++) await Bun.sleep(50);
+    await waitWhile(() => isAlive(pid), 100, 50);
     expect(isAlive(pid)).toBe(false);
     expect(t.broker.registry.sessionsOf(1)).toEqual([]);
     const after = await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", id: 1, method: "tools/list" }, { "mcp-session-id": sessionId });

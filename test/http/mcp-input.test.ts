@@ -5,6 +5,7 @@ import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
 import { obtainTokens } from "../helpers/oauth-client.ts";
+import { waitWhile } from "../helpers/promises.ts";
 
 let t: TestBroker;
 let token: string;
@@ -281,7 +282,7 @@ describe("the transport's answers", () => {
     const reader = response.body!.getReader();
     await reader.read();
     await reader.cancel();
-    for (let i = 0; i < 50 && bridge.inFlight > 0; i++) await Bun.sleep(10);
+    await waitWhile(() => bridge.inFlight > 0, 50, 10);
     expect(bridge.inFlight).toBe(0);
     expect((await postMcp(t.mcpUrl, token, LIST, { "mcp-session-id": session })).status).toBe(200);
   });

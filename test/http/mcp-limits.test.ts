@@ -5,6 +5,7 @@ import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, holdStandaloneStream, INITIALIZE, isAlive, openSession, postMcp, processesMatching } from "../helpers/mcp.ts";
 import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
+import { waitWhile } from "../helpers/promises.ts";
 
 async function tokenFor(t: TestBroker, login: string): Promise<string> {
   t.forgejo.setCurrentUser(login);
@@ -108,7 +109,7 @@ describe("a Forgejo that stops answering while a session start needs a refresh",
     });
     expect(t.logs.some((line) => line.includes('"msg":"/mcp request failed"'))).toBe(false);
 
-    for (let i = 0; i < 80 && !t.logs.some((line) => line.includes('"msg":"upstream credential refreshed"')); i++) await Bun.sleep(25);
+    await waitWhile(() => !t.logs.some((line) => line.includes('"msg":"upstream credential refreshed"')), 80, 25);
     t.forgejo.delayTokenEndpoint(0);
     expect(await openSession(t.mcpUrl, token)).toMatch(/^[0-9a-f]{48}$/);
     expect(t.forgejo.stats.refreshes).toBe(refreshesBefore + 1);
@@ -144,7 +145,7 @@ describe("revocation", () => {
     expect(listed.status).toBe(200);
 
     expect((await form("/oauth/revoke", { token: refreshed.refresh_token, client_id: signedIn.clientId })).status).toBe(200);
-    for (let i = 0; i < 40 && isAlive(pid); i++) await Bun.sleep(25);
+    await waitWhile(() => isAlive(pid), 40, 25);
     expect(isAlive(pid)).toBe(false);
     expect(t.broker.registry.hasGrant(identity.grantId)).toBe(false);
     expect(t.logs.some((line) => line.includes('"reason":"every token of its sign-in was revoked"'))).toBe(true);
@@ -158,10 +159,7 @@ describe("revocation", () => {
     try {
       const starting = postMcp(t.mcpUrl, signedIn.accessToken, INITIALIZE);
       let child: { pid: number } | undefined;
-      for (let i = 0; i < 40 && child === undefined; i++) {
-        child = (await processesMatching(marker))[0];
-        if (child === undefined) await Bun.sleep(25);
-      }
+      await waitWhile(async () => (child = (await processesMatching(marker))[0]) === undefined, 40, 25);
       expect(child).toBeDefined();
 
       expect((await form("/oauth/revoke", { token: signedIn.refreshToken, client_id: signedIn.clientId })).status).toBe(200);
@@ -169,7 +167,7 @@ describe("revocation", () => {
       expect(answer.status).toBe(401);
       expect(answer.headers.get("www-authenticate")).toContain('error="invalid_token"');
       expect(answer.headers.get("mcp-session-id")).toBeNull();
-      for (let i = 0; i < 40 && isAlive(child!.pid); i++) await Bun.sleep(25);
+      await waitWhile(() => isAlive(child!.pid), 40, 25);
       expect(isAlive(child!.pid)).toBe(false);
       expect(t.broker.registry.size).toBe(0);
     } finally {

@@ -14,7 +14,7 @@ import {
   type UpstreamTokens,
 } from "../../src/upstream/forgejo.ts";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
-import { rejection } from "../helpers/promises.ts";
+import { rejection, waitWhile } from "../helpers/promises.ts";
 
 const REDIRECT = "http://127.0.0.1:9/oauth/callback";
 const HOUR = 3600_000;
@@ -281,7 +281,7 @@ describe("refusal and unavailability", () => {
     // Still in flight: this caller waits for the same refresh instead of spending the refresh token a second time.
     expect(await rejection(impatient.refreshNow(ALICE.id))).toBeInstanceOf(UpstreamUnavailableError);
 
-    for (let i = 0; i < 80 && store.getUpstreamCredential(ALICE.id)!.version === 1; i++) await Bun.sleep(25);
+    await waitWhile(() => store.getUpstreamCredential(ALICE.id)!.version === 1, 80, 25);
     // Long enough for a second refresh, had one been sent at the second caller's time, to have arrived too.
     await Bun.sleep(400);
     forgejo.delayTokenEndpoint(0);

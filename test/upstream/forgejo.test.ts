@@ -7,7 +7,7 @@ import { randomBase64Url } from "../../src/crypto.ts";
 import { realTimers } from "../../src/supervisor/timers.ts";
 import { ForgejoClient, UpstreamRefusedError, UpstreamUnavailableError, type UpstreamTokens } from "../../src/upstream/forgejo.ts";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
-import { rejection } from "../helpers/promises.ts";
+import { rejection, waitWhile } from "../helpers/promises.ts";
 
 const REDIRECT = "http://127.0.0.1:9/oauth/callback";
 const SCOPES = DEFAULT_FORGEJO_SCOPES.split(" ");
@@ -220,7 +220,7 @@ describe("a Forgejo that accepts the connection and never answers", () => {
       expect(error).toBeInstanceOf(UpstreamUnavailableError);
       expect((error as UpstreamUnavailableError).reason).toBe("timeout");
       expect(error.message).toBe("Forgejo's user API did not answer within 0.3 s");
-      for (let i = 0; i < 40 && silent.state.closed === 0; i++) await Bun.sleep(25);
+      await waitWhile(() => silent.state.closed === 0, 40, 25);
       expect(silent.state).toEqual({ received: ["/api/v1/user"], closed: 1 });
     } finally {
       await silent.stop();
