@@ -83,12 +83,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   const unsubscribe = credentials.onChange((event) => {
     if (event.type === "lost") void registry.endUser(event.forgejoUserId, "the sign-in to Forgejo has ended");
   });
-  // A session lives on its grant, not on one token: it ends once no token of the grant is left,
-  // so a revoked sign-in does not leave a child holding the user's Forgejo token until the idle reap.
-  const unwatchRevocations = store.onRevocation((grantId) => {
-    if (!registry.hasGrant(grantId) || store.grantHasLiveTokens(grantId, now())) return;
-    void registry.endGrant(grantId, "every token of its sign-in was revoked");
-  });
+  const unwatchRevocations = store.onRevocation((grantId) => void registry.grantRevoked(grantId));
   const mcp = mcpRoutes({
     registry,
     sessions: config.sessions,

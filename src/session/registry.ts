@@ -71,8 +71,9 @@ export interface SessionRegistryDeps {
   /** Without it, sessions keep the token they started with. */
   refresh?: UpstreamRefresher;
   /**
-   * Whether a client can still act under the grant. Asked once a start is about to register its
-   * session, because a revocation during the start found no session to end. Without it, every grant is live.
+   * Whether a client can still act under the grant (a session lives on its grant, not on one token).
+   * Asked after a revocation, and once a start is about to register its session, because a
+   * revocation during the start found no session to end. Without it, every grant is live.
    */
   grantIsLive?: (grantId: string) => boolean;
   /** After a refused refresh has ended the user's sessions: revoke their grants so the client signs in again. */
@@ -209,10 +210,14 @@ export class SessionRegistry {
     );
   }
 
-  /** Ends every session bound to the grant, e.g. once no token of it is left; resolves when all are dropped. */
-  async endGrant(grantId: string, reason: string): Promise<void> {
+  /**
+   * A token of the grant was revoked: once no token of it is left, its sessions end, so a revoked
+   * sign-in does not leave a child holding the user's Forgejo token until the idle reap.
+   */
+  async grantRevoked(grantId: string): Promise<void> {
+    if (!this.hasGrant(grantId) || this.deps.grantIsLive?.(grantId) !== false) return;
     const ended = [...this.sessions.values()].filter((entry) => entry.binding.grantId === grantId);
-    await Promise.all(ended.map((entry) => this.drop(entry, reason)));
+    await Promise.all(ended.map((entry) => this.drop(entry, "every token of its sign-in was revoked")));
   }
 
   /** Whether any live session is bound to the grant. */

@@ -188,6 +188,23 @@ describe("create", () => {
     expect(error.events.map((e) => e.data)).toEqual(['{"jsonrpc":"2.0","id":0,"error":{"code":-32602,"message":"Unsupported protocol version"}}']);
     expect(registry.size).toBe(0);
   });
+  test("after a revocation a grant's sessions end only once no token of it is left, and no other grant's", async () => {
+    const revoked = new Set<string>();
+    const { registry, children, logger } = setup({}, { grantIsLive: (grantId) => !revoked.has(grantId) });
+    const [first, second, other] = [await registry.create(alice, initialize), await registry.create(alice, initialize), await registry.create(bob, initialize)];
+
+    await registry.grantRevoked(alice.grantId);
+    expect(registry.size).toBe(3);
+
+    revoked.add(alice.grantId);
+    await registry.grantRevoked(alice.grantId);
+    expect(() => registry.get(first.entry.id, alice)).toThrow(SessionNotFoundError);
+    expect(() => registry.get(second.entry.id, alice)).toThrow(SessionNotFoundError);
+    expect(registry.get(other.entry.id, bob)).toBe(other.entry);
+    expect(children.map((child) => child.stopCalls)).toEqual([1, 1, 0]);
+    expect(logger.lines.filter((line) => line.includes('"reason":"every token of its sign-in was revoked"'))).toHaveLength(2);
+  });
+
   test("a start whose sign-in is revoked before its child answers stops that child and is refused (401), with no session", async () => {
     const revoked = new Set<string>();
     const { registry, setChild, children } = setup({}, { grantIsLive: (grantId) => !revoked.has(grantId) });
