@@ -1,0 +1,269 @@
+// `bun run bench/conformance.ts`: the MCP conformance suite's server scenarios run through the broker as
+// one signed-in user would — one access token, no DELETE between scenarios — with a summary of the score,
+// each failure, and how many times the broker answered 429. Everything it starts is stopped at the end.
+//
+// Behind the broker: test/fixtures/conformance-server.ts, the suite's reference server on stdio. In front:
+// a loopback proxy that adds the bearer header (the conformance CLI cannot send one) and is the broker's
+// BROKER_PUBLIC_URL, as a reverse proxy would be.
+import { existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { startTestBroker, type TestBroker } from "../test/helpers/broker.ts";
+import { obtainTokens } from "../test/helpers/oauth-client.ts";
+import { startBearerProxy, type BearerProxy } from "./lib/bearer-proxy.ts";
+import { REPO_ROOT } from "./lib/gateways.ts";
+import { describeDescendants } from "./lib/proc.ts";
+
+const USAGE = `usage: bun run bench/conformance.ts [options]
+
+  --conformance-bin PATH  the conformance CLI (node_modules/.bin/conformance of an install of
+                          @modelcontextprotocol/conformance); default: this checkout's node_modules
+  --suite NAME            all (default: the 32 scenarios \`conformance list --server\` shows), active
+                          (the CLI's own default: all but the 2 it marks pending) or pending
+  --scenario NAME         run this one scenario instead of a suite
+  --timeout-s N           stop the suite after N seconds (default 900)
+  --output-dir DIR        keep the suite's checks.json per scenario and its output there
+  --verbose               print the suite's own output as it runs
+  --help
+
+BROKER_* variables in the environment reach the broker (e.g. BROKER_MAX_SESSIONS_PER_USER), except
+BROKER_PUBLIC_URL, BROKER_PORT, BROKER_DATA_DIR and BROKER_CHILD_COMMAND, which the harness sets.
+Exit status: 0 when the broker answered no 429 and nothing it started was left running; 1 otherwise;
+2 when the harness could not run. Scenarios failing for other reasons are reported, not fatal.`;
+
+const HARNESS_OWNED = new Set(["BROKER_PUBLIC_URL", "BROKER_PORT", "BROKER_DATA_DIR", "BROKER_CHILD_COMMAND"]);
+const FIXTURE = join(REPO_ROOT, "test/fixtures/conformance-server.ts");
+const SCENARIO_LINE = /^=== Running scenario: (.+) ===$/;
+const RESULT_DIR = /^server-(.+)-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z$/;
+
+interface Check {
+  id: string;
+  name: string;
+  status: "SUCCESS" | "FAILURE" | "WARNING" | "INFO" | string;
+  errorMessage?: string;
+}
+
+interface ScenarioOutcome {
+  name: string;
+  /** null: the suite wrote no checks.json for it (it crashed or was stopped; its output says why). */
+  checks: Check[] | null;
+  answers429: number;
+}
+
+const log = (line: string) => process.stderr.write(line + "\n");
+
+function fail(message: string): never {
+  log(`conformance: ${message}\n\n${USAGE}`);
+  process.exit(2);
+}
+
+let args: ReturnType<typeof parse>;
+function parse() {
+  return parseArgs({
+    args: Bun.argv.slice(2),
+    options: {
+      "conformance-bin": { type: "string" },
+      suite: { type: "string", default: "all" },
+      scenario: { type: "string" },
+      "timeout-s": { type: "string", default: "900" },
+      "output-dir": { type: "string" },
+      verbose: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+}
+try {
+  args = parse();
+} catch (error) {
+  fail(error instanceof Error ? error.message : String(error));
+}
+if (args.values.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
+const timeoutS = Number(args.values["timeout-s"]);
+if (!Number.isInteger(timeoutS) || timeoutS < 1) fail(`--timeout-s must be a whole number of seconds ≥ 1, not ${args.values["timeout-s"]}`);
+const bin = resolve(args.values["conformance-bin"] ?? join(REPO_ROOT, "node_modules/.bin/conformance"));
+if (!existsSync(bin)) fail(`no conformance CLI at ${bin}: install @modelcontextprotocol/conformance@0.1.16 and pass --conformance-bin`);
+/** The CLI's package.json, two levels above its dist/index.js: the version goes into the report. */
+const suiteVersion = (() => {
+  try {
+    return JSON.parse(readFileSync(join(dirname(realpathSync(bin)), "../package.json"), "utf8")).version as string;
+  } catch {
+    return "?";
+  }
+})();
+
+const resultsDir = args.values["output-dir"] ? resolve(args.values["output-dir"]) : mkdtempSync(join(tmpdir(), "fmb-conformance-"));
+mkdirSync(resultsDir, { recursive: true });
+
+let currentScenario = "(sign-in)";
+let proxy: BearerProxy | undefined;
+let broker: TestBroker | undefined;
+let cli: Bun.Subprocess<"ignore", "pipe", "pipe"> | undefined;
+let stopped: Promise<void> | undefined;
+
+/** Stops what this run started, in the order that lets each part end cleanly: suite, broker (its children, Forgejo), proxy. */
+function stopEverything(): Promise<void> {
+  return (stopped ??= (async () => {
+    if (cli && cli.exitCode === null) {
+      cli.kill("SIGKILL");
+      await cli.exited;
+    }
+    await broker?.stop();
+    await proxy?.stop();
+    if (!args.values["output-dir"]) rmSync(resultsDir, { recursive: true, force: true });
+  })());
+}
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    log(`conformance: ${signal}, stopping`);
+    void stopEverything().then(() => process.exit(130));
+  });
+}
+
+/** Reads the suite's stdout line by line: follows which scenario runs (for the proxy's labels) and keeps the text. */
+async function followOutput(stream: ReadableStream<Uint8Array>, into: string[]): Promise<void> {
+  let pending = "";
+  const decoder = new TextDecoder();
+  for await (const bytes of stream) {
+    const chunk = decoder.decode(bytes, { stream: true });
+    if (args.values.verbose) process.stderr.write(chunk);
+    pending += chunk;
+    const lines = pending.split("\n");
+    pending = lines.pop() ?? "";
+    for (const line of lines) {
+      // The CLI colours its output; the scenario marker itself is plain.
+      const plain = line.replace(/\x1b\[[0-9;]*m/g, "");
+      into.push(plain);
+      const marker = SCENARIO_LINE.exec(plain.trim());
+      if (marker) currentScenario = marker[1]!;
+    }
+  }
+  if (pending !== "") into.push(pending);
+}
+
+/** The checks.json the suite wrote for each scenario, by scenario name. */
+function readResults(dir: string): Map<string, Check[]> {
+  const results = new Map<string, Check[]>();
+  for (const entry of readdirSync(dir)) {
+    const name = RESULT_DIR.exec(entry)?.[1];
+    const file = join(dir, entry, "checks.json");
+    if (name !== undefined && existsSync(file)) results.set(name, JSON.parse(readFileSync(file, "utf8")) as Check[]);
+  }
+  return results;
+}
+
+const started = performance.now();
+let outcomes: ScenarioOutcome[] = [];
+let brokerLines: Record<string, unknown>[] = [];
+let suiteExit: number | null = null;
+let timedOut = false;
+let suiteSeconds = 0;
+let maxPerUser = 0;
+try {
+  proxy = startBearerProxy(() => currentScenario);
+  const passthrough = Object.fromEntries(
+    Object.entries(process.env).filter((entry): entry is [string, string] => entry[0].startsWith("BROKER_") && !HARNESS_OWNED.has(entry[0]) && entry[1] !== undefined),
+  );
+  broker = await startTestBroker({
+    env: {
+      ...passthrough,
+      BROKER_PUBLIC_URL: proxy.url,
+      // Quoted: the command is split into argv like a shell would, and a checkout path may hold spaces.
+      BROKER_CHILD_COMMAND: `'${process.execPath}' '${FIXTURE}'`,
+    },
+  });
+  maxPerUser = broker.config.sessions.maxSessionsPerUser;
+  proxy.setUpstream(`http://127.0.0.1:${broker.config.port}`);
+  const tokens = await obtainTokens(proxy.url);
+  proxy.setToken(tokens.accessToken);
+
+  const mcpUrl = `${proxy.url}/mcp`;
+  const argv = [process.execPath, bin, "server", "--url", mcpUrl, "--output-dir", resultsDir, ...(args.values.scenario ? ["--scenario", args.values.scenario] : ["--suite", args.values.suite!])];
+  log(`conformance: ${suiteVersion} against ${mcpUrl} (broker on :${broker.config.port}, child ${FIXTURE.slice(REPO_ROOT.length + 1)})`);
+  // The CLI needs Node ≥ 22 (fs.globSync); bun runs it as it is.
+  const suiteStarted = performance.now();
+  cli = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const output: string[] = [];
+  const timer = setTimeout(() => {
+    timedOut = true;
+    cli?.kill("SIGKILL");
+  }, timeoutS * 1000);
+  const [, , stderrText] = await Promise.all([cli.exited, followOutput(cli.stdout, output), new Response(cli.stderr).text()]);
+  clearTimeout(timer);
+  suiteSeconds = (performance.now() - suiteStarted) / 1000;
+  suiteExit = cli.exitCode;
+  writeFileSync(join(resultsDir, "conformance-output.txt"), output.join("\n") + (stderrText ? `\n--- stderr ---\n${stderrText}` : ""));
+
+  const ran = output.map((line) => SCENARIO_LINE.exec(line.trim())?.[1]).filter((name): name is string => name !== undefined);
+  // A single --scenario prints no marker line.
+  if (ran.length === 0 && args.values.scenario) ran.push(args.values.scenario);
+  const results = readResults(resultsDir);
+  outcomes = ran.map((name) => ({
+    name,
+    checks: results.get(name) ?? null,
+    answers429: proxy!.answers.filter((answer) => answer.label === name && answer.status === 429).length,
+  }));
+  brokerLines = broker.logs.map((line) => JSON.parse(line) as Record<string, unknown>);
+} catch (error) {
+  log(`conformance: the run failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+  await stopEverything();
+  process.exit(2);
+}
+const answers = proxy.answers;
+await stopEverything();
+const seconds = (performance.now() - started) / 1000;
+const leftover = describeDescendants(process.pid);
+
+// ---- the report ----
+const failedChecks = (outcome: ScenarioOutcome) => (outcome.checks ?? []).filter((check) => check.status === "FAILURE");
+const passed = outcomes.filter((outcome) => outcome.checks !== null && failedChecks(outcome).length === 0);
+const failed = outcomes.filter((outcome) => !passed.includes(outcome));
+const mcpRequests = brokerLines.filter((line) => line.msg === "request" && line.path === "/mcp");
+const broker429 = mcpRequests.filter((line) => line.status === 429).length;
+const deletes = mcpRequests.filter((line) => line.method === "DELETE").length;
+const sessionsStarted = brokerLines.filter((line) => line.msg === "session started").length;
+const statuses = new Map<number, number>();
+for (const answer of answers) statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1);
+const oneLine = (text: string, max = 220) => {
+  const flat = text.replace(/\s+/g, " ").trim();
+  return flat.length > max ? `${flat.slice(0, max)}…` : flat;
+};
+
+const report = [
+  `MCP conformance ${suiteVersion}, server scenarios (${args.values.scenario ?? `suite ${args.values.suite}`}), through the broker (one access token, no DELETE sent by the harness)`,
+  `  scenarios passed:   ${passed.length}/${outcomes.length}${timedOut ? ` (stopped after --timeout-s ${timeoutS})` : ""}; suite exit status ${suiteExit}`,
+  `  429 from the broker: ${broker429} (request log); seen by the client in ${outcomes.filter((o) => o.answers429 > 0).length} scenario(s)`,
+  `  sessions started:   ${sessionsStarted} for one user (BROKER_MAX_SESSIONS_PER_USER=${maxPerUser}); DELETEs received: ${deletes}`,
+  `  /mcp answers:       ${[...statuses].sort(([a], [b]) => a - b).map(([status, count]) => `${status}×${count}`).join(", ")}`,
+  `  took ${seconds.toFixed(1)} s, the suite itself ${suiteSeconds.toFixed(1)} s; ${leftover.total === 0 ? "nothing left running" : `LEFT RUNNING: ${leftover.total} process(es): ${leftover.examples.join("; ")}`}`,
+];
+if (failed.length > 0) {
+  report.push("", "failed scenarios:");
+  for (const outcome of failed) {
+    const tag = outcome.answers429 > 0 ? ` [${outcome.answers429}× 429]` : "";
+    if (outcome.checks === null) {
+      report.push(`  ✗ ${outcome.name}${tag}: no checks.json (see conformance-output.txt)`);
+      continue;
+    }
+    const checks = failedChecks(outcome);
+    report.push(`  ✗ ${outcome.name}${tag}: ${checks.map((check) => `${check.name}: ${oneLine(check.errorMessage ?? "(no message)")}`).join(" | ")}`);
+  }
+}
+const warned = outcomes.filter((outcome) => (outcome.checks ?? []).some((check) => check.status === "WARNING"));
+if (warned.length > 0) {
+  report.push("", "warnings (not failures):");
+  for (const outcome of warned) {
+    for (const check of outcome.checks!.filter((c) => c.status === "WARNING")) report.push(`  ! ${outcome.name}: ${check.name}: ${oneLine(check.errorMessage ?? "(no message)")}`);
+  }
+}
+report.push("", `passed: ${passed.map((outcome) => outcome.name).join(", ") || "none"}`);
+if (args.values["output-dir"]) report.push(`results: ${resultsDir}`);
+console.log(report.join("\n"));
+
+process.exit(broker429 === 0 && leftover.total === 0 && !timedOut && outcomes.length > 0 ? 0 : 1);
