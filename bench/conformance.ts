@@ -164,6 +164,8 @@ let brokerLines: Record<string, unknown>[] = [];
 let suiteExit: number | null = null;
 let timedOut = false;
 let suiteSeconds = 0;
+/** The end of the CLI's own output, shown when a scenario left no result (the CLI could not start, or was stopped). */
+let suiteTail = "";
 let maxPerUser = 0;
 try {
   proxy = startBearerProxy(() => currentScenario);
@@ -198,7 +200,9 @@ try {
   clearTimeout(timer);
   suiteSeconds = (performance.now() - suiteStarted) / 1000;
   suiteExit = cli.exitCode;
-  writeFileSync(join(resultsDir, "conformance-output.txt"), output.join("\n") + (stderrText ? `\n--- stderr ---\n${stderrText}` : ""));
+  const fullOutput = output.join("\n") + (stderrText ? `\n--- stderr ---\n${stderrText}` : "");
+  writeFileSync(join(resultsDir, "conformance-output.txt"), fullOutput);
+  suiteTail = fullOutput.split("\n").slice(-15).join("\n");
 
   const ran = output.map((line) => SCENARIO_LINE.exec(line.trim())?.[1]).filter((name): name is string => name !== undefined);
   // A single --scenario prints no marker line.
@@ -248,7 +252,7 @@ if (failed.length > 0) {
   for (const outcome of failed) {
     const tag = outcome.answers429 > 0 ? ` [${outcome.answers429}× 429]` : "";
     if (outcome.checks === null) {
-      report.push(`  ✗ ${outcome.name}${tag}: no checks.json (see conformance-output.txt)`);
+      report.push(`  ✗ ${outcome.name}${tag}: the suite wrote no result for it (the end of its output is below)`);
       continue;
     }
     const checks = failedChecks(outcome);
@@ -262,6 +266,7 @@ if (warned.length > 0) {
     for (const check of outcome.checks!.filter((c) => c.status === "WARNING")) report.push(`  ! ${outcome.name}: ${check.name}: ${oneLine(check.errorMessage ?? "(no message)")}`);
   }
 }
+if (outcomes.length === 0 || outcomes.some((outcome) => outcome.checks === null)) report.push("", "the end of the suite's output:", suiteTail);
 report.push("", `passed: ${passed.map((outcome) => outcome.name).join(", ") || "none"}`);
 if (args.values["output-dir"]) report.push(`results: ${resultsDir}`);
 console.log(report.join("\n"));
