@@ -1,5 +1,6 @@
 // Reads the broker's configuration from the environment and validates all of it at once,
 // so a misconfigured start-up prints one clear line per problem instead of failing later.
+import type { LogLevel } from "./log.ts";
 
 export interface BrokerConfig {
   /** Issuer and resource base, without a trailing slash. Never derived from the Host header. */
@@ -21,6 +22,7 @@ export interface BrokerConfig {
   };
   child: ChildConfig;
   sessions: SessionConfig;
+  logLevel: LogLevel;
 }
 
 export interface ChildConfig {
@@ -45,6 +47,8 @@ export interface SessionConfig {
 /** Forgejo ignores a changed scope string once an app holds a grant, so this stays constant. */
 export const DEFAULT_FORGEJO_SCOPES =
   "read:user write:repository write:issue read:organization read:notification";
+
+const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
 
 export type ConfigResult = { ok: true; config: BrokerConfig } | { ok: false; problems: string[] };
 
@@ -158,6 +162,11 @@ export function loadConfig(env: Env): ConfigResult {
     }
   }
 
+  // Upper case is how many tools spell levels (INFO): accepted, not silently turned into "log nothing".
+  const rawLogLevel = get("BROKER_LOG_LEVEL") ?? "info";
+  const logLevel = LOG_LEVELS.find((level) => level === rawLogLevel.toLowerCase());
+  if (logLevel === undefined) problem("BROKER_LOG_LEVEL", `must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(rawLogLevel)}`, "info");
+
   if (problems.length > 0) return { ok: false, problems };
 
   return {
@@ -175,6 +184,7 @@ export function loadConfig(env: Env): ConfigResult {
         ...sessions,
         allowedOrigins: allowedOrigins.length > 0 ? allowedOrigins : [new URL(publicUrl).origin],
       },
+      logLevel: logLevel ?? "info",
     },
   };
 }

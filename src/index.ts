@@ -12,7 +12,7 @@ if (!result.ok || problems.length > 0) {
   process.exit(2);
 }
 const config = result.config;
-const logger = createLogger({ level: (process.env.BROKER_LOG_LEVEL as "debug" | "info" | "warn" | "error" | undefined) ?? "info" });
+const logger = createLogger({ level: config.logLevel });
 
 const broker = await startBroker(config, { logger });
 logger.info("broker listening", { url: broker.url, public_url: config.publicUrl, forgejo_url: config.forgejo.url, child_command: config.child.command[0] });

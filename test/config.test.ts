@@ -2,6 +2,7 @@
 // command-line splitting that must never go through a shell.
 import { describe, expect, test } from "bun:test";
 import { DEFAULT_FORGEJO_SCOPES, loadConfig, splitCommandLine } from "../src/config.ts";
+import type { LogLevel } from "../src/log.ts";
 
 const REQUIRED = { FORGEJO_URL: "https://forgejo.example.com/", FORGEJO_CLIENT_ID: "id", FORGEJO_CLIENT_SECRET: "secret" };
 
@@ -19,7 +20,14 @@ describe("loadConfig", () => {
       forgejo: { url: "https://forgejo.example.com", clientId: "id", clientSecret: "secret", scopes: DEFAULT_FORGEJO_SCOPES.split(" "), timeoutMs: 20_000 },
       child: { command: ["forgejo-mcp", "--transport", "stdio"], urlEnv: "FORGEJO_URL", tokenEnv: "FORGEJO_ACCESS_TOKEN", passthroughEnv: [], stopGraceMs: 5000 },
       sessions: { idleTimeoutMs: 900_000, refreshLeadMs: 300_000, requestTimeoutMs: 300_000, maxMessageBytes: 4 * 1024 * 1024, allowedOrigins: ["http://127.0.0.1:8080"] },
+      logLevel: "info",
     });
+  });
+
+  const levels: [string, LogLevel][] = [["debug", "debug"], ["warn", "warn"], ["INFO", "info"], ["Error", "error"]];
+  test.each(levels)("BROKER_LOG_LEVEL=%s is the level %s", (raw, level) => {
+    const result = loadConfig({ ...REQUIRED, BROKER_LOG_LEVEL: raw });
+    expect(result.ok && result.config.logLevel).toBe(level);
   });
 
   test("FORGEJO_TIMEOUT_S is read in seconds", () => {
@@ -43,6 +51,7 @@ describe("loadConfig", () => {
     ["an origin with a path", { BROKER_ALLOWED_ORIGINS: "https://claude.ai/x" }, /^BROKER_ALLOWED_ORIGINS: has "https:\/\/claude.ai\/x", which is not an origin/],
     ["zero sessions", { BROKER_MAX_SESSIONS: "0" }, /^BROKER_MAX_SESSIONS: must be a whole number from 1/],
     ["no wait for Forgejo at all", { FORGEJO_TIMEOUT_S: "0" }, /^FORGEJO_TIMEOUT_S: must be a whole number from 1 to 600, got "0"/],
+    ["an unknown log level", { BROKER_LOG_LEVEL: "verbose" }, /^BROKER_LOG_LEVEL: must be one of debug, info, warn, error, got "verbose" \(example: BROKER_LOG_LEVEL=info\)$/],
   ];
   test.each(problems)("%s", (_, env, expected) => {
     const result = loadConfig({ ...REQUIRED, ...env });
