@@ -140,6 +140,8 @@ export function loadConfig(env: Env): ConfigResult {
   for (const name of passthroughEnv) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
       problem("BROKER_CHILD_ENV_PASSTHROUGH", `has a bad variable name ${JSON.stringify(name)}`, "HOME,LANG");
+    } else if (isBrokerSecretName(name)) {
+      problem("BROKER_CHILD_ENV_PASSTHROUGH", `must not hand the broker's own ${JSON.stringify(name)} to children`, "HOME,LANG");
     }
   }
 
@@ -187,6 +189,14 @@ export function loadConfig(env: Env): ConfigResult {
       logLevel: logLevel ?? "info",
     },
   };
+}
+
+/**
+ * The broker's own configuration, whose secrets (BROKER_SEALING_KEY and any BROKER_* secret to come) a
+ * child must never see, and its Forgejo client secret; a child gets only its user's token.
+ */
+function isBrokerSecretName(name: string): boolean {
+  return name.startsWith("BROKER_") || name === "FORGEJO_CLIENT_SECRET";
 }
 
 /** Splits a command line into argv the way a POSIX shell would for plain words and quotes, and nothing more. */
