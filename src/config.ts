@@ -164,7 +164,7 @@ export function loadConfig(env: Env): ConfigResult {
     }
   }
 
-  // Upper case is how many tools spell levels (INFO): accepted, not silently turned into "log nothing".
+  // Upper case (INFO) is how many tools spell levels: accepted and normalised; anything else is refused.
   const rawLogLevel = get("BROKER_LOG_LEVEL") ?? "info";
   const logLevel = LOG_LEVELS.find((level) => level === rawLogLevel.toLowerCase());
   if (logLevel === undefined) problem("BROKER_LOG_LEVEL", `must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(rawLogLevel)}`, "info");
