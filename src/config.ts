@@ -1,5 +1,6 @@
 // Reads the broker's configuration from the environment and validates all of it at once,
 // so a misconfigured start-up prints one clear line per problem instead of failing later.
+import type { LogLevel } from "./log.ts";
 
 export interface BrokerConfig {
   /** Issuer and resource base, without a trailing slash. Never derived from the Host header. */
@@ -21,6 +22,7 @@ export interface BrokerConfig {
   };
   child: ChildConfig;
   sessions: SessionConfig;
+  logLevel: LogLevel;
 }
 
 export interface ChildConfig {
@@ -45,6 +47,8 @@ export interface SessionConfig {
 /** Forgejo ignores a changed scope string once an app holds a grant, so this stays constant. */
 export const DEFAULT_FORGEJO_SCOPES =
   "read:user write:repository write:issue read:organization read:notification";
+
+const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error"];
 
 export type ConfigResult = { ok: true; config: BrokerConfig } | { ok: false; problems: string[] };
 
@@ -136,6 +140,8 @@ export function loadConfig(env: Env): ConfigResult {
   for (const name of passthroughEnv) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
       problem("BROKER_CHILD_ENV_PASSTHROUGH", `has a bad variable name ${JSON.stringify(name)}`, "HOME,LANG");
+    } else if (isBrokerSecretName(name)) {
+      problem("BROKER_CHILD_ENV_PASSTHROUGH", `must not hand the broker's own ${JSON.stringify(name)} to children`, "HOME,LANG");
     }
   }
 
@@ -158,6 +164,11 @@ export function loadConfig(env: Env): ConfigResult {
     }
   }
 
+  // Upper case (INFO) is how many tools spell levels: accepted and normalised; anything else is refused.
+  const rawLogLevel = get("BROKER_LOG_LEVEL") ?? "info";
+  const logLevel = LOG_LEVELS.find((level) => level === rawLogLevel.toLowerCase());
+  if (logLevel === undefined) problem("BROKER_LOG_LEVEL", `must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(rawLogLevel)}`, "info");
+
   if (problems.length > 0) return { ok: false, problems };
 
   return {
@@ -175,8 +186,17 @@ export function loadConfig(env: Env): ConfigResult {
         ...sessions,
         allowedOrigins: allowedOrigins.length > 0 ? allowedOrigins : [new URL(publicUrl).origin],
       },
+      logLevel: logLevel ?? "info",
     },
   };
+}
+
+/**
+ * The broker's own configuration, whose secrets (BROKER_SEALING_KEY and any BROKER_* secret to come) a
+ * child must never see, and its Forgejo client secret; a child gets only its user's token.
+ */
+function isBrokerSecretName(name: string): boolean {
+  return name.startsWith("BROKER_") || name === "FORGEJO_CLIENT_SECRET";
 }
 
 /** Splits a command line into argv the way a POSIX shell would for plain words and quotes, and nothing more. */

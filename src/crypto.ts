@@ -1,6 +1,6 @@
 // Token minting, hashing and the sealing of upstream Forgejo tokens: the only place that
 // touches key material, so every secret at rest is either a SHA-256 hash or AES-256-GCM ciphertext.
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { timingSafeEqual } from "node:crypto";
 import { join } from "node:path";
 
@@ -65,15 +65,26 @@ export class TokenSealer {
   }
 }
 
+/** A key file that others may read is a leaked key: refused at start-up, with the command that fixes it. */
+export class SealingKeyExposedError extends Error {
+  override readonly name = "SealingKeyExposedError";
+  constructor(path: string, mode: number) {
+    super(`${path} has mode ${mode.toString(8).padStart(4, "0")}, so other users may read the sealing key; run chmod 600 '${path}' and start again`);
+  }
+}
+
 /**
  * The sealing key from configuration, or the one generated on first start in the data directory
- * (directory 0700, key file 0600), so that a restart can still unseal what it stored.
+ * (directory 0700, key file 0600), so that a restart can still unseal what it stored. An existing key
+ * file with any group or other permission throws SealingKeyExposedError.
  */
 export function loadOrCreateSealingKey(dataDir: string, configured: Uint8Array | null): Uint8Array {
   if (configured !== null) return configured;
   ensurePrivateDir(dataDir);
   const path = join(dataDir, "sealing.key");
   if (existsSync(path)) {
+    const mode = statSync(path).mode & 0o777;
+    if ((mode & 0o077) !== 0) throw new SealingKeyExposedError(path, mode);
     const key = Buffer.from(readFileSync(path, "utf8").trim(), "base64");
     if (key.length !== 32) throw new Error(`${path} does not hold a 32-byte base64 key`);
     return new Uint8Array(key);

@@ -1,7 +1,8 @@
-// Entry point: configuration → child command check → store → app → listen; SIGTERM/SIGINT stop accepting,
-// stop every child and wait for it, let in-flight requests finish, close the database, exit 0. Bad configuration exits 2.
+// Entry point: configuration → child command check → store → app → listen; SIGTERM/SIGINT stop accepting, stop every
+// child and wait for it, let in-flight requests finish, close the database, exit 0. Bad configuration or key file exits 2.
 import { startBroker } from "./broker.ts";
 import { loadConfig } from "./config.ts";
+import { SealingKeyExposedError } from "./crypto.ts";
 import { createLogger } from "./log.ts";
 import { checkChildCommand } from "./supervisor/child.ts";
 
@@ -12,9 +13,13 @@ if (!result.ok || problems.length > 0) {
   process.exit(2);
 }
 const config = result.config;
-const logger = createLogger({ level: (process.env.BROKER_LOG_LEVEL as "debug" | "info" | "warn" | "error" | undefined) ?? "info" });
+const logger = createLogger({ level: config.logLevel });
 
-const broker = await startBroker(config, { logger });
+const broker = await startBroker(config, { logger }).catch((error: unknown) => {
+  if (!(error instanceof SealingKeyExposedError)) throw error;
+  console.error(`config: ${error.message}`);
+  process.exit(2);
+});
 logger.info("broker listening", { url: broker.url, public_url: config.publicUrl, forgejo_url: config.forgejo.url, child_command: config.child.command[0] });
 
 let signalled = false;

@@ -2,6 +2,7 @@
 // command-line splitting that must never go through a shell.
 import { describe, expect, test } from "bun:test";
 import { DEFAULT_FORGEJO_SCOPES, loadConfig, splitCommandLine } from "../src/config.ts";
+import type { LogLevel } from "../src/log.ts";
 
 const REQUIRED = { FORGEJO_URL: "https://forgejo.example.com/", FORGEJO_CLIENT_ID: "id", FORGEJO_CLIENT_SECRET: "secret" };
 
@@ -19,7 +20,14 @@ describe("loadConfig", () => {
       forgejo: { url: "https://forgejo.example.com", clientId: "id", clientSecret: "secret", scopes: DEFAULT_FORGEJO_SCOPES.split(" "), timeoutMs: 20_000 },
       child: { command: ["forgejo-mcp", "--transport", "stdio"], urlEnv: "FORGEJO_URL", tokenEnv: "FORGEJO_ACCESS_TOKEN", passthroughEnv: [], stopGraceMs: 5000 },
       sessions: { idleTimeoutMs: 900_000, refreshLeadMs: 300_000, requestTimeoutMs: 300_000, maxMessageBytes: 4 * 1024 * 1024, allowedOrigins: ["http://127.0.0.1:8080"] },
+      logLevel: "info",
     });
+  });
+
+  const levels: [string, LogLevel][] = [["debug", "debug"], ["warn", "warn"], ["INFO", "info"], ["Error", "error"]];
+  test.each(levels)("BROKER_LOG_LEVEL=%s is the level %s", (raw, level) => {
+    const result = loadConfig({ ...REQUIRED, BROKER_LOG_LEVEL: raw });
+    expect(result.ok && result.config.logLevel).toBe(level);
   });
 
   test("FORGEJO_TIMEOUT_S is read in seconds", () => {
@@ -40,9 +48,13 @@ describe("loadConfig", () => {
     ["key of the wrong length", { BROKER_SEALING_KEY: Buffer.alloc(16).toString("base64") }, /^BROKER_SEALING_KEY: must be 32 bytes/],
     ["a bad env name for the token", { BROKER_CHILD_TOKEN_ENV: "MY-TOKEN" }, /^BROKER_CHILD_TOKEN_ENV: is not an environment variable name/],
     ["a bad passthrough name", { BROKER_CHILD_ENV_PASSTHROUGH: "HOME,BAD=1" }, /^BROKER_CHILD_ENV_PASSTHROUGH: has a bad variable name "BAD=1"/],
+    ["the client secret passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "HOME,FORGEJO_CLIENT_SECRET" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "FORGEJO_CLIENT_SECRET" to children/],
+    ["the sealing key passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "BROKER_SEALING_KEY LANG" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "BROKER_SEALING_KEY" to children/],
+    ["a broker variable passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "BROKER_METRICS_TOKEN" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "BROKER_METRICS_TOKEN" to children/],
     ["an origin with a path", { BROKER_ALLOWED_ORIGINS: "https://claude.ai/x" }, /^BROKER_ALLOWED_ORIGINS: has "https:\/\/claude.ai\/x", which is not an origin/],
     ["zero sessions", { BROKER_MAX_SESSIONS: "0" }, /^BROKER_MAX_SESSIONS: must be a whole number from 1/],
     ["no wait for Forgejo at all", { FORGEJO_TIMEOUT_S: "0" }, /^FORGEJO_TIMEOUT_S: must be a whole number from 1 to 600, got "0"/],
+    ["an unknown log level", { BROKER_LOG_LEVEL: "verbose" }, /^BROKER_LOG_LEVEL: must be one of debug, info, warn, error, got "verbose" \(example: BROKER_LOG_LEVEL=info\)$/],
   ];
   test.each(problems)("%s", (_, env, expected) => {
     const result = loadConfig({ ...REQUIRED, ...env });

@@ -1,10 +1,10 @@
 // Token minting, hashing and AES-256-GCM sealing: what an operator relies on when a database
 // file leaks (only hashes and ciphertext) and when the broker restarts (the key persists).
 import { describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, statSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { TokenSealer, hashToken, loadOrCreateSealingKey, mintToken } from "../src/crypto.ts";
+import { SealingKeyExposedError, TokenSealer, hashToken, loadOrCreateSealingKey, mintToken } from "../src/crypto.ts";
 
 describe("tokens", () => {
   test("prefixed, 256 bits of randomness, never repeated", () => {
@@ -44,5 +44,32 @@ describe("sealing", () => {
     expect(statSync(dir).mode & 0o777).toBe(0o700);
     expect(statSync(join(dir, "sealing.key")).mode & 0o777).toBe(0o600);
     expect(Buffer.from(readFileSync(join(dir, "sealing.key"), "utf8").trim(), "base64")).toHaveLength(32);
+  });
+
+  test.each(["0644", "0640", "0604", "0660", "0666"])("an existing key file of mode %s is refused with the command that fixes it", (mode) => {
+    const dir = mkdtempSync(join(tmpdir(), "fmb-key-"));
+    const path = join(dir, "sealing.key");
+    const key = Buffer.alloc(32, 9);
+    writeFileSync(path, key.toString("base64") + "\n");
+    chmodSync(path, parseInt(mode, 8));
+    try {
+      expect(() => loadOrCreateSealingKey(dir, null)).toThrow(SealingKeyExposedError);
+      expect(() => loadOrCreateSealingKey(dir, null)).toThrow(`${path} has mode ${mode}, so other users may read the sealing key; run chmod 600 '${path}' and start again`);
+      chmodSync(path, 0o600);
+      expect(Buffer.from(loadOrCreateSealingKey(dir, null)).equals(key)).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a key file only its owner can read (0400) is used", () => {
+    const dir = mkdtempSync(join(tmpdir(), "fmb-key-"));
+    const path = join(dir, "sealing.key");
+    writeFileSync(path, Buffer.alloc(32, 5).toString("base64") + "\n", { mode: 0o400 });
+    try {
+      expect(Buffer.from(loadOrCreateSealingKey(dir, null)).equals(Buffer.alloc(32, 5))).toBe(true);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -2,6 +2,7 @@
 // server messages to the right SSE stream, replay by event id, and the hand-over on token rotation.
 import type { Logger } from "../log.ts";
 import type { ChildExit, ChildProcess } from "../supervisor/child.ts";
+import { reportChildFailure } from "../supervisor/failure-report.ts";
 import type { TimerHandle, Timers } from "../supervisor/timers.ts";
 import { ChildLink } from "./child-link.ts";
 import {
@@ -392,7 +393,10 @@ export class Bridge {
   }
 
   private childExited(link: ChildLink, exit: ChildExit): void {
-    const why = `the MCP server exited${exit.lastStderrLine === null ? "" : `: ${exit.lastStderrLine}`}`;
+    // Reported (and logged) only where someone is told: a child the broker stopped had its callers answered first.
+    const waiting = [...this.pending.values(), ...this.internal.values()].some((waiter) => waiter.link === link);
+    const told = waiting || (link === this.current && !this.closing);
+    const why = told ? reportChildFailure(this.options.logger, "the MCP server exited", exit.lastStderrLine) : "the MCP server exited";
     this.failAll(link, why, false);
     for (const [key, asked] of this.serverRequests) if (asked.link === link) this.serverRequests.delete(key);
     this.draining.delete(link);

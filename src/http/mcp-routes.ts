@@ -18,6 +18,7 @@ import {
   UserSessionLimitError,
 } from "../session/errors.ts";
 import type { SessionEntry, SessionIdentity, SessionRegistry } from "../session/registry.ts";
+import { reportChildFailure } from "../supervisor/failure-report.ts";
 import { UpstreamCredentialLostError } from "../upstream/credentials.ts";
 import { UpstreamUnavailableError } from "../upstream/forgejo.ts";
 import { acceptedReplies, type AcceptedReplies } from "./accept.ts";
@@ -109,7 +110,9 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     }
     if (error instanceof SessionNotFoundError) return rpcError(404, id, SESSION_NOT_FOUND, "Session not found");
     if (error instanceof SessionForbiddenError) return rpcError(403, id, TRANSPORT_ERROR, error.message);
-    if (error instanceof SessionStartError) return rpcError(502, id, TRANSPORT_ERROR, error.message);
+    if (error instanceof SessionStartError) {
+      return rpcError(502, id, TRANSPORT_ERROR, reportChildFailure(logger, error.message, error.lastStderrLine));
+    }
     if (error instanceof MessageTooLargeError) return rpcError(413, id, ErrorCode.InvalidRequest, error.message, session);
     if (error instanceof StreamConflictError) return rpcError(409, id, TRANSPORT_ERROR, error.message, session);
     if (error instanceof InvalidEventIdError) return rpcError(400, id, TRANSPORT_ERROR, error.message, session);

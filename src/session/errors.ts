@@ -55,7 +55,7 @@ export class SessionRevokedError extends Error {
 
 /**
  * The child could not start or exited before answering initialize → 502 with a JSON-RPC error
- * (code -32000) whose message is this message; it carries the child's last stderr line, masked.
+ * (code -32000) with this message; the child's last stderr line (masked) is for the broker log only.
  */
 export class SessionStartError extends Error {
   override readonly name = "SessionStartError";
@@ -64,7 +64,7 @@ export class SessionStartError extends Error {
     message: string,
     readonly lastStderrLine: string | null,
   ) {
-    super(lastStderrLine === null ? message : `${message}: ${lastStderrLine}`);
+    super(message);
   }
 }
 

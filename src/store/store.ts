@@ -4,6 +4,7 @@ import { Database } from "bun:sqlite";
 import { and, eq, gt, isNull, lt, sql } from "drizzle-orm";
 import { drizzle, type BunSQLiteDatabase } from "drizzle-orm/bun-sqlite";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
+import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
 import { join } from "node:path";
 import * as schema from "./schema.ts";
 
@@ -52,6 +53,12 @@ const MIGRATIONS = join(import.meta.dir, "..", "..", "drizzle");
 
 /** Opens (creating if needed) the SQLite file and brings its schema up to date. */
 export function openSqlite(path: string): Database {
+  // Readable by the broker's user only. SQLite gives the -wal and -shm files it creates later the
+  // database file's mode, so creating that one 0600 is enough; files an older version left 0644 are tightened.
+  if (path !== ":memory:") {
+    closeSync(openSync(path, "a", 0o600));
+    for (const file of [path, `${path}-wal`, `${path}-shm`]) if (existsSync(file)) chmodSync(file, 0o600);
+  }
   const db = new Database(path, { create: true, strict: true });
   db.exec("PRAGMA journal_mode = WAL");
   db.exec("PRAGMA busy_timeout = 5000");

@@ -13,6 +13,7 @@ import type { MessageStream, OutboundEvent } from "../../src/bridge/message-stre
 import { createMemoryLogger } from "../../src/log.ts";
 import type { ChildExit } from "../../src/supervisor/child.ts";
 import { FakeChild, FakeTimers, initializingChild, settle, type Json } from "./fakes.ts";
+import { failureRef, loggedUnder } from "../helpers/failure-report.ts";
 
 function setup(options: { child?: FakeChild; maxMessageBytes?: number; replayMaxEvents?: number } = {}) {
   const child = options.child ?? new FakeChild();
@@ -170,24 +171,32 @@ describe("failures", () => {
     expect((await all(next)).map((e) => e.message.result)).toEqual(["ok"]);
   });
 
-  test("when the child exits, every waiting caller gets an error at once carrying its last stderr line", async () => {
-    const { bridge, child, exits } = setup();
+  test("when the child exits, every waiting caller gets an error at once naming the reference its last stderr line is logged under", async () => {
+    const { bridge, child, exits, logger } = setup();
     const a = bridge.request(call(1, "a"));
     const b = bridge.request(call(2, "b"));
-    child.stderr = "panic: GET /api/v1/user: 401";
+    child.stderr = "panic: GET http://forgejo.internal:3000/api/v1/user: 401";
     child.exit({ code: 2 });
     await settle();
-    const errors = (await Promise.all([all(a), all(b)])).map((events) => events.map((e) => e.message.error));
-    expect(errors).toEqual([
-      [{ code: -32000, message: "the MCP server exited: panic: GET /api/v1/user: 401" }],
-      [{ code: -32000, message: "the MCP server exited: panic: GET /api/v1/user: 401" }],
+    const errors = (await Promise.all([all(a), all(b)])).map((events) => events.map((e) => e.message.error as { code: number; message: string }));
+    const message = errors[0]![0]!.message;
+    const ref = failureRef(message, "the MCP server exited");
+    expect(ref).not.toBeNull();
+    expect(errors).toEqual([[{ code: -32000, message }], [{ code: -32000, message }]]);
+    expect(loggedUnder(logger.lines, ref!)).toEqual([
+      expect.objectContaining({ level: "warn", msg: "the MCP server exited", last_stderr_line: "panic: GET http://forgejo.internal:3000/api/v1/user: 401" }),
     ]);
-    expect(exits).toEqual([{ code: 2, signal: null, lastStderrLine: "panic: GET /api/v1/user: 401" }]);
-    expect(bridge.closed).toBe("the MCP server exited: panic: GET /api/v1/user: 401");
-    expect((await all(bridge.request(call(3, "c"))))[0]!.message.error).toEqual({
-      code: -32000,
-      message: "the MCP server exited: panic: GET /api/v1/user: 401",
-    });
+    expect(exits).toEqual([{ code: 2, signal: null, lastStderrLine: "panic: GET http://forgejo.internal:3000/api/v1/user: 401" }]);
+    expect(bridge.closed).toBe(message);
+    expect((await all(bridge.request(call(3, "c"))))[0]!.message.error).toEqual({ code: -32000, message });
+  });
+
+  test("a child the broker stops is no failure: nothing is reported", async () => {
+    const { bridge, child, logger } = setup();
+    child.stderr = "shutting down";
+    await bridge.close();
+    expect(child.stopCalls).toBe(1);
+    expect(logger.lines.filter((line) => line.includes('"ref"'))).toEqual([]);
   });
 
   test("a client that disconnects makes the bridge cancel its request at the child", async () => {

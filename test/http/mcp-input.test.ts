@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { failureRef, loggedUnder } from "../helpers/failure-report.ts";
 import { childCommand, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
 import { obtainTokens } from "../helpers/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
@@ -298,7 +299,7 @@ describe("the transport's answers", () => {
     expect((await postMcp(t.mcpUrl, token, LIST, { "mcp-session-id": doomed })).status).toBe(404);
   });
 
-  test("a child that cannot start gives initialize a JSON-RPC error with its last stderr line, and no session", async () => {
+  test("a child that cannot start gives initialize a JSON-RPC error naming a reference, no session; its last stderr line is only in the log", async () => {
     t.forgejo.revokeUser("alice");
     // The stand-in child fails its /api/v1/version check with a revoked token.
     const response = await postMcp(t.mcpUrl, token, INITIALIZE);
@@ -306,6 +307,10 @@ describe("the transport's answers", () => {
     expect(response.headers.get("mcp-session-id")).toBeNull();
     const body = await response.json();
     expect(body).toMatchObject({ jsonrpc: "2.0", id: 1, error: { code: -32000 } });
-    expect(body.error.message).toMatch(/^the MCP server exited before answering initialize: cannot use Forgejo at http:\/\/127\.0\.0\.1:\d+: GET \/api\/v1\/version answered 401$/);
+    const ref = failureRef(body.error.message, "the MCP server exited before answering initialize");
+    expect(ref).not.toBeNull();
+    expect(loggedUnder(t.logs, ref!)).toEqual([
+      expect.objectContaining({ level: "warn", last_stderr_line: expect.stringMatching(/^cannot use Forgejo at http:\/\/127\.0\.0\.1:\d+: GET \/api\/v1\/version answered 401$/) }),
+    ]);
   });
 });

@@ -18,6 +18,7 @@ import { SessionRegistry, type SessionIdentity, type UpstreamRefresher } from ".
 import { ChildStartError, type ChildSpec } from "../../src/supervisor/child.ts";
 import { SpawnPacer } from "../../src/supervisor/spawn-pacer.ts";
 import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, initializingChild, manualTurns, settle, type Json } from "../bridge/fakes.ts";
+import { failureRef, loggedUnder } from "../helpers/failure-report.ts";
 
 const HOUR = 3600_000;
 
@@ -141,7 +142,7 @@ describe("create", () => {
     expect(registry.size).toBe(0);
   });
 
-  test("a child that exits before answering initialize gives its last stderr line, and no session", async () => {
+  test("a child that exits before answering initialize: the error keeps its last stderr line apart from the message, and no session", async () => {
     const { registry, setChild } = setup();
     setChild(
       () =>
@@ -154,9 +155,8 @@ describe("create", () => {
     );
     const error = (await registry.create(alice, initialize).catch((e: unknown) => e)) as SessionStartError;
     expect(error).toBeInstanceOf(SessionStartError);
-    expect(error.message).toBe(
-      "the MCP server exited before answering initialize: Error: GET https://forgejo.test/api/v1/version: 401 Unauthorized",
-    );
+    expect(error.message).toBe("the MCP server exited before answering initialize");
+    expect(error.lastStderrLine).toBe("Error: GET https://forgejo.test/api/v1/version: 401 Unauthorized");
     expect(error.status).toBe(502);
     expect(registry.size).toBe(0);
     expect(registry.sessionsOf(1)).toEqual([]);
@@ -447,13 +447,17 @@ describe("idle reaping", () => {
 
 describe("children exiting", () => {
   test("a child that exits on its own drops its session: waiting calls fail at once, later requests get 404", async () => {
-    const { registry, children } = setup();
+    const { registry, children, logger } = setup();
     const { entry } = await registry.create(alice, initialize);
     const waiting = entry.bridge.request(call(1, "slow"));
     children[0]!.stderr = "fatal error: out of memory";
     children[0]!.exit({ code: 2 });
     const events = await all(waiting);
-    expect(events[0]!.message.error).toEqual({ code: -32000, message: "the MCP server exited: fatal error: out of memory" });
+    const error = events[0]!.message.error as { code: number; message: string };
+    expect(error.code).toBe(-32000);
+    const ref = failureRef(error.message, "the MCP server exited");
+    expect(ref).not.toBeNull();
+    expect(loggedUnder(logger.lines, ref!)).toEqual([expect.objectContaining({ session: entry.id, last_stderr_line: "fatal error: out of memory" })]);
     await settle();
     expect(() => registry.get(entry.id, alice)).toThrow(SessionNotFoundError);
     expect(registry.sessionsOf(1)).toEqual([]);

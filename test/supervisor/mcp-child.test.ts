@@ -160,13 +160,12 @@ describe("the stand-in MCP server under the registry", () => {
     await sessions.shutdown();
   });
 
-  test("a child started with a bad token fails initialize with its last stderr line, and leaves no session", async () => {
+  test("a child started with a bad token fails initialize, its last stderr line kept for the log, and leaves no session", async () => {
     const { sessions } = registry(() => "not-a-valid-token");
     const error = (await sessions.create(alice, initialize).catch((e: unknown) => e)) as SessionStartError;
     expect(error).toBeInstanceOf(SessionStartError);
-    expect(error.message).toBe(
-      `the MCP server exited before answering initialize: cannot use Forgejo at ${forgejo.url}: GET /api/v1/version answered 401`,
-    );
+    expect(error.message).toBe("the MCP server exited before answering initialize");
+    expect(error.lastStderrLine).toBe(`cannot use Forgejo at ${forgejo.url}: GET /api/v1/version answered 401`);
     expect(sessions.size).toBe(0);
   });
 

@@ -1,0 +1,11 @@
+// What a client is told when its MCP server fails: what happened and a reference, never the child's own
+// words (its stderr may name hosts, paths or accounts); those go to the broker log under the same reference.
+import { randomHex } from "../crypto.ts";
+import type { Logger } from "../log.ts";
+
+/** Logs `what` with the child's last stderr line under a fresh reference; returns the client's message, which names only the reference. */
+export function reportChildFailure(logger: Logger, what: string, lastStderrLine: string | null): string {
+  const ref = randomHex(6);
+  logger.warn(what, { ref, last_stderr_line: lastStderrLine });
+  return `${what} (the broker log has the details under ref ${ref})`;
+}
