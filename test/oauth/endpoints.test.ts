@@ -142,8 +142,8 @@ describe("registration (RFC 7591)", () => {
 });
 
 /** A registered public client and a PKCE pair, ready for authorization requests. */
-async function newClient(redirectUri = "http://127.0.0.1:40000/cb") {
-  const body = await (await register({ client_name: "Tester <b>", redirect_uris: [redirectUri], token_endpoint_auth_method: "none" })).json();
+async function newClient(redirectUri = "http://127.0.0.1:40000/cb", metadata: Record<string, unknown> = {}) {
+  const body = await (await register({ client_name: "Tester <b>", redirect_uris: [redirectUri], token_endpoint_auth_method: "none", ...metadata })).json();
   const verifier = crypto.randomUUID() + crypto.randomUUID();
   const challenge = new Bun.CryptoHasher("sha256").update(verifier).digest("base64url");
   const authorizeUrl = (overrides: Record<string, string | undefined> = {}) => {
@@ -350,19 +350,39 @@ describe("token endpoint", () => {
     expect(body).toMatchObject({ token_type: "Bearer", expires_in: 3600, scope: "mcp" });
   });
 
-  test("code errors: wrong verifier, wrong redirect URI, other resource, another client, unknown code", async () => {
+  test("code errors: wrong verifier, wrong redirect URI, other resource, another client, unknown code; none of them spends the code", async () => {
     const client = await newClient();
     const other = await newClient();
-    const codeFor = async () => (await walkBrowserFlow(client.authorizeUrl(), client.redirectUri)).searchParams.get("code")!;
+    const code = (await walkBrowserFlow(client.authorizeUrl(), client.redirectUri)).searchParams.get("code")!;
     const exchange = (code: string, overrides: Record<string, string>) =>
       form("/oauth/token", { grant_type: "authorization_code", code, code_verifier: client.verifier, redirect_uri: client.redirectUri, client_id: client.clientId, ...overrides });
 
-    await expectOAuthError(await exchange(await codeFor(), { code_verifier: "x".repeat(43) }), 400, "invalid_grant");
-    await expectOAuthError(await exchange(await codeFor(), { redirect_uri: "http://127.0.0.1:40000/other" }), 400, "invalid_grant");
-    await expectOAuthError(await exchange(await codeFor(), { resource: "https://other.example/mcp" }), 400, "invalid_target");
-    await expectOAuthError(await exchange(await codeFor(), { client_id: other.clientId }), 400, "invalid_grant");
+    await expectOAuthError(await exchange(code, { code_verifier: "x".repeat(43) }), 400, "invalid_grant");
+    await expectOAuthError(await exchange(code, { redirect_uri: "http://127.0.0.1:40000/other" }), 400, "invalid_grant");
+    await expectOAuthError(await exchange(code, { resource: "https://other.example/mcp" }), 400, "invalid_target");
+    await expectOAuthError(await exchange(code, { client_id: other.clientId, code_verifier: other.verifier }), 400, "invalid_grant");
     await expectOAuthError(await exchange("fmb_code_unknown", {}), 400, "invalid_grant");
-    await expectOAuthError(await exchange(await codeFor(), { code_verifier: "" }), 400, "invalid_request");
+    await expectOAuthError(await exchange(code, { code_verifier: "" }), 400, "invalid_request");
+    // Only the rightful client with its verifier spends the code, and its tokens work.
+    const spent = await exchange(code, {});
+    expect(spent.status).toBe(200);
+    const tokens = await spent.json();
+    expect((await mcp({ authorization: `Bearer ${tokens.access_token}` })).status).not.toBe(401);
+    // Someone who saw the spent code but holds no verifier cannot revoke what it issued.
+    await expectOAuthError(await exchange(code, { code_verifier: "x".repeat(43) }), 400, "invalid_grant");
+    expect((await mcp({ authorization: `Bearer ${tokens.access_token}` })).status).not.toBe(401);
+  });
+
+  test("a client that did not register refresh_token gets an access token only", async () => {
+    const client = await newClient(undefined, { grant_types: ["authorization_code"] });
+    const code = (await walkBrowserFlow(client.authorizeUrl(), client.redirectUri)).searchParams.get("code")!;
+    const response = await form("/oauth/token", { grant_type: "authorization_code", code, code_verifier: client.verifier, client_id: client.clientId });
+    expect(response.status).toBe(200);
+    const body = await response.json();
+    expect(Object.keys(body).sort()).toEqual(["access_token", "expires_in", "scope", "token_type"]);
+    // With no refresh token behind it, the grant is live only as long as the access token is.
+    const { grantId } = t.broker.store.findAccessIdentity(hashToken(body.access_token), Date.now() + offsetMs)!;
+    expect(t.broker.store.grantHasLiveTokens(grantId, Date.now() + offsetMs + 3_601_000)).toBe(false);
   });
 
   test("a code is single-use; replaying it revokes the tokens it was exchanged for", async () => {
@@ -421,6 +441,21 @@ describe("token endpoint", () => {
       body: JSON.stringify({ grant_type: "refresh_token" }),
     });
     await expectOAuthError(response, 400, "invalid_request");
+  });
+
+  test("a refresh asking for a scope that was not granted is refused and leaves the refresh token usable", async () => {
+    const tokens = await obtainTokens(base);
+    const refresh = (fields: Record<string, string> = {}) =>
+      form("/oauth/token", { grant_type: "refresh_token", refresh_token: tokens.refreshToken, client_id: tokens.clientId, ...fields });
+    await expectOAuthError(await refresh({ scope: "mcp admin" }), 400, "invalid_scope");
+    await expectOAuthError(await refresh({ resource: "https://other.example/mcp" }), 400, "invalid_target");
+    // Past the grace window: had a refusal rotated the token, this retry would revoke the grant.
+    offsetMs += 11_000;
+    const retried = await refresh();
+    expect(retried.status).toBe(200);
+    const fresh = await retried.json();
+    expect(fresh.scope).toBe("mcp");
+    expect((await mcp({ authorization: `Bearer ${fresh.access_token}` })).status).not.toBe(401);
   });
 
   test("a rotated refresh token presented after the grace window revokes the whole grant", async () => {
