@@ -434,6 +434,27 @@ describe("token endpoint", () => {
     await expectOAuthError(rightSecret, 400, "invalid_grant");
   });
 
+  test("invalid_client does not tell whether the client exists: one answer for unknown, wrong secret and wrong method", async () => {
+    const confidential = await (await register({ redirect_uris: ["https://a.example/cb"], token_endpoint_auth_method: "client_secret_basic" })).json();
+    const publicClient = await newClient();
+    const basic = (id: string, secret: string) => ({ authorization: `Basic ${btoa(`${id}:${secret}`)}` });
+    const refusal = async (fields: Record<string, string>, headers: Record<string, string> = {}) => {
+      const response = await form("/oauth/token", { grant_type: "refresh_token", refresh_token: "fmb_rt_x", ...fields }, headers);
+      return { status: response.status, challenge: response.headers.get("www-authenticate"), body: await response.json() };
+    };
+    const overBasic = [await refusal({}, basic("fmb_client_nope", "secret")), await refusal({}, basic(confidential.client_id, "wrong"))];
+    const inTheBody = [
+      await refusal({ client_id: "fmb_client_nope" }),
+      await refusal({ client_id: "fmb_client_nope", client_secret: "secret" }),
+      await refusal({ client_id: confidential.client_id }),
+      await refusal({ client_id: confidential.client_id, client_secret: confidential.client_secret }),
+      await refusal({ client_id: publicClient.clientId, client_secret: "secret" }),
+    ];
+    const expected = { status: 401, body: { error: "invalid_client", error_description: "Client authentication failed" } };
+    for (const answer of overBasic) expect(answer).toEqual({ ...expected, challenge: 'Basic realm="oauth"' });
+    for (const answer of inTheBody) expect(answer).toEqual({ ...expected, challenge: null });
+  });
+
   test("a JSON body is refused with invalid_request", async () => {
     const response = await fetch(`${base}/oauth/token`, {
       method: "POST",
