@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { CookieJar, obtainTokens, parseConsentForm, postForm, walkBrowserFlow } from "../helpers/oauth-client.ts";
+import { waitWhile } from "../helpers/promises.ts";
 
 let t: TestBroker;
 let base: string;
@@ -570,26 +571,33 @@ describe("bearer guard on /mcp", () => {
 });
 
 describe("request log", () => {
+  /** A request's log line is written after its response is sent: waits for one logged since line `from`. */
+  const loggedRequest = async (from: number, matches: (line: Record<string, unknown>) => boolean) => {
+    const logged = () => t.logs.slice(from).map((line) => JSON.parse(line) as Record<string, unknown>).findLast((l) => l.msg === "request" && matches(l));
+    await waitWhile(() => logged() === undefined, 100, 10);
+    return logged();
+  };
+
   test("a Basic header that does not decode is invalid_client and still gets its log line", async () => {
+    const from = t.logs.length;
     const response = await form("/oauth/token", { grant_type: "refresh_token", refresh_token: "fmb_rt_x" }, { authorization: `Basic ${btoa("%%:x")}` });
     const body = await expectOAuthError(response, 401, "invalid_client");
     expect(body.error_description).toBe("Malformed HTTP Basic client credentials");
     expect(response.headers.get("www-authenticate")).toBe('Basic realm="oauth"');
-    await Bun.sleep(20);
-    const line = t.logs.map((l) => JSON.parse(l)).findLast((l) => l.msg === "request" && l.path === "/oauth/token");
+    const line = await loggedRequest(from, (l) => l.path === "/oauth/token" && l.status === 401);
     expect(line).toMatchObject({ method: "POST", status: 401 });
-    expect(line.client_id).toBeUndefined();
+    expect(line?.client_id).toBeUndefined();
   });
 
   test("one JSON line per request with method, path, status, duration, client id, and no secret", async () => {
     const tokens = await obtainTokens(base, { state: "secret-state-value" });
+    const from = t.logs.length;
     await mcp({ authorization: `Bearer ${tokens.accessToken}` });
-    await Bun.sleep(20);
+    expect(await loggedRequest(from, (l) => l.path === "/mcp")).toMatchObject({ method: "POST", client_id: tokens.clientId });
     const lines = t.logs.map((line) => JSON.parse(line));
     const tokenLine = lines.find((l) => l.msg === "request" && l.path === "/oauth/token" && l.status === 200);
     expect(tokenLine).toMatchObject({ method: "POST", level: "info" });
     expect(typeof tokenLine.duration_ms).toBe("number");
-    expect(lines.some((l) => l.msg === "request" && l.path === "/mcp" && l.client_id === tokens.clientId)).toBe(true);
     const all = t.logs.join("\n");
     for (const secret of [tokens.accessToken, tokens.refreshToken, tokens.code, tokens.verifier, "secret-state-value", t.forgejo.clientSecret]) {
       expect(all).not.toContain(secret);
