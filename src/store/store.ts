@@ -356,9 +356,12 @@ export class Store {
     const read = () => this.db.select().from(c).where(eq(c.codeHash, request.codeHash)).get();
     const code = read();
     if (!code) return refused("invalid_grant", "The authorization code is invalid or expired");
-    const mismatch = codePresentationMismatch(code, request);
-    if (mismatch) return mismatch;
+    if (code.clientId !== client.id) return refused("invalid_grant", "The authorization code was issued to another client");
+    if (!verifyS256(request.codeVerifier, code.codeChallenge)) return refused("invalid_grant", "code_verifier does not match the code_challenge");
+    // The caller holds the code and its verifier: if the code was spent already, this is the replay.
     if (code.usedAt !== null) return this.codeReplayed(code, now);
+    const mismatch = codeRequestMismatch(code, request);
+    if (mismatch) return mismatch;
     if (code.expiresAt <= now) return refused("invalid_grant", "The authorization code is invalid or expired");
 
     const refreshIssued = grantTypes.includes("refresh_token");
@@ -588,13 +591,11 @@ function grantIsLive(grantId: typeof schema.authCodes.grantId | typeof schema.re
   return sql`EXISTS (SELECT 1 FROM grants WHERE grants.id = ${grantId} AND grants.revoked_at IS NULL)`;
 }
 
-/** What a presentation of a code must match (RFC 6749 §4.1.3, RFC 7636 §4.6, RFC 8707): the first thing it does not. */
-function codePresentationMismatch(code: AuthCodeRow, request: CodeExchangeRequest): Exchange | undefined {
-  if (code.clientId !== request.client.id) return refused("invalid_grant", "The authorization code was issued to another client");
+/** What the rest of a code's request must match (RFC 6749 §4.1.3, RFC 8707): the first thing it does not. */
+function codeRequestMismatch(code: AuthCodeRow, request: CodeExchangeRequest): Exchange | undefined {
   if (request.redirectUri !== undefined && request.redirectUri !== code.redirectUri) {
     return refused("invalid_grant", "redirect_uri does not match the authorization request");
   }
-  if (!verifyS256(request.codeVerifier, code.codeChallenge)) return refused("invalid_grant", "code_verifier does not match the code_challenge");
   if (request.resource !== undefined && request.resource !== code.resource) return refused("invalid_target", `resource must be ${code.resource}`);
   return undefined;
 }

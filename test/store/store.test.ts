@@ -86,6 +86,9 @@ describe("Store", () => {
     // Once spent, a presentation without the verifier is refused but proves no theft: nothing is revoked.
     expect(exchangeCode("k", 2, 3, { codeVerifier: "x".repeat(43) })).toMatchObject({ ok: false, error: "invalid_grant", revoked: undefined });
     expect(store.findAccessIdentity("a1", 4)).toBeDefined();
+    // With the verifier it does prove theft, whatever else the request gets wrong.
+    expect(exchangeCode("k", 3, 5, { resource: "https://other.example/mcp" })).toMatchObject({ ok: false, error: "invalid_grant", revoked: "family" });
+    expect(store.findAccessIdentity("a1", 6)).toBeUndefined();
   });
 
   test("a client that did not register refresh_token gets an access token only, and its grant dies with it", () => {
