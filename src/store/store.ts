@@ -1,5 +1,5 @@
 // The broker's repository functions over Drizzle and bun:sqlite: every read and write of OAuth
-// state goes through here, and every single-use rule is one atomic statement, never read-then-write.
+// state goes through here, and every single-use rule is decided by one conditional UPDATE, never by a read.
 import { Database } from "bun:sqlite";
 import { and, eq, gt, isNull, lt, sql } from "drizzle-orm";
 import { drizzle, type BunSQLiteDatabase } from "drizzle-orm/bun-sqlite";
