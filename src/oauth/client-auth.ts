@@ -55,17 +55,16 @@ function decodeFormComponent(value: string): string | null {
   }
 }
 
+/**
+ * The registered client the credentials prove, or invalid_client. An unknown client, a wrong secret
+ * and a wrong method get one answer, so the endpoint does not tell a stranger which client ids exist.
+ */
 export function authenticateClient(store: Store, presented: PresentedClientCredentials): ClientRow {
-  const usedBasic = presented.method === "client_secret_basic";
   const client = store.getClient(presented.clientId);
-  if (!client) throw new InvalidClientError("Unknown client", usedBasic);
-  if (client.tokenEndpointAuthMethod !== presented.method) {
-    throw new InvalidClientError(`This client registered token_endpoint_auth_method=${client.tokenEndpointAuthMethod}`, usedBasic);
-  }
-  if (client.secretHash !== null) {
-    if (presented.clientSecret === undefined || !constantTimeEqual(hashToken(presented.clientSecret), client.secretHash)) {
-      throw new InvalidClientError("Client authentication failed", usedBasic);
-    }
-  }
+  const proven =
+    client !== undefined &&
+    client.tokenEndpointAuthMethod === presented.method &&
+    (client.secretHash === null || (presented.clientSecret !== undefined && constantTimeEqual(hashToken(presented.clientSecret), client.secretHash)));
+  if (!proven) throw new InvalidClientError("Client authentication failed", presented.method === "client_secret_basic");
   return client;
 }

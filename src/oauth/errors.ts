@@ -7,17 +7,13 @@ const STATUS: Record<string, number> = {
   invalid_grant: 400,
   unauthorized_client: 400,
   unsupported_grant_type: 400,
-  unsupported_response_type: 400,
   invalid_scope: 400,
   invalid_target: 400,
-  access_denied: 403,
   invalid_redirect_uri: 400,
   invalid_client_metadata: 400,
   invalid_token: 401,
   insufficient_scope: 403,
   too_many_requests: 429,
-  server_error: 500,
-  temporarily_unavailable: 503,
 };
 
 export class OAuthError extends Error {
@@ -57,45 +53,9 @@ export class InvalidClientError extends OAuthError {
   }
 }
 
-export class InvalidGrantError extends OAuthError {
-  constructor(description: string) {
-    super("invalid_grant", description);
-  }
-}
-
-export class UnauthorizedClientError extends OAuthError {
-  constructor(description: string) {
-    super("unauthorized_client", description);
-  }
-}
-
 export class UnsupportedGrantTypeError extends OAuthError {
   constructor(description: string) {
     super("unsupported_grant_type", description);
-  }
-}
-
-export class UnsupportedResponseTypeError extends OAuthError {
-  constructor(description: string) {
-    super("unsupported_response_type", description);
-  }
-}
-
-export class InvalidScopeError extends OAuthError {
-  constructor(description: string) {
-    super("invalid_scope", description);
-  }
-}
-
-export class InvalidTargetError extends OAuthError {
-  constructor(description: string) {
-    super("invalid_target", description);
-  }
-}
-
-export class AccessDeniedError extends OAuthError {
-  constructor(description: string) {
-    super("access_denied", description);
   }
 }
 
@@ -108,18 +68,6 @@ export class InvalidRedirectUriError extends OAuthError {
 export class InvalidClientMetadataError extends OAuthError {
   constructor(description: string) {
     super("invalid_client_metadata", description);
-  }
-}
-
-export class ServerError extends OAuthError {
-  constructor(description: string) {
-    super("server_error", description);
-  }
-}
-
-export class TemporarilyUnavailableError extends OAuthError {
-  constructor(description: string, retryAfterS?: number) {
-    super("temporarily_unavailable", description, retryAfterS === undefined ? {} : { "Retry-After": String(retryAfterS) });
   }
 }
 

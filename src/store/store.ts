@@ -1,11 +1,13 @@
 // The broker's repository functions over Drizzle and bun:sqlite: every read and write of OAuth
-// state goes through here, and every single-use rule is one atomic statement, never read-then-write.
+// state goes through here, and every single-use rule is decided by one conditional UPDATE, never by a read.
 import { Database } from "bun:sqlite";
 import { and, eq, gt, isNull, lt, sql } from "drizzle-orm";
 import { drizzle, type BunSQLiteDatabase } from "drizzle-orm/bun-sqlite";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
 import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
 import { join } from "node:path";
+import { verifyS256 } from "../oauth/pkce.ts";
+import { narrowScope } from "../oauth/scope.ts";
 import * as schema from "./schema.ts";
 
 export type ClientRow = typeof schema.clients.$inferSelect;
@@ -27,16 +29,6 @@ export interface TokenIdentity {
   expiresAt: number;
 }
 
-export type CodeRedemption =
-  | { status: "redeemed"; code: AuthCodeRow }
-  | { status: "replayed"; code: AuthCodeRow }
-  | { status: "expired" | "unknown" };
-
-export type RefreshRotation =
-  | { status: "rotated"; token: RefreshTokenRow }
-  | { status: "replayed"; token: RefreshTokenRow; grantRevoked: boolean }
-  | { status: "invalid" };
-
 export interface IssuedTokenHashes {
   grantId: string;
   familyId: string;
@@ -45,8 +37,55 @@ export interface IssuedTokenHashes {
   scope: string;
   accessTokenHash: string;
   accessExpiresAt: number;
+  /** Null when the client did not register the refresh_token grant: it gets an access token only. */
+  refreshTokenHash: string | null;
+  refreshExpiresAt: number | null;
+}
+
+/** A new pair minted by the caller: the store sees only hashes, and decides whether the refresh token is issued. */
+export interface NewTokenHashes {
+  accessTokenHash: string;
+  accessExpiresAt: number;
   refreshTokenHash: string;
   refreshExpiresAt: number;
+}
+
+/** The client as authenticated by the token endpoint: its id and the grant types it registered. */
+export type ExchangingClient = Pick<ClientRow, "id" | "metadata">;
+
+export interface CodeExchangeRequest {
+  client: ExchangingClient;
+  codeHash: string;
+  codeVerifier: string;
+  redirectUri: string | undefined;
+  resource: string | undefined;
+  tokens: NewTokenHashes;
+  now: number;
+}
+
+export interface RefreshExchangeRequest {
+  client: ExchangingClient;
+  refreshTokenHash: string;
+  scope: string | undefined;
+  resource: string | undefined;
+  tokens: NewTokenHashes;
+  now: number;
+  /** How long a rotated refresh token may be presented again (a retry after a lost response) before that counts as theft. */
+  graceMs: number;
+}
+
+export type ExchangeErrorCode = "invalid_grant" | "invalid_target" | "invalid_scope" | "unauthorized_client";
+
+/** What a token exchange ended in: the pair was issued, or nothing was, and why (RFC 6749 §5.2). */
+export type Exchange =
+  | { ok: true; scope: string; refreshIssued: boolean }
+  | { ok: false; error: ExchangeErrorCode; description: string; revoked?: "family" | "grant" };
+
+const refused = (error: ExchangeErrorCode, description: string, revoked?: "family" | "grant"): Exchange => ({ ok: false, error, description, revoked });
+
+/** The grant types a client registered; rows from before registration recorded them get both. */
+function registeredGrantTypes(client: ExchangingClient): string[] {
+  return (client.metadata.grant_types as string[] | undefined) ?? ["authorization_code", "refresh_token"];
 }
 
 const MIGRATIONS = join(import.meta.dir, "..", "..", "drizzle");
@@ -301,25 +340,126 @@ export class Store {
     this.db.insert(schema.authCodes).values(row).run();
   }
 
-  /** Single use through one UPDATE … WHERE used_at IS NULL; a replay revokes what the first use issued. */
-  redeemAuthCode(codeHash: string, now: number): CodeRedemption {
-    const t = schema.authCodes;
-    const redeemed = this.db
-      .update(t)
-      .set({ usedAt: now })
-      .where(and(eq(t.codeHash, codeHash), isNull(t.usedAt), gt(t.expiresAt, now)))
-      .returning()
-      .get();
-    if (redeemed) return { status: "redeemed", code: redeemed };
-    const existing = this.db.select().from(t).where(eq(t.codeHash, codeHash)).get();
-    if (!existing) return { status: "unknown" };
-    if (existing.usedAt === null) return { status: "expired" };
-    this.revokeFamily(existing.familyId, existing.grantId, now);
-    return { status: "replayed", code: existing };
+  // Token exchanges
+
+  /**
+   * The authorization-code grant (RFC 6749 §4.1.3, RFC 7636 §4.6) in one place: every check runs
+   * before anything changes, then marking the code used and inserting the new pair commit together.
+   * The mark is a conditional UPDATE, so of N concurrent callers exactly one wins on any database.
+   *
+   * A presentation that fails a check (another client, a wrong verifier, redirect_uri or resource)
+   * changes nothing, and the code stays spendable by its rightful client. Such a caller holds the
+   * code and nothing more, which PKCE already makes useless; burning the code or revoking what it
+   * issued would let anyone who glimpsed a code (a proxy log, a browser history) break the real
+   * client's sign-in, while guessing a verifier within the code's 60 s under the rate limit is out of
+   * reach. A used code presented again with its verifier is a replay (OAuth 2.1 §4.1.3): the family
+   * it was exchanged for is revoked.
+   */
+  exchangeCode(request: CodeExchangeRequest): Exchange {
+    const { client, now } = request;
+    const grantTypes = registeredGrantTypes(client);
+    if (!grantTypes.includes("authorization_code")) return refused("unauthorized_client", "This client did not register the authorization_code grant type");
+    const c = schema.authCodes;
+    const read = () => this.db.select().from(c).where(eq(c.codeHash, request.codeHash)).get();
+    const code = read();
+    if (!code) return refused("invalid_grant", "The authorization code is invalid or expired");
+    if (code.clientId !== client.id) return refused("invalid_grant", "The authorization code was issued to another client");
+    if (!verifyS256(request.codeVerifier, code.codeChallenge)) return refused("invalid_grant", "code_verifier does not match the code_challenge");
+    // The caller holds the code and its verifier: if the code was spent already, this is the replay.
+    if (code.usedAt !== null) return this.codeReplayed(code, now);
+    const mismatch = codeRequestMismatch(code, request);
+    if (mismatch) return mismatch;
+    if (code.expiresAt <= now) return refused("invalid_grant", "The authorization code is invalid or expired");
+
+    const refreshIssued = grantTypes.includes("refresh_token");
+    const won = this.db.transaction(
+      (tx) => {
+        const marked = tx
+          .update(c)
+          .set({ usedAt: now })
+          .where(and(eq(c.codeHash, code.codeHash), isNull(c.usedAt), gt(c.expiresAt, now), grantIsLive(c.grantId)))
+          .returning({ codeHash: c.codeHash })
+          .get();
+        if (!marked) return false;
+        this.insertTokenPair(issuedFor(code, code.scope, request.tokens, refreshIssued), now);
+        return true;
+      },
+      { behavior: "immediate" },
+    );
+    if (won) return { ok: true, scope: code.scope, refreshIssued };
+    // Another caller spent the code between our read and our update: this presentation is the replay.
+    const spent = read();
+    return spent?.usedAt != null ? this.codeReplayed(spent, now) : refused("invalid_grant", "The authorization code is invalid or expired");
+  }
+
+  private codeReplayed(code: AuthCodeRow, now: number): Exchange {
+    this.revokeFamily(code.familyId, code.grantId, now);
+    return refused("invalid_grant", "The authorization code was already used", "family");
+  }
+
+  /**
+   * The refresh-token grant (RFC 6749 §6) in one place, with the same shape as exchangeCode: a
+   * refused request (a scope never granted, another resource) leaves the refresh token as it was;
+   * only a request that gets a new pair rotates it, in the transaction that inserts the pair. A
+   * token rotated longer than `graceMs` ago and presented again is a replay: the grant is revoked.
+   */
+  exchangeRefresh(request: RefreshExchangeRequest): Exchange {
+    const { client, now } = request;
+    if (!registeredGrantTypes(client).includes("refresh_token")) return refused("unauthorized_client", "This client did not register the refresh_token grant type");
+    const r = schema.refreshTokens;
+    const read = () =>
+      this.db
+        .select()
+        .from(r)
+        .where(and(eq(r.tokenHash, request.refreshTokenHash), eq(r.clientId, client.id)))
+        .get();
+    const token = read();
+    const invalid = refused("invalid_grant", "The refresh token is invalid, expired or revoked");
+    if (!token) return invalid;
+    if (token.rotatedAt !== null) return this.refreshReplayed(token, now, request.graceMs);
+    if (token.revokedAt !== null || token.expiresAt <= now) return invalid;
+    if (request.resource !== undefined && request.resource !== token.resource) return refused("invalid_target", `resource must be ${token.resource}`);
+    const scope = narrowScope(token.scope, request.scope);
+    if (!scope.ok) return refused("invalid_scope", scope.reason);
+
+    const won = this.db.transaction(
+      (tx) => {
+        const rotated = tx
+          .update(r)
+          .set({ rotatedAt: now })
+          .where(
+            and(
+              eq(r.tokenHash, token.tokenHash),
+              eq(r.clientId, client.id),
+              isNull(r.rotatedAt),
+              isNull(r.revokedAt),
+              gt(r.expiresAt, now),
+              grantIsLive(r.grantId),
+            ),
+          )
+          .returning({ tokenHash: r.tokenHash })
+          .get();
+        if (!rotated) return false;
+        this.insertTokenPair(issuedFor(token, scope.scope, request.tokens, true), now);
+        return true;
+      },
+      { behavior: "immediate" },
+    );
+    if (won) return { ok: true, scope: scope.scope, refreshIssued: true };
+    // Another caller rotated it between our read and our update (a retry within the grace window, or a theft).
+    const spent = read();
+    return spent?.rotatedAt != null ? this.refreshReplayed(spent, now, request.graceMs) : invalid;
+  }
+
+  private refreshReplayed(token: RefreshTokenRow, now: number, graceMs: number): Exchange {
+    const outsideGrace = now - token.rotatedAt! > graceMs;
+    if (outsideGrace) this.revokeGrant(token.grantId, now);
+    return refused("invalid_grant", "The refresh token was already used", outsideGrace ? "grant" : undefined);
   }
 
   // Tokens
 
+  /** Inserts a new access token and, unless the client may not refresh, its refresh token; both or neither. */
   insertTokenPair(issued: IssuedTokenHashes, now: number): void {
     const common = {
       grantId: issued.grantId,
@@ -330,13 +470,16 @@ export class Store {
       createdAt: now,
       revokedAt: null,
     };
+    // Inside an exchange's transaction this nests as a savepoint of it.
     this.db.transaction((tx) => {
       tx.insert(schema.accessTokens)
         .values({ ...common, tokenHash: issued.accessTokenHash, expiresAt: issued.accessExpiresAt })
         .run();
-      tx.insert(schema.refreshTokens)
-        .values({ ...common, tokenHash: issued.refreshTokenHash, expiresAt: issued.refreshExpiresAt, rotatedAt: null })
-        .run();
+      if (issued.refreshTokenHash !== null && issued.refreshExpiresAt !== null) {
+        tx.insert(schema.refreshTokens)
+          .values({ ...common, tokenHash: issued.refreshTokenHash, expiresAt: issued.refreshExpiresAt, rotatedAt: null })
+          .run();
+      }
     });
   }
 
@@ -346,39 +489,6 @@ export class Store {
     if (!row) return undefined;
     const { scope, ...rest } = row;
     return { ...rest, scopes: scope.split(" ").filter(Boolean) };
-  }
-
-  /**
-   * Marks a refresh token rotated in one statement, so of N concurrent callers exactly one wins.
-   * A token rotated longer than `graceMs` ago and presented again is a replay: the grant is revoked.
-   */
-  rotateRefreshToken(tokenHash: string, clientId: string, now: number, graceMs: number): RefreshRotation {
-    const r = schema.refreshTokens;
-    const rotated = this.db
-      .update(r)
-      .set({ rotatedAt: now })
-      .where(
-        and(
-          eq(r.tokenHash, tokenHash),
-          eq(r.clientId, clientId),
-          isNull(r.rotatedAt),
-          isNull(r.revokedAt),
-          gt(r.expiresAt, now),
-          sql`EXISTS (SELECT 1 FROM grants WHERE grants.id = ${r.grantId} AND grants.revoked_at IS NULL)`,
-        ),
-      )
-      .returning()
-      .get();
-    if (rotated) return { status: "rotated", token: rotated };
-    const existing = this.db
-      .select()
-      .from(r)
-      .where(and(eq(r.tokenHash, tokenHash), eq(r.clientId, clientId)))
-      .get();
-    if (!existing || existing.rotatedAt === null) return { status: "invalid" };
-    const outsideGrace = now - existing.rotatedAt > graceMs;
-    if (outsideGrace) this.revokeGrant(existing.grantId, now);
-    return { status: "replayed", token: existing, grantRevoked: outsideGrace };
   }
 
   /** RFC 7009: revoking a refresh token ends its family; an access token ends alone. Unknown is fine. */
@@ -481,4 +591,38 @@ export class Store {
       return removed;
     });
   }
+}
+
+/** The condition, inside an exchange's UPDATE, that the code's or token's grant was not revoked meanwhile. */
+function grantIsLive(grantId: typeof schema.authCodes.grantId | typeof schema.refreshTokens.grantId) {
+  return sql`EXISTS (SELECT 1 FROM grants WHERE grants.id = ${grantId} AND grants.revoked_at IS NULL)`;
+}
+
+/** What the rest of a code's request must match (RFC 6749 §4.1.3, RFC 8707): the first thing it does not. */
+function codeRequestMismatch(code: AuthCodeRow, request: CodeExchangeRequest): Exchange | undefined {
+  if (request.redirectUri !== undefined && request.redirectUri !== code.redirectUri) {
+    return refused("invalid_grant", "redirect_uri does not match the authorization request");
+  }
+  if (request.resource !== undefined && request.resource !== code.resource) return refused("invalid_target", `resource must be ${code.resource}`);
+  return undefined;
+}
+
+/** The rows of the pair an exchange issues, in the family and grant of the code or token it spends. */
+function issuedFor(
+  spent: { grantId: string; familyId: string; clientId: string; resource: string },
+  scope: string,
+  tokens: NewTokenHashes,
+  refreshIssued: boolean,
+): IssuedTokenHashes {
+  return {
+    grantId: spent.grantId,
+    familyId: spent.familyId,
+    clientId: spent.clientId,
+    resource: spent.resource,
+    scope,
+    accessTokenHash: tokens.accessTokenHash,
+    accessExpiresAt: tokens.accessExpiresAt,
+    refreshTokenHash: refreshIssued ? tokens.refreshTokenHash : null,
+    refreshExpiresAt: refreshIssued ? tokens.refreshExpiresAt : null,
+  };
 }

@@ -1,8 +1,14 @@
-// Races a client can cause: concurrent refreshes with one refresh token, and floods of
-// registration and token requests from one address.
+// Races a client can cause: one code or refresh token spent by processes at the same moment, and
+// floods of registration and token requests from one address.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { s256Challenge } from "../../src/oauth/pkce.ts";
+import { Store } from "../../src/store/store.ts";
+import { RACED_CODE_VERIFIER, raceExchanges, type RacedKind } from "../fixtures/exchange-racer.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
+import { postForm } from "../helpers/oauth-client.ts";
 
 let t: TestBroker;
 beforeAll(async () => {
@@ -15,20 +21,48 @@ afterAll(async () => {
 const refresh = (refreshToken: string, clientId: string) =>
   postForm(`${t.config.publicUrl}/oauth/token`, { grant_type: "refresh_token", refresh_token: refreshToken, client_id: clientId });
 
-describe("refresh-token rotation under concurrency", () => {
-  test("20 parallel refreshes with one refresh token: exactly one succeeds, the rest get invalid_grant", async () => {
-    const tokens = await obtainTokens(t.config.publicUrl);
-    const responses = await Promise.all(Array.from({ length: 20 }, () => refresh(tokens.refreshToken, tokens.clientId)));
-    const bodies = await Promise.all(responses.map((r) => r.json()));
-    const statuses = responses.map((r) => r.status);
-    expect(statuses.filter((s) => s === 200)).toHaveLength(1);
-    expect(statuses.filter((s) => s === 400)).toHaveLength(19);
-    expect(bodies.filter((b) => b.error === "invalid_grant")).toHaveLength(19);
+describe("single use under real concurrency: processes racing on one SQLite file", () => {
+  const RACERS = 4;
+  const TOKENS = 100;
 
-    // The winner's pair works: its refresh token rotates once more.
-    const winner = bodies.find((b) => b.access_token)!;
-    expect((await refresh(winner.refresh_token, tokens.clientId)).status).toBe(200);
-  });
+  /** A store file with one client, one grant, and TOKENS unspent codes or refresh tokens. */
+  function seeded(kind: RacedKind) {
+    const dir = mkdtempSync(join(tmpdir(), "fmb-race-"));
+    const path = join(dir, "broker.sqlite");
+    const store = Store.open(path);
+    store.createClient({ id: "c1", secretHash: null, tokenEndpointAuthMethod: "none", name: "C", redirectUris: ["http://localhost/cb"], metadata: {}, createdAt: 0 });
+    const grant = store.findOrCreateGrant({ id: "g1", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice", scope: "mcp", now: 0 });
+    const far = Date.now() + 3600_000;
+    const hashes = Array.from({ length: TOKENS }, (_, i) => `${kind}-${i}`);
+    for (const [i, hash] of hashes.entries()) {
+      const row = { grantId: grant.id, familyId: `f${i}`, clientId: "c1", resource: "r", scope: "mcp" };
+      if (kind === "code") store.createAuthCode({ ...row, codeHash: hash, redirectUri: "u", codeChallenge: s256Challenge(RACED_CODE_VERIFIER), expiresAt: far, usedAt: null });
+      else store.insertTokenPair({ ...row, accessTokenHash: `a-${hash}`, accessExpiresAt: far, refreshTokenHash: hash, refreshExpiresAt: far }, 0);
+    }
+    return { store, path, hashes, cleanUp: () => (store.close(), rmSync(dir, { recursive: true, force: true })) };
+  }
+
+  test.each(["refresh", "code"] as const)("%s: each of 100, released to 4 processes at once, is won exactly once", async (kind) => {
+    const { store, path, hashes, cleanUp } = seeded(kind);
+    try {
+      const reports = await raceExchanges({ path, clientId: "c1", kind, hashes, racers: RACERS });
+      // Each hash was released to every racer at once, and not always the same one got there first.
+      expect(reports.filter((r) => r.won.length > 0).length).toBeGreaterThan(1);
+
+      const winners = new Map<string, string[]>();
+      for (const { racer, won } of reports) for (const hash of won) winners.set(hash, [...(winners.get(hash) ?? []), racer]);
+      expect(hashes.filter((hash) => winners.get(hash)?.length !== 1)).toEqual([]);
+      const refusals = reports.flatMap((r) => r.refused);
+      expect(refusals).toHaveLength(TOKENS * (RACERS - 1));
+      const alreadyUsed = kind === "code" ? "invalid_grant: The authorization code was already used" : "invalid_grant: The refresh token was already used";
+      expect(refusals.filter((refusal) => refusal !== alreadyUsed)).toEqual([]);
+      // Each winner's pair was committed with its win; a code's losers are replays, which revoke it again.
+      const live = hashes.filter((hash) => store.findAccessIdentity(`at:${winners.get(hash)![0]}:${hash}`, Date.now()) !== undefined);
+      expect(live).toHaveLength(kind === "refresh" ? TOKENS : 0);
+    } finally {
+      cleanUp();
+    }
+  }, 60_000);
 });
 
 describe("rate limits per client address", () => {

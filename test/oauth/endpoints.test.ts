@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { CookieJar, obtainTokens, parseConsentForm, postForm, walkBrowserFlow } from "../helpers/oauth-client.ts";
+import { waitWhile } from "../helpers/promises.ts";
 
 let t: TestBroker;
 let base: string;
@@ -142,8 +143,8 @@ describe("registration (RFC 7591)", () => {
 });
 
 /** A registered public client and a PKCE pair, ready for authorization requests. */
-async function newClient(redirectUri = "http://127.0.0.1:40000/cb") {
-  const body = await (await register({ client_name: "Tester <b>", redirect_uris: [redirectUri], token_endpoint_auth_method: "none" })).json();
+async function newClient(redirectUri = "http://127.0.0.1:40000/cb", metadata: Record<string, unknown> = {}) {
+  const body = await (await register({ client_name: "Tester <b>", redirect_uris: [redirectUri], token_endpoint_auth_method: "none", ...metadata })).json();
   const verifier = crypto.randomUUID() + crypto.randomUUID();
   const challenge = new Bun.CryptoHasher("sha256").update(verifier).digest("base64url");
   const authorizeUrl = (overrides: Record<string, string | undefined> = {}) => {
@@ -350,19 +351,39 @@ describe("token endpoint", () => {
     expect(body).toMatchObject({ token_type: "Bearer", expires_in: 3600, scope: "mcp" });
   });
 
-  test("code errors: wrong verifier, wrong redirect URI, other resource, another client, unknown code", async () => {
+  test("code errors: wrong verifier, wrong redirect URI, other resource, another client, unknown code; none of them spends the code", async () => {
     const client = await newClient();
     const other = await newClient();
-    const codeFor = async () => (await walkBrowserFlow(client.authorizeUrl(), client.redirectUri)).searchParams.get("code")!;
+    const code = (await walkBrowserFlow(client.authorizeUrl(), client.redirectUri)).searchParams.get("code")!;
     const exchange = (code: string, overrides: Record<string, string>) =>
       form("/oauth/token", { grant_type: "authorization_code", code, code_verifier: client.verifier, redirect_uri: client.redirectUri, client_id: client.clientId, ...overrides });
 
-    await expectOAuthError(await exchange(await codeFor(), { code_verifier: "x".repeat(43) }), 400, "invalid_grant");
-    await expectOAuthError(await exchange(await codeFor(), { redirect_uri: "http://127.0.0.1:40000/other" }), 400, "invalid_grant");
-    await expectOAuthError(await exchange(await codeFor(), { resource: "https://other.example/mcp" }), 400, "invalid_target");
-    await expectOAuthError(await exchange(await codeFor(), { client_id: other.clientId }), 400, "invalid_grant");
+    await expectOAuthError(await exchange(code, { code_verifier: "x".repeat(43) }), 400, "invalid_grant");
+    await expectOAuthError(await exchange(code, { redirect_uri: "http://127.0.0.1:40000/other" }), 400, "invalid_grant");
+    await expectOAuthError(await exchange(code, { resource: "https://other.example/mcp" }), 400, "invalid_target");
+    await expectOAuthError(await exchange(code, { client_id: other.clientId, code_verifier: other.verifier }), 400, "invalid_grant");
     await expectOAuthError(await exchange("fmb_code_unknown", {}), 400, "invalid_grant");
-    await expectOAuthError(await exchange(await codeFor(), { code_verifier: "" }), 400, "invalid_request");
+    await expectOAuthError(await exchange(code, { code_verifier: "" }), 400, "invalid_request");
+    // Only the rightful client with its verifier spends the code, and its tokens work.
+    const spent = await exchange(code, {});
+    expect(spent.status).toBe(200);
+    const tokens = await spent.json();
+    expect((await mcp({ authorization: `Bearer ${tokens.access_token}` })).status).not.toBe(401);
+    // Someone who saw the spent code but holds no verifier cannot revoke what it issued.
+    await expectOAuthError(await exchange(code, { code_verifier: "x".repeat(43) }), 400, "invalid_grant");
+    expect((await mcp({ authorization: `Bearer ${tokens.access_token}` })).status).not.toBe(401);
+  });
+
+  test("a client that did not register refresh_token gets an access token only", async () => {
+    const client = await newClient(undefined, { grant_types: ["authorization_code"] });
+    const code = (await walkBrowserFlow(client.authorizeUrl(), client.redirectUri)).searchParams.get("code")!;
+    const response = await form("/oauth/token", { grant_type: "authorization_code", code, code_verifier: client.verifier, client_id: client.clientId });
+    expect(response.status).toBe(200);
+    const body = await response.json();
+    expect(Object.keys(body).sort()).toEqual(["access_token", "expires_in", "scope", "token_type"]);
+    // With no refresh token behind it, the grant is live only as long as the access token is.
+    const { grantId } = t.broker.store.findAccessIdentity(hashToken(body.access_token), Date.now() + offsetMs)!;
+    expect(t.broker.store.grantHasLiveTokens(grantId, Date.now() + offsetMs + 3_601_000)).toBe(false);
   });
 
   test("a code is single-use; replaying it revokes the tokens it was exchanged for", async () => {
@@ -414,6 +435,27 @@ describe("token endpoint", () => {
     await expectOAuthError(rightSecret, 400, "invalid_grant");
   });
 
+  test("invalid_client does not tell whether the client exists: one answer for unknown, wrong secret and wrong method", async () => {
+    const confidential = await (await register({ redirect_uris: ["https://a.example/cb"], token_endpoint_auth_method: "client_secret_basic" })).json();
+    const publicClient = await newClient();
+    const basic = (id: string, secret: string) => ({ authorization: `Basic ${btoa(`${id}:${secret}`)}` });
+    const refusal = async (fields: Record<string, string>, headers: Record<string, string> = {}) => {
+      const response = await form("/oauth/token", { grant_type: "refresh_token", refresh_token: "fmb_rt_x", ...fields }, headers);
+      return { status: response.status, challenge: response.headers.get("www-authenticate"), body: await response.json() };
+    };
+    const overBasic = [await refusal({}, basic("fmb_client_nope", "secret")), await refusal({}, basic(confidential.client_id, "wrong"))];
+    const inTheBody = [
+      await refusal({ client_id: "fmb_client_nope" }),
+      await refusal({ client_id: "fmb_client_nope", client_secret: "secret" }),
+      await refusal({ client_id: confidential.client_id }),
+      await refusal({ client_id: confidential.client_id, client_secret: confidential.client_secret }),
+      await refusal({ client_id: publicClient.clientId, client_secret: "secret" }),
+    ];
+    const expected = { status: 401, body: { error: "invalid_client", error_description: "Client authentication failed" } };
+    for (const answer of overBasic) expect(answer).toEqual({ ...expected, challenge: 'Basic realm="oauth"' });
+    for (const answer of inTheBody) expect(answer).toEqual({ ...expected, challenge: null });
+  });
+
   test("a JSON body is refused with invalid_request", async () => {
     const response = await fetch(`${base}/oauth/token`, {
       method: "POST",
@@ -421,6 +463,21 @@ describe("token endpoint", () => {
       body: JSON.stringify({ grant_type: "refresh_token" }),
     });
     await expectOAuthError(response, 400, "invalid_request");
+  });
+
+  test("a refresh asking for a scope that was not granted is refused and leaves the refresh token usable", async () => {
+    const tokens = await obtainTokens(base);
+    const refresh = (fields: Record<string, string> = {}) =>
+      form("/oauth/token", { grant_type: "refresh_token", refresh_token: tokens.refreshToken, client_id: tokens.clientId, ...fields });
+    await expectOAuthError(await refresh({ scope: "mcp admin" }), 400, "invalid_scope");
+    await expectOAuthError(await refresh({ resource: "https://other.example/mcp" }), 400, "invalid_target");
+    // Past the grace window: had a refusal rotated the token, this retry would revoke the grant.
+    offsetMs += 11_000;
+    const retried = await refresh();
+    expect(retried.status).toBe(200);
+    const fresh = await retried.json();
+    expect(fresh.scope).toBe("mcp");
+    expect((await mcp({ authorization: `Bearer ${fresh.access_token}` })).status).not.toBe(401);
   });
 
   test("a rotated refresh token presented after the grace window revokes the whole grant", async () => {
@@ -514,26 +571,33 @@ describe("bearer guard on /mcp", () => {
 });
 
 describe("request log", () => {
+  /** A request's log line is written after its response is sent: waits for one logged since line `from`. */
+  const loggedRequest = async (from: number, matches: (line: Record<string, unknown>) => boolean) => {
+    const logged = () => t.logs.slice(from).map((line) => JSON.parse(line) as Record<string, unknown>).findLast((l) => l.msg === "request" && matches(l));
+    await waitWhile(() => logged() === undefined, 100, 10);
+    return logged();
+  };
+
   test("a Basic header that does not decode is invalid_client and still gets its log line", async () => {
+    const from = t.logs.length;
     const response = await form("/oauth/token", { grant_type: "refresh_token", refresh_token: "fmb_rt_x" }, { authorization: `Basic ${btoa("%%:x")}` });
     const body = await expectOAuthError(response, 401, "invalid_client");
     expect(body.error_description).toBe("Malformed HTTP Basic client credentials");
     expect(response.headers.get("www-authenticate")).toBe('Basic realm="oauth"');
-    await Bun.sleep(20);
-    const line = t.logs.map((l) => JSON.parse(l)).findLast((l) => l.msg === "request" && l.path === "/oauth/token");
+    const line = await loggedRequest(from, (l) => l.path === "/oauth/token" && l.status === 401);
     expect(line).toMatchObject({ method: "POST", status: 401 });
-    expect(line.client_id).toBeUndefined();
+    expect(line?.client_id).toBeUndefined();
   });
 
   test("one JSON line per request with method, path, status, duration, client id, and no secret", async () => {
     const tokens = await obtainTokens(base, { state: "secret-state-value" });
+    const from = t.logs.length;
     await mcp({ authorization: `Bearer ${tokens.accessToken}` });
-    await Bun.sleep(20);
+    expect(await loggedRequest(from, (l) => l.path === "/mcp")).toMatchObject({ method: "POST", client_id: tokens.clientId });
     const lines = t.logs.map((line) => JSON.parse(line));
     const tokenLine = lines.find((l) => l.msg === "request" && l.path === "/oauth/token" && l.status === 200);
     expect(tokenLine).toMatchObject({ method: "POST", level: "info" });
     expect(typeof tokenLine.duration_ms).toBe("number");
-    expect(lines.some((l) => l.msg === "request" && l.path === "/mcp" && l.client_id === tokens.clientId)).toBe(true);
     const all = t.logs.join("\n");
     for (const secret of [tokens.accessToken, tokens.refreshToken, tokens.code, tokens.verifier, "secret-state-value", t.forgejo.clientSecret]) {
       expect(all).not.toContain(secret);

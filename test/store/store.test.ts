@@ -1,18 +1,41 @@
 // The store's guarantees the OAuth endpoints lean on: single-use rules hold under repetition,
 // revocation reaches every token of a grant, and expired rows are purged but replays still caught.
 import { describe, expect, test } from "bun:test";
-import { Store } from "../../src/store/store.ts";
+import { s256Challenge } from "../../src/oauth/pkce.ts";
+import { Store, type ClientRow, type NewTokenHashes } from "../../src/store/store.ts";
+
+const VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+const client = (id: string, metadata: Record<string, unknown> = {}): ClientRow => ({
+  id,
+  secretHash: null,
+  tokenEndpointAuthMethod: "none",
+  name: "C",
+  redirectUris: ["http://localhost/cb"],
+  metadata,
+  createdAt: 0,
+});
+/** The hashes of a new pair numbered n; the store never sees the tokens themselves. */
+const newPair = (n: number, accessExpiresAt = 1000, refreshExpiresAt = 10_000): NewTokenHashes => ({
+  accessTokenHash: `a${n}`,
+  accessExpiresAt,
+  refreshTokenHash: `r${n}`,
+  refreshExpiresAt,
+});
 
 function seeded() {
   const store = Store.open(":memory:");
-  store.createClient({ id: "c1", secretHash: null, tokenEndpointAuthMethod: "none", name: "C", redirectUris: ["http://localhost/cb"], metadata: {}, createdAt: 0 });
+  const c1 = client("c1");
+  store.createClient(c1);
   const grant = store.findOrCreateGrant({ id: "g1", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice", scope: "mcp", now: 0 });
   const pair = (family: string, n: number, accessExpiresAt = 1000, refreshExpiresAt = 10_000) =>
-    store.insertTokenPair(
-      { grantId: grant.id, familyId: family, clientId: "c1", resource: "r", scope: "mcp", accessTokenHash: `a${n}`, accessExpiresAt, refreshTokenHash: `r${n}`, refreshExpiresAt },
-      0,
-    );
-  return { store, grant, pair };
+    store.insertTokenPair({ grantId: grant.id, familyId: family, clientId: "c1", resource: "r", scope: "mcp", ...newPair(n, accessExpiresAt, refreshExpiresAt) }, 0);
+  const code = (codeHash: string, family: string, grantId = grant.id, clientId = "c1") =>
+    store.createAuthCode({ codeHash, grantId, clientId, redirectUri: "u", codeChallenge: s256Challenge(VERIFIER), resource: "r", scope: "mcp", familyId: family, expiresAt: 60, usedAt: null });
+  const exchangeCode = (codeHash: string, n: number, now: number, overrides: Partial<Parameters<Store["exchangeCode"]>[0]> = {}) =>
+    store.exchangeCode({ client: c1, codeHash, codeVerifier: VERIFIER, redirectUri: "u", resource: "r", tokens: newPair(n), now, ...overrides });
+  const exchangeRefresh = (refreshTokenHash: string, n: number, now: number, overrides: Partial<Parameters<Store["exchangeRefresh"]>[0]> = {}) =>
+    store.exchangeRefresh({ client: c1, refreshTokenHash, scope: undefined, resource: undefined, tokens: newPair(n), now, graceMs: 10_000, ...overrides });
+  return { store, grant, pair, code, exchangeCode, exchangeRefresh };
 }
 
 describe("Store", () => {
@@ -34,31 +57,90 @@ describe("Store", () => {
     expect(store.findOrCreateGrant({ id: "g3", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice", scope: "mcp", now: 3 }).id).toBe("g3");
   });
 
-  test("an authorization code redeems once; the replay revokes its family", () => {
-    const { store, grant, pair } = seeded();
-    store.createAuthCode({ codeHash: "k", grantId: grant.id, clientId: "c1", redirectUri: "u", codeChallenge: "x", resource: "r", scope: "mcp", familyId: "f1", expiresAt: 60, usedAt: null });
-    expect(store.redeemAuthCode("k", 1).status).toBe("redeemed");
-    pair("f1", 1);
+  test("an authorization code is exchanged once; a replay with its verifier revokes what it issued", () => {
+    const { store, code, exchangeCode } = seeded();
+    code("k", "f1");
+    expect(exchangeCode("k", 1, 1)).toEqual({ ok: true, scope: "mcp", refreshIssued: true });
     expect(store.findAccessIdentity("a1", 2)).toBeDefined();
-    expect(store.redeemAuthCode("k", 2).status).toBe("replayed");
+    expect(exchangeCode("k", 2, 2)).toEqual({ ok: false, error: "invalid_grant", description: "The authorization code was already used", revoked: "family" });
     expect(store.findAccessIdentity("a1", 3)).toBeUndefined();
-    expect(store.redeemAuthCode("nope", 3).status).toBe("unknown");
-    store.createAuthCode({ codeHash: "late", grantId: grant.id, clientId: "c1", redirectUri: "u", codeChallenge: "x", resource: "r", scope: "mcp", familyId: "f2", expiresAt: 60, usedAt: null });
-    expect(store.redeemAuthCode("late", 61).status).toBe("expired");
+    expect(exchangeCode("nope", 3, 3)).toMatchObject({ ok: false, error: "invalid_grant" });
+    code("late", "f2");
+    expect(exchangeCode("late", 4, 61)).toMatchObject({ ok: false, error: "invalid_grant", description: "The authorization code is invalid or expired" });
+  });
+
+  test("a code presented by another client or with a wrong verifier, redirect_uri or resource stays spendable by its own client", () => {
+    const { store, code, exchangeCode } = seeded();
+    store.createClient(client("c2"));
+    code("k", "f1");
+    const wrong: [Partial<Parameters<Store["exchangeCode"]>[0]>, string][] = [
+      [{ client: client("c2") }, "invalid_grant"],
+      [{ codeVerifier: "x".repeat(43) }, "invalid_grant"],
+      [{ redirectUri: "http://localhost/other" }, "invalid_grant"],
+      [{ resource: "https://other.example/mcp" }, "invalid_target"],
+    ];
+    for (const [overrides, error] of wrong) {
+      expect(exchangeCode("k", 1, 1, overrides)).toMatchObject({ ok: false, error, revoked: undefined });
+    }
+    expect(exchangeCode("k", 1, 2)).toMatchObject({ ok: true });
+    // Once spent, a presentation without the verifier is refused but proves no theft: nothing is revoked.
+    expect(exchangeCode("k", 2, 3, { codeVerifier: "x".repeat(43) })).toMatchObject({ ok: false, error: "invalid_grant", revoked: undefined });
+    expect(store.findAccessIdentity("a1", 4)).toBeDefined();
+    // With the verifier it does prove theft, whatever else the request gets wrong.
+    expect(exchangeCode("k", 3, 5, { resource: "https://other.example/mcp" })).toMatchObject({ ok: false, error: "invalid_grant", revoked: "family" });
+    expect(store.findAccessIdentity("a1", 6)).toBeUndefined();
+  });
+
+  test("a client that did not register refresh_token gets an access token only, and its grant dies with it", () => {
+    const { store } = seeded();
+    const accessOnly = client("c3", { grant_types: ["authorization_code"] });
+    store.createClient(accessOnly);
+    const grant = store.findOrCreateGrant({ id: "g3", clientId: "c3", forgejoUserId: 7, forgejoLogin: "alice", scope: "mcp", now: 0 });
+    store.createAuthCode({ codeHash: "k3", grantId: grant.id, clientId: "c3", redirectUri: "u", codeChallenge: s256Challenge(VERIFIER), resource: "r", scope: "mcp", familyId: "f3", expiresAt: 60, usedAt: null });
+    const exchanged = store.exchangeCode({ client: accessOnly, codeHash: "k3", codeVerifier: VERIFIER, redirectUri: undefined, resource: undefined, tokens: newPair(3), now: 1 });
+    expect(exchanged).toEqual({ ok: true, scope: "mcp", refreshIssued: false });
+    expect(store.grantHasLiveTokens(grant.id, 999)).toBe(true);
+    expect(store.grantHasLiveTokens(grant.id, 1000)).toBe(false);
+    expect(store.exchangeRefresh({ client: accessOnly, refreshTokenHash: "r3", scope: undefined, resource: undefined, tokens: newPair(4), now: 2, graceMs: 0 })).toMatchObject({
+      ok: false,
+      error: "unauthorized_client",
+    });
+  });
+
+  test("a refused refresh (a scope never granted, another resource) leaves the refresh token usable", () => {
+    const { store, pair, exchangeRefresh } = seeded();
+    pair("f1", 1);
+    expect(exchangeRefresh("r1", 2, 1, { scope: "mcp admin" })).toEqual({ ok: false, error: "invalid_scope", description: "scope admin was not granted", revoked: undefined });
+    expect(exchangeRefresh("r1", 2, 2, { resource: "https://other.example/mcp" })).toMatchObject({ ok: false, error: "invalid_target" });
+    // Past the grace window, where a token the refusals had rotated would now revoke the grant.
+    expect(exchangeRefresh("r1", 2, 5_000, { scope: "mcp", graceMs: 10, tokens: newPair(2, 9_000) })).toEqual({ ok: true, scope: "mcp", refreshIssued: true });
+    expect(store.findAccessIdentity("a2", 5_001)).toBeDefined();
+    expect(exchangeRefresh("r2", 3, 5_002)).toMatchObject({ ok: true });
+  });
+
+  test("marking used and inserting the pair commit together: a failed insert leaves the code and the refresh token unspent", () => {
+    const { pair, code, exchangeCode, exchangeRefresh } = seeded();
+    pair("f1", 1);
+    code("k", "f2");
+    // A new pair whose access-token hash is already taken makes the insert fail after the mark.
+    expect(() => exchangeCode("k", 1, 1)).toThrow();
+    expect(() => exchangeRefresh("r1", 1, 1)).toThrow();
+    expect(exchangeCode("k", 2, 2)).toMatchObject({ ok: true });
+    expect(exchangeRefresh("r1", 3, 3)).toMatchObject({ ok: true });
   });
 
   test("revoking a grant (or all of a user's grants) kills every token under it", () => {
-    const { store, grant, pair } = seeded();
+    const { store, grant, pair, exchangeRefresh } = seeded();
     pair("f1", 1);
     pair("f2", 2);
     expect(store.revokeGrantsOfUser(7, 5)).toEqual([grant.id]);
     expect(store.findAccessIdentity("a1", 6)).toBeUndefined();
     expect(store.findAccessIdentity("a2", 6)).toBeUndefined();
-    expect(store.rotateRefreshToken("r2", "c1", 6, 10_000).status).toBe("invalid");
+    expect(exchangeRefresh("r2", 3, 6)).toMatchObject({ ok: false, error: "invalid_grant", description: "The refresh token is invalid, expired or revoked" });
   });
 
   test("a grant has live tokens while a live access token or an unrotated, unexpired refresh token is left", () => {
-    const { store, grant, pair } = seeded();
+    const { store, grant, pair, exchangeRefresh } = seeded();
     pair("f1", 1, 1000, 10_000);
     pair("f2", 2, 1000, 10_000);
     const live = (now: number) => store.grantHasLiveTokens(grant.id, now);
@@ -67,11 +149,11 @@ describe("Store", () => {
     expect(live(2000)).toBe(true);
     store.revokeToken("r1", "c1", 2);
     expect(live(2000)).toBe(true);
-    // Rotated refresh tokens live on only through their successors, which are not here.
-    store.rotateRefreshToken("r2", "c1", 3, 60_000);
+    // A rotated refresh token lives on only through its successor, here one that expires at 1500.
+    expect(exchangeRefresh("r2", 3, 3, { tokens: newPair(3, 1000, 1500) })).toMatchObject({ ok: true });
+    expect(live(1200)).toBe(true);
     expect(live(2000)).toBe(false);
-    expect(live(1)).toBe(true);
-    store.revokeToken("a2", "c1", 4);
+    store.revokeToken("r3", "c1", 4);
     expect(live(1)).toBe(false);
     expect(live(20_000)).toBe(false);
   });
@@ -99,13 +181,13 @@ describe("Store", () => {
   });
 
   test("purge removes what expired and keeps live rows, rotated tokens included until they expire", () => {
-    const { store, pair } = seeded();
+    const { store, pair, exchangeRefresh } = seeded();
     pair("f1", 1, 100, 200);
     pair("f2", 2, 1000, 10_000);
-    expect(store.rotateRefreshToken("r2", "c1", 50, 10).status).toBe("rotated");
+    expect(exchangeRefresh("r2", 3, 50, { graceMs: 10 })).toMatchObject({ ok: true });
     expect(store.purgeExpired(300)).toBe(2);
     expect(store.findAccessIdentity("a2", 300)).toBeDefined();
-    const replay = store.rotateRefreshToken("r2", "c1", 400, 10);
-    expect(replay).toMatchObject({ status: "replayed", grantRevoked: true });
+    expect(exchangeRefresh("r2", 4, 400, { graceMs: 10 })).toMatchObject({ ok: false, error: "invalid_grant", revoked: "grant" });
+    expect(store.findAccessIdentity("a3", 400)).toBeUndefined();
   });
 });
