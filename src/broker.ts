@@ -13,8 +13,8 @@ import { Store } from "./store/store.ts";
 import { createSpawnChild } from "./supervisor/child.ts";
 import { realTimers } from "./supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials } from "./upstream/credentials.ts";
-import { MIN_REFRESH_INTERVAL_MS } from "./upstream/refresh-timing.ts";
 import { ForgejoClient } from "./upstream/forgejo.ts";
+import { MIN_REFRESH_INTERVAL_MS } from "./upstream/refresh-timing.ts";
 
 export interface BrokerOptions {
   logger: Logger;
