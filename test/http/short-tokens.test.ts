@@ -56,6 +56,7 @@ test(`with ${TOKEN_TTL_S} s Forgejo tokens, each user is refreshed every ${TOKEN
         (error: Error) => `failed: ${error.message}`,
       );
       outcomes.push(outcome);
+      // A client's pace between calls, not a wait for something to happen.
       await Bun.sleep(100);
     }
   });
