@@ -14,6 +14,7 @@ import { createSpawnChild } from "./supervisor/child.ts";
 import { realTimers } from "./supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials } from "./upstream/credentials.ts";
 import { ForgejoClient } from "./upstream/forgejo.ts";
+import { MIN_REFRESH_INTERVAL_MS } from "./upstream/refresh-timing.ts";
 
 export interface BrokerOptions {
   logger: Logger;
@@ -54,7 +55,16 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     timeoutMs: config.forgejo.timeoutMs,
     timers: realTimers,
   });
-  const credentials = new UpstreamCredentials({ store, sealer, forgejo, logger, now, waitMs: config.forgejo.timeoutMs, timers: realTimers });
+  const credentials = new UpstreamCredentials({
+    store,
+    sealer,
+    forgejo,
+    logger,
+    now,
+    waitMs: config.forgejo.timeoutMs,
+    timers: realTimers,
+    timing: { leadMs: config.sessions.refreshLeadMs, minIntervalMs: MIN_REFRESH_INTERVAL_MS },
+  });
 
   let server: ReturnType<typeof Bun.serve> | undefined;
   const oauth: OAuthDeps = {
@@ -73,7 +83,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     config: config.sessions,
     // Children take only PATH and the passthrough variables from the broker's environment.
     spawn: createSpawnChild({ config: config.child, forgejoUrl: config.forgejo.url, env: process.env, logger }),
-    upstreamToken: upstreamTokenFrom(credentials, config.sessions.refreshLeadMs),
+    upstreamToken: upstreamTokenFrom(credentials),
     refresh: refresherFrom(credentials),
     grantIsLive: (grantId) => store.grantHasLiveTokens(grantId, now()),
     logger,
@@ -126,15 +136,21 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   };
 }
 
-/** The registry's token source: the user's Forgejo token, refreshed first when it would expire within the lead. */
-function upstreamTokenFrom(credentials: UpstreamCredentials, refreshLeadMs: number): UpstreamTokenProvider {
+/**
+ * The registry's token source: the user's Forgejo token, refreshed first only when its refresh is due,
+ * by the same rule as the scheduler's, so a session start never refreshes a token the scheduler would keep.
+ */
+function upstreamTokenFrom(credentials: UpstreamCredentials): UpstreamTokenProvider {
   return async (forgejoUserId) => {
-    const access = await credentials.accessTokenFor(forgejoUserId, { minValidityMs: refreshLeadMs });
+    const access = await credentials.accessTokenFor(forgejoUserId);
     return { token: access.accessToken, expiresAt: access.accessExpiresAt };
   };
 }
 
-/** The registry's refresher: a lost credential is a refusal (sign in again), anything else is transient. */
+/**
+ * The registry's refresher, called by the scheduler once a refresh is due: a lost credential is a refusal
+ * (sign in again), anything else is transient. Within the minimum spacing it gets the pair just stored.
+ */
 function refresherFrom(credentials: UpstreamCredentials): UpstreamRefresher {
   return async (forgejoUserId) => {
     try {

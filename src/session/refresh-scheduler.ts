@@ -1,12 +1,15 @@
-// Wakes up refreshLeadMs before each watched Forgejo user's upstream token expires and runs the
-// refresh-and-rotate step, retrying on transient failures, so children never outlive their token.
+// Wakes up when each watched Forgejo user's upstream token is due for a refresh (the rule in
+// refresh-timing.ts) and runs the refresh-and-rotate step, retrying on transient failures.
 import type { Logger } from "../log.ts";
 import type { TimerHandle, Timers } from "../supervisor/timers.ts";
+import { MIN_REFRESH_INTERVAL_MS, refreshDueAt, type RefreshTiming } from "../upstream/refresh-timing.ts";
 
 export interface RefreshSchedulerDeps {
   timers: Timers;
   logger: Logger;
   leadMs: number;
+  /** The least time between two refreshes of one user; MIN_REFRESH_INTERVAL_MS unless a test says otherwise. */
+  minIntervalMs?: number;
   /** Wait after a failed attempt. */
   retryMs: number;
   /**
@@ -18,6 +21,7 @@ export interface RefreshSchedulerDeps {
 
 interface Watch {
   expiresAt: number;
+  dueAt: number;
   timer: TimerHandle | null;
   running: boolean;
 }
@@ -28,8 +32,11 @@ const MAX_DELAY_MS = 2 ** 31 - 1;
 export class RefreshScheduler {
   private readonly watches = new Map<number, Watch>();
   private closed = false;
+  private readonly timing: RefreshTiming;
 
-  constructor(private readonly deps: RefreshSchedulerDeps) {}
+  constructor(private readonly deps: RefreshSchedulerDeps) {
+    this.timing = { leadMs: deps.leadMs, minIntervalMs: deps.minIntervalMs ?? MIN_REFRESH_INTERVAL_MS };
+  }
 
   /**
    * Keeps the earliest expiry seen for the user: a session started with a token fetched just
@@ -39,7 +46,9 @@ export class RefreshScheduler {
     if (expiresAt === null || this.closed) return;
     const existing = this.watches.get(forgejoUserId);
     if (existing !== undefined && (existing.running || existing.expiresAt <= expiresAt)) return;
-    this.schedule(forgejoUserId, expiresAt, expiresAt - this.deps.leadMs);
+    // The token was issued before the session that reports it started: counting its life from now
+    // underestimates it, which can only make the refresh later than the credential's own rule, never sooner.
+    this.schedule(forgejoUserId, expiresAt, refreshDueAt(this.deps.timers.now(), expiresAt, this.timing));
   }
 
   unwatch(forgejoUserId: number): void {
@@ -51,7 +60,7 @@ export class RefreshScheduler {
   /** When the next refresh for the user is due, for tests and metrics. */
   dueAt(forgejoUserId: number): number | null {
     const existing = this.watches.get(forgejoUserId);
-    return existing === undefined ? null : existing.expiresAt - this.deps.leadMs;
+    return existing === undefined ? null : existing.dueAt;
   }
 
   close(): void {
@@ -59,19 +68,19 @@ export class RefreshScheduler {
     for (const forgejoUserId of [...this.watches.keys()]) this.unwatch(forgejoUserId);
   }
 
-  private schedule(forgejoUserId: number, expiresAt: number, at: number): void {
+  private schedule(forgejoUserId: number, expiresAt: number, dueAt: number): void {
     this.unwatch(forgejoUserId);
-    const delay = Math.min(MAX_DELAY_MS, Math.max(0, at - this.deps.timers.now()));
-    const watch: Watch = { expiresAt, timer: null, running: false };
+    const delay = Math.min(MAX_DELAY_MS, Math.max(0, dueAt - this.deps.timers.now()));
+    const watch: Watch = { expiresAt, dueAt, timer: null, running: false };
     watch.timer = this.deps.timers.setTimeout(() => void this.run(forgejoUserId, watch), delay);
     this.watches.set(forgejoUserId, watch);
   }
 
   private async run(forgejoUserId: number, watch: Watch): Promise<void> {
     watch.timer = null;
-    if (watch.expiresAt - this.deps.leadMs > this.deps.timers.now()) {
+    if (watch.dueAt > this.deps.timers.now()) {
       // Woke early because the wait was clamped.
-      this.schedule(forgejoUserId, watch.expiresAt, watch.expiresAt - this.deps.leadMs);
+      this.schedule(forgejoUserId, watch.expiresAt, watch.dueAt);
       return;
     }
     watch.running = true;
@@ -91,6 +100,8 @@ export class RefreshScheduler {
     watch.running = false;
     if (this.watches.get(forgejoUserId) !== watch) return;
     if (next === null) this.unwatch(forgejoUserId);
-    else this.schedule(forgejoUserId, next, next - this.deps.leadMs);
+    // The new token was issued during onDue: its life counts from now, so the next refresh is half
+    // of it away at most and the minimum spacing away at least, however short it lives.
+    else this.schedule(forgejoUserId, next, refreshDueAt(this.deps.timers.now(), next, this.timing));
   }
 }

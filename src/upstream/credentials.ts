@@ -6,11 +6,15 @@ import type { Store, UpstreamCredentialRow } from "../store/store.ts";
 import type { Timers } from "../supervisor/timers.ts";
 import { waitAtMost } from "./deadline.ts";
 import { forgejoTimedOut, UpstreamRefusedError, type ForgejoClient, type ForgejoUser, type UpstreamTokens } from "./forgejo.ts";
+import { earliestRefreshAt, refreshDueAt, type RefreshTiming } from "./refresh-timing.ts";
 
 export interface UpstreamAccess {
   accessToken: string;
   accessExpiresAt: number | null;
 }
+
+/** "when-due": only if the stored pair is due; "forced": unless it was stored within the minimum spacing. */
+type RefreshUrgency = "when-due" | "forced";
 
 export type CredentialLossReason = "missing" | "refused" | "unreadable";
 
@@ -41,6 +45,8 @@ export interface UpstreamCredentialsOptions {
   /** How long a caller waits for a refresh; the refresh itself runs on and is stored when it ends. */
   waitMs: number;
   timers: Pick<Timers, "setTimeout" | "clearTimeout">;
+  /** When a stored pair is due for a refresh, and how soon after the last one a refresh may come. */
+  timing: RefreshTiming;
 }
 
 // The associated data ties each ciphertext to its user and its role, so a sealed token copied into
@@ -69,16 +75,19 @@ export class UpstreamCredentials {
     this.emit({ type: "rotated", forgejoUserId: user.id, accessExpiresAt: tokens.accessExpiresAt });
   }
 
-  /** The user's access token, refreshed first when it expires within `minValidityMs`. */
-  async accessTokenFor(forgejoUserId: number, { minValidityMs }: { minValidityMs: number }): Promise<UpstreamAccess> {
+  /** The user's access token, refreshed first when its refresh is due (refresh-timing's rule). */
+  async accessTokenFor(forgejoUserId: number): Promise<UpstreamAccess> {
     const row = this.options.store.getUpstreamCredential(forgejoUserId);
-    if (row && this.validFor(row, minValidityMs)) return this.unsealAccess(row);
-    return this.waitFor(this.singleFlight(forgejoUserId, minValidityMs));
+    if (row && !this.isDue(row, "when-due")) return this.unsealAccess(row);
+    return this.waitFor(this.singleFlight(forgejoUserId, "when-due"));
   }
 
-  /** A refresh now, whatever the expiry (the data plane rotating a child's token); joins one in flight. */
+  /**
+   * A refresh now, whatever the expiry (the data plane rotating a child's token); joins one in flight.
+   * A pair stored less than the minimum spacing ago is handed out instead: it is as new as a refresh would give.
+   */
   async refreshNow(forgejoUserId: number): Promise<UpstreamAccess> {
-    return this.waitFor(this.singleFlight(forgejoUserId, null));
+    return this.waitFor(this.singleFlight(forgejoUserId, "forced"));
   }
 
   /**
@@ -97,20 +106,20 @@ export class UpstreamCredentials {
     return () => this.listeners.delete(listener);
   }
 
-  private singleFlight(forgejoUserId: number, minValidityMs: number | null): Promise<UpstreamAccess> {
+  private singleFlight(forgejoUserId: number, urgency: RefreshUrgency): Promise<UpstreamAccess> {
     const running = this.inFlight.get(forgejoUserId);
     if (running) return running;
-    const flight = this.refresh(forgejoUserId, minValidityMs).finally(() => this.inFlight.delete(forgejoUserId));
+    const flight = this.refresh(forgejoUserId, urgency).finally(() => this.inFlight.delete(forgejoUserId));
     this.inFlight.set(forgejoUserId, flight);
     return flight;
   }
 
-  private async refresh(forgejoUserId: number, minValidityMs: number | null): Promise<UpstreamAccess> {
+  private async refresh(forgejoUserId: number, urgency: RefreshUrgency): Promise<UpstreamAccess> {
     const { store, sealer, forgejo, now, logger } = this.options;
     const row = store.getUpstreamCredential(forgejoUserId);
     if (!row) return this.lose(forgejoUserId, "missing");
     // Another writer may have stored a fresh pair between the caller's read and this flight.
-    if (minValidityMs !== null && this.validFor(row, minValidityMs)) return this.unsealAccess(row);
+    if (!this.isDue(row, urgency)) return this.unsealAccess(row);
     if (row.refreshTokenSealed === null) return this.lose(forgejoUserId, "missing");
 
     let refreshToken: string;
@@ -151,8 +160,11 @@ export class UpstreamCredentials {
     return { accessToken: tokens.accessToken, accessExpiresAt: tokens.accessExpiresAt };
   }
 
-  private validFor(row: UpstreamCredentialRow, minValidityMs: number): boolean {
-    return row.accessExpiresAt === null || row.accessExpiresAt - this.options.now() > minValidityMs;
+  /** The pair was stored (issued) at updatedAt: that and its expiry give its lifetime, and the last refresh. */
+  private isDue(row: UpstreamCredentialRow, urgency: RefreshUrgency): boolean {
+    const { timing, now } = this.options;
+    if (urgency === "forced") return now() >= earliestRefreshAt(row.updatedAt, timing);
+    return row.accessExpiresAt !== null && now() >= refreshDueAt(row.updatedAt, row.accessExpiresAt, timing);
   }
 
   private async unsealAccess(row: UpstreamCredentialRow): Promise<UpstreamAccess> {

@@ -149,8 +149,8 @@ describe("the official SDK client through the broker", () => {
 describe("rotation driven by the upstream token's expiry", () => {
   let t: TestBroker;
   beforeAll(async () => {
-    // Forgejo's tokens live 3600 s; a lead of 3598 s makes each rotation due about 2 s after the token was issued.
-    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(), BROKER_REFRESH_LEAD_S: "3598" } });
+    // Forgejo's tokens live 10 s here: the lead is cut to half a token's life, so each rotation is due 5 s after the token was issued.
+    t = await startTestBroker({ forgejo: { accessTokenTtlS: 10 }, env: { BROKER_CHILD_COMMAND: childCommand() } });
   });
   afterAll(async () => {
     await t.stop();
@@ -162,11 +162,11 @@ describe("rotation driven by the upstream token's expiry", () => {
     const firstPid = childPid(t, signedIn);
     const refreshesBefore = t.forgejo.stats.refreshes;
     const seen: number[] = [];
-    const result = await signedIn.client.callTool({ name: "slow_count", arguments: { n: 40, delay_ms: 100 } }, undefined, {
+    const result = await signedIn.client.callTool({ name: "slow_count", arguments: { n: 80, delay_ms: 100 } }, undefined, {
       onprogress: (progress) => seen.push(progress.progress),
     });
-    expect(textOf(result)).toBe("counted to 40");
-    expect(seen).toHaveLength(40);
+    expect(textOf(result)).toBe("counted to 80");
+    expect(seen).toHaveLength(80);
     expect(t.forgejo.stats.refreshes).toBeGreaterThan(refreshesBefore);
     expect(signedIn.transport.sessionId).toBe(sessionId);
     expect(childPid(t, signedIn)).not.toBe(firstPid);
@@ -179,9 +179,9 @@ describe("rotation driven by the upstream token's expiry", () => {
     const sessionId = signedIn.transport.sessionId!;
     const pid = childPid(t, signedIn);
     const token = signedIn.provider.savedTokens!.access_token;
-    // The user revokes the app on Forgejo: the next scheduled refresh (about 2 s away) is refused.
+    // The user revokes the app on Forgejo: the next scheduled refresh (about 5 s away) is refused.
     t.forgejo.revokeUser("alice");
-    await waitWhile(() => isAlive(pid), 100, 50);
+    await waitWhile(() => isAlive(pid), 200, 50);
     expect(isAlive(pid)).toBe(false);
     expect(t.broker.registry.sessionsOf(1)).toEqual([]);
     const after = await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", id: 1, method: "tools/list" }, { "mcp-session-id": sessionId });

@@ -82,8 +82,8 @@ describe("idle reaping", () => {
 describe("a Forgejo that stops answering while a session start needs a refresh", () => {
   let t: TestBroker;
   beforeAll(async () => {
-    // Forgejo's tokens live 3600 s; with a lead of 3598 s a session start refreshes once a token is 2 s old.
-    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(), BROKER_REFRESH_LEAD_S: "3598", FORGEJO_TIMEOUT_S: "1" } });
+    // Forgejo's tokens live 10 s here: a session start refreshes once a token is 5 s old (half its life).
+    t = await startTestBroker({ forgejo: { accessTokenTtlS: 10 }, env: { BROKER_CHILD_COMMAND: childCommand(), FORGEJO_TIMEOUT_S: "1" } });
   });
   afterAll(async () => {
     t.forgejo.delayTokenEndpoint(0);
@@ -92,7 +92,7 @@ describe("a Forgejo that stops answering while a session start needs a refresh",
 
   test("initialize answers 503 with Retry-After after FORGEJO_TIMEOUT_S; the refresh runs on and its token serves the next start", async () => {
     const token = await tokenFor(t, "alice");
-    await Bun.sleep(2100);
+    await Bun.sleep(5100);
     t.forgejo.delayTokenEndpoint(2500);
     const refreshesBefore = t.forgejo.stats.refreshes;
 

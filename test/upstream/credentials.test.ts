@@ -13,12 +13,15 @@ import {
   type ForgejoUser,
   type UpstreamTokens,
 } from "../../src/upstream/forgejo.ts";
-import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { MIN_REFRESH_INTERVAL_MS } from "../../src/upstream/refresh-timing.ts";
+import { startFakeForgejo, type FakeForgejo, type FakeForgejoOptions } from "../fixtures/forgejo.ts";
 import { rejection, waitWhile } from "../helpers/promises.ts";
 
 const REDIRECT = "http://127.0.0.1:9/oauth/callback";
 const HOUR = 3600_000;
 const LEAD = 5 * 60_000;
+/** Past the minimum spacing, a forced refresh goes to Forgejo. */
+const SPACING = MIN_REFRESH_INTERVAL_MS;
 const ALICE: ForgejoUser = { id: 1, login: "alice" };
 const BOB: ForgejoUser = { id: 2, login: "bob" };
 
@@ -45,18 +48,32 @@ const makeClient = (clientSecret: string) =>
   });
 
 const makeCredentials = (refresher: Pick<ForgejoClient, "refresh">, waitMs = 5000) =>
-  new UpstreamCredentials({ store, sealer, forgejo: refresher, logger, now: () => clock, waitMs, timers: realTimers });
+  new UpstreamCredentials({
+    store,
+    sealer,
+    forgejo: refresher,
+    logger,
+    now: () => clock,
+    waitMs,
+    timers: realTimers,
+    timing: { leadMs: LEAD, minIntervalMs: SPACING },
+  });
 
-beforeEach(async () => {
-  clock = 1_700_000_000_000;
-  forgejo = await startFakeForgejo({ now: () => clock, redirectUri: REDIRECT });
+/** A stand-in Forgejo on the test's clock, and the credentials that refresh through it. */
+async function useForgejo(options: FakeForgejoOptions = {}): Promise<void> {
+  forgejo = await startFakeForgejo({ now: () => clock, redirectUri: REDIRECT, ...options });
   client = makeClient(forgejo.clientSecret);
-  store = Store.open(":memory:");
-  sealer = await TokenSealer.fromRawKey(new Uint8Array(32));
-  logger = createMemoryLogger();
   credentials = makeCredentials(client);
   events = [];
   credentials.onChange((event) => events.push(event));
+}
+
+beforeEach(async () => {
+  clock = 1_700_000_000_000;
+  store = Store.open(":memory:");
+  sealer = await TokenSealer.fromRawKey(new Uint8Array(32));
+  logger = createMemoryLogger();
+  await useForgejo();
 });
 afterEach(async () => {
   store.close();
@@ -103,7 +120,7 @@ describe("at rest", () => {
     expect(raw).not.toContain(tokens.accessToken);
     expect(raw).not.toContain(tokens.refreshToken!);
     expect(row).toMatchObject({ forgejoLogin: "alice", accessExpiresAt: clock + HOUR, version: 1 });
-    expect(await credentials.accessTokenFor(ALICE.id, { minValidityMs: LEAD })).toEqual({
+    expect(await credentials.accessTokenFor(ALICE.id)).toEqual({
       accessToken: tokens.accessToken,
       accessExpiresAt: clock + HOUR,
     });
@@ -116,17 +133,17 @@ describe("at rest", () => {
     const alice = store.getUpstreamCredential(ALICE.id)!;
     const bob = store.getUpstreamCredential(BOB.id)!;
     store.replaceUpstreamCredential(BOB.id, bob.version, { ...bob, accessTokenSealed: alice.accessTokenSealed });
-    const error = await rejection(credentials.accessTokenFor(BOB.id, { minValidityMs: LEAD }));
+    const error = await rejection(credentials.accessTokenFor(BOB.id));
     expect(error).toBeInstanceOf(UpstreamCredentialLostError);
     expect((error as UpstreamCredentialLostError).reason).toBe("unreadable");
-    expect((await credentials.accessTokenFor(ALICE.id, { minValidityMs: LEAD })).accessToken).toBe(forgejo.issuedAccessTokens("alice")[0]!);
+    expect((await credentials.accessTokenFor(ALICE.id)).accessToken).toBe(forgejo.issuedAccessTokens("alice")[0]!);
   });
 
   test("a second sign-in replaces the user's one credential", async () => {
     await signIn(ALICE);
     const second = await signIn(ALICE);
     expect(store.getUpstreamCredential(ALICE.id)!.version).toBe(2);
-    expect((await credentials.accessTokenFor(ALICE.id, { minValidityMs: LEAD })).accessToken).toBe(second.accessToken);
+    expect((await credentials.accessTokenFor(ALICE.id)).accessToken).toBe(second.accessToken);
   });
 });
 
@@ -134,7 +151,7 @@ describe("refresh", () => {
   test("a token about to expire is refreshed, and the new pair is stored before it is handed out", async () => {
     const first = await signIn(ALICE);
     clock += HOUR - LEAD + 1;
-    const access = await credentials.accessTokenFor(ALICE.id, { minValidityMs: LEAD });
+    const access = await credentials.accessTokenFor(ALICE.id);
     expect(access.accessToken).not.toBe(first.accessToken);
     expect(access.accessExpiresAt).toBe(clock + HOUR);
     expect(await userAnswer(access.accessToken)).toBe(200);
@@ -143,8 +160,9 @@ describe("refresh", () => {
     const row = store.getUpstreamCredential(ALICE.id)!;
     expect(row.version).toBe(2);
     const fresh = makeCredentials(client);
-    expect((await fresh.accessTokenFor(ALICE.id, { minValidityMs: LEAD })).accessToken).toBe(access.accessToken);
+    expect((await fresh.accessTokenFor(ALICE.id)).accessToken).toBe(access.accessToken);
     // The stored refresh token is the new one: the next refresh succeeds where the old one would be refused.
+    clock += SPACING;
     expect((await credentials.refreshNow(ALICE.id)).accessToken).not.toBe(access.accessToken);
     expect(events.filter((e) => e.type === "rotated").map((e) => e.forgejoUserId)).toEqual([1, 1, 1]);
   });
@@ -153,7 +171,7 @@ describe("refresh", () => {
     await signIn(ALICE);
     clock += HOUR - 1000;
     const results = await Promise.all(
-      Array.from({ length: 20 }, () => credentials.accessTokenFor(ALICE.id, { minValidityMs: LEAD })),
+      Array.from({ length: 20 }, () => credentials.accessTokenFor(ALICE.id)),
     );
     expect(forgejo.stats.refreshes).toBe(1);
     const tokens = new Set(results.map((r) => r.accessToken));
@@ -166,9 +184,10 @@ describe("refresh", () => {
   test("forced refreshes and expiry refreshes of one user share one flight; other users refresh on their own", async () => {
     await signIn(ALICE);
     await signIn(BOB);
+    clock += HOUR - LEAD;
     const [forced, viaExpiry, bob] = await Promise.all([
       credentials.refreshNow(ALICE.id),
-      credentials.accessTokenFor(ALICE.id, { minValidityMs: 2 * HOUR }),
+      credentials.accessTokenFor(ALICE.id),
       credentials.refreshNow(BOB.id),
     ]);
     expect(viaExpiry.accessToken).toBe(forced.accessToken);
@@ -179,12 +198,13 @@ describe("refresh", () => {
   test("a credential still valid long enough is handed out without asking Forgejo", async () => {
     const tokens = await signIn(ALICE);
     clock += HOUR - LEAD - 1000;
-    expect((await credentials.accessTokenFor(ALICE.id, { minValidityMs: LEAD })).accessToken).toBe(tokens.accessToken);
+    expect((await credentials.accessTokenFor(ALICE.id)).accessToken).toBe(tokens.accessToken);
     expect(forgejo.stats.refreshes).toBe(0);
   });
 
   test("when a sign-in stores a newer credential during the refresh, the newer one wins and no second refresh happens", async () => {
     await signIn(ALICE);
+    clock += SPACING;
     let newer: UpstreamTokens | undefined;
     const racing = makeCredentials({
       refresh: async (refreshToken) => {
@@ -197,11 +217,13 @@ describe("refresh", () => {
     expect(access.accessToken).toBe(newer!.accessToken);
     expect(forgejo.stats.refreshes).toBe(1);
     // What is stored is the sign-in's pair, so the next refresh uses a refresh token Forgejo still honours.
+    clock += SPACING;
     expect(await userAnswer((await credentials.refreshNow(ALICE.id)).accessToken)).toBe(200);
   });
 
   test("when a sign-in retires the refresh token in flight, the refusal costs nothing: the newer credential is used", async () => {
     await signIn(ALICE);
+    clock += SPACING;
     const grantId = grantFor(ALICE);
     let newer: UpstreamTokens | undefined;
     const racing = makeCredentials({
@@ -217,6 +239,60 @@ describe("refresh", () => {
   });
 });
 
+describe("how often", () => {
+  const SECOND = 1000;
+
+  test("session starts leave a 20 s token alone for half its life, then refresh it once for all of them", async () => {
+    await forgejo.stop();
+    await useForgejo({ accessTokenTtlS: 20 });
+    const tokens = await signIn(ALICE);
+    for (let second = 0; second < 10; second++) {
+      expect((await credentials.accessTokenFor(ALICE.id)).accessToken).toBe(tokens.accessToken);
+      clock += SECOND;
+    }
+    expect(forgejo.stats.refreshes).toBe(0);
+
+    const starts = await Promise.all(Array.from({ length: 10 }, () => credentials.accessTokenFor(ALICE.id)));
+    expect(forgejo.stats.refreshes).toBe(1);
+    const [refreshed] = new Set(starts.map((access) => access.accessToken));
+    expect(starts.every((access) => access.accessToken === refreshed)).toBe(true);
+    expect(refreshed).not.toBe(tokens.accessToken);
+    // The new token lives 20 s too: the next session starts get it as it is.
+    clock += 9 * SECOND;
+    expect((await credentials.accessTokenFor(ALICE.id)).accessToken).toBe(refreshed!);
+    expect(forgejo.stats.refreshes).toBe(1);
+    clock += SECOND;
+    expect((await credentials.accessTokenFor(ALICE.id)).accessToken).not.toBe(refreshed);
+    expect(forgejo.stats.refreshes).toBe(2);
+  });
+
+  test("a forced refresh within the minimum spacing hands out the pair just stored, without asking Forgejo", async () => {
+    const tokens = await signIn(ALICE);
+    clock += SPACING - 1;
+    expect((await credentials.refreshNow(ALICE.id)).accessToken).toBe(tokens.accessToken);
+    expect(forgejo.stats.refreshes).toBe(0);
+    clock += 1;
+    const refreshed = await credentials.refreshNow(ALICE.id);
+    expect(refreshed.accessToken).not.toBe(tokens.accessToken);
+    expect(forgejo.stats.refreshes).toBe(1);
+    // The scheduler's refresh right after a session start's: one upstream refresh between them.
+    expect(await credentials.refreshNow(ALICE.id)).toEqual(refreshed);
+    expect(forgejo.stats.refreshes).toBe(1);
+  });
+
+  test("a token that expired when it came is refreshed no more often than the minimum spacing", async () => {
+    await forgejo.stop();
+    await useForgejo({ accessTokenTtlS: 0 });
+    await signIn(ALICE);
+    await Promise.all(Array.from({ length: 5 }, () => credentials.accessTokenFor(ALICE.id)));
+    expect(forgejo.stats.refreshes).toBe(0);
+    clock += SPACING;
+    await Promise.all(Array.from({ length: 5 }, () => credentials.accessTokenFor(ALICE.id)));
+    await credentials.accessTokenFor(ALICE.id);
+    expect(forgejo.stats.refreshes).toBe(1);
+  });
+});
+
 describe("refusal and unavailability", () => {
   test("a refused refresh deletes the credential, revokes the user's grants and says why", async () => {
     await signIn(ALICE);
@@ -226,7 +302,7 @@ describe("refusal and unavailability", () => {
     forgejo.revokeUser("alice");
     clock += HOUR;
 
-    const error = await rejection(credentials.accessTokenFor(ALICE.id, { minValidityMs: LEAD }));
+    const error = await rejection(credentials.accessTokenFor(ALICE.id));
     expect(error).toBeInstanceOf(UpstreamCredentialLostError);
     expect(error).toMatchObject({ forgejoUserId: 1, reason: "refused", upstreamCode: "invalid_grant", revokedGrantIds: [aliceGrant] });
     expect(store.getUpstreamCredential(ALICE.id)).toBeUndefined();
@@ -234,13 +310,14 @@ describe("refusal and unavailability", () => {
     expect(store.getGrant(bobGrant)!.revokedAt).toBeNull();
     expect(events.at(-1)).toEqual({ type: "lost", forgejoUserId: 1, reason: "refused", revokedGrantIds: [aliceGrant] });
 
-    const again = await rejection(credentials.accessTokenFor(ALICE.id, { minValidityMs: LEAD }));
+    const again = await rejection(credentials.accessTokenFor(ALICE.id));
     expect(again).toMatchObject({ reason: "missing" });
   });
 
   test("a refresh token that somebody else already used is a refusal too", async () => {
     const tokens = await signIn(ALICE);
     await client.refresh(tokens.refreshToken!);
+    clock += SPACING;
     const error = await rejection(credentials.refreshNow(ALICE.id));
     expect(error).toMatchObject({ reason: "refused", upstreamCode: "unauthorized_client" });
     expect(store.getUpstreamCredential(ALICE.id)).toBeUndefined();
@@ -252,7 +329,7 @@ describe("refusal and unavailability", () => {
     forgejo.failTokenEndpoint(503);
     clock += HOUR;
     const outcomes = await Promise.allSettled(
-      Array.from({ length: 5 }, () => credentials.accessTokenFor(ALICE.id, { minValidityMs: LEAD })),
+      Array.from({ length: 5 }, () => credentials.accessTokenFor(ALICE.id)),
     );
     expect(outcomes.every((o) => o.status === "rejected" && o.reason instanceof UpstreamUnavailableError)).toBe(true);
     expect(forgejo.stats.refreshes).toBe(1);
@@ -260,7 +337,7 @@ describe("refusal and unavailability", () => {
     expect(store.getGrant(grantId)!.revokedAt).toBeNull();
 
     forgejo.failTokenEndpoint(null);
-    const access = await credentials.accessTokenFor(ALICE.id, { minValidityMs: LEAD });
+    const access = await credentials.accessTokenFor(ALICE.id);
     expect(access.accessToken).not.toBe(tokens.accessToken);
     expect(await userAnswer(access.accessToken)).toBe(200);
   });
@@ -274,7 +351,7 @@ describe("refusal and unavailability", () => {
     clock += HOUR;
     forgejo.delayTokenEndpoint(700);
 
-    const first = await rejection(impatient.accessTokenFor(ALICE.id, { minValidityMs: LEAD }));
+    const first = await rejection(impatient.accessTokenFor(ALICE.id));
     expect(first).toBeInstanceOf(UpstreamUnavailableError);
     expect((first as UpstreamUnavailableError).reason).toBe("timeout");
     expect(first.message).toBe("Forgejo's token endpoint (refreshing the user's token) did not answer within 0.2 s");
@@ -288,7 +365,7 @@ describe("refusal and unavailability", () => {
     expect(forgejo.stats.refreshes).toBe(1);
     expect(store.getUpstreamCredential(ALICE.id)!.version).toBe(2);
     expect(rotated.map((event) => event.type)).toEqual(["rotated"]);
-    const access = await impatient.accessTokenFor(ALICE.id, { minValidityMs: LEAD });
+    const access = await impatient.accessTokenFor(ALICE.id);
     expect(access.accessToken).not.toBe(tokens.accessToken);
     expect(await userAnswer(access.accessToken)).toBe(200);
     expect(forgejo.stats.refreshes).toBe(1);
@@ -299,6 +376,7 @@ describe("refusal and unavailability", () => {
     await signIn(ALICE);
     const grantId = grantFor(ALICE);
     const misconfigured = makeCredentials(makeClient("not-the-secret"));
+    clock += SPACING;
     const error = await rejection(misconfigured.refreshNow(ALICE.id));
     expect(error).toBeInstanceOf(UpstreamUnavailableError);
     expect(store.getUpstreamCredential(ALICE.id)).toBeDefined();
@@ -307,14 +385,16 @@ describe("refusal and unavailability", () => {
   });
 
   test("a user who never signed in has no credential", async () => {
-    const error = await rejection(credentials.accessTokenFor(BOB.id, { minValidityMs: LEAD }));
+    const error = await rejection(credentials.accessTokenFor(BOB.id));
     expect(error).toMatchObject({ forgejoUserId: 2, reason: "missing" });
   });
 
   test("no log line carries a Forgejo token", async () => {
     await signIn(ALICE);
+    clock += SPACING;
     await credentials.refreshNow(ALICE.id);
     forgejo.revokeUser("alice");
+    clock += SPACING;
     await rejection(credentials.refreshNow(ALICE.id));
     expect(logger.lines.length).toBeGreaterThan(1);
     const log = logger.lines.join("\n");
@@ -328,6 +408,7 @@ describe("refusal and unavailability", () => {
     credentials.onChange(() => {
       throw new Error("listener bug");
     });
+    clock += SPACING;
     expect(await userAnswer((await credentials.refreshNow(ALICE.id)).accessToken)).toBe(200);
     expect(logger.lines.some((line) => line.includes("credential listener failed"))).toBe(true);
   });
