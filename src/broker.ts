@@ -23,6 +23,8 @@ export interface BrokerOptions {
   purgeIntervalMs?: number;
   /** SSE comment heartbeat period; 15 s by default. */
   heartbeatMs?: number;
+  /** How long a new child has to answer initialize; the registry's 30 s by default. */
+  initializeTimeoutMs?: number;
 }
 
 export interface RunningBroker {
@@ -78,6 +80,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     grantIsLive: (grantId) => store.grantHasLiveTokens(grantId, now()),
     logger,
     timers: realTimers,
+    initializeTimeoutMs: options.initializeTimeoutMs,
   });
   // However a credential is lost (a refused refresh, an unreadable row), its grants are revoked: end the sessions too.
   const unsubscribe = credentials.onChange((event) => {

@@ -21,6 +21,7 @@ import type { SessionEntry, SessionIdentity, SessionRegistry } from "../session/
 import { UpstreamCredentialLostError } from "../upstream/credentials.ts";
 import { UpstreamUnavailableError } from "../upstream/forgejo.ts";
 import { acceptedReplies, type AcceptedReplies } from "./accept.ts";
+import { initializeParamsProblem } from "./initialize-params.ts";
 import { fixedEvents, prefixed, sseResponse, type EventSource } from "./sse-response.ts";
 
 export const SUPPORTED_PROTOCOL_VERSIONS = ["2025-11-25", "2025-06-18", "2025-03-26"] as const;
@@ -166,6 +167,9 @@ export function mcpRoutes(deps: McpRoutesDeps) {
         [SESSION_HEADER]: entry.id,
       });
     }
+    // A child never answers an initialize it cannot parse: refuse it before one is started.
+    const problem = initializeParamsProblem(incoming.message.params);
+    if (problem !== null) return rpcError(400, id, ErrorCode.InvalidParams, `Invalid params: ${problem}`);
     deps.keepOpen(request);
     try {
       const { entry, events } = await registry.create(identity, incoming);

@@ -166,6 +166,28 @@ describe("refused before anything reaches a child", () => {
     await expectError(response, 405, rpcError(null, -32000, "Method Not Allowed: use POST, GET or DELETE"));
   });
 
+  test("an initialize whose params the broker cannot rely on → 400, -32602 at once, with no session and no child", async () => {
+    const childStarts = () => t.logs.filter((line) => line.includes('"msg":"child started"')).length;
+    const startsBefore = childStarts();
+    const sessionsBefore = t.broker.registry.size;
+    const cases: [unknown, string][] = [
+      ["2025-11-25", "params must be an object"],
+      [[INITIALIZE.params], "params must be an object"],
+      [undefined, "params must be an object"],
+      [{ ...INITIALIZE.params, protocolVersion: undefined }, "params.protocolVersion must be a non-empty string"],
+      [{ ...INITIALIZE.params, protocolVersion: 20251125 }, "params.protocolVersion must be a non-empty string"],
+      [{ ...INITIALIZE.params, capabilities: undefined }, "params.capabilities must be an object"],
+      [{ ...INITIALIZE.params, clientInfo: undefined }, "params.clientInfo must be an object"],
+    ];
+    for (const [params, problem] of cases) {
+      const response = await postMcp(t.mcpUrl, token, { ...INITIALIZE, params });
+      expect(response.headers.get("mcp-session-id")).toBeNull();
+      await expectError(response, 400, rpcError(1, -32602, `Invalid params: ${problem}`));
+    }
+    expect(t.broker.registry.size).toBe(sessionsBefore);
+    expect(childStarts()).toBe(startsBefore);
+  });
+
   test("initialize on an existing session → 400; a client starts a new session without the header", async () => {
     await expectError(
       await postMcp(t.mcpUrl, token, INITIALIZE, { "mcp-session-id": session }),
