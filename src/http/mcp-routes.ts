@@ -138,7 +138,8 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     let first: OutboundEvent | null;
     try {
       first = await source.next();
-      // A client that takes only JSON cannot be sent what comes before the answer.
+      // A client that takes only JSON cannot be sent what comes before the answer. The bridge keeps
+      // such a request's stream to its answer, so only what a child said during initialize gets here.
       while (!sse && first !== null && first.kind !== "response") {
         logger.warn("dropped a message for a client that accepts only JSON", { kind: first.kind, method: String(first.message.method) });
         first = await source.next();
@@ -182,7 +183,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
 
   const forward = async (request: Request, replies: AcceptedReplies, entry: SessionEntry, incoming: IncomingMessage): Promise<Response> => {
     deps.keepOpen(request);
-    return answer(request, replies, entry.bridge.request(incoming, { jsonAnswer: replies.json }), { [SESSION_HEADER]: entry.id });
+    return answer(request, replies, entry.bridge.request(incoming, { jsonAnswer: replies.json, sse: replies.sse }), { [SESSION_HEADER]: entry.id });
   };
 
   const post = async (request: Request, identity: SessionIdentity): Promise<Response> => {

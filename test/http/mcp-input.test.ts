@@ -241,6 +241,29 @@ describe("the transport's answers", () => {
     expect(await json.json()).toMatchObject({ id: 12, result: { content: [{ text: "counted to 2" }] } });
   });
 
+  test("a JSON-only client's call whose child asks it something: the child is told at once and the client gets the tool's answer", async () => {
+    const initialize = { ...INITIALIZE, params: { ...INITIALIZE.params, capabilities: { elicitation: {} } } };
+    const opened = await postMcp(t.mcpUrl, token, initialize);
+    await opened.text();
+    const asking = opened.headers.get("mcp-session-id")!;
+    expect((await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", method: "notifications/initialized" }, { "mcp-session-id": asking })).status).toBe(202);
+
+    const response = await postMcp(
+      t.mcpUrl,
+      token,
+      { jsonrpc: "2.0", id: "ask", method: "tools/call", params: { name: "ask_user", arguments: { question: "Colour?" } } },
+      { "mcp-session-id": asking, accept: "application/json" },
+    );
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toBe("application/json");
+    const body = await response.json();
+    expect(body).toMatchObject({ jsonrpc: "2.0", id: "ask", result: { isError: true } });
+    // The stand-in's tool reports the JSON-RPC error its elicitation got from the broker.
+    expect(body.result.content[0].text).toContain(
+      "MCP error -32003: elicitation/create cannot be delivered: the client has no GET stream open and no request in flight whose answer it takes as SSE",
+    );
+  });
+
   test("a notification → 202 with no body", async () => {
     const response = await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", method: "notifications/roots/list_changed" }, { "mcp-session-id": session });
     expect(response.status).toBe(202);
