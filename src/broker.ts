@@ -25,6 +25,8 @@ export interface BrokerOptions {
   heartbeatMs?: number;
   /** How long a new child has to answer initialize; the registry's 30 s by default. */
   initializeTimeoutMs?: number;
+  /** The listener's idle timeout in seconds (Bun allows 1 to 255); 30 by default. */
+  idleTimeoutS?: number;
 }
 
 export interface RunningBroker {
@@ -41,6 +43,7 @@ export const DEFAULT_RATE_LIMIT: RateLimitPolicy = { burst: 30, perSecond: 1 };
 
 export async function startBroker(config: BrokerConfig, options: BrokerOptions): Promise<RunningBroker> {
   const now = options.now ?? Date.now;
+  const idleTimeoutS = options.idleTimeoutS ?? 30;
   const { logger } = options;
   ensurePrivateDir(config.dataDir);
   const store = Store.open(join(config.dataDir, "broker.sqlite"));
@@ -92,11 +95,16 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     sessions: config.sessions,
     publicUrl: config.publicUrl,
     logger,
-    keepOpen: (request) => server?.timeout(request, 0),
+    keepOpen: (request) => {
+      server?.timeout(request, 0);
+      // Bun keeps a request's timeout on its keep-alive socket: without this an ended stream's connection stays open forever.
+      return () => server?.timeout(request, idleTimeoutS);
+    },
+    inFlight: config.inFlight,
     heartbeatMs: options.heartbeatMs,
   });
   const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });
-  server = Bun.serve({ hostname: config.host, port: config.port, fetch: (request) => app.handle(request), idleTimeout: 30 });
+  server = Bun.serve({ hostname: config.host, port: config.port, fetch: (request) => app.handle(request), idleTimeout: idleTimeoutS });
 
   const purge = setInterval(() => {
     try {

@@ -4,7 +4,7 @@ import { Elysia } from "elysia";
 import { InvalidEventIdError, MessageTooLargeError, StreamConflictError } from "../bridge/bridge.ts";
 import { ErrorCode, errorResponse, isJsonRpcId, parseMessage, type IncomingMessage, type JsonRpcId } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
-import type { SessionConfig } from "../config.ts";
+import type { InFlightLimits, SessionConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { BearerTokenError } from "../oauth/errors.ts";
 import { bearerChallengeFor, type bearerGuard } from "../oauth/middleware/bearer-auth.ts";
@@ -21,6 +21,7 @@ import type { SessionEntry, SessionIdentity, SessionRegistry } from "../session/
 import { UpstreamCredentialLostError } from "../upstream/credentials.ts";
 import { UpstreamUnavailableError } from "../upstream/forgejo.ts";
 import { acceptedReplies, type AcceptedReplies } from "./accept.ts";
+import { InFlightCounter } from "./in-flight.ts";
 import { initializeParamsProblem } from "./initialize-params.ts";
 import { fixedEvents, prefixed, sseResponse, type EventSource } from "./sse-response.ts";
 
@@ -31,8 +32,12 @@ export interface McpRoutesDeps {
   sessions: SessionConfig;
   publicUrl: string;
   logger: Logger;
-  /** Turns the server's idle timeout off for this request: its answer may be long in coming or never end. */
-  keepOpen(request: Request): void;
+  /**
+   * Turns the server's idle timeout off for this request (its answer may be long in coming or never
+   * end); the function it returns turns it back on, and must be called before the answer has ended.
+   */
+  keepOpen(request: Request): () => void;
+  inFlight: InFlightLimits;
   heartbeatMs?: number;
 }
 
@@ -42,6 +47,8 @@ const TRANSPORT_ERROR = -32000;
 const SESSION_NOT_FOUND = -32001;
 /** A Forgejo that did not answer is usually back, or known to be down, within seconds. */
 const UPSTREAM_RETRY_AFTER_S = 10;
+/** A slot frees as soon as any of the caller's requests is answered. */
+const IN_FLIGHT_RETRY_AFTER_S = 1;
 
 /** A refusal the route answers with a status and a JSON-RPC error body. */
 class McpHttpError extends Error {
@@ -76,11 +83,27 @@ async function readBody(request: Request, limit: number): Promise<string | null>
   return new TextDecoder().decode(Buffer.concat(chunks, size));
 }
 
+/** `source`, calling `done` once when it runs out or the client goes: the answer is over then. */
+function endingWith(source: EventSource, done: () => void): EventSource {
+  return {
+    next: async () => {
+      const event = await source.next();
+      if (event === null) done();
+      return event;
+    },
+    close: (reason) => {
+      done();
+      source.close(reason);
+    },
+  };
+}
+
 export function mcpRoutes(deps: McpRoutesDeps) {
   const { registry, sessions, logger } = deps;
   const heartbeatMs = deps.heartbeatMs ?? 15_000;
   const allowedOrigins = new Set(sessions.allowedOrigins);
   const challenge = bearerChallengeFor(deps.publicUrl);
+  const inFlight = new InFlightCounter(deps.inFlight);
 
   const checkProtocolVersion = (request: Request) => {
     const version = request.headers.get("mcp-protocol-version");
@@ -99,6 +122,31 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       throw new McpHttpError(400, TRANSPORT_ERROR, "Bad Request: the Mcp-Session-Id header is required; start a session with initialize");
     }
     return id.trim();
+  };
+
+  /**
+   * Takes an in-flight slot for a request of `session` (null: a GET stream or initialize) and keeps the
+   * socket open; the function returned gives both back. Throws McpHttpError 429 past a cap.
+   */
+  const hold = (request: Request, identity: SessionIdentity, session: string | null): (() => void) => {
+    const slot = inFlight.acquire(identity.forgejoUserId, session);
+    if (!slot.ok) {
+      const what =
+        slot.scope === "session"
+          ? `this session has ${slot.limit} requests in flight`
+          : `you have ${slot.limit} requests in flight and streams open`;
+      throw new McpHttpError(429, TRANSPORT_ERROR, `Too Many Requests: ${what}, the most allowed; send more once one is answered`, {
+        "Retry-After": String(IN_FLIGHT_RETRY_AFTER_S),
+      });
+    }
+    const restoreIdleTimeout = deps.keepOpen(request);
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      restoreIdleTimeout();
+      slot.release();
+    };
   };
 
   /** The one place a thrown refusal becomes a response; anything unforeseen is logged, never a crash. */
@@ -131,7 +179,13 @@ export function mcpRoutes(deps: McpRoutesDeps) {
   };
 
   /** JSON when the first thing for the request is its answer and the client takes JSON; otherwise SSE. */
-  const answer = async (request: Request, replies: AcceptedReplies, source: EventSource, headers: Record<string, string>): Promise<Response> => {
+  const answer = async (
+    request: Request,
+    replies: AcceptedReplies,
+    source: EventSource,
+    headers: Record<string, string>,
+    done: () => void,
+  ): Promise<Response> => {
     const { json, sse } = replies;
     const gone = () => source.close("client disconnected");
     request.signal.addEventListener("abort", gone, { once: true });
@@ -147,11 +201,15 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     } finally {
       request.signal.removeEventListener("abort", gone);
     }
-    if (first === null) return rpcError(499, null, TRANSPORT_ERROR, "the client went away", headers);
+    if (first === null) {
+      done();
+      return rpcError(499, null, TRANSPORT_ERROR, "the client went away", headers);
+    }
     if (json && first.kind === "response") {
+      done();
       return new Response(first.data, { status: 200, headers: { "Content-Type": "application/json", ...headers } });
     }
-    return sseResponse(prefixed([first], source), { heartbeatMs, headers, signal: request.signal });
+    return sseResponse(prefixed([first], endingWith(source, done)), { heartbeatMs, headers, signal: request.signal });
   };
 
   const initialize = async (
@@ -171,19 +229,32 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     // A child never answers an initialize it cannot parse: refuse it before one is started.
     const problem = initializeParamsProblem(incoming.message.params);
     if (problem !== null) return rpcError(400, id, ErrorCode.InvalidParams, `Invalid params: ${problem}`);
-    deps.keepOpen(request);
+    const done = hold(request, identity, null);
     try {
       const { entry, events } = await registry.create(identity, incoming);
-      return await answer(request, replies, fixedEvents(events), { [SESSION_HEADER]: entry.id });
+      return await answer(request, replies, fixedEvents(events), { [SESSION_HEADER]: entry.id }, done);
     } catch (error) {
-      if (error instanceof InitializeRejectedError) return answer(request, replies, fixedEvents(error.events), {});
+      if (error instanceof InitializeRejectedError) return answer(request, replies, fixedEvents(error.events), {}, done);
+      done();
       throw error;
     }
   };
 
-  const forward = async (request: Request, replies: AcceptedReplies, entry: SessionEntry, incoming: IncomingMessage): Promise<Response> => {
-    deps.keepOpen(request);
-    return answer(request, replies, entry.bridge.request(incoming, { jsonAnswer: replies.json, sse: replies.sse }), { [SESSION_HEADER]: entry.id });
+  const forward = async (
+    request: Request,
+    replies: AcceptedReplies,
+    identity: SessionIdentity,
+    entry: SessionEntry,
+    incoming: IncomingMessage,
+  ): Promise<Response> => {
+    const done = hold(request, identity, entry.id);
+    try {
+      const stream = entry.bridge.request(incoming, { jsonAnswer: replies.json, sse: replies.sse });
+      return await answer(request, replies, stream, { [SESSION_HEADER]: entry.id }, done);
+    } catch (error) {
+      done();
+      throw error;
+    }
   };
 
   const post = async (request: Request, identity: SessionIdentity): Promise<Response> => {
@@ -216,7 +287,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       if (kind === "request" && incoming.message.method === "initialize") return await initialize(request, replies, identity, incoming, id!);
       const entry = registry.get(sessionIdOf(request), identity);
       sessionId = entry.id;
-      if (kind === "request") return await forward(request, replies, entry, incoming);
+      if (kind === "request") return await forward(request, replies, identity, entry, incoming);
       entry.bridge.send(incoming, kind);
       return new Response(null, { status: 202, headers: { [SESSION_HEADER]: entry.id } });
     } catch (error) {
@@ -234,9 +305,15 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       const entry = registry.get(sessionIdOf(request), identity);
       sessionId = entry.id;
       const lastEventId = request.headers.get("last-event-id");
-      const stream = lastEventId === null ? entry.bridge.openStandalone() : entry.bridge.resume(lastEventId);
-      deps.keepOpen(request);
-      return sseResponse(stream, { heartbeatMs, headers: { [SESSION_HEADER]: entry.id }, signal: request.signal });
+      const done = hold(request, identity, null);
+      let stream;
+      try {
+        stream = lastEventId === null ? entry.bridge.openStandalone() : entry.bridge.resume(lastEventId);
+      } catch (error) {
+        done();
+        throw error;
+      }
+      return sseResponse(endingWith(stream, done), { heartbeatMs, headers: { [SESSION_HEADER]: entry.id }, signal: request.signal });
     } catch (error) {
       return refusal(error, null, sessionId);
     }
