@@ -5,6 +5,7 @@ import type { BrokerConfig } from "./config.ts";
 import { TokenSealer, ensurePrivateDir, loadOrCreateSealingKey } from "./crypto.ts";
 import { createApp } from "./http/app.ts";
 import { mcpRoutes } from "./http/mcp-routes.ts";
+import { StreamTokens } from "./http/stream-tokens.ts";
 import type { Logger } from "./log.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
@@ -89,7 +90,14 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   const unsubscribe = credentials.onChange((event) => {
     if (event.type === "lost") void registry.endUser(event.forgejoUserId, "the sign-in to Forgejo has ended");
   });
-  const unwatchRevocations = store.onRevocation((grantId) => void registry.grantRevoked(grantId));
+  const streamTokens = new StreamTokens({
+    timers: { ...realTimers, now },
+    isLive: (tokenHash) => store.findAccessIdentity(tokenHash, now()) !== undefined,
+  });
+  const unwatchRevocations = store.onRevocation((grantId) => {
+    streamTokens.grantRevoked(grantId);
+    void registry.grantRevoked(grantId);
+  });
   const mcp = mcpRoutes({
     registry,
     sessions: config.sessions,
@@ -101,6 +109,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
       return () => server?.timeout(request, idleTimeoutS);
     },
     inFlight: config.inFlight,
+    streamTokens,
     heartbeatMs: options.heartbeatMs,
   });
   const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });

@@ -5,9 +5,10 @@ import { InvalidEventIdError, MessageTooLargeError, StreamConflictError } from "
 import { ErrorCode, errorResponse, isJsonRpcId, parseMessage, type IncomingMessage, type JsonRpcId } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { InFlightLimits, SessionConfig } from "../config.ts";
+import { hashToken } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import { BearerTokenError } from "../oauth/errors.ts";
-import { bearerChallengeFor, type bearerGuard } from "../oauth/middleware/bearer-auth.ts";
+import { bearerChallengeFor, bearerFromAuthorization, type bearerGuard } from "../oauth/middleware/bearer-auth.ts";
 import {
   InitializeRejectedError,
   SessionForbiddenError,
@@ -17,13 +18,15 @@ import {
   SessionStartError,
   UserSessionLimitError,
 } from "../session/errors.ts";
-import type { SessionEntry, SessionIdentity, SessionRegistry } from "../session/registry.ts";
+import type { SessionEntry, SessionRegistry } from "../session/registry.ts";
+import type { TokenIdentity } from "../store/store.ts";
 import { UpstreamCredentialLostError } from "../upstream/credentials.ts";
 import { UpstreamUnavailableError } from "../upstream/forgejo.ts";
 import { acceptedReplies, type AcceptedReplies } from "./accept.ts";
 import { InFlightCounter } from "./in-flight.ts";
 import { initializeParamsProblem } from "./initialize-params.ts";
 import { fixedEvents, prefixed, sseResponse, type EventSource } from "./sse-response.ts";
+import type { StreamTokens } from "./stream-tokens.ts";
 
 export const SUPPORTED_PROTOCOL_VERSIONS = ["2025-11-25", "2025-06-18", "2025-03-26"] as const;
 
@@ -38,6 +41,8 @@ export interface McpRoutesDeps {
    */
   keepOpen(request: Request): () => void;
   inFlight: InFlightLimits;
+  /** Ends each stream when the access token that opened it expires or is revoked. */
+  streamTokens: StreamTokens;
   heartbeatMs?: number;
 }
 
@@ -128,7 +133,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
    * Takes an in-flight slot for a request of `session` (null: a GET stream or initialize) and keeps the
    * socket open; the function returned gives both back. Throws McpHttpError 429 past a cap.
    */
-  const hold = (request: Request, identity: SessionIdentity, session: string | null): (() => void) => {
+  const hold = (request: Request, identity: TokenIdentity, session: string | null): (() => void) => {
     const slot = inFlight.acquire(identity.forgejoUserId, session);
     if (!slot.ok) {
       const what =
@@ -147,6 +152,20 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       restoreIdleTimeout();
       slot.release();
     };
+  };
+
+  /** An SSE answer from `source`: over (done) when it runs out or the client goes, or ended when the request's token does. */
+  const streamed = (request: Request, identity: TokenIdentity, source: EventSource, headers: Record<string, string>, done: () => void): Response => {
+    // The guard let the request in, so its Authorization header holds a well-formed token.
+    const tokenHash = hashToken(bearerFromAuthorization(request.headers.get("authorization") ?? undefined) ?? "");
+    const watchedSource = endingWith(source, () => {
+      stopWatching();
+      done();
+    });
+    const stopWatching = deps.streamTokens.watch({ grantId: identity.grantId, tokenHash, expiresAt: identity.expiresAt }, (reason) =>
+      watchedSource.close(reason),
+    );
+    return sseResponse(watchedSource, { heartbeatMs, headers, signal: request.signal });
   };
 
   /** The one place a thrown refusal becomes a response; anything unforeseen is logged, never a crash. */
@@ -181,6 +200,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
   /** JSON when the first thing for the request is its answer and the client takes JSON; otherwise SSE. */
   const answer = async (
     request: Request,
+    identity: TokenIdentity,
     replies: AcceptedReplies,
     source: EventSource,
     headers: Record<string, string>,
@@ -209,13 +229,13 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       done();
       return new Response(first.data, { status: 200, headers: { "Content-Type": "application/json", ...headers } });
     }
-    return sseResponse(prefixed([first], endingWith(source, done)), { heartbeatMs, headers, signal: request.signal });
+    return streamed(request, identity, prefixed([first], source), headers, done);
   };
 
   const initialize = async (
     request: Request,
     replies: AcceptedReplies,
-    identity: SessionIdentity,
+    identity: TokenIdentity,
     incoming: IncomingMessage,
     id: JsonRpcId,
   ): Promise<Response> => {
@@ -232,9 +252,9 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     const done = hold(request, identity, null);
     try {
       const { entry, events } = await registry.create(identity, incoming);
-      return await answer(request, replies, fixedEvents(events), { [SESSION_HEADER]: entry.id }, done);
+      return await answer(request, identity, replies, fixedEvents(events), { [SESSION_HEADER]: entry.id }, done);
     } catch (error) {
-      if (error instanceof InitializeRejectedError) return answer(request, replies, fixedEvents(error.events), {}, done);
+      if (error instanceof InitializeRejectedError) return answer(request, identity, replies, fixedEvents(error.events), {}, done);
       done();
       throw error;
     }
@@ -243,21 +263,21 @@ export function mcpRoutes(deps: McpRoutesDeps) {
   const forward = async (
     request: Request,
     replies: AcceptedReplies,
-    identity: SessionIdentity,
+    identity: TokenIdentity,
     entry: SessionEntry,
     incoming: IncomingMessage,
   ): Promise<Response> => {
     const done = hold(request, identity, entry.id);
     try {
       const stream = entry.bridge.request(incoming, { jsonAnswer: replies.json, sse: replies.sse });
-      return await answer(request, replies, stream, { [SESSION_HEADER]: entry.id }, done);
+      return await answer(request, identity, replies, stream, { [SESSION_HEADER]: entry.id }, done);
     } catch (error) {
       done();
       throw error;
     }
   };
 
-  const post = async (request: Request, identity: SessionIdentity): Promise<Response> => {
+  const post = async (request: Request, identity: TokenIdentity): Promise<Response> => {
     let id: JsonRpcId | null = null;
     let sessionId: string | undefined;
     try {
@@ -295,7 +315,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     }
   };
 
-  const get = (request: Request, identity: SessionIdentity): Response => {
+  const get = (request: Request, identity: TokenIdentity): Response => {
     let sessionId: string | undefined;
     try {
       if (!acceptedReplies(request.headers.get("accept")).sse) {
@@ -313,13 +333,13 @@ export function mcpRoutes(deps: McpRoutesDeps) {
         done();
         throw error;
       }
-      return sseResponse(endingWith(stream, done), { heartbeatMs, headers: { [SESSION_HEADER]: entry.id }, signal: request.signal });
+      return streamed(request, identity, stream, { [SESSION_HEADER]: entry.id }, done);
     } catch (error) {
       return refusal(error, null, sessionId);
     }
   };
 
-  const del = (request: Request, identity: SessionIdentity): Response => {
+  const del = (request: Request, identity: TokenIdentity): Response => {
     try {
       checkProtocolVersion(request);
       const entry = registry.get(sessionIdOf(request), identity);
