@@ -154,7 +154,7 @@ export class Bridge {
    * response (or a broker error: duplicate id, timeout, child gone). Throws MessageTooLargeError.
    * With `jsonAnswer`, a response that is the first thing on the stream goes out as plain JSON, so
    * nobody can ask for it again by event id and the replay buffer does not keep it. Without `sse`
-   * (the client takes only JSON) the stream carries nothing but the answer.
+   * (the client takes only JSON), and for initialize, the stream carries nothing but the answer.
    */
   request(incoming: IncomingMessage, options: { jsonAnswer?: boolean; sse?: boolean } = {}): MessageStream {
     this.checkSize(incoming.raw);
@@ -181,7 +181,9 @@ export class Bridge {
       progressKey: token === null ? null : idKey(token),
       timer: this.options.timers.setTimeout(() => this.timeout(pending), this.options.requestTimeoutMs),
       jsonAnswer: options.jsonAnswer ?? false,
-      carriesServerMessages: options.sse ?? true,
+      // The registry collects initialize's stream whole before the client sees any of it, so a
+      // request of the child's there would only be seen after the answer the child holds back for it.
+      carriesServerMessages: method !== "initialize" && (options.sse ?? true),
     };
     this.pending.set(key, pending);
     this.pendingByStream.set(stream, pending);
@@ -414,7 +416,7 @@ export class Bridge {
     const streaming = this.streamingRequestsOf(link).length;
     const why =
       streaming === 0
-        ? "the client has no GET stream open and no request in flight whose answer it takes as SSE"
+        ? "the client has no GET stream open and no request in flight whose stream can carry it"
         : `the client has no GET stream open and ${streaming} requests in flight as SSE, so none is known to be the one this belongs to`;
     this.options.logger.warn("a server request could not be delivered to the client; the MCP server was told", { method, why });
     link.write(errorResponse(id, ErrorCode.Undeliverable, `${method} cannot be delivered: ${why}`));

@@ -206,18 +206,12 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     headers: Record<string, string>,
     done: () => void,
   ): Promise<Response> => {
-    const { json, sse } = replies;
     const gone = () => source.close("client disconnected");
     request.signal.addEventListener("abort", gone, { once: true });
     let first: OutboundEvent | null;
     try {
+      // For a client that takes only JSON the bridge sends nothing before the answer (bridge.request's `sse`).
       first = await source.next();
-      // A client that takes only JSON cannot be sent what comes before the answer. The bridge keeps
-      // such a request's stream to its answer, so only what a child said during initialize gets here.
-      while (!sse && first !== null && first.kind !== "response") {
-        logger.warn("dropped a message for a client that accepts only JSON", { kind: first.kind, method: String(first.message.method) });
-        first = await source.next();
-      }
     } finally {
       request.signal.removeEventListener("abort", gone);
     }
@@ -225,7 +219,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       done();
       return rpcError(499, null, TRANSPORT_ERROR, "the client went away", headers);
     }
-    if (json && first.kind === "response") {
+    if (replies.json && first.kind === "response") {
       done();
       return new Response(first.data, { status: 200, headers: { "Content-Type": "application/json", ...headers } });
     }

@@ -154,7 +154,7 @@ describe("streams for server messages", () => {
       id: 0,
       error: {
         code: -32003,
-        message: "elicitation/create cannot be delivered: the client has no GET stream open and no request in flight whose answer it takes as SSE",
+        message: "elicitation/create cannot be delivered: the client has no GET stream open and no request in flight whose stream can carry it",
       },
     });
     child.send({ jsonrpc: "2.0", id: 5, result: { content: [], isError: true } });
@@ -164,6 +164,21 @@ describe("streams for server messages", () => {
     child.send({ jsonrpc: "2.0", method: "notifications/tools/list_changed" });
     await settle();
     expect((await standalone.next())?.message.method).toBe("notifications/tools/list_changed");
+  });
+
+  test("initialize's stream carries only its answer: a request of the child's before it is refused at once, a notification waits for the GET stream", async () => {
+    const { bridge, child } = setup();
+    const init = bridge.request(msg({ jsonrpc: "2.0", id: 0, method: "initialize", params: {} }));
+    child.send({ jsonrpc: "2.0", id: "r", method: "roots/list" });
+    child.send({ jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: "starting" } });
+    await settle();
+    expect(child.messages.at(-1)?.error).toEqual({
+      code: -32003,
+      message: "roots/list cannot be delivered: the client has no GET stream open and no request in flight whose stream can carry it",
+    });
+    child.send({ jsonrpc: "2.0", id: 0, result: {} });
+    expect((await all(init)).map((e) => e.kind)).toEqual(["response"]);
+    expect((await bridge.openStandalone().next())?.message.params).toEqual({ level: "info", data: "starting" });
   });
 
   test("a server request goes to the one call that takes SSE, not to a JSON-only one", async () => {

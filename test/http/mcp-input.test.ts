@@ -260,7 +260,7 @@ describe("the transport's answers", () => {
     expect(body).toMatchObject({ jsonrpc: "2.0", id: "ask", result: { isError: true } });
     // The stand-in's tool reports the JSON-RPC error its elicitation got from the broker.
     expect(body.result.content[0].text).toContain(
-      "MCP error -32003: elicitation/create cannot be delivered: the client has no GET stream open and no request in flight whose answer it takes as SSE",
+      "MCP error -32003: elicitation/create cannot be delivered: the client has no GET stream open and no request in flight whose stream can carry it",
     );
   });
 
