@@ -156,7 +156,8 @@ export function mcpRoutes(deps: McpRoutesDeps) {
 
   /** An SSE answer from `source`: over (done) when it runs out or the client goes, or ended when the request's token does. */
   const streamed = (request: Request, identity: TokenIdentity, source: EventSource, headers: Record<string, string>, done: () => void): Response => {
-    // The guard let the request in, so its Authorization header holds a well-formed token.
+    // The guard let the request in, so its Authorization header holds a well-formed token; were it
+    // not, the hash of "" is no live token and the stream ends at the grant's next revocation.
     const tokenHash = hashToken(bearerFromAuthorization(request.headers.get("authorization") ?? undefined) ?? "");
     const watchedSource = endingWith(source, () => {
       stopWatching();
