@@ -50,7 +50,8 @@ describe("caps", () => {
 describe("idle reaping", () => {
   let t: TestBroker;
   beforeAll(async () => {
-    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(), BROKER_IDLE_TIMEOUT_S: "1" } });
+    // 2 s, not 1: the watched session must get its GET stream open before it counts as idle, on a loaded machine too.
+    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(), BROKER_IDLE_TIMEOUT_S: "2" } });
   });
   afterAll(async () => {
     await t.stop();
@@ -66,7 +67,7 @@ describe("idle reaping", () => {
     const stream = await holdStandaloneStream(t.mcpUrl, token, watched, controller.signal);
     expect(stream.status).toBe(200);
 
-    // The reaper looks once a second; 1 s idle plus up to 1 s until it looks, plus the child's stop.
+    // The reaper looks once a second; 2 s idle plus up to 1 s until it looks, plus the child's stop.
     await waitWhile(() => isAlive(idlePid), 200, 50);
     expect(isAlive(idlePid)).toBe(false);
     const late = await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", id: 3, method: "tools/list" }, { "mcp-session-id": idle });

@@ -52,7 +52,8 @@ describe("revocation", () => {
 });
 
 describe("expiry", () => {
-  const accessTokenMs = 3000;
+  // Long enough to sign in, open a session and its stream on a loaded machine.
+  const accessTokenMs = 5000;
   let t: TestBroker;
   beforeAll(async () => {
     t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand() }, broker: { lifetimes: { accessTokenMs } } });
@@ -69,10 +70,10 @@ describe("expiry", () => {
     const stream = await holdStandaloneStream(t.mcpUrl, accessToken, session, controller.signal);
     expect(stream.status).toBe(200);
 
-    await waitWhile(() => !stream.ended(), 150, 50);
+    await waitWhile(() => !stream.ended(), 200, 50);
     expect(stream.ended()).toBe(true);
     expect(Date.now()).toBeGreaterThanOrEqual(expiresAt);
     expect(t.broker.registry.size).toBe(1);
     controller.abort();
-  }, 15_000);
+  }, 20_000);
 });
