@@ -104,7 +104,7 @@ export class Bridge {
   private readonly replay: ReplayBuffer<ReplayEvent>;
   private readonly replayMaxEvents: number;
   private standalone: MessageStream | null = null;
-  /** Server-initiated messages waiting for a standalone stream to open. */
+  /** Children's notifications waiting for a standalone stream to open (their requests are never kept: see refuseUndeliverable). */
   private undelivered: ReplayEvent[] = [];
   private nextStreamNo = 1;
   private nextSeq = 1;
