@@ -5,6 +5,7 @@ import type { BrokerConfig } from "./config.ts";
 import { TokenSealer, ensurePrivateDir, loadOrCreateSealingKey } from "./crypto.ts";
 import { createApp } from "./http/app.ts";
 import { mcpRoutes } from "./http/mcp-routes.ts";
+import { StreamTokens } from "./http/stream-tokens.ts";
 import type { Logger } from "./log.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
@@ -24,6 +25,10 @@ export interface BrokerOptions {
   purgeIntervalMs?: number;
   /** SSE comment heartbeat period; 15 s by default. */
   heartbeatMs?: number;
+  /** How long a new child has to answer initialize; the registry's 30 s by default. */
+  initializeTimeoutMs?: number;
+  /** The listener's idle timeout in seconds (Bun allows 1 to 255); 30 by default. */
+  idleTimeoutS?: number;
 }
 
 export interface RunningBroker {
@@ -40,6 +45,7 @@ export const DEFAULT_RATE_LIMIT: RateLimitPolicy = { burst: 30, perSecond: 1 };
 
 export async function startBroker(config: BrokerConfig, options: BrokerOptions): Promise<RunningBroker> {
   const now = options.now ?? Date.now;
+  const idleTimeoutS = options.idleTimeoutS ?? 30;
   const { logger } = options;
   ensurePrivateDir(config.dataDir);
   const store = Store.open(join(config.dataDir, "broker.sqlite"));
@@ -88,22 +94,36 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     grantIsLive: (grantId) => store.grantHasLiveTokens(grantId, now()),
     logger,
     timers: realTimers,
+    initializeTimeoutMs: options.initializeTimeoutMs,
   });
   // However a credential is lost (a refused refresh, an unreadable row), its grants are revoked: end the sessions too.
   const unsubscribe = credentials.onChange((event) => {
     if (event.type === "lost") void registry.endUser(event.forgejoUserId, "the sign-in to Forgejo has ended");
   });
-  const unwatchRevocations = store.onRevocation((grantId) => void registry.grantRevoked(grantId));
+  const streamTokens = new StreamTokens({
+    timers: { ...realTimers, now },
+    isLive: (tokenHash) => store.findAccessIdentity(tokenHash, now()) !== undefined,
+  });
+  const unwatchRevocations = store.onRevocation((grantId) => {
+    streamTokens.grantRevoked(grantId);
+    void registry.grantRevoked(grantId);
+  });
   const mcp = mcpRoutes({
     registry,
     sessions: config.sessions,
     publicUrl: config.publicUrl,
     logger,
-    keepOpen: (request) => server?.timeout(request, 0),
+    keepOpen: (request) => {
+      server?.timeout(request, 0);
+      // Bun keeps a request's timeout on its keep-alive socket: without this an ended stream's connection stays open forever.
+      return () => server?.timeout(request, idleTimeoutS);
+    },
+    inFlight: config.inFlight,
+    streamTokens,
     heartbeatMs: options.heartbeatMs,
   });
   const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });
-  server = Bun.serve({ hostname: config.host, port: config.port, fetch: (request) => app.handle(request), idleTimeout: 30 });
+  server = Bun.serve({ hostname: config.host, port: config.port, fetch: (request) => app.handle(request), idleTimeout: idleTimeoutS });
 
   const purge = setInterval(() => {
     try {

@@ -23,6 +23,14 @@ export interface BrokerConfig {
   child: ChildConfig;
   sessions: SessionConfig;
   logLevel: LogLevel;
+  inFlight: InFlightLimits;
+}
+
+export interface InFlightLimits {
+  /** Requests in flight on one session. */
+  perSession: number;
+  /** Requests in flight and open GET streams of one Forgejo user, over all their sessions and clients. */
+  perUser: number;
 }
 
 export interface ChildConfig {
@@ -157,6 +165,11 @@ export function loadConfig(env: Env): ConfigResult {
     maxMessageBytes: integer("BROKER_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, 1024, 1024 ** 3, "4194304"),
   };
 
+  const inFlight = {
+    perSession: integer("BROKER_MAX_IN_FLIGHT", 32, 1, 100_000, "32"),
+    perUser: integer("BROKER_MAX_IN_FLIGHT_PER_USER", 64, 1, 1_000_000, "64"),
+  };
+
   const allowedOrigins = (get("BROKER_ALLOWED_ORIGINS") ?? "").split(/[\s,]+/).filter(Boolean);
   for (const origin of allowedOrigins) {
     if (!URL.canParse(origin) || new URL(origin).origin !== origin) {
@@ -187,6 +200,7 @@ export function loadConfig(env: Env): ConfigResult {
         allowedOrigins: allowedOrigins.length > 0 ? allowedOrigins : [new URL(publicUrl).origin],
       },
       logLevel: logLevel ?? "info",
+      inFlight,
     },
   };
 }

@@ -73,6 +73,8 @@ interface PendingRequest {
   timer: TimerHandle;
   /** The client takes a JSON answer: a response that comes first goes out without an event id. */
   jsonAnswer: boolean;
+  /** The client takes SSE, so this request's stream can carry the child's messages to the client. */
+  carriesServerMessages: boolean;
 }
 
 /** A child's request to the client that the client has yet to answer. */
@@ -103,7 +105,7 @@ export class Bridge {
   private readonly replay: ReplayBuffer<ReplayEvent>;
   private readonly replayMaxEvents: number;
   private standalone: MessageStream | null = null;
-  /** Server-initiated messages waiting for a standalone stream to open. */
+  /** Children's notifications waiting for a standalone stream to open (their requests are never kept: see refuseUndeliverable). */
   private undelivered: ReplayEvent[] = [];
   private nextStreamNo = 1;
   private nextSeq = 1;
@@ -152,9 +154,10 @@ export class Bridge {
    * Forwards a client request; its stream yields what the child sends for it and ends with the
    * response (or a broker error: duplicate id, timeout, child gone). Throws MessageTooLargeError.
    * With `jsonAnswer`, a response that is the first thing on the stream goes out as plain JSON, so
-   * nobody can ask for it again by event id and the replay buffer does not keep it.
+   * nobody can ask for it again by event id and the replay buffer does not keep it. Without `sse`
+   * (the client takes only JSON), and for initialize, the stream carries nothing but the answer.
    */
-  request(incoming: IncomingMessage, options: { jsonAnswer?: boolean } = {}): MessageStream {
+  request(incoming: IncomingMessage, options: { jsonAnswer?: boolean; sse?: boolean } = {}): MessageStream {
     this.checkSize(incoming.raw);
     this.touch();
     const id = incoming.message.id as JsonRpcId;
@@ -179,6 +182,9 @@ export class Bridge {
       progressKey: token === null ? null : idKey(token),
       timer: this.options.timers.setTimeout(() => this.timeout(pending), this.options.requestTimeoutMs),
       jsonAnswer: options.jsonAnswer ?? false,
+      // The registry collects initialize's stream whole before the client sees any of it, so a
+      // request of the child's there would only be seen after the answer the child holds back for it.
+      carriesServerMessages: method !== "initialize" && (options.sse ?? true),
     };
     this.pending.set(key, pending);
     this.pendingByStream.set(stream, pending);
@@ -348,48 +354,73 @@ export class Bridge {
     if (kind === "notification" && message.method === "notifications/progress") {
       const token = (message.params as { progressToken?: unknown } | undefined)?.progressToken;
       const owner = isJsonRpcId(token) ? this.progress.get(idKey(token)) : undefined;
-      if (owner !== undefined && owner.link === link) this.emit(owner.stream, incoming.raw, message, kind, "child");
-      else this.options.logger.debug("progress for no request in flight; dropped");
+      if (owner === undefined || owner.link !== link) this.options.logger.debug("progress for no request in flight; dropped");
+      else if (owner.carriesServerMessages) this.emit(owner.stream, incoming.raw, message, kind, "child");
+      else this.toStandalone(incoming.raw, message, kind);
       return;
     }
     if (kind === "request") {
       const id = message.id as JsonRpcId;
+      const target = this.streamFor(link);
+      if (target === null) {
+        this.refuseUndeliverable(link, id, String(message.method));
+        return;
+      }
       const clash = this.serverRequests.get(idKey(id));
       // Two children (old and new, during a rotation) may pick the same id; the client must not see a clash.
       if (clash !== undefined && clash.link !== link) {
         const clientId = `fmb-${this.nextBrokerId++}-${String(id)}`;
         this.serverRequests.set(idKey(clientId), { link, originalId: id });
         const data = withId(message, clientId);
-        this.route(link, data, JSON.parse(data) as JsonRpcMessage, kind);
+        this.emit(target, data, JSON.parse(data) as JsonRpcMessage, kind, "child");
         return;
       }
       this.serverRequests.set(idKey(id), { link, originalId: id });
+      this.emit(target, incoming.raw, message, kind, "child");
+      return;
     }
-    this.route(link, incoming.raw, message, kind);
+    const target = this.streamFor(link);
+    if (target !== null) this.emit(target, incoming.raw, message, kind, "child");
+    else this.toStandalone(incoming.raw, message, kind);
   }
 
   /**
-   * Server-initiated messages: the standalone stream if open; else the stream of this child's only
-   * request in flight, which is almost surely what it relates to; else kept for the standalone stream.
+   * Where a child's own message can reach the client: the standalone stream if open; else the SSE
+   * stream of this child's only request in flight that has one, which is almost surely what it
+   * relates to; else nowhere now.
    */
-  private route(link: ChildLink, data: string, message: JsonRpcMessage, kind: MessageKind): void {
+  private streamFor(link: ChildLink): MessageStream | null {
+    if (this.standalone?.isOpen) return this.standalone;
+    const streaming = this.streamingRequestsOf(link);
+    return streaming.length === 1 ? streaming[0]!.stream : null;
+  }
+
+  private streamingRequestsOf(link: ChildLink): PendingRequest[] {
+    return [...this.pending.values()].filter((pending) => pending.link === link && pending.carriesServerMessages);
+  }
+
+  /** A notification with no stream to go on now waits for the standalone stream (bounded). */
+  private toStandalone(data: string, message: JsonRpcMessage, kind: MessageKind): void {
     if (this.standalone?.isOpen) {
       this.emit(this.standalone, data, message, kind, "child");
       return;
     }
-    let only: PendingRequest | null = null;
-    let count = 0;
-    for (const pending of this.pending.values()) {
-      if (pending.link !== link) continue;
-      only = pending;
-      count++;
-    }
-    if (count === 1 && only !== null) {
-      this.emit(only.stream, data, message, kind, "child");
-      return;
-    }
     this.undelivered.push(this.record(STANDALONE_STREAM, data, message, kind, "child"));
     if (this.undelivered.length > this.replayMaxEvents) this.undelivered.shift();
+  }
+
+  /**
+   * A child's request the client cannot be sent now is answered at once, so the child does not wait
+   * out its own timeout for an answer that cannot come.
+   */
+  private refuseUndeliverable(link: ChildLink, id: JsonRpcId, method: string): void {
+    const streaming = this.streamingRequestsOf(link).length;
+    const why =
+      streaming === 0
+        ? "the client has no GET stream open and no request in flight whose stream can carry it"
+        : `the client has no GET stream open and ${streaming} requests in flight as SSE, so none is known to be the one this belongs to`;
+    this.options.logger.warn("a server request could not be delivered to the client; the MCP server was told", { method, why });
+    link.write(errorResponse(id, ErrorCode.Undeliverable, `${method} cannot be delivered: ${why}`));
   }
 
   private childExited(link: ChildLink, exit: ChildExit): void {

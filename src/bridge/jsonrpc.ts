@@ -25,10 +25,17 @@ export type MessageKind = "request" | "notification" | "response";
 export const ErrorCode = {
   ParseError: -32700,
   InvalidRequest: -32600,
+  InvalidParams: -32602,
   InternalError: -32603,
   /** The SDKs' "connection closed": the server process went away. */
   ConnectionClosed: -32000,
   RequestTimeout: -32001,
+  /**
+   * A child's request the client has no channel to receive (it takes only JSON and has no GET stream
+   * open). From the implementation-defined server range like the transport errors, not -32601: the
+   * client may well support the method, it just cannot be reached now.
+   */
+  Undeliverable: -32003,
 } as const;
 
 export function isJsonRpcId(value: unknown): value is JsonRpcId {

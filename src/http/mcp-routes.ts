@@ -4,10 +4,11 @@ import { Elysia } from "elysia";
 import { InvalidEventIdError, MessageTooLargeError, StreamConflictError } from "../bridge/bridge.ts";
 import { ErrorCode, errorResponse, isJsonRpcId, parseMessage, type IncomingMessage, type JsonRpcId } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
-import type { SessionConfig } from "../config.ts";
+import type { InFlightLimits, SessionConfig } from "../config.ts";
+import { hashToken } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import { BearerTokenError } from "../oauth/errors.ts";
-import { bearerChallengeFor, type bearerGuard } from "../oauth/middleware/bearer-auth.ts";
+import { bearerChallengeFor, bearerFromAuthorization, type bearerGuard } from "../oauth/middleware/bearer-auth.ts";
 import {
   InitializeRejectedError,
   SessionForbiddenError,
@@ -17,12 +18,16 @@ import {
   SessionStartError,
   UserSessionLimitError,
 } from "../session/errors.ts";
-import type { SessionEntry, SessionIdentity, SessionRegistry } from "../session/registry.ts";
+import type { SessionEntry, SessionRegistry } from "../session/registry.ts";
+import type { TokenIdentity } from "../store/store.ts";
 import { reportChildFailure } from "../supervisor/failure-report.ts";
 import { UpstreamCredentialLostError } from "../upstream/credentials.ts";
 import { UpstreamUnavailableError } from "../upstream/forgejo.ts";
 import { acceptedReplies, type AcceptedReplies } from "./accept.ts";
+import { InFlightCounter } from "./in-flight.ts";
+import { initializeParamsProblem } from "./initialize-params.ts";
 import { fixedEvents, prefixed, sseResponse, type EventSource } from "./sse-response.ts";
+import type { StreamTokens } from "./stream-tokens.ts";
 
 export const SUPPORTED_PROTOCOL_VERSIONS = ["2025-11-25", "2025-06-18", "2025-03-26"] as const;
 
@@ -31,8 +36,14 @@ export interface McpRoutesDeps {
   sessions: SessionConfig;
   publicUrl: string;
   logger: Logger;
-  /** Turns the server's idle timeout off for this request: its answer may be long in coming or never end. */
-  keepOpen(request: Request): void;
+  /**
+   * Turns the server's idle timeout off for this request (its answer may be long in coming or never
+   * end); the function it returns turns it back on, and must be called before the answer has ended.
+   */
+  keepOpen(request: Request): () => void;
+  inFlight: InFlightLimits;
+  /** Ends each stream when the access token that opened it expires or is revoked. */
+  streamTokens: StreamTokens;
   heartbeatMs?: number;
 }
 
@@ -42,6 +53,8 @@ const TRANSPORT_ERROR = -32000;
 const SESSION_NOT_FOUND = -32001;
 /** A Forgejo that did not answer is usually back, or known to be down, within seconds. */
 const UPSTREAM_RETRY_AFTER_S = 10;
+/** A slot frees as soon as any of the caller's requests is answered. */
+const IN_FLIGHT_RETRY_AFTER_S = 1;
 
 /** A refusal the route answers with a status and a JSON-RPC error body. */
 class McpHttpError extends Error {
@@ -76,11 +89,27 @@ async function readBody(request: Request, limit: number): Promise<string | null>
   return new TextDecoder().decode(Buffer.concat(chunks, size));
 }
 
+/** `source`, calling `done` once when it runs out or the client goes: the answer is over then. */
+function endingWith(source: EventSource, done: () => void): EventSource {
+  return {
+    next: async () => {
+      const event = await source.next();
+      if (event === null) done();
+      return event;
+    },
+    close: (reason) => {
+      done();
+      source.close(reason);
+    },
+  };
+}
+
 export function mcpRoutes(deps: McpRoutesDeps) {
   const { registry, sessions, logger } = deps;
   const heartbeatMs = deps.heartbeatMs ?? 15_000;
   const allowedOrigins = new Set(sessions.allowedOrigins);
   const challenge = bearerChallengeFor(deps.publicUrl);
+  const inFlight = new InFlightCounter(deps.inFlight);
 
   const checkProtocolVersion = (request: Request) => {
     const version = request.headers.get("mcp-protocol-version");
@@ -99,6 +128,46 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       throw new McpHttpError(400, TRANSPORT_ERROR, "Bad Request: the Mcp-Session-Id header is required; start a session with initialize");
     }
     return id.trim();
+  };
+
+  /**
+   * Takes an in-flight slot for a request of `session` (null: a GET stream or initialize) and keeps the
+   * socket open; the function returned gives both back. Throws McpHttpError 429 past a cap.
+   */
+  const hold = (request: Request, identity: TokenIdentity, session: string | null): (() => void) => {
+    const slot = inFlight.acquire(identity.forgejoUserId, session);
+    if (!slot.ok) {
+      const what =
+        slot.scope === "session"
+          ? `this session has ${slot.limit} requests in flight`
+          : `you have ${slot.limit} requests in flight and streams open`;
+      throw new McpHttpError(429, TRANSPORT_ERROR, `Too Many Requests: ${what}, the most allowed; send more once one is answered`, {
+        "Retry-After": String(IN_FLIGHT_RETRY_AFTER_S),
+      });
+    }
+    const restoreIdleTimeout = deps.keepOpen(request);
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      restoreIdleTimeout();
+      slot.release();
+    };
+  };
+
+  /** An SSE answer from `source`: over (done) when it runs out or the client goes, or ended when the request's token does. */
+  const streamed = (request: Request, identity: TokenIdentity, source: EventSource, headers: Record<string, string>, done: () => void): Response => {
+    // The guard let the request in, so its Authorization header holds a well-formed token; were it
+    // not, the hash of "" is no live token and the stream ends at the grant's next revocation.
+    const tokenHash = hashToken(bearerFromAuthorization(request.headers.get("authorization") ?? undefined) ?? "");
+    const watchedSource = endingWith(source, () => {
+      stopWatching();
+      done();
+    });
+    const stopWatching = deps.streamTokens.watch({ grantId: identity.grantId, tokenHash, expiresAt: identity.expiresAt }, (reason) =>
+      watchedSource.close(reason),
+    );
+    return sseResponse(watchedSource, { heartbeatMs, headers, signal: request.signal });
   };
 
   /** The one place a thrown refusal becomes a response; anything unforeseen is logged, never a crash. */
@@ -133,32 +202,38 @@ export function mcpRoutes(deps: McpRoutesDeps) {
   };
 
   /** JSON when the first thing for the request is its answer and the client takes JSON; otherwise SSE. */
-  const answer = async (request: Request, replies: AcceptedReplies, source: EventSource, headers: Record<string, string>): Promise<Response> => {
-    const { json, sse } = replies;
+  const answer = async (
+    request: Request,
+    identity: TokenIdentity,
+    replies: AcceptedReplies,
+    source: EventSource,
+    headers: Record<string, string>,
+    done: () => void,
+  ): Promise<Response> => {
     const gone = () => source.close("client disconnected");
     request.signal.addEventListener("abort", gone, { once: true });
     let first: OutboundEvent | null;
     try {
+      // For a client that takes only JSON the bridge sends nothing before the answer (bridge.request's `sse`).
       first = await source.next();
-      // A client that takes only JSON cannot be sent what comes before the answer.
-      while (!sse && first !== null && first.kind !== "response") {
-        logger.warn("dropped a message for a client that accepts only JSON", { kind: first.kind, method: String(first.message.method) });
-        first = await source.next();
-      }
     } finally {
       request.signal.removeEventListener("abort", gone);
     }
-    if (first === null) return rpcError(499, null, TRANSPORT_ERROR, "the client went away", headers);
-    if (json && first.kind === "response") {
+    if (first === null) {
+      done();
+      return rpcError(499, null, TRANSPORT_ERROR, "the client went away", headers);
+    }
+    if (replies.json && first.kind === "response") {
+      done();
       return new Response(first.data, { status: 200, headers: { "Content-Type": "application/json", ...headers } });
     }
-    return sseResponse(prefixed([first], source), { heartbeatMs, headers, signal: request.signal });
+    return streamed(request, identity, prefixed([first], source), headers, done);
   };
 
   const initialize = async (
     request: Request,
     replies: AcceptedReplies,
-    identity: SessionIdentity,
+    identity: TokenIdentity,
     incoming: IncomingMessage,
     id: JsonRpcId,
   ): Promise<Response> => {
@@ -169,22 +244,38 @@ export function mcpRoutes(deps: McpRoutesDeps) {
         [SESSION_HEADER]: entry.id,
       });
     }
-    deps.keepOpen(request);
+    // A child never answers an initialize it cannot parse: refuse it before one is started.
+    const problem = initializeParamsProblem(incoming.message.params);
+    if (problem !== null) return rpcError(400, id, ErrorCode.InvalidParams, `Invalid params: ${problem}`);
+    const done = hold(request, identity, null);
     try {
       const { entry, events } = await registry.create(identity, incoming);
-      return await answer(request, replies, fixedEvents(events), { [SESSION_HEADER]: entry.id });
+      return await answer(request, identity, replies, fixedEvents(events), { [SESSION_HEADER]: entry.id }, done);
     } catch (error) {
-      if (error instanceof InitializeRejectedError) return answer(request, replies, fixedEvents(error.events), {});
+      if (error instanceof InitializeRejectedError) return answer(request, identity, replies, fixedEvents(error.events), {}, done);
+      done();
       throw error;
     }
   };
 
-  const forward = async (request: Request, replies: AcceptedReplies, entry: SessionEntry, incoming: IncomingMessage): Promise<Response> => {
-    deps.keepOpen(request);
-    return answer(request, replies, entry.bridge.request(incoming, { jsonAnswer: replies.json }), { [SESSION_HEADER]: entry.id });
+  const forward = async (
+    request: Request,
+    replies: AcceptedReplies,
+    identity: TokenIdentity,
+    entry: SessionEntry,
+    incoming: IncomingMessage,
+  ): Promise<Response> => {
+    const done = hold(request, identity, entry.id);
+    try {
+      const stream = entry.bridge.request(incoming, { jsonAnswer: replies.json, sse: replies.sse });
+      return await answer(request, identity, replies, stream, { [SESSION_HEADER]: entry.id }, done);
+    } catch (error) {
+      done();
+      throw error;
+    }
   };
 
-  const post = async (request: Request, identity: SessionIdentity): Promise<Response> => {
+  const post = async (request: Request, identity: TokenIdentity): Promise<Response> => {
     let id: JsonRpcId | null = null;
     let sessionId: string | undefined;
     try {
@@ -214,7 +305,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       if (kind === "request" && incoming.message.method === "initialize") return await initialize(request, replies, identity, incoming, id!);
       const entry = registry.get(sessionIdOf(request), identity);
       sessionId = entry.id;
-      if (kind === "request") return await forward(request, replies, entry, incoming);
+      if (kind === "request") return await forward(request, replies, identity, entry, incoming);
       entry.bridge.send(incoming, kind);
       return new Response(null, { status: 202, headers: { [SESSION_HEADER]: entry.id } });
     } catch (error) {
@@ -222,7 +313,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     }
   };
 
-  const get = (request: Request, identity: SessionIdentity): Response => {
+  const get = (request: Request, identity: TokenIdentity): Response => {
     let sessionId: string | undefined;
     try {
       if (!acceptedReplies(request.headers.get("accept")).sse) {
@@ -232,15 +323,21 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       const entry = registry.get(sessionIdOf(request), identity);
       sessionId = entry.id;
       const lastEventId = request.headers.get("last-event-id");
-      const stream = lastEventId === null ? entry.bridge.openStandalone() : entry.bridge.resume(lastEventId);
-      deps.keepOpen(request);
-      return sseResponse(stream, { heartbeatMs, headers: { [SESSION_HEADER]: entry.id }, signal: request.signal });
+      const done = hold(request, identity, null);
+      let stream;
+      try {
+        stream = lastEventId === null ? entry.bridge.openStandalone() : entry.bridge.resume(lastEventId);
+      } catch (error) {
+        done();
+        throw error;
+      }
+      return streamed(request, identity, stream, { [SESSION_HEADER]: entry.id }, done);
     } catch (error) {
       return refusal(error, null, sessionId);
     }
   };
 
-  const del = (request: Request, identity: SessionIdentity): Response => {
+  const del = (request: Request, identity: TokenIdentity): Response => {
     try {
       checkProtocolVersion(request);
       const entry = registry.get(sessionIdOf(request), identity);

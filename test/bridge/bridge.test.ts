@@ -145,6 +145,87 @@ describe("streams for server messages", () => {
     expect((await standalone.next())?.message.params).toEqual({ level: "info", data: "hello" });
   });
 
+  test("a server request while only a JSON-only call is in flight is refused to the child at once; the call gets its answer alone", async () => {
+    const { bridge, child } = setup();
+    const ask = bridge.request(call(5, "ask_user"), { jsonAnswer: true, sse: false });
+    child.send({ jsonrpc: "2.0", id: 0, method: "elicitation/create", params: { message: "Name?", requestedSchema: {} } });
+    await settle();
+    expect(child.messages.at(-1)).toEqual({
+      jsonrpc: "2.0",
+      id: 0,
+      error: {
+        code: -32003,
+        message: "elicitation/create cannot be delivered: the client has no GET stream open and no request in flight whose stream can carry it",
+      },
+    });
+    child.send({ jsonrpc: "2.0", id: 5, result: { content: [], isError: true } });
+    expect((await all(ask)).map((e) => e.kind)).toEqual(["response"]);
+    // Nothing was kept for a GET stream either: the child has its answer already.
+    const standalone = bridge.openStandalone();
+    child.send({ jsonrpc: "2.0", method: "notifications/tools/list_changed" });
+    await settle();
+    expect((await standalone.next())?.message.method).toBe("notifications/tools/list_changed");
+  });
+
+  test("initialize's stream carries only its answer: a request of the child's before it is refused at once, a notification waits for the GET stream", async () => {
+    const { bridge, child } = setup();
+    const init = bridge.request(msg({ jsonrpc: "2.0", id: 0, method: "initialize", params: {} }));
+    child.send({ jsonrpc: "2.0", id: "r", method: "roots/list" });
+    child.send({ jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: "starting" } });
+    await settle();
+    expect(child.messages.at(-1)?.error).toEqual({
+      code: -32003,
+      message: "roots/list cannot be delivered: the client has no GET stream open and no request in flight whose stream can carry it",
+    });
+    child.send({ jsonrpc: "2.0", id: 0, result: {} });
+    expect((await all(init)).map((e) => e.kind)).toEqual(["response"]);
+    expect((await bridge.openStandalone().next())?.message.params).toEqual({ level: "info", data: "starting" });
+  });
+
+  test("a server request goes to the one call that takes SSE, not to a JSON-only one", async () => {
+    const { bridge, child } = setup();
+    const json = bridge.request(call(1, "a"), { jsonAnswer: true, sse: false });
+    const sse = bridge.request(call(2, "b"), { jsonAnswer: true, sse: true });
+    child.send({ jsonrpc: "2.0", id: 0, method: "roots/list" });
+    await settle();
+    expect((await sse.next())?.message.method).toBe("roots/list");
+    expect(child.messages.map((m) => m.id)).toEqual([1, 2]);
+    child.send({ jsonrpc: "2.0", id: 1, result: {} });
+    expect((await all(json)).map((e) => e.kind)).toEqual(["response"]);
+  });
+
+  test("a server request with several SSE calls in flight and no standalone stream is refused to the child at once", async () => {
+    const { bridge, child } = setup();
+    bridge.request(call(1, "a"));
+    bridge.request(call(2, "b"));
+    child.send({ jsonrpc: "2.0", id: 0, method: "sampling/createMessage", params: {} });
+    await settle();
+    expect(child.messages.at(-1)?.error).toEqual({
+      code: -32003,
+      message: "sampling/createMessage cannot be delivered: the client has no GET stream open and 2 requests in flight as SSE, so none is known to be the one this belongs to",
+    });
+  });
+
+  test("with the standalone stream open, a server request during a JSON-only call goes there", async () => {
+    const { bridge, child } = setup();
+    const standalone = bridge.openStandalone();
+    bridge.request(call(1, "ask_user"), { jsonAnswer: true, sse: false });
+    child.send({ jsonrpc: "2.0", id: 0, method: "elicitation/create", params: {} });
+    await settle();
+    expect((await standalone.next())?.message.method).toBe("elicitation/create");
+    expect(child.messages.map((m) => m.id)).toEqual([1]);
+  });
+
+  test("progress for a JSON-only call stays off its stream and waits for the standalone stream", async () => {
+    const { bridge, child } = setup();
+    const json = bridge.request(call(1, "slow_count", { _meta: { progressToken: "p" } }), { jsonAnswer: true, sse: false });
+    child.send({ jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: "p", progress: 1 } });
+    child.send({ jsonrpc: "2.0", id: 1, result: {} });
+    expect((await all(json)).map((e) => e.kind)).toEqual(["response"]);
+    const standalone = bridge.openStandalone();
+    expect((await standalone.next())?.message.method).toBe("notifications/progress");
+  });
+
   test("a second standalone stream is refused while one is open, and allowed once it closes", () => {
     const { bridge } = setup();
     const first = bridge.openStandalone();

@@ -111,20 +111,26 @@ export async function processesMatching(needle: string): Promise<ProcessRow[]> {
 }
 
 /** Opens the standalone GET stream and keeps reading it (an unread response is dropped by Bun's fetch); abort to close. */
-export async function holdStandaloneStream(url: string, token: string, sessionId: string, signal: AbortSignal): Promise<{ status: number; text: () => string }> {
+export async function holdStandaloneStream(
+  url: string,
+  token: string,
+  sessionId: string,
+  signal: AbortSignal,
+): Promise<{ status: number; text: () => string; ended: () => boolean }> {
   const response = await fetch(url, { headers: { authorization: `Bearer ${token}`, accept: "text/event-stream", "mcp-session-id": sessionId }, signal });
   let received = "";
+  let ended = false;
   if (response.body !== null) {
     const reader = response.body.getReader();
     void (async () => {
       for (;;) {
         const chunk = await reader.read().catch(() => ({ done: true as const, value: undefined }));
-        if (chunk.done) return;
+        if (chunk.done) return void (ended = true);
         received += new TextDecoder().decode(chunk.value);
       }
     })();
   }
-  return { status: response.status, text: () => received };
+  return { status: response.status, text: () => received, ended: () => ended };
 }
 
 /** Whether a process with this pid still exists (signal 0 checks without sending anything). */

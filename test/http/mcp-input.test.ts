@@ -167,6 +167,28 @@ describe("refused before anything reaches a child", () => {
     await expectError(response, 405, rpcError(null, -32000, "Method Not Allowed: use POST, GET or DELETE"));
   });
 
+  test("an initialize whose params the broker cannot rely on → 400, -32602 at once, with no session and no child", async () => {
+    const childStarts = () => t.logs.filter((line) => line.includes('"msg":"child started"')).length;
+    const startsBefore = childStarts();
+    const sessionsBefore = t.broker.registry.size;
+    const cases: [unknown, string][] = [
+      ["2025-11-25", "params must be an object"],
+      [[INITIALIZE.params], "params must be an object"],
+      [undefined, "params must be an object"],
+      [{ ...INITIALIZE.params, protocolVersion: undefined }, "params.protocolVersion must be a non-empty string"],
+      [{ ...INITIALIZE.params, protocolVersion: 20251125 }, "params.protocolVersion must be a non-empty string"],
+      [{ ...INITIALIZE.params, capabilities: undefined }, "params.capabilities must be an object"],
+      [{ ...INITIALIZE.params, clientInfo: undefined }, "params.clientInfo must be an object"],
+    ];
+    for (const [params, problem] of cases) {
+      const response = await postMcp(t.mcpUrl, token, { ...INITIALIZE, params });
+      expect(response.headers.get("mcp-session-id")).toBeNull();
+      await expectError(response, 400, rpcError(1, -32602, `Invalid params: ${problem}`));
+    }
+    expect(t.broker.registry.size).toBe(sessionsBefore);
+    expect(childStarts()).toBe(startsBefore);
+  });
+
   test("initialize on an existing session → 400; a client starts a new session without the header", async () => {
     await expectError(
       await postMcp(t.mcpUrl, token, INITIALIZE, { "mcp-session-id": session }),
@@ -218,6 +240,29 @@ describe("the transport's answers", () => {
     );
     expect(json.headers.get("content-type")).toBe("application/json");
     expect(await json.json()).toMatchObject({ id: 12, result: { content: [{ text: "counted to 2" }] } });
+  });
+
+  test("a JSON-only client's call whose child asks it something: the child is told at once and the client gets the tool's answer", async () => {
+    const initialize = { ...INITIALIZE, params: { ...INITIALIZE.params, capabilities: { elicitation: {} } } };
+    const opened = await postMcp(t.mcpUrl, token, initialize);
+    await opened.text();
+    const asking = opened.headers.get("mcp-session-id")!;
+    expect((await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", method: "notifications/initialized" }, { "mcp-session-id": asking })).status).toBe(202);
+
+    const response = await postMcp(
+      t.mcpUrl,
+      token,
+      { jsonrpc: "2.0", id: "ask", method: "tools/call", params: { name: "ask_user", arguments: { question: "Colour?" } } },
+      { "mcp-session-id": asking, accept: "application/json" },
+    );
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toBe("application/json");
+    const body = await response.json();
+    expect(body).toMatchObject({ jsonrpc: "2.0", id: "ask", result: { isError: true } });
+    // The stand-in's tool reports the JSON-RPC error its elicitation got from the broker.
+    expect(body.result.content[0].text).toContain(
+      "MCP error -32003: elicitation/create cannot be delivered: the client has no GET stream open and no request in flight whose stream can carry it",
+    );
   });
 
   test("a notification → 202 with no body", async () => {
