@@ -13,7 +13,7 @@ import { revokeRoutes } from "../oauth/handlers/revoke.ts";
 import { tokenRoutes } from "../oauth/handlers/token.ts";
 import { bearerGuard } from "../oauth/middleware/bearer-auth.ts";
 import { corsPolicy } from "./cors.ts";
-import { requestPath } from "./request-path.ts";
+import { ROUTER_CONFIG, isRoutable, requestPath } from "./request-path.ts";
 import type { TokenIdentity } from "../store/store.ts";
 
 export interface HealthCheck {
@@ -64,7 +64,14 @@ export function createApp(deps: AppDeps) {
 
   const mcp = deps.protectedRoutes(bearerGuard(deps.oauth));
 
-  const app = new Elysia().use(corsPolicy(deps.oauth.config.sessions.allowedOrigins));
+  const app = new Elysia(ROUTER_CONFIG)
+    // First of all hooks: a URL the router would read differently from every other rule answers nothing else.
+    .onRequest(({ request }) => {
+      if (!isRoutable(request.url)) {
+        return Response.json({ error: "invalid_request", error_description: "The Host header is missing or malformed" }, { status: 400 });
+      }
+    })
+    .use(corsPolicy(deps.oauth.config.sessions.allowedOrigins));
   // Not even hooked in when the level drops the lines: every /mcp message would pay for fields nobody reads.
   if (logger.enabled("info")) logRequests(app, logger);
   return app
