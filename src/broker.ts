@@ -4,6 +4,7 @@ import { join } from "node:path";
 import type { BrokerConfig } from "./config.ts";
 import { TokenSealer, ensurePrivateDir, loadOrCreateSealingKey } from "./crypto.ts";
 import { createApp } from "./http/app.ts";
+import { clientAddressOf } from "./http/client-address.ts";
 import { mcpRoutes } from "./http/mcp-routes.ts";
 import type { Logger } from "./log.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
@@ -66,7 +67,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     logger,
     now,
     rateLimiter: new RateLimiter(options.rateLimit ?? DEFAULT_RATE_LIMIT, now),
-    clientAddress: (request) => server?.requestIP(request)?.address ?? "unknown",
+    clientAddress: (request) => clientAddressOf(server?.requestIP(request)?.address, request.headers.get("x-forwarded-for"), config.trustedProxies),
     lifetimes: { ...DEFAULT_LIFETIMES, ...options.lifetimes },
   };
   const registry = new SessionRegistry({

@@ -1,5 +1,6 @@
 // Reads the broker's configuration from the environment and validates all of it at once,
 // so a misconfigured start-up prints one clear line per problem instead of failing later.
+import { parseAddressBlock, type AddressBlock } from "./http/client-address.ts";
 
 export interface BrokerConfig {
   /** Issuer and resource base, without a trailing slash. Never derived from the Host header. */
@@ -21,6 +22,8 @@ export interface BrokerConfig {
   };
   child: ChildConfig;
   sessions: SessionConfig;
+  /** Reverse proxies whose X-Forwarded-For is believed when keying rate limits; none by default. */
+  trustedProxies: AddressBlock[];
 }
 
 export interface ChildConfig {
@@ -158,6 +161,16 @@ export function loadConfig(env: Env): ConfigResult {
     }
   }
 
+  const trustedProxies: AddressBlock[] = [];
+  for (const entry of (get("BROKER_TRUSTED_PROXIES") ?? "").split(/[\s,]+/).filter(Boolean)) {
+    const block = parseAddressBlock(entry);
+    if (block === undefined) {
+      problem("BROKER_TRUSTED_PROXIES", `has ${JSON.stringify(entry)}, which is not an IP address or CIDR block (host bits must be zero)`, "127.0.0.1,10.0.0.0/8,fd00::/8");
+    } else {
+      trustedProxies.push(block);
+    }
+  }
+
   if (problems.length > 0) return { ok: false, problems };
 
   return {
@@ -175,6 +188,7 @@ export function loadConfig(env: Env): ConfigResult {
         ...sessions,
         allowedOrigins: allowedOrigins.length > 0 ? allowedOrigins : [new URL(publicUrl).origin],
       },
+      trustedProxies,
     },
   };
 }
