@@ -8,6 +8,7 @@ import { clientAddressOf } from "./http/client-address.ts";
 import { mcpRoutes } from "./http/mcp-routes.ts";
 import type { Logger } from "./log.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
+import { MAX_OAUTH_BODY_BYTES } from "./oauth/edge-guard.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
 import { Store } from "./store/store.ts";
@@ -94,7 +95,15 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     heartbeatMs: options.heartbeatMs,
   });
   const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });
-  server = Bun.serve({ hostname: config.host, port: config.port, fetch: (request) => app.handle(request), idleTimeout: 30 });
+  server = Bun.serve({
+    hostname: config.host,
+    port: config.port,
+    fetch: (request) => app.handle(request),
+    idleTimeout: 30,
+    // Bun's default is 128 MB. The largest body a route takes is one MCP message; the headroom lets
+    // /mcp answer a slightly larger one with its own JSON-RPC error rather than Bun's bare 413.
+    maxRequestBodySize: config.sessions.maxMessageBytes + MAX_OAUTH_BODY_BYTES,
+  });
 
   const purge = setInterval(() => {
     try {

@@ -4,6 +4,7 @@ import { Elysia } from "elysia";
 import type { Logger } from "../log.ts";
 import type { OAuthDeps } from "../oauth/deps.ts";
 import { parseBasicCredentials } from "../oauth/client-auth.ts";
+import { oauthEdgeGuard } from "../oauth/edge-guard.ts";
 import { OAuthError } from "../oauth/errors.ts";
 import { authorizeRoutes } from "../oauth/handlers/authorize.ts";
 import { callbackRoutes } from "../oauth/handlers/callback.ts";
@@ -97,6 +98,7 @@ export function createApp(deps: AppDeps) {
       }
       return Response.json({ status: healthy ? "ok" : "degraded", ...parts }, { status: healthy ? 200 : 503, headers: { "Cache-Control": "no-store" } });
     })
+    .use(oauthEdgeGuard(deps.oauth))
     .use(metadataRoutes(deps.oauth.config))
     .use(registerRoutes(deps.oauth))
     .use(authorizeRoutes(deps.oauth))

@@ -1,4 +1,4 @@
-// A per-key token bucket for the unauthenticated OAuth endpoints (register, token): enough to
+// A per-key token bucket for the unauthenticated OAuth endpoints (one bucket per endpoint): enough to
 // blunt a flood from one address without a shared store; multi-replica limits come later.
 
 export interface RateLimitPolicy {

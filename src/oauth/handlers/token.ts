@@ -10,7 +10,6 @@ import {
   InvalidRequestError,
   InvalidScopeError,
   InvalidTargetError,
-  TooManyRequestsError,
   UnauthorizedClientError,
   UnsupportedGrantTypeError,
 } from "../errors.ts";
@@ -117,8 +116,6 @@ export function tokenRoutes(deps: OAuthDeps) {
   return new Elysia({ name: "oauth-token" }).post(
     "/oauth/token",
     ({ body, request, set }) => {
-      const rate = deps.rateLimiter.take(`token:${deps.clientAddress(request)}`);
-      if (!rate.allowed) throw new TooManyRequestsError(rate.retryAfterS);
       requireFormBody(request);
       const client = authenticateClient(store, presentedClientCredentials(request.headers.get("authorization") ?? undefined, body));
       if (!body.grant_type) throw new InvalidRequestError("grant_type is required");
