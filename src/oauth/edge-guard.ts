@@ -4,7 +4,7 @@ import { Elysia } from "elysia";
 import { requestPath } from "../http/request-path.ts";
 import type { OAuthDeps } from "./deps.ts";
 import { TooManyRequestsError } from "./errors.ts";
-import { htmlPage } from "./handlers/authorize.ts";
+import { htmlPage, tooManySignIns } from "./handlers/authorize.ts";
 
 /** Far above any registration, token, revocation or consent body; far below what would hurt. */
 export const MAX_OAUTH_BODY_BYTES = 64 * 1024;
@@ -22,11 +22,7 @@ const jsonRefusals: Refusals = {
 };
 
 const pageRefusals: Refusals = {
-  tooMany: (retryAfterS) => {
-    const page = htmlPage(429, "Too many requests", `Too many sign-in requests from this address. Try again in ${retryAfterS} seconds.`);
-    page.headers.set("Retry-After", String(retryAfterS));
-    return page;
-  },
+  tooMany: tooManySignIns,
   tooLarge: () => htmlPage(413, "Request too large", `${TOO_LARGE}. Start again from your MCP client.`),
 };
 

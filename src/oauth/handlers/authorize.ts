@@ -37,6 +37,12 @@ export type AuthorizationVerdict =
 /** A client's state is echoed back verbatim; nothing a client needs comes near this. */
 export const MAX_STATE_LENGTH = 1024;
 
+/** Sign-ins one browser may have in progress at once; opening one more drops its oldest. */
+export const MAX_PENDING_PER_BROWSER = 10;
+
+/** A client's authorize requests come from all its users' browsers: its bucket is this many addresses' worth. */
+const CLIENT_RATE_SCALE = 10;
+
 /**
  * The rules of RFC 6749 §4.1.2.1 and OAuth 2.1 in order: until the client and its redirect URI are
  * known, errors are a page; after, a client_error, which is a page with a link to the client, never
@@ -103,6 +109,12 @@ export function redirectToClient(redirectUri: string, issuer: string, params: Re
 
 export function htmlPage(status: number, title: string, message: string): Response {
   return new Response(renderErrorPage(title, message), { status, headers: pageHeaders() });
+}
+
+export function tooManySignIns(retryAfterS: number): Response {
+  const page = htmlPage(429, "Too many requests", `Too many sign-in requests. Try again in ${retryAfterS} seconds.`);
+  page.headers.set("Retry-After", String(retryAfterS));
+  return page;
 }
 
 /** The error the client asked for, as a page whose link carries what the redirect would have (RFC 9207 iss included). */
@@ -180,6 +192,9 @@ export function authorizeRoutes(deps: OAuthDeps) {
         const verdict = checkAuthorizationRequest(query, query.client_id ? store.getClient(query.client_id) : undefined, config.resourceUrl);
         if (verdict.kind === "page") return htmlPage(verdict.status, verdict.title, verdict.message);
         if (verdict.kind === "client_error") return clientErrorPage(verdict, config.publicUrl);
+        // Each consent page writes a row: per address (the edge guard) and per client, before that.
+        const rate = deps.rateLimiter.take(`authorize-client:${verdict.client.id}`, CLIENT_RATE_SCALE);
+        if (!rate.allowed) return tooManySignIns(rate.retryAfterS);
 
         const now = deps.now();
         const existing = readCookie(request.headers.get("cookie"), cookieName);
@@ -201,7 +216,7 @@ export function authorizeRoutes(deps: OAuthDeps) {
           expiresAt: now + deps.lifetimes.authorizationMs,
           consumedAt: null,
         };
-        store.createAuthorization(authorization);
+        store.createAuthorization(authorization, MAX_PENDING_PER_BROWSER);
 
         const html = renderConsentPage({
           clientName: verdict.client.name,
