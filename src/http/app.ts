@@ -38,9 +38,25 @@ function clientIdOf(request: Request, identity: TokenIdentity | undefined, query
   return typeof basic === "object" ? basic.clientId : undefined;
 }
 
-/** One log line per request: method, path, status, duration and the public client id. */
-function logRequests(app: Elysia<any, any, any, any, any, any, any>, logger: Logger): void {
+/** Logs an answer given in an onRequest hook (a refusal before routing), which never reaches onAfterResponse. */
+type EarlyAnswerLog = (request: Request, response: Response) => Response;
+
+/**
+ * One log line per request: method, path, status, duration and the public client id. Returns the
+ * logger of early answers, for the onRequest hooks registered after these.
+ */
+function logRequests(app: Elysia<any, any, any, any, any, any, any>, logger: Logger): EarlyAnswerLog {
   const started = new WeakMap<Request, number>();
+  const write = (request: Request, status: number | string, clientId: string | undefined) => {
+    const begun = started.get(request);
+    logger.info("request", {
+      method: request.method,
+      path: requestPath(request.url),
+      status,
+      duration_ms: begun === undefined ? undefined : Math.round((performance.now() - begun) * 100) / 100,
+      client_id: clientId,
+    });
+  };
   app
     .onRequest(({ request }) => {
       started.set(request, performance.now());
@@ -48,16 +64,13 @@ function logRequests(app: Elysia<any, any, any, any, any, any, any>, logger: Log
     .onAfterResponse((ctx) => {
       const { request, set, query } = ctx;
       const identity = (ctx as { identity?: TokenIdentity }).identity;
-      const begun = started.get(request);
       const response = (ctx as { responseValue?: unknown }).responseValue;
-      logger.info("request", {
-        method: request.method,
-        path: requestPath(request.url),
-        status: response instanceof Response ? response.status : (set.status ?? 200),
-        duration_ms: begun === undefined ? undefined : Math.round((performance.now() - begun) * 100) / 100,
-        client_id: clientIdOf(request, identity, query),
-      });
+      write(request, response instanceof Response ? response.status : (set.status ?? 200), clientIdOf(request, identity, query));
     });
+  return (request, response) => {
+    write(request, response.status, undefined);
+    return response;
+  };
 }
 
 export function createApp(deps: AppDeps) {
@@ -65,16 +78,17 @@ export function createApp(deps: AppDeps) {
 
   const mcp = deps.protectedRoutes(bearerGuard(deps.oauth));
 
+  let logEarly: EarlyAnswerLog = (_request, response) => response;
   const app = new Elysia(ROUTER_CONFIG)
     // First of all hooks: a URL the router would read differently from every other rule answers nothing else.
     .onRequest(({ request }) => {
       if (!isRoutable(request.url)) {
-        return Response.json({ error: "invalid_request", error_description: "The Host header is missing or malformed" }, { status: 400 });
+        return logEarly(request, Response.json({ error: "invalid_request", error_description: "The Host header is missing or malformed" }, { status: 400 }));
       }
     })
     .use(corsPolicy(deps.oauth.config.sessions.allowedOrigins));
   // Not even hooked in when the level drops the lines: every /mcp message would pay for fields nobody reads.
-  if (logger.enabled("info")) logRequests(app, logger);
+  if (logger.enabled("info")) logEarly = logRequests(app, logger);
   return app
     .onError(({ error, code, request }) => {
       if (error instanceof OAuthError) return error.toResponse();
@@ -98,7 +112,7 @@ export function createApp(deps: AppDeps) {
       }
       return Response.json({ status: healthy ? "ok" : "degraded", ...parts }, { status: healthy ? 200 : 503, headers: { "Cache-Control": "no-store" } });
     })
-    .use(oauthEdgeGuard(deps.oauth))
+    .use(oauthEdgeGuard(deps.oauth, logEarly))
     .use(metadataRoutes(deps.oauth.config))
     .use(registerRoutes(deps.oauth))
     .use(authorizeRoutes(deps.oauth))

@@ -56,7 +56,11 @@ export async function readAtMost(body: ReadableStream<Uint8Array>, limit: number
  * Mounted before the OAuth routes. An onRequest hook, because it is the only one Elysia runs
  * before it parses a body (parse comes before transform and beforeHandle).
  */
-export function oauthEdgeGuard(deps: Pick<OAuthDeps, "rateLimiter" | "clientAddress">) {
+export function oauthEdgeGuard(
+  deps: Pick<OAuthDeps, "rateLimiter" | "clientAddress">,
+  /** Sees each refusal: onAfterResponse hooks (the request log) never run for an answer given here. */
+  refused: (request: Request, response: Response) => Response,
+) {
   return new Elysia({ name: "oauth-edge-guard" }).onRequest(async (ctx) => {
     const { request } = ctx;
     const path = requestPath(request.url);
@@ -64,13 +68,13 @@ export function oauthEdgeGuard(deps: Pick<OAuthDeps, "rateLimiter" | "clientAddr
     const rule = GUARDED.get(`${request.method} ${path}`);
     if (rule === undefined) return;
     const rate = deps.rateLimiter.take(`${rule.bucket}:${deps.clientAddress(request)}`);
-    if (!rate.allowed) return rule.refusals.tooMany(rate.retryAfterS);
+    if (!rate.allowed) return refused(request, rule.refusals.tooMany(rate.retryAfterS));
     if (request.body === null) return;
     const declared = request.headers.get("content-length");
-    if (declared !== null) return Number(declared) > MAX_OAUTH_BODY_BYTES ? rule.refusals.tooLarge() : undefined;
+    if (declared !== null) return Number(declared) > MAX_OAUTH_BODY_BYTES ? refused(request, rule.refusals.tooLarge()) : undefined;
     // Chunked: read it here, bounded, and hand the routes a request that carries what was read.
     const body = await readAtMost(request.body, MAX_OAUTH_BODY_BYTES);
-    if (body === undefined) return rule.refusals.tooLarge();
+    if (body === undefined) return refused(request, rule.refusals.tooLarge());
     (ctx as { request: Request }).request = new Request(request.url, { method: request.method, headers: request.headers, body });
   });
 }

@@ -90,5 +90,7 @@ describe("a short or missing Host header over a real socket", () => {
     const response = await get("/.well-known/mcp", "");
     expect(response.status).toBe(400);
     expect(JSON.parse(response.body).error).toBe("invalid_request");
+    const logged = t.logs.map((l) => JSON.parse(l)).filter((l) => l.msg === "request" && l.status === 400);
+    expect(logged.map((l) => l.path)).toEqual(["/.well-known/mcp"]);
   });
 });

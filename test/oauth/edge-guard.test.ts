@@ -102,6 +102,9 @@ describe("rate limits before bodies", () => {
     expect(JSON.parse(answers[0]!.body).error).toBe("too_many_requests");
     expect(Number(answers[0]!.headers["retry-after"])).toBeGreaterThanOrEqual(1);
     expect(broker.broker.store.db.select({ n: count() }).from(clients).get()).toEqual({ n: 3 });
+    // Refused before routing, and still one log line each.
+    const logged = broker.logs.map((line) => JSON.parse(line)).filter((line) => line.msg === "request" && line.path === "/oauth/register");
+    expect(logged.map((line) => line.status).sort()).toEqual([...Array(3).fill(201), ...Array(20).fill(429)]);
   });
 
   test("revocation has its own bucket: token traffic cannot starve it", async () => {
