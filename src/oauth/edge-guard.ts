@@ -36,7 +36,7 @@ const GUARDED = new Map<string, { bucket: string; refusals: Refusals }>([
 ]);
 
 /** The whole body if it has at most `limit` bytes; undefined (and the rest left unread) if it has more. */
-export async function readAtMost(body: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array<ArrayBuffer> | undefined> {
+async function readAtMost(body: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array<ArrayBuffer> | undefined> {
   const reader = body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;

@@ -12,7 +12,7 @@ import { isLoopbackHost, resolveRedirectUri, withQuery } from "../redirect-uri.t
 import { resolveRequestedScope } from "../scope.ts";
 import { optionalParam } from "./params.ts";
 
-/** An error we may tell the client about by redirecting to its (already verified) redirect URI. */
+/** An error for the client at its (already verified) redirect URI: through a link before consent, by redirect after. */
 export interface RedirectableError {
   error: string;
   description: string;
@@ -111,6 +111,7 @@ export function htmlPage(status: number, title: string, message: string): Respon
   return new Response(renderErrorPage(title, message), { status, headers: pageHeaders() });
 }
 
+/** The consent endpoints' 429: a page, since a browser is what sees it. */
 export function tooManySignIns(retryAfterS: number): Response {
   const page = htmlPage(429, "Too many requests", `Too many sign-in requests. Try again in ${retryAfterS} seconds.`);
   page.headers.set("Retry-After", String(retryAfterS));
