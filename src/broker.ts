@@ -4,10 +4,12 @@ import { join } from "node:path";
 import type { BrokerConfig } from "./config.ts";
 import { TokenSealer, ensurePrivateDir, loadOrCreateSealingKey } from "./crypto.ts";
 import { createApp } from "./http/app.ts";
+import { clientAddressOf } from "./http/client-address.ts";
 import { mcpRoutes } from "./http/mcp-routes.ts";
 import { StreamTokens } from "./http/stream-tokens.ts";
 import type { Logger } from "./log.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
+import { MAX_OAUTH_BODY_BYTES } from "./oauth/edge-guard.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
 import { Store } from "./store/store.ts";
@@ -82,7 +84,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     logger,
     now,
     rateLimiter: new RateLimiter(options.rateLimit ?? DEFAULT_RATE_LIMIT, now),
-    clientAddress: (request) => server?.requestIP(request)?.address ?? "unknown",
+    clientAddress: (request) => clientAddressOf(server?.requestIP(request)?.address, request.headers.get("x-forwarded-for"), config.trustedProxies),
     lifetimes: { ...DEFAULT_LIFETIMES, ...options.lifetimes },
   };
   const registry = new SessionRegistry({
@@ -123,7 +125,15 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     heartbeatMs: options.heartbeatMs,
   });
   const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });
-  server = Bun.serve({ hostname: config.host, port: config.port, fetch: (request) => app.handle(request), idleTimeout: idleTimeoutS });
+  server = Bun.serve({
+    hostname: config.host,
+    port: config.port,
+    fetch: (request) => app.handle(request),
+    idleTimeout: idleTimeoutS,
+    // Bun's default is 128 MB. The largest body a route takes is one MCP message; the headroom lets
+    // /mcp answer a slightly larger one with its own JSON-RPC error rather than Bun's bare 413.
+    maxRequestBodySize: config.sessions.maxMessageBytes + MAX_OAUTH_BODY_BYTES,
+  });
 
   const purge = setInterval(() => {
     try {

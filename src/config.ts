@@ -1,6 +1,7 @@
 // Reads the broker's configuration from the environment and validates all of it at once,
 // so a misconfigured start-up prints one clear line per problem instead of failing later.
 import type { LogLevel } from "./log.ts";
+import { parseAddressBlock, type AddressBlock } from "./http/client-address.ts";
 
 export interface BrokerConfig {
   /** Issuer and resource base, without a trailing slash. Never derived from the Host header. */
@@ -24,6 +25,8 @@ export interface BrokerConfig {
   sessions: SessionConfig;
   logLevel: LogLevel;
   inFlight: InFlightLimits;
+  /** Reverse proxies whose X-Forwarded-For is believed when keying rate limits; none by default. */
+  trustedProxies: AddressBlock[];
 }
 
 export interface InFlightLimits {
@@ -181,6 +184,15 @@ export function loadConfig(env: Env): ConfigResult {
   const rawLogLevel = get("BROKER_LOG_LEVEL") ?? "info";
   const logLevel = LOG_LEVELS.find((level) => level === rawLogLevel.toLowerCase());
   if (logLevel === undefined) problem("BROKER_LOG_LEVEL", `must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(rawLogLevel)}`, "info");
+  const trustedProxies: AddressBlock[] = [];
+  for (const entry of (get("BROKER_TRUSTED_PROXIES") ?? "").split(/[\s,]+/).filter(Boolean)) {
+    const block = parseAddressBlock(entry);
+    if (block === undefined) {
+      problem("BROKER_TRUSTED_PROXIES", `has ${JSON.stringify(entry)}, which is not an IP address or CIDR block (host bits must be zero)`, "127.0.0.1,10.0.0.0/8,fd00::/8");
+    } else {
+      trustedProxies.push(block);
+    }
+  }
 
   if (problems.length > 0) return { ok: false, problems };
 
@@ -201,6 +213,7 @@ export function loadConfig(env: Env): ConfigResult {
       },
       logLevel: logLevel ?? "info",
       inFlight,
+      trustedProxies,
     },
   };
 }

@@ -41,6 +41,22 @@ describe("loadConfig", () => {
     expect(result.ok && Buffer.from(result.config.sealingKey!).equals(Buffer.alloc(32, 7))).toBe(true);
   });
 
+  test("BROKER_TRUSTED_PROXIES takes IPv4 and IPv6 addresses and CIDR blocks, and none by default", () => {
+    const result = loadConfig({ ...REQUIRED, BROKER_TRUSTED_PROXIES: "127.0.0.1, 10.0.0.0/8 ::1,fd00::/8" });
+    if (!result.ok) throw new Error(result.problems.join("\n"));
+    expect(result.config.trustedProxies.map(({ version, prefix }) => [version, prefix])).toEqual([[4, 32], [4, 8], [6, 128], [6, 8]]);
+    const defaults = loadConfig(REQUIRED);
+    expect(defaults.ok && defaults.config.trustedProxies).toEqual([]);
+  });
+
+  test("each bad BROKER_TRUSTED_PROXIES entry is a line of its own", () => {
+    const result = loadConfig({ ...REQUIRED, BROKER_TRUSTED_PROXIES: "10.0.0.1/8,proxy.local,10.0.0.0/8" });
+    expect(result.ok ? [] : result.problems).toEqual([
+      expect.stringMatching(/^BROKER_TRUSTED_PROXIES: has "10.0.0.1\/8", which is not an IP address or CIDR block/),
+      expect.stringMatching(/^BROKER_TRUSTED_PROXIES: has "proxy.local", which is not an IP address or CIDR block/),
+    ]);
+  });
+
   const problems: [string, Record<string, string>, RegExp][] = [
     ["public URL with a query", { BROKER_PUBLIC_URL: "https://mcp.example.com/?x=1" }, /^BROKER_PUBLIC_URL: must not carry a query/],
     ["public URL of another scheme", { BROKER_PUBLIC_URL: "ftp://mcp.example.com" }, /^BROKER_PUBLIC_URL: must be an http or https URL/],

@@ -4,6 +4,7 @@ import { Elysia } from "elysia";
 import type { Logger } from "../log.ts";
 import type { OAuthDeps } from "../oauth/deps.ts";
 import { parseBasicCredentials } from "../oauth/client-auth.ts";
+import { oauthEdgeGuard } from "../oauth/edge-guard.ts";
 import { OAuthError } from "../oauth/errors.ts";
 import { authorizeRoutes } from "../oauth/handlers/authorize.ts";
 import { callbackRoutes } from "../oauth/handlers/callback.ts";
@@ -13,7 +14,7 @@ import { revokeRoutes } from "../oauth/handlers/revoke.ts";
 import { tokenRoutes } from "../oauth/handlers/token.ts";
 import { bearerGuard } from "../oauth/middleware/bearer-auth.ts";
 import { corsPolicy } from "./cors.ts";
-import { requestPath } from "./request-path.ts";
+import { ROUTER_CONFIG, isRoutable, requestPath } from "./request-path.ts";
 import type { TokenIdentity } from "../store/store.ts";
 
 export interface HealthCheck {
@@ -37,9 +38,25 @@ function clientIdOf(request: Request, identity: TokenIdentity | undefined, query
   return typeof basic === "object" ? basic.clientId : undefined;
 }
 
-/** One log line per request: method, path, status, duration and the public client id. */
-function logRequests(app: Elysia<any, any, any, any, any, any, any>, logger: Logger): void {
+/** Logs an answer given in an onRequest hook (a refusal before routing), which never reaches onAfterResponse. */
+type EarlyAnswerLog = (request: Request, response: Response) => Response;
+
+/**
+ * One log line per request: method, path, status, duration and the public client id. Returns the
+ * logger of early answers, for the onRequest hooks registered after these.
+ */
+function logRequests(app: Elysia<any, any, any, any, any, any, any>, logger: Logger): EarlyAnswerLog {
   const started = new WeakMap<Request, number>();
+  const write = (request: Request, status: number | string, clientId: string | undefined) => {
+    const begun = started.get(request);
+    logger.info("request", {
+      method: request.method,
+      path: requestPath(request.url),
+      status,
+      duration_ms: begun === undefined ? undefined : Math.round((performance.now() - begun) * 100) / 100,
+      client_id: clientId,
+    });
+  };
   app
     .onRequest(({ request }) => {
       started.set(request, performance.now());
@@ -47,16 +64,13 @@ function logRequests(app: Elysia<any, any, any, any, any, any, any>, logger: Log
     .onAfterResponse((ctx) => {
       const { request, set, query } = ctx;
       const identity = (ctx as { identity?: TokenIdentity }).identity;
-      const begun = started.get(request);
       const response = (ctx as { responseValue?: unknown }).responseValue;
-      logger.info("request", {
-        method: request.method,
-        path: requestPath(request.url),
-        status: response instanceof Response ? response.status : (set.status ?? 200),
-        duration_ms: begun === undefined ? undefined : Math.round((performance.now() - begun) * 100) / 100,
-        client_id: clientIdOf(request, identity, query),
-      });
+      write(request, response instanceof Response ? response.status : (set.status ?? 200), clientIdOf(request, identity, query));
     });
+  return (request, response) => {
+    write(request, response.status, undefined);
+    return response;
+  };
 }
 
 export function createApp(deps: AppDeps) {
@@ -64,9 +78,17 @@ export function createApp(deps: AppDeps) {
 
   const mcp = deps.protectedRoutes(bearerGuard(deps.oauth));
 
-  const app = new Elysia().use(corsPolicy(deps.oauth.config.sessions.allowedOrigins));
+  let logEarly: EarlyAnswerLog = (_request, response) => response;
+  const app = new Elysia(ROUTER_CONFIG)
+    // First of all hooks: a URL the router would read differently from every other rule answers nothing else.
+    .onRequest(({ request }) => {
+      if (!isRoutable(request.url)) {
+        return logEarly(request, Response.json({ error: "invalid_request", error_description: "The Host header is missing or malformed" }, { status: 400 }));
+      }
+    })
+    .use(corsPolicy(deps.oauth.config.sessions.allowedOrigins));
   // Not even hooked in when the level drops the lines: every /mcp message would pay for fields nobody reads.
-  if (logger.enabled("info")) logRequests(app, logger);
+  if (logger.enabled("info")) logEarly = logRequests(app, logger);
   return app
     .onError(({ error, code, request }) => {
       if (error instanceof OAuthError) return error.toResponse();
@@ -90,6 +112,7 @@ export function createApp(deps: AppDeps) {
       }
       return Response.json({ status: healthy ? "ok" : "degraded", ...parts }, { status: healthy ? 200 : 503, headers: { "Cache-Control": "no-store" } });
     })
+    .use(oauthEdgeGuard(deps.oauth, logEarly))
     .use(metadataRoutes(deps.oauth.config))
     .use(registerRoutes(deps.oauth))
     .use(authorizeRoutes(deps.oauth))

@@ -1,5 +1,5 @@
 // The HTML the browser sees: the broker's own consent page (shown per client, because Forgejo
-// skips its consent for our app once granted) and the error page for requests we cannot redirect.
+// skips its consent for our app once granted) and the error pages, never an automatic redirect.
 
 const ESCAPES: Record<string, string> = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 
@@ -74,8 +74,10 @@ export function renderConsentPage(view: ConsentView): string {
   );
 }
 
-export function renderErrorPage(title: string, message: string): string {
-  return page(title, `<h1>${escapeHtml(title)}</h1><p>${escapeHtml(message)}</p>`);
+/** An error page; with a link where the user may choose to carry the error back to the client. */
+export function renderErrorPage(title: string, message: string, link?: { href: string; label: string }): string {
+  const action = link ? `<p><a href="${escapeHtml(link.href)}">${escapeHtml(link.label)}</a></p>` : "";
+  return page(title, `<h1>${escapeHtml(title)}</h1><p>${escapeHtml(message)}</p>${action}`);
 }
 
 /** Headers for every page: never framed, never cached, no third-party anything. */

@@ -1,4 +1,4 @@
-// A per-key token bucket for the unauthenticated OAuth endpoints (register, token): enough to
+// A per-key token bucket for the unauthenticated OAuth endpoints (one bucket per endpoint): enough to
 // blunt a flood from one address without a shared store; multi-replica limits come later.
 
 export interface RateLimitPolicy {
@@ -19,14 +19,17 @@ export class RateLimiter {
     private readonly maxKeys = 100_000,
   ) {}
 
-  take(key: string): RateVerdict {
+  /** `scale` multiplies the burst and the rate, for a key that stands for many addresses (a client's users). */
+  take(key: string, scale = 1): RateVerdict {
     const now = this.now();
-    const bucket = this.buckets.get(key) ?? { tokens: this.policy.burst, updatedAt: now };
-    bucket.tokens = Math.min(this.policy.burst, bucket.tokens + ((now - bucket.updatedAt) / 1000) * this.policy.perSecond);
+    const burst = this.policy.burst * scale;
+    const perSecond = this.policy.perSecond * scale;
+    const bucket = this.buckets.get(key) ?? { tokens: burst, updatedAt: now };
+    bucket.tokens = Math.min(burst, bucket.tokens + ((now - bucket.updatedAt) / 1000) * perSecond);
     bucket.updatedAt = now;
     if (bucket.tokens < 1) {
       this.buckets.set(key, bucket);
-      return { allowed: false, retryAfterS: Math.max(1, Math.ceil((1 - bucket.tokens) / this.policy.perSecond)) };
+      return { allowed: false, retryAfterS: Math.max(1, Math.ceil((1 - bucket.tokens) / perSecond)) };
     }
     bucket.tokens -= 1;
     this.buckets.delete(key);

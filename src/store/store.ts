@@ -1,7 +1,7 @@
 // The broker's repository functions over Drizzle and bun:sqlite: every read and write of OAuth
 // state goes through here, and every single-use rule is decided by one conditional UPDATE, never by a read.
 import { Database } from "bun:sqlite";
-import { and, eq, gt, isNull, lt, sql } from "drizzle-orm";
+import { and, desc, eq, gt, isNull, lt, notInArray, sql } from "drizzle-orm";
 import { drizzle, type BunSQLiteDatabase } from "drizzle-orm/bun-sqlite";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
 import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
@@ -203,8 +203,18 @@ export class Store {
 
   // Browser flows
 
-  createAuthorization(row: AuthorizationRow): void {
-    this.db.insert(schema.authorizations).values(row).run();
+  /**
+   * Starts a browser flow and keeps only that browser's `maxPerBrowser` newest unfinished ones, so
+   * one browser cookie cannot pile rows up however often it opens the authorize URL.
+   */
+  createAuthorization(row: AuthorizationRow, maxPerBrowser: number): void {
+    const t = schema.authorizations;
+    this.db.transaction((tx) => {
+      tx.insert(t).values(row).run();
+      const unfinished = and(eq(t.browserHash, row.browserHash), isNull(t.consumedAt));
+      const newest = tx.select({ id: t.id }).from(t).where(unfinished).orderBy(desc(t.createdAt), desc(sql`rowid`)).limit(maxPerBrowser);
+      tx.delete(t).where(and(unfinished, notInArray(t.id, newest))).run();
+    });
   }
 
   getAuthorization(id: string, now: number): AuthorizationRow | undefined {

@@ -195,25 +195,30 @@ describe("authorization endpoint", () => {
     }
   });
 
-  const redirected: [string, Record<string, string | undefined>, string][] = [
-    ["response_type=token", { response_type: "token" }, "unsupported_response_type"],
-    ["no code_challenge", { code_challenge: undefined }, "invalid_request"],
-    ["code_challenge_method=plain", { code_challenge_method: "plain" }, "invalid_request"],
-    ["no code_challenge_method", { code_challenge_method: undefined }, "invalid_request"],
-    ["a malformed challenge", { code_challenge: "short" }, "invalid_request"],
-    ["another resource", { resource: "https://other.example/mcp" }, "invalid_target"],
-    ["an unknown scope", { scope: "mcp admin" }, "invalid_scope"],
+  const clientErrors: [string, Record<string, string | undefined>, string, string | null][] = [
+    ["response_type=token", { response_type: "token" }, "unsupported_response_type", "st-123"],
+    ["no code_challenge", { code_challenge: undefined }, "invalid_request", "st-123"],
+    ["code_challenge_method=plain", { code_challenge_method: "plain" }, "invalid_request", "st-123"],
+    ["no code_challenge_method", { code_challenge_method: undefined }, "invalid_request", "st-123"],
+    ["a malformed challenge", { code_challenge: "short" }, "invalid_request", "st-123"],
+    ["another resource", { resource: "https://other.example/mcp" }, "invalid_target", "st-123"],
+    ["an unknown scope", { scope: "mcp admin" }, "invalid_scope", "st-123"],
+    ["a state over 1 KiB", { state: "s".repeat(1025) }, "invalid_request", null],
   ];
-  test.each(redirected)("%s redirects to the client with the error, state and iss", async (_, overrides, error) => {
+  // RFC 9700 §4.11.2: anyone may register a redirect URI, so a bad request is never redirected unseen.
+  test.each(clientErrors)("%s shows a page whose link, not a redirect, carries the error, state and iss", async (_, overrides, error, state) => {
     const client = await newClient();
     const response = await fetch(client.authorizeUrl(overrides), { redirect: "manual" });
-    expect(response.status).toBe(302);
-    const location = new URL(response.headers.get("location")!);
-    expect(location.origin + location.pathname).toBe(client.redirectUri);
-    expect(location.searchParams.get("error")).toBe(error);
-    expect(location.searchParams.get("error_description")!.length).toBeGreaterThan(5);
-    expect(location.searchParams.get("state")).toBe("st-123");
-    expect(location.searchParams.get("iss")).toBe(base);
+    expect(response.status).toBe(400);
+    expect(response.headers.get("location")).toBeNull();
+    expect(response.headers.get("content-type")).toContain("text/html");
+    const href = /<a href="([^"]+)">Return to the application<\/a>/.exec(await response.text())?.[1];
+    const link = new URL(href!.replaceAll("&amp;", "&"));
+    expect(link.origin + link.pathname).toBe(client.redirectUri);
+    expect(link.searchParams.get("error")).toBe(error);
+    expect(link.searchParams.get("error_description")!.length).toBeGreaterThan(5);
+    expect(link.searchParams.get("state")).toBe(state);
+    expect(link.searchParams.get("iss")).toBe(base);
   });
 
   test("our own resource is accepted, and state is optional", async () => {

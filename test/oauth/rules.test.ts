@@ -1,12 +1,14 @@
-// Table tests for the protocol rules the endpoints rest on: redirect URIs, PKCE, scopes and
-// the WWW-Authenticate challenge.
+// Table tests for the protocol rules the endpoints rest on: redirect URIs, the authorization
+// request, PKCE, scopes and the WWW-Authenticate challenge.
 import { describe, expect, test } from "bun:test";
 import { parseBasicCredentials } from "../../src/oauth/client-auth.ts";
+import { checkAuthorizationRequest, MAX_STATE_LENGTH, type AuthorizationRequest, type AuthorizationVerdict } from "../../src/oauth/handlers/authorize.ts";
 import { bearerChallenge } from "../../src/oauth/errors.ts";
 import { bearerFromAuthorization } from "../../src/oauth/middleware/bearer-auth.ts";
 import { isValidS256Challenge, s256Challenge, verifyS256 } from "../../src/oauth/pkce.ts";
 import { checkRedirectUri, resolveRedirectUri, withQuery } from "../../src/oauth/redirect-uri.ts";
 import { narrowScope, resolveRequestedScope } from "../../src/oauth/scope.ts";
+import type { ClientRow } from "../../src/store/store.ts";
 
 describe("redirect URIs at registration", () => {
   const cases: [string, boolean][] = [
@@ -62,6 +64,51 @@ describe("redirect URIs at authorization: exact match only", () => {
     expect(withQuery("https://app.example.com/cb?tenant=7", { code: "c", state: "s&t", iss: undefined })).toBe(
       "https://app.example.com/cb?tenant=7&code=c&state=s%26t",
     );
+  });
+});
+
+describe("the authorization request (RFC 9700 §4.11.2: no redirect before the user has seen the consent page)", () => {
+  const client: ClientRow = {
+    id: "fmb_client_1",
+    secretHash: null,
+    tokenEndpointAuthMethod: "none",
+    name: "Evil app",
+    redirectUris: ["https://evil.example/cb"],
+    metadata: {},
+    createdAt: 0,
+  };
+  const resourceUrl = "https://broker.example/mcp";
+  const valid: AuthorizationRequest = {
+    client_id: client.id,
+    redirect_uri: "https://evil.example/cb",
+    response_type: "code",
+    code_challenge: s256Challenge("a".repeat(43)),
+    code_challenge_method: "S256",
+    state: "st",
+  };
+  // [case, overrides, verdict kind, OAuth error for the client (null: none), state carried back]
+  const cases: [string, Partial<AuthorizationRequest>, AuthorizationVerdict["kind"], string | null, string | undefined][] = [
+    ["a valid request", {}, "consent", null, "st"],
+    ["no client_id", { client_id: undefined }, "page", null, undefined],
+    ["an unknown client", { client_id: "fmb_client_unknown" }, "page", null, undefined],
+    ["an unregistered redirect URI", { redirect_uri: "https://evil.example/other" }, "page", null, undefined],
+    ["response_type=token", { response_type: "token" }, "client_error", "unsupported_response_type", "st"],
+    ["no code_challenge", { code_challenge: undefined }, "client_error", "invalid_request", "st"],
+    ["code_challenge_method=plain", { code_challenge_method: "plain" }, "client_error", "invalid_request", "st"],
+    ["another resource", { resource: "https://other.example/mcp" }, "client_error", "invalid_target", "st"],
+    ["an unknown scope", { scope: "admin" }, "client_error", "invalid_scope", "st"],
+    ["a state of 1 KiB", { state: "s".repeat(MAX_STATE_LENGTH) }, "consent", null, "s".repeat(MAX_STATE_LENGTH)],
+    ["a state over 1 KiB, not echoed", { state: "s".repeat(MAX_STATE_LENGTH + 1) }, "client_error", "invalid_request", undefined],
+  ];
+  test.each(cases)("%s", (_, overrides, kind, error, state) => {
+    const query = { ...valid, ...overrides };
+    const verdict = checkAuthorizationRequest(query, query.client_id === client.id ? client : undefined, resourceUrl);
+    expect(verdict.kind).toBe(kind);
+    if (verdict.kind === "client_error") {
+      expect(verdict.error.error).toBe(error!);
+      expect(verdict.state).toBe(state);
+    }
+    if (verdict.kind === "consent") expect(verdict.state).toBe(state);
   });
 });
 

@@ -12,7 +12,7 @@ import { isLoopbackHost, resolveRedirectUri, withQuery } from "../redirect-uri.t
 import { resolveRequestedScope } from "../scope.ts";
 import { optionalParam } from "./params.ts";
 
-/** An error we may tell the client about by redirecting to its (already verified) redirect URI. */
+/** An error for the client at its (already verified) redirect URI: through a link before consent, by redirect after. */
 export interface RedirectableError {
   error: string;
   description: string;
@@ -31,12 +31,23 @@ export interface AuthorizationRequest {
 
 export type AuthorizationVerdict =
   | { kind: "page"; status: number; title: string; message: string }
-  | { kind: "redirect"; redirectUri: string; state?: string; error: RedirectableError }
+  | { kind: "client_error"; clientName: string; redirectUri: string; state?: string; error: RedirectableError }
   | { kind: "consent"; client: ClientRow; redirectUri: string; scope: string; resource: string; codeChallenge: string; state?: string };
+
+/** A client's state is echoed back verbatim; nothing a client needs comes near this. */
+export const MAX_STATE_LENGTH = 1024;
+
+/** Sign-ins one browser may have in progress at once; opening one more drops its oldest. */
+export const MAX_PENDING_PER_BROWSER = 10;
+
+/** A client's authorize requests come from all its users' browsers: its bucket is this many addresses' worth. */
+const CLIENT_RATE_SCALE = 10;
 
 /**
  * The rules of RFC 6749 §4.1.2.1 and OAuth 2.1 in order: until the client and its redirect URI are
- * trusted, errors are shown as a page (never redirect to an unchecked URI); after, they redirect.
+ * known, errors are a page; after, a client_error, which is a page with a link to the client, never
+ * an automatic redirect: anyone may register a redirect URI, and RFC 9700 §4.11.2 warns that
+ * redirecting on a bad request before the user has seen anything makes the broker an open redirector.
  */
 export function checkAuthorizationRequest(
   query: AuthorizationRequest,
@@ -58,12 +69,16 @@ export function checkAuthorizationRequest(
         : "redirect_uri does not match any URI this application registered.",
     };
   }
-  const fail = (error: string, description: string): AuthorizationVerdict => ({
-    kind: "redirect",
+  const fail = (error: string, description: string, echoState = true): AuthorizationVerdict => ({
+    kind: "client_error",
+    clientName: client.name,
     redirectUri,
-    state: query.state,
+    state: echoState ? query.state : undefined,
     error: { error, description },
   });
+  if (query.state !== undefined && query.state.length > MAX_STATE_LENGTH) {
+    return fail("invalid_request", `state is longer than ${MAX_STATE_LENGTH} characters`, false);
+  }
   if (query.response_type !== "code") return fail("unsupported_response_type", "response_type must be code");
   if (!query.code_challenge) return fail("invalid_request", "code_challenge is required (PKCE with S256)");
   if (query.code_challenge_method !== "S256") return fail("invalid_request", "code_challenge_method must be S256");
@@ -94,6 +109,29 @@ export function redirectToClient(redirectUri: string, issuer: string, params: Re
 
 export function htmlPage(status: number, title: string, message: string): Response {
   return new Response(renderErrorPage(title, message), { status, headers: pageHeaders() });
+}
+
+/** The consent endpoints' 429: a page, since a browser is what sees it. */
+export function tooManySignIns(retryAfterS: number): Response {
+  const page = htmlPage(429, "Too many requests", `Too many sign-in requests. Try again in ${retryAfterS} seconds.`);
+  page.headers.set("Retry-After", String(retryAfterS));
+  return page;
+}
+
+/** The error the client asked for, as a page whose link carries what the redirect would have (RFC 9207 iss included). */
+export function clientErrorPage(verdict: Extract<AuthorizationVerdict, { kind: "client_error" }>, issuer: string): Response {
+  const back = withQuery(verdict.redirectUri, {
+    error: verdict.error.error,
+    error_description: verdict.error.description,
+    state: verdict.state,
+    iss: issuer,
+  });
+  const html = renderErrorPage(
+    "This sign-in request cannot be accepted",
+    `“${verdict.clientName}” sent a request the broker refuses: ${verdict.error.description}.`,
+    { href: back, label: "Return to the application" },
+  );
+  return new Response(html, { status: 400, headers: pageHeaders() });
 }
 
 /** The cookie that ties a consent to the browser that saw it (and the callback to that browser). */
@@ -154,13 +192,10 @@ export function authorizeRoutes(deps: OAuthDeps) {
       ({ query, request }) => {
         const verdict = checkAuthorizationRequest(query, query.client_id ? store.getClient(query.client_id) : undefined, config.resourceUrl);
         if (verdict.kind === "page") return htmlPage(verdict.status, verdict.title, verdict.message);
-        if (verdict.kind === "redirect") {
-          return redirectToClient(verdict.redirectUri, config.publicUrl, {
-            error: verdict.error.error,
-            error_description: verdict.error.description,
-            state: verdict.state,
-          });
-        }
+        if (verdict.kind === "client_error") return clientErrorPage(verdict, config.publicUrl);
+        // Each consent page writes a row: per address (the edge guard) and per client, before that.
+        const rate = deps.rateLimiter.take(`authorize-client:${verdict.client.id}`, CLIENT_RATE_SCALE);
+        if (!rate.allowed) return tooManySignIns(rate.retryAfterS);
 
         const now = deps.now();
         const existing = readCookie(request.headers.get("cookie"), cookieName);
@@ -182,7 +217,7 @@ export function authorizeRoutes(deps: OAuthDeps) {
           expiresAt: now + deps.lifetimes.authorizationMs,
           consumedAt: null,
         };
-        store.createAuthorization(authorization);
+        store.createAuthorization(authorization, MAX_PENDING_PER_BROWSER);
 
         const html = renderConsentPage({
           clientName: verdict.client.name,

@@ -4,7 +4,7 @@ import { Elysia, t } from "elysia";
 import { hashToken, mintToken, randomBase64Url } from "../../crypto.ts";
 import { CLIENT_AUTH_METHODS, type ClientAuthMethod } from "../client-auth.ts";
 import type { OAuthDeps } from "../deps.ts";
-import { InvalidClientMetadataError, InvalidRedirectUriError, TooManyRequestsError } from "../errors.ts";
+import { InvalidClientMetadataError, InvalidRedirectUriError } from "../errors.ts";
 import { checkRedirectUri } from "../redirect-uri.ts";
 import { oauthErrorHook } from "./json-errors.ts";
 import { resolveRequestedScope } from "../scope.ts";
@@ -96,10 +96,7 @@ export function validateRegistration(input: RegistrationInput) {
 export function registerRoutes(deps: OAuthDeps) {
   return new Elysia({ name: "oauth-register" }).post(
     "/oauth/register",
-    ({ body, request, set }) => {
-      const rate = deps.rateLimiter.take(`register:${deps.clientAddress(request)}`);
-      if (!rate.allowed) throw new TooManyRequestsError(rate.retryAfterS);
-
+    ({ body, set }) => {
       const { method, metadata } = validateRegistration(body);
       const now = deps.now();
       const clientId = `fmb_client_${randomBase64Url(18)}`;

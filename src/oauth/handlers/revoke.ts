@@ -4,7 +4,7 @@ import { Elysia, t } from "elysia";
 import { hashToken } from "../../crypto.ts";
 import { authenticateClient, presentedClientCredentials } from "../client-auth.ts";
 import type { OAuthDeps } from "../deps.ts";
-import { InvalidRequestError, TooManyRequestsError } from "../errors.ts";
+import { InvalidRequestError } from "../errors.ts";
 import { oauthErrorHook, requireFormBody } from "./json-errors.ts";
 import { optionalParam } from "./params.ts";
 
@@ -17,8 +17,6 @@ export function revokeRoutes(deps: OAuthDeps) {
   return new Elysia({ name: "oauth-revoke" }).post(
     "/oauth/revoke",
     ({ body, request }) => {
-      const rate = deps.rateLimiter.take(`token:${deps.clientAddress(request)}`);
-      if (!rate.allowed) throw new TooManyRequestsError(rate.retryAfterS);
       requireFormBody(request);
       const client = authenticateClient(deps.store, presentedClientCredentials(request.headers.get("authorization") ?? undefined, body));
       if (!body.token) throw new InvalidRequestError("token is required");

@@ -5,7 +5,7 @@ import { hashToken, mintToken } from "../../crypto.ts";
 import type { ClientRow, Exchange, NewTokenHashes } from "../../store/store.ts";
 import { authenticateClient, presentedClientCredentials } from "../client-auth.ts";
 import type { OAuthDeps } from "../deps.ts";
-import { InvalidRequestError, OAuthError, TooManyRequestsError, UnsupportedGrantTypeError } from "../errors.ts";
+import { InvalidRequestError, OAuthError, UnsupportedGrantTypeError } from "../errors.ts";
 import { oauthErrorHook, requireFormBody } from "./json-errors.ts";
 import { optionalParam } from "./params.ts";
 
@@ -98,8 +98,6 @@ export function tokenRoutes(deps: OAuthDeps) {
   return new Elysia({ name: "oauth-token" }).post(
     "/oauth/token",
     ({ body, request, set }) => {
-      const rate = deps.rateLimiter.take(`token:${deps.clientAddress(request)}`);
-      if (!rate.allowed) throw new TooManyRequestsError(rate.retryAfterS);
       requireFormBody(request);
       const client = authenticateClient(store, presentedClientCredentials(request.headers.get("authorization") ?? undefined, body));
       if (!body.grant_type) throw new InvalidRequestError("grant_type is required");

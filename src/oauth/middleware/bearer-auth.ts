@@ -1,6 +1,5 @@
 // The bearer guard in front of /mcp (RFC 6750, RFC 9728, RFC 8707): a token only from the
 // Authorization header, live, and issued for this resource; on success the route gets the identity.
-import { bearer } from "@elysiajs/bearer";
 import { Elysia } from "elysia";
 import type { BrokerConfig } from "../../config.ts";
 import { hashToken } from "../../crypto.ts";
@@ -11,7 +10,7 @@ import { BearerTokenError } from "../errors.ts";
 import { AccessIdentityCache } from "../identity-cache.ts";
 import { SUPPORTED_SCOPES } from "../scope.ts";
 
-/** @elysiajs/bearer matches the scheme case-sensitively; RFC 9110 §11.1 makes it case-insensitive. */
+/** RFC 6750 §2.1's credentials (scheme case-insensitive per RFC 9110 §11.1); undefined when malformed. */
 export function bearerFromAuthorization(header: string | undefined): string | undefined {
   const match = /^bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header ?? "");
   return match?.[1];
@@ -25,9 +24,21 @@ export interface BearerCheck {
   malformed: boolean;
 }
 
+/**
+ * What a request offers as a bearer credential, read with the strict grammar alone. Not
+ * @elysiajs/bearer: it takes whatever follows "Bearer" and one character (`Bearer a b` → "a b",
+ * `BearerX abc` → "X abc", case-sensitively) and also reads ?access_token=, which RFC 9700 forbids.
+ */
+export function bearerCheckOf(url: string, authorization: string | undefined): BearerCheck {
+  if (hasQueryParam(url, "access_token")) return { tokenInQuery: true, token: undefined, malformed: false };
+  const token = bearerFromAuthorization(authorization);
+  return { tokenInQuery: false, token, malformed: authorization !== undefined && token === undefined };
+}
+
 export interface BearerDeps {
   config: BrokerConfig;
-  store: Store;
+  /** Only what the guard asks: the identity behind a token hash, and whether anything was revoked since. */
+  store: Pick<Store, "findAccessIdentity" | "revocationCount">;
   now: () => number;
 }
 
@@ -58,13 +69,7 @@ export function authenticateBearer(
 export function bearerGuard(deps: BearerDeps) {
   const challenge = bearerChallengeFor(deps.config.publicUrl);
   const checked = { config: deps.config, now: deps.now, identities: new AccessIdentityCache(deps.store) };
-  return new Elysia({ name: "bearer-guard" })
-    .use(bearer())
-    .resolve({ as: "scoped" }, ({ bearer: fromLibrary, request, headers }) => {
-      const tokenInQuery = hasQueryParam(request.url, "access_token");
-      // The library also reads ?access_token=, which tokenInQuery refuses before the token is looked at.
-      const token = tokenInQuery ? undefined : (fromLibrary ?? bearerFromAuthorization(headers.authorization));
-      const malformed = headers.authorization !== undefined && token === undefined;
-      return { identity: authenticateBearer({ tokenInQuery, token, malformed }, checked, challenge) };
-    });
+  return new Elysia({ name: "bearer-guard" }).resolve({ as: "scoped" }, ({ request, headers }) => ({
+    identity: authenticateBearer(bearerCheckOf(request.url, headers.authorization), checked, challenge),
+  }));
 }
