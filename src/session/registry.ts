@@ -76,8 +76,6 @@ export interface SessionRegistryDeps {
    * revocation during the start found no session to end. Without it, every grant is live.
    */
   grantIsLive?: (grantId: string) => boolean;
-  /** After a refused refresh has ended the user's sessions: revoke their grants so the client signs in again. */
-  onRefreshRefused?: (forgejoUserId: number, reason: string) => Promise<void> | void;
   initializeTimeoutMs?: number;
   reapIntervalMs?: number;
   refreshRetryMs?: number;
@@ -375,7 +373,6 @@ export class SessionRegistry {
       reason: outcome.reason,
     });
     await this.endUser(forgejoUserId, "Forgejo refused to refresh the sign-in");
-    await this.deps.onRefreshRefused?.(forgejoUserId, outcome.reason);
     return null;
   }
 

@@ -60,7 +60,6 @@ function setup(
   const children: FakeChild[] = [];
   const spawned: ChildSpec[] = [];
   const tokens = new Map<number, { token: string; expiresAt: number | null }>();
-  const refused: number[] = [];
   let makeChild = options.makeChild ?? toolChild;
   const registry = new SessionRegistry({
     config: {
@@ -83,7 +82,6 @@ function setup(
     refresh: options.refresh,
     spawnPacer: options.spawnPacer,
     grantIsLive: options.grantIsLive,
-    onRefreshRefused: (user) => void refused.push(user),
     logger,
     timers,
     reapIntervalMs: 10_000,
@@ -96,7 +94,6 @@ function setup(
     children,
     spawned,
     tokens,
-    refused,
     setChild: (make: (spec: ChildSpec) => FakeChild) => void (makeChild = make),
   };
 }
@@ -529,14 +526,13 @@ describe("upstream token rotation", () => {
     expect(registry.refreshDueAt(1)).toBe(timers.now() + HOUR);
   });
 
-  test("a refused refresh ends the user's sessions and reports it so their grants can be revoked", async () => {
-    const { registry, timers, refused } = setup(busy, { refresh: async () => ({ ok: false, refused: true, reason: "invalid_grant" }) });
+  test("a refused refresh ends the user's sessions (the credential's loss revokes their grants elsewhere)", async () => {
+    const { registry, timers } = setup(busy, { refresh: async () => ({ ok: false, refused: true, reason: "invalid_grant" }) });
     await registry.create(alice, initialize);
     const b = await registry.create(bob, initialize);
     timers.advance(HOUR);
     await settle();
     expect(registry.sessionsOf(1)).toEqual([]);
-    expect(refused).toEqual([1, 2]);
     expect(registry.size).toBe(0);
     expect(() => registry.get(b.entry.id, bob)).toThrow(SessionNotFoundError);
   });
