@@ -14,7 +14,7 @@ import {
   SessionStartError,
   UserSessionLimitError,
 } from "../../src/session/errors.ts";
-import { SessionRegistry, type SessionIdentity, type UpstreamRefresher } from "../../src/session/registry.ts";
+import { SessionRegistry, type SessionEntry, type SessionIdentity, type UpstreamRefresher } from "../../src/session/registry.ts";
 import { ChildStartError, type ChildSpec } from "../../src/supervisor/child.ts";
 import { SpawnPacer } from "../../src/supervisor/spawn-pacer.ts";
 import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, initializingChild, manualTurns, settle, type Json } from "../bridge/fakes.ts";
@@ -371,8 +371,9 @@ describe("caps", () => {
   for (const { name, config, existing, newcomer, outcome } of cases) {
     test(name, async () => {
       const { registry, timers, children, logger } = setup(config);
-      const entries = [];
-      for (const { who } of existing) entries.push((await registry.create(who, initialize)).entry);
+      // Created newest first, so that the order of creation never agrees with the order of use.
+      const entries: SessionEntry[] = new Array(existing.length);
+      for (let i = existing.length - 1; i >= 0; i--) entries[i] = (await registry.create(existing[i]!.who, initialize)).entry;
       // Used one second apart, oldest first, after all were created.
       for (const [i, { who, use }] of existing.entries()) {
         timers.advance(1000);
@@ -397,7 +398,8 @@ describe("caps", () => {
       const gone = entries[outcome.evicted]!;
       expect(() => registry.get(gone.id, existing[outcome.evicted]!.who)).toThrow(SessionNotFoundError);
       for (const [i, entry] of entries.entries()) if (i !== outcome.evicted) expect(registry.get(entry.id, existing[i]!.who)).toBe(entry);
-      expect(children.map((child) => child.stopCalls)).toEqual([...existing.map((_, i) => (i === outcome.evicted ? 1 : 0)), 0]);
+      expect(entries.map((entry) => entry.bridge.closed !== null)).toEqual(existing.map((_, i) => i === outcome.evicted));
+      expect(children.map((child) => child.stopCalls).sort()).toEqual([...existing.map((_, i) => (i === outcome.evicted ? 1 : 0)), 0].sort());
       expect(registry.evictions).toEqual({ user: outcome.cap === "user" ? 1 : 0, global: outcome.cap === "global" ? 1 : 0 });
       const ended = logger.lines.filter((line) => line.includes('"msg":"session ended"')).map((line) => JSON.parse(line) as Json);
       expect(ended).toEqual([expect.objectContaining({ session: gone.id, cap: outcome.cap, forgejo_user_id: gone.binding.forgejoUserId })]);
