@@ -79,12 +79,13 @@ export interface SessionRegistryDeps {
   initializeTimeoutMs?: number;
   reapIntervalMs?: number;
   refreshRetryMs?: number;
-  retryAfterS?: number;
   replayMaxEvents?: number;
   replayMaxBytes?: number;
 }
 
 const SESSION_ID = /^[0-9a-f]{48}$/;
+/** A broker that is shutting down is usually back, restarted, within this long. */
+const SHUTDOWN_RETRY_AFTER_S = 30;
 
 /** Which cap made room for a new session by ending an idle one. */
 export type EvictionCap = "user" | "global";
@@ -153,7 +154,7 @@ export class SessionRegistry {
     // those rather than refuse a client that closed a session to open another.
     let waited = false;
     for (;;) {
-      if (this.closed) throw new SessionLimitError("the broker is shutting down", this.deps.retryAfterS ?? 30);
+      if (this.closed) throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
       const ofUser = this.holdingSlots(user) >= maxSessionsPerUser;
       const overall = this.holdingSlots(null) >= maxSessions;
       if (!overall && !ofUser) break;
@@ -279,7 +280,7 @@ export class SessionRegistry {
     const logger = this.deps.logger.child({ session: id });
     await this.pacer.turn();
     // Shutdown may have begun while this start waited for its turn: no new child once it has.
-    if (this.closed) throw new SessionLimitError("the broker is shutting down", this.deps.retryAfterS ?? 30);
+    if (this.closed) throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
     let child;
     try {
       child = this.deps.spawn({ sessionId: id, token: upstream.token });
@@ -322,7 +323,7 @@ export class SessionRegistry {
     }
     if (this.closed) {
       await bridge.close("the broker is shutting down");
-      throw new SessionLimitError("the broker is shutting down", this.deps.retryAfterS ?? 30);
+      throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
     }
     if (this.deps.grantIsLive?.(identity.grantId) === false) {
       await bridge.close("its sign-in was revoked while it started");
