@@ -71,6 +71,8 @@ interface PendingRequest {
   stream: MessageStream;
   progressKey: string | null;
   timer: TimerHandle;
+  /** When the request times out if nothing answers it first. */
+  deadline: number;
   /** The client takes a JSON answer: a response that comes first goes out without an event id. */
   jsonAnswer: boolean;
   /** The client takes SSE, so this request's stream can carry the child's messages to the client. */
@@ -136,6 +138,13 @@ export class Bridge {
     return this.pending.size;
   }
 
+  /** By when at the latest the first request now in flight is over (its timeout); null when none is. */
+  get earliestRequestDeadline(): number | null {
+    let earliest: number | null = null;
+    for (const pending of this.pending.values()) if (earliest === null || pending.deadline < earliest) earliest = pending.deadline;
+    return earliest;
+  }
+
   /** When a message last passed or a stream last opened or closed. */
   get lastActivity(): number {
     return this.lastActive;
@@ -181,6 +190,7 @@ export class Bridge {
       stream,
       progressKey: token === null ? null : idKey(token),
       timer: this.options.timers.setTimeout(() => this.timeout(pending), this.options.requestTimeoutMs),
+      deadline: this.options.timers.now() + this.options.requestTimeoutMs,
       jsonAnswer: options.jsonAnswer ?? false,
       // The registry collects initialize's stream whole before the client sees any of it, so a
       // request of the child's there would only be seen after the answer the child holds back for it.

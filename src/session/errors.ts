@@ -2,7 +2,7 @@
 // the mapping lives next to the rule that causes it.
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 
-/** BROKER_MAX_SESSIONS reached, or the broker is shutting down → 503 with Retry-After. */
+/** BROKER_MAX_SESSIONS reached with every session busy (none to evict), or the broker is shutting down → 503 with Retry-After. */
 export class SessionLimitError extends Error {
   override readonly name = "SessionLimitError";
   readonly status = 503;
@@ -14,7 +14,7 @@ export class SessionLimitError extends Error {
   }
 }
 
-/** BROKER_MAX_SESSIONS_PER_USER reached → 429 with Retry-After. */
+/** BROKER_MAX_SESSIONS_PER_USER reached with every session of the user busy (none to evict) → 429 with Retry-After. */
 export class UserSessionLimitError extends Error {
   override readonly name = "UserSessionLimitError";
   readonly status = 429;

@@ -1,5 +1,5 @@
-// The session registry: Mcp-Session-Id → {bridge, the grant it is bound to, activity}; enforces
-// the caps, reaps idle sessions, and moves a user's sessions to new children when their token rotates.
+// The session registry: Mcp-Session-Id → {bridge, the grant it is bound to, activity}; enforces the caps
+// (making room by ending the least recently used idle session), reaps idle sessions, and rotates tokens.
 import { Bridge } from "../bridge/bridge.ts";
 import type { IncomingMessage } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
@@ -76,23 +76,31 @@ export interface SessionRegistryDeps {
    * revocation during the start found no session to end. Without it, every grant is live.
    */
   grantIsLive?: (grantId: string) => boolean;
-  /** After a refused refresh has ended the user's sessions: revoke their grants so the client signs in again. */
-  onRefreshRefused?: (forgejoUserId: number, reason: string) => Promise<void> | void;
   initializeTimeoutMs?: number;
   reapIntervalMs?: number;
   refreshRetryMs?: number;
-  retryAfterS?: number;
   replayMaxEvents?: number;
   replayMaxBytes?: number;
 }
 
 const SESSION_ID = /^[0-9a-f]{48}$/;
+/** A broker that is shutting down is usually back, restarted, within this long. */
+const SHUTDOWN_RETRY_AFTER_S = 30;
+
+/** Which cap made room for a new session by ending an idle one. */
+export type EvictionCap = "user" | "global";
+
+/** A session start under way, and by when its initialize is over at the latest. */
+interface StartTicket {
+  readonly forgejoUserId: number;
+  deadline: number;
+}
 
 export class SessionRegistry {
   private readonly sessions = new Map<string, SessionEntry>();
   private readonly byUser = new Map<number, Set<string>>();
-  private readonly starting = new Map<number, number>();
-  private startingTotal = 0;
+  /** Starts under way: each holds a slot until its session exists or the start failed. */
+  private readonly starting = new Set<StartTicket>();
   /** Ended sessions whose children are still exiting: they count against the caps until gone. */
   private readonly stopping = new Map<SessionEntry, Promise<void>>();
   /** One rotation at a time per session; a second waits for the first. */
@@ -101,6 +109,7 @@ export class SessionRegistry {
   private readonly pacer: SpawnPacer;
   private reapTimer: TimerHandle | null = null;
   private closed = false;
+  private readonly evicted: Record<EvictionCap, number> = { user: 0, global: 0 };
 
   constructor(private readonly deps: SessionRegistryDeps) {
     const refresh = deps.refresh;
@@ -133,41 +142,58 @@ export class SessionRegistry {
 
   /**
    * Starts a child with the user's upstream token, sends it the client's initialize and waits for
-   * the answer; only then does the session exist. Throws SessionLimitError, UserSessionLimitError,
-   * SessionStartError, InitializeRejectedError, or what the token provider throws.
+   * the answer; only then does the session exist. At a cap, the least recently used session with no
+   * request in flight is ended to make room (the user's own at the per-user cap, anyone's at the
+   * broker-wide one). Throws SessionLimitError, UserSessionLimitError (each when every session in
+   * the way is busy), SessionStartError, InitializeRejectedError, or what the token provider throws.
    */
   async create(identity: SessionIdentity, initialize: IncomingMessage): Promise<CreatedSession> {
-    const retryAfterS = this.deps.retryAfterS ?? 30;
     const user = identity.forgejoUserId;
+    const { maxSessions, maxSessionsPerUser } = this.deps.config;
     // A child of an ended session still holds its slot for the moment it takes to exit; wait for
     // those rather than refuse a client that closed a session to open another.
     let waited = false;
     for (;;) {
-      if (this.closed) throw new SessionLimitError("the broker is shutting down", retryAfterS);
-      const overall = this.sessions.size + this.startingTotal + this.stopping.size >= this.deps.config.maxSessions;
-      const ofUser = (this.byUser.get(user)?.size ?? 0) + (this.starting.get(user) ?? 0) + this.stoppingOf(user) >= this.deps.config.maxSessionsPerUser;
+      if (this.closed) throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
+      const ofUser = this.holdingSlots(user) >= maxSessionsPerUser;
+      const overall = this.holdingSlots(null) >= maxSessions;
       if (!overall && !ofUser) break;
-      if (waited || this.stopping.size === 0) {
-        if (overall) throw new SessionLimitError(`the broker is at its limit of ${this.deps.config.maxSessions} sessions`, retryAfterS);
+      // Checked and taken in one synchronous step, so two concurrent creates never pick the same one.
+      const cap: EvictionCap = ofUser ? "user" : "global";
+      const victim = this.leastRecentlyUsedIdle(ofUser ? user : null);
+      if (victim !== null) {
+        await this.evict(victim, cap);
+        continue;
+      }
+      if (!waited && this.stopping.size > 0) {
+        waited = true;
+        await Promise.all(this.stopping.values());
+        continue;
+      }
+      const retryAfterS = this.secondsUntilASlotFrees(ofUser ? user : null);
+      if (ofUser) {
         throw new UserSessionLimitError(
-          `you have ${this.deps.config.maxSessionsPerUser} open sessions, the most allowed; close one or wait for one to expire`,
+          `you have ${maxSessionsPerUser} open sessions, the most allowed, and each has a request in flight; one frees within ${retryAfterS} s at the latest`,
           retryAfterS,
         );
       }
-      waited = true;
-      await Promise.all(this.stopping.values());
+      throw new SessionLimitError(
+        `the broker is at its limit of ${maxSessions} sessions, and each has a request in flight; one frees within ${retryAfterS} s at the latest`,
+        retryAfterS,
+      );
     }
-    const userStarting = this.starting.get(user) ?? 0;
-    this.starting.set(user, userStarting + 1);
-    this.startingTotal++;
+    const ticket: StartTicket = { forgejoUserId: user, deadline: this.deps.timers.now() + this.initializeTimeoutMs };
+    this.starting.add(ticket);
     try {
-      return await this.start(identity, initialize);
+      return await this.start(identity, initialize, ticket);
     } finally {
-      this.startingTotal--;
-      const left = (this.starting.get(user) ?? 1) - 1;
-      if (left === 0) this.starting.delete(user);
-      else this.starting.set(user, left);
+      this.starting.delete(ticket);
     }
+  }
+
+  /** Sessions ended to make room for a new one, by the cap that was reached (read-only copy). */
+  get evictions(): Readonly<Record<EvictionCap, number>> {
+    return { ...this.evicted };
   }
 
   /** The session for a request; counts as activity. Throws SessionNotFoundError (404), SessionForbiddenError (403). */
@@ -248,13 +274,13 @@ export class SessionRegistry {
     await Promise.all(this.stopping.values());
   }
 
-  private async start(identity: SessionIdentity, initialize: IncomingMessage): Promise<CreatedSession> {
+  private async start(identity: SessionIdentity, initialize: IncomingMessage, ticket: StartTicket): Promise<CreatedSession> {
     const upstream = await this.deps.upstreamToken(identity.forgejoUserId);
     const id = randomHex(24);
     const logger = this.deps.logger.child({ session: id });
     await this.pacer.turn();
     // Shutdown may have begun while this start waited for its turn: no new child once it has.
-    if (this.closed) throw new SessionLimitError("the broker is shutting down", this.deps.retryAfterS ?? 30);
+    if (this.closed) throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
     let child;
     try {
       child = this.deps.spawn({ sessionId: id, token: upstream.token });
@@ -277,7 +303,8 @@ export class SessionRegistry {
       },
     });
 
-    const initializeTimeoutMs = this.deps.initializeTimeoutMs ?? 30_000;
+    const initializeTimeoutMs = this.initializeTimeoutMs;
+    ticket.deadline = this.deps.timers.now() + initializeTimeoutMs;
     const { events, timedOut } = await this.initialize(bridge, initialize, initializeTimeoutMs);
     const answer = events.at(-1);
     if (answer === undefined || answer.origin === "broker") {
@@ -296,7 +323,7 @@ export class SessionRegistry {
     }
     if (this.closed) {
       await bridge.close("the broker is shutting down");
-      throw new SessionLimitError("the broker is shutting down", this.deps.retryAfterS ?? 30);
+      throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
     }
     if (this.deps.grantIsLive?.(identity.grantId) === false) {
       await bridge.close("its sign-in was revoked while it started");
@@ -343,7 +370,7 @@ export class SessionRegistry {
       if (entry === undefined) return false;
       try {
         const child = this.deps.spawn({ sessionId: id, token });
-        await entry.bridge.replaceChild(child, this.deps.initializeTimeoutMs ?? 30_000);
+        await entry.bridge.replaceChild(child, this.initializeTimeoutMs);
         this.deps.logger.info("session moved to a child with the refreshed token", { session: id, pid: child.pid });
         return true;
       } catch (error) {
@@ -375,11 +402,10 @@ export class SessionRegistry {
       reason: outcome.reason,
     });
     await this.endUser(forgejoUserId, "Forgejo refused to refresh the sign-in");
-    await this.deps.onRefreshRefused?.(forgejoUserId, outcome.reason);
     return null;
   }
 
-  private async drop(entry: SessionEntry, reason: string): Promise<void> {
+  private async drop(entry: SessionEntry, reason: string, fields: Record<string, unknown> = {}): Promise<void> {
     if (this.sessions.get(entry.id) === entry) {
       this.sessions.delete(entry.id);
       const ids = this.byUser.get(entry.binding.forgejoUserId);
@@ -388,7 +414,7 @@ export class SessionRegistry {
         this.byUser.delete(entry.binding.forgejoUserId);
         this.scheduler?.unwatch(entry.binding.forgejoUserId);
       }
-      this.deps.logger.info("session ended", { session: entry.id, reason });
+      this.deps.logger.info("session ended", { session: entry.id, reason, ...fields });
     }
     const known = this.stopping.get(entry);
     if (known !== undefined) return known;
@@ -397,10 +423,60 @@ export class SessionRegistry {
     return stopped;
   }
 
-  private stoppingOf(forgejoUserId: number): number {
-    let count = 0;
-    for (const entry of this.stopping.keys()) if (entry.binding.forgejoUserId === forgejoUserId) count++;
+  private get initializeTimeoutMs(): number {
+    return this.deps.initializeTimeoutMs ?? 30_000;
+  }
+
+  /** Slots taken by the user's (null: everyone's) sessions, starts under way and children still exiting. */
+  private holdingSlots(forgejoUserId: number | null): number {
+    const mine = (owner: number) => forgejoUserId === null || owner === forgejoUserId;
+    let count = forgejoUserId === null ? this.sessions.size : (this.byUser.get(forgejoUserId)?.size ?? 0);
+    for (const ticket of this.starting) if (mine(ticket.forgejoUserId)) count++;
+    for (const entry of this.stopping.keys()) if (mine(entry.binding.forgejoUserId)) count++;
     return count;
+  }
+
+  /** The user's (null: anyone's) session with no request in flight that was used longest ago. */
+  private leastRecentlyUsedIdle(forgejoUserId: number | null): SessionEntry | null {
+    const ids = forgejoUserId === null ? this.sessions.keys() : (this.byUser.get(forgejoUserId) ?? []);
+    let oldest: SessionEntry | null = null;
+    let oldestUse = Infinity;
+    for (const id of ids) {
+      const entry = this.sessions.get(id)!;
+      if (entry.bridge.inFlight > 0) continue;
+      const lastUse = Math.max(entry.lastActivity, entry.bridge.lastActivity);
+      if (lastUse < oldestUse) [oldest, oldestUse] = [entry, lastUse];
+    }
+    return oldest;
+  }
+
+  /** Ends an idle session to make room; resolves once its child has exited and its slot is free. */
+  private evict(entry: SessionEntry, cap: EvictionCap): Promise<void> {
+    this.evicted[cap]++;
+    const idleS = Math.round((this.deps.timers.now() - Math.max(entry.lastActivity, entry.bridge.lastActivity)) / 1000);
+    const limit = cap === "user" ? `the user's limit of ${this.deps.config.maxSessionsPerUser}` : `the broker's limit of ${this.deps.config.maxSessions}`;
+    return this.drop(entry, `evicted: a new session needed a slot at ${limit} sessions, and this was the least recently used one with no request in flight`, {
+      cap,
+      forgejo_user_id: entry.binding.forgejoUserId,
+      idle_s: idleS,
+    });
+  }
+
+  /**
+   * When every session in the way is busy: the seconds until the first of them can make room — a
+   * child exiting now, a start over, or a request in flight answered or timed out — at least 1.
+   */
+  private secondsUntilASlotFrees(forgejoUserId: number | null): number {
+    const now = this.deps.timers.now();
+    const mine = (owner: number) => forgejoUserId === null || owner === forgejoUserId;
+    let earliest = [...this.stopping.keys()].some((entry) => mine(entry.binding.forgejoUserId)) ? now : Infinity;
+    for (const ticket of this.starting) if (mine(ticket.forgejoUserId)) earliest = Math.min(earliest, ticket.deadline);
+    for (const entry of this.sessions.values()) {
+      const deadline = mine(entry.binding.forgejoUserId) ? entry.bridge.earliestRequestDeadline : null;
+      if (deadline !== null) earliest = Math.min(earliest, deadline);
+    }
+    if (earliest === Infinity) earliest = now + this.deps.config.requestTimeoutMs;
+    return Math.max(1, Math.ceil((earliest - now) / 1000));
   }
 
   private scheduleReap(): void {

@@ -5,9 +5,11 @@ import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
-import { childCommand, holdStandaloneStream, openSession, postMcp, processesMatching } from "../helpers/mcp.ts";
+import { childCommand, openSession, postMcp, processesMatching } from "../helpers/mcp.ts";
 import { CookieJar, obtainTokens, parseConsentForm } from "../helpers/oauth-client.ts";
 import { brokerEnvFor, freePort } from "../helpers/broker.ts";
+import { waitWhile } from "../helpers/promises.ts";
+import { watchStandaloneStream } from "../helpers/watched-stream.ts";
 
 const ENTRY = join(import.meta.dir, "..", "..", "src", "index.ts");
 
@@ -20,15 +22,15 @@ function runBroker(env: Record<string, string>) {
 }
 
 async function waitForHealth(url: string, child: ReturnType<typeof runBroker>) {
-  for (let i = 0; i < 100; i++) {
-    if (child.exitCode !== null) throw new Error(`broker exited with ${child.exitCode}: ${await new Response(child.stderr).text()}`);
-    try {
-      const response = await fetch(`${url}/healthz`);
-      if (response.ok) return response;
-    } catch {}
-    await Bun.sleep(50);
-  }
-  throw new Error("broker did not become healthy");
+  let health: Response | null = null;
+  await waitWhile(async () => {
+    if (child.exitCode !== null) return false;
+    health = await fetch(`${url}/healthz`).then((response) => (response.ok ? response : null), () => null);
+    return health === null;
+  }, 100, 50);
+  if (child.exitCode !== null) throw new Error(`broker exited with ${child.exitCode}: ${await new Response(child.stderr).text()}`);
+  if (health === null) throw new Error("broker did not become healthy");
+  return health as Response;
 }
 
 describe("configuration errors", () => {
@@ -106,8 +108,11 @@ describe("a running broker", () => {
     });
     const callback = (await fetch(allowed.headers.get("location")!, { redirect: "manual" })).headers.get("location")!;
     forgejo.delayTokenEndpoint(800);
+    const exchanges = forgejo.stats.codeExchanges;
     const inFlight = fetch(callback, { redirect: "manual", headers: { cookie: jar.header() } });
-    await Bun.sleep(200);
+    // SIGTERM once the broker's code exchange has reached Forgejo, which holds it.
+    await waitWhile(() => forgejo.stats.codeExchanges === exchanges, 100, 10);
+    expect(forgejo.stats.codeExchanges).toBe(exchanges + 1);
     child.kill("SIGTERM");
     const response = await inFlight;
     forgejo.delayTokenEndpoint(0);
@@ -140,26 +145,30 @@ describe("a running broker", () => {
       expect(row.pgid).toBe(row.pid);
     }
 
-    // Standalone streams open on a few sessions, and a long call in flight on another.
-    const held = new AbortController();
-    const streams = await Promise.all(sessions.slice(0, 5).map((id) => holdStandaloneStream(mcpUrl, accessToken, id, held.signal)));
+    // Standalone streams open on a few sessions (the test never closes them), and a long call in flight on another.
+    const streams = await Promise.all(sessions.slice(0, 5).map((id) => watchStandaloneStream(mcpUrl, accessToken, id)));
     for (const stream of streams) expect(stream.status).toBe(200);
-    const call = postMcp(
+    const callResponse = await postMcp(
       mcpUrl,
       accessToken,
-      { jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "slow_count", arguments: { n: 1000, delay_ms: 50 } } },
+      { jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "slow_count", arguments: { n: 1000, delay_ms: 50 }, _meta: { progressToken: "p" } } },
       { "mcp-session-id": sessions[10]! },
-    ).then((response) => response.text());
-    await Bun.sleep(200);
+    );
+    // The SSE answer's headers come with its first progress event: the call is in flight.
+    expect(callResponse.headers.get("content-type")).toBe("text/event-stream");
+    const call = callResponse.text();
+    expect(streams.map((stream) => stream.isOver)).toEqual([false, false, false, false, false]);
 
     broker.kill("SIGTERM");
     expect(await broker.exited).toBe(0);
     // The waiting call was answered with an error rather than left hanging.
     expect(await call).toContain('"error"');
     expect(await processesMatching(marker)).toEqual([]);
-    // The open streams were ended by the broker, not by us.
-    for (const stream of streams) expect(stream.text()).toStartWith(": stream open");
-    held.abort();
+    // The open streams were ended by the broker: each response finished cleanly, not cut off with the connection.
+    for (const stream of streams) {
+      expect(await stream.ended).toBe("ended");
+      expect(stream.text()).toStartWith(": stream open");
+    }
     const stdout = await new Response(broker.stdout).text();
     expect(stdout.match(/"msg":"session ended"/g)).toHaveLength(50);
   }, 60_000);

@@ -14,7 +14,7 @@ import {
   SessionStartError,
   UserSessionLimitError,
 } from "../../src/session/errors.ts";
-import { SessionRegistry, type SessionIdentity, type UpstreamRefresher } from "../../src/session/registry.ts";
+import { SessionRegistry, type SessionEntry, type SessionIdentity, type UpstreamRefresher } from "../../src/session/registry.ts";
 import { ChildStartError, type ChildSpec } from "../../src/supervisor/child.ts";
 import { SpawnPacer } from "../../src/supervisor/spawn-pacer.ts";
 import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, initializingChild, manualTurns, settle, type Json } from "../bridge/fakes.ts";
@@ -61,7 +61,6 @@ function setup(
   const children: FakeChild[] = [];
   const spawned: ChildSpec[] = [];
   const tokens = new Map<number, { token: string; expiresAt: number | null }>();
-  const refused: number[] = [];
   let makeChild = options.makeChild ?? toolChild;
   const registry = new SessionRegistry({
     config: {
@@ -84,7 +83,6 @@ function setup(
     refresh: options.refresh,
     spawnPacer: options.spawnPacer,
     grantIsLive: options.grantIsLive,
-    onRefreshRefused: (user) => void refused.push(user),
     logger,
     timers,
     reapIntervalMs: 10_000,
@@ -97,7 +95,6 @@ function setup(
     children,
     spawned,
     tokens,
-    refused,
     setChild: (make: (spec: ChildSpec) => FakeChild) => void (makeChild = make),
   };
 }
@@ -299,25 +296,201 @@ describe("pacing child starts", () => {
 });
 
 describe("caps", () => {
-  test("the broker-wide cap refuses with 503 and a Retry-After, counting sessions still starting", async () => {
-    const { registry } = setup({ maxSessions: 2, maxSessionsPerUser: 5 });
-    const starting = [registry.create(alice, initialize), registry.create(bob, initialize)];
-    const error = (await registry.create(alice, initialize).catch((e: unknown) => e)) as SessionLimitError;
-    expect(error).toBeInstanceOf(SessionLimitError);
-    expect([error.status, error.retryAfterS]).toEqual([503, 30]);
-    const [first] = await Promise.all(starting);
-    registry.delete(first!.entry.id);
-    await expect(registry.create(alice, initialize)).resolves.toBeDefined();
+  /** A session the table sets up: whose, and how it was last used (or a call still in flight). */
+  interface Existing {
+    who: SessionIdentity;
+    /** "request": a request named it (registry.get); "message": only its bridge saw traffic; "busy": a call in flight. */
+    use: "request" | "message" | "busy";
+  }
+  interface EvictionCase {
+    name: string;
+    config: Partial<SessionConfig>;
+    /** In the order they were last used, oldest first. */
+    existing: Existing[];
+    newcomer: SessionIdentity;
+    /** Index into `existing` of the session ended to make room, and the cap counted; or the refusal. */
+    outcome: { evicted: number; cap: "user" | "global" } | { refused: 429 | 503; retryAfterS: number };
+  }
+
+  const idle = (who: SessionIdentity): Existing => ({ who, use: "request" });
+  const busy = (who: SessionIdentity): Existing => ({ who, use: "busy" });
+
+  const cases: EvictionCase[] = [
+    {
+      name: "at the per-user cap the user's least recently used session goes, not another user's older one",
+      config: { maxSessionsPerUser: 3 },
+      existing: [idle(bob), idle(alice), idle(aliceOtherClient), idle(alice)],
+      newcomer: alice,
+      outcome: { evicted: 1, cap: "user" },
+    },
+    {
+      name: "a session with a call in flight is passed over, however long ago it was used",
+      config: { maxSessionsPerUser: 3 },
+      existing: [busy(alice), busy(alice), idle(alice)],
+      newcomer: alice,
+      outcome: { evicted: 2, cap: "user" },
+    },
+    {
+      name: "traffic its bridge saw (a stream, a notification) counts as use, not only requests naming the session",
+      config: { maxSessionsPerUser: 2 },
+      existing: [idle(alice), { who: alice, use: "message" }],
+      newcomer: alice,
+      outcome: { evicted: 0, cap: "user" },
+    },
+    {
+      name: "at the broker-wide cap anyone's least recently used idle session goes",
+      config: { maxSessions: 3, maxSessionsPerUser: 3 },
+      existing: [busy(alice), idle(bob), idle(alice)],
+      newcomer: alice,
+      outcome: { evicted: 1, cap: "global" },
+    },
+    {
+      name: "at both caps the user's own session goes, counted once, at the per-user cap",
+      config: { maxSessions: 3, maxSessionsPerUser: 2 },
+      existing: [idle(bob), idle(alice), idle(alice)],
+      newcomer: alice,
+      outcome: { evicted: 1, cap: "user" },
+    },
+    {
+      name: "every one of the user's sessions busy: 429, though another user's are idle; a slot frees at the first call's timeout",
+      config: { maxSessionsPerUser: 2, requestTimeoutMs: 120_000 },
+      existing: [busy(alice), idle(bob), busy(alice)],
+      newcomer: alice,
+      // The first call went out 3 s before the refusal (one second per step of the table).
+      outcome: { refused: 429, retryAfterS: 117 },
+    },
+    {
+      name: "every session of the broker busy: 503, with the seconds until the first call times out",
+      config: { maxSessions: 3, maxSessionsPerUser: 3, requestTimeoutMs: 60_000 },
+      existing: [busy(bob), busy(alice), busy(bob)],
+      newcomer: alice,
+      outcome: { refused: 503, retryAfterS: 57 },
+    },
+  ];
+
+  for (const { name, config, existing, newcomer, outcome } of cases) {
+    test(name, async () => {
+      const { registry, timers, children, logger } = setup(config);
+      // Created newest first, so that the order of creation never agrees with the order of use.
+      const entries: SessionEntry[] = new Array(existing.length);
+      for (let i = existing.length - 1; i >= 0; i--) entries[i] = (await registry.create(existing[i]!.who, initialize)).entry;
+      // Used one second apart, oldest first, after all were created.
+      for (const [i, { who, use }] of existing.entries()) {
+        timers.advance(1000);
+        const entry = entries[i]!;
+        if (use === "request") registry.get(entry.id, who);
+        else if (use === "message") entry.bridge.send(msg({ jsonrpc: "2.0", method: "notifications/roots/list_changed" }), "notification");
+        else entry.bridge.request(call(100 + i, "slow"));
+      }
+      timers.advance(1000);
+
+      const created = await registry.create(newcomer, initialize).catch((e: unknown) => e);
+      if ("refused" in outcome) {
+        const error = created as UserSessionLimitError | SessionLimitError;
+        expect(error).toBeInstanceOf(outcome.refused === 429 ? UserSessionLimitError : SessionLimitError);
+        expect([error.status, error.retryAfterS]).toEqual([outcome.refused, outcome.retryAfterS]);
+        expect(error.message).toContain(`each has a request in flight; one frees within ${outcome.retryAfterS} s at the latest`);
+        expect(registry.size).toBe(existing.length);
+        expect(registry.evictions).toEqual({ user: 0, global: 0 });
+        return;
+      }
+      expect((created as { entry: { id: string } }).entry.id).toMatch(/^[0-9a-f]{48}$/);
+      const gone = entries[outcome.evicted]!;
+      expect(() => registry.get(gone.id, existing[outcome.evicted]!.who)).toThrow(SessionNotFoundError);
+      for (const [i, entry] of entries.entries()) if (i !== outcome.evicted) expect(registry.get(entry.id, existing[i]!.who)).toBe(entry);
+      expect(entries.map((entry) => entry.bridge.closed !== null)).toEqual(existing.map((_, i) => i === outcome.evicted));
+      expect(children.map((child) => child.stopCalls).sort()).toEqual([...existing.map((_, i) => (i === outcome.evicted ? 1 : 0)), 0].sort());
+      expect(registry.evictions).toEqual({ user: outcome.cap === "user" ? 1 : 0, global: outcome.cap === "global" ? 1 : 0 });
+      const ended = logger.lines.filter((line) => line.includes('"msg":"session ended"')).map((line) => JSON.parse(line) as Json);
+      expect(ended).toEqual([expect.objectContaining({ session: gone.id, cap: outcome.cap, forgejo_user_id: gone.binding.forgejoUserId })]);
+      expect(String(ended[0]!.reason)).toStartWith("evicted: a new session needed a slot at ");
+    });
+  }
+
+  test("an evicted session's open GET stream is ended, its id answers 404, and the new session serves", async () => {
+    const { registry, timers } = setup({ maxSessionsPerUser: 1 });
+    const { entry: old } = await registry.create(alice, initialize);
+    const standalone = old.bridge.openStandalone();
+    timers.advance(1000);
+    const { entry: fresh } = await registry.create(alice, initialize);
+    expect(await all(standalone)).toEqual([]);
+    expect(standalone.isOpen).toBe(false);
+    expect(() => registry.get(old.id, alice)).toThrow(SessionNotFoundError);
+    expect(textOf(await all(registry.get(fresh.id, alice).bridge.request(call(1, "echo"))))).toBe("token-of-1");
   });
 
-  test("the per-user cap refuses that user with 429 and a Retry-After, across their clients, but not others", async () => {
-    const { registry } = setup({ maxSessionsPerUser: 2 });
-    await registry.create(alice, initialize);
-    await registry.create(aliceOtherClient, initialize);
-    const error = (await registry.create(alice, initialize).catch((e: unknown) => e)) as UserSessionLimitError;
-    expect(error).toBeInstanceOf(UserSessionLimitError);
-    expect([error.status, error.retryAfterS]).toEqual([429, 30]);
-    await expect(registry.create(bob, initialize)).resolves.toBeDefined();
+  test("a refusal's Retry-After counts down to the first call's timeout, and once that call is over a new session gets its slot", async () => {
+    const { registry, timers, children } = setup({ maxSessionsPerUser: 2, requestTimeoutMs: 300_000 });
+    const [first, second] = [(await registry.create(alice, initialize)).entry, (await registry.create(alice, initialize)).entry];
+    const firstCall = first.bridge.request(call(1, "slow"));
+    timers.advance(100_000);
+    second.bridge.request(call(2, "slow"));
+    const early = (await registry.create(alice, initialize).catch((e: unknown) => e)) as UserSessionLimitError;
+    expect(early.retryAfterS).toBe(200);
+    timers.advance(150_500);
+    const later = (await registry.create(alice, initialize).catch((e: unknown) => e)) as UserSessionLimitError;
+    expect(later.retryAfterS).toBe(50);
+
+    children[0]!.send({ jsonrpc: "2.0", id: 1, result: { content: [] } });
+    await all(firstCall);
+    const { entry } = await registry.create(alice, initialize);
+    expect(registry.sessionsOf(1).sort()).toEqual([second.id, entry.id].sort());
+    expect(registry.evictions).toEqual({ user: 1, global: 0 });
+  });
+
+  test("sessions still starting count against the cap and are never evicted; the refusal waits on their initialize", async () => {
+    const held: (() => void)[] = [];
+    const { registry, timers } = setup({ maxSessionsPerUser: 1 }, { makeChild: () => initializingChildHeldBy(held) });
+    const starting = registry.create(alice, initialize);
+    await settle();
+    timers.advance(10_000);
+    const refused = (await registry.create(alice, initialize).catch((e: unknown) => e)) as UserSessionLimitError;
+    expect(refused).toBeInstanceOf(UserSessionLimitError);
+    expect(refused.retryAfterS).toBe(20);
+    held.shift()!();
+    await expect(starting).resolves.toBeDefined();
+  });
+
+  test("concurrent creates at the cap each evict a different session and wait for its child to exit: never more children than the cap", async () => {
+    let alive = 0;
+    let mostAlive = 0;
+    const { registry, children } = setup(
+      { maxSessionsPerUser: 3 },
+      {
+        makeChild: () => {
+          const child = initializingChild(() => {}, { slowStop: true });
+          mostAlive = Math.max(mostAlive, ++alive);
+          void child.exited.then(() => alive--);
+          return child;
+        },
+      },
+    );
+    for (let i = 0; i < 3; i++) await registry.create(alice, initialize);
+
+    const exited = new Set<FakeChild>();
+    let racing: unknown[] | null = null;
+    const all = Promise.all(Array.from({ length: 5 }, () => registry.create(alice, initialize).catch((e: unknown) => e)));
+    void all.then((outcomes) => (racing = outcomes));
+    // Children exit one at a time, each only once asked to, while the creates run.
+    for (let round = 0; round < 50 && racing === null; round++) {
+      await settle();
+      const asked = children.find((child) => child.stopCalls > 0 && !exited.has(child));
+      if (asked === undefined) continue;
+      exited.add(asked);
+      asked.exit({ code: null, signal: "SIGTERM" });
+    }
+    const outcomes = racing as unknown as unknown[];
+    expect(outcomes).not.toBeNull();
+    const opened = outcomes.filter((o) => !(o instanceof Error)) as { entry: { id: string } }[];
+    expect(outcomes.filter((o) => o instanceof Error && !(o instanceof UserSessionLimitError))).toEqual([]);
+    expect(opened.length).toBeGreaterThanOrEqual(3);
+    expect(registry.sessionsOf(1)).toHaveLength(3);
+    for (const id of registry.sessionsOf(1)) expect(opened.map((o) => o.entry.id)).toContain(id);
+    // No session was ended twice, and every child but the three live ones was.
+    expect(children.every((child) => child.stopCalls <= 1)).toBe(true);
+    expect(children.filter((child) => child.stopCalls === 1)).toHaveLength(children.length - 3);
+    expect(registry.evictions).toEqual({ user: children.length - 3, global: 0 });
+    expect(mostAlive).toBe(3);
   });
 });
 
@@ -379,7 +552,8 @@ describe("children of deleted sessions", () => {
   test("a slot still held once the exiting children are gone is refused as before", async () => {
     const { registry, children } = setup({ maxSessions: 2 }, { makeChild: slowToStop });
     const { entry } = await registry.create(alice, initialize);
-    await registry.create(bob, initialize);
+    const { entry: busy } = await registry.create(bob, initialize);
+    busy.bridge.request(call(1, "slow"));
     registry.delete(entry.id);
     const pending = registry.create(alice, initialize).catch((e: unknown) => e);
     const third = registry.create(bob, initialize).catch((e: unknown) => e);
@@ -533,14 +707,13 @@ describe("upstream token rotation", () => {
     expect(registry.refreshDueAt(1)).toBe(timers.now() + HOUR);
   });
 
-  test("a refused refresh ends the user's sessions and reports it so their grants can be revoked", async () => {
-    const { registry, timers, refused } = setup(busy, { refresh: async () => ({ ok: false, refused: true, reason: "invalid_grant" }) });
+  test("a refused refresh ends the user's sessions (the credential's loss revokes their grants elsewhere)", async () => {
+    const { registry, timers } = setup(busy, { refresh: async () => ({ ok: false, refused: true, reason: "invalid_grant" }) });
     await registry.create(alice, initialize);
     const b = await registry.create(bob, initialize);
     timers.advance(HOUR);
     await settle();
     expect(registry.sessionsOf(1)).toEqual([]);
-    expect(refused).toEqual([1, 2]);
     expect(registry.size).toBe(0);
     expect(() => registry.get(b.entry.id, bob)).toThrow(SessionNotFoundError);
   });
