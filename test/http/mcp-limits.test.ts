@@ -22,29 +22,52 @@ describe("caps", () => {
     await t.stop();
   });
 
-  test("BROKER_MAX_SESSIONS_PER_USER → 429, BROKER_MAX_SESSIONS → 503, both with Retry-After; a freed slot is usable again", async () => {
+  test("with a call in flight on every session: BROKER_MAX_SESSIONS_PER_USER → 429, BROKER_MAX_SESSIONS → 503, both with Retry-After; a freed slot is usable again", async () => {
     const alice = await tokenFor(t, "alice");
     const bob = await tokenFor(t, "bob");
-    const [first] = [await openSession(t.mcpUrl, alice), await openSession(t.mcpUrl, alice)];
+    const held = new AbortController();
+    /** A slow call whose SSE answer has begun (its first progress event): the session has a request in flight. */
+    const busy = async (token: string, sessionId: string) => {
+      const response = await fetch(t.mcpUrl, {
+        method: "POST",
+        signal: held.signal,
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json", accept: "application/json, text/event-stream", "mcp-session-id": sessionId },
+        body: JSON.stringify({ jsonrpc: "2.0", id: 9, method: "tools/call", params: { name: "slow_count", arguments: { n: 1000, delay_ms: 100 }, _meta: { progressToken: "p" } } }),
+      });
+      expect(response.headers.get("content-type")).toBe("text/event-stream");
+      void response.text().catch(() => {});
+    };
+    const [first, second] = [await openSession(t.mcpUrl, alice), await openSession(t.mcpUrl, alice)];
+    await busy(alice, first!);
+    await busy(alice, second!);
 
     const perUser = await postMcp(t.mcpUrl, alice, INITIALIZE);
     expect(perUser.status).toBe(429);
-    expect(perUser.headers.get("retry-after")).toBe("30");
+    const userRetry = Number(perUser.headers.get("retry-after"));
+    // The calls went out moments ago; they time out BROKER_REQUEST_TIMEOUT_S (300 s) after.
+    expect(userRetry).toBeGreaterThan(280);
+    expect(userRetry).toBeLessThanOrEqual(300);
     expect(perUser.headers.get("mcp-session-id")).toBeNull();
     expect(await perUser.json()).toEqual({
       jsonrpc: "2.0",
       id: 1,
-      error: { code: -32000, message: "you have 2 open sessions, the most allowed; close one or wait for one to expire" },
+      error: { code: -32000, message: `you have 2 open sessions, the most allowed, and each has a request in flight; one frees within ${userRetry} s at the latest` },
     });
 
-    await openSession(t.mcpUrl, bob);
+    await busy(bob, await openSession(t.mcpUrl, bob));
     const total = await postMcp(t.mcpUrl, bob, INITIALIZE);
     expect(total.status).toBe(503);
-    expect(total.headers.get("retry-after")).toBe("30");
-    expect(await total.json()).toEqual({ jsonrpc: "2.0", id: 1, error: { code: -32000, message: "the broker is at its limit of 3 sessions" } });
+    const totalRetry = Number(total.headers.get("retry-after"));
+    expect(totalRetry).toBeGreaterThan(280);
+    expect(await total.json()).toEqual({
+      jsonrpc: "2.0",
+      id: 1,
+      error: { code: -32000, message: `the broker is at its limit of 3 sessions, and each has a request in flight; one frees within ${totalRetry} s at the latest` },
+    });
 
     expect((await fetch(t.mcpUrl, { method: "DELETE", headers: { authorization: `Bearer ${alice}`, "mcp-session-id": first! } })).status).toBe(204);
     expect(await openSession(t.mcpUrl, bob)).toMatch(/^[0-9a-f]{48}$/);
+    held.abort();
   });
 });
 
