@@ -5,10 +5,9 @@ import { InvalidEventIdError, MessageTooLargeError, StreamConflictError } from "
 import { ErrorCode, errorResponse, isJsonRpcId, parseMessage, type IncomingMessage, type JsonRpcId } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { InFlightLimits, SessionConfig } from "../config.ts";
-import { hashToken } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import { BearerTokenError } from "../oauth/errors.ts";
-import { bearerChallengeFor, bearerFromAuthorization, type bearerGuard } from "../oauth/middleware/bearer-auth.ts";
+import { bearerChallengeFor, type bearerGuard } from "../oauth/middleware/bearer-auth.ts";
 import {
   InitializeRejectedError,
   SessionForbiddenError,
@@ -157,14 +156,11 @@ export function mcpRoutes(deps: McpRoutesDeps) {
 
   /** An SSE answer from `source`: over (done) when it runs out or the client goes, or ended when the request's token does. */
   const streamed = (request: Request, identity: TokenIdentity, source: EventSource, headers: Record<string, string>, done: () => void): Response => {
-    // The guard let the request in, so its Authorization header holds a well-formed token; were it
-    // not, the hash of "" is no live token and the stream ends at the grant's next revocation.
-    const tokenHash = hashToken(bearerFromAuthorization(request.headers.get("authorization") ?? undefined) ?? "");
     const watchedSource = endingWith(source, () => {
       stopWatching();
       done();
     });
-    const stopWatching = deps.streamTokens.watch({ grantId: identity.grantId, tokenHash, expiresAt: identity.expiresAt }, (reason) =>
+    const stopWatching = deps.streamTokens.watch({ grantId: identity.grantId, tokenHash: identity.tokenHash, expiresAt: identity.expiresAt }, (reason) =>
       watchedSource.close(reason),
     );
     return sseResponse(watchedSource, { heartbeatMs, headers, signal: request.signal });

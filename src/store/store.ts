@@ -20,6 +20,8 @@ export type UpstreamCredentialRow = typeof schema.upstreamCredentials.$inferSele
 
 /** What the bearer guard hands to a protected route. */
 export interface TokenIdentity {
+  /** The access token's own hash: which of the grant's tokens this is, for what must end with it. */
+  tokenHash: string;
   grantId: string;
   clientId: string;
   forgejoUserId: number;
@@ -157,6 +159,7 @@ export class Store {
     const g = schema.grants;
     return this.db
       .select({
+        tokenHash: a.tokenHash,
         grantId: a.grantId,
         clientId: a.clientId,
         scope: a.scope,

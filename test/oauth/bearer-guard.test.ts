@@ -19,6 +19,7 @@ const LIVE_TOKEN = "fmb_at_live";
 /** A guarded route over a store that knows one live token and counts every lookup. */
 function guardedApp() {
   const identity: TokenIdentity = {
+    tokenHash: hashToken(LIVE_TOKEN),
     grantId: "g1",
     clientId: "c1",
     forgejoUserId: 1,

@@ -3,6 +3,7 @@ import { AccessIdentityCache } from "../../src/oauth/identity-cache.ts";
 import { Store, type TokenIdentity } from "../../src/store/store.ts";
 
 const identityOf = (expiresAt: number): TokenIdentity => ({
+  tokenHash: "h",
   grantId: "g1",
   clientId: "c1",
   forgejoUserId: 1,
