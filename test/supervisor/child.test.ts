@@ -4,6 +4,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import type { ChildConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { checkChildCommand, ChildStartError, createSpawnChild, type ChildProcess } from "../../src/supervisor/child.ts";
+import { waitWhile } from "../helpers/promises.ts";
 
 const brokerEnv = {
   PATH: process.env.PATH,
@@ -88,7 +89,7 @@ describe("process group", () => {
     expect(liveInGroup(child.pid).length).toBe(3);
     const exit = await child.stop();
     expect(exit.signal).toBe("SIGTERM");
-    await Bun.sleep(50);
+    await waitWhile(() => liveInGroup(child.pid).length > 0, 100, 10);
     expect(liveInGroup(child.pid)).toEqual([]);
   });
 
@@ -99,14 +100,14 @@ describe("process group", () => {
     const exit = await child.stop();
     expect(performance.now() - began).toBeGreaterThanOrEqual(280);
     expect(exit.signal).toBe("SIGKILL");
-    await Bun.sleep(50);
+    await waitWhile(() => liveInGroup(child.pid).length > 0, 100, 10);
     expect(liveInGroup(child.pid)).toEqual([]);
   });
 
   test("what a child leaves behind when it exits on its own is killed too", async () => {
     const { child } = spawn(["sh", "-c", "sleep 60 & exit 0"]);
     await child.exited;
-    await Bun.sleep(50);
+    await waitWhile(() => liveInGroup(child.pid).length > 0, 100, 10);
     expect(liveInGroup(child.pid)).toEqual([]);
   });
 
