@@ -200,7 +200,9 @@ export class Bridge {
     this.pendingByStream.set(stream, pending);
     if (pending.progressKey !== null) this.progress.set(pending.progressKey, pending);
     if (method === "initialize") this.recordedInitialize = incoming;
-    if (!pending.link.write(incoming.raw)) this.fail(pending, ErrorCode.ConnectionClosed, "the MCP server is not running");
+    const written = pending.link.write(incoming.raw);
+    if (written === "closed") this.fail(pending, ErrorCode.ConnectionClosed, "the MCP server is not running");
+    else if (written === "full") this.fail(pending, ErrorCode.ConnectionClosed, `the MCP server is not reading its input: over ${pending.link.maxStdinBytes} bytes wait for it`);
     return stream;
   }
 
@@ -516,7 +518,7 @@ export class Bridge {
         resolve: (message) => (done(), resolve(message)),
         reject: (error) => (done(), reject(error)),
       });
-      if (!link.write(data)) {
+      if (link.write(data) !== "written") {
         this.internal.delete(key);
         done();
         reject(new RotationError("the new MCP server is not running"));

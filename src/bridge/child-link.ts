@@ -1,5 +1,5 @@
 // One child's end of the bridge: reads its stdout into parsed messages (skipping what is not
-// JSON-RPC, dropping what is too large) and writes single-line messages to its stdin.
+// JSON-RPC, dropping what is too large) and writes single-line messages to its stdin, while it reads them.
 import type { Logger } from "../log.ts";
 import { maskSecrets } from "../log.ts";
 import type { ChildExit, ChildProcess } from "../supervisor/child.ts";
@@ -10,6 +10,12 @@ export interface ChildLinkHandlers {
   onMessage(link: ChildLink, incoming: IncomingMessage, kind: MessageKind): void;
   onExit(link: ChildLink, exit: ChildExit): void;
 }
+
+/** How many messages of the largest size may wait for a child that does not read its stdin. */
+export const STDIN_LIMIT_MESSAGES = 4;
+
+/** "full": the child has left so much of its stdin unread that nothing more is taken. */
+export type LinkWrite = "written" | "full" | "closed";
 
 let nextLinkNo = 1;
 
@@ -31,14 +37,18 @@ export class ChildLink {
     });
   }
 
-  get alive(): boolean {
-    return !this.gone;
+  /** Bytes that may wait for the child to read its stdin; a single message always fits when none waits. */
+  get maxStdinBytes(): number {
+    return STDIN_LIMIT_MESSAGES * this.maxMessageBytes;
   }
 
-  /** False when the child can no longer be written to. The caller checks the size first. */
-  write(raw: string): boolean {
-    if (this.gone) return false;
-    return this.child.write(`${toLine(raw)}\n`);
+  /** The caller checks the size first. */
+  write(raw: string): LinkWrite {
+    if (this.gone) return "closed";
+    const line = `${toLine(raw)}\n`;
+    const backlog = this.child.stdinBacklog;
+    if (backlog > 0 && backlog + Buffer.byteLength(line) > this.maxStdinBytes) return "full";
+    return this.child.write(line) ? "written" : "closed";
   }
 
   private async read(): Promise<void> {

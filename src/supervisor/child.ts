@@ -18,6 +18,8 @@ export interface ChildProcess {
   readonly stdout: ReadableStream<Uint8Array>;
   /** Writes to the child's stdin; false when stdin is already closed or the child is gone. */
   write(data: string): boolean;
+  /** Bytes written that the child's stdin pipe has not taken yet: they wait in the broker's memory. */
+  readonly stdinBacklog: number;
   /** Settles once the child has exited and its stderr is drained; never rejects. */
   readonly exited: Promise<ChildExit>;
   lastStderrLine(): string | null;
@@ -80,6 +82,11 @@ export function checkChildCommand(command: string[], env: Env): string | null {
   return `BROKER_CHILD_COMMAND: ${JSON.stringify(program)} is not an executable file${program.includes("/") ? "" : ` on PATH (${env.PATH ?? "unset"})`}`;
 }
 
+/** Bun's sink calls are typed as numbers but return a promise once the pipe is full, which rejects (EPIPE) if the child dies first. */
+function settleQuietly(result: unknown): void {
+  if (result instanceof Promise) result.catch(() => {});
+}
+
 export function createSpawnChild(deps: SpawnChildDeps): SpawnChild {
   const timers = deps.timers ?? realTimers;
   return ({ sessionId, token }) => {
@@ -128,11 +135,16 @@ export function createSpawnChild(deps: SpawnChildDeps): SpawnChild {
       if (!stdinOpen) return;
       stdinOpen = false;
       try {
-        void proc.stdin.end();
+        settleQuietly(proc.stdin.end());
       } catch {
         // Already closed by the child's exit.
       }
     };
+
+    // Bun's stdin sink keeps whatever the pipe does not take, without limit, and settles a flush once
+    // it has all gone; counting both ends tells how much still waits.
+    let handedOver = 0;
+    let drained = 0;
 
     let killTimer: unknown = null;
     let gone = false;
@@ -161,12 +173,26 @@ export function createSpawnChild(deps: SpawnChildDeps): SpawnChild {
       write(data) {
         if (!stdinOpen || proc.exitCode !== null || proc.signalCode !== null) return false;
         try {
-          proc.stdin.write(data);
-          void proc.stdin.flush();
+          settleQuietly(proc.stdin.write(data));
+          handedOver += Buffer.byteLength(data);
+          const upTo = handedOver;
+          const flushed = proc.stdin.flush();
+          if (flushed instanceof Promise) {
+            flushed.then(
+              () => void (drained = Math.max(drained, upTo)),
+              // The child is gone (EPIPE) and the sink with it: nothing waits any more.
+              () => void (drained = handedOver),
+            );
+          } else {
+            drained = upTo;
+          }
           return true;
         } catch {
           return false;
         }
+      },
+      get stdinBacklog() {
+        return handedOver - drained;
       },
       stop() {
         if (stopping !== null) return stopping;

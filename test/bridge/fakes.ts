@@ -16,6 +16,8 @@ export class FakeChild implements ChildProcess {
   readonly written: string[] = [];
   stopCalls = 0;
   stderr: string | null = null;
+  /** Bytes the test says wait for this child to read its stdin. */
+  stdinBacklog = 0;
   /** Answers what the bridge writes, like a real server would. */
   onMessage: ((message: Json, child: FakeChild) => void) | null = null;
   private controller!: ReadableStreamDefaultController<Uint8Array>;

@@ -130,6 +130,37 @@ describe("stdio", () => {
   });
 });
 
+describe("stdin a child does not read", () => {
+  // Reads nothing until SIGUSR1; Bun keeps what the pipe does not take in the broker's memory.
+  const LAZY_READER = ["sh", "-c", 'trap "exec cat > /dev/null" USR1; sleep 600 & echo ready; wait'];
+  const line = "x".repeat(64 * 1024 - 1) + "\n";
+  // More than a pipe holds (Linux: 64 KiB by default, 1 MiB at most unprivileged).
+  const LINES = 64;
+
+  test("is counted while it waits, and no longer once the child has read it", async () => {
+    const { child } = spawn(LAZY_READER);
+    await child.stdout.getReader().read();
+    for (let i = 0; i < LINES; i++) expect(child.write(line)).toBe(true);
+    expect(child.stdinBacklog).toBeGreaterThan(0);
+    expect(child.stdinBacklog).toBeLessThanOrEqual(LINES * line.length);
+    process.kill(child.pid, "SIGUSR1");
+    await waitWhile(() => child.stdinBacklog > 0, 300, 10);
+    expect(child.stdinBacklog).toBe(0);
+  });
+
+  // Bun rejects the sink's pending flush with EPIPE; unhandled, bun test fails the run ("Unhandled error between tests").
+  test("a child killed while input waits for it leaves nothing counted and no unhandled error", async () => {
+    const { child } = spawn(LAZY_READER);
+    await child.stdout.getReader().read();
+    for (let i = 0; i < LINES; i++) child.write(line);
+    expect(child.stdinBacklog).toBeGreaterThan(0);
+    process.kill(child.pid, "SIGKILL");
+    await child.exited;
+    await waitWhile(() => child.stdinBacklog > 0, 300, 10);
+    expect(child.stdinBacklog).toBe(0);
+  });
+});
+
 describe("stderr", () => {
   test("is logged line by line, tagged with the session, with secrets masked", async () => {
     const { child, logger } = spawn(
