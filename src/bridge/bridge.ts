@@ -249,7 +249,7 @@ export class Bridge {
     }
     const waiting = this.undelivered;
     this.undelivered = [];
-    for (const event of waiting) stream.push(event);
+    stream.pushMissed(waiting);
     return stream;
   }
 
@@ -266,7 +266,7 @@ export class Bridge {
     this.touch();
     if (position.stream !== STANDALONE_STREAM) {
       const stream = this.newStream(position.stream);
-      for (const event of this.replay.after(position)) stream.push(event);
+      stream.pushMissed(this.replay.after(position));
       this.endStream(stream);
       return stream;
     }
@@ -278,7 +278,7 @@ export class Bridge {
       .filter((event) => !seen.has(event.eventId) && seen.add(event.eventId))
       .sort((a, b) => a.seq - b.seq);
     this.undelivered = [];
-    for (const event of missed) stream.push(event);
+    stream.pushMissed(missed);
     if (this.closedReason !== null) this.endStream(stream);
     return stream;
   }
@@ -527,7 +527,7 @@ export class Bridge {
   }
 
   private newStream(streamNo: number): MessageStream {
-    const stream = new MessageStream(streamNo, (closed, reason) => this.streamClosed(closed, reason));
+    const stream = new MessageStream(streamNo, (closed, reason) => this.streamClosed(closed, reason), this.options.maxMessageBytes);
     this.liveStreams.add(stream);
     this.touch();
     return stream;
@@ -546,7 +546,22 @@ export class Bridge {
   }
 
   private emit(stream: MessageStream, data: string, message: JsonRpcMessage, kind: MessageKind, origin: "child" | "broker", replayable = true): void {
-    stream.push(this.record(stream.streamNo, data, message, kind, origin, replayable));
+    if (!stream.push(this.record(stream.streamNo, data, message, kind, origin, replayable))) this.streamOverflowed(stream, message, kind);
+  }
+
+  /** The client stopped reading `stream` and it overflowed: its request fails, or the standalone stream ends (Last-Event-ID resumes it). */
+  private streamOverflowed(stream: MessageStream, message: JsonRpcMessage, kind: MessageKind): void {
+    const why = `the client did not read its event stream: over ${stream.maxUnreadBytes} bytes waited unread`;
+    this.options.logger.warn("client stopped reading an event stream; ended it", { stream: stream.streamNo, limit_bytes: stream.maxUnreadBytes });
+    const pending = this.pendingByStream.get(stream);
+    if (pending !== undefined) {
+      pending.link.write(notification("notifications/cancelled", { requestId: pending.id, reason: why }));
+      this.fail(pending, ErrorCode.ConnectionClosed, why);
+    } else if (kind === "response" && isJsonRpcId(message.id)) {
+      this.endWithError(stream, message.id, ErrorCode.ConnectionClosed, why);
+    } else {
+      this.endStream(stream);
+    }
   }
 
   private record(

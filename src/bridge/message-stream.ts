@@ -1,5 +1,5 @@
-// The outbound side of one SSE (or JSON) response: an async queue of events the bridge pushes and
-// the HTTP route pulls, which tells the bridge when the client has gone away.
+// The outbound side of one SSE (or JSON) response: a byte-bounded async queue of events the bridge
+// pushes and the HTTP route pulls, which tells the bridge when the client has gone away or stopped reading.
 import type { JsonRpcMessage, MessageKind } from "./jsonrpc.ts";
 
 export interface OutboundEvent {
@@ -13,27 +13,48 @@ export interface OutboundEvent {
   origin: "child" | "broker";
 }
 
+/** How many messages of the largest size a stream holds unread before it gives up on its client. */
+export const UNREAD_LIMIT_MESSAGES = 4;
+
 export class MessageStream implements AsyncIterable<OutboundEvent> {
   private queue: OutboundEvent[] = [];
+  /** Bytes of the live events in the queue; the missed ones at its head are not counted. */
+  private queuedBytes = 0;
+  private missedInQueue = 0;
   private waiter: ((event: OutboundEvent | null) => void) | null = null;
   private ended = false;
   private closed = false;
   private pushed = false;
+  private overflowNote: string | null = null;
+  /** Unread bytes past which push gives up; a single event always fits into an empty queue. */
+  readonly maxUnreadBytes: number;
 
   constructor(
     readonly streamNo: number,
     private readonly onClose: (stream: MessageStream, reason: string) => void,
-  ) {}
+    maxMessageBytes: number,
+  ) {
+    this.maxUnreadBytes = UNREAD_LIMIT_MESSAGES * maxMessageBytes;
+  }
 
   /** True once no more events will come (ended by the bridge, or closed by the client). */
   get finished(): boolean {
     return this.closed || (this.ended && this.queue.length === 0);
   }
 
+  /** Why the client was given up on, for the end of the SSE stream; null unless it overflowed. */
+  get endNote(): string | null {
+    return this.overflowNote;
+  }
+
   /** The next event, or null when the stream is over. */
   next(): Promise<OutboundEvent | null> {
     const event = this.queue.shift();
-    if (event !== undefined) return Promise.resolve(event);
+    if (event !== undefined) {
+      if (this.missedInQueue > 0) this.missedInQueue--;
+      else this.queuedBytes -= Buffer.byteLength(event.data);
+      return Promise.resolve(event);
+    }
     if (this.ended || this.closed) return Promise.resolve(null);
     return new Promise((resolve) => {
       this.waiter = resolve;
@@ -44,7 +65,7 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
   close(reason = "client disconnected"): void {
     if (this.closed) return;
     this.closed = true;
-    this.queue = [];
+    this.drop();
     this.wake(null);
     this.onClose(this, reason);
   }
@@ -63,12 +84,38 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
     return !this.pushed;
   }
 
-  /** Bridge side. */
-  push(event: OutboundEvent): void {
-    if (this.ended || this.closed) return;
+  /**
+   * Bridge side. False when the event would take what the client has not read past maxUnreadBytes:
+   * then the unread events (and this one) are dropped, so a client that stops reading holds no more
+   * than the bound, and the bridge ends the stream, with an error if the client can still be told.
+   */
+  push(event: OutboundEvent): boolean {
+    if (this.ended || this.closed) return true;
     this.pushed = true;
-    if (this.waiter !== null) this.wake(event);
-    else this.queue.push(event);
+    if (this.waiter !== null) {
+      this.wake(event);
+      return true;
+    }
+    const bytes = Buffer.byteLength(event.data);
+    if (this.queue.length > 0 && this.queuedBytes + bytes > this.maxUnreadBytes) {
+      this.overflowNote = `the client left more than ${this.maxUnreadBytes} bytes unread; they were dropped`;
+      this.drop();
+      return false;
+    }
+    this.queue.push(event);
+    this.queuedBytes += bytes;
+    return true;
+  }
+
+  /**
+   * Bridge side, before any push: what the client missed, from the replay buffer or kept while no
+   * stream was open. Those buffers bound it already, so it does not count against this stream's bound.
+   */
+  pushMissed(events: OutboundEvent[]): void {
+    if (this.ended || this.closed || events.length === 0) return;
+    this.pushed = true;
+    this.queue.push(...events);
+    this.missedInQueue += events.length;
   }
 
   /** Bridge side: nothing more will be pushed. */
@@ -80,6 +127,12 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
 
   get isOpen(): boolean {
     return !this.closed && !this.ended;
+  }
+
+  private drop(): void {
+    this.queue = [];
+    this.queuedBytes = 0;
+    this.missedInQueue = 0;
   }
 
   private wake(event: OutboundEvent | null): void {

@@ -1,5 +1,5 @@
-// Writes a bridge message stream as a text/event-stream response: an opening comment so headers go
-// out at once, an id on every event, a comment heartbeat, and the stream closed when the client goes.
+// Writes a bridge message stream as a text/event-stream response, taking each event only when the
+// client has read the last ones: an opening comment, ids, a heartbeat, closed when the client goes.
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 
 /** What an SSE response reads from: a MessageStream, or a fixed list of events. */
@@ -7,6 +7,8 @@ export interface EventSource {
   next(): Promise<OutboundEvent | null>;
   /** The client went away: nobody reads the rest. */
   close(reason: string): void;
+  /** Said in a comment after the last event: why the broker ended the stream early. */
+  readonly endNote?: string | null;
 }
 
 export interface SseOptions {
@@ -15,6 +17,9 @@ export interface SseOptions {
   /** Aborted when the client disconnects (Bun's request.signal). */
   signal: AbortSignal;
 }
+
+/** Bytes encoded but not yet taken by the socket before the writer stops asking the source for more. */
+export const SSE_BUFFER_BYTES = 64 * 1024;
 
 export const SSE_HEADERS = {
   "Content-Type": "text/event-stream",
@@ -40,6 +45,9 @@ export function prefixed(first: OutboundEvent[], source: EventSource): EventSour
       return event === undefined ? source.next() : Promise.resolve(event);
     },
     close: (reason) => source.close(reason),
+    get endNote() {
+      return source.endNote;
+    },
   };
 }
 
@@ -60,29 +68,46 @@ export function sseResponse(source: EventSource, options: SseOptions): Response 
     source.close("client disconnected");
   };
 
-  const body = new ReadableStream<Uint8Array>({
-    start(controller) {
-      const write = (text: string) => {
+  // pull runs only while fewer than SSE_BUFFER_BYTES wait for the socket, so what a slow client has
+  // not read stays in the source, which is bounded and can tell the bridge.
+  const body = new ReadableStream<Uint8Array>(
+    {
+      start(controller) {
+        const write = (text: string) => {
+          if (finished) return;
+          try {
+            controller.enqueue(encoder.encode(text));
+          } catch {
+            clientGone();
+          }
+        };
+        write(": stream open\n\n");
+        // A heartbeat only keeps a quiet stream alive; one that is not being read needs none.
+        heartbeat = setInterval(() => {
+          if ((controller.desiredSize ?? 0) > 0) write(": heartbeat\n\n");
+        }, options.heartbeatMs);
+        options.signal.addEventListener("abort", clientGone, { once: true });
+      },
+      async pull(controller) {
+        const event = await source.next();
         if (finished) return;
-        try {
-          controller.enqueue(encoder.encode(text));
-        } catch {
-          clientGone();
+        if (event !== null) {
+          try {
+            controller.enqueue(encoder.encode(formatEvent(event)));
+          } catch {
+            clientGone();
+          }
+          return;
         }
-      };
-      write(": stream open\n\n");
-      heartbeat = setInterval(() => write(": heartbeat\n\n"), options.heartbeatMs);
-      options.signal.addEventListener("abort", clientGone, { once: true });
-      void (async () => {
-        for (let event = await source.next(); event !== null; event = await source.next()) write(formatEvent(event));
-        if (finished) return;
         finished = true;
         clearInterval(heartbeat);
         options.signal.removeEventListener("abort", clientGone);
+        if (source.endNote) controller.enqueue(encoder.encode(`: ${source.endNote}\n\n`));
         controller.close();
-      })();
+      },
+      cancel: clientGone,
     },
-    cancel: clientGone,
-  });
+    new ByteLengthQueuingStrategy({ highWaterMark: SSE_BUFFER_BYTES }),
+  );
   return new Response(body, { status: 200, headers: { ...SSE_HEADERS, ...options.headers } });
 }
