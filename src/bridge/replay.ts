@@ -25,7 +25,8 @@ export interface BufferedEvent extends EventPosition {
 }
 
 export class ReplayBuffer<E extends BufferedEvent = BufferedEvent> {
-  private events: E[] = [];
+  /** Slots before `head` are evicted: emptied at once, compacted away now and then. */
+  private events: (E | undefined)[] = [];
   private head = 0;
   private bytes = 0;
 
@@ -41,6 +42,8 @@ export class ReplayBuffer<E extends BufferedEvent = BufferedEvent> {
     this.bytes += size;
     while (this.events.length - this.head > this.maxEvents || this.bytes > this.maxBytes) {
       this.bytes -= Buffer.byteLength(this.events[this.head]!.data);
+      // Let go of it now: until the next compaction the slot would still hold the evicted event.
+      this.events[this.head] = undefined;
       this.head++;
     }
     // Compact now and then rather than shifting on every eviction.
