@@ -31,8 +31,9 @@ export async function startBrokerProcess(forgejo: FakeForgejo, dataDir: string, 
   });
   let log = "";
   // Read as it comes: a broker whose stdout pipe fills would block on logging.
+  const decoder = new TextDecoder();
   void (async () => {
-    for await (const chunk of proc.stdout) log += new TextDecoder().decode(chunk);
+    for await (const chunk of proc.stdout) log += decoder.decode(chunk, { stream: true });
   })();
   const healthy = async () => (await fetch(`${url}/healthz`).catch(() => null))?.ok === true;
   await waitWhile(async () => proc.exitCode === null && !(await healthy()), 200, 50);

@@ -89,7 +89,7 @@ describe("a child that floods a client that does not read", () => {
     const slow = await post(flood(7, FLOOD_BYTES));
     expect(slow.headers.get("content-type")).toBe("text/event-stream");
     const floodEnd = () => /flood 7: (cancelled after|sent all) (\d+) bytes/.exec(broker.log());
-    await waitWhile(() => floodEnd() === null, 6000, 20);
+    await waitWhile(() => floodEnd() === null, 2500, 20);
     const peak = flooded.stop();
 
     // The broker told the child to stop before it had sent everything.
