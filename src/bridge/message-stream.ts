@@ -25,8 +25,7 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
   private ended = false;
   private closed = false;
   private pushed = false;
-  private overflowNote: string | null = null;
-  /** Unread bytes past which push gives up; a single event always fits into an empty queue. */
+  /** Unread bytes past which push gives up; a single event always fits when no live one waits. */
   readonly maxUnreadBytes: number;
 
   constructor(
@@ -40,11 +39,6 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
   /** True once no more events will come (ended by the bridge, or closed by the client). */
   get finished(): boolean {
     return this.closed || (this.ended && this.queue.length === 0);
-  }
-
-  /** Why the client was given up on, for the end of the SSE stream; null unless it overflowed. */
-  get endNote(): string | null {
-    return this.overflowNote;
   }
 
   /** The next event, or null when the stream is over. */
@@ -97,8 +91,7 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
       return true;
     }
     const bytes = Buffer.byteLength(event.data);
-    if (this.queue.length > 0 && this.queuedBytes + bytes > this.maxUnreadBytes) {
-      this.overflowNote = `the client left more than ${this.maxUnreadBytes} bytes unread; they were dropped`;
+    if (this.queuedBytes > 0 && this.queuedBytes + bytes > this.maxUnreadBytes) {
       this.drop();
       return false;
     }

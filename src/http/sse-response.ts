@@ -7,8 +7,6 @@ export interface EventSource {
   next(): Promise<OutboundEvent | null>;
   /** The client went away: nobody reads the rest. */
   close(reason: string): void;
-  /** Said in a comment after the last event: why the broker ended the stream early. */
-  readonly endNote?: string | null;
 }
 
 export interface SseOptions {
@@ -45,9 +43,6 @@ export function prefixed(first: OutboundEvent[], source: EventSource): EventSour
       return event === undefined ? source.next() : Promise.resolve(event);
     },
     close: (reason) => source.close(reason),
-    get endNote() {
-      return source.endNote;
-    },
   };
 }
 
@@ -102,7 +97,6 @@ export function sseResponse(source: EventSource, options: SseOptions): Response 
         finished = true;
         clearInterval(heartbeat);
         options.signal.removeEventListener("abort", clientGone);
-        if (source.endNote) controller.enqueue(encoder.encode(`: ${source.endNote}\n\n`));
         controller.close();
       },
       cancel: clientGone,

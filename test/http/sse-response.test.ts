@@ -13,13 +13,12 @@ function event(n: number): OutboundEvent {
 }
 
 /** `count` events ready at once, counting how many the writer has taken. */
-function countingSource(count: number, endNote: string | null = null) {
+function countingSource(count: number) {
   let taken = 0;
   const closes: string[] = [];
   const source: EventSource = {
     next: () => Promise.resolve(taken < count ? event(++taken) : null),
     close: (reason) => void closes.push(reason),
-    endNote,
   };
   return {
     source,
@@ -52,12 +51,6 @@ describe("the SSE writer", () => {
     expect(ids).toEqual(Array.from({ length: 200 }, (_, i) => `1_${i + 1}`));
     expect(text).toStartWith(": stream open\n\n");
     expect(counting.closes).toEqual([]);
-  });
-
-  test("a stream the broker ended early says why in a closing comment", async () => {
-    const counting = countingSource(1, "the client left more than 40 bytes unread; they were dropped");
-    const text = await open(counting.source).text();
-    expect(text).toEndWith("\n\n: the client left more than 40 bytes unread; they were dropped\n\n");
   });
 
   test("a client that goes away closes the source, which the writer then stops asking", async () => {
