@@ -55,6 +55,8 @@ export function sseResponse(source: EventSource, options: SseOptions): Response 
   const encoder = new TextEncoder();
   let finished = false;
   let heartbeat: ReturnType<typeof setInterval> | undefined;
+  /** Set in start(), where the controller is known. */
+  let write: (text: string) => void = () => {};
 
   const clientGone = () => {
     if (finished) return;
@@ -68,7 +70,7 @@ export function sseResponse(source: EventSource, options: SseOptions): Response 
   const body = new ReadableStream<Uint8Array>(
     {
       start(controller) {
-        const write = (text: string) => {
+        write = (text: string) => {
           if (finished) return;
           try {
             controller.enqueue(encoder.encode(text));
@@ -87,11 +89,7 @@ export function sseResponse(source: EventSource, options: SseOptions): Response 
         const event = await source.next();
         if (finished) return;
         if (event !== null) {
-          try {
-            controller.enqueue(encoder.encode(formatEvent(event)));
-          } catch {
-            clientGone();
-          }
+          write(formatEvent(event));
           return;
         }
         finished = true;
