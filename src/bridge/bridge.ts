@@ -106,9 +106,13 @@ export class Bridge {
   private readonly liveStreams = new Set<MessageStream>();
   private readonly replay: ReplayBuffer<ReplayEvent>;
   private readonly replayMaxEvents: number;
+  private readonly replayMaxBytes: number;
   private standalone: MessageStream | null = null;
-  /** Children's notifications waiting for a standalone stream to open (their requests are never kept: see refuseUndeliverable). */
-  private undelivered: ReplayEvent[] = [];
+  /**
+   * Children's notifications waiting for a standalone stream to open (their requests are never kept:
+   * see refuseUndeliverable), bounded in number and bytes like the replay buffer.
+   */
+  private undelivered: ReplayBuffer<ReplayEvent>;
   private nextStreamNo = 1;
   private nextSeq = 1;
   private nextBrokerId = 1;
@@ -124,7 +128,9 @@ export class Bridge {
     private readonly options: BridgeOptions,
   ) {
     this.replayMaxEvents = options.replayMaxEvents ?? 256;
-    this.replay = new ReplayBuffer(this.replayMaxEvents, options.replayMaxBytes ?? 1024 * 1024);
+    this.replayMaxBytes = options.replayMaxBytes ?? 1024 * 1024;
+    this.replay = new ReplayBuffer(this.replayMaxEvents, this.replayMaxBytes);
+    this.undelivered = new ReplayBuffer(this.replayMaxEvents, this.replayMaxBytes);
     this.lastActive = options.timers.now();
     this.current = this.link(child);
   }
@@ -247,9 +253,7 @@ export class Bridge {
       this.endStream(stream);
       return stream;
     }
-    const waiting = this.undelivered;
-    this.undelivered = [];
-    stream.pushMissed(waiting);
+    stream.pushMissed(this.takeUndelivered(0));
     return stream;
   }
 
@@ -274,10 +278,9 @@ export class Bridge {
     const stream = this.newStream(STANDALONE_STREAM);
     this.standalone = stream;
     const seen = new Set<string>();
-    const missed = [...this.replay.after(position), ...this.undelivered.filter((event) => event.seq > position.seq)]
+    const missed = [...this.replay.after(position), ...this.takeUndelivered(position.seq)]
       .filter((event) => !seen.has(event.eventId) && seen.add(event.eventId))
       .sort((a, b) => a.seq - b.seq);
-    this.undelivered = [];
     stream.pushMissed(missed);
     if (this.closedReason !== null) this.endStream(stream);
     return stream;
@@ -417,8 +420,14 @@ export class Bridge {
       this.emit(this.standalone, data, message, kind, "child");
       return;
     }
-    this.undelivered.push(this.record(STANDALONE_STREAM, data, message, kind, "child"));
-    if (this.undelivered.length > this.replayMaxEvents) this.undelivered.shift();
+    this.undelivered.add(this.record(STANDALONE_STREAM, data, message, kind, "child"));
+  }
+
+  /** What waited for the standalone stream after `seq`; from now on nothing waits. */
+  private takeUndelivered(seq: number): ReplayEvent[] {
+    const waiting = this.undelivered.after({ stream: STANDALONE_STREAM, seq });
+    this.undelivered = new ReplayBuffer(this.replayMaxEvents, this.replayMaxBytes);
+    return waiting;
   }
 
   /**

@@ -10,7 +10,7 @@ import { FakeChild, FakeTimers, settle, type Json } from "./fakes.ts";
 
 const MAX_MESSAGE_BYTES = 2_000;
 
-function setup() {
+function setup(options: { replayMaxBytes?: number } = {}) {
   // A child that answers every call at once, so the test can see the session still serves.
   const child = new FakeChild({
     onMessage: (message, self) => {
@@ -18,7 +18,7 @@ function setup() {
     },
   });
   const logger = createMemoryLogger();
-  const bridge = new Bridge(child, { logger, timers: new FakeTimers(), requestTimeoutMs: 30_000, maxMessageBytes: MAX_MESSAGE_BYTES });
+  const bridge = new Bridge(child, { logger, timers: new FakeTimers(), requestTimeoutMs: 30_000, maxMessageBytes: MAX_MESSAGE_BYTES, ...options });
   return { bridge, child, logger };
 }
 
@@ -104,6 +104,22 @@ describe("a client that stops reading", () => {
     expect(missed).toEqual([...Array.from({ length: sent }, () => ({ level: "info", data: "x".repeat(MAX_MESSAGE_BYTES / 4) })), { level: "info", data: "after" }]);
     expect(resumed.isOpen).toBe(true);
     expect(bridge.closed).toBeNull();
+  });
+});
+
+describe("a client with no stream open", () => {
+  test("what waits for its standalone stream is bounded in bytes, not only in number: the newest that fit are kept", async () => {
+    const bound = 4 * MAX_MESSAGE_BYTES;
+    const { bridge, child } = setup({ replayMaxBytes: bound });
+    const sent = flood(child, (pad) => ({ jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: pad } }), 4 * bound);
+    await settle();
+    const standalone = bridge.openStandalone();
+    // Ending the session ends the stream after what it holds.
+    await bridge.close();
+    const kept = await all(standalone);
+    expect(kept.reduce((sum, event) => sum + Buffer.byteLength(event.data), 0)).toBeLessThanOrEqual(bound);
+    expect(kept.map((event) => Number(event.eventId.split("_")[1]))).toEqual(Array.from({ length: kept.length }, (_, i) => sent - kept.length + 1 + i));
+    expect(kept.length).toBeGreaterThan(0);
   });
 });
 
