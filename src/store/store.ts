@@ -296,9 +296,6 @@ export class Store {
     });
   }
 
-  getGrant(id: string): GrantRow | undefined {
-    return this.db.select().from(schema.grants).where(eq(schema.grants.id, id)).get();
-  }
 
   /** Revokes a grant and every token issued under it. */
   revokeGrant(grantId: string, now: number): void {
