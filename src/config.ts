@@ -1,6 +1,9 @@
 // Reads the broker's configuration from the environment and validates all of it at once,
 // so a misconfigured start-up prints one clear line per problem instead of failing later.
+import { closeSync, constants, fstatSync, openSync, readFileSync } from "node:fs";
+import { isAbsolute, relative, resolve, sep } from "node:path";
 import type { LogLevel } from "./log.ts";
+import { secretFileExposure } from "./crypto.ts";
 import { parseAddressBlock, type AddressBlock } from "./http/client-address.ts";
 
 export interface BrokerConfig {
@@ -11,7 +14,7 @@ export interface BrokerConfig {
   host: string;
   port: number;
   dataDir: string;
-  /** 32 bytes when given by BROKER_SEALING_KEY; otherwise generated under dataDir. */
+  /** 32 bytes when given by BROKER_SEALING_KEY or BROKER_SEALING_KEY_FILE; otherwise generated under dataDir. */
   sealingKey: Uint8Array | null;
   forgejo: {
     url: string;
@@ -65,7 +68,27 @@ export type ConfigResult = { ok: true; config: BrokerConfig } | { ok: false; pro
 
 type Env = Record<string, string | undefined>;
 
-export function loadConfig(env: Env): ConfigResult {
+/** A secret file as loadConfig judges it: its text and its st_mode. Throws when the file cannot be read. */
+export type SecretFileReader = (path: string) => { text: string; mode: number };
+
+/** A secret is a line, not a document: a larger file is refused before it is read. */
+const SECRET_FILE_MAX_BYTES = 64 * 1024;
+
+/** Reads a secret file through one descriptor, so that the mode judged and the text used are of the same file. */
+export const readSecretFile: SecretFileReader = (path) => {
+  // Non-blocking, so that a FIFO named by mistake is refused below instead of hanging the start-up.
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const stat = fstatSync(fd);
+    if (!stat.isFile()) throw new Error("not a regular file");
+    if (stat.size > SECRET_FILE_MAX_BYTES) throw new Error(`larger than ${SECRET_FILE_MAX_BYTES} bytes`);
+    return { text: readFileSync(fd, "utf8"), mode: stat.mode };
+  } finally {
+    closeSync(fd);
+  }
+};
+
+export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFile): ConfigResult {
   const problems: string[] = [];
   const get = (name: string) => {
     const value = env[name]?.trim();
@@ -112,6 +135,46 @@ export function loadConfig(env: Env): ConfigResult {
     return value ?? "";
   };
 
+  /**
+   * A secret given either in `name` or in a file named by `name_FILE` (the convention systemd's LoadCredential= fits),
+   * so that it need not sit in /proc/<pid>/environ. Problem lines name the file, never a byte of what it holds.
+   */
+  const secret = (name: string, secretName: string): string | undefined => {
+    const fileName = `${name}_FILE`;
+    const fileExample = credentialPath(name);
+    const value = get(name);
+    const path = get(fileName);
+    if (path === undefined) return value;
+    if (value !== undefined) {
+      problem(fileName, `and ${name} are both set; keep only one`, fileExample);
+      return undefined;
+    }
+    let file: { text: string; mode: number };
+    try {
+      file = readSecret(path);
+    } catch (error) {
+      // Node's "ENOENT: no such file or directory, open '<path>'" without the path said already.
+      const reason = error instanceof Error ? error.message.replace(/, \w+ '.*'$/, "") : String(error);
+      problem(fileName, `cannot read ${path}: ${reason}`, fileExample);
+      return undefined;
+    }
+    // systemd's credentials directory is the unit's own; a file there shows 0440 when systemd grants the unit's
+    // user read access with an ACL, and that says nothing about other users.
+    const credentials = get("CREDENTIALS_DIRECTORY");
+    const inCredentials = credentials !== undefined && isWithin(resolve(credentials), resolve(path));
+    const exposure = inCredentials ? null : secretFileExposure(path, file.mode, secretName);
+    if (exposure !== null) {
+      problem(fileName, exposure.message, fileExample);
+      return undefined;
+    }
+    const text = file.text.trim();
+    if (text === "") {
+      problem(fileName, `${path} is empty; it must hold ${secretName}`, fileExample);
+      return undefined;
+    }
+    return text;
+  };
+
   const envName = (name: string, fallback: string) => {
     const value = get(name) ?? fallback;
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(value)) {
@@ -126,11 +189,13 @@ export function loadConfig(env: Env): ConfigResult {
   const dataDir = get("BROKER_DATA_DIR") ?? "./data";
 
   let sealingKey: Uint8Array | null = null;
-  const rawKey = get("BROKER_SEALING_KEY");
+  const keyFile = get("BROKER_SEALING_KEY_FILE");
+  const rawKey = secret("BROKER_SEALING_KEY", "the sealing key");
   if (rawKey !== undefined) {
     const decoded = /^[A-Za-z0-9+/]+={0,2}$/.test(rawKey) ? Buffer.from(rawKey, "base64") : null;
     if (decoded === null || decoded.length !== 32) {
-      problem("BROKER_SEALING_KEY", "must be 32 bytes in base64 (openssl rand -base64 32)", "q0S3…(44 characters)=");
+      if (keyFile === undefined) problem("BROKER_SEALING_KEY", "must be 32 bytes in base64 (openssl rand -base64 32)", "q0S3…(44 characters)=");
+      else problem("BROKER_SEALING_KEY_FILE", `${keyFile} must hold 32 bytes in base64 (openssl rand -base64 32)`, credentialPath("BROKER_SEALING_KEY"));
     } else {
       sealingKey = new Uint8Array(decoded);
     }
@@ -138,7 +203,8 @@ export function loadConfig(env: Env): ConfigResult {
 
   const forgejoUrl = absoluteUrl("FORGEJO_URL", undefined, "https://codeberg.org");
   const clientId = required("FORGEJO_CLIENT_ID", "3f2c…-uuid-of-the-oauth2-application");
-  const clientSecret = required("FORGEJO_CLIENT_SECRET", "gto_…");
+  const clientSecret = secret("FORGEJO_CLIENT_SECRET", "the Forgejo client secret");
+  if (clientSecret === undefined && get("FORGEJO_CLIENT_SECRET_FILE") === undefined) problem("FORGEJO_CLIENT_SECRET", "is required", "gto_…");
   const scopes = (get("FORGEJO_SCOPES") ?? DEFAULT_FORGEJO_SCOPES).split(/\s+/).filter(Boolean);
   const forgejoTimeoutMs = integer("FORGEJO_TIMEOUT_S", 20, 1, 600, "20") * 1000;
 
@@ -205,7 +271,7 @@ export function loadConfig(env: Env): ConfigResult {
       port,
       dataDir,
       sealingKey,
-      forgejo: { url: forgejoUrl, clientId, clientSecret, scopes, timeoutMs: forgejoTimeoutMs },
+      forgejo: { url: forgejoUrl, clientId, clientSecret: clientSecret ?? "", scopes, timeoutMs: forgejoTimeoutMs },
       child: { command: command ?? [], urlEnv, tokenEnv, passthroughEnv, stopGraceMs },
       sessions: {
         ...sessions,
@@ -218,12 +284,21 @@ export function loadConfig(env: Env): ConfigResult {
   };
 }
 
+/** Where the systemd unit in deploy/ has the credential for `name` appear: `%d/<name in lower case>`. */
+const credentialPath = (name: string) => `/run/credentials/forgejo-mcp-broker.service/${name.toLowerCase()}`;
+
+/** Whether `path` lies inside `dir` (both absolute), by path components, so `/a/bc` is not inside `/a/b`. */
+function isWithin(dir: string, path: string): boolean {
+  const rest = relative(dir, path);
+  return rest !== "" && rest !== ".." && !rest.startsWith(`..${sep}`) && !isAbsolute(rest);
+}
+
 /**
  * The broker's own configuration, whose secrets (BROKER_SEALING_KEY and any BROKER_* secret to come) a
  * child must never see, and its Forgejo client secret; a child gets only its user's token.
  */
 function isBrokerSecretName(name: string): boolean {
-  return name.startsWith("BROKER_") || name === "FORGEJO_CLIENT_SECRET";
+  return name.startsWith("BROKER_") || name === "FORGEJO_CLIENT_SECRET" || name === "FORGEJO_CLIENT_SECRET_FILE";
 }
 
 /** Splits a command line into argv the way a POSIX shell would for plain words and quotes, and nothing more. */

@@ -65,26 +65,32 @@ export class TokenSealer {
   }
 }
 
-/** A key file that others may read is a leaked key: refused at start-up, with the command that fixes it. */
-export class SealingKeyExposedError extends Error {
-  override readonly name = "SealingKeyExposedError";
-  constructor(path: string, mode: number) {
-    super(`${path} has mode ${mode.toString(8).padStart(4, "0")}, so other users may read the sealing key; run chmod 600 '${path}' and start again`);
+/** A secret file that others may read is a leaked secret: refused at start-up, with the command that fixes it. */
+export class SecretFileExposedError extends Error {
+  override readonly name = "SecretFileExposedError";
+  constructor(path: string, mode: number, secret: string) {
+    super(`${path} has mode ${mode.toString(8).padStart(4, "0")}, so other users may read ${secret}; run chmod 600 '${path}' and start again`);
   }
+}
+
+/** The refusal of a secret file whose mode (st_mode) grants its group or others anything; null when only its owner may use it. */
+export function secretFileExposure(path: string, mode: number, secret: string): SecretFileExposedError | null {
+  const permissions = mode & 0o777;
+  return (permissions & 0o077) === 0 ? null : new SecretFileExposedError(path, permissions, secret);
 }
 
 /**
  * The sealing key from configuration, or the one generated on first start in the data directory
  * (directory 0700, key file 0600), so that a restart can still unseal what it stored. An existing key
- * file with any group or other permission throws SealingKeyExposedError.
+ * file with any group or other permission throws SecretFileExposedError.
  */
 export function loadOrCreateSealingKey(dataDir: string, configured: Uint8Array | null): Uint8Array {
   if (configured !== null) return configured;
   ensurePrivateDir(dataDir);
   const path = join(dataDir, "sealing.key");
   if (existsSync(path)) {
-    const mode = statSync(path).mode & 0o777;
-    if ((mode & 0o077) !== 0) throw new SealingKeyExposedError(path, mode);
+    const exposure = secretFileExposure(path, statSync(path).mode, "the sealing key");
+    if (exposure !== null) throw exposure;
     const key = Buffer.from(readFileSync(path, "utf8").trim(), "base64");
     if (key.length !== 32) throw new Error(`${path} does not hold a 32-byte base64 key`);
     return new Uint8Array(key);

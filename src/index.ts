@@ -2,7 +2,7 @@
 // child and wait for it, let in-flight requests finish, close the database, exit 0. Bad configuration or key file exits 2.
 import { startBroker } from "./broker.ts";
 import { loadConfig } from "./config.ts";
-import { SealingKeyExposedError } from "./crypto.ts";
+import { SecretFileExposedError } from "./crypto.ts";
 import { createLogger } from "./log.ts";
 import { checkChildCommand } from "./supervisor/child.ts";
 
@@ -16,7 +16,7 @@ const config = result.config;
 const logger = createLogger({ level: config.logLevel });
 
 const broker = await startBroker(config, { logger }).catch((error: unknown) => {
-  if (!(error instanceof SealingKeyExposedError)) throw error;
+  if (!(error instanceof SecretFileExposedError)) throw error;
   console.error(`config: ${error.message}`);
   process.exit(2);
 });

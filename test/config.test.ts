@@ -1,7 +1,10 @@
 // Configuration as an operator writes it: defaults, each variable's validation, and the
 // command-line splitting that must never go through a shell.
-import { describe, expect, test } from "bun:test";
-import { DEFAULT_FORGEJO_SCOPES, loadConfig, splitCommandLine } from "../src/config.ts";
+import { afterAll, describe, expect, test } from "bun:test";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DEFAULT_FORGEJO_SCOPES, loadConfig, splitCommandLine, type SecretFileReader } from "../src/config.ts";
 import type { LogLevel } from "../src/log.ts";
 
 const REQUIRED = { FORGEJO_URL: "https://forgejo.example.com/", FORGEJO_CLIENT_ID: "id", FORGEJO_CLIENT_SECRET: "secret" };
@@ -80,6 +83,96 @@ describe("loadConfig", () => {
       expect(result.problems[0]).toMatch(expected);
       expect(result.problems[0]).toContain("(example: ");
     }
+  });
+});
+
+describe("secrets from files (FORGEJO_CLIENT_SECRET_FILE, BROKER_SEALING_KEY_FILE)", () => {
+  const { FORGEJO_CLIENT_SECRET: _, ...WITHOUT_SECRET } = REQUIRED;
+  const SECRET = "gto_secretfromafile";
+  const KEY = Buffer.alloc(32, 9);
+  const CREDENTIALS = "/run/credentials/forgejo-mcp-broker.service";
+  /** Files as a mode (st_mode, so with the regular-file bits) and a text; any other path fails as open(2) does. */
+  const files: Record<string, { text: string; mode: number }> = {
+    "/etc/fmb/client_secret": { text: `${SECRET}\n`, mode: 0o100600 },
+    "/etc/fmb/sealing_key": { text: `${KEY.toString("base64")}\n`, mode: 0o100400 },
+    "/etc/fmb/group_readable": { text: SECRET, mode: 0o100640 },
+    "/etc/fmb/world_readable_key": { text: KEY.toString("base64"), mode: 0o100644 },
+    "/etc/fmb/blank": { text: " \n", mode: 0o100600 },
+    "/etc/fmb/short_key": { text: "c2hvcnRrZXljb250ZW50", mode: 0o100600 },
+    [`${CREDENTIALS}/forgejo_client_secret`]: { text: SECRET, mode: 0o100440 },
+    [`${CREDENTIALS}-other/forgejo_client_secret`]: { text: SECRET, mode: 0o100440 },
+    [`${CREDENTIALS}/../elsewhere/forgejo_client_secret`]: { text: SECRET, mode: 0o100440 },
+  };
+  const readFake: SecretFileReader = (path) => {
+    const file = files[path];
+    if (file === undefined) throw new Error(`ENOENT: no such file or directory, open '${path}'`);
+    return file;
+  };
+
+  test("each secret is read from its file, without the trailing newline", () => {
+    const result = loadConfig({ ...WITHOUT_SECRET, FORGEJO_CLIENT_SECRET_FILE: "/etc/fmb/client_secret", BROKER_SEALING_KEY_FILE: "/etc/fmb/sealing_key" }, readFake);
+    if (!result.ok) throw new Error(result.problems.join("\n"));
+    expect(result.config.forgejo.clientSecret).toBe(SECRET);
+    expect(Buffer.from(result.config.sealingKey!).equals(KEY)).toBe(true);
+  });
+
+  test("a file in systemd's credentials directory may show 0440: systemd grants the unit's user read with an ACL", () => {
+    const path = `${CREDENTIALS}/forgejo_client_secret`;
+    const result = loadConfig({ ...WITHOUT_SECRET, CREDENTIALS_DIRECTORY: CREDENTIALS, FORGEJO_CLIENT_SECRET_FILE: path }, readFake);
+    expect(result.ok ? result.config.forgejo.clientSecret : result.problems).toBe(SECRET);
+  });
+
+  const refused: [string, Record<string, string>, RegExp][] = [
+    ["a secret both in the environment and in a file", { ...REQUIRED, FORGEJO_CLIENT_SECRET_FILE: "/etc/fmb/client_secret" }, /^FORGEJO_CLIENT_SECRET_FILE: and FORGEJO_CLIENT_SECRET are both set; keep only one/],
+    ["a key both in the environment and in a file", { ...REQUIRED, BROKER_SEALING_KEY: KEY.toString("base64"), BROKER_SEALING_KEY_FILE: "/etc/fmb/sealing_key" }, /^BROKER_SEALING_KEY_FILE: and BROKER_SEALING_KEY are both set; keep only one/],
+    ["a file that cannot be read", { ...WITHOUT_SECRET, FORGEJO_CLIENT_SECRET_FILE: "/etc/fmb/missing" }, /^FORGEJO_CLIENT_SECRET_FILE: cannot read \/etc\/fmb\/missing: ENOENT: no such file or directory \(example: /],
+    ["a file of blanks", { ...WITHOUT_SECRET, FORGEJO_CLIENT_SECRET_FILE: "/etc/fmb/blank" }, /^FORGEJO_CLIENT_SECRET_FILE: \/etc\/fmb\/blank is empty; it must hold the Forgejo client secret/],
+    ["a secret file its group may read", { ...WITHOUT_SECRET, FORGEJO_CLIENT_SECRET_FILE: "/etc/fmb/group_readable" }, /^FORGEJO_CLIENT_SECRET_FILE: \/etc\/fmb\/group_readable has mode 0640, so other users may read the Forgejo client secret; run chmod 600 '\/etc\/fmb\/group_readable' and start again/],
+    ["a key file anyone may read", { ...REQUIRED, BROKER_SEALING_KEY_FILE: "/etc/fmb/world_readable_key" }, /^BROKER_SEALING_KEY_FILE: \/etc\/fmb\/world_readable_key has mode 0644, so other users may read the sealing key; run chmod 600/],
+    ["a key file that is not 32 bytes of base64", { ...REQUIRED, BROKER_SEALING_KEY_FILE: "/etc/fmb/short_key" }, /^BROKER_SEALING_KEY_FILE: \/etc\/fmb\/short_key must hold 32 bytes in base64/],
+    ["0440 beside the credentials directory, in one whose name starts like it", { ...WITHOUT_SECRET, CREDENTIALS_DIRECTORY: CREDENTIALS, FORGEJO_CLIENT_SECRET_FILE: `${CREDENTIALS}-other/forgejo_client_secret` }, /^FORGEJO_CLIENT_SECRET_FILE: .* has mode 0440/],
+    ["0440 reached from the credentials directory by ..", { ...WITHOUT_SECRET, CREDENTIALS_DIRECTORY: CREDENTIALS, FORGEJO_CLIENT_SECRET_FILE: `${CREDENTIALS}/../elsewhere/forgejo_client_secret` }, /^FORGEJO_CLIENT_SECRET_FILE: .* has mode 0440/],
+    ["the client secret's file passed through to children", { ...REQUIRED, BROKER_CHILD_ENV_PASSTHROUGH: "FORGEJO_CLIENT_SECRET_FILE" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "FORGEJO_CLIENT_SECRET_FILE" to children/],
+  ];
+  test.each(refused)("%s: one line that names the file and shows none of it", (_, env, expected) => {
+    const result = loadConfig(env, readFake);
+    const problems = result.ok ? [] : result.problems;
+    expect(problems).toEqual([expect.stringMatching(expected)]);
+    expect(problems[0]).toContain("(example: ");
+    for (const text of Object.values(files).map((file) => file.text.trim()).filter(Boolean)) expect(problems[0]).not.toContain(text);
+  });
+
+  describe("on disk", () => {
+    const dir = mkdtempSync(join(tmpdir(), "fmb-secrets-"));
+    afterAll(() => rmSync(dir, { recursive: true, force: true }));
+    const file = (name: string, text: string, mode: number) => {
+      const path = join(dir, name);
+      writeFileSync(path, text);
+      chmodSync(path, mode);
+      return path;
+    };
+    const fromDisk = (path: string) => loadConfig({ ...WITHOUT_SECRET, FORGEJO_CLIENT_SECRET_FILE: path });
+
+    test("an owner-only file is read, an exposed one, a directory and a FIFO are refused, and nothing waits on the FIFO", () => {
+      const owned = fromDisk(file("owned", `${SECRET}\n`, 0o600));
+      expect(owned.ok ? owned.config.forgejo.clientSecret : owned.problems).toBe(SECRET);
+
+      const exposed = file("exposed", SECRET, 0o604);
+      expect(fromDisk(exposed)).toEqual({ ok: false, problems: [expect.stringContaining(`${exposed} has mode 0604, so other users may read the Forgejo client secret`)] });
+
+      const directory = join(dir, "directory");
+      mkdirSync(directory);
+      expect(fromDisk(directory)).toEqual({ ok: false, problems: [expect.stringContaining(`cannot read ${directory}: not a regular file`)] });
+
+      const fifo = join(dir, "fifo");
+      expect(Bun.spawnSync(["mkfifo", "-m", "600", fifo]).exitCode).toBe(0);
+      expect(fromDisk(fifo)).toEqual({ ok: false, problems: [expect.stringContaining(`cannot read ${fifo}: not a regular file`)] });
+    });
+
+    test("a file larger than a secret is refused before it is read", () => {
+      const large = file("large", "x".repeat(64 * 1024 + 1), 0o600);
+      expect(fromDisk(large)).toEqual({ ok: false, problems: [expect.stringContaining(`cannot read ${large}: larger than 65536 bytes`)] });
+    });
   });
 });
 

@@ -4,7 +4,7 @@ import { describe, expect, test } from "bun:test";
 import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { SealingKeyExposedError, TokenSealer, hashToken, loadOrCreateSealingKey, mintToken } from "../src/crypto.ts";
+import { SecretFileExposedError, TokenSealer, hashToken, loadOrCreateSealingKey, mintToken } from "../src/crypto.ts";
 
 describe("tokens", () => {
   test("prefixed, 256 bits of randomness, never repeated", () => {
@@ -53,7 +53,7 @@ describe("sealing", () => {
     writeFileSync(path, key.toString("base64") + "\n");
     chmodSync(path, parseInt(mode, 8));
     try {
-      expect(() => loadOrCreateSealingKey(dir, null)).toThrow(SealingKeyExposedError);
+      expect(() => loadOrCreateSealingKey(dir, null)).toThrow(SecretFileExposedError);
       expect(() => loadOrCreateSealingKey(dir, null)).toThrow(`${path} has mode ${mode}, so other users may read the sealing key; run chmod 600 '${path}' and start again`);
       chmodSync(path, 0o600);
       expect(Buffer.from(loadOrCreateSealingKey(dir, null)).equals(key)).toBe(true);
