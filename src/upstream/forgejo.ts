@@ -169,7 +169,7 @@ function classify(error: unknown, isRefresh: boolean): Error {
     // At refresh, invalid_client means the broker's own secret is wrong (Forgejo says unauthorized_client
     // for that at code exchange): the user's grant is fine, so this must not cost them their credential.
     if (isRefresh && error.code === "invalid_client") {
-      return new UpstreamUnavailableError("client_rejected", "Forgejo rejected the broker's client credentials (check FORGEJO_CLIENT_ID and FORGEJO_CLIENT_SECRET)");
+      return new UpstreamUnavailableError("client_rejected", "Forgejo rejected the broker's client credentials (check FORGEJO_CLIENT_ID and FORGEJO_CLIENT_SECRET or FORGEJO_CLIENT_SECRET_FILE)");
     }
     return new UpstreamRefusedError(error.code, error.description);
   }
