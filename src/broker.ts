@@ -11,12 +11,13 @@ import type { Logger } from "./log.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
 import { MAX_OAUTH_BODY_BYTES } from "./oauth/edge-guard.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
+import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
 import { Store } from "./store/store.ts";
 import { createSpawnChild } from "./supervisor/child.ts";
 import { realTimers } from "./supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials } from "./upstream/credentials.ts";
-import { ForgejoClient } from "./upstream/forgejo.ts";
+import { ForgejoClient, UpstreamUnavailableError } from "./upstream/forgejo.ts";
 import { MIN_REFRESH_INTERVAL_MS } from "./upstream/refresh-timing.ts";
 
 export interface BrokerOptions {
@@ -172,8 +173,15 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
  */
 function upstreamTokenFrom(credentials: UpstreamCredentials): UpstreamTokenProvider {
   return async (forgejoUserId) => {
-    const access = await credentials.accessTokenFor(forgejoUserId);
-    return { token: access.accessToken, expiresAt: access.accessExpiresAt };
+    try {
+      const access = await credentials.accessTokenFor(forgejoUserId);
+      return { token: access.accessToken, expiresAt: access.accessExpiresAt };
+    } catch (error) {
+      // What /mcp answers: a lost credential's grants are revoked already, so the 401 sends the client through sign-in again.
+      if (error instanceof UpstreamCredentialLostError) throw new SignInEndedError({ cause: error });
+      if (error instanceof UpstreamUnavailableError) throw new ForgejoUnreachableError({ cause: error });
+      throw error;
+    }
   };
 }
 

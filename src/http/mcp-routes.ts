@@ -1,27 +1,16 @@
 // The Streamable HTTP /mcp endpoint behind the bearer guard: checks each POST, GET and DELETE, hands
-// it to the session registry and bridge, and answers in JSON or SSE, every refusal a JSON-RPC error.
+// it to the session registry and its session, and answers in JSON or SSE, every refusal a JSON-RPC error.
 import { Elysia } from "elysia";
-import { InvalidEventIdError, MessageTooLargeError, StreamConflictError } from "../bridge/bridge.ts";
-import { ErrorCode, errorResponse, isJsonRpcId, parseMessage, type IncomingMessage, type JsonRpcId } from "../bridge/jsonrpc.ts";
+import { ErrorCode, isJsonRpcId, parseMessage, type IncomingMessage, type JsonRpcId } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { InFlightLimits, SessionConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { BearerTokenError } from "../oauth/errors.ts";
 import { bearerChallengeFor, type bearerGuard } from "../oauth/middleware/bearer-auth.ts";
-import {
-  InitializeRejectedError,
-  SessionForbiddenError,
-  SessionLimitError,
-  SessionNotFoundError,
-  SessionRevokedError,
-  SessionStartError,
-  UserSessionLimitError,
-} from "../session/errors.ts";
-import type { SessionEntry, SessionRegistry } from "../session/registry.ts";
+import { InitializeRejectedError, McpRefusal, rpcErrorResponse, TRANSPORT_ERROR, type RefusalContext } from "../session/errors.ts";
+import type { LegacySession } from "../session/legacy-session.ts";
+import type { SessionRegistry } from "../session/registry.ts";
 import type { TokenIdentity } from "../store/store.ts";
-import { reportChildFailure } from "../supervisor/failure-report.ts";
-import { UpstreamCredentialLostError } from "../upstream/credentials.ts";
-import { UpstreamUnavailableError } from "../upstream/forgejo.ts";
 import { acceptedReplies, type AcceptedReplies } from "./accept.ts";
 import { InFlightCounter } from "./in-flight.ts";
 import { initializeParamsProblem } from "./initialize-params.ts";
@@ -47,29 +36,8 @@ export interface McpRoutesDeps {
 }
 
 const SESSION_HEADER = "Mcp-Session-Id";
-/** The codes the SDK's own servers use for transport refusals and for an unknown session. */
-const TRANSPORT_ERROR = -32000;
-const SESSION_NOT_FOUND = -32001;
-/** A Forgejo that did not answer is usually back, or known to be down, within seconds. */
-const UPSTREAM_RETRY_AFTER_S = 10;
 /** A slot frees as soon as any of the caller's requests is answered. */
 const IN_FLIGHT_RETRY_AFTER_S = 1;
-
-/** A refusal the route answers with a status and a JSON-RPC error body. */
-class McpHttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: number,
-    message: string,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-  }
-}
-
-function rpcError(status: number, id: JsonRpcId | null, code: number, message: string, headers: Record<string, string> = {}): Response {
-  return new Response(errorResponse(id, code, message), { status, headers: { "Content-Type": "application/json", ...headers } });
-}
 
 /** Reads at most `limit` bytes of the body; null when there is more. */
 async function readBody(request: Request, limit: number): Promise<string | null> {
@@ -108,12 +76,16 @@ export function mcpRoutes(deps: McpRoutesDeps) {
   const heartbeatMs = deps.heartbeatMs ?? 15_000;
   const allowedOrigins = new Set(sessions.allowedOrigins);
   const challenge = bearerChallengeFor(deps.publicUrl);
+  const refusalContext: RefusalContext = {
+    logger,
+    unauthorized: (description) => new BearerTokenError("invalid_token", description, challenge).toResponse(),
+  };
   const inFlight = new InFlightCounter(deps.inFlight);
 
   const checkProtocolVersion = (request: Request) => {
     const version = request.headers.get("mcp-protocol-version");
     if (version !== null && !(SUPPORTED_PROTOCOL_VERSIONS as readonly string[]).includes(version.trim())) {
-      throw new McpHttpError(
+      throw new McpRefusal(
         400,
         TRANSPORT_ERROR,
         `Unsupported MCP-Protocol-Version ${JSON.stringify(version)}; supported: ${SUPPORTED_PROTOCOL_VERSIONS.join(", ")}`,
@@ -124,14 +96,14 @@ export function mcpRoutes(deps: McpRoutesDeps) {
   const sessionIdOf = (request: Request): string => {
     const id = request.headers.get(SESSION_HEADER);
     if (id === null || id.trim() === "") {
-      throw new McpHttpError(400, TRANSPORT_ERROR, "Bad Request: the Mcp-Session-Id header is required; start a session with initialize");
+      throw new McpRefusal(400, TRANSPORT_ERROR, "Bad Request: the Mcp-Session-Id header is required; start a session with initialize");
     }
     return id.trim();
   };
 
   /**
    * Takes an in-flight slot for a request of `session` (null: a GET stream or initialize) and keeps the
-   * socket open; the function returned gives both back. Throws McpHttpError 429 past a cap.
+   * socket open; the function returned gives both back. Throws McpRefusal 429 past a cap.
    */
   const hold = (request: Request, identity: TokenIdentity, session: string | null): (() => void) => {
     const slot = inFlight.acquire(identity.forgejoUserId, session);
@@ -140,7 +112,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
         slot.scope === "session"
           ? `this session has ${slot.limit} requests in flight`
           : `you have ${slot.limit} requests in flight and streams open`;
-      throw new McpHttpError(429, TRANSPORT_ERROR, `Too Many Requests: ${what}, the most allowed; send more once one is answered`, {
+      throw new McpRefusal(429, TRANSPORT_ERROR, `Too Many Requests: ${what}, the most allowed; send more once one is answered`, {
         "Retry-After": String(IN_FLIGHT_RETRY_AFTER_S),
       });
     }
@@ -166,35 +138,12 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     return sseResponse(watchedSource, { heartbeatMs, headers, signal: request.signal });
   };
 
-  /** The one place a thrown refusal becomes a response; anything unforeseen is logged, never a crash. */
+  /** The one place a thrown error becomes a response; anything unforeseen is logged, never a crash. */
   const refusal = (error: unknown, id: JsonRpcId | null, sessionId?: string): Response => {
     const session: Record<string, string> = sessionId === undefined ? {} : { [SESSION_HEADER]: sessionId };
-    if (error instanceof McpHttpError) return rpcError(error.status, id, error.code, error.message, { ...error.headers, ...session });
-    if (error instanceof SessionLimitError || error instanceof UserSessionLimitError) {
-      return rpcError(error.status, id, TRANSPORT_ERROR, error.message, { "Retry-After": String(error.retryAfterS) });
-    }
-    if (error instanceof SessionNotFoundError) return rpcError(404, id, SESSION_NOT_FOUND, "Session not found");
-    if (error instanceof SessionForbiddenError) return rpcError(403, id, TRANSPORT_ERROR, error.message);
-    if (error instanceof SessionStartError) {
-      return rpcError(502, id, TRANSPORT_ERROR, reportChildFailure(logger, error.message, error.lastStderrLine));
-    }
-    if (error instanceof MessageTooLargeError) return rpcError(413, id, ErrorCode.InvalidRequest, error.message, session);
-    if (error instanceof StreamConflictError) return rpcError(409, id, TRANSPORT_ERROR, error.message, session);
-    if (error instanceof InvalidEventIdError) return rpcError(400, id, TRANSPORT_ERROR, error.message, session);
-    if (error instanceof UpstreamUnavailableError) {
-      return rpcError(503, id, TRANSPORT_ERROR, "Forgejo could not be reached to refresh the user's token; try again shortly", {
-        "Retry-After": String(UPSTREAM_RETRY_AFTER_S),
-      });
-    }
-    if (error instanceof UpstreamCredentialLostError) {
-      // Its grants are revoked already; the 401 sends the client through sign-in again.
-      return new BearerTokenError("invalid_token", "The sign-in to Forgejo has ended; sign in again", challenge).toResponse();
-    }
-    if (error instanceof SessionRevokedError) {
-      return new BearerTokenError("invalid_token", "The access token was revoked while the session started", challenge).toResponse();
-    }
+    if (error instanceof McpRefusal) return error.toResponse(id, refusalContext, session);
     logger.error("/mcp request failed", { error: error instanceof Error ? error : String(error) });
-    return rpcError(500, id, ErrorCode.InternalError, "Internal error", session);
+    return rpcErrorResponse(500, id, ErrorCode.InternalError, "Internal error", session);
   };
 
   /** JSON when the first thing for the request is its answer and the client takes JSON; otherwise SSE. */
@@ -210,14 +159,14 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     request.signal.addEventListener("abort", gone, { once: true });
     let first: OutboundEvent | null;
     try {
-      // For a client that takes only JSON the bridge sends nothing before the answer (bridge.request's `sse`).
+      // For a client that takes only JSON the session sends nothing before the answer (LegacySession.request's `sse`).
       first = await source.next();
     } finally {
       request.signal.removeEventListener("abort", gone);
     }
     if (first === null) {
       done();
-      return rpcError(499, null, TRANSPORT_ERROR, "the client went away", headers);
+      return rpcErrorResponse(499, null, TRANSPORT_ERROR, "the client went away", headers);
     }
     if (replies.json && first.kind === "response") {
       done();
@@ -236,13 +185,13 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     const existing = request.headers.get(SESSION_HEADER);
     if (existing !== null) {
       const entry = registry.get(existing.trim(), identity);
-      return rpcError(400, id, ErrorCode.InvalidRequest, "Bad Request: this session is already initialized; send initialize without Mcp-Session-Id for a new one", {
+      return rpcErrorResponse(400, id, ErrorCode.InvalidRequest, "Bad Request: this session is already initialized; send initialize without Mcp-Session-Id for a new one", {
         [SESSION_HEADER]: entry.id,
       });
     }
     // A child never answers an initialize it cannot parse: refuse it before one is started.
     const problem = initializeParamsProblem(incoming.message.params);
-    if (problem !== null) return rpcError(400, id, ErrorCode.InvalidParams, `Invalid params: ${problem}`);
+    if (problem !== null) return rpcErrorResponse(400, id, ErrorCode.InvalidParams, `Invalid params: ${problem}`);
     const done = hold(request, identity, null);
     try {
       const { entry, events } = await registry.create(identity, incoming);
@@ -258,12 +207,12 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     request: Request,
     replies: AcceptedReplies,
     identity: TokenIdentity,
-    entry: SessionEntry,
+    entry: LegacySession,
     incoming: IncomingMessage,
   ): Promise<Response> => {
     const done = hold(request, identity, entry.id);
     try {
-      const stream = entry.bridge.request(incoming, { jsonAnswer: replies.json, sse: replies.sse });
+      const stream = entry.request(incoming, { jsonAnswer: replies.json, sse: replies.sse });
       return await answer(request, identity, replies, stream, { [SESSION_HEADER]: entry.id }, done);
     } catch (error) {
       done();
@@ -277,23 +226,23 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     try {
       const contentType = (request.headers.get("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
       if (contentType !== "application/json") {
-        throw new McpHttpError(415, TRANSPORT_ERROR, "Unsupported Media Type: Content-Type must be application/json");
+        throw new McpRefusal(415, TRANSPORT_ERROR, "Unsupported Media Type: Content-Type must be application/json");
       }
       const replies = acceptedReplies(request.headers.get("accept"));
       if (!replies.json && !replies.sse) {
-        throw new McpHttpError(406, TRANSPORT_ERROR, "Not Acceptable: the client must accept application/json or text/event-stream");
+        throw new McpRefusal(406, TRANSPORT_ERROR, "Not Acceptable: the client must accept application/json or text/event-stream");
       }
       const raw = await readBody(request, sessions.maxMessageBytes);
       if (raw === null) {
-        throw new McpHttpError(413, ErrorCode.InvalidRequest, `Payload Too Large: a message may have at most ${sessions.maxMessageBytes} bytes`);
+        throw new McpRefusal(413, ErrorCode.InvalidRequest, `Payload Too Large: a message may have at most ${sessions.maxMessageBytes} bytes`);
       }
       const parsed = parseMessage(raw);
       if (!parsed.ok) {
-        if (parsed.problem === "parse") throw new McpHttpError(400, ErrorCode.ParseError, "Parse error: the body is not JSON");
+        if (parsed.problem === "parse") throw new McpRefusal(400, ErrorCode.ParseError, "Parse error: the body is not JSON");
         if (parsed.problem === "batch") {
-          throw new McpHttpError(400, ErrorCode.InvalidRequest, "Invalid Request: JSON-RPC batches are not supported (MCP 2025-11-25); send one message per request");
+          throw new McpRefusal(400, ErrorCode.InvalidRequest, "Invalid Request: JSON-RPC batches are not supported (MCP 2025-11-25); send one message per request");
         }
-        throw new McpHttpError(400, ErrorCode.InvalidRequest, "Invalid Request: the body is not a JSON-RPC 2.0 message");
+        throw new McpRefusal(400, ErrorCode.InvalidRequest, "Invalid Request: the body is not a JSON-RPC 2.0 message");
       }
       const { incoming, kind } = parsed;
       if (kind === "request" && isJsonRpcId(incoming.message.id)) id = incoming.message.id;
@@ -302,7 +251,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       const entry = registry.get(sessionIdOf(request), identity);
       sessionId = entry.id;
       if (kind === "request") return await forward(request, replies, identity, entry, incoming);
-      entry.bridge.send(incoming, kind);
+      entry.send(incoming, kind);
       return new Response(null, { status: 202, headers: { [SESSION_HEADER]: entry.id } });
     } catch (error) {
       return refusal(error, id, sessionId);
@@ -313,7 +262,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     let sessionId: string | undefined;
     try {
       if (!acceptedReplies(request.headers.get("accept")).sse) {
-        throw new McpHttpError(406, TRANSPORT_ERROR, "Not Acceptable: the client must accept text/event-stream");
+        throw new McpRefusal(406, TRANSPORT_ERROR, "Not Acceptable: the client must accept text/event-stream");
       }
       checkProtocolVersion(request);
       const entry = registry.get(sessionIdOf(request), identity);
@@ -322,7 +271,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       const done = hold(request, identity, null);
       let stream;
       try {
-        stream = lastEventId === null ? entry.bridge.openStandalone() : entry.bridge.resume(lastEventId);
+        stream = lastEventId === null ? entry.openStandalone() : entry.resume(lastEventId);
       } catch (error) {
         done();
         throw error;
@@ -350,12 +299,12 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       .onBeforeHandle(({ request }) => {
         const origin = request.headers.get("origin");
         if (origin !== null && !allowedOrigins.has(origin)) {
-          return rpcError(403, null, TRANSPORT_ERROR, `Forbidden: Origin ${JSON.stringify(origin)} is not allowed`);
+          return rpcErrorResponse(403, null, TRANSPORT_ERROR, `Forbidden: Origin ${JSON.stringify(origin)} is not allowed`);
         }
       })
       .use(guarded)
       .post("/mcp", ({ request, identity }) => post(request, identity), { parse: "none" })
       .get("/mcp", ({ request, identity }) => get(request, identity))
       .delete("/mcp", ({ request, identity }) => del(request, identity))
-      .all("/mcp", () => rpcError(405, null, TRANSPORT_ERROR, "Method Not Allowed: use POST, GET or DELETE", { Allow: "GET, POST, DELETE" }));
+      .all("/mcp", () => rpcErrorResponse(405, null, TRANSPORT_ERROR, "Method Not Allowed: use POST, GET or DELETE", { Allow: "GET, POST, DELETE" }));
 }

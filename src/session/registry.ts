@@ -1,6 +1,5 @@
-// The session registry: Mcp-Session-Id → {bridge, the grant it is bound to, activity}; enforces the caps
-// (making room by ending the least recently used idle session), reaps idle sessions, and rotates tokens.
-import { Bridge } from "../bridge/bridge.ts";
+// The session registry: Mcp-Session-Id → legacy session (bound to its grant); enforces the caps (making
+// room by ending the least recently used idle session), reaps idle sessions, and rotates tokens.
 import type { IncomingMessage } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { SessionConfig } from "../config.ts";
@@ -19,14 +18,10 @@ import {
   SessionStartError,
   UserSessionLimitError,
 } from "./errors.ts";
+import { LegacySession, type SessionIdentity } from "./legacy-session.ts";
 import { RefreshScheduler } from "./refresh-scheduler.ts";
 
-/** Who a session belongs to: the grant, not the access token, so a refreshed token keeps its session. */
-export interface SessionIdentity {
-  grantId: string;
-  forgejoUserId: number;
-  clientId: string;
-}
+export type { SessionIdentity } from "./legacy-session.ts";
 
 export interface UpstreamToken {
   token: string;
@@ -34,7 +29,7 @@ export interface UpstreamToken {
   expiresAt: number | null;
 }
 
-/** The user's current (unsealed) upstream Forgejo token. */
+/** The user's current (unsealed) upstream Forgejo token; what it throws for the client is an McpRefusal. */
 export type UpstreamTokenProvider = (forgejoUserId: number) => Promise<UpstreamToken>;
 
 /**
@@ -45,17 +40,8 @@ export type UpstreamRefresher = (
   forgejoUserId: number,
 ) => Promise<({ ok: true } & UpstreamToken) | { ok: false; refused: boolean; reason: string }>;
 
-export interface SessionEntry {
-  readonly id: string;
-  readonly bridge: Bridge;
-  readonly binding: SessionIdentity;
-  readonly createdAt: number;
-  /** Last time a request named this session. The bridge keeps its own for streams and messages. */
-  lastActivity: number;
-}
-
 export interface CreatedSession {
-  entry: SessionEntry;
+  entry: LegacySession;
   /** What the child sent on the initialize request's stream, ending with its InitializeResult. */
   events: OutboundEvent[];
 }
@@ -97,12 +83,12 @@ interface StartTicket {
 }
 
 export class SessionRegistry {
-  private readonly sessions = new Map<string, SessionEntry>();
+  private readonly sessions = new Map<string, LegacySession>();
   private readonly byUser = new Map<number, Set<string>>();
   /** Starts under way: each holds a slot until its session exists or the start failed. */
   private readonly starting = new Set<StartTicket>();
   /** Ended sessions whose children are still exiting: they count against the caps until gone. */
-  private readonly stopping = new Map<SessionEntry, Promise<void>>();
+  private readonly stopping = new Map<LegacySession, Promise<void>>();
   /** One rotation at a time per session; a second waits for the first. */
   private readonly rotations = new Map<string, Promise<void>>();
   private readonly scheduler: RefreshScheduler | null;
@@ -197,11 +183,11 @@ export class SessionRegistry {
   }
 
   /** The session for a request; counts as activity. Throws SessionNotFoundError (404), SessionForbiddenError (403). */
-  get(id: string, identity: SessionIdentity): SessionEntry {
+  get(id: string, identity: SessionIdentity): LegacySession {
     const entry = SESSION_ID.test(id) ? this.sessions.get(id) : undefined;
     if (entry === undefined) throw new SessionNotFoundError();
     if (entry.binding.grantId !== identity.grantId) throw new SessionForbiddenError();
-    entry.lastActivity = this.deps.timers.now();
+    entry.touch();
     return entry;
   }
 
@@ -257,8 +243,7 @@ export class SessionRegistry {
     const now = this.deps.timers.now();
     const idle = [...this.sessions.values()].filter(
       (entry) =>
-        entry.bridge.activeStreams === 0 &&
-        now - Math.max(entry.lastActivity, entry.bridge.lastActivity) >= this.deps.config.idleTimeoutMs,
+        entry.activeStreams === 0 && now - entry.lastActivity >= this.deps.config.idleTimeoutMs,
     );
     await Promise.all(idle.map((entry) => this.drop(entry, "the session was idle for too long")));
     return idle.length;
@@ -288,7 +273,9 @@ export class SessionRegistry {
       if (error instanceof ChildStartError) throw new SessionStartError(error.message, error.lastStderrLine);
       throw error;
     }
-    const bridge = new Bridge(child, {
+    const session = new LegacySession(child, {
+      id,
+      binding: identity,
       logger,
       timers: this.deps.timers,
       requestTimeoutMs: this.deps.config.requestTimeoutMs,
@@ -297,18 +284,18 @@ export class SessionRegistry {
       replayMaxBytes: this.deps.replayMaxBytes,
       onChildExit: (exit) => {
         const entry = this.sessions.get(id);
-        if (entry?.bridge !== bridge) return;
+        if (entry !== session) return;
         logger.warn("the session's MCP server exited; session dropped", { exit_code: exit.code, signal: exit.signal });
-        void this.drop(entry, "the MCP server exited");
+        void this.drop(session, "the MCP server exited");
       },
     });
 
     const initializeTimeoutMs = this.initializeTimeoutMs;
     ticket.deadline = this.deps.timers.now() + initializeTimeoutMs;
-    const { events, timedOut } = await this.initialize(bridge, initialize, initializeTimeoutMs);
+    const { events, timedOut } = await this.initialize(session, initialize, initializeTimeoutMs);
     const answer = events.at(-1);
     if (answer === undefined || answer.origin === "broker") {
-      await bridge.close();
+      await session.close();
       const exit = await child.exited;
       throw new SessionStartError(
         timedOut
@@ -318,40 +305,39 @@ export class SessionRegistry {
       );
     }
     if ("error" in answer.message) {
-      await bridge.close();
+      await session.close();
       throw new InitializeRejectedError(events);
     }
     if (this.closed) {
-      await bridge.close("the broker is shutting down");
+      await session.close("the broker is shutting down");
       throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
     }
     if (this.deps.grantIsLive?.(identity.grantId) === false) {
-      await bridge.close("its sign-in was revoked while it started");
+      await session.close("its sign-in was revoked while it started");
       throw new SessionRevokedError();
     }
 
-    const now = this.deps.timers.now();
-    const entry: SessionEntry = { id, bridge, binding: { ...identity }, createdAt: now, lastActivity: now };
-    this.sessions.set(id, entry);
+    session.touch();
+    this.sessions.set(id, session);
     let ids = this.byUser.get(identity.forgejoUserId);
     if (ids === undefined) this.byUser.set(identity.forgejoUserId, (ids = new Set()));
     ids.add(id);
     this.scheduler?.watch(identity.forgejoUserId, upstream.expiresAt);
     logger.info("session started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: child.pid });
-    return { entry, events };
+    return { entry: session, events };
   }
 
   /** Collects the initialize stream; a silent child gets initializeTimeoutMs, not the long request timeout. */
   private async initialize(
-    bridge: Bridge,
+    session: LegacySession,
     initialize: IncomingMessage,
     timeoutMs: number,
   ): Promise<{ events: OutboundEvent[]; timedOut: boolean }> {
-    const stream = bridge.request(initialize);
+    const stream = session.request(initialize);
     let timedOut = false;
     const timer = this.deps.timers.setTimeout(() => {
       timedOut = true;
-      void bridge.close("the MCP server did not answer initialize in time");
+      void session.close("the MCP server did not answer initialize in time");
     }, timeoutMs);
     const events: OutboundEvent[] = [];
     try {
@@ -370,7 +356,7 @@ export class SessionRegistry {
       if (entry === undefined) return false;
       try {
         const child = this.deps.spawn({ sessionId: id, token });
-        await entry.bridge.replaceChild(child, this.initializeTimeoutMs);
+        await entry.replaceChild(child, this.initializeTimeoutMs);
         this.deps.logger.info("session moved to a child with the refreshed token", { session: id, pid: child.pid });
         return true;
       } catch (error) {
@@ -405,7 +391,7 @@ export class SessionRegistry {
     return null;
   }
 
-  private async drop(entry: SessionEntry, reason: string, fields: Record<string, unknown> = {}): Promise<void> {
+  private async drop(entry: LegacySession, reason: string, fields: Record<string, unknown> = {}): Promise<void> {
     if (this.sessions.get(entry.id) === entry) {
       this.sessions.delete(entry.id);
       const ids = this.byUser.get(entry.binding.forgejoUserId);
@@ -418,7 +404,7 @@ export class SessionRegistry {
     }
     const known = this.stopping.get(entry);
     if (known !== undefined) return known;
-    const stopped = entry.bridge.close(reason).finally(() => this.stopping.delete(entry));
+    const stopped = entry.close(reason).finally(() => this.stopping.delete(entry));
     this.stopping.set(entry, stopped);
     return stopped;
   }
@@ -437,23 +423,23 @@ export class SessionRegistry {
   }
 
   /** The user's (null: anyone's) session with no request in flight that was used longest ago. */
-  private leastRecentlyUsedIdle(forgejoUserId: number | null): SessionEntry | null {
+  private leastRecentlyUsedIdle(forgejoUserId: number | null): LegacySession | null {
     const ids = forgejoUserId === null ? this.sessions.keys() : (this.byUser.get(forgejoUserId) ?? []);
-    let oldest: SessionEntry | null = null;
+    let oldest: LegacySession | null = null;
     let oldestUse = Infinity;
     for (const id of ids) {
       const entry = this.sessions.get(id)!;
-      if (entry.bridge.inFlight > 0) continue;
-      const lastUse = Math.max(entry.lastActivity, entry.bridge.lastActivity);
+      if (entry.inFlight > 0) continue;
+      const lastUse = entry.lastActivity;
       if (lastUse < oldestUse) [oldest, oldestUse] = [entry, lastUse];
     }
     return oldest;
   }
 
   /** Ends an idle session to make room; resolves once its child has exited and its slot is free. */
-  private evict(entry: SessionEntry, cap: EvictionCap): Promise<void> {
+  private evict(entry: LegacySession, cap: EvictionCap): Promise<void> {
     this.evicted[cap]++;
-    const idleS = Math.round((this.deps.timers.now() - Math.max(entry.lastActivity, entry.bridge.lastActivity)) / 1000);
+    const idleS = Math.round((this.deps.timers.now() - entry.lastActivity) / 1000);
     const limit = cap === "user" ? `the user's limit of ${this.deps.config.maxSessionsPerUser}` : `the broker's limit of ${this.deps.config.maxSessions}`;
     return this.drop(entry, `evicted: a new session needed a slot at ${limit} sessions, and this was the least recently used one with no request in flight`, {
       cap,
@@ -472,7 +458,7 @@ export class SessionRegistry {
     let earliest = [...this.stopping.keys()].some((entry) => mine(entry.binding.forgejoUserId)) ? now : Infinity;
     for (const ticket of this.starting) if (mine(ticket.forgejoUserId)) earliest = Math.min(earliest, ticket.deadline);
     for (const entry of this.sessions.values()) {
-      const deadline = mine(entry.binding.forgejoUserId) ? entry.bridge.earliestRequestDeadline : null;
+      const deadline = mine(entry.binding.forgejoUserId) ? entry.earliestRequestDeadline : null;
       if (deadline !== null) earliest = Math.min(earliest, deadline);
     }
     if (earliest === Infinity) earliest = now + this.deps.config.requestTimeoutMs;

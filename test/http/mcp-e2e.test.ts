@@ -16,7 +16,7 @@ function identityOf(t: TestBroker, signedIn: SignedInClient): SessionIdentity {
   return identity;
 }
 
-const childPid = (t: TestBroker, signedIn: SignedInClient) => t.broker.registry.get(signedIn.transport.sessionId!, identityOf(t, signedIn)).bridge.childPid;
+const childPid = (t: TestBroker, signedIn: SignedInClient) => t.broker.registry.get(signedIn.transport.sessionId!, identityOf(t, signedIn)).childPid;
 
 describe("the official SDK client through the broker", () => {
   const marker = `--e2e-${crypto.randomUUID()}`;

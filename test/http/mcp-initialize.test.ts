@@ -38,7 +38,7 @@ describe("a child that answers initialize with an error", () => {
     expect(t.broker.registry.size).toBe(0);
     const pids = childPids(t);
     expect(pids).toHaveLength(2);
-    // bridge.close() awaited each child's exit before the answer went out.
+    // session.close() awaited each child's exit before the answer went out.
     expect(pids.filter(isAlive)).toEqual([]);
   });
 });

@@ -323,13 +323,13 @@ describe("the transport's answers", () => {
       { jsonrpc: "2.0", id: "gone", method: "tools/call", params: { name: "slow_count", arguments: { n: 1000, delay_ms: 20 }, _meta: { progressToken: "g" } } },
       { "mcp-session-id": session },
     );
-    const bridge = t.broker.registry.get(session, t.broker.store.findAccessIdentity(hashToken(token), Date.now())!).bridge;
-    expect(bridge.inFlight).toBe(1);
+    const legacy = t.broker.registry.get(session, t.broker.store.findAccessIdentity(hashToken(token), Date.now())!);
+    expect(legacy.inFlight).toBe(1);
     const reader = response.body!.getReader();
     await reader.read();
     await reader.cancel();
-    await waitWhile(() => bridge.inFlight > 0, 50, 10);
-    expect(bridge.inFlight).toBe(0);
+    await waitWhile(() => legacy.inFlight > 0, 50, 10);
+    expect(legacy.inFlight).toBe(0);
     expect((await postMcp(t.mcpUrl, token, LIST, { "mcp-session-id": session })).status).toBe(200);
   });
 

@@ -86,7 +86,7 @@ describe("idle reaping", () => {
     const identity = () => t.broker.store.findAccessIdentity(hashToken(token), Date.now())!;
     const idle = await openSession(t.mcpUrl, token);
     const watched = await openSession(t.mcpUrl, token);
-    const idlePid = t.broker.registry.get(idle, identity()).bridge.childPid;
+    const idlePid = t.broker.registry.get(idle, identity()).childPid;
     const controller = new AbortController();
     const stream = await holdStandaloneStream(t.mcpUrl, token, watched, controller.signal);
     expect(stream.status).toBe(200);
@@ -162,7 +162,7 @@ describe("revocation", () => {
     const signedIn = await obtainTokens(t.config.publicUrl);
     const session = await openSession(t.mcpUrl, signedIn.accessToken);
     const identity = t.broker.store.findAccessIdentity(hashToken(signedIn.accessToken), Date.now())!;
-    const pid = t.broker.registry.get(session, identity).bridge.childPid;
+    const pid = t.broker.registry.get(session, identity).childPid;
 
     expect((await form("/oauth/revoke", { token: signedIn.accessToken, client_id: signedIn.clientId })).status).toBe(200);
     // The revocation was handled before the answer: a session it ended would be gone already.

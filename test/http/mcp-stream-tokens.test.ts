@@ -33,14 +33,14 @@ describe("revocation", () => {
     );
     expect([revokedStream.status, liveStream.status, call.status]).toEqual([200, 200, 200]);
     const identity = t.broker.store.findAccessIdentity(hashToken(signedIn.accessToken), Date.now())!;
-    const bridge = t.broker.registry.get(first, identity).bridge;
-    expect(bridge.inFlight).toBe(1);
+    const session = t.broker.registry.get(first, identity);
+    expect(session.inFlight).toBe(1);
 
     expect((await postForm(`${t.config.publicUrl}/oauth/revoke`, { token: signedIn.accessToken, client_id: signedIn.clientId })).status).toBe(200);
-    await waitWhile(() => !revokedStream.ended() || bridge.inFlight > 0, 100, 20);
+    await waitWhile(() => !revokedStream.ended() || session.inFlight > 0, 100, 20);
     expect(revokedStream.ended()).toBe(true);
     // The call's stream ended too, and the child was told to stop working on it.
-    expect(bridge.inFlight).toBe(0);
+    expect(session.inFlight).toBe(0);
     expect(await call.text()).not.toContain("counted to 1000");
 
     const seen = liveStream.text().length;

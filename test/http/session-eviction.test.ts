@@ -100,7 +100,7 @@ describe("sessions beyond BROKER_MAX_SESSIONS_PER_USER", () => {
 
     // The client gives up on the second call: the broker cancels it, and that session is idle again.
     calls[1]!.cancel.abort();
-    await waitWhile(() => t.broker.registry.get(sessions[1]!, identity()).bridge.inFlight > 0, 100, 20);
+    await waitWhile(() => t.broker.registry.get(sessions[1]!, identity()).inFlight > 0, 100, 20);
     const admitted = await openSession(t.mcpUrl, token);
     expect(t.broker.registry.sessionsOf(identity().forgejoUserId).sort()).toEqual([sessions[0]!, sessions[2]!, admitted].sort());
     for (const call of [calls[0]!, calls[2]!]) call.cancel.abort();

@@ -14,7 +14,8 @@ import {
   SessionStartError,
   UserSessionLimitError,
 } from "../../src/session/errors.ts";
-import { SessionRegistry, type SessionEntry, type SessionIdentity, type UpstreamRefresher } from "../../src/session/registry.ts";
+import type { LegacySession } from "../../src/session/legacy-session.ts";
+import { SessionRegistry, type SessionIdentity, type UpstreamRefresher } from "../../src/session/registry.ts";
 import { ChildStartError, type ChildSpec } from "../../src/supervisor/child.ts";
 import { SpawnPacer } from "../../src/supervisor/spawn-pacer.ts";
 import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, initializingChild, manualTurns, settle, type Json } from "../bridge/fakes.ts";
@@ -299,7 +300,7 @@ describe("caps", () => {
   /** A session the table sets up: whose, and how it was last used (or a call still in flight). */
   interface Existing {
     who: SessionIdentity;
-    /** "request": a request named it (registry.get); "message": only its bridge saw traffic; "busy": a call in flight. */
+    /** "request": a request named it (registry.get); "message": only its session saw traffic; "busy": a call in flight. */
     use: "request" | "message" | "busy";
   }
   interface EvictionCase {
@@ -331,7 +332,7 @@ describe("caps", () => {
       outcome: { evicted: 2, cap: "user" },
     },
     {
-      name: "traffic its bridge saw (a stream, a notification) counts as use, not only requests naming the session",
+      name: "traffic its session saw (a stream, a notification) counts as use, not only requests naming the session",
       config: { maxSessionsPerUser: 2 },
       existing: [idle(alice), { who: alice, use: "message" }],
       newcomer: alice,
@@ -372,15 +373,15 @@ describe("caps", () => {
     test(name, async () => {
       const { registry, timers, children, logger } = setup(config);
       // Created newest first, so that the order of creation never agrees with the order of use.
-      const entries: SessionEntry[] = new Array(existing.length);
+      const entries: LegacySession[] = new Array(existing.length);
       for (let i = existing.length - 1; i >= 0; i--) entries[i] = (await registry.create(existing[i]!.who, initialize)).entry;
       // Used one second apart, oldest first, after all were created.
       for (const [i, { who, use }] of existing.entries()) {
         timers.advance(1000);
         const entry = entries[i]!;
         if (use === "request") registry.get(entry.id, who);
-        else if (use === "message") entry.bridge.send(msg({ jsonrpc: "2.0", method: "notifications/roots/list_changed" }), "notification");
-        else entry.bridge.request(call(100 + i, "slow"));
+        else if (use === "message") entry.send(msg({ jsonrpc: "2.0", method: "notifications/roots/list_changed" }), "notification");
+        else entry.request(call(100 + i, "slow"));
       }
       timers.advance(1000);
 
@@ -398,7 +399,7 @@ describe("caps", () => {
       const gone = entries[outcome.evicted]!;
       expect(() => registry.get(gone.id, existing[outcome.evicted]!.who)).toThrow(SessionNotFoundError);
       for (const [i, entry] of entries.entries()) if (i !== outcome.evicted) expect(registry.get(entry.id, existing[i]!.who)).toBe(entry);
-      expect(entries.map((entry) => entry.bridge.closed !== null)).toEqual(existing.map((_, i) => i === outcome.evicted));
+      expect(entries.map((entry) => entry.closed !== null)).toEqual(existing.map((_, i) => i === outcome.evicted));
       expect(children.map((child) => child.stopCalls).sort()).toEqual([...existing.map((_, i) => (i === outcome.evicted ? 1 : 0)), 0].sort());
       expect(registry.evictions).toEqual({ user: outcome.cap === "user" ? 1 : 0, global: outcome.cap === "global" ? 1 : 0 });
       const ended = logger.lines.filter((line) => line.includes('"msg":"session ended"')).map((line) => JSON.parse(line) as Json);
@@ -410,21 +411,21 @@ describe("caps", () => {
   test("an evicted session's open GET stream is ended, its id answers 404, and the new session serves", async () => {
     const { registry, timers } = setup({ maxSessionsPerUser: 1 });
     const { entry: old } = await registry.create(alice, initialize);
-    const standalone = old.bridge.openStandalone();
+    const standalone = old.openStandalone();
     timers.advance(1000);
     const { entry: fresh } = await registry.create(alice, initialize);
     expect(await all(standalone)).toEqual([]);
     expect(standalone.isOpen).toBe(false);
     expect(() => registry.get(old.id, alice)).toThrow(SessionNotFoundError);
-    expect(textOf(await all(registry.get(fresh.id, alice).bridge.request(call(1, "echo"))))).toBe("token-of-1");
+    expect(textOf(await all(registry.get(fresh.id, alice).request(call(1, "echo"))))).toBe("token-of-1");
   });
 
   test("a refusal's Retry-After counts down to the first call's timeout, and once that call is over a new session gets its slot", async () => {
     const { registry, timers, children } = setup({ maxSessionsPerUser: 2, requestTimeoutMs: 300_000 });
     const [first, second] = [(await registry.create(alice, initialize)).entry, (await registry.create(alice, initialize)).entry];
-    const firstCall = first.bridge.request(call(1, "slow"));
+    const firstCall = first.request(call(1, "slow"));
     timers.advance(100_000);
-    second.bridge.request(call(2, "slow"));
+    second.request(call(2, "slow"));
     const early = (await registry.create(alice, initialize).catch((e: unknown) => e)) as UserSessionLimitError;
     expect(early.retryAfterS).toBe(200);
     timers.advance(150_500);
@@ -553,7 +554,7 @@ describe("children of deleted sessions", () => {
     const { registry, children } = setup({ maxSessions: 2 }, { makeChild: slowToStop });
     const { entry } = await registry.create(alice, initialize);
     const { entry: busy } = await registry.create(bob, initialize);
-    busy.bridge.request(call(1, "slow"));
+    busy.request(call(1, "slow"));
     registry.delete(entry.id);
     const pending = registry.create(alice, initialize).catch((e: unknown) => e);
     const third = registry.create(bob, initialize).catch((e: unknown) => e);
@@ -596,7 +597,7 @@ describe("idle reaping", () => {
   test("an open standalone stream keeps a quiet session alive; the clock starts when it closes", async () => {
     const { registry, timers } = setup({ idleTimeoutMs: 60_000 });
     const { entry } = await registry.create(alice, initialize);
-    const stream = entry.bridge.openStandalone();
+    const stream = entry.openStandalone();
     timers.advance(600_000);
     await settle();
     expect(registry.size).toBe(1);
@@ -612,7 +613,7 @@ describe("idle reaping", () => {
   test("a long call in flight keeps the session alive", async () => {
     const { registry, timers } = setup({ idleTimeoutMs: 60_000 });
     const { entry } = await registry.create(alice, initialize);
-    entry.bridge.request(call(1, "slow"));
+    entry.request(call(1, "slow"));
     timers.advance(200_000);
     await settle();
     expect(registry.size).toBe(1);
@@ -623,7 +624,7 @@ describe("children exiting", () => {
   test("a child that exits on its own drops its session: waiting calls fail at once, later requests get 404", async () => {
     const { registry, children, logger } = setup();
     const { entry } = await registry.create(alice, initialize);
-    const waiting = entry.bridge.request(call(1, "slow"));
+    const waiting = entry.request(call(1, "slow"));
     children[0]!.stderr = "fatal error: out of memory";
     children[0]!.exit({ code: 2 });
     const events = await all(waiting);
@@ -655,15 +656,15 @@ describe("upstream token rotation", () => {
   test("moves each of the user's sessions to a child with the new token under the same id, losing no call in flight", async () => {
     const { registry, children, spawned } = setup();
     const { entry } = await registry.create(alice, initialize);
-    entry.bridge.send(msg({ jsonrpc: "2.0", method: "notifications/initialized" }), "notification");
-    const inFlight = entry.bridge.request(call(1, "slow"));
+    entry.send(msg({ jsonrpc: "2.0", method: "notifications/initialized" }), "notification");
+    const inFlight = entry.request(call(1, "slow"));
     const before = children[0]!;
 
     expect(await registry.rotateUser(1, "token-of-1-refreshed")).toEqual({ moved: 1, failed: 0 });
     expect(spawned.at(-1)).toEqual({ sessionId: entry.id, token: "token-of-1-refreshed" });
     expect(registry.get(entry.id, alice)).toBe(entry);
 
-    const after = await all(entry.bridge.request(call(2, "echo")));
+    const after = await all(entry.request(call(2, "echo")));
     expect(textOf(after)).toBe("token-of-1-refreshed");
     expect(before.stopCalls).toBe(0);
     before.send({ jsonrpc: "2.0", id: 1, result: { content: [{ type: "text", text: "finished on the old child" }] } });

@@ -1,5 +1,5 @@
 // Real children end to end below HTTP: the stand-in MCP server started by the supervisor with each
-// user's token from the Forgejo stand-in, driven through the bridge and the registry.
+// user's token from the Forgejo stand-in, driven through the legacy session and the registry.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
@@ -136,27 +136,27 @@ describe("the stand-in MCP server under the registry", () => {
     const a = await sessions.create(alice, initialize);
     const b = await sessions.create(bob, initialize);
     expect((a.events[0]!.message.result as { serverInfo: { name: string } }).serverInfo.name).toBe("forgejo-stand-in");
-    a.entry.bridge.send(initialized, "notification");
-    b.entry.bridge.send(initialized, "notification");
-    expect(textOf(await all(a.entry.bridge.request(call(1, "whoami"))))).toBe("alice");
-    expect(textOf(await all(b.entry.bridge.request(call(1, "whoami"))))).toBe("bob");
-    expect(JSON.parse(textOf(await all(b.entry.bridge.request(call(2, "list_my_repos")))))).toEqual(["bob/garden"]);
+    a.entry.send(initialized, "notification");
+    b.entry.send(initialized, "notification");
+    expect(textOf(await all(a.entry.request(call(1, "whoami"))))).toBe("alice");
+    expect(textOf(await all(b.entry.request(call(1, "whoami"))))).toBe("bob");
+    expect(JSON.parse(textOf(await all(b.entry.request(call(2, "list_my_repos")))))).toEqual(["bob/garden"]);
     await sessions.shutdown();
     expect(liveProcesses(pids)).toEqual([]);
   });
 
-  test("progress streams on the call's stream, and an elicitation is answered through the bridge", async () => {
+  test("progress streams on the call's stream, and an elicitation is answered through the session", async () => {
     const { sessions } = registry();
     const { entry } = await sessions.create(alice, initialize);
-    entry.bridge.send(initialized, "notification");
-    const counted = await all(entry.bridge.request(call(2, "slow_count", { n: 3, delay_ms: 1 }, { progressToken: "p" })));
+    entry.send(initialized, "notification");
+    const counted = await all(entry.request(call(2, "slow_count", { n: 3, delay_ms: 1 }, { progressToken: "p" })));
     expect(counted.map((e) => e.kind)).toEqual(["notification", "notification", "notification", "response"]);
     expect(textOf(counted)).toBe("counted to 3");
 
-    const asking = entry.bridge.request(call(3, "ask_user", { question: "Which branch?" }));
+    const asking = entry.request(call(3, "ask_user", { question: "Which branch?" }));
     const question = (await asking.next())!;
     expect(question.message.method).toBe("elicitation/create");
-    entry.bridge.send(msg({ jsonrpc: "2.0", id: question.message.id, result: { action: "accept", content: { answer: "main" } } }), "response");
+    entry.send(msg({ jsonrpc: "2.0", id: question.message.id, result: { action: "accept", content: { answer: "main" } } }), "response");
     expect(JSON.parse(textOf(await all(asking)))).toEqual({ action: "accept", content: { answer: "main" } });
     await sessions.shutdown();
   });
@@ -173,11 +173,11 @@ describe("the stand-in MCP server under the registry", () => {
   test("kill -9 of a child during a call fails the waiting call at once, not at its timeout, and drops the session", async () => {
     const { sessions } = registry();
     const { entry } = await sessions.create(alice, initialize);
-    entry.bridge.send(initialized, "notification");
-    const waiting = entry.bridge.request(call(2, "slow_count", { n: 1, delay_ms: 5000 }, { progressToken: "k" }));
+    entry.send(initialized, "notification");
+    const waiting = entry.request(call(2, "slow_count", { n: 1, delay_ms: 5000 }, { progressToken: "k" }));
     // The first progress says the child is inside the call.
     expect((await waiting.next())?.message.method).toBe("notifications/progress");
-    process.kill(entry.bridge.childPid, "SIGKILL");
+    process.kill(entry.childPid, "SIGKILL");
     const events = await all(waiting);
     expect(events.map((e) => e.message.error)).toEqual([{ code: -32000, message: expect.stringMatching(/^the MCP server exited/) }]);
     await waitWhile(() => sessions.size > 0, 100, 10);
@@ -187,13 +187,13 @@ describe("the stand-in MCP server under the registry", () => {
   test("rotation to a child with a new token keeps the session and the call in flight", async () => {
     const { sessions, pids } = registry();
     const { entry } = await sessions.create(alice, initialize);
-    entry.bridge.send(initialized, "notification");
-    const firstPid = entry.bridge.childPid;
-    const inFlight = entry.bridge.request(call(2, "slow_count", { n: 1, delay_ms: 500 }));
+    entry.send(initialized, "notification");
+    const firstPid = entry.childPid;
+    const inFlight = entry.request(call(2, "slow_count", { n: 1, delay_ms: 500 }));
     const refreshed = await signIn("alice");
     expect(await sessions.rotateUser(1, refreshed)).toEqual({ moved: 1, failed: 0 });
-    expect(entry.bridge.childPid).not.toBe(firstPid);
-    expect(textOf(await all(entry.bridge.request(call(3, "whoami"))))).toBe("alice");
+    expect(entry.childPid).not.toBe(firstPid);
+    expect(textOf(await all(entry.request(call(3, "whoami"))))).toBe("alice");
     expect(textOf(await all(inFlight))).toBe("counted to 1");
     // The old child is stopped once its last call is answered.
     await waitWhile(() => liveProcesses([firstPid]).length > 0, 100, 20);

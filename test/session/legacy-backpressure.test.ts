@@ -1,12 +1,12 @@
-// The bridge when one side stops reading: a client that leaves its stream unread, a child that
+// A legacy session when one side stops reading: a client that leaves its stream unread, a child that
 // leaves its stdin unread. That request or stream ends with an error; the session goes on.
 import { describe, expect, test } from "bun:test";
-import { Bridge } from "../../src/bridge/bridge.ts";
 import { STDIN_LIMIT_MESSAGES } from "../../src/bridge/child-link.ts";
 import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
 import { UNREAD_LIMIT_MESSAGES, type MessageStream, type OutboundEvent } from "../../src/bridge/message-stream.ts";
 import { createMemoryLogger } from "../../src/log.ts";
-import { FakeChild, FakeTimers, settle, type Json } from "./fakes.ts";
+import { LegacySession } from "../../src/session/legacy-session.ts";
+import { FakeChild, FakeTimers, settle, type Json } from "../bridge/fakes.ts";
 
 const MAX_MESSAGE_BYTES = 2_000;
 
@@ -18,8 +18,16 @@ function setup(options: { replayMaxBytes?: number } = {}) {
     },
   });
   const logger = createMemoryLogger();
-  const bridge = new Bridge(child, { logger, timers: new FakeTimers(), requestTimeoutMs: 30_000, maxMessageBytes: MAX_MESSAGE_BYTES, ...options });
-  return { bridge, child, logger };
+  const session = new LegacySession(child, {
+    id: "0".repeat(48),
+    binding: { grantId: "grant", forgejoUserId: 1, clientId: "client" },
+    logger,
+    timers: new FakeTimers(),
+    requestTimeoutMs: 30_000,
+    maxMessageBytes: MAX_MESSAGE_BYTES,
+    ...options,
+  });
+  return { session, child, logger };
 }
 
 function msg(message: Json): IncomingMessage {
@@ -44,10 +52,10 @@ function flood(child: FakeChild, message: (pad: string) => Json, bytes: number):
 
 describe("a client that stops reading", () => {
   test("its request fails with a JSON-RPC error once the bound is passed, the child is told to cancel, and the session goes on", async () => {
-    const { bridge, child, logger } = setup();
+    const { session, child, logger } = setup();
     // Not answered at once: this call only sends progress.
     child.onMessage = null;
-    const unread = bridge.request(call(7, { progressToken: "p" }));
+    const unread = session.request(call(7, { progressToken: "p" }));
     flood(child, (pad) => ({ jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: "p", progress: 1, message: pad } }), UNREAD_LIMIT_MESSAGES * MAX_MESSAGE_BYTES);
     await settle();
 
@@ -62,18 +70,18 @@ describe("a client that stops reading", () => {
       method: "notifications/cancelled",
       params: { requestId: 7, reason: `the client did not read its event stream: over ${bound} bytes waited unread` },
     });
-    expect(bridge.inFlight).toBe(0);
+    expect(session.inFlight).toBe(0);
     expect(logger.lines.some((line) => line.includes("client stopped reading an event stream"))).toBe(true);
 
     child.onMessage = (message, self) => self.send({ jsonrpc: "2.0", id: message.id, result: { ok: true } });
-    expect((await all(bridge.request(call(8))))[0]!.message.result).toEqual({ ok: true });
-    expect(bridge.closed).toBeNull();
+    expect((await all(session.request(call(8))))[0]!.message.result).toEqual({ ok: true });
+    expect(session.closed).toBeNull();
   });
 
   test("an answer that arrives over the bound fails the request too, under the request's id", async () => {
-    const { bridge, child } = setup();
+    const { session, child } = setup();
     child.onMessage = null;
-    const unread = bridge.request(call(3, { progressToken: "p" }));
+    const unread = session.request(call(3, { progressToken: "p" }));
     const pad = "x".repeat(MAX_MESSAGE_BYTES - 200);
     for (let i = 0; i < UNREAD_LIMIT_MESSAGES; i++) child.send({ jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: "p", progress: i, message: pad } });
     child.send({ jsonrpc: "2.0", id: 3, result: { content: [{ type: "text", text: pad }] } });
@@ -86,8 +94,8 @@ describe("a client that stops reading", () => {
   });
 
   test("its standalone stream ends; what comes later waits for a new one, and Last-Event-ID resumes", async () => {
-    const { bridge, child } = setup();
-    const standalone = bridge.openStandalone();
+    const { session, child } = setup();
+    const standalone = session.openStandalone();
     const first = standalone.next();
     child.send({ jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: "read" } });
     const read = (await first)!;
@@ -98,24 +106,24 @@ describe("a client that stops reading", () => {
     expect(standalone.isOpen).toBe(false);
     expect(await all(standalone)).toEqual([]);
     // The client reconnects where it left off: the flood from the replay buffer, then what came after the stream ended.
-    const resumed = bridge.resume(read.eventId);
+    const resumed = session.resume(read.eventId);
     const missed: unknown[] = [];
     for (let i = 0; i <= sent; i++) missed.push((await resumed.next())!.message.params);
     expect(missed).toEqual([...Array.from({ length: sent }, () => ({ level: "info", data: "x".repeat(MAX_MESSAGE_BYTES / 4) })), { level: "info", data: "after" }]);
     expect(resumed.isOpen).toBe(true);
-    expect(bridge.closed).toBeNull();
+    expect(session.closed).toBeNull();
   });
 });
 
 describe("a client with no stream open", () => {
   test("what waits for its standalone stream is bounded in bytes, not only in number: the newest that fit are kept", async () => {
     const bound = 4 * MAX_MESSAGE_BYTES;
-    const { bridge, child } = setup({ replayMaxBytes: bound });
+    const { session, child } = setup({ replayMaxBytes: bound });
     const sent = flood(child, (pad) => ({ jsonrpc: "2.0", method: "notifications/message", params: { level: "info", data: pad } }), 4 * bound);
     await settle();
-    const standalone = bridge.openStandalone();
+    const standalone = session.openStandalone();
     // Ending the session ends the stream after what it holds.
-    await bridge.close();
+    await session.close();
     const kept = await all(standalone);
     expect(kept.reduce((sum, event) => sum + Buffer.byteLength(event.data), 0)).toBeLessThanOrEqual(bound);
     expect(kept.map((event) => Number(event.eventId.split("_")[1]))).toEqual(Array.from({ length: kept.length }, (_, i) => sent - kept.length + 1 + i));
@@ -125,9 +133,9 @@ describe("a client with no stream open", () => {
 
 describe("a child that stops reading its stdin", () => {
   test("a request past the bound fails at once with a JSON-RPC error and is not written; once the child reads, requests go through", async () => {
-    const { bridge, child } = setup();
+    const { session, child } = setup();
     child.stdinBacklog = STDIN_LIMIT_MESSAGES * MAX_MESSAGE_BYTES;
-    const refused = await all(bridge.request(call(1)));
+    const refused = await all(session.request(call(1)));
     expect(refused.map((e) => e.message)).toEqual([
       {
         jsonrpc: "2.0",
@@ -136,16 +144,16 @@ describe("a child that stops reading its stdin", () => {
       },
     ]);
     expect(child.written).toEqual([]);
-    expect(bridge.inFlight).toBe(0);
+    expect(session.inFlight).toBe(0);
 
     child.stdinBacklog = 0;
-    expect((await all(bridge.request(call(2))))[0]!.message).toEqual({ jsonrpc: "2.0", id: 2, result: { content: [] } });
-    expect(bridge.closed).toBeNull();
+    expect((await all(session.request(call(2))))[0]!.message).toEqual({ jsonrpc: "2.0", id: 2, result: { content: [] } });
+    expect(session.closed).toBeNull();
   });
 
   test("a backlog below the bound still takes a message", async () => {
-    const { bridge, child } = setup();
+    const { session, child } = setup();
     child.stdinBacklog = MAX_MESSAGE_BYTES;
-    expect((await all(bridge.request(call(1))))[0]!.message.result).toEqual({ content: [] });
+    expect((await all(session.request(call(1))))[0]!.message.result).toEqual({ content: [] });
   });
 });
