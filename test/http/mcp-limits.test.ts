@@ -145,6 +145,35 @@ describe("a Forgejo that stops answering while a session start needs a refresh",
   }, 15_000);
 });
 
+describe("a Forgejo that refuses the refresh a session start needs", () => {
+  let t: TestBroker;
+  beforeAll(async () => {
+    // Forgejo's tokens live 10 s here: a session start refreshes once a token is 5 s old (half its life).
+    t = await startTestBroker({ forgejo: { accessTokenTtlS: 10 }, env: { BROKER_CHILD_COMMAND: childCommand() } });
+  });
+  afterAll(async () => {
+    await t.stop();
+  });
+
+  test("initialize answers 401 with the bearer challenge: the sign-in is over, no child is started", async () => {
+    const token = await tokenFor(t, "bob");
+    const { forgejoUserId } = t.broker.store.findAccessIdentity(hashToken(token), Date.now())!;
+    const stored = t.broker.store.getUpstreamCredential(forgejoUserId)!;
+    const due = refreshDueAt(stored.updatedAt, stored.accessExpiresAt!, { leadMs: t.config.sessions.refreshLeadMs, minIntervalMs: MIN_REFRESH_INTERVAL_MS });
+    await waitWhile(() => Date.now() < due, 200, 50);
+    t.forgejo.revokeUser("bob");
+
+    const refused = await postMcp(t.mcpUrl, token, INITIALIZE);
+    expect(refused.status).toBe(401);
+    expect(refused.headers.get("www-authenticate")).toContain('error="invalid_token"');
+    expect(refused.headers.get("www-authenticate")).toContain(`resource_metadata="${t.config.publicUrl}/.well-known/oauth-protected-resource/mcp"`);
+    expect(refused.headers.get("mcp-session-id")).toBeNull();
+    expect(await refused.json()).toEqual({ error: "invalid_token", error_description: "The sign-in to Forgejo has ended; sign in again" });
+    expect(t.logs.some((line) => line.includes('"msg":"/mcp request failed"'))).toBe(false);
+    expect(t.broker.registry.size).toBe(0);
+  }, 15_000);
+});
+
 describe("revocation", () => {
   const marker = "revocation-test-child";
   let t: TestBroker;
