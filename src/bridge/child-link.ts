@@ -1,4 +1,4 @@
-// One child's end of the bridge: reads its stdout into parsed messages (skipping what is not
+// One child's end of the child channel: reads its stdout into parsed messages (skipping what is not
 // JSON-RPC, dropping what is too large) and writes single-line messages to its stdin, while it reads them.
 import type { Logger } from "../log.ts";
 import { maskSecrets } from "../log.ts";

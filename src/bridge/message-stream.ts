@@ -1,5 +1,5 @@
-// The outbound side of one SSE (or JSON) response: a byte-bounded async queue of events the bridge
-// pushes and the HTTP route pulls, which tells the bridge when the client has gone away or stopped reading.
+// The outbound side of one SSE (or JSON) response: a byte-bounded async queue of events the session
+// pushes and the HTTP route pulls, which tells the session when the client has gone away or stopped reading.
 import type { JsonRpcMessage, MessageKind } from "./jsonrpc.ts";
 
 export interface OutboundEvent {
@@ -36,7 +36,7 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
     this.maxUnreadBytes = UNREAD_LIMIT_MESSAGES * maxMessageBytes;
   }
 
-  /** True once no more events will come (ended by the bridge, or closed by the client). */
+  /** True once no more events will come (ended by the session, or closed by the client). */
   get finished(): boolean {
     return this.closed || (this.ended && this.queue.length === 0);
   }
@@ -79,9 +79,9 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
   }
 
   /**
-   * Bridge side. False when the event would take what the client has not read past maxUnreadBytes:
+   * Session side. False when the event would take what the client has not read past maxUnreadBytes:
    * then the unread events (and this one) are dropped, so a client that stops reading holds no more
-   * than the bound, and the bridge ends the stream, with an error if the client can still be told.
+   * than the bound, and the session ends the stream, with an error if the client can still be told.
    */
   push(event: OutboundEvent): boolean {
     if (this.ended || this.closed) return true;
@@ -101,7 +101,7 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
   }
 
   /**
-   * Bridge side, before any push: what the client missed, from the replay buffer or kept while no
+   * Session side, before any push: what the client missed, from the replay buffer or kept while no
    * stream was open. Those buffers bound it already, so it does not count against this stream's bound.
    */
   pushMissed(events: OutboundEvent[]): void {
@@ -111,7 +111,7 @@ export class MessageStream implements AsyncIterable<OutboundEvent> {
     this.missedInQueue += events.length;
   }
 
-  /** Bridge side: nothing more will be pushed. */
+  /** Session side: nothing more will be pushed. */
   end(): void {
     if (this.ended) return;
     this.ended = true;

@@ -1,4 +1,4 @@
-// Writes a bridge message stream as a text/event-stream response, taking each event only when the
+// Writes a session's message stream as a text/event-stream response, taking each event only when the
 // client has read the last ones: an opening comment, ids, a heartbeat, closed when the client goes.
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 
@@ -66,7 +66,7 @@ export function sseResponse(source: EventSource, options: SseOptions): Response 
   };
 
   // pull runs only while fewer than SSE_BUFFER_BYTES wait for the socket, so what a slow client has
-  // not read stays in the source, which is bounded and can tell the bridge.
+  // not read stays in the source, which is bounded and can tell the session.
   const body = new ReadableStream<Uint8Array>(
     {
       start(controller) {
