@@ -2,6 +2,7 @@
 // so a misconfigured start-up prints one clear line per problem instead of failing later.
 import type { LogLevel } from "./log.ts";
 import { parseAddressBlock, type AddressBlock } from "./http/client-address.ts";
+import type { SandboxConfig } from "./supervisor/sandbox.ts";
 
 export interface BrokerConfig {
   /** Issuer and resource base, without a trailing slash. Never derived from the Host header. */
@@ -43,6 +44,8 @@ export interface ChildConfig {
   tokenEnv: string;
   passthroughEnv: string[];
   stopGraceMs: number;
+  /** How each child is wrapped: bubblewrap by default, or explicitly nothing. */
+  sandbox: SandboxConfig;
 }
 
 export interface SessionConfig {
@@ -159,6 +162,14 @@ export function loadConfig(env: Env): ConfigResult {
   const urlEnv = envName("BROKER_CHILD_URL_ENV", "FORGEJO_URL");
   const tokenEnv = envName("BROKER_CHILD_TOKEN_ENV", "FORGEJO_ACCESS_TOKEN");
   const stopGraceMs = integer("BROKER_CHILD_STOP_GRACE_S", 5, 0, 600, "5") * 1000;
+  const sandboxKind = get("BROKER_CHILD_SANDBOX") ?? "bwrap";
+  if (sandboxKind !== "bwrap" && sandboxKind !== "none") {
+    problem("BROKER_CHILD_SANDBOX", `must be bwrap or none, got ${JSON.stringify(sandboxKind)}`, "bwrap");
+  }
+  const sandboxBind = (get("BROKER_CHILD_SANDBOX_BIND") ?? "").split(",").map((path) => path.trim()).filter(Boolean);
+  for (const path of sandboxBind) {
+    if (!path.startsWith("/")) problem("BROKER_CHILD_SANDBOX_BIND", `has ${JSON.stringify(path)}, which is not an absolute path`, "/usr/local/lib/node_modules,/etc/ssl");
+  }
   const sessions = {
     maxSessions: integer("BROKER_MAX_SESSIONS", 1000, 1, 1_000_000, "1000"),
     maxSessionsPerUser: integer("BROKER_MAX_SESSIONS_PER_USER", 20, 1, 1_000_000, "20"),
@@ -206,7 +217,14 @@ export function loadConfig(env: Env): ConfigResult {
       dataDir,
       sealingKey,
       forgejo: { url: forgejoUrl, clientId, clientSecret, scopes, timeoutMs: forgejoTimeoutMs },
-      child: { command: command ?? [], urlEnv, tokenEnv, passthroughEnv, stopGraceMs },
+      child: {
+        command: command ?? [],
+        urlEnv,
+        tokenEnv,
+        passthroughEnv,
+        stopGraceMs,
+        sandbox: { kind: sandboxKind === "none" ? "none" : "bwrap", bind: sandboxBind },
+      },
       sessions: {
         ...sessions,
         allowedOrigins: allowedOrigins.length > 0 ? allowedOrigins : [new URL(publicUrl).origin],

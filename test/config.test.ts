@@ -18,7 +18,7 @@ describe("loadConfig", () => {
       dataDir: "./data",
       sealingKey: null,
       forgejo: { url: "https://forgejo.example.com", clientId: "id", clientSecret: "secret", scopes: DEFAULT_FORGEJO_SCOPES.split(" "), timeoutMs: 20_000 },
-      child: { command: ["forgejo-mcp", "--transport", "stdio"], urlEnv: "FORGEJO_URL", tokenEnv: "FORGEJO_ACCESS_TOKEN", passthroughEnv: [], stopGraceMs: 5000 },
+      child: { command: ["forgejo-mcp", "--transport", "stdio"], urlEnv: "FORGEJO_URL", tokenEnv: "FORGEJO_ACCESS_TOKEN", passthroughEnv: [], stopGraceMs: 5000, sandbox: { kind: "bwrap", bind: [] } },
       sessions: { idleTimeoutMs: 900_000, refreshLeadMs: 300_000, requestTimeoutMs: 300_000, maxMessageBytes: 4 * 1024 * 1024, allowedOrigins: ["http://127.0.0.1:8080"] },
       logLevel: "info",
     });
@@ -33,6 +33,11 @@ describe("loadConfig", () => {
   test("FORGEJO_TIMEOUT_S is read in seconds", () => {
     const result = loadConfig({ ...REQUIRED, FORGEJO_TIMEOUT_S: "7" });
     expect(result.ok && result.config.forgejo.timeoutMs).toBe(7000);
+  });
+
+  test("BROKER_CHILD_SANDBOX=none and BROKER_CHILD_SANDBOX_BIND's paths reach the child's sandbox config", () => {
+    const result = loadConfig({ ...REQUIRED, BROKER_CHILD_SANDBOX: "none", BROKER_CHILD_SANDBOX_BIND: "/usr/local/lib/node_modules, /etc/ssl" });
+    expect(result.ok && result.config.child.sandbox).toEqual({ kind: "none", bind: ["/usr/local/lib/node_modules", "/etc/ssl"] });
   });
 
   test("a configured sealing key is decoded", () => {
@@ -67,6 +72,8 @@ describe("loadConfig", () => {
     ["the client secret passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "HOME,FORGEJO_CLIENT_SECRET" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "FORGEJO_CLIENT_SECRET" to children/],
     ["the sealing key passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "BROKER_SEALING_KEY LANG" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "BROKER_SEALING_KEY" to children/],
     ["a broker variable passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "BROKER_METRICS_TOKEN" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "BROKER_METRICS_TOKEN" to children/],
+    ["an unknown sandbox", { BROKER_CHILD_SANDBOX: "docker" }, /^BROKER_CHILD_SANDBOX: must be bwrap or none, got "docker"/],
+    ["a relative sandbox bind", { BROKER_CHILD_SANDBOX_BIND: "/etc/ssl,node_modules" }, /^BROKER_CHILD_SANDBOX_BIND: has "node_modules", which is not an absolute path/],
     ["an origin with a path", { BROKER_ALLOWED_ORIGINS: "https://claude.ai/x" }, /^BROKER_ALLOWED_ORIGINS: has "https:\/\/claude.ai\/x", which is not an origin/],
     ["zero sessions", { BROKER_MAX_SESSIONS: "0" }, /^BROKER_MAX_SESSIONS: must be a whole number from 1/],
     ["no wait for Forgejo at all", { FORGEJO_TIMEOUT_S: "0" }, /^FORGEJO_TIMEOUT_S: must be a whole number from 1 to 600, got "0"/],
