@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
-import { childCommand, openSession, postMcp, processesMatching } from "../helpers/mcp.ts";
+import { childCommand, openSession, outermost, postMcp, processesMatching } from "../helpers/mcp.ts";
 import { CookieJar, obtainTokens, parseConsentForm } from "../helpers/oauth-client.ts";
 import { brokerEnvFor, freePort } from "../helpers/broker.ts";
 import { waitWhile } from "../helpers/promises.ts";
@@ -137,9 +137,9 @@ describe("a running broker", () => {
       sessions.push(...(await Promise.all(Array.from({ length: 10 }, () => openSession(mcpUrl, accessToken)))));
     }
     expect(new Set(sessions).size).toBe(50);
-    const children = await processesMatching(marker);
+    const children = outermost(await processesMatching(marker));
     expect(children).toHaveLength(50);
-    // Each child leads its own process group, a child of the broker.
+    // Each child (bwrap, which runs the server in its sandbox) leads its own process group, a child of the broker.
     for (const row of children) {
       expect(row.ppid).toBe(broker.pid);
       expect(row.pgid).toBe(row.pid);

@@ -243,16 +243,24 @@ describe("in the sandbox", () => {
   /** Starts a sandboxed shell script that says "ready"; returns the child and its PID namespace once it has. */
   async function spawnReady(script: string, overrides: Partial<ChildConfig> = {}) {
     const { child, logger } = spawn(["sh", "-c", script], { sandbox, overrides });
-    await child.stdout.getReader().read();
+    const reader = child.stdout.getReader();
+    await reader.read();
     const init = sandboxInitPid(child.pid);
     if (init === null) throw new Error("the sandbox has no init");
-    return { child, logger, namespace: readlinkSync(`/proc/${init}/ns/pid`) };
+    const rest = async () => {
+      let text = "";
+      for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) text += new TextDecoder().decode(chunk.value);
+      return text;
+    };
+    return { child, logger, namespace: readlinkSync(`/proc/${init}/ns/pid`), rest };
   }
 
   test("the environment is the same plus bwrap's PWD, and the token is on no command line", async () => {
-    const { child } = spawn(["env"], { sandbox });
+    // It waits for a line, so that bwrap's command line is read while bwrap runs.
+    const { child, rest } = await spawnReady("echo ready; read line; exec env");
     const bwrapCommandLine = readFileSync(`/proc/${child.pid}/cmdline`, "utf8");
-    const text = await readAll(child.stdout);
+    child.write("go\n");
+    const text = await rest();
     expect(Object.fromEntries(text.trim().split("\n").map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]))).toEqual({
       PATH: process.env.PATH!,
       HOME: "/home/broker",
