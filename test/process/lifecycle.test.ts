@@ -60,6 +60,18 @@ describe("configuration errors", () => {
       `config: BROKER_CHILD_COMMAND: "no-such-forgejo-mcp" is not an executable file on PATH (${process.env.PATH ?? ""})`,
     );
   });
+
+  test("a sandbox that cannot run here (no bwrap on PATH) is one line saying how to install it or choose none, exit code 2", async () => {
+    const child = Bun.spawn([process.execPath, ENTRY], {
+      env: { PATH: "/nonexistent", FORGEJO_URL: "https://forgejo.example.com", FORGEJO_CLIENT_ID: "id", FORGEJO_CLIENT_SECRET: "secret", BROKER_CHILD_COMMAND: childCommand() },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    expect(await child.exited).toBe(2);
+    expect((await new Response(child.stderr).text()).trim()).toBe(
+      "config: BROKER_CHILD_SANDBOX=bwrap: bwrap is not on PATH (/nonexistent): install bubblewrap (apt-get install bubblewrap) or choose BROKER_CHILD_SANDBOX=none to run children unsandboxed",
+    );
+  });
 });
 
 describe("a running broker", () => {
@@ -83,6 +95,14 @@ describe("a running broker", () => {
     const health = await waitForHealth(url, child);
     return { child, url, health, dataDir: brokerDir };
   }
+
+  test("BROKER_CHILD_SANDBOX=none starts, with a warning in its log", async () => {
+    const { child } = await startBrokerProcess({ BROKER_CHILD_COMMAND: childCommand(), BROKER_CHILD_SANDBOX: "none" });
+    child.kill("SIGTERM");
+    expect(await child.exited).toBe(0);
+    const warnings = (await new Response(child.stdout).text()).split("\n").filter((line) => line.includes('"level":"warn"'));
+    expect(warnings).toEqual([expect.stringContaining("children run unsandboxed (BROKER_CHILD_SANDBOX=none)")]);
+  });
 
   test("keeps its data private, answers health, and on SIGTERM finishes an in-flight sign-in before exiting 0", async () => {
     const { child, url, health, dataDir: brokerDir } = await startBrokerProcess({ BROKER_CHILD_COMMAND: childCommand() });
