@@ -111,7 +111,8 @@ export function sandboxArgv(plan: SandboxPlan, program: string, args: string[], 
   for (const path of plan.hide.map((path) => host.realpath(path))) {
     if (bound.some((root) => isWithin(path, root))) argv.push("--tmpfs", path, "--remount-ro", path);
   }
-  argv.push("--chdir", "/", "--", realProgram, ...args);
+  // The sandbox's own root is a tmpfs: read-only too, so that /tmp is the one place a child can write.
+  argv.push("--remount-ro", "/", "--chdir", "/", "--", realProgram, ...args);
   return argv;
 }
 

@@ -46,6 +46,7 @@ describe("sandboxArgv", () => {
       "--symlink", "usr/lib64", "/lib64",
       "--ro-bind", "/etc", "/etc",
       "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+      "--remount-ro", "/",
       "--chdir", "/",
       "--", "/usr/bin/forgejo-mcp", "--transport", "stdio",
     ]);
