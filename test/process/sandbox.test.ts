@@ -17,6 +17,7 @@ const marker = `--evil-${crypto.randomUUID()}`;
 const WRITE_DIRS = ["/", "/etc", "/var/tmp", join(import.meta.dir, "..", "fixtures")];
 
 interface Report {
+  uid: number;
   ownToken: string;
   grandchildName: string;
   proc: string[];
@@ -95,8 +96,9 @@ describe("an evil child, for alice and for bob", () => {
     }
   });
 
-  test("each child sees only its own processes: its sandbox's init, itself and its grandchild", () => {
+  test("each child sees only its own processes: its sandbox's init, itself and its grandchild; and runs as another uid", () => {
     for (const { report } of sessions) {
+      expect(report.uid).toBe(65534);
       // bwrap's init carries the command it runs in its own command line.
       const cmdlines = Object.values(report.cmdlines).filter((cmdline) => !/^\S*bwrap /.test(cmdline));
       expect(cmdlines.filter((cmdline) => cmdline.includes(EVIL_CHILD))).toHaveLength(1);
