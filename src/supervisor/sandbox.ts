@@ -1,7 +1,7 @@
 // How a child command is wrapped: the bubblewrap argv that gives each child its own PID, IPC and mount
 // namespaces with a read-only view of the system only, and the start-up probe that checks it works here.
 import { lstatSync, readdirSync, readFileSync, readlinkSync, realpathSync } from "node:fs";
-import { isAbsolute, relative } from "node:path";
+import { isAbsolute, relative, resolve } from "node:path";
 
 export type SandboxKind = "bwrap" | "none";
 
@@ -107,9 +107,9 @@ export function sandboxArgv(plan: SandboxPlan, program: string, args: string[], 
     if (!bound.some((root) => isWithin(path, root))) bindReadOnly(path);
   }
   // A bind of a parent (the repository, /usr) must not carry the data directory in with it: an empty,
-  // read-only tmpfs goes over it. Under /tmp it is already out of sight.
-  for (const path of plan.hide.map((path) => host.realpath(path))) {
-    if (bound.some((root) => isWithin(path, root))) argv.push("--tmpfs", path, "--remount-ro", path);
+  // read-only tmpfs goes over it. Under /tmp it is already out of sight; before it exists there is nothing to hide.
+  for (const path of plan.hide.map((path) => host.realpath(resolve(path)))) {
+    if (host.kind(path) !== null && bound.some((root) => isWithin(path, root))) argv.push("--tmpfs", path, "--remount-ro", path);
   }
   // The sandbox's own root is a tmpfs: read-only too, so that /tmp is the one place a child can write.
   argv.push("--remount-ro", "/", "--chdir", "/", "--", realProgram, ...args);

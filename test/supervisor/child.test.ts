@@ -1,7 +1,9 @@
 // Real processes: the child's environment, its process group, its stop sequence and its stderr,
 // checked the way an operator would check them (env output, ps, the log).
 import { afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { ChildConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { checkChildCommand, ChildStartError, createSpawnChild, type ChildProcess } from "../../src/supervisor/child.ts";
@@ -299,6 +301,20 @@ describe("in the sandbox", () => {
     await child.exited;
     await waitWhile(() => liveInNamespace(namespace).length > 0, 100, 10);
     expect(liveInNamespace(namespace)).toEqual([]);
+  });
+
+  test("a data directory inside a bound path is empty and read-only in the sandbox; the rest of the path is there", async () => {
+    const app = mkdtempSync(join(tmpdir(), "fmb-bound-"));
+    try {
+      mkdirSync(join(app, "data"));
+      writeFileSync(join(app, "data", "sealing.key"), "secret");
+      writeFileSync(join(app, "child.js"), "code");
+      const plan = { ...sandbox, bind: [app], hide: [join(app, "data")] };
+      const { child } = spawn(["sh", "-c", `ls -A ${app}; ls -A ${app}/data; cat ${app}/data/sealing.key; touch ${app}/data/x || echo no-write`], { sandbox: plan });
+      expect((await readAll(child.stdout)).split("\n")).toEqual(["child.js", "data", "no-write", ""]);
+    } finally {
+      rmSync(app, { recursive: true, force: true });
+    }
   });
 
   test("killing bwrap from outside takes the whole sandbox with it", async () => {

@@ -14,6 +14,7 @@ function host(paths: Record<string, string>): HostPaths {
 }
 
 const MERGED_USR = host({ "/usr": "dir", "/bin": "usr/bin", "/lib": "usr/lib", "/lib64": "usr/lib64", "/sbin": "usr/sbin", "/etc": "dir", "/usr/bin/forgejo-mcp": "file" });
+const WITH_DATA = host({ "/usr": "dir", "/etc": "dir", "/srv/app/data": "dir", "/srv/data": "dir" });
 const plan = (overrides: Partial<Extract<SandboxPlan, { kind: "bwrap" }>> = {}): SandboxPlan => ({
   kind: "bwrap",
   bwrap: "/usr/bin/bwrap",
@@ -66,9 +67,11 @@ describe("sandboxArgv", () => {
     ["BROKER_CHILD_SANDBOX_BIND paths are bound read-only", MERGED_USR, plan({ bind: ["/opt/node", "/srv/app"] }), "/usr/bin/x",
       (argv) => has(argv, "--ro-bind", "/opt/node", "/opt/node") && has(argv, "--ro-bind", "/srv/app", "/srv/app")],
     ["a program inside a bound path is not bound again", MERGED_USR, plan({ bind: ["/opt/node"] }), "/opt/node/bin/node", (argv) => !has(argv, "--ro-bind", "/opt/node/bin/node")],
-    ["the data dir under a bound path gets an empty read-only tmpfs over it, after the bind", MERGED_USR, plan({ bind: ["/srv/app"], hide: ["/srv/app/data"] }), "/usr/bin/x",
+    ["the data dir under a bound path gets an empty read-only tmpfs over it, after the bind", WITH_DATA, plan({ bind: ["/srv/app"], hide: ["/srv/app/data"] }), "/usr/bin/x",
       (argv) => has(argv, "--tmpfs", "/srv/app/data", "--remount-ro", "/srv/app/data") && argv.indexOf("/srv/app/data") > argv.indexOf("/srv/app")],
-    ["the data dir bound itself is hidden all the same", MERGED_USR, plan({ bind: ["/srv/data"], hide: ["/srv/data"] }), "/usr/bin/x", (argv) => has(argv, "--tmpfs", "/srv/data", "--remount-ro", "/srv/data")],
+    ["the data dir bound itself is hidden all the same", WITH_DATA, plan({ bind: ["/srv/data"], hide: ["/srv/data"] }), "/usr/bin/x", (argv) => has(argv, "--tmpfs", "/srv/data", "--remount-ro", "/srv/data")],
+    ["a data dir that does not exist yet is left alone (nothing to hide, and no mount point in a read-only bind)", MERGED_USR, plan({ bind: ["/srv/app"], hide: ["/srv/app/data"] }), "/usr/bin/x",
+      (argv) => !argv.includes("/srv/app/data")],
     ["the data dir under /var (not bound) is not mentioned", MERGED_USR, plan(), "/usr/bin/x", (argv) => !argv.includes("/var/lib/forgejo-mcp-broker")],
     ["a sibling with a common prefix is not inside", MERGED_USR, plan({ bind: ["/srv/app"], hide: ["/srv/app-data"] }), "/usr/bin/x", (argv) => !argv.includes("/srv/app-data")],
   ];
