@@ -138,7 +138,11 @@ export function createSpawnChild(deps: SpawnChildDeps): SpawnChild {
     // SIGTERM kills bwrap, and bwrap's death kills the whole sandbox at once: a graceful stop signals the group
     // of the sandbox's init instead (its init ignores SIGTERM; the server in it gets it). SIGKILL to that init
     // ends every process in the sandbox, setsid descendants included.
-    const sandboxInit = () => (deps.sandbox.kind === "bwrap" ? sandboxInitPid(pid) : null);
+    let initPid: number | null = null;
+    const sandboxInit = () => {
+      if (deps.sandbox.kind === "bwrap" && initPid === null) initPid = sandboxInitPid(pid);
+      return initPid;
+    };
     const terminate = () => signalGroup("SIGTERM", sandboxInit() ?? pid);
     const kill = () => {
       const init = sandboxInit();

@@ -164,17 +164,21 @@ export async function probeSandbox(
  * of the server it runs (--new-session); bwrap, whose death kills the sandbox at once, is not in it.
  */
 export function sandboxInitPid(bwrapPid: number, procRoot = "/proc"): number | null {
-  for (const entry of readdirSync(procRoot)) {
-    if (!/^\d+$/.test(entry)) continue;
+  const parentOf = (pid: string): number | null => {
     let stat: string;
     try {
-      stat = readFileSync(`${procRoot}/${entry}/stat`, "utf8");
+      stat = readFileSync(`${procRoot}/${pid}/stat`, "utf8");
     } catch {
-      continue;
+      return null;
     }
     // "pid (comm) state ppid …": comm may hold spaces and parentheses, so fields count from the last ")".
-    const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-    if (ppid === bwrapPid) return Number(entry);
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  };
+  // bwrap forks its init as it starts, so the pids just after its own are nearly always the answer; the
+  // whole table (thousands of entries beside a thousand sessions) is read only when they are not.
+  const near = Array.from({ length: 16 }, (_, i) => String(bwrapPid + 1 + i));
+  for (const pid of [...near, ...readdirSync(procRoot).filter((entry) => /^\d+$/.test(entry))]) {
+    if (parentOf(pid) === bwrapPid) return Number(pid);
   }
   return null;
 }

@@ -1,7 +1,10 @@
 // The bubblewrap argv as a table over hosts and plans (what is bound, hidden and unshared), and the
 // start-up probe's decisions with a stand-in for running it.
 import { describe, expect, test } from "bun:test";
-import { probeSandbox, sandboxArgv, SandboxUnavailableError, type HostPaths, type SandboxPlan } from "../../src/supervisor/sandbox.ts";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { probeSandbox, sandboxArgv, sandboxInitPid, SandboxUnavailableError, type HostPaths, type SandboxPlan } from "../../src/supervisor/sandbox.ts";
 import { rejection } from "../helpers/promises.ts";
 
 /** A host described by its paths: a string is a symlink's target, "dir" and "file" are what they say. */
@@ -116,5 +119,33 @@ describe("probeSandbox", () => {
 
   test("on this host the real probe succeeds", async () => {
     expect(await probeSandbox(config, [], { path: process.env.PATH ?? "" })).toMatchObject({ kind: "bwrap" });
+  });
+});
+
+describe("sandboxInitPid", () => {
+  /** A /proc with these processes: pid → [comm, ppid]. */
+  function fakeProc(processes: Record<number, [string, number]>): string {
+    const root = mkdtempSync(join(tmpdir(), "fmb-proc-"));
+    for (const [pid, [comm, ppid]] of Object.entries(processes)) {
+      mkdirSync(join(root, pid));
+      writeFileSync(join(root, pid, "stat"), `${pid} (${comm}) S ${ppid} ${pid} ${pid} 0 -1 4194560`);
+    }
+    mkdirSync(join(root, "self"));
+    return root;
+  }
+
+  const rows: [string, Record<number, [string, number]>, number | null][] = [
+    ["the next pid", { 500: ["bwrap", 400], 501: ["bwrap", 500], 502: ["sh", 501] }, 501],
+    ["far from bwrap's pid (pids wrapped around)", { 500: ["bwrap", 400], 37: ["bwrap", 500], 38: ["sh", 37] }, 37],
+    ["a comm with spaces and parentheses", { 500: ["bwrap", 400], 503: ["a) S 500 (b", 1], 504: ["bwrap", 500] }, 504],
+    ["gone", { 500: ["bwrap", 400] }, null],
+  ];
+  test.each(rows)("%s", (_, processes, expected) => {
+    const root = fakeProc(processes);
+    try {
+      expect(sandboxInitPid(500, root)).toBe(expected);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });
