@@ -15,6 +15,7 @@ import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
 import { Store } from "./store/store.ts";
 import { createSpawnChild } from "./supervisor/child.ts";
+import type { SandboxPlan } from "./supervisor/sandbox.ts";
 import { realTimers } from "./supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials } from "./upstream/credentials.ts";
 import { ForgejoClient, UpstreamUnavailableError } from "./upstream/forgejo.ts";
@@ -22,6 +23,8 @@ import { MIN_REFRESH_INTERVAL_MS } from "./upstream/refresh-timing.ts";
 
 export interface BrokerOptions {
   logger: Logger;
+  /** How children are wrapped, as probeSandbox found it works on this host. */
+  sandbox: SandboxPlan;
   now?: () => number;
   lifetimes?: Partial<TokenLifetimes>;
   rateLimit?: RateLimitPolicy;
@@ -91,7 +94,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   const registry = new SessionRegistry({
     config: config.sessions,
     // Children take only PATH and the passthrough variables from the broker's environment.
-    spawn: createSpawnChild({ config: config.child, forgejoUrl: config.forgejo.url, env: process.env, logger }),
+    spawn: createSpawnChild({ config: config.child, sandbox: options.sandbox, forgejoUrl: config.forgejo.url, env: process.env, logger }),
     upstreamToken: upstreamTokenFrom(credentials),
     refresh: refresherFrom(credentials),
     grantIsLive: (grantId) => store.grantHasLiveTokens(grantId, now()),

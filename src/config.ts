@@ -5,6 +5,7 @@ import { isAbsolute, relative, resolve, sep } from "node:path";
 import type { LogLevel } from "./log.ts";
 import { secretFileExposure } from "./crypto.ts";
 import { parseAddressBlock, type AddressBlock } from "./http/client-address.ts";
+import type { SandboxConfig } from "./supervisor/sandbox.ts";
 
 export interface BrokerConfig {
   /** Issuer and resource base, without a trailing slash. Never derived from the Host header. */
@@ -14,6 +15,8 @@ export interface BrokerConfig {
   host: string;
   port: number;
   dataDir: string;
+  /** The files secrets were read from (FORGEJO_CLIENT_SECRET_FILE, BROKER_SEALING_KEY_FILE): kept out of every child's sight. */
+  secretFiles: string[];
   /** 32 bytes when given by BROKER_SEALING_KEY or BROKER_SEALING_KEY_FILE; otherwise generated under dataDir. */
   sealingKey: Uint8Array | null;
   forgejo: {
@@ -46,6 +49,8 @@ export interface ChildConfig {
   tokenEnv: string;
   passthroughEnv: string[];
   stopGraceMs: number;
+  /** How each child is wrapped: bubblewrap by default, or explicitly nothing. */
+  sandbox: SandboxConfig;
 }
 
 export interface SessionConfig {
@@ -139,12 +144,14 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
    * A secret given either in `name` or in a file named by `name_FILE` (the convention systemd's LoadCredential= fits),
    * so that it need not sit in /proc/<pid>/environ. Problem lines name the file, never a byte of what it holds.
    */
+  const secretFiles: string[] = [];
   const secret = (name: string, secretName: string): string | undefined => {
     const fileName = `${name}_FILE`;
     const fileExample = credentialPath(name);
     const value = get(name);
     const path = get(fileName);
     if (path === undefined) return value;
+    secretFiles.push(path);
     if (value !== undefined) {
       problem(fileName, `and ${name} are both set; keep only one`, fileExample);
       return undefined;
@@ -225,6 +232,14 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
   const urlEnv = envName("BROKER_CHILD_URL_ENV", "FORGEJO_URL");
   const tokenEnv = envName("BROKER_CHILD_TOKEN_ENV", "FORGEJO_ACCESS_TOKEN");
   const stopGraceMs = integer("BROKER_CHILD_STOP_GRACE_S", 5, 0, 600, "5") * 1000;
+  const sandboxKind = get("BROKER_CHILD_SANDBOX") ?? "bwrap";
+  if (sandboxKind !== "bwrap" && sandboxKind !== "none") {
+    problem("BROKER_CHILD_SANDBOX", `must be bwrap or none, got ${JSON.stringify(sandboxKind)}`, "bwrap");
+  }
+  const sandboxBind = (get("BROKER_CHILD_SANDBOX_BIND") ?? "").split(",").map((path) => path.trim()).filter(Boolean);
+  for (const path of sandboxBind) {
+    if (!path.startsWith("/")) problem("BROKER_CHILD_SANDBOX_BIND", `has ${JSON.stringify(path)}, which is not an absolute path`, "/usr/local/lib/node_modules,/etc/ssl");
+  }
   const sessions = {
     maxSessions: integer("BROKER_MAX_SESSIONS", 1000, 1, 1_000_000, "1000"),
     maxSessionsPerUser: integer("BROKER_MAX_SESSIONS_PER_USER", 20, 1, 1_000_000, "20"),
@@ -270,9 +285,17 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
       host,
       port,
       dataDir,
+      secretFiles,
       sealingKey,
       forgejo: { url: forgejoUrl, clientId, clientSecret: clientSecret ?? "", scopes, timeoutMs: forgejoTimeoutMs },
-      child: { command: command ?? [], urlEnv, tokenEnv, passthroughEnv, stopGraceMs },
+      child: {
+        command: command ?? [],
+        urlEnv,
+        tokenEnv,
+        passthroughEnv,
+        stopGraceMs,
+        sandbox: { kind: sandboxKind === "none" ? "none" : "bwrap", bind: sandboxBind },
+      },
       sessions: {
         ...sessions,
         allowedOrigins: allowedOrigins.length > 0 ? allowedOrigins : [new URL(publicUrl).origin],
@@ -302,6 +325,11 @@ function isBrokerSecretName(name: string): boolean {
 }
 
 /** Splits a command line into argv the way a POSIX shell would for plain words and quotes, and nothing more. */
+/** What no child may see even where it lies under a path bound into the sandbox: the data directory and the secret files. */
+export function hiddenFromChildren(config: Pick<BrokerConfig, "dataDir" | "secretFiles">): string[] {
+  return [config.dataDir, ...config.secretFiles];
+}
+
 export function splitCommandLine(line: string): string[] | null {
   const argv: string[] = [];
   let current = "";

@@ -1,10 +1,12 @@
-// Entry point: configuration → child command check → store → app → listen; SIGTERM/SIGINT stop accepting, stop every
-// child and wait for it, let in-flight requests finish, close the database, exit 0. Bad configuration or key file exits 2.
+// Entry point: configuration → child command check → sandbox probe → store → app → listen; SIGTERM/SIGINT stop accepting,
+// stop every child and wait for it, let in-flight requests finish, close the database, exit 0. Bad configuration, key file
+// or a sandbox that does not work here exits 2.
 import { startBroker } from "./broker.ts";
-import { loadConfig } from "./config.ts";
+import { hiddenFromChildren, loadConfig } from "./config.ts";
 import { SecretFileExposedError } from "./crypto.ts";
 import { createLogger } from "./log.ts";
 import { checkChildCommand } from "./supervisor/child.ts";
+import { probeSandbox, SandboxUnavailableError } from "./supervisor/sandbox.ts";
 
 const result = loadConfig(process.env);
 const problems = result.ok ? [checkChildCommand(result.config.child.command, process.env)].filter((p) => p !== null) : result.problems;
@@ -15,7 +17,16 @@ if (!result.ok || problems.length > 0) {
 const config = result.config;
 const logger = createLogger({ level: config.logLevel });
 
-const broker = await startBroker(config, { logger }).catch((error: unknown) => {
+const sandbox = await probeSandbox(config.child.sandbox, hiddenFromChildren(config), { path: process.env.PATH ?? "" }).catch((error: unknown) => {
+  if (!(error instanceof SandboxUnavailableError)) throw error;
+  console.error(`config: ${error.message}`);
+  process.exit(2);
+});
+if (sandbox.kind === "none") {
+  logger.warn("children run unsandboxed (BROKER_CHILD_SANDBOX=none): each can read every other child's token and the broker's secrets");
+}
+
+const broker = await startBroker(config, { logger, sandbox }).catch((error: unknown) => {
   if (!(error instanceof SecretFileExposedError)) throw error;
   console.error(`config: ${error.message}`);
   process.exit(2);

@@ -4,7 +4,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { DEFAULT_FORGEJO_SCOPES, loadConfig, splitCommandLine, type SecretFileReader } from "../src/config.ts";
+import { DEFAULT_FORGEJO_SCOPES, hiddenFromChildren, loadConfig, splitCommandLine, type SecretFileReader } from "../src/config.ts";
 import type { LogLevel } from "../src/log.ts";
 
 const REQUIRED = { FORGEJO_URL: "https://forgejo.example.com/", FORGEJO_CLIENT_ID: "id", FORGEJO_CLIENT_SECRET: "secret" };
@@ -21,7 +21,7 @@ describe("loadConfig", () => {
       dataDir: "./data",
       sealingKey: null,
       forgejo: { url: "https://forgejo.example.com", clientId: "id", clientSecret: "secret", scopes: DEFAULT_FORGEJO_SCOPES.split(" "), timeoutMs: 20_000 },
-      child: { command: ["forgejo-mcp", "--transport", "stdio"], urlEnv: "FORGEJO_URL", tokenEnv: "FORGEJO_ACCESS_TOKEN", passthroughEnv: [], stopGraceMs: 5000 },
+      child: { command: ["forgejo-mcp", "--transport", "stdio"], urlEnv: "FORGEJO_URL", tokenEnv: "FORGEJO_ACCESS_TOKEN", passthroughEnv: [], stopGraceMs: 5000, sandbox: { kind: "bwrap", bind: [] } },
       sessions: { idleTimeoutMs: 900_000, refreshLeadMs: 300_000, requestTimeoutMs: 300_000, maxMessageBytes: 4 * 1024 * 1024, allowedOrigins: ["http://127.0.0.1:8080"] },
       logLevel: "info",
     });
@@ -36,6 +36,11 @@ describe("loadConfig", () => {
   test("FORGEJO_TIMEOUT_S is read in seconds", () => {
     const result = loadConfig({ ...REQUIRED, FORGEJO_TIMEOUT_S: "7" });
     expect(result.ok && result.config.forgejo.timeoutMs).toBe(7000);
+  });
+
+  test("BROKER_CHILD_SANDBOX=none and BROKER_CHILD_SANDBOX_BIND's paths reach the child's sandbox config", () => {
+    const result = loadConfig({ ...REQUIRED, BROKER_CHILD_SANDBOX: "none", BROKER_CHILD_SANDBOX_BIND: "/usr/local/lib/node_modules, /etc/ssl" });
+    expect(result.ok && result.config.child.sandbox).toEqual({ kind: "none", bind: ["/usr/local/lib/node_modules", "/etc/ssl"] });
   });
 
   test("a configured sealing key is decoded", () => {
@@ -70,6 +75,8 @@ describe("loadConfig", () => {
     ["the client secret passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "HOME,FORGEJO_CLIENT_SECRET" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "FORGEJO_CLIENT_SECRET" to children/],
     ["the sealing key passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "BROKER_SEALING_KEY LANG" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "BROKER_SEALING_KEY" to children/],
     ["a broker variable passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "BROKER_METRICS_TOKEN" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "BROKER_METRICS_TOKEN" to children/],
+    ["an unknown sandbox", { BROKER_CHILD_SANDBOX: "docker" }, /^BROKER_CHILD_SANDBOX: must be bwrap or none, got "docker"/],
+    ["a relative sandbox bind", { BROKER_CHILD_SANDBOX_BIND: "/etc/ssl,node_modules" }, /^BROKER_CHILD_SANDBOX_BIND: has "node_modules", which is not an absolute path/],
     ["an origin with a path", { BROKER_ALLOWED_ORIGINS: "https://claude.ai/x" }, /^BROKER_ALLOWED_ORIGINS: has "https:\/\/claude.ai\/x", which is not an origin/],
     ["zero sessions", { BROKER_MAX_SESSIONS: "0" }, /^BROKER_MAX_SESSIONS: must be a whole number from 1/],
     ["no wait for Forgejo at all", { FORGEJO_TIMEOUT_S: "0" }, /^FORGEJO_TIMEOUT_S: must be a whole number from 1 to 600, got "0"/],
@@ -114,6 +121,12 @@ describe("secrets from files (FORGEJO_CLIENT_SECRET_FILE, BROKER_SEALING_KEY_FIL
     if (!result.ok) throw new Error(result.problems.join("\n"));
     expect(result.config.forgejo.clientSecret).toBe(SECRET);
     expect(Buffer.from(result.config.sealingKey!).equals(KEY)).toBe(true);
+  });
+
+  test("the files a secret came from are hidden from children, with the data directory", () => {
+    const result = loadConfig({ ...WITHOUT_SECRET, FORGEJO_CLIENT_SECRET_FILE: "/etc/fmb/client_secret", BROKER_SEALING_KEY_FILE: "/etc/fmb/sealing_key" }, readFake);
+    if (!result.ok) throw new Error(result.problems.join("\n"));
+    expect(hiddenFromChildren(result.config)).toEqual([result.config.dataDir, "/etc/fmb/sealing_key", "/etc/fmb/client_secret"]);
   });
 
   test("a file in systemd's credentials directory may show 0440: systemd grants the unit's user read with an ACL", () => {

@@ -1,7 +1,8 @@
-// One child MCP server process: spawned without a shell in its own process group with a minimal
-// environment, stderr drained to the log, and stopped by signalling the whole group.
+// One child MCP server process: spawned without a shell, in its sandbox and its own process group, with a
+// minimal environment, stderr drained to the log, and stopped by signalling the whole group.
 import type { ChildConfig } from "../config.ts";
 import { maskSecrets, type Logger } from "../log.ts";
+import { sandboxArgv, sandboxInitPid, type SandboxPlan } from "./sandbox.ts";
 import { drainStderr } from "./stderr.ts";
 import { realTimers, type Timers } from "./timers.ts";
 
@@ -13,6 +14,7 @@ export interface ChildExit {
 }
 
 export interface ChildProcess {
+  /** The process the broker started: bwrap's when the child is sandboxed, the server's otherwise. */
   readonly pid: number;
   /** Newline-delimited JSON-RPC from the child. */
   readonly stdout: ReadableStream<Uint8Array>;
@@ -23,7 +25,7 @@ export interface ChildProcess {
   /** Settles once the child has exited and its stderr is drained; never rejects. */
   readonly exited: Promise<ChildExit>;
   lastStderrLine(): string | null;
-  /** Close stdin, SIGTERM the group, SIGKILL it after the grace period; settles like `exited`. */
+  /** Close stdin, SIGTERM the server's group, SIGKILL everything after the grace period; settles like `exited`. */
   stop(): Promise<ChildExit>;
 }
 
@@ -50,6 +52,8 @@ type Env = Record<string, string | undefined>;
 
 export interface SpawnChildDeps {
   config: ChildConfig;
+  /** How the child is wrapped, as the start-up probe found it works on this host. */
+  sandbox: SandboxPlan;
   forgejoUrl: string;
   /** The broker's own environment: only PATH and the passthrough names are read from it. */
   env: Env;
@@ -101,7 +105,9 @@ export function createSpawnChild(deps: SpawnChildDeps): SpawnChild {
 
     let proc: Bun.Subprocess<"pipe", "pipe", "pipe">;
     try {
-      proc = Bun.spawn([resolved, ...args], {
+      // The token goes in the environment bwrap hands to the child, never on bwrap's command line, which
+      // /proc/<pid>/cmdline shows to anyone.
+      proc = Bun.spawn(sandboxArgv(deps.sandbox, resolved, args), {
         env: childEnvironment(deps.config, deps.forgejoUrl, token, deps.env),
         stdin: "pipe",
         stdout: "pipe",
@@ -122,12 +128,26 @@ export function createSpawnChild(deps: SpawnChildDeps): SpawnChild {
       maxTotalBytes: deps.maxStderrBytes ?? 1024 * 1024,
     });
 
-    const signalGroup = (signal: NodeJS.Signals) => {
+    const signalGroup = (signal: NodeJS.Signals, leader = pid) => {
       try {
-        process.kill(-pid, signal);
+        process.kill(-leader, signal);
       } catch {
         // ESRCH: the group is already empty.
       }
+    };
+    // SIGTERM kills bwrap, and bwrap's death kills the whole sandbox at once: a graceful stop signals the group
+    // of the sandbox's init instead (its init ignores SIGTERM; the server in it gets it). SIGKILL to that init
+    // ends every process in the sandbox, setsid descendants included.
+    let initPid: number | null = null;
+    const sandboxInit = () => {
+      if (deps.sandbox.kind === "bwrap" && initPid === null) initPid = sandboxInitPid(pid);
+      return initPid;
+    };
+    const terminate = () => signalGroup("SIGTERM", sandboxInit() ?? pid);
+    const kill = () => {
+      const init = sandboxInit();
+      if (init !== null) signalGroup("SIGKILL", init);
+      signalGroup("SIGKILL");
     };
 
     let stdinOpen = true;
@@ -199,8 +219,8 @@ export function createSpawnChild(deps: SpawnChildDeps): SpawnChild {
         stopping = exited;
         closeStdin();
         if (gone) return exited;
-        signalGroup("SIGTERM");
-        killTimer = timers.setTimeout(() => signalGroup("SIGKILL"), deps.config.stopGraceMs);
+        terminate();
+        killTimer = timers.setTimeout(kill, deps.config.stopGraceMs);
         return stopping;
       },
     };

@@ -23,7 +23,10 @@ async function lazyReader() {
       tokenEnv: "FORGEJO_ACCESS_TOKEN",
       passthroughEnv: [],
       stopGraceMs: 2000,
+      sandbox: { kind: "none", bind: [] },
     },
+    // About backpressure, not the sandbox: SIGUSR1 goes to the server's own pid.
+    sandbox: { kind: "none" },
     forgejoUrl: "https://forgejo.test",
     env: { PATH: process.env.PATH },
     logger,

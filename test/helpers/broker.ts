@@ -1,11 +1,12 @@
 // Starts a real broker on a loopback port against the Forgejo stand-in, in a fresh data
 // directory, with a logger whose lines the test can read; everything stops with stop().
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, realpathSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startBroker, type BrokerOptions, type RunningBroker } from "../../src/broker.ts";
-import { loadConfig, type BrokerConfig } from "../../src/config.ts";
+import { hiddenFromChildren, loadConfig, type BrokerConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
+import { probeSandbox } from "../../src/supervisor/sandbox.ts";
 import { startFakeForgejo, type FakeForgejo, type FakeForgejoOptions } from "../fixtures/forgejo.ts";
 
 export interface TestBroker {
@@ -21,6 +22,14 @@ export interface TestBroker {
   stop(): Promise<void>;
 }
 
+const REPO_ROOT = join(import.meta.dir, "..", "..");
+
+/**
+ * What the stand-in children see in their sandbox besides the system and bun itself: the repository (their
+ * scripts) and the node_modules it links to. The data directories are under /tmp, which the sandbox replaces.
+ */
+export const CHILD_SANDBOX_BIND = [REPO_ROOT, realpathSync(join(REPO_ROOT, "node_modules"))].join(",");
+
 /** The environment of a broker on a loopback port that signs users in through the Forgejo stand-in. */
 export function brokerEnvFor(forgejo: Pick<FakeForgejo, "url" | "clientId" | "clientSecret">, port: number, dataDir: string): Record<string, string> {
   return {
@@ -30,6 +39,7 @@ export function brokerEnvFor(forgejo: Pick<FakeForgejo, "url" | "clientId" | "cl
     FORGEJO_URL: forgejo.url,
     FORGEJO_CLIENT_ID: forgejo.clientId,
     FORGEJO_CLIENT_SECRET: forgejo.clientSecret,
+    BROKER_CHILD_SANDBOX_BIND: CHILD_SANDBOX_BIND,
   };
 }
 
@@ -43,7 +53,8 @@ export async function startTestBroker(
   if (!result.ok) throw new Error(result.problems.join("\n"));
   const config = result.config;
   const logger = createMemoryLogger();
-  const start = () => startBroker(config, { logger, ...options.broker });
+  const sandbox = await probeSandbox(config.child.sandbox, hiddenFromChildren(config), { path: process.env.PATH ?? "" });
+  const start = () => startBroker(config, { logger, sandbox, ...options.broker });
   const handle: TestBroker = {
     broker: await start(),
     forgejo,

@@ -110,6 +110,12 @@ export async function processesMatching(needle: string): Promise<ProcessRow[]> {
     .filter((row) => row.args.includes(needle) && !(row.stat.startsWith("Z") && row.ppid === 1));
 }
 
+/** The processes the broker started, one per child: bwrap's, or the server's unsandboxed; not what runs under them. */
+export function outermost(rows: ProcessRow[]): ProcessRow[] {
+  const pids = new Set(rows.map((row) => row.pid));
+  return rows.filter((row) => !pids.has(row.ppid));
+}
+
 /** Opens the standalone GET stream and keeps reading it (an unread response is dropped by Bun's fetch); abort to close. */
 export async function holdStandaloneStream(
   url: string,

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
-import { childCommand, openSession, postMcp, processesMatching } from "../helpers/mcp.ts";
+import { childCommand, openSession, outermost, postMcp, processesMatching } from "../helpers/mcp.ts";
 import { CookieJar, obtainTokens, parseConsentForm } from "../helpers/oauth-client.ts";
 import { brokerEnvFor, freePort } from "../helpers/broker.ts";
 import { waitWhile } from "../helpers/promises.ts";
@@ -60,6 +60,18 @@ describe("configuration errors", () => {
       `config: BROKER_CHILD_COMMAND: "no-such-forgejo-mcp" is not an executable file on PATH (${process.env.PATH ?? ""})`,
     );
   });
+
+  test("a sandbox that cannot run here (no bwrap on PATH) is one line saying how to install it or choose none, exit code 2", async () => {
+    const child = Bun.spawn([process.execPath, ENTRY], {
+      env: { PATH: "/nonexistent", FORGEJO_URL: "https://forgejo.example.com", FORGEJO_CLIENT_ID: "id", FORGEJO_CLIENT_SECRET: "secret", BROKER_CHILD_COMMAND: childCommand() },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    expect(await child.exited).toBe(2);
+    expect((await new Response(child.stderr).text()).trim()).toBe(
+      "config: BROKER_CHILD_SANDBOX=bwrap: bwrap is not on PATH (/nonexistent): install bubblewrap (apt-get install bubblewrap) or choose BROKER_CHILD_SANDBOX=none to run children unsandboxed",
+    );
+  });
 });
 
 describe("a running broker", () => {
@@ -83,6 +95,14 @@ describe("a running broker", () => {
     const health = await waitForHealth(url, child);
     return { child, url, health, dataDir: brokerDir };
   }
+
+  test("BROKER_CHILD_SANDBOX=none starts, with a warning in its log", async () => {
+    const { child } = await startBrokerProcess({ BROKER_CHILD_COMMAND: childCommand(), BROKER_CHILD_SANDBOX: "none" });
+    child.kill("SIGTERM");
+    expect(await child.exited).toBe(0);
+    const warnings = (await new Response(child.stdout).text()).split("\n").filter((line) => line.includes('"level":"warn"'));
+    expect(warnings).toEqual([expect.stringContaining("children run unsandboxed (BROKER_CHILD_SANDBOX=none)")]);
+  });
 
   test("keeps its data private, answers health, and on SIGTERM finishes an in-flight sign-in before exiting 0", async () => {
     const { child, url, health, dataDir: brokerDir } = await startBrokerProcess({ BROKER_CHILD_COMMAND: childCommand() });
@@ -137,9 +157,9 @@ describe("a running broker", () => {
       sessions.push(...(await Promise.all(Array.from({ length: 10 }, () => openSession(mcpUrl, accessToken)))));
     }
     expect(new Set(sessions).size).toBe(50);
-    const children = await processesMatching(marker);
+    const children = outermost(await processesMatching(marker));
     expect(children).toHaveLength(50);
-    // Each child leads its own process group, a child of the broker.
+    // Each child (bwrap, which runs the server in its sandbox) leads its own process group, a child of the broker.
     for (const row of children) {
       expect(row.ppid).toBe(broker.pid);
       expect(row.pgid).toBe(row.pid);

@@ -1,9 +1,13 @@
 // Real processes: the child's environment, its process group, its stop sequence and its stderr,
 // checked the way an operator would check them (env output, ps, the log).
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, beforeAll, describe, expect, test } from "bun:test";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { ChildConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { checkChildCommand, ChildStartError, createSpawnChild, type ChildProcess } from "../../src/supervisor/child.ts";
+import { probeSandbox, sandboxInitPid, type SandboxPlan } from "../../src/supervisor/sandbox.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 const brokerEnv = {
@@ -21,6 +25,7 @@ function config(command: string[], overrides: Partial<ChildConfig> = {}): ChildC
     tokenEnv: "FORGEJO_ACCESS_TOKEN",
     passthroughEnv: ["HOME", "LANG"],
     stopGraceMs: 2000,
+    sandbox: { kind: "none", bind: [] },
     ...overrides,
   };
 }
@@ -30,10 +35,15 @@ afterEach(async () => {
   await Promise.all(started.splice(0).map((child) => child.stop()));
 });
 
-function spawn(command: string[], options: { overrides?: Partial<ChildConfig>; token?: string; maxStderrBytes?: number } = {}) {
+// Unsandboxed unless a test says otherwise: most of these are about the process group, stdio and stderr.
+function spawn(
+  command: string[],
+  options: { overrides?: Partial<ChildConfig>; token?: string; maxStderrBytes?: number; sandbox?: SandboxPlan } = {},
+) {
   const logger = createMemoryLogger();
   const spawnChild = createSpawnChild({
     config: config(command, options.overrides),
+    sandbox: options.sandbox ?? { kind: "none" },
     forgejoUrl: "https://forgejo.test",
     env: brokerEnv,
     logger,
@@ -53,6 +63,20 @@ function liveInGroup(pgid: number): string[] {
     .map((line) => line.trim().split(/\s+/))
     .filter((cols) => Number(cols[1]) === pgid && !cols[2]?.startsWith("Z"))
     .map((cols) => cols.join(" "));
+}
+
+/** Live processes in a PID namespace, found by the namespace's identity in every process's /proc entry. */
+function liveInNamespace(namespace: string): number[] {
+  return readdirSync("/proc")
+    .filter((entry) => /^\d+$/.test(entry))
+    .filter((pid) => {
+      try {
+        return readlinkSync(`/proc/${pid}/ns/pid`) === namespace && !/^\S+ \(.*\) Z/s.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
 }
 
 async function readAll(stream: ReadableStream<Uint8Array>): Promise<string> {
@@ -209,5 +233,95 @@ describe("start-up check", () => {
 
   test("spawning a command that does not resolve throws ChildStartError", () => {
     expect(() => spawn(["forgejo-mcp-not-installed"])).toThrow(ChildStartError);
+  });
+});
+
+describe("in the sandbox", () => {
+  let sandbox: SandboxPlan;
+  beforeAll(async () => {
+    sandbox = await probeSandbox({ kind: "bwrap", bind: [] }, [], { path: process.env.PATH ?? "" });
+  });
+
+  /** Starts a sandboxed shell script that says "ready"; returns the child and its PID namespace once it has. */
+  async function spawnReady(script: string, overrides: Partial<ChildConfig> = {}) {
+    const { child, logger } = spawn(["sh", "-c", script], { sandbox, overrides });
+    const reader = child.stdout.getReader();
+    await reader.read();
+    const init = sandboxInitPid(child.pid);
+    if (init === null) throw new Error("the sandbox has no init");
+    const rest = async () => {
+      let text = "";
+      for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) text += new TextDecoder().decode(chunk.value);
+      return text;
+    };
+    return { child, logger, namespace: readlinkSync(`/proc/${init}/ns/pid`), rest };
+  }
+
+  test("the environment is the same plus bwrap's PWD, and the token is on no command line", async () => {
+    // It waits for a line, so that bwrap's command line is read while bwrap runs.
+    const { child, rest } = await spawnReady("echo ready; read line; exec env");
+    const bwrapCommandLine = readFileSync(`/proc/${child.pid}/cmdline`, "utf8");
+    child.write("go\n");
+    const text = await rest();
+    expect(Object.fromEntries(text.trim().split("\n").map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)]))).toEqual({
+      PATH: process.env.PATH!,
+      HOME: "/home/broker",
+      FORGEJO_URL: "https://forgejo.test",
+      FORGEJO_ACCESS_TOKEN: "gto_usertokenusertoken",
+      // The sandbox starts the child in its root, not in the broker's directory, which it cannot see.
+      PWD: "/",
+    });
+    expect(bwrapCommandLine).toContain("--unshare-pid");
+    expect(bwrapCommandLine).not.toContain("gto_usertokenusertoken");
+  });
+
+  test("stop lets the server handle SIGTERM, and leaves nothing of the sandbox, setsid descendants included", async () => {
+    const { child, namespace } = await spawnReady("trap 'echo stopping gracefully >&2; exit 0' TERM; setsid sleep 60 & sleep 60 & echo ready; wait");
+    expect(liveInNamespace(namespace).length).toBe(4);
+    const exit = await child.stop();
+    expect(exit).toEqual({ code: 0, signal: null, lastStderrLine: "stopping gracefully" });
+    await waitWhile(() => liveInNamespace(namespace).length > 0, 100, 10);
+    expect(liveInNamespace(namespace)).toEqual([]);
+  });
+
+  test("a server that ignores SIGTERM and stdin is killed with all it started after the grace period", async () => {
+    const { child, namespace } = await spawnReady("trap '' TERM; setsid sh -c 'trap \"\" TERM; sleep 60' & sleep 60 & echo ready; wait", { stopGraceMs: 300 });
+    const began = performance.now();
+    const exit = await child.stop();
+    expect(performance.now() - began).toBeGreaterThanOrEqual(280);
+    expect(exit.signal).toBe("SIGKILL");
+    await waitWhile(() => liveInNamespace(namespace).length > 0, 100, 10);
+    expect(liveInNamespace(namespace)).toEqual([]);
+  });
+
+  test("what a server leaves behind when it exits on its own ends with it", async () => {
+    const { child, namespace } = await spawnReady("setsid sleep 60 & sleep 60 & echo ready; read line; exit 0");
+    expect(liveInNamespace(namespace).length).toBe(4);
+    child.write("go\n");
+    await child.exited;
+    await waitWhile(() => liveInNamespace(namespace).length > 0, 100, 10);
+    expect(liveInNamespace(namespace)).toEqual([]);
+  });
+
+  test("a data directory inside a bound path is empty and read-only in the sandbox; the rest of the path is there", async () => {
+    const app = mkdtempSync(join(tmpdir(), "fmb-bound-"));
+    try {
+      mkdirSync(join(app, "data"));
+      writeFileSync(join(app, "data", "sealing.key"), "secret");
+      writeFileSync(join(app, "child.js"), "code");
+      const plan = { ...sandbox, bind: [app], hide: [join(app, "data")] };
+      const { child } = spawn(["sh", "-c", `ls -A ${app}; ls -A ${app}/data; cat ${app}/data/sealing.key; touch ${app}/data/x || echo no-write`], { sandbox: plan });
+      expect((await readAll(child.stdout)).split("\n")).toEqual(["child.js", "data", "no-write", ""]);
+    } finally {
+      rmSync(app, { recursive: true, force: true });
+    }
+  });
+
+  test("killing bwrap from outside takes the whole sandbox with it", async () => {
+    const { child, namespace } = await spawnReady("trap '' TERM; setsid sleep 60 & echo ready; wait");
+    process.kill(child.pid, "SIGKILL");
+    await child.exited;
+    await waitWhile(() => liveInNamespace(namespace).length > 0, 100, 10);
+    expect(liveInNamespace(namespace)).toEqual([]);
   });
 });

@@ -91,7 +91,10 @@ function registry(token: (user: number) => string = (user) => tokens.get(user)!)
       tokenEnv: "FORGEJO_ACCESS_TOKEN",
       passthroughEnv: [],
       stopGraceMs: 2000,
+      sandbox: { kind: "none", bind: [] },
     },
+    // About the bridge and the registry, not the sandbox: the process checks here go by the server's own group.
+    sandbox: { kind: "none" },
     forgejoUrl: forgejo.url,
     env: { PATH: process.env.PATH },
     logger,
