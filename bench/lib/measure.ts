@@ -7,7 +7,7 @@ import type { FakeForgejo } from "../../test/fixtures/forgejo.ts";
 import type { TargetName } from "./args.ts";
 import { runDirectChurn, runDirectLoad, StdioSession } from "./direct.ts";
 import { startBroker, startRelay, startSupergateway, type ChildSpec, type Gateway } from "./gateways.ts";
-import { cpuSeconds, describeDescendants, procStat, rssKb, RssSampler, treePssKb } from "./proc.ts";
+import { countByComm, cpuSeconds, describeDescendants, descendantsOf, procStat, rssKb, RssSampler, treePssKb } from "./proc.ts";
 
 export interface LoadSample {
   callsPerSecond: number | null;
@@ -27,6 +27,11 @@ export interface LoadSample {
   errors: string[];
   /** Progress notifications delivered for one progress call at start-up (5 expected). */
   progress: number | null;
+  /**
+   * bwrap processes in the gateway's tree once every session is open (the first call): two per session
+   * when the broker sandboxes its children (bwrap and the sandbox's init), none otherwise; null for direct.
+   */
+  bwrapProcesses: number | null;
 }
 
 export interface ChurnSample {
@@ -81,7 +86,16 @@ const now = () => performance.now();
 export async function startGateway(target: Exclude<TargetName, "direct">, child: ChildSpec, ctx: MeasureContext): Promise<Gateway> {
   switch (target) {
     case "broker":
-      return startBroker({ child, forgejo: ctx.forgejo, maxSessions: ctx.maxSessions, logLevel: ctx.brokerLogLevel, flags: ctx.brokerFlags, wrapper: ctx.brokerWrapper });
+    case "broker-unsandboxed":
+      return startBroker({
+        child,
+        forgejo: ctx.forgejo,
+        maxSessions: ctx.maxSessions,
+        logLevel: ctx.brokerLogLevel,
+        sandbox: target === "broker" ? "bwrap" : "none",
+        flags: ctx.brokerFlags,
+        wrapper: ctx.brokerWrapper,
+      });
     case "relay":
       return startRelay(child);
     case "supergateway":
@@ -103,16 +117,18 @@ function loadErrors(result: LoadResult): string[] {
 /**
  * A fetch for runLoad that notes the gateway's CPU time at the first tools/call (the calls phase
  * begins: all sessions are open) and at the first DELETE (runLoad closes sessions only after every
- * call is done), so session set-up and teardown do not count as per-call CPU.
+ * call is done), so session set-up and teardown do not count as per-call CPU. At the first call it
+ * also counts the bwrap processes in the gateway's tree, after reading the CPU time.
  */
-function cpuMarkingFetch(pid: number): { fetch: typeof fetch; marks: { start: number | null; end: number | null } } {
-  const marks = { start: null as number | null, end: null as number | null };
+function cpuMarkingFetch(pid: number): { fetch: typeof fetch; marks: { start: number | null; end: number | null; bwrap: number | null } } {
+  const marks = { start: null as number | null, end: null as number | null, bwrap: null as number | null };
   let phase = 0;
   const wrapped = ((input: RequestInfo | URL, init?: RequestInit) => {
     if (phase === 0) {
       if (typeof init?.body === "string" && init.body.includes('"method":"tools/call"')) {
         phase = 1;
         marks.start = cpuSeconds(pid);
+        marks.bwrap = countByComm(descendantsOf(pid), "bwrap");
       }
     } else if (phase === 1 && init?.method === "DELETE") {
       phase = 2;
@@ -157,6 +173,7 @@ export async function measureLoad(target: TargetName, child: ChildSpec, sessions
         callsRequested: result.calls.requested,
         errors: loadErrors(result),
         progress: gateway.progressNotifications,
+        bwrapProcesses: marks.bwrap,
       },
     };
   } catch (error) {
@@ -212,6 +229,7 @@ async function measureDirectLoad(child: ChildSpec, sessions: number, calls: numb
         callsRequested: result.calls.requested,
         errors: directErrors(result.errors),
         progress,
+        bwrapProcesses: null,
       },
     };
   } catch (error) {
