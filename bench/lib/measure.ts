@@ -7,7 +7,7 @@ import type { FakeForgejo } from "../../test/fixtures/forgejo.ts";
 import type { TargetName } from "./args.ts";
 import { runDirectChurn, runDirectLoad, StdioSession } from "./direct.ts";
 import { startBroker, startRelay, startSupergateway, type ChildSpec, type Gateway } from "./gateways.ts";
-import { countByComm, cpuSeconds, describeDescendants, descendantsOf, procStat, rssKb, RssSampler, treePssKb } from "./proc.ts";
+import { CLK_TCK, countByComm, cpuSeconds, describeDescendants, descendantsOf, procStat, rssKb, RssSampler, treePssKb, type ProcStat } from "./proc.ts";
 
 export interface LoadSample {
   callsPerSecond: number | null;
@@ -21,6 +21,11 @@ export interface LoadSample {
   treeRssKb: number;
   /** Gateway CPU seconds (user + system) per 1,000 calls over the calls phase; null for direct. */
   cpuPer1k: number | null;
+  /**
+   * The same for the gateway and every process in its tree when the calls began (children, bwrap), at
+   * the clock tick's resolution per process; null for direct.
+   */
+  treeCpuPer1k: number | null;
   sessionsOpened: number;
   callsOk: number;
   callsRequested: number;
@@ -114,29 +119,53 @@ function loadErrors(result: LoadResult): string[] {
   return errors;
 }
 
+interface CpuMarks {
+  /** The gateway's CPU seconds at the first call and at the first DELETE. */
+  start: number | null;
+  end: number | null;
+  /** CPU seconds the gateway's whole tree (as it was at the first call) used between the two marks. */
+  treeSeconds: number | null;
+  /** bwrap processes in the gateway's tree at the first call. */
+  bwrap: number | null;
+}
+
 /**
  * A fetch for runLoad that notes the gateway's CPU time at the first tools/call (the calls phase
  * begins: all sessions are open) and at the first DELETE (runLoad closes sessions only after every
- * call is done), so session set-up and teardown do not count as per-call CPU. At the first call it
- * also counts the bwrap processes in the gateway's tree, after reading the CPU time.
+ * call is done), so session set-up and teardown do not count as per-call CPU; the same for its whole
+ * tree, and at the first call the bwrap processes in the tree are counted.
  */
-function cpuMarkingFetch(pid: number): { fetch: typeof fetch; marks: { start: number | null; end: number | null; bwrap: number | null } } {
-  const marks = { start: null as number | null, end: null as number | null, bwrap: null as number | null };
+function cpuMarkingFetch(pid: number): { fetch: typeof fetch; marks: CpuMarks } {
+  const marks: CpuMarks = { start: null, end: null, treeSeconds: null, bwrap: null };
+  let tree: ProcStat[] = [];
   let phase = 0;
   const wrapped = ((input: RequestInfo | URL, init?: RequestInit) => {
     if (phase === 0) {
       if (typeof init?.body === "string" && init.body.includes('"method":"tools/call"')) {
         phase = 1;
         marks.start = cpuSeconds(pid);
-        marks.bwrap = countByComm(descendantsOf(pid), "bwrap");
+        const descendants = descendantsOf(pid);
+        tree = [pid, ...descendants].map((p) => procStat(p)).filter((stat) => stat !== null);
+        marks.bwrap = countByComm(descendants, "bwrap");
       }
     } else if (phase === 1 && init?.method === "DELETE") {
       phase = 2;
       marks.end = cpuSeconds(pid);
+      marks.treeSeconds = treeCpuSince(tree);
     }
     return fetch(input, init);
   }) as typeof fetch;
   return { fetch: wrapped, marks };
+}
+
+/** CPU seconds the processes used since `before` was read; one that has gone or whose pid was reused counts 0. */
+function treeCpuSince(before: ProcStat[]): number {
+  let ticks = 0;
+  for (const then of before) {
+    const now = procStat(then.pid);
+    if (now !== null && now.startTime === then.startTime) ticks += now.cpuTicks - then.cpuTicks;
+  }
+  return ticks / CLK_TCK;
 }
 
 export async function measureLoad(target: TargetName, child: ChildSpec, sessions: number, totalCalls: number, warmup: number, ctx: MeasureContext): Promise<Outcome<LoadSample>> {
@@ -157,6 +186,7 @@ export async function measureLoad(target: TargetName, child: ChildSpec, sessions
     marks.end ??= cpuSeconds(gateway.pid);
     const memory = sampler.stop();
     const cpu = marks.start !== null && result.calls.ok > 0 ? ((marks.end - marks.start) / result.calls.ok) * 1000 : null;
+    const treeCpu = marks.treeSeconds !== null && result.calls.ok > 0 ? (marks.treeSeconds / result.calls.ok) * 1000 : null;
     return {
       ok: true,
       value: {
@@ -168,6 +198,7 @@ export async function measureLoad(target: TargetName, child: ChildSpec, sessions
         gatewayRssKb: memory.rootKb,
         treeRssKb: memory.treeKb,
         cpuPer1k: cpu,
+        treeCpuPer1k: treeCpu,
         sessionsOpened: result.sessions.opened,
         callsOk: result.calls.ok,
         callsRequested: result.calls.requested,
@@ -224,6 +255,7 @@ async function measureDirectLoad(child: ChildSpec, sessions: number, calls: numb
         gatewayRssKb: null,
         treeRssKb: memory.treeKb,
         cpuPer1k: null,
+        treeCpuPer1k: null,
         sessionsOpened: result.sessions.opened,
         callsOk: result.calls.ok,
         callsRequested: result.calls.requested,

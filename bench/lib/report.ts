@@ -49,6 +49,7 @@ export interface Medians {
   gatewayRssKb: number | null;
   treeRssKb: number | null;
   cpuPer1k: number | null;
+  treeCpuPer1k: number | null;
   bwrapProcesses: number | null;
 }
 
@@ -64,6 +65,7 @@ export function loadMedians(outcomes: Outcome<LoadSample>[] | undefined): Median
     gatewayRssKb: median(samples.map((s) => s.gatewayRssKb)),
     treeRssKb: median(samples.map((s) => s.treeRssKb)),
     cpuPer1k: median(samples.map((s) => s.cpuPer1k)),
+    treeCpuPer1k: median(samples.map((s) => s.treeCpuPer1k)),
     bwrapProcesses: median(samples.map((s) => s.bwrapProcesses)),
   };
 }
@@ -228,6 +230,8 @@ export interface SandboxCostRow {
   /** sandboxed ÷ unsandboxed calls/s and gateway CPU per call: what the sandbox costs per call (1× is nothing). */
   callsRatio: number | null;
   cpuRatio: number | null;
+  /** The same for the CPU of the broker and its whole tree (children, bwrap and its init) per call. */
+  treeCpuRatio: number | null;
   /** sandboxed − unsandboxed tree peak RSS per session, KiB: bwrap and the sandbox's init beside each child. */
   treeRssAddedKbPerSession: number | null;
   /** bwrap processes in each broker's tree with every session open: proof of which one sandboxed. */
@@ -257,6 +261,7 @@ export function sandboxCost(data: BenchData): SandboxCost {
       setupAddedMs: onSetup !== null && offSetup !== null ? onSetup - offSetup : null,
       callsRatio: ratio(on?.callsPerSecond ?? null, off?.callsPerSecond ?? null),
       cpuRatio: ratio(on?.cpuPer1k ?? null, off?.cpuPer1k ?? null),
+      treeCpuRatio: ratio(on?.treeCpuPer1k ?? null, off?.treeCpuPer1k ?? null),
       treeRssAddedKbPerSession: onTree !== null && offTree !== null ? (onTree - offTree) / s : null,
       sandboxedBwrap: on?.bwrapProcesses ?? null,
       unsandboxedBwrap: off?.bwrapProcesses ?? null,
@@ -393,14 +398,14 @@ export function renderMarkdown(data: BenchData): string {
     push(
       "## Sandbox cost",
       "",
-      "Informational, not a target: the broker as it runs by default, each child in its bubblewrap sandbox (`broker`), against the same broker with `BROKER_CHILD_SANDBOX=none` (`broker-unsandboxed`), alternating within each round. bwrap sets the sandbox up as the child starts and then only waits: the child's pipes are the broker's own, so per call the ratios should be 1×.",
+      "Informational, not a target: the broker as it runs by default, each child in its bubblewrap sandbox (`broker`), against the same broker with `BROKER_CHILD_SANDBOX=none` (`broker-unsandboxed`), alternating within each round. bwrap sets the sandbox up as the child starts and then only waits: the child's pipes are the broker's own, so per call the ratios should be 1×. The tree's CPU counts the children and bwrap's processes too, to the clock tick per process. calls/s also carries the harness's own cost of sampling memory over a tree three times as large (bwrap and its init beside each child), in the process that generates the load.",
       "",
-      "| S | set-up p50 ms sandboxed | unsandboxed | sandbox adds ms | calls/s sandboxed ÷ unsandboxed | gateway CPU per call sandboxed ÷ unsandboxed | tree peak RSS added KiB per session | bwrap processes with all sessions open (sandboxed / unsandboxed) |",
-      "|---:|---:|---:|---:|---:|---:|---:|---|",
+      "| S | set-up p50 ms sandboxed | unsandboxed | sandbox adds ms | calls/s sandboxed ÷ unsandboxed | gateway CPU per call sandboxed ÷ unsandboxed | tree CPU per call sandboxed ÷ unsandboxed | tree peak RSS added KiB per session | bwrap processes with all sessions open (sandboxed / unsandboxed) |",
+      "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     );
     for (const r of sandbox.rows) {
       push(
-        `| ${r.sessions} | ${ms(r.sandboxedSetupP50Ms)} | ${ms(r.unsandboxedSetupP50Ms)} | ${plus(r.setupAddedMs, 2)} | ${x(r.callsRatio)} | ${x(r.cpuRatio)} | ${plus(r.treeRssAddedKbPerSession, 0)} | ${r.sandboxedBwrap ?? "—"} / ${r.unsandboxedBwrap ?? "—"} |`,
+        `| ${r.sessions} | ${ms(r.sandboxedSetupP50Ms)} | ${ms(r.unsandboxedSetupP50Ms)} | ${plus(r.setupAddedMs, 2)} | ${x(r.callsRatio)} | ${x(r.cpuRatio)} | ${x(r.treeCpuRatio)} | ${plus(r.treeRssAddedKbPerSession, 0)} | ${r.sandboxedBwrap ?? "—"} / ${r.unsandboxedBwrap ?? "—"} |`,
       );
     }
     push("", `Churn cycles/s sandboxed ÷ unsandboxed: ${x(sandbox.churnRatio)}.`, "");

@@ -23,6 +23,7 @@ function load(callsPerSecond: number, p50Ms: number, cpuPer1k: number | null, mo
       gatewayRssKb: cpuPer1k === null ? null : 40_000,
       treeRssKb: 90_000,
       cpuPer1k,
+      treeCpuPer1k: cpuPer1k === null ? null : cpuPer1k * 3,
       sessionsOpened: 1,
       callsOk: 1000,
       callsRequested: 1000,
@@ -35,7 +36,7 @@ function load(callsPerSecond: number, p50Ms: number, cpuPer1k: number | null, mo
 }
 
 const sandboxed = (callsPerSecond: number, cpuPer1k: number, setupP50Ms: number, treeRssKb: number, bwrapProcesses: number) =>
-  load(callsPerSecond, 0.6, cpuPer1k, { setupP50Ms, treeRssKb, bwrapProcesses });
+  load(callsPerSecond, 0.6, cpuPer1k, { setupP50Ms, treeRssKb, bwrapProcesses, treeCpuPer1k: cpuPer1k * 2 });
 
 function churn(cyclesPerSecond: number): Outcome<ChurnSample> {
   return { ok: true, value: { cyclesPerSecond, cycleP50Ms: 1000 / cyclesPerSecond, ok: 10, requested: 10, leftAfter1s: 0, zombiesAfter1s: 0, leftExamples: [], errors: [] } };
@@ -124,6 +125,7 @@ test("the sandbox's cost: sandboxed against unsandboxed broker, from each one's 
   expect(s1!.setupAddedMs).toBeCloseTo(24 - 17, 12);
   expect(s1!.callsRatio).toBeCloseTo(2000 / 2100, 12);
   expect(s1!.cpuRatio).toBeCloseTo(0.15 / 0.14, 12);
+  expect(s1!.treeCpuRatio).toBeCloseTo((0.15 * 2) / (0.14 * 3), 12);
   expect(s1!.treeRssAddedKbPerSession).toBeCloseTo(91_000 - 90_000, 12);
   expect([s1!.sandboxedBwrap, s1!.unsandboxedBwrap]).toEqual([2, 0]);
   expect(s16).toEqual({
@@ -133,6 +135,7 @@ test("the sandbox's cost: sandboxed against unsandboxed broker, from each one's 
     setupAddedMs: null,
     callsRatio: null,
     cpuRatio: null,
+    treeCpuRatio: null,
     treeRssAddedKbPerSession: null,
     sandboxedBwrap: 0,
     unsandboxedBwrap: null,
@@ -145,8 +148,8 @@ test("the sandbox's section renders those figures after the Targets table", () =
   const section = md.indexOf("## Sandbox cost");
   expect(section).toBeGreaterThan(md.indexOf("## Targets (issue 4)"));
   expect(section).toBeLessThan(md.indexOf("## Scale point"));
-  expect(md).toContain("| 1 | 24.0 | 17.0 | +7.00 | 0.95× | 1.07× | +1000 | 2 / 0 |");
-  expect(md).toContain("| 16 | 20.0 | — | — | — | — | — | 0 / — |");
+  expect(md).toContain("| 1 | 24.0 | 17.0 | +7.00 | 0.95× | 1.07× | 0.71× | +1000 | 2 / 0 |");
+  expect(md).toContain("| 16 | 20.0 | — | — | — | — | — | — | 0 / — |");
   expect(md).toContain("Churn cycles/s sandboxed ÷ unsandboxed: 0.75×.");
   expect(md).toContain("| 1 | broker-unsandboxed | 2100 | 0.600 |");
 });
