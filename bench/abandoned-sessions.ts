@@ -5,7 +5,7 @@ import { parseArgs } from "node:util";
 import { CHILD_SCRIPT } from "../test/helpers/mcp.ts";
 import { startFakeForgejo, type FakeForgejo } from "../test/fixtures/forgejo.ts";
 import { startBroker, stopAllGateways, type Gateway } from "./lib/gateways.ts";
-import { describeDescendants, rssKb } from "./lib/proc.ts";
+import { childrenOf, describeDescendants, isAlive, rssKb } from "./lib/proc.ts";
 
 const USAGE = `usage: bun run bench/abandoned-sessions.ts [--sessions 2000] [--cap 20] [--max-minutes 30]
   --sessions     sessions opened one after another, never DELETEd
@@ -86,16 +86,17 @@ const mib = (kb: number) => `${(kb / 1024).toFixed(1)} MiB`;
 let exitStatus = 0;
 try {
   forgejo = await startFakeForgejo();
-  broker = await startBroker({ child: { name: "mcp-child", argv: [process.execPath, CHILD_SCRIPT] }, forgejo, maxSessions: cap, logLevel: "warn" });
+  broker = await startBroker({ child: { name: "mcp-child", argv: [process.execPath, CHILD_SCRIPT] }, forgejo, maxSessions: cap, logLevel: "warn", sandbox: "bwrap" });
   const token = broker.token!;
   const pid = broker.pid;
 
-  // Children alive (zombies are not) and every descendant, sampled every 10 ms and after each session.
+  // Children alive (the broker's own, one bwrap per session; zombies are not alive) and every
+  // descendant (the sandboxes' inits and servers too), sampled every 10 ms and after each session.
   let mostAlive = 0;
   let mostDescendants = 0;
   const sampleChildren = () => {
-    const { total, zombies } = describeDescendants(pid);
-    mostAlive = Math.max(mostAlive, total - zombies);
+    const { total } = describeDescendants(pid);
+    mostAlive = Math.max(mostAlive, childrenOf(pid).filter(isAlive).length);
     mostDescendants = Math.max(mostDescendants, total);
   };
   const sampler = setInterval(sampleChildren, 10);

@@ -178,8 +178,8 @@ for (let round = 1; round <= options.rounds; round++) {
       if (outcome.ok) {
         const v = outcome.value;
         log(
-          `[round ${round}/${options.rounds}] S=${String(s).padEnd(3)} ${target.padEnd(12)} ${fmt(v.callsPerSecond, 0).padStart(7)} calls/s  p50 ${fmt(v.p50Ms, 3)} ms  p99 ${fmt(v.p99Ms, 3)} ms  set-up p50 ${fmt(v.setupP50Ms, 2)} ms  ` +
-            `gw ${v.gatewayRssKb === null ? "—" : fmt(v.gatewayRssKb / 1024)} MiB  tree ${fmt(v.treeRssKb / 1024)} MiB  cpu/1k ${fmt(v.cpuPer1k, 3)} s  ok ${v.callsOk}/${v.callsRequested}${v.errors.length ? `  errors: ${v.errors[0]}` : ""}`,
+          `[round ${round}/${options.rounds}] S=${String(s).padEnd(3)} ${target.padEnd(18)} ${fmt(v.callsPerSecond, 0).padStart(7)} calls/s  p50 ${fmt(v.p50Ms, 3)} ms  p99 ${fmt(v.p99Ms, 3)} ms  set-up p50 ${fmt(v.setupP50Ms, 2)} ms  ` +
+            `gw ${v.gatewayRssKb === null ? "—" : fmt(v.gatewayRssKb / 1024)} MiB  tree ${fmt(v.treeRssKb / 1024)} MiB  cpu/1k ${fmt(v.cpuPer1k, 3)} s (tree ${fmt(v.treeCpuPer1k, 3)} s)${v.bwrapProcesses ? `  bwrap ${v.bwrapProcesses}` : ""}  ok ${v.callsOk}/${v.callsRequested}${v.errors.length ? `  errors: ${v.errors[0]}` : ""}`,
         );
       } else log(`[round ${round}/${options.rounds}] S=${s} ${target}: failed: ${outcome.reason}`);
     }
@@ -191,7 +191,7 @@ for (let round = 1; round <= options.rounds; round++) {
       if (outcome.ok) {
         const v = outcome.value;
         log(
-          `[round ${round}/${options.rounds}] churn ${target.padEnd(12)} ${fmt(v.cyclesPerSecond)} cycles/s  cycle p50 ${fmt(v.cycleP50Ms, 2)} ms  ok ${v.ok}/${v.requested}  left after 1 s: ${v.leftAfter1s} (${v.zombiesAfter1s} zombies)${v.errors.length ? `  errors: ${v.errors[0]}` : ""}`,
+          `[round ${round}/${options.rounds}] churn ${target.padEnd(18)} ${fmt(v.cyclesPerSecond)} cycles/s  cycle p50 ${fmt(v.cycleP50Ms, 2)} ms  ok ${v.ok}/${v.requested}  left after 1 s: ${v.leftAfter1s} (${v.zombiesAfter1s} zombies)${v.errors.length ? `  errors: ${v.errors[0]}` : ""}`,
         );
       } else log(`[round ${round}/${options.rounds}] churn ${target}: failed: ${outcome.reason}`);
     }

@@ -2,9 +2,9 @@
 // targets; --quick for a check in a few minutes. A pure function, so it can be tested alone.
 import { parseArgs } from "node:util";
 
-export const TARGETS = ["direct", "relay", "broker", "supergateway"] as const;
+export const TARGETS = ["direct", "relay", "broker", "broker-unsandboxed", "supergateway"] as const;
 export type TargetName = (typeof TARGETS)[number];
-/** The scale point's default: the relay is a reference for the rows, allowed there only when asked for. */
+/** The scale point's default: the relay and the unsandboxed broker are references for the rows, allowed there only when asked for. */
 export const SCALE_TARGETS: TargetName[] = ["direct", "broker", "supergateway"];
 
 export interface BenchOptions {
@@ -31,15 +31,16 @@ export interface BenchOptions {
 
 export const USAGE = `usage: bun run bench [-- options]
 
-  --rounds N          rounds; targets alternate A B C D A B C D… and medians are reported (default 3)
+  --rounds N          rounds; targets alternate A B C D E A B C D E… and medians are reported (default 3)
   --sessions LIST     concurrent sessions per measurement (default 1,16,64)
   --calls N           calls per measurement, split evenly over its sessions (default 10000)
   --warmup N          untimed calls on one session of each fresh gateway first (default 200)
   --churn N           initialize → call → DELETE cycles per target and round (default 50)
   --scale N           concurrent sessions at the scale point, C child, one call each (default 1000; 0 skips)
-  --scale-targets L   targets at the scale point (default direct,broker,supergateway; relay when listed)
+  --scale-targets L   targets at the scale point (default direct,broker,supergateway; relay, broker-unsandboxed when listed)
   --child ts|c        the child for the rows and the churn: the bun one (ts, default) or the C one
-  --targets LIST      default direct,relay,broker,supergateway (relay: the bare Bun relay, bench/relay)
+  --targets LIST      default direct,relay,broker,broker-unsandboxed,supergateway (relay: the bare Bun relay, bench/relay;
+                      broker runs its children in the bubblewrap sandbox, broker-unsandboxed with BROKER_CHILD_SANDBOX=none)
   --broker-log-level  BROKER_LOG_LEVEL for the broker (default warn: supergateway runs with --logLevel none)
   --broker-flags F    extra bun flags for the broker, e.g. "--cpu-prof --cpu-prof-md --cpu-prof-dir=/tmp/prof"
   --broker-wrapper W  run the broker under command W (a profiler); the figures then describe W's process (valgrind cannot run bun 1.4.5: see bench/README.md)

@@ -1,6 +1,6 @@
 // The HTTP targets, each started fresh as its own process: supergateway (the peer), the bare relay
 // (bench/relay: the runtime's floor) and this broker (a subprocess `bun src/index.ts` against the
-// Forgejo stand-in, with a token minted through the real OAuth flow). Every gateway is stopped with SIGTERM, then SIGKILL, and any descendant it
+// Forgejo stand-in, with a token minted through the real OAuth flow; children sandboxed or not). Every gateway is stopped with SIGTERM, then SIGKILL, and any descendant it
 // left behind is killed by pid (checked against its start time), so a run leaves nothing running.
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -145,6 +145,8 @@ export interface BrokerOptions {
   forgejo: FakeForgejo;
   maxSessions: number;
   logLevel: string;
+  /** BROKER_CHILD_SANDBOX: each child under bwrap (the default an operator gets), or unsandboxed. */
+  sandbox: "bwrap" | "none";
   /** Extra bun flags (profiling) and a wrapper command (a profiler): measured figures then describe the profiled broker. */
   flags?: string[];
   wrapper?: string[];
@@ -173,6 +175,7 @@ export async function startBroker(options: BrokerOptions): Promise<Gateway> {
       BROKER_MAX_SESSIONS: String(options.maxSessions),
       BROKER_MAX_SESSIONS_PER_USER: String(options.maxSessions),
       BROKER_LOG_LEVEL: options.logLevel,
+      BROKER_CHILD_SANDBOX: options.sandbox,
     },
   });
   closeSync(logFd);

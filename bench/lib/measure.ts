@@ -7,7 +7,7 @@ import type { FakeForgejo } from "../../test/fixtures/forgejo.ts";
 import type { TargetName } from "./args.ts";
 import { runDirectChurn, runDirectLoad, StdioSession } from "./direct.ts";
 import { startBroker, startRelay, startSupergateway, type ChildSpec, type Gateway } from "./gateways.ts";
-import { cpuSeconds, describeDescendants, procStat, rssKb, RssSampler, treePssKb } from "./proc.ts";
+import { CLK_TCK, countByComm, cpuSeconds, describeDescendants, descendantsOf, procStat, rssKb, RssSampler, treePssKb, type ProcStat } from "./proc.ts";
 
 export interface LoadSample {
   callsPerSecond: number | null;
@@ -21,12 +21,22 @@ export interface LoadSample {
   treeRssKb: number;
   /** Gateway CPU seconds (user + system) per 1,000 calls over the calls phase; null for direct. */
   cpuPer1k: number | null;
+  /**
+   * The same for the gateway and every process in its tree when the calls began (children, bwrap), at
+   * the clock tick's resolution per process; null for direct.
+   */
+  treeCpuPer1k: number | null;
   sessionsOpened: number;
   callsOk: number;
   callsRequested: number;
   errors: string[];
   /** Progress notifications delivered for one progress call at start-up (5 expected). */
   progress: number | null;
+  /**
+   * bwrap processes in the gateway's tree once every session is open (the first call): two per session
+   * when the broker sandboxes its children (bwrap and the sandbox's init), none otherwise; null for direct.
+   */
+  bwrapProcesses: number | null;
 }
 
 export interface ChurnSample {
@@ -81,7 +91,16 @@ const now = () => performance.now();
 export async function startGateway(target: Exclude<TargetName, "direct">, child: ChildSpec, ctx: MeasureContext): Promise<Gateway> {
   switch (target) {
     case "broker":
-      return startBroker({ child, forgejo: ctx.forgejo, maxSessions: ctx.maxSessions, logLevel: ctx.brokerLogLevel, flags: ctx.brokerFlags, wrapper: ctx.brokerWrapper });
+    case "broker-unsandboxed":
+      return startBroker({
+        child,
+        forgejo: ctx.forgejo,
+        maxSessions: ctx.maxSessions,
+        logLevel: ctx.brokerLogLevel,
+        sandbox: target === "broker" ? "bwrap" : "none",
+        flags: ctx.brokerFlags,
+        wrapper: ctx.brokerWrapper,
+      });
     case "relay":
       return startRelay(child);
     case "supergateway":
@@ -100,27 +119,53 @@ function loadErrors(result: LoadResult): string[] {
   return errors;
 }
 
+interface CpuMarks {
+  /** The gateway's CPU seconds at the first call and at the first DELETE. */
+  start: number | null;
+  end: number | null;
+  /** CPU seconds the gateway's whole tree (as it was at the first call) used between the two marks. */
+  treeSeconds: number | null;
+  /** bwrap processes in the gateway's tree at the first call. */
+  bwrap: number | null;
+}
+
 /**
  * A fetch for runLoad that notes the gateway's CPU time at the first tools/call (the calls phase
  * begins: all sessions are open) and at the first DELETE (runLoad closes sessions only after every
- * call is done), so session set-up and teardown do not count as per-call CPU.
+ * call is done), so session set-up and teardown do not count as per-call CPU; the same for its whole
+ * tree, and at the first call the bwrap processes in the tree are counted.
  */
-function cpuMarkingFetch(pid: number): { fetch: typeof fetch; marks: { start: number | null; end: number | null } } {
-  const marks = { start: null as number | null, end: null as number | null };
+function cpuMarkingFetch(pid: number): { fetch: typeof fetch; marks: CpuMarks } {
+  const marks: CpuMarks = { start: null, end: null, treeSeconds: null, bwrap: null };
+  let tree: ProcStat[] = [];
   let phase = 0;
   const wrapped = ((input: RequestInfo | URL, init?: RequestInit) => {
     if (phase === 0) {
       if (typeof init?.body === "string" && init.body.includes('"method":"tools/call"')) {
         phase = 1;
         marks.start = cpuSeconds(pid);
+        const descendants = descendantsOf(pid);
+        tree = [pid, ...descendants].map((p) => procStat(p)).filter((stat) => stat !== null);
+        marks.bwrap = countByComm(descendants, "bwrap");
       }
     } else if (phase === 1 && init?.method === "DELETE") {
       phase = 2;
       marks.end = cpuSeconds(pid);
+      marks.treeSeconds = treeCpuSince(tree);
     }
     return fetch(input, init);
   }) as typeof fetch;
   return { fetch: wrapped, marks };
+}
+
+/** CPU seconds the processes used since `before` was read; one that has gone or whose pid was reused counts 0. */
+function treeCpuSince(before: ProcStat[]): number {
+  let ticks = 0;
+  for (const then of before) {
+    const now = procStat(then.pid);
+    if (now !== null && now.startTime === then.startTime) ticks += now.cpuTicks - then.cpuTicks;
+  }
+  return ticks / CLK_TCK;
 }
 
 export async function measureLoad(target: TargetName, child: ChildSpec, sessions: number, totalCalls: number, warmup: number, ctx: MeasureContext): Promise<Outcome<LoadSample>> {
@@ -141,6 +186,7 @@ export async function measureLoad(target: TargetName, child: ChildSpec, sessions
     marks.end ??= cpuSeconds(gateway.pid);
     const memory = sampler.stop();
     const cpu = marks.start !== null && result.calls.ok > 0 ? ((marks.end - marks.start) / result.calls.ok) * 1000 : null;
+    const treeCpu = marks.treeSeconds !== null && result.calls.ok > 0 ? (marks.treeSeconds / result.calls.ok) * 1000 : null;
     return {
       ok: true,
       value: {
@@ -152,11 +198,13 @@ export async function measureLoad(target: TargetName, child: ChildSpec, sessions
         gatewayRssKb: memory.rootKb,
         treeRssKb: memory.treeKb,
         cpuPer1k: cpu,
+        treeCpuPer1k: treeCpu,
         sessionsOpened: result.sessions.opened,
         callsOk: result.calls.ok,
         callsRequested: result.calls.requested,
         errors: loadErrors(result),
         progress: gateway.progressNotifications,
+        bwrapProcesses: marks.bwrap,
       },
     };
   } catch (error) {
@@ -207,11 +255,13 @@ async function measureDirectLoad(child: ChildSpec, sessions: number, calls: numb
         gatewayRssKb: null,
         treeRssKb: memory.treeKb,
         cpuPer1k: null,
+        treeCpuPer1k: null,
         sessionsOpened: result.sessions.opened,
         callsOk: result.calls.ok,
         callsRequested: result.calls.requested,
         errors: directErrors(result.errors),
         progress,
+        bwrapProcesses: null,
       },
     };
   } catch (error) {

@@ -115,6 +115,11 @@ export function descendantsOf(pid: number, limit = 100_000): number[] {
   return found;
 }
 
+/** How many of `pids` run the program named `comm` (/proc/<pid>/comm: bwrap's own processes, say). */
+export function countByComm(pids: number[], comm: string): number {
+  return pids.filter((pid) => read(`/proc/${pid}/comm`)?.trimEnd() === comm).length;
+}
+
 export interface Descendants {
   total: number;
   zombies: number;

@@ -1,5 +1,5 @@
 // Medians over rounds, the issue's target ratios with PASS/FAIL, and the markdown report: the
-// machine, the rows, the churn, the targets, the scale point, and every round's raw figures.
+// machine, the rows, the churn, the targets, the sandbox's cost, the scale point, and every round's raw figures.
 import type { BenchOptions, TargetName } from "./args.ts";
 import type { ChurnSample, LoadSample, Outcome, ScaleSample } from "./measure.ts";
 
@@ -49,6 +49,8 @@ export interface Medians {
   gatewayRssKb: number | null;
   treeRssKb: number | null;
   cpuPer1k: number | null;
+  treeCpuPer1k: number | null;
+  bwrapProcesses: number | null;
 }
 
 export function loadMedians(outcomes: Outcome<LoadSample>[] | undefined): Medians | null {
@@ -63,6 +65,8 @@ export function loadMedians(outcomes: Outcome<LoadSample>[] | undefined): Median
     gatewayRssKb: median(samples.map((s) => s.gatewayRssKb)),
     treeRssKb: median(samples.map((s) => s.treeRssKb)),
     cpuPer1k: median(samples.map((s) => s.cpuPer1k)),
+    treeCpuPer1k: median(samples.map((s) => s.treeCpuPer1k)),
+    bwrapProcesses: median(samples.map((s) => s.bwrapProcesses)),
   };
 }
 
@@ -216,6 +220,57 @@ export function relayFloor(data: BenchData): RelayFloor {
   return { shown: true, rows, churnBrokerOverRelay };
 }
 
+export interface SandboxCostRow {
+  sessions: number;
+  /** Set-up p50 of the broker with its children in bwrap, and with BROKER_CHILD_SANDBOX=none, ms. */
+  sandboxedSetupP50Ms: number | null;
+  unsandboxedSetupP50Ms: number | null;
+  /** sandboxed − unsandboxed set-up p50, ms: what the sandbox adds to a session's start. */
+  setupAddedMs: number | null;
+  /** sandboxed ÷ unsandboxed calls/s and gateway CPU per call: what the sandbox costs per call (1× is nothing). */
+  callsRatio: number | null;
+  cpuRatio: number | null;
+  /** The same for the CPU of the broker and its whole tree (children, bwrap and its init) per call. */
+  treeCpuRatio: number | null;
+  /** sandboxed − unsandboxed tree peak RSS per session, KiB: bwrap and the sandbox's init beside each child. */
+  treeRssAddedKbPerSession: number | null;
+  /** bwrap processes in each broker's tree with every session open: proof of which one sandboxed. */
+  sandboxedBwrap: number | null;
+  unsandboxedBwrap: number | null;
+}
+
+export type SandboxCost = { shown: false; reason: string } | { shown: true; rows: SandboxCostRow[]; churnRatio: number | null };
+
+/** Informational: the broker with its children sandboxed (the default) against the same broker with BROKER_CHILD_SANDBOX=none, in this run. */
+export function sandboxCost(data: BenchData): SandboxCost {
+  for (const t of ["broker", "broker-unsandboxed"] as const) {
+    if (!data.options.targets.includes(t)) return { shown: false, reason: `${t} was not measured in this run (--targets)` };
+    if (data.unavailable[t] !== undefined) return { shown: false, reason: `${t} was unavailable: ${data.unavailable[t]}` };
+  }
+  const rows = data.options.sessions.map((s): SandboxCostRow => {
+    const on = loadMedians(data.loads[s]?.broker);
+    const off = loadMedians(data.loads[s]?.["broker-unsandboxed"]);
+    const onSetup = on?.setupP50Ms ?? null;
+    const offSetup = off?.setupP50Ms ?? null;
+    const onTree = on?.treeRssKb ?? null;
+    const offTree = off?.treeRssKb ?? null;
+    return {
+      sessions: s,
+      sandboxedSetupP50Ms: onSetup,
+      unsandboxedSetupP50Ms: offSetup,
+      setupAddedMs: onSetup !== null && offSetup !== null ? onSetup - offSetup : null,
+      callsRatio: ratio(on?.callsPerSecond ?? null, off?.callsPerSecond ?? null),
+      cpuRatio: ratio(on?.cpuPer1k ?? null, off?.cpuPer1k ?? null),
+      treeCpuRatio: ratio(on?.treeCpuPer1k ?? null, off?.treeCpuPer1k ?? null),
+      treeRssAddedKbPerSession: onTree !== null && offTree !== null ? (onTree - offTree) / s : null,
+      sandboxedBwrap: on?.bwrapProcesses ?? null,
+      unsandboxedBwrap: off?.bwrapProcesses ?? null,
+    };
+  });
+  const churnRatio = ratio(churnMedians(data.churn.broker)?.cyclesPerSecond ?? null, churnMedians(data.churn["broker-unsandboxed"])?.cyclesPerSecond ?? null);
+  return { shown: true, rows, churnRatio };
+}
+
 const ISSUE_SUPERGATEWAY: Record<number, number> = { 1: 0.1, 16: 0.18, 64: 0.23 };
 
 export function renderMarkdown(data: BenchData): string {
@@ -240,7 +295,7 @@ export function renderMarkdown(data: BenchData): string {
     `- child: ${data.childDescription}`,
     `- sessions: ${options.sessions.join(", ")}; ${options.calls} calls per measurement split over the sessions (${options.sessions.map((s) => `S=${s}: ${Math.ceil(options.calls / s)} per session`).join(", ")}); warm-up ${options.warmup} calls on a fresh gateway`,
     `- churn: ${options.churn} cycles per target and round; scale point: ${data.scaleSkipped ?? `${options.scale} sessions, C child, one call each`}`,
-    `- broker: \`bun src/index.ts\`, BROKER_LOG_LEVEL=${options.brokerLogLevel}, bearer guard on, token from the OAuth flow against the Forgejo stand-in; supergateway: \`node …/supergateway/dist/index.js --stdio "<child>" --outputTransport streamableHttp --stateful --logLevel none\``,
+    `- broker: \`bun src/index.ts\`, BROKER_LOG_LEVEL=${options.brokerLogLevel}, bearer guard on, token from the OAuth flow against the Forgejo stand-in, each child in its bubblewrap sandbox (BROKER_CHILD_SANDBOX=bwrap, the default)${options.targets.includes("broker-unsandboxed") ? "; broker-unsandboxed: the same with BROKER_CHILD_SANDBOX=none" : ""}; supergateway: \`node …/supergateway/dist/index.js --stdio "<child>" --outputTransport streamableHttp --stateful --logLevel none\``,
     ...(options.targets.includes("relay") ? ["- relay: `bun bench/relay/relay.ts --port P -- <child>`: Bun.serve and one child per session, no auth or limits (a reference for the runtime's floor, not a product)"] : []),
     "",
   );
@@ -333,6 +388,27 @@ export function renderMarkdown(data: BenchData): string {
       push(`| ${r.sessions} | ${x(r.brokerOverRelayCalls)} | ${d === null ? "—" : `${d >= 0 ? "+" : ""}${d.toFixed(3)}`} | ${x(r.brokerOverRelayCpu)} | ${x(r.relayOverSupergatewayCpu, 3)} | ${x(r.relayOverDirectCalls)} |`);
     }
     push("", `Churn cycles/s broker ÷ relay: ${x(floor.churnBrokerOverRelay)}.`, "");
+  }
+
+  const sandbox = sandboxCost(data);
+  if (!sandbox.shown) push(`_Sandbox cost: not shown, ${sandbox.reason}._`, "");
+  else {
+    const x = (v: number | null) => (v === null ? "—" : `${v.toFixed(2)}×`);
+    const plus = (v: number | null, d: number) => (v === null ? "—" : `${v >= 0 ? "+" : ""}${v.toFixed(d)}`);
+    push(
+      "## Sandbox cost",
+      "",
+      "Informational, not a target: the broker as it runs by default, each child in its bubblewrap sandbox (`broker`), against the same broker with `BROKER_CHILD_SANDBOX=none` (`broker-unsandboxed`), alternating within each round. bwrap sets the sandbox up as the child starts and then only waits: the child's pipes are the broker's own, so per call the ratios should be 1×. The tree's CPU counts the children and bwrap's processes too, to the clock tick per process. calls/s also carries the harness's own cost of sampling memory over a tree three times as large (bwrap and its init beside each child), in the process that generates the load.",
+      "",
+      "| S | set-up p50 ms sandboxed | unsandboxed | sandbox adds ms | calls/s sandboxed ÷ unsandboxed | gateway CPU per call sandboxed ÷ unsandboxed | tree CPU per call sandboxed ÷ unsandboxed | tree peak RSS added KiB per session | bwrap processes with all sessions open (sandboxed / unsandboxed) |",
+      "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    );
+    for (const r of sandbox.rows) {
+      push(
+        `| ${r.sessions} | ${ms(r.sandboxedSetupP50Ms)} | ${ms(r.unsandboxedSetupP50Ms)} | ${plus(r.setupAddedMs, 2)} | ${x(r.callsRatio)} | ${x(r.cpuRatio)} | ${x(r.treeCpuRatio)} | ${plus(r.treeRssAddedKbPerSession, 0)} | ${r.sandboxedBwrap ?? "—"} / ${r.unsandboxedBwrap ?? "—"} |`,
+      );
+    }
+    push("", `Churn cycles/s sandboxed ÷ unsandboxed: ${x(sandbox.churnRatio)}.`, "");
   }
 
   push("## Scale point", "");

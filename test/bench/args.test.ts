@@ -1,5 +1,5 @@
 // The bench's command line: which targets a run measures, in which order, and what the scale
-// point takes by default now that the bare relay is a target.
+// point takes by default now that the bare relay and the unsandboxed broker are targets.
 import { expect, test } from "bun:test";
 import { parseBenchArgs, type TargetName } from "../../bench/lib/args.ts";
 
@@ -11,14 +11,17 @@ function targetsOf(argv: string[]): { targets: TargetName[]; scaleTargets: Targe
 }
 
 const cases: { argv: string[]; targets: TargetName[]; scaleTargets: TargetName[] }[] = [
-  { argv: [], targets: ["direct", "relay", "broker", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
-  { argv: ["--quick"], targets: ["direct", "relay", "broker", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
+  { argv: [], targets: ["direct", "relay", "broker", "broker-unsandboxed", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
+  { argv: ["--quick"], targets: ["direct", "relay", "broker", "broker-unsandboxed", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
+  // The two brokers next to each other in every round, whatever order they were named in.
+  { argv: ["--targets", "broker-unsandboxed,broker"], targets: ["broker", "broker-unsandboxed"], scaleTargets: ["direct", "broker", "supergateway"] },
   // Any order on the command line, the canonical order in the run.
   { argv: ["--targets", "broker,relay,direct"], targets: ["direct", "relay", "broker"], scaleTargets: ["direct", "broker", "supergateway"] },
   { argv: ["--targets", " relay , ,supergateway"], targets: ["relay", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
   { argv: ["--", "--targets", "relay"], targets: ["relay"], scaleTargets: ["direct", "broker", "supergateway"] },
-  // The relay is allowed at the scale point when asked for.
-  { argv: ["--scale-targets", "supergateway,relay"], targets: ["direct", "relay", "broker", "supergateway"], scaleTargets: ["relay", "supergateway"] },
+  // The relay and the unsandboxed broker are allowed at the scale point when asked for.
+  { argv: ["--scale-targets", "supergateway,relay"], targets: ["direct", "relay", "broker", "broker-unsandboxed", "supergateway"], scaleTargets: ["relay", "supergateway"] },
+  { argv: ["--scale-targets", "broker-unsandboxed,broker"], targets: ["direct", "relay", "broker", "broker-unsandboxed", "supergateway"], scaleTargets: ["broker", "broker-unsandboxed"] },
 ];
 
 for (const { argv, targets, scaleTargets } of cases) {
@@ -28,8 +31,8 @@ for (const { argv, targets, scaleTargets } of cases) {
 }
 
 test.each([
-  [["--targets", "relay,nginx"], '--targets: unknown target "nginx" (known: direct, relay, broker, supergateway)'],
-  [["--scale-targets", "Relay"], '--scale-targets: unknown target "Relay" (known: direct, relay, broker, supergateway)'],
+  [["--targets", "relay,nginx"], '--targets: unknown target "nginx" (known: direct, relay, broker, broker-unsandboxed, supergateway)'],
+  [["--scale-targets", "Relay"], '--scale-targets: unknown target "Relay" (known: direct, relay, broker, broker-unsandboxed, supergateway)'],
 ])("rejects %j", (argv, message) => {
   expect(targetsOf(argv)).toBe(message);
 });

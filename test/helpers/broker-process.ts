@@ -1,55 +1,98 @@
 // The broker as an operator runs it, `bun src/index.ts` in a process of its own, for tests that watch
-// the process itself: its log as it comes, its resident memory, its exit code.
+// the process itself: its output line by line as it comes, its resident memory, its exit code.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { FakeForgejo } from "../fixtures/forgejo.ts";
 import { brokerEnvFor, freePort } from "./broker.ts";
-import { waitWhile } from "./promises.ts";
+import { outputLines, type OutputLines } from "./output.ts";
 
 const ENTRY = join(import.meta.dir, "..", "..", "src", "index.ts");
 
-export interface BrokerProcess {
+/** The log line that says the broker has started and listens. */
+export const listening = (line: string) => line.includes('"msg":"broker listening"');
+
+export interface SpawnedBroker {
   pid: number;
-  url: string;
-  mcpUrl: string;
-  /** Every line the broker has logged so far. */
+  /** Its log (stdout) and its configuration errors (stderr), read as they come: a full pipe would block the broker. */
+  stdout: OutputLines;
+  stderr: OutputLines;
+  /** Resolves with the exit code once the process has exited and both outputs have ended. */
+  exited: Promise<number>;
+  /** Every line logged so far; all of them once `exited` has resolved. */
   log(): string;
-  /** VmRSS from /proc: what the broker holds in memory now. */
-  rssBytes(): number;
-  /** SIGTERM; resolves with the exit code. */
-  stop(): Promise<number>;
+  /** Sends `signal` unless the process has already exited; resolves like `exited`. Safe to call again. */
+  stop(signal?: NodeJS.Signals): Promise<number>;
 }
 
-/** Starts the broker on a free port against the Forgejo stand-in, in `dataDir`; resolves once /healthz answers. */
-export async function startBrokerProcess(forgejo: FakeForgejo, dataDir: string, env: Record<string, string>): Promise<BrokerProcess> {
-  const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const proc = Bun.spawn([process.execPath, ENTRY], {
-    env: { PATH: process.env.PATH ?? "", ...brokerEnvFor(forgejo, port, dataDir), ...env },
-    stdout: "pipe",
-    stderr: "inherit",
-  });
-  let log = "";
-  // Read as it comes: a broker whose stdout pipe fills would block on logging.
-  const decoder = new TextDecoder();
-  void (async () => {
-    for await (const chunk of proc.stdout) log += decoder.decode(chunk, { stream: true });
-  })();
-  const healthy = async () => (await fetch(`${url}/healthz`).catch(() => null))?.ok === true;
-  await waitWhile(async () => proc.exitCode === null && !(await healthy()), 200, 50);
-  if (!(await healthy())) throw new Error(`the broker did not become healthy (exit ${proc.exitCode}): ${log}`);
+export interface BrokerProcess extends SpawnedBroker {
+  url: string;
+  mcpUrl: string;
+  /** VmRSS from /proc: what the broker holds in memory now. */
+  rssBytes(): number;
+}
+
+/**
+ * Spawns `bun src/index.ts` with PATH and `env` (which may replace PATH) as its whole environment, under
+ * `umask` when given (a service's usual 022, say), and returns at once: for brokers that must refuse to start.
+ */
+export function spawnBroker(env: Record<string, string>, options: { umask?: number } = {}): SpawnedBroker {
+  const previous = options.umask === undefined ? undefined : process.umask(options.umask);
+  let proc;
+  try {
+    proc = Bun.spawn([process.execPath, ENTRY], { env: { PATH: process.env.PATH ?? "", ...env }, stdout: "pipe", stderr: "pipe" });
+  } finally {
+    if (previous !== undefined) process.umask(previous);
+  }
+  const stdout = outputLines(proc.stdout);
+  const stderr = outputLines(proc.stderr);
+  // A wanted line that never comes: waitFor resolves (with null) when the output ends.
+  const ended = (output: OutputLines) => output.waitFor(() => false);
+  const exited = Promise.all([proc.exited, ended(stdout), ended(stderr)]).then(([code]) => code);
   return {
     pid: proc.pid,
+    stdout,
+    stderr,
+    exited,
+    log: () => stdout.lines.join("\n"),
+    stop(signal = "SIGTERM") {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      return exited;
+    },
+  };
+}
+
+/**
+ * Starts the broker on a free port against the Forgejo stand-in, in `dataDir`; resolves once it logs that it
+ * listens (at BROKER_LOG_LEVEL info, the default) and has answered /healthz, or throws with its exit code and
+ * stderr if it exits first. The answer matters: src/index.ts logs the line before it installs its SIGTERM
+ * handler, and a SIGTERM sent on the line alone could still find the default action (exit 143).
+ */
+export async function startBrokerProcess(
+  forgejo: Pick<FakeForgejo, "url" | "clientId" | "clientSecret">,
+  dataDir: string,
+  env: Record<string, string>,
+  options: { umask?: number } = {},
+): Promise<BrokerProcess> {
+  if (env.BROKER_LOG_LEVEL !== undefined && !["debug", "info"].includes(env.BROKER_LOG_LEVEL)) {
+    throw new Error(`startBrokerProcess awaits the broker's info line "broker listening": BROKER_LOG_LEVEL=${env.BROKER_LOG_LEVEL} hides it`);
+  }
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const broker = spawnBroker({ ...brokerEnvFor(forgejo, port, dataDir), ...env }, options);
+  if ((await broker.stdout.waitFor(listening)) === null) {
+    throw new Error(`the broker exited (${await broker.exited}) before it listened: ${broker.stderr.lines.join("\n")}`);
+  }
+  // Served from the event loop, so only after the entry point's synchronous rest (the signal handlers) has run.
+  const health = await fetch(`${url}/healthz`);
+  await health.body?.cancel();
+  if (!health.ok) throw new Error(`the broker listens but /healthz answered ${health.status}`);
+  return {
+    ...broker,
     url,
     mcpUrl: `${url}/mcp`,
-    log: () => log,
     rssBytes: () => {
-      const status = readFileSync(`/proc/${proc.pid}/status`, "utf8");
+      const status = readFileSync(`/proc/${broker.pid}/status`, "utf8");
       return Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)![1]) * 1024;
-    },
-    stop: async () => {
-      proc.kill("SIGTERM");
-      return await proc.exited;
     },
   };
 }

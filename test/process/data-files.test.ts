@@ -5,39 +5,17 @@ import { Database } from "bun:sqlite";
 import { chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort } from "../helpers/broker.ts";
+import { brokerEnvFor, freePort } from "../helpers/broker.ts";
+import { listening, spawnBroker, startBrokerProcess } from "../helpers/broker-process.ts";
 import { childCommand } from "../helpers/mcp.ts";
-import { outputLines } from "../helpers/output.ts";
 
-const ENTRY = join(import.meta.dir, "..", "..", "src", "index.ts");
-
-const listening = (line: string) => line.includes('"msg":"broker listening"');
+/** No sign-in happens here: a Forgejo the broker is only told about. */
+const FORGEJO = { url: "https://forgejo.example.com", clientId: "id", clientSecret: "secret" };
+/** The umask most systems give a service, so only the broker itself keeps its files private. */
+const SERVICE_UMASK = 0o022;
 
 let dataDir: string;
 afterEach(() => rmSync(dataDir, { recursive: true, force: true }));
-
-/** `bun src/index.ts` under the umask most systems give a service (022), so only the broker itself keeps its files private. */
-function runBroker(port: number) {
-  const previous = process.umask(0o022);
-  try {
-    return Bun.spawn([process.execPath, ENTRY], {
-      env: {
-        PATH: process.env.PATH ?? "",
-        BROKER_PUBLIC_URL: `http://127.0.0.1:${port}`,
-        BROKER_PORT: String(port),
-        BROKER_DATA_DIR: dataDir,
-        FORGEJO_URL: "https://forgejo.example.com",
-        FORGEJO_CLIENT_ID: "id",
-        FORGEJO_CLIENT_SECRET: "secret",
-        BROKER_CHILD_COMMAND: childCommand(),
-      },
-      stdout: "pipe",
-      stderr: "pipe",
-    });
-  } finally {
-    process.umask(previous);
-  }
-}
 
 describe("the data directory", () => {
   const setups: [string, () => void][] = [
@@ -53,12 +31,9 @@ describe("the data directory", () => {
   test.each(setups)("%s: broker.sqlite, its -wal and its -shm are 0600 while the broker writes", async (_, setUp) => {
     dataDir = mkdtempSync(join(tmpdir(), "fmb-files-"));
     setUp();
-    const port = await freePort();
-    const broker = runBroker(port);
-    const stdout = outputLines(broker.stdout);
+    const broker = await startBrokerProcess(FORGEJO, dataDir, { BROKER_CHILD_COMMAND: childCommand() }, { umask: SERVICE_UMASK });
     try {
-      expect(await stdout.waitFor(listening)).not.toBeNull();
-      const registered = await fetch(`http://127.0.0.1:${port}/oauth/register`, {
+      const registered = await fetch(`${broker.url}/oauth/register`, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ redirect_uris: ["http://127.0.0.1:9/cb"], token_endpoint_auth_method: "none" }),
@@ -72,8 +47,7 @@ describe("the data directory", () => {
       );
       expect(modes).toEqual({ "broker.sqlite": "600", "broker.sqlite-wal": "600", "broker.sqlite-shm": "600", "sealing.key": "600" });
     } finally {
-      broker.kill("SIGTERM");
-      await broker.exited;
+      await broker.stop();
     }
   });
 
@@ -82,17 +56,15 @@ describe("the data directory", () => {
     const keyPath = join(dataDir, "sealing.key");
     writeFileSync(keyPath, Buffer.alloc(32, 3).toString("base64") + "\n");
     chmodSync(keyPath, 0o644);
-    const broker = runBroker(await freePort());
-    const stdout = outputLines(broker.stdout);
+    const broker = spawnBroker({ ...brokerEnvFor(FORGEJO, await freePort(), dataDir), BROKER_CHILD_COMMAND: childCommand() }, { umask: SERVICE_UMASK });
     try {
       // A broker that took the key would say it listens: the test ends there rather than wait for a timeout.
-      const outcome = (await stdout.waitFor(listening)) === null ? `exit ${await broker.exited}` : "listening";
+      const outcome = (await broker.stdout.waitFor(listening)) === null ? `exit ${await broker.exited}` : "listening";
       expect(outcome).toBe("exit 2");
     } finally {
-      broker.kill("SIGTERM");
-      await broker.exited;
+      await broker.stop();
     }
-    expect((await new Response(broker.stderr).text()).trim()).toBe(
+    expect(broker.stderr.lines.join("\n").trim()).toBe(
       `config: ${keyPath} has mode 0644, so other users may read the sealing key; run chmod 600 '${keyPath}' and start again`,
     );
   });

@@ -1,43 +1,33 @@
 // The broker as an operator runs it: `bun src/index.ts` with configuration from the environment,
 // refusing bad configuration with exit 2, serving health, and stopping cleanly on SIGTERM.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
 import { childCommand, openSession, outermost, postMcp, processesMatching } from "../helpers/mcp.ts";
 import { CookieJar, obtainTokens, parseConsentForm } from "../helpers/oauth-client.ts";
-import { brokerEnvFor, freePort } from "../helpers/broker.ts";
+import { spawnBroker, startBrokerProcess, type SpawnedBroker } from "../helpers/broker-process.ts";
 import { waitWhile } from "../helpers/promises.ts";
 import { watchStandaloneStream } from "../helpers/watched-stream.ts";
 
-const ENTRY = join(import.meta.dir, "..", "..", "src", "index.ts");
+// Every broker a test starts is stopped after it, whether the test got that far or not.
+const started: SpawnedBroker[] = [];
+afterEach(async () => {
+  await Promise.all(started.splice(0).map((broker) => broker.stop()));
+});
 
-function runBroker(env: Record<string, string>) {
-  return Bun.spawn([process.execPath, ENTRY], {
-    env: { PATH: process.env.PATH ?? "", ...env },
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-}
-
-async function waitForHealth(url: string, child: ReturnType<typeof runBroker>) {
-  let health: Response | null = null;
-  await waitWhile(async () => {
-    if (child.exitCode !== null) return false;
-    health = await fetch(`${url}/healthz`).then((response) => (response.ok ? response : null), () => null);
-    return health === null;
-  }, 100, 50);
-  if (child.exitCode !== null) throw new Error(`broker exited with ${child.exitCode}: ${await new Response(child.stderr).text()}`);
-  if (health === null) throw new Error("broker did not become healthy");
-  return health as Response;
+function runBroker(env: Record<string, string>): SpawnedBroker {
+  const broker = spawnBroker(env);
+  started.push(broker);
+  return broker;
 }
 
 describe("configuration errors", () => {
   test("every problem on its own line naming the variable and an example, exit code 2", async () => {
     const child = runBroker({ BROKER_PORT: "http", FORGEJO_URL: "not a url", BROKER_SEALING_KEY: "short", BROKER_CHILD_COMMAND: "forgejo-mcp 'unbalanced" });
     expect(await child.exited).toBe(2);
-    const lines = (await new Response(child.stderr).text()).trim().split("\n");
+    const lines = child.stderr.lines.join("\n").trim().split("\n");
     expect(lines).toEqual([
       expect.stringMatching(/^config: BROKER_PORT: must be a whole number from 0 to 65535, got "http" \(example: BROKER_PORT=8080\)$/),
       expect.stringMatching(/^config: BROKER_SEALING_KEY: must be 32 bytes in base64/),
@@ -56,19 +46,15 @@ describe("configuration errors", () => {
       BROKER_CHILD_COMMAND: "no-such-forgejo-mcp --transport stdio",
     });
     expect(await child.exited).toBe(2);
-    expect((await new Response(child.stderr).text()).trim()).toBe(
+    expect(child.stderr.lines.join("\n").trim()).toBe(
       `config: BROKER_CHILD_COMMAND: "no-such-forgejo-mcp" is not an executable file on PATH (${process.env.PATH ?? ""})`,
     );
   });
 
   test("a sandbox that cannot run here (no bwrap on PATH) is one line saying how to install it or choose none, exit code 2", async () => {
-    const child = Bun.spawn([process.execPath, ENTRY], {
-      env: { PATH: "/nonexistent", FORGEJO_URL: "https://forgejo.example.com", FORGEJO_CLIENT_ID: "id", FORGEJO_CLIENT_SECRET: "secret", BROKER_CHILD_COMMAND: childCommand() },
-      stdout: "pipe",
-      stderr: "pipe",
-    });
+    const child = runBroker({ PATH: "/nonexistent", FORGEJO_URL: "https://forgejo.example.com", FORGEJO_CLIENT_ID: "id", FORGEJO_CLIENT_SECRET: "secret", BROKER_CHILD_COMMAND: childCommand() });
     expect(await child.exited).toBe(2);
-    expect((await new Response(child.stderr).text()).trim()).toBe(
+    expect(child.stderr.lines.join("\n").trim()).toBe(
       "config: BROKER_CHILD_SANDBOX=bwrap: bwrap is not on PATH (/nonexistent): install bubblewrap (apt-get install bubblewrap) or choose BROKER_CHILD_SANDBOX=none to run children unsandboxed",
     );
   });
@@ -86,26 +72,26 @@ describe("a running broker", () => {
     rmSync(dataDir, { recursive: true, force: true });
   });
 
-  /** `bun src/index.ts` on a free port against the stand-in, in its own data directory; resolves once healthy. */
-  async function startBrokerProcess(env: Record<string, string>) {
-    const port = await freePort();
-    const url = `http://127.0.0.1:${port}`;
-    const brokerDir = join(dataDir, `broker-${port}`);
-    const child = runBroker({ ...brokerEnvFor(forgejo, port, brokerDir), ...env });
-    const health = await waitForHealth(url, child);
-    return { child, url, health, dataDir: brokerDir };
+  let brokers = 0;
+  /** `bun src/index.ts` on a free port against the stand-in, in its own data directory; resolves once listening. */
+  async function startBroker(env: Record<string, string>) {
+    const brokerDir = join(dataDir, `broker-${++brokers}`);
+    const broker = await startBrokerProcess(forgejo, brokerDir, env);
+    started.push(broker);
+    return { broker, url: broker.url, dataDir: brokerDir };
   }
 
   test("BROKER_CHILD_SANDBOX=none starts, with a warning in its log", async () => {
-    const { child } = await startBrokerProcess({ BROKER_CHILD_COMMAND: childCommand(), BROKER_CHILD_SANDBOX: "none" });
-    child.kill("SIGTERM");
-    expect(await child.exited).toBe(0);
-    const warnings = (await new Response(child.stdout).text()).split("\n").filter((line) => line.includes('"level":"warn"'));
+    const { broker } = await startBroker({ BROKER_CHILD_COMMAND: childCommand(), BROKER_CHILD_SANDBOX: "none" });
+    expect(await broker.stop()).toBe(0);
+    const warnings = broker.log().split("\n").filter((line) => line.includes('"level":"warn"'));
     expect(warnings).toEqual([expect.stringContaining("children run unsandboxed (BROKER_CHILD_SANDBOX=none)")]);
   });
 
   test("keeps its data private, answers health, and on SIGTERM finishes an in-flight sign-in before exiting 0", async () => {
-    const { child, url, health, dataDir: brokerDir } = await startBrokerProcess({ BROKER_CHILD_COMMAND: childCommand() });
+    const { broker, url, dataDir: brokerDir } = await startBroker({ BROKER_CHILD_COMMAND: childCommand() });
+    const health = await fetch(`${url}/healthz`);
+    expect(health.status).toBe(200);
     expect(await health.json()).toEqual({ status: "ok", store: "ok" });
     expect(statSync(brokerDir).mode & 0o777).toBe(0o700);
     expect(statSync(join(brokerDir, "sealing.key")).mode & 0o777).toBe(0o600);
@@ -133,22 +119,22 @@ describe("a running broker", () => {
     // SIGTERM once the broker's code exchange has reached Forgejo, which holds it.
     await waitWhile(() => forgejo.stats.codeExchanges === exchanges, 100, 10);
     expect(forgejo.stats.codeExchanges).toBe(exchanges + 1);
-    child.kill("SIGTERM");
+    const stopped = broker.stop();
     const response = await inFlight;
     forgejo.delayTokenEndpoint(0);
     expect(response.status).toBe(302);
     expect(new URL(response.headers.get("location")!).searchParams.get("code")).toStartWith("fmb_code_");
-    expect(await child.exited).toBe(0);
+    expect(await stopped).toBe(0);
     await expect(fetch(`${url}/healthz`)).rejects.toThrow();
 
-    const stdout = await new Response(child.stdout).text();
+    const stdout = broker.log();
     expect(stdout).toContain('"msg":"shutting down"');
     expect(stdout).not.toContain(forgejo.clientSecret);
   });
 
   test("50 sessions, streams open and a call in flight: every child is stopped and awaited, exit 0, no child left", async () => {
     const marker = `--sigterm-${crypto.randomUUID()}`;
-    const { child: broker, url } = await startBrokerProcess({ BROKER_CHILD_COMMAND: childCommand(marker), BROKER_MAX_SESSIONS_PER_USER: "100" });
+    const { broker, url } = await startBroker({ BROKER_CHILD_COMMAND: childCommand(marker), BROKER_MAX_SESSIONS_PER_USER: "100" });
     const { accessToken } = await obtainTokens(url);
     const mcpUrl = `${url}/mcp`;
 
@@ -179,8 +165,7 @@ describe("a running broker", () => {
     const call = callResponse.text();
     expect(streams.map((stream) => stream.isOver)).toEqual([false, false, false, false, false]);
 
-    broker.kill("SIGTERM");
-    expect(await broker.exited).toBe(0);
+    expect(await broker.stop()).toBe(0);
     // The waiting call was answered with an error rather than left hanging.
     expect(await call).toContain('"error"');
     expect(await processesMatching(marker)).toEqual([]);
@@ -189,7 +174,6 @@ describe("a running broker", () => {
       expect(await stream.ended).toBe("ended");
       expect(stream.text()).toStartWith(": stream open");
     }
-    const stdout = await new Response(broker.stdout).text();
-    expect(stdout.match(/"msg":"session ended"/g)).toHaveLength(50);
+    expect(broker.log().match(/"msg":"session ended"/g)).toHaveLength(50);
   }, 60_000);
 });
