@@ -31,7 +31,6 @@ const broker = await startBroker(config, { logger, sandbox }).catch((error: unkn
   console.error(`config: ${error.message}`);
   process.exit(2);
 });
-logger.info("broker listening", { url: broker.url, public_url: config.publicUrl, forgejo_url: config.forgejo.url, child_command: config.child.command[0] });
 
 let signalled = false;
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
@@ -48,3 +47,5 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
     );
   });
 }
+// Only now: whoever waits for this line may signal the broker, and the handlers above must be in place.
+logger.info("broker listening", { url: broker.url, public_url: config.publicUrl, forgejo_url: config.forgejo.url, child_command: config.child.command[0] });
