@@ -1,0 +1,56 @@
+// What the modern-era (2026-07-28) tests share: the official SDK 2.x client pinned to 2026-07-28 and
+// signed in as a Forgejo user, and raw modern requests with the envelope and headers the spec requires.
+import { Client, StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
+import type { TestBroker } from "./broker.ts";
+import { postMcp } from "./mcp.ts";
+import { obtainTokens } from "./oauth-client.ts";
+
+export const MODERN_VERSION = "2026-07-28";
+
+export interface ModernClient {
+  client: Client;
+  accessToken: string;
+}
+
+/** Signs `login` in (a new grant each time) and connects the SDK client pinned to 2026-07-28 with that token. */
+export async function connectModern(t: TestBroker, login: string): Promise<ModernClient> {
+  t.forgejo.setCurrentUser(login);
+  const { accessToken } = await obtainTokens(t.config.publicUrl);
+  return { client: await modernClientWith(t, accessToken), accessToken };
+}
+
+export async function modernClientWith(t: TestBroker, accessToken: string): Promise<Client> {
+  const client = new Client({ name: "modern-e2e", version: "1.0.0" }, { versionNegotiation: { mode: { pin: MODERN_VERSION } } });
+  await client.connect(new StreamableHTTPClientTransport(new URL(t.mcpUrl), { authProvider: { token: async () => accessToken } }));
+  return client;
+}
+
+/** A modern request's body: the _meta envelope (capabilities declared, nothing else unless `meta` adds it). */
+export function modernRequest(id: string | number, method: string, params: Record<string, unknown> = {}, meta: Record<string, unknown> = {}) {
+  return {
+    jsonrpc: "2.0",
+    id,
+    method,
+    params: {
+      ...params,
+      _meta: {
+        "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": { name: "raw", version: "1" },
+        ...meta,
+      },
+    },
+  };
+}
+
+/** The headers a modern request must carry, matching `body`. */
+export function modernHeaders(body: ReturnType<typeof modernRequest>): Record<string, string> {
+  const params = body.params as Record<string, unknown>;
+  const name = params.name ?? params.uri;
+  return { "mcp-protocol-version": MODERN_VERSION, "mcp-method": body.method, ...(typeof name === "string" ? { "mcp-name": name } : {}) };
+}
+
+/** POSTs a modern request with its headers (which `headers` can override or drop with null). */
+export function postModern(t: TestBroker, token: string, body: ReturnType<typeof modernRequest>, headers: Record<string, string | null> = {}): Promise<Response> {
+  return postMcp(t.mcpUrl, token, body, { ...modernHeaders(body), ...headers });
+}
