@@ -54,3 +54,34 @@ export function modernHeaders(body: ReturnType<typeof modernRequest>): Record<st
 export function postModern(t: TestBroker, token: string, body: ReturnType<typeof modernRequest>, headers: Record<string, string | null> = {}): Promise<Response> {
   return postMcp(t.mcpUrl, token, body, { ...modernHeaders(body), ...headers });
 }
+
+/** The JSON-RPC messages of an SSE answer as they arrive (a JSON answer yields its one message). */
+export async function* answerMessages(response: Response): AsyncGenerator<Record<string, unknown>> {
+  if (!(response.headers.get("content-type") ?? "").startsWith("text/event-stream")) {
+    yield (await response.json()) as Record<string, unknown>;
+    return;
+  }
+  const decoder = new TextDecoder();
+  let buffered = "";
+  for await (const chunk of response.body!) {
+    buffered += decoder.decode(chunk, { stream: true });
+    let end: number;
+    while ((end = buffered.indexOf("\n\n")) !== -1) {
+      const event = buffered.slice(0, end);
+      buffered = buffered.slice(end + 2);
+      const data = event
+        .split("\n")
+        .filter((line) => line.startsWith("data: "))
+        .map((line) => line.slice(6))
+        .join("\n");
+      if (data !== "") yield JSON.parse(data) as Record<string, unknown>;
+    }
+  }
+}
+
+/** Every message of an answer, read to its end. */
+export async function allMessages(response: Response): Promise<Record<string, unknown>[]> {
+  const messages: Record<string, unknown>[] = [];
+  for await (const message of answerMessages(response)) messages.push(message);
+  return messages;
+}
