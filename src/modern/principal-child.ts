@@ -160,7 +160,8 @@ export class PrincipalChild {
   private over(report: () => void): void {
     this.lastActive = this.options.timers.now();
     report();
-    if (this.retiring && this.channel.inFlight === 0) void this.close("the child retired");
+    // Not while the channel closes (its failing of every call lands here too).
+    if (this.retiring && this.channel.inFlight === 0 && this.channel.closed === null) void this.close("the child retired");
   }
 
   private childRequest(request: ChildRequest): void {
