@@ -111,11 +111,14 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     config: config.sessions,
     spawn,
     upstreamToken: upstreamTokenFrom(credentials),
+    // One set of caps over both eras' children.
+    reserveSlot: (forgejoUserId) => registry.reserveSlot(forgejoUserId),
     grantIsLive,
     logger,
     timers: realTimers,
     initializeTimeoutMs: options.initializeTimeoutMs,
   });
+  registry.countAlso(() => principals.capped());
   // However a credential is lost (a refused refresh, an unreadable row), its grants are revoked: end the sessions too.
   const unsubscribe = credentials.onChange((event) => {
     if (event.type === "lost") void registry.endUser(event.forgejoUserId, "the sign-in to Forgejo has ended");

@@ -64,6 +64,11 @@ export class PrincipalChild {
     return this.channel.inFlight;
   }
 
+  /** By when at the latest the first call now in flight is over (its timeout); null when none is. */
+  get earliestRequestDeadline(): number | null {
+    return this.channel.earliestRequestDeadline;
+  }
+
   get lastActivity(): number {
     return this.lastActive;
   }

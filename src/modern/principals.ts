@@ -1,10 +1,10 @@
 // One child per principal (grant) for modern callers: started on the grant's first request (single-
-// flight), reaped when idle, retired when the user's token rotates or is due, stopped when the grant ends.
+// flight) in a slot under the session caps, reaped when idle, retired when the user's token rotates or is due, stopped when the grant ends.
 import type { SessionConfig } from "../config.ts";
 import { randomHex } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import { SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
-import type { SessionIdentity, UpstreamTokenProvider } from "../session/registry.ts";
+import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../session/registry.ts";
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
 import type { TimerHandle, Timers } from "../supervisor/timers.ts";
 import { PrincipalChild } from "./principal-child.ts";
@@ -15,6 +15,11 @@ export interface PrincipalChildrenDeps {
   upstreamToken: UpstreamTokenProvider;
   logger: Logger;
   timers: Timers;
+  /**
+   * A slot under BROKER_MAX_SESSIONS and the per-user cap for a child about to start (the legacy
+   * registry's, which counts `capped()` too); the function it gives frees it. Without it, no cap.
+   */
+  reserveSlot?: (forgejoUserId: number) => Promise<() => void>;
   /** Whether a client can still act under the grant; without it, every grant is live. */
   grantIsLive?: (grantId: string) => boolean;
   initializeTimeoutMs?: number;
@@ -45,6 +50,17 @@ export class PrincipalChildren {
   /** How many principal children are serving. */
   get size(): number {
     return this.live.size;
+  }
+
+  /** The serving children as the caps see them; evicting one stops it now. */
+  capped(): CappedChild[] {
+    return [...this.live].map(([grantId, principal]) => ({
+      forgejoUserId: principal.forgejoUserId,
+      inFlight: principal.child.inFlight,
+      lastActivity: principal.child.lastActivity,
+      earliestRequestDeadline: principal.child.earliestRequestDeadline,
+      evict: (reason) => this.stop(grantId, principal, reason),
+    }));
   }
 
   /** The grant's child serving now, if any (for tests and logs). */
@@ -108,6 +124,16 @@ export class PrincipalChildren {
   }
 
   private async start(identity: SessionIdentity): Promise<Principal> {
+    const release = (await this.deps.reserveSlot?.(identity.forgejoUserId)) ?? (() => {});
+    try {
+      return await this.startInSlot(identity);
+    } finally {
+      // Started, it counts among capped(); failed, it holds nothing.
+      release();
+    }
+  }
+
+  private async startInSlot(identity: SessionIdentity): Promise<Principal> {
     const upstream = await this.deps.upstreamToken(identity.forgejoUserId);
     const id = randomHex(24);
     const logger = this.deps.logger.child({ principal_child: id });

@@ -5,37 +5,48 @@ import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
 import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
+import { UserSessionLimitError } from "../../src/session/errors.ts";
+import { SessionRegistry } from "../../src/session/registry.ts";
+import { rejection } from "../helpers/promises.ts";
 import { FakeChild, FakeTimers, initializingChild, settle, type Json } from "../bridge/fakes.ts";
 
 const HOUR = 3_600_000;
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
 
-function setup(options: { grantIsLive?: (grantId: string) => boolean; expiresInMs?: number | null; answer?: (message: Json, child: FakeChild) => void } = {}) {
+function setup(
+  options: { grantIsLive?: (grantId: string) => boolean; expiresInMs?: number | null; answer?: (message: Json, child: FakeChild) => void; maxSessionsPerUser?: number } = {},
+) {
   const timers = new FakeTimers();
   const children: FakeChild[] = [];
   const config: SessionConfig = {
     maxSessions: 10,
-    maxSessionsPerUser: 3,
+    maxSessionsPerUser: options.maxSessionsPerUser ?? 3,
     idleTimeoutMs: 900_000,
     refreshLeadMs: 300_000,
     requestTimeoutMs: 300_000,
     maxMessageBytes: 1_000_000,
     allowedOrigins: [],
   } as SessionConfig;
+  const spawn = () => {
+    const child = initializingChild(options.answer);
+    children.push(child);
+    return child;
+  };
+  const upstreamToken = async () => ({ token: "t", expiresAt: options.expiresInMs === null ? null : timers.now() + (options.expiresInMs ?? HOUR) });
+  const logger = createMemoryLogger();
+  const registry = new SessionRegistry({ config, spawn, upstreamToken, logger, timers, reapIntervalMs: 10_000 });
   const principals = new PrincipalChildren({
     config,
-    spawn: () => {
-      const child = initializingChild(options.answer);
-      children.push(child);
-      return child;
-    },
-    upstreamToken: async () => ({ token: "t", expiresAt: options.expiresInMs === null ? null : timers.now() + (options.expiresInMs ?? HOUR) }),
+    spawn,
+    upstreamToken,
+    reserveSlot: (user) => registry.reserveSlot(user),
     grantIsLive: options.grantIsLive,
-    logger: createMemoryLogger(),
+    logger,
     timers,
     reapIntervalMs: 10_000,
   });
-  return { principals, timers, children };
+  registry.countAlso(() => principals.capped());
+  return { principals, registry, timers, children };
 }
 
 const request = (id: number, method = "tools/call", params: Json = { name: "t" }): IncomingMessage => {
@@ -134,5 +145,32 @@ describe("a principal's child", () => {
     expect(await answerLast(child.call(withLevel(undefined)))).toEqual(["answer"]);
     expect(await answerLast(child.call(withLevel("error")))).toEqual(["answer"]);
     expect(await answerLast(child.call(withLevel("info")))).toEqual(["notifications/message", "answer"]);
+  });
+});
+
+describe("one set of caps over sessions and grants' children", () => {
+  const INITIALIZE = request(1, "initialize", { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "c", version: "1" } });
+
+  test("at the per-user cap, a new session ends the user's idle grant child, and a grant's first call ends an idle session", async () => {
+    const { principals, registry, timers, children } = setup({ maxSessionsPerUser: 1 });
+    await principals.childFor(ALICE);
+    timers.advance(1000);
+    const { entry } = await registry.create(ALICE, INITIALIZE);
+    expect(children[0]!.stopCalls).toBe(1);
+    expect(principals.size).toBe(0);
+    timers.advance(1000);
+    await principals.childFor(ALICE);
+    expect(children[1]!.stopCalls).toBe(1);
+    expect(registry.sessionsOf(ALICE.forgejoUserId)).toEqual([]);
+    expect(entry.closed).not.toBeNull();
+    expect(registry.evictions).toEqual({ user: 2, global: 0 });
+  });
+
+  test("a grant's child with a call in flight is not ended: the new session is refused with 429", async () => {
+    const { principals, registry, children } = setup({ maxSessionsPerUser: 1 });
+    (await principals.childFor(ALICE)).call(request(1));
+    expect(await rejection(registry.create(ALICE, INITIALIZE))).toBeInstanceOf(UserSessionLimitError);
+    expect(children[0]!.stopCalls).toBe(0);
+    expect(children.length).toBe(1);
   });
 });
