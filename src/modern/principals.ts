@@ -7,6 +7,7 @@ import { SessionLimitError, SessionRevokedError, SessionStartError } from "../se
 import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../session/registry.ts";
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
 import type { TimerHandle, Timers } from "../supervisor/timers.ts";
+import { MIN_REFRESH_INTERVAL_MS, refreshDueAt } from "../upstream/refresh-timing.ts";
 import { PrincipalChild } from "./principal-child.ts";
 
 export interface PrincipalChildrenDeps {
@@ -34,6 +35,8 @@ interface Principal {
 }
 
 const SHUTDOWN_RETRY_AFTER_S = 30;
+/** The longest delay a timer takes as given (about 24.8 days); a child retired that early loses nothing. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class PrincipalChildren {
   /** The grant's child once started, or its start under way (which every concurrent first request awaits). */
@@ -170,7 +173,10 @@ export class PrincipalChildren {
       throw new SessionRevokedError();
     }
     if (upstream.expiresAt !== null) {
-      const dueIn = Math.max(0, upstream.expiresAt - this.deps.config.refreshLeadMs - this.deps.timers.now());
+      // The scheduler's rule, so the next start finds the token due and gets a refreshed one.
+      const now = this.deps.timers.now();
+      const dueAt = refreshDueAt(now, upstream.expiresAt, { leadMs: this.deps.config.refreshLeadMs, minIntervalMs: MIN_REFRESH_INTERVAL_MS });
+      const dueIn = Math.min(MAX_TIMER_MS, Math.max(0, dueAt - now));
       principal.dueTimer = this.deps.timers.setTimeout(() => this.retire(identity.grantId, principal, "the user's Forgejo token is due for a refresh"), dueIn);
     }
     this.live.set(identity.grantId, principal);

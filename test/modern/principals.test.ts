@@ -104,11 +104,11 @@ describe("a principal's child", () => {
   });
 
   test("its token due for a refresh: it takes no new call, finishes the one in flight, then stops", async () => {
-    // Due (expiry less the lead) well before the call's own timeout.
     const { principals, timers, children } = setup({ expiresInMs: 400_000 });
     const child = await principals.childFor(ALICE);
     const stream = child.call(request(1));
-    timers.advance(100_000);
+    // Due when half its life is left at most (the lead cut to 200 s): before the call's own 300 s timeout.
+    timers.advance(200_000);
     expect(child.closed).not.toBeNull();
     expect(children[0]!.stopCalls).toBe(0);
     children[0]!.send({ jsonrpc: "2.0", id: (children[0]!.messages[2] as { id: string }).id, result: { content: [] } });
@@ -116,6 +116,15 @@ describe("a principal's child", () => {
     await settle();
     expect(children[0]!.stopCalls).toBe(1);
     expect(await principals.childFor(ALICE)).not.toBe(child);
+  });
+
+  test("a token that lives shorter than the refresh lead: the child retires after half its life, not at once", async () => {
+    const { principals, timers } = setup({ expiresInMs: 20_000 });
+    const child = await principals.childFor(ALICE);
+    timers.advance(9_000);
+    expect(child.closed).toBeNull();
+    timers.advance(1_000);
+    expect(child.closed).not.toBeNull();
   });
 
   test("the child's ping is answered by the broker; its elicitation is refused at once", async () => {
