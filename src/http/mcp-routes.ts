@@ -251,7 +251,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     const done = hold(request, identity, null);
     try {
       const child = await deps.principals.childFor(identity);
-      return await answer(request, identity, replies, child.call(incoming), {}, done);
+      return await answer(request, identity, replies, child.call(incoming, { sse: replies.sse }), {}, done);
     } catch (error) {
       done();
       throw error;

@@ -116,9 +116,11 @@ export class PrincipalChild {
 
   /**
    * Sends a caller's request (its id and progress token rewritten by the channel); the stream yields its
-   * progress, the log notifications it asked for, then its answer. Closing the stream cancels the call.
+   * progress and the log notifications it asked for — unless the caller takes no SSE (`sse` false) — then
+   * its answer. Closing the stream cancels the call.
    */
-  call(incoming: IncomingMessage): MessageStream {
+  call(incoming: IncomingMessage, options: { sse?: boolean } = {}): MessageStream {
+    const sse = options.sse ?? true;
     this.lastActive = this.options.timers.now();
     const id = incoming.message.id as JsonRpcId;
     const method = String(incoming.message.method);
@@ -141,7 +143,9 @@ export class PrincipalChild {
     };
     handle = this.channel.call(incoming, {
       logLevel: metaOf(incoming.message.params)?.[META.logLevel],
-      progress: (progress) => push(progress.raw, "notification", "child"),
+      progress: (progress) => {
+        if (sse) push(progress.raw, "notification", "child");
+      },
       answered: (answer) => push(modernAnswer(method, answer.message), "response", "child"),
       failed: (code, message) => push(errorResponse(id, code, message), "response", "broker"),
       cancelled: () => push(errorResponse(id, ErrorCode.ConnectionClosed, "the request was cancelled"), "response", "broker"),

@@ -102,6 +102,13 @@ describe("accepted", () => {
     expect(await response.json()).toEqual({ jsonrpc: "2.0", id: 7, result: { content: [{ type: "text", text: "alice" }], resultType: "complete" } });
   });
 
+  test("a client that takes only JSON gets its answer as JSON, without the progress it asked for", async () => {
+    const count = modernRequest(10, "tools/call", { name: "slow_count", arguments: { n: 3, delay_ms: 1 } }, { progressToken: "p" });
+    const response = await postModern(t, token, count, { accept: "application/json" });
+    expect(response.headers.get("content-type")).toBe("application/json");
+    expect(await response.json()).toEqual({ jsonrpc: "2.0", id: 10, result: { content: [{ type: "text", text: "counted to 3" }], resultType: "complete" } });
+  });
+
   test("a modern notification → 202 with nothing forwarded", async () => {
     const notification = { jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: 1, _meta: modernRequest(0, "x").params._meta } };
     expect((await postMcp(t.mcpUrl, token, notification, { "mcp-protocol-version": MODERN_VERSION })).status).toBe(202);
