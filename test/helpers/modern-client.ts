@@ -1,6 +1,6 @@
 // What the modern-era (2026-07-28) tests share: the official SDK 2.x client pinned to 2026-07-28 and
 // signed in as a Forgejo user, and raw modern requests with the envelope and headers the spec requires.
-import { Client, StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
+import { Client, StreamableHTTPClientTransport, type VersionNegotiationMode } from "@modelcontextprotocol/client";
 import type { TestBroker } from "./broker.ts";
 import { postMcp } from "./mcp.ts";
 import { obtainTokens } from "./oauth-client.ts";
@@ -19,8 +19,9 @@ export async function connectModern(t: TestBroker, login: string): Promise<Moder
   return { client: await modernClientWith(t, accessToken), accessToken };
 }
 
-export async function modernClientWith(t: TestBroker, accessToken: string): Promise<Client> {
-  const client = new Client({ name: "modern-e2e", version: "1.0.0" }, { versionNegotiation: { mode: { pin: MODERN_VERSION } } });
+/** The SDK 2.x client with `accessToken`, pinned to 2026-07-28 unless `mode` says otherwise. */
+export async function modernClientWith(t: TestBroker, accessToken: string, mode: VersionNegotiationMode = { pin: MODERN_VERSION }): Promise<Client> {
+  const client = new Client({ name: "modern-e2e", version: "1.0.0" }, { versionNegotiation: { mode } });
   await client.connect(new StreamableHTTPClientTransport(new URL(t.mcpUrl), { authProvider: { token: async () => accessToken } }));
   return client;
 }

@@ -3,8 +3,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, connectAs, isAlive, processesMatching, outermost } from "../helpers/mcp.ts";
-import { allMessages, answerMessages, connectModern, modernRequest, postModern } from "../helpers/modern-client.ts";
+import { childCommand, isAlive, processesMatching, outermost } from "../helpers/mcp.ts";
+import { allMessages, answerMessages, connectModern, modernClientWith, modernRequest, postModern } from "../helpers/modern-client.ts";
 import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
@@ -179,15 +179,26 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect(isAlive(old.childPid)).toBe(false);
   });
 
-  test("one user with the SDK client in legacy mode and pinned to 2026-07-28 at the same time", async () => {
-    const [legacy, modern] = await Promise.all([connectAs(t, "alice"), connectModern(t, "alice")]);
-    const [legacyWho, modernWho, legacyCount] = await Promise.all([
-      legacy.client.callTool({ name: "whoami", arguments: {} }),
-      modern.client.callTool({ name: "whoami", arguments: {} }),
-      legacy.client.callTool({ name: "slow_count", arguments: { n: 3, delay_ms: 10 } }),
+  test("one user with the SDK client in legacy mode, in auto mode and pinned to 2026-07-28 at the same time", async () => {
+    t.forgejo.setCurrentUser("alice");
+    const { accessToken } = await obtainTokens(t.config.publicUrl);
+    const sessionsBefore = t.broker.registry.size;
+    const [legacy, auto, pinned] = await Promise.all([
+      modernClientWith(t, accessToken, "legacy"),
+      modernClientWith(t, accessToken, "auto"),
+      modernClientWith(t, accessToken),
     ]);
-    expect([textOf(legacyWho), textOf(modernWho), textOf(legacyCount)]).toEqual(["alice", "alice", "counted to 3"]);
-    expect(legacy.transport.sessionId).toMatch(/^[0-9a-f]{48}$/);
-    await Promise.all([legacy.client.close(), modern.client.close()]);
+    expect([legacy.getProtocolEra(), auto.getProtocolEra(), pinned.getProtocolEra()]).toEqual(["legacy", "modern", "modern"]);
+    const answers = await Promise.all(
+      [legacy, auto, pinned].flatMap((client) => [
+        client.callTool({ name: "whoami", arguments: {} }),
+        client.callTool({ name: "slow_count", arguments: { n: 3, delay_ms: 10 } }),
+      ]),
+    );
+    expect(answers.map(textOf)).toEqual(["alice", "counted to 3", "alice", "counted to 3", "alice", "counted to 3"]);
+    // The legacy client has a session (and a child) of its own; the other two share the grant's child.
+    expect(t.broker.registry.size).toBe(sessionsBefore + 1);
+    expect(t.broker.principals.childOf(identityOf(accessToken).grantId)).not.toBeNull();
+    await Promise.all([legacy.close(), auto.close(), pinned.close()]);
   });
 });
