@@ -127,11 +127,11 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     await longCall(accessToken, leaving.signal);
     const stays = postModern(t, accessToken, slowCount(1, 5, 20)).then(allMessages);
     const child = childOf(accessToken);
-    await waitWhile(() => child.inFlight < 2, 100, 10);
+    await waitWhile(() => child.inFlight < 2, 500, 10);
     expect(child.inFlight).toBe(2);
     leaving.abort();
     expect((await stays).at(-1)!.result).toMatchObject({ content: [{ text: "counted to 5" }] });
-    await waitWhile(() => child.inFlight > 0, 50, 20);
+    await waitWhile(() => child.inFlight > 0, 250, 20);
     expect(child.inFlight).toBe(0);
     expect(childOf(accessToken)).toBe(child);
   });
@@ -157,7 +157,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect(revoked.status).toBe(200);
     const last = await call.last();
     expect(last?.result).toBeUndefined();
-    await waitWhile(() => isAlive(pid), 50, 20);
+    await waitWhile(() => isAlive(pid), 250, 20);
     expect(isAlive(pid)).toBe(false);
     expect((await postModern(t, signedIn.accessToken, modernRequest(2, "tools/list"))).status).toBe(401);
   });
@@ -165,17 +165,18 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
   test("the user's Forgejo token replaced mid-call (a new sign-in): the call finishes on the old child, the next one gets a child with the new token", async () => {
     t.forgejo.setCurrentUser("bob");
     const { accessToken } = await obtainTokens(t.config.publicUrl);
-    const running = postModern(t, accessToken, slowCount(1, 20, 20)).then(allMessages);
-    await waitWhile(() => t.broker.principals.childOf(identityOf(accessToken).grantId)?.inFlight !== 1, 100, 10);
+    const running = postModern(t, accessToken, slowCount(1, 150, 20)).then(allMessages);
+    await waitWhile(() => t.broker.principals.childOf(identityOf(accessToken).grantId)?.inFlight !== 1, 500, 10);
     const old = childOf(accessToken);
     // bob signs in again from another client: Forgejo issues a new pair, which retires the old refresh token.
     await obtainTokens(t.config.publicUrl);
     expect(t.logs.some((line) => line.includes('"msg":"principal child retiring"') && line.includes(`"pid":${old.childPid}`))).toBe(true);
+    expect(old.inFlight).toBe(1);
     const [after] = await allMessages(await postModern(t, accessToken, modernRequest(2, "tools/call", { name: "whoami", arguments: {} })));
     expect(after!.result).toMatchObject({ content: [{ text: "bob" }] });
     expect(childOf(accessToken).childPid).not.toBe(old.childPid);
-    expect((await running).at(-1)!.result).toMatchObject({ content: [{ text: "counted to 20" }] });
-    await waitWhile(() => isAlive(old.childPid), 50, 20);
+    expect((await running).at(-1)!.result).toMatchObject({ content: [{ text: "counted to 150" }] });
+    await waitWhile(() => isAlive(old.childPid), 250, 20);
     expect(isAlive(old.childPid)).toBe(false);
   });
 
