@@ -8,6 +8,7 @@ import { clientAddressOf } from "./http/client-address.ts";
 import { mcpRoutes } from "./http/mcp-routes.ts";
 import { StreamTokens } from "./http/stream-tokens.ts";
 import type { Logger } from "./log.ts";
+import { PrincipalChildren } from "./modern/principals.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
 import { MAX_OAUTH_BODY_BYTES } from "./oauth/edge-guard.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
@@ -43,6 +44,8 @@ export interface RunningBroker {
   store: Store;
   oauth: OAuthDeps;
   registry: SessionRegistry;
+  /** The modern era's children, one per grant. */
+  principals: PrincipalChildren;
   /** Stops accepting, stops every child and waits for it, lets in-flight requests finish, closes the database. */
   stop(): Promise<void>;
 }
@@ -91,20 +94,36 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     clientAddress: (request) => clientAddressOf(server?.requestIP(request)?.address, request.headers.get("x-forwarded-for"), config.trustedProxies),
     lifetimes: { ...DEFAULT_LIFETIMES, ...options.lifetimes },
   };
+  // Children take only PATH and the passthrough variables from the broker's environment.
+  const spawn = createSpawnChild({ config: config.child, sandbox: options.sandbox, forgejoUrl: config.forgejo.url, env: process.env, logger });
+  const grantIsLive = (grantId: string) => store.grantHasLiveTokens(grantId, now());
   const registry = new SessionRegistry({
     config: config.sessions,
-    // Children take only PATH and the passthrough variables from the broker's environment.
-    spawn: createSpawnChild({ config: config.child, sandbox: options.sandbox, forgejoUrl: config.forgejo.url, env: process.env, logger }),
+    spawn,
     upstreamToken: upstreamTokenFrom(credentials),
     refresh: refresherFrom(credentials),
-    grantIsLive: (grantId) => store.grantHasLiveTokens(grantId, now()),
+    grantIsLive,
     logger,
     timers: realTimers,
     initializeTimeoutMs: options.initializeTimeoutMs,
   });
+  const principals = new PrincipalChildren({
+    config: config.sessions,
+    spawn,
+    upstreamToken: upstreamTokenFrom(credentials),
+    // One set of caps over both eras' children.
+    reserveSlot: (forgejoUserId) => registry.reserveSlot(forgejoUserId),
+    grantIsLive,
+    logger,
+    timers: realTimers,
+    initializeTimeoutMs: options.initializeTimeoutMs,
+  });
+  registry.countAlso(() => principals.capped());
   // However a credential is lost (a refused refresh, an unreadable row), its grants are revoked: end the sessions too.
   const unsubscribe = credentials.onChange((event) => {
     if (event.type === "lost") void registry.endUser(event.forgejoUserId, "the sign-in to Forgejo has ended");
+    // A principal's child never holds a token past its refresh: the next call starts one with the new token.
+    if (event.type === "rotated") principals.userTokenRotated(event.forgejoUserId);
   });
   const streamTokens = new StreamTokens({
     timers: { ...realTimers, now },
@@ -113,9 +132,11 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   const unwatchRevocations = store.onRevocation((grantId) => {
     streamTokens.grantRevoked(grantId);
     void registry.grantRevoked(grantId);
+    void principals.grantRevoked(grantId);
   });
   const mcp = mcpRoutes({
     registry,
+    principals,
     sessions: config.sessions,
     publicUrl: config.publicUrl,
     logger,
@@ -156,6 +177,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     store,
     oauth,
     registry,
+    principals,
     stop: () =>
       (stopping ??= (async () => {
         clearInterval(purge);
@@ -163,7 +185,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
         unwatchRevocations();
         // Stop listening first; open SSE streams end when their sessions do, so the drain can finish.
         const drained = server.stop();
-        await registry.shutdown();
+        await Promise.all([registry.shutdown(), principals.shutdown()]);
         await drained;
         store.close();
       })()),

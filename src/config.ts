@@ -232,6 +232,13 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
   const urlEnv = envName("BROKER_CHILD_URL_ENV", "FORGEJO_URL");
   const tokenEnv = envName("BROKER_CHILD_TOKEN_ENV", "FORGEJO_ACCESS_TOKEN");
   const stopGraceMs = integer("BROKER_CHILD_STOP_GRACE_S", 5, 0, 600, "5") * 1000;
+  // Children are spoken to as 2025-era servers (initialize first); probing them for 2026-07-28 comes later.
+  const childEra = get("BROKER_CHILD_ERA") ?? "legacy";
+  if (childEra === "auto" || childEra === "modern") {
+    problem("BROKER_CHILD_ERA", `${childEra} is not supported yet: this broker speaks to every child as a 2025-era server`, "legacy");
+  } else if (childEra !== "legacy") {
+    problem("BROKER_CHILD_ERA", `must be legacy, got ${JSON.stringify(childEra)}`, "legacy");
+  }
   const sandboxKind = get("BROKER_CHILD_SANDBOX") ?? "bwrap";
   if (sandboxKind !== "bwrap" && sandboxKind !== "none") {
     problem("BROKER_CHILD_SANDBOX", `must be bwrap or none, got ${JSON.stringify(sandboxKind)}`, "bwrap");

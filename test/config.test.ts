@@ -65,6 +65,10 @@ describe("loadConfig", () => {
     ]);
   });
 
+  test("BROKER_CHILD_ERA=legacy, what the broker speaks to its children, is accepted", () => {
+    expect(loadConfig({ ...REQUIRED, BROKER_CHILD_ERA: "legacy" }).ok).toBe(true);
+  });
+
   const problems: [string, Record<string, string>, RegExp][] = [
     ["public URL with a query", { BROKER_PUBLIC_URL: "https://mcp.example.com/?x=1" }, /^BROKER_PUBLIC_URL: must not carry a query/],
     ["public URL of another scheme", { BROKER_PUBLIC_URL: "ftp://mcp.example.com" }, /^BROKER_PUBLIC_URL: must be an http or https URL/],
@@ -76,6 +80,8 @@ describe("loadConfig", () => {
     ["the sealing key passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "BROKER_SEALING_KEY LANG" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "BROKER_SEALING_KEY" to children/],
     ["a broker variable passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "BROKER_METRICS_TOKEN" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "BROKER_METRICS_TOKEN" to children/],
     ["an unknown sandbox", { BROKER_CHILD_SANDBOX: "docker" }, /^BROKER_CHILD_SANDBOX: must be bwrap or none, got "docker"/],
+    ["a child era the broker cannot speak yet", { BROKER_CHILD_ERA: "auto" }, /^BROKER_CHILD_ERA: auto is not supported yet: this broker speaks to every child as a 2025-era server/],
+    ["an unknown child era", { BROKER_CHILD_ERA: "2026" }, /^BROKER_CHILD_ERA: must be legacy, got "2026"/],
     ["a relative sandbox bind", { BROKER_CHILD_SANDBOX_BIND: "/etc/ssl,node_modules" }, /^BROKER_CHILD_SANDBOX_BIND: has "node_modules", which is not an absolute path/],
     ["an origin with a path", { BROKER_ALLOWED_ORIGINS: "https://claude.ai/x" }, /^BROKER_ALLOWED_ORIGINS: has "https:\/\/claude.ai\/x", which is not an origin/],
     ["zero sessions", { BROKER_MAX_SESSIONS: "0" }, /^BROKER_MAX_SESSIONS: must be a whole number from 1/],

@@ -1,5 +1,5 @@
-// The broker's side toward one caller's MCP children: calls written to the current child and answers
-// matched back by id (timeouts, cancellation), the broker's own requests, and the move to a new child.
+// The broker's side toward MCP children: calls written to the current child and answers matched back
+// by id (timeouts, cancellation; ids and progress tokens rewritten when callers share it), the broker's own requests, and the move to a new child.
 import type { Logger } from "../log.ts";
 import type { ChildExit, ChildProcess } from "../supervisor/child.ts";
 import { reportChildFailure } from "../supervisor/failure-report.ts";
@@ -28,6 +28,11 @@ export interface ChildChannelOptions {
   timers: Timers;
   requestTimeoutMs: number;
   maxMessageBytes: number;
+  /**
+   * Many callers share the child (a modern principal's): each call goes out under an id and progress
+   * token of the broker's, mapped back on the way out, so two callers' equal ids never meet.
+   */
+  multiplexed?: boolean;
 }
 
 /** A child's own request (elicitation, sampling, roots) for whoever can put it before a client. */
@@ -40,6 +45,8 @@ export interface ChildRequest {
   forward(): IncomingMessage;
   /** Answers the child at once with a JSON-RPC error, so it does not wait out its own timeout. */
   refuse(code: number, message: string): void;
+  /** Answers the child at once with a result (the broker's own answer, e.g. to ping). */
+  reply(result: unknown): void;
 }
 
 /**
@@ -69,10 +76,14 @@ export interface ChannelCall {
 }
 
 interface PendingCall<C> extends ChannelCall {
+  /** The id the child knows the call by: the caller's own, or the broker's when multiplexed. */
+  childId: JsonRpcId;
   key: string;
   link: ChildLink;
   context: C;
   progressKey: string | null;
+  /** The caller's progress token, when the child was given the broker's instead. */
+  callerToken: JsonRpcId | null;
   timer: TimerHandle;
   /** When the call times out if nothing answers it first. */
   deadline: number;
@@ -146,26 +157,31 @@ export class ChildChannel<C> {
       this.events.failed(context, ErrorCode.ConnectionClosed, this.closedReason);
       return { id, method };
     }
-    const key = idKey(id);
+    const multiplexed = this.options.multiplexed === true;
+    const childId = multiplexed ? `fmb-${this.nextBrokerId++}` : id;
+    const key = idKey(childId);
     if (this.pending.has(key)) {
       this.events.failed(context, ErrorCode.InvalidRequest, `request id ${JSON.stringify(id)} is already in flight in this session`);
       return { id, method };
     }
-    const token = progressTokenOf(incoming.message);
+    const callerToken = progressTokenOf(incoming.message);
+    const token = multiplexed && callerToken !== null ? `${childId}-progress` : callerToken;
     const pending: PendingCall<C> = {
       id,
+      childId,
       key,
       method,
       link: this.current,
       context,
       progressKey: token === null ? null : idKey(token),
+      callerToken: multiplexed ? callerToken : null,
       timer: this.options.timers.setTimeout(() => this.timeout(pending), this.options.requestTimeoutMs),
       deadline: this.options.timers.now() + this.options.requestTimeoutMs,
     };
     this.pending.set(key, pending);
     if (pending.progressKey !== null) this.progressOwners.set(pending.progressKey, pending);
     if (method === "initialize") this.recordedInitialize = incoming;
-    const written = pending.link.write(incoming.raw);
+    const written = pending.link.write(multiplexed ? rewritten(incoming.message, childId, token) : incoming.raw);
     if (written === "closed") this.fail(pending, ErrorCode.ConnectionClosed, "the MCP server is not running");
     else if (written === "full") this.fail(pending, ErrorCode.ConnectionClosed, `the MCP server is not reading its input: over ${pending.link.maxStdinBytes} bytes wait for it`);
     return pending;
@@ -176,9 +192,10 @@ export class ChildChannel<C> {
    * except for initialize, which the spec forbids cancelling, and the call is over. Reports nothing.
    */
   cancel(call: ChannelCall, reason: string): void {
-    const pending = this.pending.get(idKey(call.id));
+    const key = (call as Partial<PendingCall<C>>).key;
+    const pending = key === undefined ? undefined : this.pending.get(key);
     if (pending !== call) return;
-    if (pending.method !== "initialize") pending.link.write(notification("notifications/cancelled", { requestId: pending.id, reason }));
+    if (pending.method !== "initialize") pending.link.write(notification("notifications/cancelled", { requestId: pending.childId, reason }));
     this.settle(pending);
   }
 
@@ -289,14 +306,15 @@ export class ChildChannel<C> {
         return;
       }
       this.settle(pending);
-      this.events.answered(pending.context, incoming);
+      this.events.answered(pending.context, pending.childId === pending.id ? incoming : reparsed(withId(message, pending.id)));
       return;
     }
     if (kind === "notification" && message.method === "notifications/progress") {
       const token = (message.params as { progressToken?: unknown } | undefined)?.progressToken;
       const owner = isJsonRpcId(token) ? this.progressOwners.get(idKey(token)) : undefined;
       if (owner === undefined || owner.link !== link) this.options.logger.debug("progress for no request in flight; dropped");
-      else this.events.progress(owner.context, incoming);
+      else if (owner.callerToken === null) this.events.progress(owner.context, incoming);
+      else this.events.progress(owner.context, reparsed(JSON.stringify({ ...message, params: { ...(message.params as object), progressToken: owner.callerToken } })));
       return;
     }
     const callsOfChild = () => this.callsOf(link);
@@ -322,6 +340,7 @@ export class ChildChannel<C> {
         return incoming;
       },
       refuse: (code, text) => void link.write(errorResponse(id, code, text)),
+      reply: (result) => void link.write(JSON.stringify({ jsonrpc: "2.0", id, result })),
     };
   }
 
@@ -361,7 +380,7 @@ export class ChildChannel<C> {
   private timeout(pending: PendingCall<C>): void {
     if (this.pending.get(pending.key) !== pending) return;
     const seconds = Math.round(this.options.requestTimeoutMs / 1000);
-    pending.link.write(notification("notifications/cancelled", { requestId: pending.id, reason: "request timed out" }));
+    pending.link.write(notification("notifications/cancelled", { requestId: pending.childId, reason: "request timed out" }));
     this.fail(pending, ErrorCode.RequestTimeout, `the MCP server did not answer within ${seconds} s`);
   }
 
@@ -406,6 +425,17 @@ export class ChildChannel<C> {
       }
     });
   }
+}
+
+function reparsed(raw: string): IncomingMessage {
+  return { raw, message: JSON.parse(raw) as JsonRpcMessage };
+}
+
+/** A multiplexed call as the child gets it: under the broker's id and progress token. */
+function rewritten(message: JsonRpcMessage, childId: JsonRpcId, token: JsonRpcId | null): string {
+  if (token === null) return withId(message, childId);
+  const params = message.params as Record<string, unknown>;
+  return JSON.stringify({ ...message, id: childId, params: { ...params, _meta: { ...(params._meta as object), progressToken: token } } });
 }
 
 function progressTokenOf(message: JsonRpcMessage): JsonRpcId | null {

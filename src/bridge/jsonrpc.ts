@@ -25,6 +25,7 @@ export type MessageKind = "request" | "notification" | "response";
 export const ErrorCode = {
   ParseError: -32700,
   InvalidRequest: -32600,
+  MethodNotFound: -32601,
   InvalidParams: -32602,
   InternalError: -32603,
   /** The SDKs' "connection closed": the server process went away. */

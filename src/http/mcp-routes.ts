@@ -1,10 +1,15 @@
-// The Streamable HTTP /mcp endpoint behind the bearer guard: checks each POST, GET and DELETE, hands
-// it to the session registry and its session, and answers in JSON or SSE, every refusal a JSON-RPC error.
+// The Streamable HTTP /mcp endpoint behind the bearer guard: checks each POST, GET and DELETE, hands a
+// legacy one to its session and a modern POST to its principal's child, and answers in JSON or SSE, every refusal a JSON-RPC error.
 import { Elysia } from "elysia";
 import { ErrorCode, isJsonRpcId, parseMessage, type IncomingMessage, type JsonRpcId } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { InFlightLimits, SessionConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
+import { classifyPost } from "../modern/classify.ts";
+import { discoverResult } from "../modern/discover.ts";
+import type { PrincipalChildren } from "../modern/principals.ts";
+import { checkModernRequest } from "../modern/request-rules.ts";
+import { LEGACY_PROTOCOL_VERSIONS } from "../modern/versions.ts";
 import { BearerTokenError } from "../oauth/errors.ts";
 import { bearerChallengeFor, type bearerGuard } from "../oauth/middleware/bearer-auth.ts";
 import { InitializeRejectedError, McpRefusal, rpcErrorResponse, TRANSPORT_ERROR, type RefusalContext } from "../session/errors.ts";
@@ -17,10 +22,23 @@ import { initializeParamsProblem } from "./initialize-params.ts";
 import { fixedEvents, prefixed, sseResponse, type EventSource } from "./sse-response.ts";
 import type { StreamTokens } from "./stream-tokens.ts";
 
-export const SUPPORTED_PROTOCOL_VERSIONS = ["2025-11-25", "2025-06-18", "2025-03-26"] as const;
+export const SUPPORTED_PROTOCOL_VERSIONS = LEGACY_PROTOCOL_VERSIONS;
+
+/** What a modern caller may ask a principal's child; anything else (initialize, ping, …) is unknown in 2026-07-28. */
+const MODERN_FORWARDED = new Set([
+  "tools/list",
+  "tools/call",
+  "resources/list",
+  "resources/read",
+  "resources/templates/list",
+  "prompts/list",
+  "prompts/get",
+  "completion/complete",
+]);
 
 export interface McpRoutesDeps {
   registry: SessionRegistry;
+  principals: PrincipalChildren;
   sessions: SessionConfig;
   publicUrl: string;
   logger: Logger;
@@ -220,6 +238,26 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     }
   };
 
+  /** A modern (2026-07-28) request: checked, then answered by the broker (server/discover) or its principal's child. */
+  const modern = async (request: Request, replies: AcceptedReplies, identity: TokenIdentity, incoming: IncomingMessage, version: string, id: JsonRpcId): Promise<Response> => {
+    checkModernRequest(incoming.message, version, request.headers);
+    const method = String(incoming.message.method);
+    if (method === "server/discover") {
+      const child = await deps.principals.childFor(identity);
+      const body = JSON.stringify({ jsonrpc: "2.0", id, result: discoverResult(child.initializeResult) });
+      return new Response(body, { status: 200, headers: { "Content-Type": "application/json" } });
+    }
+    if (!MODERN_FORWARDED.has(method)) throw new McpRefusal(404, ErrorCode.MethodNotFound, `Method not found: ${method}`);
+    const done = hold(request, identity, null);
+    try {
+      const child = await deps.principals.childFor(identity);
+      return await answer(request, identity, replies, child.call(incoming, { sse: replies.sse }), {}, done);
+    } catch (error) {
+      done();
+      throw error;
+    }
+  };
+
   const post = async (request: Request, identity: TokenIdentity): Promise<Response> => {
     let id: JsonRpcId | null = null;
     let sessionId: string | undefined;
@@ -246,6 +284,12 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       }
       const { incoming, kind } = parsed;
       if (kind === "request" && isJsonRpcId(incoming.message.id)) id = incoming.message.id;
+      const era = classifyPost(incoming.message, kind, request.headers.get("mcp-protocol-version"));
+      if (era.era === "modern") {
+        // 2026-07-28 has no client notifications over HTTP (a stream's end is its cancellation): nothing to forward.
+        if (kind === "notification") return new Response(null, { status: 202 });
+        return await modern(request, replies, identity, incoming, era.version, id!);
+      }
       checkProtocolVersion(request);
       if (kind === "request" && incoming.message.method === "initialize") return await initialize(request, replies, identity, incoming, id!);
       const entry = registry.get(sessionIdOf(request), identity);

@@ -31,7 +31,9 @@ export function formatEvent(event: OutboundEvent): string {
     .split(/\r\n|\r|\n/)
     .map((line) => `data: ${line}`)
     .join("\n");
-  return `id: ${event.eventId}\nevent: message\n${data}\n\n`;
+  // A modern request's stream has no ids: 2026-07-28 has no resumption.
+  const id = event.eventId === "" ? "" : `id: ${event.eventId}\n`;
+  return `${id}event: message\n${data}\n\n`;
 }
 
 /** Events already known, then the rest of `source`. */

@@ -17,26 +17,39 @@ export interface RefusalContext {
 }
 
 /** A JSON-RPC error object as the whole answer, with an HTTP status. */
-export function rpcErrorResponse(status: number, id: JsonRpcId | null, code: number, message: string, headers: Record<string, string> = {}): Response {
-  return new Response(errorResponse(id, code, message), { status, headers: { "Content-Type": "application/json", ...headers } });
+export function rpcErrorResponse(
+  status: number,
+  id: JsonRpcId | null,
+  code: number,
+  message: string,
+  headers: Record<string, string> = {},
+  data?: unknown,
+): Response {
+  return new Response(errorResponse(id, code, message, data), { status, headers: { "Content-Type": "application/json", ...headers } });
 }
 
-/** A refusal the route answers with `status` and a JSON-RPC error `code` (its message is the error's). */
+/**
+ * A refusal the route answers with `status` and a JSON-RPC error `code` (its message is the error's),
+ * and the error's `data` when the protocol asks for one (e.g. the versions a server supports).
+ */
 export class McpRefusal extends Error {
+  readonly data: unknown;
+
   constructor(
     readonly status: number,
     readonly code: number,
     message: string,
     readonly headers: Record<string, string> = {},
-    options?: ErrorOptions,
+    options?: ErrorOptions & { data?: unknown },
   ) {
     super(message, options);
     this.name = new.target.name;
+    this.data = options?.data;
   }
 
   /** `extraHeaders`: the route's own (the session the answer is about). */
   toResponse(id: JsonRpcId | null, context: RefusalContext, extraHeaders: Record<string, string> = {}): Response {
-    return rpcErrorResponse(this.status, id, this.code, this.clientMessage(context), { ...this.headers, ...extraHeaders });
+    return rpcErrorResponse(this.status, id, this.code, this.clientMessage(context), { ...this.headers, ...extraHeaders }, this.data);
   }
 
   /** What the client reads in the JSON-RPC error. */

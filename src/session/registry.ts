@@ -1,5 +1,5 @@
-// The session registry: Mcp-Session-Id → legacy session (bound to its grant); enforces the caps (making
-// room by ending the least recently used idle session), reaps idle sessions, and rotates tokens.
+// The session registry: Mcp-Session-Id → legacy session (bound to its grant); enforces the caps over its
+// sessions and other children it is told of (making room by ending the least recently used idle one), reaps idle sessions, and rotates tokens.
 import type { IncomingMessage } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { SessionConfig } from "../config.ts";
@@ -39,6 +39,16 @@ export type UpstreamTokenProvider = (forgejoUserId: number) => Promise<UpstreamT
 export type UpstreamRefresher = (
   forgejoUserId: number,
 ) => Promise<({ ok: true } & UpstreamToken) | { ok: false; refused: boolean; reason: string }>;
+
+/** A child the registry does not own but counts against the caps, and may end to make room (a grant's modern child). */
+export interface CappedChild {
+  readonly forgejoUserId: number;
+  readonly inFlight: number;
+  readonly lastActivity: number;
+  readonly earliestRequestDeadline: number | null;
+  /** Resolves once the child has exited and its slot is free. */
+  evict(reason: string): Promise<void>;
+}
 
 export interface CreatedSession {
   entry: LegacySession;
@@ -96,6 +106,7 @@ export class SessionRegistry {
   private reapTimer: TimerHandle | null = null;
   private closed = false;
   private readonly evicted: Record<EvictionCap, number> = { user: 0, global: 0 };
+  private otherChildren: () => CappedChild[] = () => [];
 
   constructor(private readonly deps: SessionRegistryDeps) {
     const refresh = deps.refresh;
@@ -128,13 +139,37 @@ export class SessionRegistry {
 
   /**
    * Starts a child with the user's upstream token, sends it the client's initialize and waits for
-   * the answer; only then does the session exist. At a cap, the least recently used session with no
-   * request in flight is ended to make room (the user's own at the per-user cap, anyone's at the
+   * the answer; only then does the session exist. At a cap, the least recently used session (or other
+   * child, see countAlso) with no request in flight is ended to make room (the user's own at the per-user cap, anyone's at the
    * broker-wide one). Throws SessionLimitError, UserSessionLimitError (each when every session in
    * the way is busy), SessionStartError, InitializeRejectedError, or what the token provider throws.
    */
   async create(identity: SessionIdentity, initialize: IncomingMessage): Promise<CreatedSession> {
-    const user = identity.forgejoUserId;
+    const ticket = await this.takeSlot(identity.forgejoUserId);
+    try {
+      return await this.start(identity, initialize, ticket);
+    } finally {
+      this.starting.delete(ticket);
+    }
+  }
+
+  /** The caps count these children too (and may end an idle one), besides the registry's sessions. */
+  countAlso(children: () => CappedChild[]): void {
+    this.otherChildren = children;
+  }
+
+  /**
+   * A slot for a child of another kind about to start (see countAlso), taken by the same rules as a
+   * session's; call the function returned once the child counts among countAlso's, or failed to start.
+   * Throws SessionLimitError or UserSessionLimitError.
+   */
+  async reserveSlot(forgejoUserId: number): Promise<() => void> {
+    const ticket = await this.takeSlot(forgejoUserId);
+    return () => void this.starting.delete(ticket);
+  }
+
+  /** Waits for, or makes, room under both caps and holds it with a start ticket. */
+  private async takeSlot(user: number): Promise<StartTicket> {
     const { maxSessions, maxSessionsPerUser } = this.deps.config;
     // A child of an ended session still holds its slot for the moment it takes to exit; wait for
     // those rather than refuse a client that closed a session to open another.
@@ -170,11 +205,7 @@ export class SessionRegistry {
     }
     const ticket: StartTicket = { forgejoUserId: user, deadline: this.deps.timers.now() + this.initializeTimeoutMs };
     this.starting.add(ticket);
-    try {
-      return await this.start(identity, initialize, ticket);
-    } finally {
-      this.starting.delete(ticket);
-    }
+    return ticket;
   }
 
   /** Sessions ended to make room for a new one, by the cap that was reached (read-only copy). */
@@ -413,22 +444,24 @@ export class SessionRegistry {
     return this.deps.initializeTimeoutMs ?? 30_000;
   }
 
-  /** Slots taken by the user's (null: everyone's) sessions, starts under way and children still exiting. */
+  /** Slots taken by the user's (null: everyone's) sessions and other children, starts under way and children still exiting. */
   private holdingSlots(forgejoUserId: number | null): number {
     const mine = (owner: number) => forgejoUserId === null || owner === forgejoUserId;
     let count = forgejoUserId === null ? this.sessions.size : (this.byUser.get(forgejoUserId)?.size ?? 0);
+    for (const other of this.otherChildren()) if (mine(other.forgejoUserId)) count++;
     for (const ticket of this.starting) if (mine(ticket.forgejoUserId)) count++;
     for (const entry of this.stopping.keys()) if (mine(entry.binding.forgejoUserId)) count++;
     return count;
   }
 
-  /** The user's (null: anyone's) session with no request in flight that was used longest ago. */
-  private leastRecentlyUsedIdle(forgejoUserId: number | null): LegacySession | null {
+  /** The user's (null: anyone's) session or other child with no request in flight that was used longest ago. */
+  private leastRecentlyUsedIdle(forgejoUserId: number | null): LegacySession | CappedChild | null {
     const ids = forgejoUserId === null ? this.sessions.keys() : (this.byUser.get(forgejoUserId) ?? []);
-    let oldest: LegacySession | null = null;
+    const candidates: (LegacySession | CappedChild)[] = [...ids].map((id) => this.sessions.get(id)!);
+    for (const other of this.otherChildren()) if (forgejoUserId === null || other.forgejoUserId === forgejoUserId) candidates.push(other);
+    let oldest: LegacySession | CappedChild | null = null;
     let oldestUse = Infinity;
-    for (const id of ids) {
-      const entry = this.sessions.get(id)!;
+    for (const entry of candidates) {
       if (entry.inFlight > 0) continue;
       const lastUse = entry.lastActivity;
       if (lastUse < oldestUse) [oldest, oldestUse] = [entry, lastUse];
@@ -436,16 +469,17 @@ export class SessionRegistry {
     return oldest;
   }
 
-  /** Ends an idle session to make room; resolves once its child has exited and its slot is free. */
-  private evict(entry: LegacySession, cap: EvictionCap): Promise<void> {
+  /** Ends an idle session or other child to make room; resolves once its child has exited and its slot is free. */
+  private evict(entry: LegacySession | CappedChild, cap: EvictionCap): Promise<void> {
     this.evicted[cap]++;
     const idleS = Math.round((this.deps.timers.now() - entry.lastActivity) / 1000);
     const limit = cap === "user" ? `the user's limit of ${this.deps.config.maxSessionsPerUser}` : `the broker's limit of ${this.deps.config.maxSessions}`;
-    return this.drop(entry, `evicted: a new session needed a slot at ${limit} sessions, and this was the least recently used one with no request in flight`, {
-      cap,
-      forgejo_user_id: entry.binding.forgejoUserId,
-      idle_s: idleS,
-    });
+    const reason = `evicted: a new session needed a slot at ${limit} sessions, and this was the least recently used one with no request in flight`;
+    if (!(entry instanceof LegacySession)) {
+      this.deps.logger.info("a grant's child ended to make room", { reason, cap, forgejo_user_id: entry.forgejoUserId, idle_s: idleS });
+      return entry.evict(reason);
+    }
+    return this.drop(entry, reason, { cap, forgejo_user_id: entry.binding.forgejoUserId, idle_s: idleS });
   }
 
   /**
@@ -459,6 +493,10 @@ export class SessionRegistry {
     for (const ticket of this.starting) if (mine(ticket.forgejoUserId)) earliest = Math.min(earliest, ticket.deadline);
     for (const entry of this.sessions.values()) {
       const deadline = mine(entry.binding.forgejoUserId) ? entry.earliestRequestDeadline : null;
+      if (deadline !== null) earliest = Math.min(earliest, deadline);
+    }
+    for (const other of this.otherChildren()) {
+      const deadline = mine(other.forgejoUserId) ? other.earliestRequestDeadline : null;
       if (deadline !== null) earliest = Math.min(earliest, deadline);
     }
     if (earliest === Infinity) earliest = now + this.deps.config.requestTimeoutMs;

@@ -16,7 +16,7 @@ type Report =
   | { event: "childExited"; why: string; exit: ChildExit };
 
 /** A sink that records what it is told; child requests are handed to `onChildRequest` (default: left waiting). */
-function setup(options: { child?: FakeChild; onChildRequest?: (request: ChildRequest) => void } = {}) {
+function setup(options: { child?: FakeChild; onChildRequest?: (request: ChildRequest) => void; multiplexed?: boolean } = {}) {
   const child = options.child ?? new FakeChild();
   const timers = new FakeTimers();
   const reports: Report[] = [];
@@ -32,7 +32,7 @@ function setup(options: { child?: FakeChild; onChildRequest?: (request: ChildReq
     childNotification: (incoming, callsOfChild) => reports.push({ event: "childNotification", message: incoming.message, callsOfChild: callsOfChild() }),
     childExited: (exit, why) => reports.push({ event: "childExited", why, exit }),
   };
-  const channel = new ChildChannel(child, { logger: createMemoryLogger(), timers, requestTimeoutMs: 30_000, maxMessageBytes: 10_000 }, events);
+  const channel = new ChildChannel(child, { logger: createMemoryLogger(), timers, requestTimeoutMs: 30_000, maxMessageBytes: 10_000, multiplexed: options.multiplexed }, events);
   return { channel, child, timers, reports };
 }
 
@@ -191,5 +191,37 @@ describe("rotation and exit", () => {
     await channel.close("the session was deleted");
     expect(reports).toEqual([{ event: "failed", call: "waiting", code: -32000, message: "the session was deleted" }]);
     expect(child.stopCalls).toBe(1);
+  });
+});
+
+describe("many callers on one child (multiplexed)", () => {
+  test("two callers with the same id and progress token: the child sees distinct ones, each caller gets its own back", async () => {
+    const { channel, child, reports } = setup({ multiplexed: true });
+    channel.call(call(1, { _meta: { progressToken: "p" } }), "alice");
+    channel.call(call(1, { _meta: { progressToken: "p" } }), "bob");
+    const [first, second] = child.messages as { id: string; params: { _meta: { progressToken: string } } }[];
+    expect(first!.id).not.toBe(second!.id);
+    expect(first!.params._meta.progressToken).not.toBe(second!.params._meta.progressToken);
+    child.send({ jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: second!.params._meta.progressToken, progress: 7 } });
+    child.send({ jsonrpc: "2.0", id: second!.id, result: { who: "bob" } });
+    child.send({ jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: first!.params._meta.progressToken, progress: 3 } });
+    child.send({ jsonrpc: "2.0", id: first!.id, result: { who: "alice" } });
+    await settle();
+    expect(reports).toEqual([
+      { event: "progress", call: "bob", message: { jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: "p", progress: 7 } } },
+      { event: "answered", call: "bob", message: { jsonrpc: "2.0", id: 1, result: { who: "bob" } } },
+      { event: "progress", call: "alice", message: { jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: "p", progress: 3 } } },
+      { event: "answered", call: "alice", message: { jsonrpc: "2.0", id: 1, result: { who: "alice" } } },
+    ]);
+  });
+
+  test("a caller that goes away: the child is told under the id it knows the call by", () => {
+    const { channel, child } = setup({ multiplexed: true });
+    const handle = channel.call(call(1), "alice");
+    channel.call(call(1), "bob");
+    const childId = (child.messages[0] as { id: string }).id;
+    channel.cancel(handle, "client disconnected");
+    expect(child.messages[2]).toEqual({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: childId, reason: "client disconnected" } });
+    expect(channel.inFlight).toBe(1);
   });
 });

@@ -1,0 +1,193 @@
+// One principal's (grant's) legacy child as modern callers share it: the broker initializes it once as
+// its only client, then each caller's request gets a stream of its own progress, wanted logs and answer.
+import { ChildChannel, type ChannelCall, type ChildRequest } from "../bridge/child-channel.ts";
+import { ErrorCode, errorResponse, type IncomingMessage, type JsonRpcId, type JsonRpcMessage } from "../bridge/jsonrpc.ts";
+import { MessageStream } from "../bridge/message-stream.ts";
+import type { Logger } from "../log.ts";
+import type { ChildExit, ChildProcess } from "../supervisor/child.ts";
+import type { Timers } from "../supervisor/timers.ts";
+import { logWanted, modernAnswer } from "./results.ts";
+import { META, metaOf } from "./versions.ts";
+
+export interface PrincipalChildOptions {
+  logger: Logger;
+  timers: Timers;
+  requestTimeoutMs: number;
+  maxMessageBytes: number;
+  /** The child exited without being asked to; its callers have had their errors. */
+  onExit(exit: ChildExit): void;
+}
+
+/** Who waits on a call: a caller's stream, or the broker's own initialize. */
+interface Caller {
+  progress(incoming: IncomingMessage): void;
+  answered(incoming: IncomingMessage): void;
+  failed(code: number, message: string): void;
+  cancelled(): void;
+  /** The request's _meta logLevel: what notifications/message it wants (undefined: none). */
+  readonly logLevel: unknown;
+}
+
+/** The legacy version the broker speaks to its child, and the client capabilities it will translate into MRTR. */
+const CHILD_PROTOCOL_VERSION = "2025-11-25";
+const BROKER_CLIENT_CAPABILITIES = { elicitation: {}, sampling: {}, roots: {} };
+
+export class PrincipalChild {
+  private readonly channel: ChildChannel<Caller>;
+  private lastActive: number;
+  private retiring = false;
+  private initialized: Record<string, unknown> | null = null;
+
+  constructor(
+    child: ChildProcess,
+    private readonly options: PrincipalChildOptions,
+  ) {
+    this.lastActive = options.timers.now();
+    this.channel = new ChildChannel<Caller>(child, { ...options, multiplexed: true }, {
+      progress: (caller, incoming) => caller.progress(incoming),
+      answered: (caller, incoming) => this.over(() => caller.answered(incoming)),
+      failed: (caller, code, message) => this.over(() => caller.failed(code, message)),
+      cancelledByClient: (caller) => this.over(() => caller.cancelled()),
+      childRequest: (request) => this.childRequest(request),
+      childNotification: (incoming, callsOfChild) => this.childNotification(incoming, callsOfChild),
+      childExited: (exit) => options.onExit(exit),
+    });
+  }
+
+  /** The child's InitializeResult (capabilities, serverInfo, instructions); set once initialize succeeded. */
+  get initializeResult(): Record<string, unknown> {
+    if (this.initialized === null) throw new Error("the principal's child is not initialized");
+    return this.initialized;
+  }
+
+  get inFlight(): number {
+    return this.channel.inFlight;
+  }
+
+  /** By when at the latest the first call now in flight is over (its timeout); null when none is. */
+  get earliestRequestDeadline(): number | null {
+    return this.channel.earliestRequestDeadline;
+  }
+
+  get lastActivity(): number {
+    return this.lastActive;
+  }
+
+  /** Null while it takes calls; otherwise why not (exited, closed, or retiring once its calls are over). */
+  get closed(): string | null {
+    return this.channel.closed ?? (this.retiring ? "the child is retiring" : null);
+  }
+
+  get childPid(): number {
+    return this.channel.childPid;
+  }
+
+  /**
+   * Initializes the child as its only client and tells it initialized. Resolves with null, or with why
+   * it could not (the child's error, its exit, or no answer within `timeoutMs`, which closes it).
+   */
+  async initialize(timeoutMs: number): Promise<string | null> {
+    const request = { jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: CHILD_PROTOCOL_VERSION, capabilities: BROKER_CLIENT_CAPABILITIES, clientInfo: { name: "forgejo-mcp-broker", version: "1" } } };
+    const raw = JSON.stringify(request);
+    const answer = await new Promise<JsonRpcMessage | string>((resolve) => {
+      const timer = this.options.timers.setTimeout(() => {
+        resolve(`the MCP server did not answer initialize within ${Math.round(timeoutMs / 1000)} s`);
+        void this.close("the MCP server did not answer initialize in time");
+      }, timeoutMs);
+      const settle = (outcome: JsonRpcMessage | string) => {
+        this.options.timers.clearTimeout(timer);
+        resolve(outcome);
+      };
+      this.channel.call({ raw, message: request }, {
+        logLevel: undefined,
+        progress: () => {},
+        answered: (incoming) => settle(incoming.message),
+        failed: (_code, message) => settle(message),
+        cancelled: () => settle("initialize was cancelled"),
+      });
+    });
+    if (typeof answer === "string") return answer;
+    if ("error" in answer) return `the MCP server refused initialize: ${JSON.stringify(answer.error)}`;
+    this.initialized = (answer.result ?? {}) as Record<string, unknown>;
+    const initialized = JSON.stringify({ jsonrpc: "2.0", method: "notifications/initialized" });
+    this.channel.notify({ raw: initialized, message: JSON.parse(initialized) as JsonRpcMessage });
+    return null;
+  }
+
+  /**
+   * Sends a caller's request (its id and progress token rewritten by the channel); the stream yields its
+   * progress and the log notifications it asked for — unless the caller takes no SSE (`sse` false) — then
+   * its answer. Closing the stream cancels the call.
+   */
+  call(incoming: IncomingMessage, options: { sse?: boolean } = {}): MessageStream {
+    const sse = options.sse ?? true;
+    this.lastActive = this.options.timers.now();
+    const id = incoming.message.id as JsonRpcId;
+    const method = String(incoming.message.method);
+    let handle: ChannelCall | null = null;
+    let open = true;
+    const stream = new MessageStream(0, (_closed, reason) => {
+      if (!open) return;
+      open = false;
+      // The caller went away before its answer: the child is told to stop (notifications/cancelled).
+      if (handle !== null) this.channel.cancel(handle, reason);
+      this.over(() => {});
+    }, this.options.maxMessageBytes);
+    const push = (data: string, kind: "notification" | "response", origin: "child" | "broker") => {
+      const delivered = stream.push({ eventId: "", data, message: JSON.parse(data) as JsonRpcMessage, kind, origin });
+      if (kind === "response" || !delivered) {
+        open = false;
+        stream.end();
+        if (!delivered && handle !== null) this.channel.cancel(handle, "the client did not read its event stream");
+      }
+    };
+    handle = this.channel.call(incoming, {
+      logLevel: metaOf(incoming.message.params)?.[META.logLevel],
+      progress: (progress) => {
+        if (sse) push(progress.raw, "notification", "child");
+      },
+      answered: (answer) => push(modernAnswer(method, answer.message), "response", "child"),
+      failed: (code, message) => push(errorResponse(id, code, message), "response", "broker"),
+      cancelled: () => push(errorResponse(id, ErrorCode.ConnectionClosed, "the request was cancelled"), "response", "broker"),
+    });
+    return stream;
+  }
+
+  /** No new calls; the child stops once the calls in flight are over (now, if none is). */
+  retire(reason: string): void {
+    this.retiring = true;
+    if (this.channel.inFlight === 0) void this.close(reason);
+  }
+
+  /** Every call in flight fails now; resolves when the child has exited. */
+  close(reason: string): Promise<void> {
+    this.retiring = true;
+    return this.channel.close(reason);
+  }
+
+  /** A call is over: it counts as activity, and a retiring child with nothing left in flight stops. */
+  private over(report: () => void): void {
+    this.lastActive = this.options.timers.now();
+    report();
+    // Not while the channel closes (its failing of every call lands here too).
+    if (this.retiring && this.channel.inFlight === 0 && this.channel.closed === null) void this.close("the child retired");
+  }
+
+  private childRequest(request: ChildRequest): void {
+    if (request.method === "ping") {
+      request.reply({});
+      return;
+    }
+    // Turning these into MRTR input requests comes in a later step; until then the child hears no at once.
+    this.options.logger.warn("a modern caller's child asked its client something the broker cannot yet relay; refused", { method: request.method });
+    request.refuse(ErrorCode.Undeliverable, `${request.method} cannot be delivered: the broker does not yet relay server requests to MCP 2026-07-28 clients`);
+  }
+
+  /** A log goes to the one call in flight when it asked for that level; nothing else of the child's own reaches a caller yet. */
+  private childNotification(incoming: IncomingMessage, callsOfChild: () => Caller[]): void {
+    if (incoming.message.method !== "notifications/message") return;
+    const calls = callsOfChild();
+    const level = (incoming.message.params as { level?: unknown } | undefined)?.level;
+    if (calls.length === 1 && logWanted(level, calls[0]!.logLevel)) calls[0]!.progress(incoming);
+  }
+}

@@ -1,0 +1,223 @@
+// One child per principal (grant) for modern callers: started on the grant's first request (single-
+// flight) in a slot under the session caps, reaped when idle, retired when the user's token rotates or is due, stopped when the grant ends.
+import type { SessionConfig } from "../config.ts";
+import { randomHex } from "../crypto.ts";
+import type { Logger } from "../log.ts";
+import { SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
+import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../session/registry.ts";
+import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
+import type { TimerHandle, Timers } from "../supervisor/timers.ts";
+import { MIN_REFRESH_INTERVAL_MS, refreshDueAt } from "../upstream/refresh-timing.ts";
+import { PrincipalChild } from "./principal-child.ts";
+
+export interface PrincipalChildrenDeps {
+  config: SessionConfig;
+  spawn: SpawnChild;
+  upstreamToken: UpstreamTokenProvider;
+  logger: Logger;
+  timers: Timers;
+  /**
+   * A slot under BROKER_MAX_SESSIONS and the per-user cap for a child about to start (the legacy
+   * registry's, which counts `capped()` too); the function it gives frees it. Without it, no cap.
+   */
+  reserveSlot?: (forgejoUserId: number) => Promise<() => void>;
+  /** Whether a client can still act under the grant; without it, every grant is live. */
+  grantIsLive?: (grantId: string) => boolean;
+  initializeTimeoutMs?: number;
+  reapIntervalMs?: number;
+}
+
+interface Principal {
+  child: PrincipalChild;
+  forgejoUserId: number;
+  /** Retires the child when its token is due for a refresh. */
+  dueTimer: TimerHandle | null;
+}
+
+const SHUTDOWN_RETRY_AFTER_S = 30;
+/** The longest delay a timer takes as given (about 24.8 days); a child retired that early loses nothing. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+export class PrincipalChildren {
+  /** The grant's child once started, or its start under way (which every concurrent first request awaits). */
+  private readonly starts = new Map<string, Promise<Principal>>();
+  private readonly live = new Map<string, Principal>();
+  private readonly stopping = new Set<Promise<void>>();
+  private reapTimer: TimerHandle | null = null;
+  private shuttingDown = false;
+
+  constructor(private readonly deps: PrincipalChildrenDeps) {
+    this.scheduleReap();
+  }
+
+  /** How many principal children are serving. */
+  get size(): number {
+    return this.live.size;
+  }
+
+  /** The serving children as the caps see them; evicting one stops it now. */
+  capped(): CappedChild[] {
+    return [...this.live].map(([grantId, principal]) => ({
+      forgejoUserId: principal.forgejoUserId,
+      inFlight: principal.child.inFlight,
+      lastActivity: principal.child.lastActivity,
+      earliestRequestDeadline: principal.child.earliestRequestDeadline,
+      evict: (reason) => this.stop(grantId, principal, reason),
+    }));
+  }
+
+  /** The grant's child serving now, if any (for tests and logs). */
+  childOf(grantId: string): PrincipalChild | null {
+    return this.live.get(grantId)?.child ?? null;
+  }
+
+  /**
+   * The grant's serving child, started with the user's upstream token and initialized on the first call.
+   * Throws SessionStartError, SessionRevokedError, SessionLimitError (shutting down), or what the token provider throws.
+   */
+  async childFor(identity: SessionIdentity): Promise<PrincipalChild> {
+    for (;;) {
+      if (this.shuttingDown) throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
+      let start = this.starts.get(identity.grantId);
+      if (start === undefined) {
+        start = this.start(identity);
+        this.starts.set(identity.grantId, start);
+        const forget = () => {
+          if (this.starts.get(identity.grantId) === start) this.starts.delete(identity.grantId);
+        };
+        start.catch(forget);
+      }
+      const principal = await start;
+      if (principal.child.closed === null) return principal.child;
+      // It exited or retired between its start and now: the loop starts the next one.
+      this.forget(identity.grantId, principal);
+      if (this.starts.get(identity.grantId) === start) this.starts.delete(identity.grantId);
+    }
+  }
+
+  /** The user's upstream token changed: their children stop once their calls are over, and the next call starts one with the new token. */
+  userTokenRotated(forgejoUserId: number): void {
+    for (const [grantId, principal] of this.live) {
+      if (principal.forgejoUserId === forgejoUserId) this.retire(grantId, principal, "the user's Forgejo token was refreshed");
+    }
+  }
+
+  /** A token of the grant was revoked: once none is left, its child stops now, failing the calls in flight. */
+  async grantRevoked(grantId: string): Promise<void> {
+    const principal = this.live.get(grantId);
+    if (principal === undefined || this.deps.grantIsLive?.(grantId) !== false) return;
+    await this.stop(grantId, principal, "every token of its sign-in was revoked");
+  }
+
+  /** Children with no call in flight for idleTimeoutMs stop; returns how many. */
+  async reapIdle(): Promise<number> {
+    const now = this.deps.timers.now();
+    const idle = [...this.live].filter(([, principal]) => principal.child.inFlight === 0 && now - principal.child.lastActivity >= this.deps.config.idleTimeoutMs);
+    await Promise.all(idle.map(([grantId, principal]) => this.stop(grantId, principal, "the principal's child was idle for too long")));
+    return idle.length;
+  }
+
+  /** Stops every child and waits until all have exited; later calls are refused. */
+  async shutdown(): Promise<void> {
+    this.shuttingDown = true;
+    if (this.reapTimer !== null) this.deps.timers.clearTimeout(this.reapTimer);
+    await Promise.allSettled(this.starts.values());
+    await Promise.all([...this.live].map(([grantId, principal]) => this.stop(grantId, principal, "the broker is shutting down")));
+    await Promise.all(this.stopping);
+  }
+
+  private async start(identity: SessionIdentity): Promise<Principal> {
+    const release = (await this.deps.reserveSlot?.(identity.forgejoUserId)) ?? (() => {});
+    try {
+      return await this.startInSlot(identity);
+    } finally {
+      // Started, it counts among capped(); failed, it holds nothing.
+      release();
+    }
+  }
+
+  private async startInSlot(identity: SessionIdentity): Promise<Principal> {
+    const upstream = await this.deps.upstreamToken(identity.forgejoUserId);
+    const id = randomHex(24);
+    const logger = this.deps.logger.child({ principal_child: id });
+    let process;
+    try {
+      process = this.deps.spawn({ sessionId: id, token: upstream.token });
+    } catch (error) {
+      if (error instanceof ChildStartError) throw new SessionStartError(error.message, error.lastStderrLine);
+      throw error;
+    }
+    const principal: Principal = { child: null!, forgejoUserId: identity.forgejoUserId, dueTimer: null };
+    principal.child = new PrincipalChild(process, {
+      logger,
+      timers: this.deps.timers,
+      requestTimeoutMs: this.deps.config.requestTimeoutMs,
+      maxMessageBytes: this.deps.config.maxMessageBytes,
+      onExit: (exit) => {
+        logger.warn("a principal's MCP server exited; the next call starts another", { exit_code: exit.code, signal: exit.signal });
+        this.forget(identity.grantId, principal);
+      },
+    });
+    const problem = await principal.child.initialize(this.initializeTimeoutMs);
+    if (problem !== null) {
+      await principal.child.close(problem);
+      throw new SessionStartError(problem, (await process.exited).lastStderrLine);
+    }
+    if (this.shuttingDown) {
+      await principal.child.close("the broker is shutting down");
+      throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
+    }
+    // A revocation during the start found no child to stop.
+    if (this.deps.grantIsLive?.(identity.grantId) === false) {
+      await principal.child.close("its sign-in was revoked while it started");
+      throw new SessionRevokedError();
+    }
+    if (upstream.expiresAt !== null) {
+      // The scheduler's rule, so the next start finds the token due and gets a refreshed one.
+      const now = this.deps.timers.now();
+      const dueAt = refreshDueAt(now, upstream.expiresAt, { leadMs: this.deps.config.refreshLeadMs, minIntervalMs: MIN_REFRESH_INTERVAL_MS });
+      const dueIn = Math.min(MAX_TIMER_MS, Math.max(0, dueAt - now));
+      principal.dueTimer = this.deps.timers.setTimeout(() => this.retire(identity.grantId, principal, "the user's Forgejo token is due for a refresh"), dueIn);
+    }
+    this.live.set(identity.grantId, principal);
+    logger.info("principal child started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: process.pid });
+    return principal;
+  }
+
+  /** No new calls reach it: the next one starts a new child, and this one stops once its calls are over. */
+  private retire(grantId: string, principal: Principal, reason: string): void {
+    this.forget(grantId, principal);
+    this.deps.logger.info("principal child retiring", { reason, pid: principal.child.childPid });
+    principal.child.retire(reason);
+  }
+
+  private stop(grantId: string, principal: Principal, reason: string): Promise<void> {
+    this.forget(grantId, principal);
+    this.deps.logger.info("principal child stopped", { reason, pid: principal.child.childPid });
+    const stopped = principal.child.close(reason);
+    this.stopping.add(stopped);
+    void stopped.finally(() => this.stopping.delete(stopped));
+    return stopped;
+  }
+
+  private forget(grantId: string, principal: Principal): void {
+    if (principal.dueTimer !== null) this.deps.timers.clearTimeout(principal.dueTimer);
+    principal.dueTimer = null;
+    if (this.live.get(grantId) === principal) this.live.delete(grantId);
+    const start = this.starts.get(grantId);
+    if (start !== undefined) void start.then((started) => started === principal && this.starts.get(grantId) === start && this.starts.delete(grantId), () => {});
+  }
+
+  private get initializeTimeoutMs(): number {
+    return this.deps.initializeTimeoutMs ?? 30_000;
+  }
+
+  private scheduleReap(): void {
+    const every = this.deps.reapIntervalMs ?? Math.max(1000, Math.min(30_000, Math.floor(this.deps.config.idleTimeoutMs / 4)));
+    this.reapTimer = this.deps.timers.setTimeout(() => {
+      if (this.shuttingDown) return;
+      this.scheduleReap();
+      void this.reapIdle();
+    }, every);
+  }
+}

@@ -1,0 +1,205 @@
+// MCP 2026-07-28 end to end: the official SDK 2.x client pinned to 2026-07-28 through the broker with
+// the stand-in child — discovery, two users at once, one child per grant shared by 50 colliding callers, and the faults.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { hashToken } from "../../src/crypto.ts";
+import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { childCommand, isAlive, processesMatching, outermost } from "../helpers/mcp.ts";
+import { allMessages, answerMessages, connectModern, modernClientWith, modernRequest, postModern } from "../helpers/modern-client.ts";
+import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
+import { waitWhile } from "../helpers/promises.ts";
+
+const textOf = (result: unknown) => (result as { content: { type: string; text: string }[] }).content[0]!.text;
+
+describe("the SDK client pinned to 2026-07-28 through the broker", () => {
+  const marker = `--modern-${crypto.randomUUID()}`;
+  let t: TestBroker;
+
+  beforeAll(async () => {
+    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(marker) } });
+  });
+  afterAll(async () => {
+    await t.stop();
+    expect(await processesMatching(marker)).toEqual([]);
+  });
+
+  const identityOf = (accessToken: string) => t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now())!;
+  const childOf = (accessToken: string) => t.broker.principals.childOf(identityOf(accessToken).grantId)!;
+  const slowCount = (id: number | string, n: number, delayMs: number, token: string | number = "p") =>
+    modernRequest(id, "tools/call", { name: "slow_count", arguments: { n, delay_ms: delayMs } }, { progressToken: token });
+
+  test("server/discover: the broker's versions, the child's capabilities, serverInfo in _meta; the pinned client connects on it", async () => {
+    const { client, accessToken } = await connectModern(t, "alice");
+    expect(client.getServerVersion()).toMatchObject({ name: "forgejo-stand-in" });
+    expect(client.getServerCapabilities()).toMatchObject({ tools: {} });
+    const [discovered] = await allMessages(await postModern(t, accessToken, modernRequest("d", "server/discover")));
+    expect(discovered).toEqual({
+      jsonrpc: "2.0",
+      id: "d",
+      result: {
+        supportedVersions: ["2026-07-28", "2025-11-25", "2025-06-18", "2025-03-26"],
+        capabilities: { tools: { listChanged: true } },
+        resultType: "complete",
+        ttlMs: 0,
+        cacheScope: "private",
+        _meta: { "io.modelcontextprotocol/serverInfo": { name: "forgejo-stand-in", version: "1.0.0" } },
+      },
+    });
+    await client.close();
+  });
+
+  test("two users at once: tools listed and called, each on their own child with their own Forgejo data", async () => {
+    // Signed in one after the other (the Forgejo stand-in has one current user), then used at once.
+    const alice = await connectModern(t, "alice");
+    const bob = await connectModern(t, "bob");
+    const [aliceTools, bobWho, aliceWho, bobRepos, aliceRepos] = await Promise.all([
+      alice.client.listTools(),
+      bob.client.callTool({ name: "whoami", arguments: {} }),
+      alice.client.callTool({ name: "whoami", arguments: {} }),
+      bob.client.callTool({ name: "list_my_repos", arguments: {} }),
+      alice.client.callTool({ name: "list_my_repos", arguments: {} }),
+    ]);
+    expect(aliceTools.tools.map((tool) => tool.name).sort()).toEqual(["ask_user", "echo", "list_my_repos", "slow_count", "whoami"]);
+    expect([textOf(aliceWho), textOf(bobWho)]).toEqual(["alice", "bob"]);
+    expect([JSON.parse(textOf(aliceRepos)), JSON.parse(textOf(bobRepos))]).toEqual([["alice/notes"], ["bob/garden"]]);
+    expect(childOf(alice.accessToken).childPid).not.toBe(childOf(bob.accessToken).childPid);
+    await Promise.all([alice.client.close(), bob.client.close()]);
+  });
+
+  test("ten concurrent first requests of a grant start one child", async () => {
+    t.forgejo.setCurrentUser("bob");
+    const { accessToken } = await obtainTokens(t.config.publicUrl);
+    const before = outermost(await processesMatching(marker)).length;
+    const answers = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => postModern(t, accessToken, modernRequest(i, "tools/call", { name: "whoami", arguments: {} })).then(allMessages)),
+    );
+    expect(answers.map((messages) => (messages.at(-1)!.result as { content: { text: string }[] }).content[0]!.text)).toEqual(Array(10).fill("bob"));
+    expect(outermost(await processesMatching(marker)).length).toBe(before + 1);
+  });
+
+  test("50 concurrent calls on one principal, all with id 1 and progress token \"p\": each gets its own progress and result", async () => {
+    t.forgejo.setCurrentUser("alice");
+    const { accessToken } = await obtainTokens(t.config.publicUrl);
+    const counts = Array.from({ length: 50 }, (_, i) => (i % 7) + 1);
+    const answers = await Promise.all(counts.map((n) => postModern(t, accessToken, slowCount(1, n, 5)).then(allMessages)));
+    for (const [i, messages] of answers.entries()) {
+      const n = counts[i]!;
+      expect(messages.slice(0, -1)).toEqual(
+        Array.from({ length: n }, (_, step) => ({ jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: "p", progress: step + 1, total: n } })),
+      );
+      expect(messages.at(-1)).toEqual({ jsonrpc: "2.0", id: 1, result: { content: [{ type: "text", text: `counted to ${n}` }], resultType: "complete" } });
+    }
+    expect(childOf(accessToken).inFlight).toBe(0);
+  });
+
+  /** Starts a long slow_count and resolves once its first progress arrived, with the rest of its messages to read. */
+  async function longCall(accessToken: string, signal?: AbortSignal) {
+    const body = slowCount(1, 1000, 20);
+    const response = await fetch(t.mcpUrl, {
+      method: "POST",
+      signal,
+      headers: {
+        authorization: `Bearer ${accessToken}`,
+        "content-type": "application/json",
+        accept: "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "slow_count",
+      },
+      body: JSON.stringify(body),
+    });
+    const messages = answerMessages(response);
+    const first = await messages.next();
+    expect(first.value).toMatchObject({ method: "notifications/progress", params: { progress: 1 } });
+    return {
+      /** The last message of the answer. */
+      last: async () => {
+        let last: Record<string, unknown> | undefined;
+        for await (const message of messages) last = message;
+        return last;
+      },
+    };
+  }
+
+  test("a caller that closes its stream cancels its call on the child; another on the same child goes on", async () => {
+    t.forgejo.setCurrentUser("alice");
+    const { accessToken } = await obtainTokens(t.config.publicUrl);
+    const leaving = new AbortController();
+    await longCall(accessToken, leaving.signal);
+    const stays = postModern(t, accessToken, slowCount(1, 5, 20)).then(allMessages);
+    const child = childOf(accessToken);
+    await waitWhile(() => child.inFlight < 2, 500, 10);
+    expect(child.inFlight).toBe(2);
+    leaving.abort();
+    expect((await stays).at(-1)!.result).toMatchObject({ content: [{ text: "counted to 5" }] });
+    await waitWhile(() => child.inFlight > 0, 250, 20);
+    expect(child.inFlight).toBe(0);
+    expect(childOf(accessToken)).toBe(child);
+  });
+
+  test("the child killed mid-call: the call gets an error at once, the next request a new child", async () => {
+    t.forgejo.setCurrentUser("bob");
+    const { accessToken } = await obtainTokens(t.config.publicUrl);
+    const call = await longCall(accessToken);
+    const pid = childOf(accessToken).childPid;
+    process.kill(pid, "SIGKILL");
+    expect(await call.last()).toMatchObject({ id: 1, error: { code: -32000, message: expect.stringContaining("the MCP server exited") } });
+    const [after] = await allMessages(await postModern(t, accessToken, modernRequest(2, "tools/call", { name: "whoami", arguments: {} })));
+    expect(after!.result).toMatchObject({ content: [{ text: "bob" }] });
+    expect(childOf(accessToken).childPid).not.toBe(pid);
+  });
+
+  test("the grant revoked mid-call: the call's stream ends without a result, the child is stopped, the token is refused", async () => {
+    t.forgejo.setCurrentUser("alice");
+    const signedIn = await obtainTokens(t.config.publicUrl);
+    const call = await longCall(signedIn.accessToken);
+    const pid = childOf(signedIn.accessToken).childPid;
+    const revoked = await postForm(`${t.config.publicUrl}/oauth/revoke`, { token: signedIn.refreshToken, client_id: signedIn.clientId });
+    expect(revoked.status).toBe(200);
+    const last = await call.last();
+    expect(last?.result).toBeUndefined();
+    await waitWhile(() => isAlive(pid), 250, 20);
+    expect(isAlive(pid)).toBe(false);
+    expect((await postModern(t, signedIn.accessToken, modernRequest(2, "tools/list"))).status).toBe(401);
+  });
+
+  test("the user's Forgejo token replaced mid-call (a new sign-in): the call finishes on the old child, the next one gets a child with the new token", async () => {
+    t.forgejo.setCurrentUser("bob");
+    const { accessToken } = await obtainTokens(t.config.publicUrl);
+    const running = postModern(t, accessToken, slowCount(1, 150, 20)).then(allMessages);
+    await waitWhile(() => t.broker.principals.childOf(identityOf(accessToken).grantId)?.inFlight !== 1, 500, 10);
+    const old = childOf(accessToken);
+    // bob signs in again from another client: Forgejo issues a new pair, which retires the old refresh token.
+    await obtainTokens(t.config.publicUrl);
+    expect(t.logs.some((line) => line.includes('"msg":"principal child retiring"') && line.includes(`"pid":${old.childPid}`))).toBe(true);
+    expect(old.inFlight).toBe(1);
+    const [after] = await allMessages(await postModern(t, accessToken, modernRequest(2, "tools/call", { name: "whoami", arguments: {} })));
+    expect(after!.result).toMatchObject({ content: [{ text: "bob" }] });
+    expect(childOf(accessToken).childPid).not.toBe(old.childPid);
+    expect((await running).at(-1)!.result).toMatchObject({ content: [{ text: "counted to 150" }] });
+    await waitWhile(() => isAlive(old.childPid), 250, 20);
+    expect(isAlive(old.childPid)).toBe(false);
+  });
+
+  test("one user with the SDK client in legacy mode, in auto mode and pinned to 2026-07-28 at the same time", async () => {
+    t.forgejo.setCurrentUser("alice");
+    const { accessToken } = await obtainTokens(t.config.publicUrl);
+    const sessionsBefore = t.broker.registry.size;
+    const [legacy, auto, pinned] = await Promise.all([
+      modernClientWith(t, accessToken, "legacy"),
+      modernClientWith(t, accessToken, "auto"),
+      modernClientWith(t, accessToken),
+    ]);
+    expect([legacy.getProtocolEra(), auto.getProtocolEra(), pinned.getProtocolEra()]).toEqual(["legacy", "modern", "modern"]);
+    const answers = await Promise.all(
+      [legacy, auto, pinned].flatMap((client) => [
+        client.callTool({ name: "whoami", arguments: {} }),
+        client.callTool({ name: "slow_count", arguments: { n: 3, delay_ms: 10 } }),
+      ]),
+    );
+    expect(answers.map(textOf)).toEqual(["alice", "counted to 3", "alice", "counted to 3", "alice", "counted to 3"]);
+    // The legacy client has a session (and a child) of its own; the other two share the grant's child.
+    expect(t.broker.registry.size).toBe(sessionsBefore + 1);
+    expect(t.broker.principals.childOf(identityOf(accessToken).grantId)).not.toBeNull();
+    await Promise.all([legacy.close(), auto.close(), pinned.close()]);
+  });
+});

@@ -1,0 +1,185 @@
+// The principal children on their own, with fake children and a fake clock: what the child is told at
+// start, the idle reap, a crash, a revoked grant, a token due for refresh, and the child's own requests.
+import { describe, expect, test } from "bun:test";
+import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
+import type { SessionConfig } from "../../src/config.ts";
+import { createMemoryLogger } from "../../src/log.ts";
+import { PrincipalChildren } from "../../src/modern/principals.ts";
+import { UserSessionLimitError } from "../../src/session/errors.ts";
+import { SessionRegistry } from "../../src/session/registry.ts";
+import { rejection } from "../helpers/promises.ts";
+import { FakeChild, FakeTimers, initializingChild, settle, type Json } from "../bridge/fakes.ts";
+
+const HOUR = 3_600_000;
+const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
+
+function setup(
+  options: { grantIsLive?: (grantId: string) => boolean; expiresInMs?: number | null; answer?: (message: Json, child: FakeChild) => void; maxSessionsPerUser?: number } = {},
+) {
+  const timers = new FakeTimers();
+  const children: FakeChild[] = [];
+  const config: SessionConfig = {
+    maxSessions: 10,
+    maxSessionsPerUser: options.maxSessionsPerUser ?? 3,
+    idleTimeoutMs: 900_000,
+    refreshLeadMs: 300_000,
+    requestTimeoutMs: 300_000,
+    maxMessageBytes: 1_000_000,
+    allowedOrigins: [],
+  } as SessionConfig;
+  const spawn = () => {
+    const child = initializingChild(options.answer);
+    children.push(child);
+    return child;
+  };
+  const upstreamToken = async () => ({ token: "t", expiresAt: options.expiresInMs === null ? null : timers.now() + (options.expiresInMs ?? HOUR) });
+  const logger = createMemoryLogger();
+  const registry = new SessionRegistry({ config, spawn, upstreamToken, logger, timers, reapIntervalMs: 10_000 });
+  const principals = new PrincipalChildren({
+    config,
+    spawn,
+    upstreamToken,
+    reserveSlot: (user) => registry.reserveSlot(user),
+    grantIsLive: options.grantIsLive,
+    logger,
+    timers,
+    reapIntervalMs: 10_000,
+  });
+  registry.countAlso(() => principals.capped());
+  return { principals, registry, timers, children };
+}
+
+const request = (id: number, method = "tools/call", params: Json = { name: "t" }): IncomingMessage => {
+  const message = { jsonrpc: "2.0", id, method, params };
+  return { raw: JSON.stringify(message), message };
+};
+
+async function read(stream: { next(): Promise<{ data: string } | null> }): Promise<Json[]> {
+  const messages: Json[] = [];
+  for (let event = await stream.next(); event !== null; event = await stream.next()) messages.push(JSON.parse(event.data) as Json);
+  return messages;
+}
+
+describe("a principal's child", () => {
+  test("is initialized once as the broker's, declaring what the broker will translate, then told initialized", async () => {
+    const { principals, children } = setup();
+    await principals.childFor(ALICE);
+    await principals.childFor(ALICE);
+    expect(children.length).toBe(1);
+    const [initialize, initialized] = children[0]!.messages;
+    expect(initialize).toMatchObject({ method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: { elicitation: {}, sampling: {}, roots: {} } } });
+    expect(initialized).toEqual({ jsonrpc: "2.0", method: "notifications/initialized" });
+  });
+
+  test("idle for the idle timeout with nothing in flight: stopped; the next call starts another", async () => {
+    const { principals, timers, children } = setup();
+    await principals.childFor(ALICE);
+    timers.advance(900_000 + 10_000);
+    await settle();
+    expect(children[0]!.stopCalls).toBe(1);
+    expect(principals.size).toBe(0);
+    await principals.childFor(ALICE);
+    expect(children.length).toBe(2);
+  });
+
+  test("a crash: the call in flight gets an error at once, the next call a new child", async () => {
+    const { principals, children } = setup();
+    const stream = (await principals.childFor(ALICE)).call(request(1));
+    children[0]!.exit({ code: 137 });
+    expect((await read(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
+    await principals.childFor(ALICE);
+    expect(children.length).toBe(2);
+  });
+
+  test("its grant revoked: the call in flight fails now and the child stops; while a token of the grant lives, it stays", async () => {
+    let live = true;
+    const { principals, children } = setup({ grantIsLive: () => live });
+    const stream = (await principals.childFor(ALICE)).call(request(1));
+    await principals.grantRevoked(ALICE.grantId);
+    expect(children[0]!.stopCalls).toBe(0);
+    live = false;
+    await principals.grantRevoked(ALICE.grantId);
+    expect(children[0]!.stopCalls).toBe(1);
+    expect((await read(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
+  });
+
+  test("its token due for a refresh: it takes no new call, finishes the one in flight, then stops", async () => {
+    const { principals, timers, children } = setup({ expiresInMs: 400_000 });
+    const child = await principals.childFor(ALICE);
+    const stream = child.call(request(1));
+    // Due when half its life is left at most (the lead cut to 200 s): before the call's own 300 s timeout.
+    timers.advance(200_000);
+    expect(child.closed).not.toBeNull();
+    expect(children[0]!.stopCalls).toBe(0);
+    children[0]!.send({ jsonrpc: "2.0", id: (children[0]!.messages[2] as { id: string }).id, result: { content: [] } });
+    expect(await read(stream)).toEqual([{ jsonrpc: "2.0", id: 1, result: { content: [], resultType: "complete" } }]);
+    await settle();
+    expect(children[0]!.stopCalls).toBe(1);
+    expect(await principals.childFor(ALICE)).not.toBe(child);
+  });
+
+  test("a token that lives shorter than the refresh lead: the child retires after half its life, not at once", async () => {
+    const { principals, timers } = setup({ expiresInMs: 20_000 });
+    const child = await principals.childFor(ALICE);
+    timers.advance(9_000);
+    expect(child.closed).toBeNull();
+    timers.advance(1_000);
+    expect(child.closed).not.toBeNull();
+  });
+
+  test("the child's ping is answered by the broker; its elicitation is refused at once", async () => {
+    const { principals, children } = setup();
+    await principals.childFor(ALICE);
+    children[0]!.send({ jsonrpc: "2.0", id: "c1", method: "ping" });
+    children[0]!.send({ jsonrpc: "2.0", id: "c2", method: "elicitation/create", params: {} });
+    await settle();
+    expect(children[0]!.messages.slice(2)).toEqual([
+      { jsonrpc: "2.0", id: "c1", result: {} },
+      { jsonrpc: "2.0", id: "c2", error: { code: -32003, message: expect.stringContaining("elicitation/create cannot be delivered") } },
+    ]);
+  });
+
+  test("a log goes only to a call that asked for its level", async () => {
+    const { principals, children } = setup();
+    const child = await principals.childFor(ALICE);
+    const log = { jsonrpc: "2.0", method: "notifications/message", params: { level: "warning", data: "careful" } };
+    const answerLast = async (stream: ReturnType<typeof child.call>) => {
+      const sent = children[0]!.messages.at(-1) as { id: string };
+      children[0]!.send(log);
+      await settle();
+      children[0]!.send({ jsonrpc: "2.0", id: sent.id, result: {} });
+      return (await read(stream)).map((message) => message.method ?? "answer");
+    };
+    const withLevel = (level: string | undefined) => request(1, "tools/call", { name: "t", _meta: level === undefined ? {} : { "io.modelcontextprotocol/logLevel": level } });
+    expect(await answerLast(child.call(withLevel(undefined)))).toEqual(["answer"]);
+    expect(await answerLast(child.call(withLevel("error")))).toEqual(["answer"]);
+    expect(await answerLast(child.call(withLevel("info")))).toEqual(["notifications/message", "answer"]);
+  });
+});
+
+describe("one set of caps over sessions and grants' children", () => {
+  const INITIALIZE = request(1, "initialize", { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "c", version: "1" } });
+
+  test("at the per-user cap, a new session ends the user's idle grant child, and a grant's first call ends an idle session", async () => {
+    const { principals, registry, timers, children } = setup({ maxSessionsPerUser: 1 });
+    await principals.childFor(ALICE);
+    timers.advance(1000);
+    const { entry } = await registry.create(ALICE, INITIALIZE);
+    expect(children[0]!.stopCalls).toBe(1);
+    expect(principals.size).toBe(0);
+    timers.advance(1000);
+    await principals.childFor(ALICE);
+    expect(children[1]!.stopCalls).toBe(1);
+    expect(registry.sessionsOf(ALICE.forgejoUserId)).toEqual([]);
+    expect(entry.closed).not.toBeNull();
+    expect(registry.evictions).toEqual({ user: 2, global: 0 });
+  });
+
+  test("a grant's child with a call in flight is not ended: the new session is refused with 429", async () => {
+    const { principals, registry, children } = setup({ maxSessionsPerUser: 1 });
+    (await principals.childFor(ALICE)).call(request(1));
+    expect(await rejection(registry.create(ALICE, INITIALIZE))).toBeInstanceOf(UserSessionLimitError);
+    expect(children[0]!.stopCalls).toBe(0);
+    expect(children.length).toBe(1);
+  });
+});
