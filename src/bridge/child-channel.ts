@@ -267,7 +267,12 @@ export class ChildChannel<C> {
 
   /** Every call in flight fails now (synchronously), then every child is stopped; resolves when all have exited. */
   close(reason: string): Promise<void> {
-    this.closingDone ??= this.shutDown(reason);
+    if (this.closingDone === null) {
+      // Claimed before the shutdown runs: failing the calls in flight reaches handlers that may close again.
+      const { promise, resolve } = Promise.withResolvers<void>();
+      this.closingDone = promise;
+      resolve(this.shutDown(reason));
+    }
     return this.closingDone;
   }
 

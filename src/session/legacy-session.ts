@@ -221,7 +221,12 @@ export class LegacySession {
 
   /** Ends the session: every waiting caller gets an error now, every stream ends, every child is stopped. */
   close(reason = "the session has ended"): Promise<void> {
-    this.closingDone ??= this.shutDown(reason);
+    if (this.closingDone === null) {
+      // Claimed before the shutdown runs: failing the calls in flight reaches handlers that may close again.
+      const { promise, resolve } = Promise.withResolvers<void>();
+      this.closingDone = promise;
+      resolve(this.shutDown(reason));
+    }
     return this.closingDone;
   }
 

@@ -225,3 +225,30 @@ describe("many callers on one child (multiplexed)", () => {
     expect(channel.inFlight).toBe(1);
   });
 });
+
+describe("close", () => {
+  test("a sender that closes the channel again while its call is being failed by the close stops the child once", async () => {
+    let channel: ChildChannel<string>;
+    const child = new FakeChild();
+    const reports: string[] = [];
+    const sink: ChannelEvents<string> = {
+      progress: () => {},
+      answered: () => {},
+      // What a caller does on hearing its call failed: end what it holds, the channel included.
+      failed: (call) => (reports.push(call), void channel.close("closed again from a failed call")),
+      cancelledByClient: () => {},
+      childRequest: () => {},
+      childNotification: () => {},
+      childExited: () => {},
+    };
+    channel = new ChildChannel(child, { logger: createMemoryLogger(), timers: new FakeTimers(), requestTimeoutMs: 30_000, maxMessageBytes: 10_000 }, sink);
+    channel.call(call(1), "in flight");
+    const first = channel.close("closed");
+    expect(reports).toEqual(["in flight"]);
+    expect(channel.close("once more")).toBe(first);
+    await first;
+    expect(child.stopCalls).toBe(1);
+    expect(channel.closed).toBe("closed");
+  });
+});
+
