@@ -30,6 +30,8 @@ export interface PrincipalChildrenDeps {
 interface Principal {
   child: PrincipalChild;
   forgejoUserId: number;
+  /** Settles once its process has exited: until then it holds a slot under the caps, serving or not. */
+  exited: Promise<void>;
   /** Retires the child when its token is due for a refresh. */
   dueTimer: TimerHandle | null;
 }
@@ -41,8 +43,10 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 export class PrincipalChildren {
   /** The grant's child once started, or its start under way (which every concurrent first request awaits). */
   private readonly starts = new Map<string, Promise<Principal>>();
+  /** The child serving each grant now. */
   private readonly live = new Map<string, Principal>();
-  private readonly stopping = new Set<Promise<void>>();
+  /** Every child whose process has not exited yet: the serving ones, and those retired or stopped on their way out. */
+  private readonly running = new Map<Principal, string>();
   private reapTimer: TimerHandle | null = null;
   private shuttingDown = false;
 
@@ -55,13 +59,14 @@ export class PrincipalChildren {
     return this.live.size;
   }
 
-  /** The serving children as the caps see them; evicting one stops it now. */
+  /** Every child with a process as the caps see them: a serving one may be evicted (stopped now); one on its way out holds its slot until it has exited. */
   capped(): CappedChild[] {
-    return [...this.live].map(([grantId, principal]) => ({
+    return [...this.running].map(([principal, grantId]) => ({
       forgejoUserId: principal.forgejoUserId,
       inFlight: principal.child.inFlight,
       lastActivity: principal.child.lastActivity,
       earliestRequestDeadline: principal.child.earliestRequestDeadline,
+      exiting: this.live.get(grantId) === principal ? null : principal.exited,
       evict: (reason) => this.stop(grantId, principal, reason),
     }));
   }
@@ -122,8 +127,8 @@ export class PrincipalChildren {
     this.shuttingDown = true;
     if (this.reapTimer !== null) this.deps.timers.clearTimeout(this.reapTimer);
     await Promise.allSettled(this.starts.values());
-    await Promise.all([...this.live].map(([grantId, principal]) => this.stop(grantId, principal, "the broker is shutting down")));
-    await Promise.all(this.stopping);
+    // Retired children too: their calls in flight fail now rather than outlive the broker's stop.
+    await Promise.all([...this.running].map(([principal, grantId]) => this.stop(grantId, principal, "the broker is shutting down")));
   }
 
   private async start(identity: SessionIdentity): Promise<Principal> {
@@ -147,7 +152,7 @@ export class PrincipalChildren {
       if (error instanceof ChildStartError) throw new SessionStartError(error.message, error.lastStderrLine);
       throw error;
     }
-    const principal: Principal = { child: null!, forgejoUserId: identity.forgejoUserId, dueTimer: null };
+    const principal: Principal = { child: null!, forgejoUserId: identity.forgejoUserId, dueTimer: null, exited: process.exited.then(() => {}) };
     principal.child = new PrincipalChild(process, {
       logger,
       timers: this.deps.timers,
@@ -180,6 +185,8 @@ export class PrincipalChildren {
       principal.dueTimer = this.deps.timers.setTimeout(() => this.retire(identity.grantId, principal, "the user's Forgejo token is due for a refresh"), dueIn);
     }
     this.live.set(identity.grantId, principal);
+    this.running.set(principal, identity.grantId);
+    void principal.exited.then(() => this.running.delete(principal));
     logger.info("principal child started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: process.pid });
     return principal;
   }
@@ -194,10 +201,7 @@ export class PrincipalChildren {
   private stop(grantId: string, principal: Principal, reason: string): Promise<void> {
     this.forget(grantId, principal);
     this.deps.logger.info("principal child stopped", { reason, pid: principal.child.childPid });
-    const stopped = principal.child.close(reason);
-    this.stopping.add(stopped);
-    void stopped.finally(() => this.stopping.delete(stopped));
-    return stopped;
+    return principal.child.close(reason);
   }
 
   private forget(grantId: string, principal: Principal): void {

@@ -46,6 +46,8 @@ export interface CappedChild {
   readonly inFlight: number;
   readonly lastActivity: number;
   readonly earliestRequestDeadline: number | null;
+  /** Set while the child is on its way out (retired or stopped): it holds its slot until this resolves, and is no candidate for eviction. */
+  readonly exiting: Promise<void> | null;
   /** Resolves once the child has exited and its slot is free. */
   evict(reason: string): Promise<void>;
 }
@@ -186,9 +188,10 @@ export class SessionRegistry {
         await this.evict(victim, cap);
         continue;
       }
-      if (!waited && this.stopping.size > 0) {
+      const exiting = [...this.stopping.values(), ...this.otherChildren().flatMap((other) => other.exiting ?? [])];
+      if (!waited && exiting.length > 0) {
         waited = true;
-        await Promise.all(this.stopping.values());
+        await Promise.all(exiting);
         continue;
       }
       const retryAfterS = this.secondsUntilASlotFrees(ofUser ? user : null);
@@ -462,7 +465,7 @@ export class SessionRegistry {
     let oldest: LegacySession | CappedChild | null = null;
     let oldestUse = Infinity;
     for (const entry of candidates) {
-      if (entry.inFlight > 0) continue;
+      if (entry.inFlight > 0 || ("exiting" in entry && entry.exiting !== null)) continue;
       const lastUse = entry.lastActivity;
       if (lastUse < oldestUse) [oldest, oldestUse] = [entry, lastUse];
     }
@@ -496,8 +499,9 @@ export class SessionRegistry {
       if (deadline !== null) earliest = Math.min(earliest, deadline);
     }
     for (const other of this.otherChildren()) {
-      const deadline = mine(other.forgejoUserId) ? other.earliestRequestDeadline : null;
-      if (deadline !== null) earliest = Math.min(earliest, deadline);
+      if (!mine(other.forgejoUserId)) continue;
+      if (other.exiting !== null) earliest = now;
+      else if (other.earliestRequestDeadline !== null) earliest = Math.min(earliest, other.earliestRequestDeadline);
     }
     if (earliest === Infinity) earliest = now + this.deps.config.requestTimeoutMs;
     return Math.max(1, Math.ceil((earliest - now) / 1000));

@@ -14,7 +14,14 @@ const HOUR = 3_600_000;
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
 
 function setup(
-  options: { grantIsLive?: (grantId: string) => boolean; expiresInMs?: number | null; answer?: (message: Json, child: FakeChild) => void; maxSessionsPerUser?: number } = {},
+  options: {
+    grantIsLive?: (grantId: string) => boolean;
+    expiresInMs?: number | null;
+    answer?: (message: Json, child: FakeChild) => void;
+    maxSessionsPerUser?: number;
+    /** Children that exit only when the test says so. */
+    slowStop?: boolean;
+  } = {},
 ) {
   const timers = new FakeTimers();
   const children: FakeChild[] = [];
@@ -28,7 +35,7 @@ function setup(
     allowedOrigins: [],
   } as SessionConfig;
   const spawn = () => {
-    const child = initializingChild(options.answer);
+    const child = initializingChild(options.answer, { slowStop: options.slowStop });
     children.push(child);
     return child;
   };
@@ -181,5 +188,29 @@ describe("one set of caps over sessions and grants' children", () => {
     expect(await rejection(registry.create(ALICE, INITIALIZE))).toBeInstanceOf(UserSessionLimitError);
     expect(children[0]!.stopCalls).toBe(0);
     expect(children.length).toBe(1);
+  });
+
+  test("a retired grant child holds its slot until it has exited: at the cap a new session waits for it, not beside it", async () => {
+    const { principals, registry, children } = setup({ maxSessionsPerUser: 1, slowStop: true });
+    await principals.childFor(ALICE);
+    principals.userTokenRotated(ALICE.forgejoUserId);
+    expect(children[0]!.stopCalls).toBe(1);
+    const created = registry.create(ALICE, INITIALIZE);
+    await settle();
+    expect(children).toHaveLength(1);
+    children[0]!.exit();
+    await created;
+    expect(children).toHaveLength(2);
+    expect(registry.evictions).toEqual({ user: 0, global: 0 });
+  });
+
+  test("shutdown stops a retired child whose call is still in flight too, and waits for it", async () => {
+    const { principals, children } = setup();
+    const stream = (await principals.childFor(ALICE)).call(request(1));
+    principals.userTokenRotated(ALICE.forgejoUserId);
+    expect(children[0]!.stopCalls).toBe(0);
+    await principals.shutdown();
+    expect(children[0]!.stopCalls).toBe(1);
+    expect((await read(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
   });
 });
