@@ -17,6 +17,7 @@ import {
   type JsonRpcMessage,
   type MessageKind,
 } from "./jsonrpc.ts";
+import { Once } from "../once.ts";
 
 /** The new child could not take over; the old one keeps serving. */
 export class RotationError extends Error {
@@ -113,7 +114,7 @@ export class ChildChannel<C> {
   private nextBrokerId = 1;
   private closedReason: string | null = null;
   private closing = false;
-  private closingDone: Promise<void> | null = null;
+  private readonly closingOnce = new Once();
   /** What a new child is told on rotation, so it starts where the old one was. */
   private recordedInitialize: IncomingMessage | null = null;
   private recordedInitialized: IncomingMessage | null = null;
@@ -267,13 +268,8 @@ export class ChildChannel<C> {
 
   /** Every call in flight fails now (synchronously), then every child is stopped; resolves when all have exited. */
   close(reason: string): Promise<void> {
-    if (this.closingDone === null) {
-      // Claimed before the shutdown runs: failing the calls in flight reaches handlers that may close again.
-      const { promise, resolve } = Promise.withResolvers<void>();
-      this.closingDone = promise;
-      resolve(this.shutDown(reason));
-    }
-    return this.closingDone;
+    // Failing the calls in flight reaches handlers that may close again: they get this same close.
+    return this.closingOnce.run(() => this.shutDown(reason));
   }
 
   private async shutDown(reason: string): Promise<void> {

@@ -8,6 +8,7 @@ import type { Logger } from "../log.ts";
 import type { ChildExit, ChildProcess } from "../supervisor/child.ts";
 import type { Timers } from "../supervisor/timers.ts";
 import { InvalidEventIdError, MessageTooLargeError, StreamConflictError } from "./errors.ts";
+import { Once } from "../once.ts";
 
 /** Who a session belongs to: the grant, not the access token, so a refreshed token keeps its session. */
 export interface SessionIdentity {
@@ -60,7 +61,7 @@ export class LegacySession {
   private undelivered: ReplayBuffer<ReplayEvent>;
   private nextStreamNo = 1;
   private nextSeq = 1;
-  private closingDone: Promise<void> | null = null;
+  private readonly closing = new Once();
   private lastActive: number;
 
   constructor(
@@ -221,13 +222,8 @@ export class LegacySession {
 
   /** Ends the session: every waiting caller gets an error now, every stream ends, every child is stopped. */
   close(reason = "the session has ended"): Promise<void> {
-    if (this.closingDone === null) {
-      // Claimed before the shutdown runs: failing the calls in flight reaches handlers that may close again.
-      const { promise, resolve } = Promise.withResolvers<void>();
-      this.closingDone = promise;
-      resolve(this.shutDown(reason));
-    }
-    return this.closingDone;
+    // Failing the calls in flight reaches handlers that may close again: they get this same close.
+    return this.closing.run(() => this.shutDown(reason));
   }
 
   private async shutDown(reason: string): Promise<void> {
