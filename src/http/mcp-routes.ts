@@ -17,6 +17,7 @@ import type { LegacySession } from "../session/legacy-session.ts";
 import type { SessionRegistry } from "../session/registry.ts";
 import type { TokenIdentity } from "../store/store.ts";
 import { acceptedReplies, type AcceptedReplies } from "./accept.ts";
+import { readAtMost } from "./bounded-body.ts";
 import { InFlightCounter } from "./in-flight.ts";
 import { initializeParamsProblem } from "./initialize-params.ts";
 import { fixedEvents, prefixed, sseResponse, type EventSource } from "./sse-response.ts";
@@ -64,14 +65,8 @@ async function readBody(request: Request, limit: number): Promise<string | null>
   // Bun.serve holds a request to its Content-Length, so a declared length lets the native reader do it all.
   if (Number.isFinite(declared)) return request.text();
   if (request.body === null) return "";
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of request.body) {
-    size += chunk.byteLength;
-    if (size > limit) return null;
-    chunks.push(chunk);
-  }
-  return new TextDecoder().decode(Buffer.concat(chunks, size));
+  const body = await readAtMost(request.body, limit);
+  return body === undefined ? null : new TextDecoder().decode(body);
 }
 
 /** `source`, calling `done` once when it runs out or the client goes: the answer is over then. */

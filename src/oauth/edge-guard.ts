@@ -1,6 +1,7 @@
 // What an OAuth request must pass before anything reads its body: its endpoint's rate limit, keyed
 // on the client's address, and a body of at most 64 KiB, declared or chunked; refused in the endpoint's format.
 import { Elysia } from "elysia";
+import { readAtMost } from "../http/bounded-body.ts";
 import { requestPath } from "../http/request-path.ts";
 import type { OAuthDeps } from "./deps.ts";
 import { TooManyRequestsError } from "./errors.ts";
@@ -34,23 +35,6 @@ const GUARDED = new Map<string, { bucket: string; refusals: Refusals }>([
   ["GET /oauth/authorize", { bucket: "authorize", refusals: pageRefusals }],
   ["POST /oauth/authorize", { bucket: "consent", refusals: pageRefusals }],
 ]);
-
-/** The whole body if it has at most `limit` bytes; undefined (and the rest left unread) if it has more. */
-async function readAtMost(body: ReadableStream<Uint8Array>, limit: number): Promise<Uint8Array<ArrayBuffer> | undefined> {
-  const reader = body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) return Buffer.concat(chunks, size);
-    size += value.byteLength;
-    if (size > limit) {
-      void reader.cancel();
-      return undefined;
-    }
-    chunks.push(value);
-  }
-}
 
 /**
  * Mounted before the OAuth routes. An onRequest hook, because it is the only one Elysia runs
