@@ -1,5 +1,5 @@
-// The clock and one-shot timers that supervisor, bridge and session take as collaborators,
-// so that tests can move time by hand instead of sleeping.
+// The clock and one-shot timers that the supervisor, the child channel, sessions and principals take as
+// collaborators, so that tests can move time by hand instead of sleeping.
 
 export type TimerHandle = unknown;
 
