@@ -90,13 +90,15 @@ export function createApp(deps: AppDeps) {
   // Not even hooked in when the level drops the lines: every /mcp message would pay for fields nobody reads.
   if (logger.enabled("info")) logEarly = logRequests(app, logger);
   return app
-    .onError(({ error, code, request }) => {
-      if (error instanceof OAuthError) return error.toResponse();
-      if (code === "NOT_FOUND") return Response.json({ error: "not_found", error_description: "No such endpoint" }, { status: 404 });
+    .onError(({ error, code, request, set }) => {
+      // The request log reads the status from `set`: Elysia hands it no response made here.
+      const answer = (response: Response) => ((set.status = response.status), response);
+      if (error instanceof OAuthError) return answer(error.toResponse());
+      if (code === "NOT_FOUND") return answer(Response.json({ error: "not_found", error_description: "No such endpoint" }, { status: 404 }));
       // Each route answers its own parse and validation failures in its protocol's format.
       if (code === "PARSE" || code === "VALIDATION") return;
       logger.error("unhandled error", { method: request.method, path: requestPath(request.url), error: error instanceof Error ? error : String(error) });
-      return Response.json({ error: "server_error", error_description: "Internal error" }, { status: 500 });
+      return answer(Response.json({ error: "server_error", error_description: "Internal error" }, { status: 500 }));
     })
     .get("/healthz", async () => {
       const parts: Record<string, string> = {};

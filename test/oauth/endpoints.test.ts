@@ -594,6 +594,12 @@ describe("request log", () => {
     expect(line?.client_id).toBeUndefined();
   });
 
+  test("an answer the error handler makes is logged with its own status: an unknown path is a 404 in the log too", async () => {
+    const from = t.logs.length;
+    expect((await fetch(`${base}/no/such/endpoint`)).status).toBe(404);
+    expect(await loggedRequest(from, (l) => l.path === "/no/such/endpoint")).toMatchObject({ method: "GET", status: 404 });
+  });
+
   test("one JSON line per request with method, path, status, duration, client id, and no secret", async () => {
     const tokens = await obtainTokens(base, { state: "secret-state-value" });
     const from = t.logs.length;
