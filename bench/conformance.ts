@@ -1,6 +1,7 @@
 // `bun run bench/conformance.ts`: the MCP conformance suite's server scenarios run through the broker as
 // one signed-in user would — one access token, no DELETE between scenarios — with a summary of the score,
 // each failure, and how many times the broker answered 429. Everything it starts is stopped at the end.
+// `--spec-version 2026-07-28` runs that revision's required scenarios on its stateless wire instead.
 //
 // Behind the broker: test/fixtures/conformance-server.ts, the suite's reference server on stdio. In front:
 // a loopback proxy that adds the bearer header (the conformance CLI cannot send one) and is the broker's
@@ -21,6 +22,10 @@ const USAGE = `usage: bun run bench/conformance.ts [options]
                           @modelcontextprotocol/conformance); default: this checkout's node_modules
   --suite NAME            all (default: the 32 scenarios \`conformance list --server\` shows), active
                           (the CLI's own default: all but the 2 it marks pending) or pending
+  --spec-version V        run the server scenarios revision V requires, at V's wire (the CLI's
+                          \`--requirements V\`, 0.2.0-alpha.12 and later; 2026-07-28: 37 scenarios,
+                          stateless requests the broker serves on its modern path); with --scenario:
+                          that scenario at V's wire. Replaces --suite
   --scenario NAME         run this one scenario instead of a suite
   --timeout-s N           stop the suite after N seconds (default 900)
   --output-dir DIR        keep the suite's checks.json per scenario and its output there
@@ -36,6 +41,9 @@ const HARNESS_OWNED = new Set(["BROKER_PUBLIC_URL", "BROKER_PORT", "BROKER_DATA_
 const FIXTURE = join(REPO_ROOT, "test/fixtures/conformance-server.ts");
 const SCENARIO_LINE = /^=== Running scenario: (.+) ===$/;
 const RESULT_DIR = /^server-(.+)-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z$/;
+/** With --requirements the CLI ends with "Not scored for <revision>: …" and one "✓|✗ name (reason)" line per scenario. */
+const NOT_SCORED_HEADING = /^Not scored for /;
+const NOT_SCORED_LINE = /^\s+[✓✗]\s+(\S+)\s+\(([^)]+)\)$/;
 
 interface Check {
   id: string;
@@ -46,6 +54,8 @@ interface Check {
 
 interface ScenarioOutcome {
   name: string;
+  /** Why the revision's requirements leave it out of the score (extension, pending, …); undefined: scored. */
+  notScored?: string;
   /** null: the suite wrote no checks.json for it (it crashed or was stopped; its output says why). */
   checks: Check[] | null;
   answers429: number;
@@ -66,6 +76,7 @@ function parse() {
       "conformance-bin": { type: "string" },
       suite: { type: "string", default: "all" },
       scenario: { type: "string" },
+      "spec-version": { type: "string" },
       "timeout-s": { type: "string", default: "900" },
       "output-dir": { type: "string" },
       verbose: { type: "boolean", default: false },
@@ -147,6 +158,18 @@ async function followOutput(stream: ReadableStream<Uint8Array>, into: string[]):
   if (pending !== "") into.push(pending);
 }
 
+/** The scenarios the CLI's closing "Not scored" list names, with its reason for each. */
+function readNotScored(lines: string[]): Map<string, string> {
+  const reasons = new Map<string, string>();
+  const heading = lines.findIndex((line) => NOT_SCORED_HEADING.test(line));
+  if (heading === -1) return reasons;
+  for (const line of lines.slice(heading + 1)) {
+    const entry = NOT_SCORED_LINE.exec(line);
+    if (entry) reasons.set(entry[1]!, entry[2]!);
+  }
+  return reasons;
+}
+
 /** The checks.json the suite wrote for each scenario, by scenario name. */
 function readResults(dir: string): Map<string, Check[]> {
   const results = new Map<string, Check[]>();
@@ -157,6 +180,14 @@ function readResults(dir: string): Map<string, Check[]> {
   }
   return results;
 }
+
+/** Which scenarios the CLI runs, and at which revision's wire. */
+function scenarioArgs(): string[] {
+  const specVersion = args.values["spec-version"];
+  if (args.values.scenario) return ["--scenario", args.values.scenario, ...(specVersion ? ["--spec-version", specVersion] : [])];
+  return specVersion ? ["--requirements", specVersion] : ["--suite", args.values.suite!];
+}
+const selection = args.values.scenario ?? (args.values["spec-version"] ? `required by ${args.values["spec-version"]}` : `suite ${args.values.suite}`);
 
 const started = performance.now();
 let outcomes: ScenarioOutcome[] = [];
@@ -186,7 +217,7 @@ try {
   proxy.setToken(tokens.accessToken);
 
   const mcpUrl = `${proxy.url}/mcp`;
-  const argv = [process.execPath, bin, "server", "--url", mcpUrl, "--output-dir", resultsDir, ...(args.values.scenario ? ["--scenario", args.values.scenario] : ["--suite", args.values.suite!])];
+  const argv = [process.execPath, bin, "server", "--url", mcpUrl, "--output-dir", resultsDir, ...scenarioArgs()];
   log(`conformance: ${suiteVersion} against ${mcpUrl} (broker on :${broker.config.port}, child ${FIXTURE.slice(REPO_ROOT.length + 1)})`);
   // The CLI needs Node ≥ 22 (fs.globSync); bun runs it as it is.
   const suiteStarted = performance.now();
@@ -208,8 +239,10 @@ try {
   // A single --scenario prints no marker line.
   if (ran.length === 0 && args.values.scenario) ran.push(args.values.scenario);
   const results = readResults(resultsDir);
+  const notScored = readNotScored(output);
   outcomes = ran.map((name) => ({
     name,
+    notScored: notScored.get(name),
     checks: results.get(name) ?? null,
     answers429: proxy!.answers.filter((answer) => answer.label === name && answer.status === 429).length,
   }));
@@ -226,12 +259,16 @@ const leftover = describeDescendants(process.pid);
 
 // ---- the report ----
 const failedChecks = (outcome: ScenarioOutcome) => (outcome.checks ?? []).filter((check) => check.status === "FAILURE");
-const passed = outcomes.filter((outcome) => outcome.checks !== null && failedChecks(outcome).length === 0);
-const failed = outcomes.filter((outcome) => !passed.includes(outcome));
+const isPass = (outcome: ScenarioOutcome) => outcome.checks !== null && failedChecks(outcome).length === 0;
+const scored = outcomes.filter((outcome) => outcome.notScored === undefined);
+const unscored = outcomes.filter((outcome) => outcome.notScored !== undefined);
+const passed = scored.filter(isPass);
+const failed = [...scored, ...unscored].filter((outcome) => !isPass(outcome));
 const mcpRequests = brokerLines.filter((line) => line.msg === "request" && line.path === "/mcp");
 const broker429 = mcpRequests.filter((line) => line.status === 429).length;
 const deletes = mcpRequests.filter((line) => line.method === "DELETE").length;
 const sessionsStarted = brokerLines.filter((line) => line.msg === "session started").length;
+const principalChildren = brokerLines.filter((line) => line.msg === "principal child started").length;
 const statuses = new Map<number, number>();
 for (const answer of answers) statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1);
 const oneLine = (text: string, max = 220) => {
@@ -240,17 +277,18 @@ const oneLine = (text: string, max = 220) => {
 };
 
 const report = [
-  `MCP conformance ${suiteVersion}, server scenarios (${args.values.scenario ?? `suite ${args.values.suite}`}), through the broker (one access token, no DELETE sent by the harness)`,
-  `  scenarios passed:   ${passed.length}/${outcomes.length}${timedOut ? ` (stopped after --timeout-s ${timeoutS})` : ""}; suite exit status ${suiteExit}`,
+  `MCP conformance ${suiteVersion}, server scenarios (${selection}), through the broker (one access token, no DELETE sent by the harness)`,
+  `  scenarios passed:   ${passed.length}/${scored.length}${timedOut ? ` (stopped after --timeout-s ${timeoutS})` : ""}; suite exit status ${suiteExit}`,
+  ...(unscored.length > 0 ? [`  not scored:         ${unscored.filter(isPass).length}/${unscored.length} passed (run, but outside the revision's requirements)`] : []),
   `  429 from the broker: ${broker429} (request log); seen by the client in ${outcomes.filter((o) => o.answers429 > 0).length} scenario(s)`,
-  `  sessions started:   ${sessionsStarted} for one user (BROKER_MAX_SESSIONS_PER_USER=${maxPerUser}); DELETEs received: ${deletes}`,
+  `  sessions started:   ${sessionsStarted} for one user (BROKER_MAX_SESSIONS_PER_USER=${maxPerUser}); DELETEs received: ${deletes}; principal children started: ${principalChildren}`,
   `  /mcp answers:       ${[...statuses].sort(([a], [b]) => a - b).map(([status, count]) => `${status}×${count}`).join(", ")}`,
   `  took ${seconds.toFixed(1)} s, the suite itself ${suiteSeconds.toFixed(1)} s; ${leftover.total === 0 ? "nothing left running" : `LEFT RUNNING: ${leftover.total} process(es): ${leftover.examples.join("; ")}`}`,
 ];
 if (failed.length > 0) {
   report.push("", "failed scenarios:");
   for (const outcome of failed) {
-    const tag = outcome.answers429 > 0 ? ` [${outcome.answers429}× 429]` : "";
+    const tag = (outcome.notScored ? ` [not scored: ${outcome.notScored}]` : "") + (outcome.answers429 > 0 ? ` [${outcome.answers429}× 429]` : "");
     if (outcome.checks === null) {
       report.push(`  ✗ ${outcome.name}${tag}: the suite wrote no result for it (the end of its output is below)`);
       continue;
