@@ -27,6 +27,9 @@ const USAGE = `usage: bun run bench/conformance.ts [options]
                           stateless requests the broker serves on its modern path); with --scenario:
                           that scenario at V's wire. Replaces --suite
   --scenario NAME         run this one scenario instead of a suite
+  --expected-failures F   the CLI's baseline (a YAML list of scenario[:check-id] per subcommand): its
+                          exit status is then 0 only when exactly those fail (the report shows it);
+                          bench/conformance-2026-expected.yaml is the one for --spec-version 2026-07-28
   --timeout-s N           stop the suite after N seconds (default 900)
   --output-dir DIR        keep the suite's checks.json per scenario and its output there
   --verbose               print the suite's own output as it runs
@@ -41,9 +44,10 @@ const HARNESS_OWNED = new Set(["BROKER_PUBLIC_URL", "BROKER_PORT", "BROKER_DATA_
 const FIXTURE = join(REPO_ROOT, "test/fixtures/conformance-server.ts");
 const SCENARIO_LINE = /^=== Running scenario: (.+) ===$/;
 const RESULT_DIR = /^server-(.+)-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z$/;
-/** With --requirements the CLI ends with "Not scored for <revision>: …" and one "✓|✗ name (reason)" line per scenario. */
-const NOT_SCORED_HEADING = /^Not scored for /;
-const NOT_SCORED_LINE = /^\s+[✓✗]\s+(\S+)\s+\(([^)]+)\)$/;
+/** `conformance list --server --requirements V` ends with the scenarios V runs but never scores, grouped by reason. */
+const NOT_SCORED_HEADING = /^Run and reported, but never scored/;
+const NOT_SCORED_REASON = /^\s+(\S[^(]*?) \(\d+\):$/;
+const NOT_SCORED_SERVER = /^\s+- (\S+) \[server\]$/;
 
 interface Check {
   id: string;
@@ -77,6 +81,7 @@ function parse() {
       suite: { type: "string", default: "all" },
       scenario: { type: "string" },
       "spec-version": { type: "string" },
+      "expected-failures": { type: "string" },
       "timeout-s": { type: "string", default: "900" },
       "output-dir": { type: "string" },
       verbose: { type: "boolean", default: false },
@@ -158,16 +163,29 @@ async function followOutput(stream: ReadableStream<Uint8Array>, into: string[]):
   if (pending !== "") into.push(pending);
 }
 
-/** The scenarios the CLI's closing "Not scored" list names, with its reason for each. */
-function readNotScored(lines: string[]): Map<string, string> {
+/** The server scenarios `specVersion` runs but does not score, with the CLI's reason for each (extension, pending, …). */
+function readNotScored(specVersion: string): Map<string, string> {
+  const listed = Bun.spawnSync([process.execPath, bin, "list", "--server", "--requirements", specVersion], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  if (listed.exitCode !== 0) throw new Error(`conformance list --requirements ${specVersion} failed: ${listed.stderr.toString().trim()}`);
+  const lines = listed.stdout.toString().split("\n");
   const reasons = new Map<string, string>();
   const heading = lines.findIndex((line) => NOT_SCORED_HEADING.test(line));
   if (heading === -1) return reasons;
+  let reason: string | undefined;
   for (const line of lines.slice(heading + 1)) {
-    const entry = NOT_SCORED_LINE.exec(line);
-    if (entry) reasons.set(entry[1]!, entry[2]!);
+    reason = NOT_SCORED_REASON.exec(line)?.[1] ?? reason;
+    const name = NOT_SCORED_SERVER.exec(line)?.[1];
+    if (name !== undefined && reason !== undefined) reasons.set(name, reason);
   }
   return reasons;
+}
+
+/** The entries the CLI lists under `heading` (its baseline verdict), one indented line each, up to the next blank line. */
+function listedUnder(lines: string[], heading: string): string[] {
+  const start = lines.findIndex((line) => line.startsWith(heading));
+  if (start === -1) return [];
+  const end = lines.findIndex((line, index) => index > start && line.trim() === "");
+  return lines.slice(start + 1, end === -1 ? undefined : end).map((line) => line.trim().replace(/^[~✗✓]\s*/, ""));
 }
 
 /** The checks.json the suite wrote for each scenario, by scenario name. */
@@ -184,8 +202,9 @@ function readResults(dir: string): Map<string, Check[]> {
 /** Which scenarios the CLI runs, and at which revision's wire. */
 function scenarioArgs(): string[] {
   const specVersion = args.values["spec-version"];
-  if (args.values.scenario) return ["--scenario", args.values.scenario, ...(specVersion ? ["--spec-version", specVersion] : [])];
-  return specVersion ? ["--requirements", specVersion] : ["--suite", args.values.suite!];
+  const baseline = args.values["expected-failures"] ? ["--expected-failures", resolve(args.values["expected-failures"])] : [];
+  if (args.values.scenario) return ["--scenario", args.values.scenario, ...(specVersion ? ["--spec-version", specVersion] : []), ...baseline];
+  return [...(specVersion ? ["--requirements", specVersion] : ["--suite", args.values.suite!]), ...baseline];
 }
 const selection = args.values.scenario ?? (args.values["spec-version"] ? `required by ${args.values["spec-version"]}` : `suite ${args.values.suite}`);
 
@@ -197,6 +216,8 @@ let timedOut = false;
 let suiteSeconds = 0;
 /** The end of the CLI's own output, shown when a scenario left no result (the CLI could not start, or was stopped). */
 let suiteTail = "";
+/** With --expected-failures: what the CLI found against the baseline. */
+let baseline: { expected: string[]; unexpected: string[]; stale: string[] } | undefined;
 let maxPerUser = 0;
 try {
   proxy = startBearerProxy(() => currentScenario);
@@ -239,7 +260,14 @@ try {
   // A single --scenario prints no marker line.
   if (ran.length === 0 && args.values.scenario) ran.push(args.values.scenario);
   const results = readResults(resultsDir);
-  const notScored = readNotScored(output);
+  if (args.values["expected-failures"]) {
+    baseline = {
+      expected: listedUnder(output, "Expected failures (in baseline)"),
+      unexpected: listedUnder(output, "Unexpected failures (not in baseline)"),
+      stale: listedUnder(output, "Stale baseline entries"),
+    };
+  }
+  const notScored = args.values["spec-version"] ? readNotScored(args.values["spec-version"]) : new Map<string, string>();
   outcomes = ran.map((name) => ({
     name,
     notScored: notScored.get(name),
@@ -280,6 +308,9 @@ const report = [
   `MCP conformance ${suiteVersion}, server scenarios (${selection}), through the broker (one access token, no DELETE sent by the harness)`,
   `  scenarios passed:   ${passed.length}/${scored.length}${timedOut ? ` (stopped after --timeout-s ${timeoutS})` : ""}; suite exit status ${suiteExit}`,
   ...(unscored.length > 0 ? [`  not scored:         ${unscored.filter(isPass).length}/${unscored.length} passed (run, but outside the revision's requirements)`] : []),
+  ...(baseline
+    ? [`  baseline:           ${baseline.expected.length} failing as listed; not listed: ${baseline.unexpected.join(", ") || "none"}; listed but passing: ${baseline.stale.join(", ") || "none"}`]
+    : []),
   `  429 from the broker: ${broker429} (request log); seen by the client in ${outcomes.filter((o) => o.answers429 > 0).length} scenario(s)`,
   `  sessions started:   ${sessionsStarted} for one user (BROKER_MAX_SESSIONS_PER_USER=${maxPerUser}); DELETEs received: ${deletes}; principal children started: ${principalChildren}`,
   `  /mcp answers:       ${[...statuses].sort(([a], [b]) => a - b).map(([status, count]) => `${status}×${count}`).join(", ")}`,
