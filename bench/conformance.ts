@@ -37,8 +37,9 @@ const USAGE = `usage: bun run bench/conformance.ts [options]
 
 BROKER_* variables in the environment reach the broker (e.g. BROKER_MAX_SESSIONS_PER_USER), except
 BROKER_PUBLIC_URL, BROKER_PORT, BROKER_DATA_DIR and BROKER_CHILD_COMMAND, which the harness sets.
-Exit status: 0 when the broker answered no 429 and nothing it started was left running; 1 otherwise;
-2 when the harness could not run. Scenarios failing for other reasons are reported, not fatal.`;
+Exit status: 0 when the broker answered no 429 and nothing it started was left running (and, with
+--expected-failures, the CLI found the baseline exact); 1 otherwise; 2 when the harness could not run.
+Scenarios failing for other reasons are reported, not fatal.`;
 
 const HARNESS_OWNED = new Set(["BROKER_PUBLIC_URL", "BROKER_PORT", "BROKER_DATA_DIR", "BROKER_CHILD_COMMAND"]);
 const FIXTURE = join(REPO_ROOT, "test/fixtures/conformance-server.ts");
@@ -340,4 +341,5 @@ report.push("", `passed: ${passed.map((outcome) => outcome.name).join(", ") || "
 if (args.values["output-dir"]) report.push(`results: ${resultsDir}`);
 console.log(report.join("\n"));
 
-process.exit(broker429 === 0 && leftover.total === 0 && !timedOut && outcomes.length > 0 ? 0 : 1);
+const baselineHeld = baseline === undefined || suiteExit === 0;
+process.exit(broker429 === 0 && leftover.total === 0 && !timedOut && outcomes.length > 0 && baselineHeld ? 0 : 1);
