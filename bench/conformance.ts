@@ -18,8 +18,9 @@ import { describeDescendants } from "./lib/proc.ts";
 
 const USAGE = `usage: bun run bench/conformance.ts [options]
 
-  --conformance-bin PATH  the conformance CLI (node_modules/.bin/conformance of an install of
-                          @modelcontextprotocol/conformance); default: this checkout's node_modules
+  --conformance-bin PATH  the conformance CLI (dist/index.js of an install of
+                          @modelcontextprotocol/conformance); default: this checkout's pinned one,
+                          0.1.16, or 0.2.0-alpha.12 (conformance-2026) with --spec-version
   --suite NAME            all (default: the 32 scenarios \`conformance list --server\` shows), active
                           (the CLI's own default: all but the 2 it marks pending) or pending
   --spec-version V        run the server scenarios revision V requires, at V's wire (the CLI's
@@ -103,8 +104,11 @@ if (args.values.help) {
 }
 const timeoutS = Number(args.values["timeout-s"]);
 if (!Number.isInteger(timeoutS) || timeoutS < 1) fail(`--timeout-s must be a whole number of seconds ≥ 1, not ${args.values["timeout-s"]}`);
-const bin = resolve(args.values["conformance-bin"] ?? join(REPO_ROOT, "node_modules/.bin/conformance"));
-if (!existsSync(bin)) fail(`no conformance CLI at ${bin}: install @modelcontextprotocol/conformance@0.1.16 and pass --conformance-bin`);
+// Both pinned versions are installed (0.2 under the alias conformance-2026) and both call their bin
+// `conformance`, so which one node_modules/.bin names is npm's choice: name each by its package.
+const pinned = args.values["spec-version"] === undefined ? "node_modules/@modelcontextprotocol/conformance/dist/index.js" : "node_modules/conformance-2026/dist/index.js";
+const bin = resolve(args.values["conformance-bin"] ?? join(REPO_ROOT, pinned));
+if (!existsSync(bin)) fail(`no conformance CLI at ${bin}: run npm ci (package.json pins 0.1.16 and, as conformance-2026, 0.2.0-alpha.12) or pass --conformance-bin`);
 /** The CLI's package.json, two levels above its dist/index.js: the version goes into the report. */
 const suiteVersion = (() => {
   try {

@@ -28,18 +28,19 @@ export function decodeHeaderValue(value: string): string | null {
 
 /** Throws McpRefusal (400) for the first rule `message`, claiming `version`, breaks. */
 export function checkModernRequest(message: JsonRpcMessage, version: string, headers: Headers): void {
-  if (!isModernVersion(version)) {
-    throw new McpRefusal(400, UNSUPPORTED_VERSION, `Unsupported protocol version ${JSON.stringify(version)}`, {}, {
-      data: { supported: ALL_PROTOCOL_VERSIONS, requested: version },
-    });
-  }
   const meta = metaOf(message.params)!;
   const capabilities = meta[META.clientCapabilities];
   if (capabilities === null || typeof capabilities !== "object" || Array.isArray(capabilities)) {
     throw new McpRefusal(400, ErrorCode.InvalidParams, `Invalid params: _meta["${META.clientCapabilities}"] is required on every request`);
   }
-  const method = String(message.method);
+  // A header that disagrees with the body is the client's transport fault, whatever the version it names.
   expectHeader(headers, "MCP-Protocol-Version", version);
+  if (!isModernVersion(version)) {
+    throw new McpRefusal(400, UNSUPPORTED_VERSION, `Unsupported protocol version ${JSON.stringify(version)}`, {}, {
+      data: { supported: ALL_PROTOCOL_VERSIONS, requested: version },
+    });
+  }
+  const method = String(message.method);
   expectHeader(headers, "Mcp-Method", method);
   const field = NAMED_BY[method];
   if (field !== undefined) {

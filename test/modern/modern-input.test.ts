@@ -41,6 +41,11 @@ describe("refused with 400 -32020 when a header is missing or disagrees with the
     });
   }
 
+  test("a body claiming a version the broker does not speak, under a header naming another: the mismatch is what is refused", async () => {
+    const body = modernRequest(9, "server/discover", {}, { "io.modelcontextprotocol/protocolVersion": "v999.0.0" });
+    expect(await errorOf(await postModern(t, token, body, { "mcp-protocol-version": MODERN_VERSION, "mcp-method": "server/discover" }))).toEqual({ status: 400, id: 9, code: -32020 });
+  });
+
   test("Mcp-Name on resources/read must name the uri", async () => {
     const read = modernRequest(8, "resources/read", { uri: "forgejo://x" });
     expect(await errorOf(await postModern(t, token, read, { "mcp-name": "forgejo://y" }))).toEqual({ status: 400, id: 8, code: -32020 });
