@@ -510,7 +510,7 @@ export function renderMarkdown(data: BenchData): string {
     else {
       const v = sc.value;
       push(
-        `Modern scale point: ${v.callers} callers at once over ${v.principals} tokens (${v.principals} grants of one user, each its own principal), one server/discover and one call each: ${v.discovered} discovered, ${v.callsOk} calls answered in ${f(v.seconds, 2)} s; at most ${v.children} child processes and ${v.bwrapProcesses} bwrap processes (two per sandbox: ${v.bwrapProcesses / 2} sandboxes) in the broker's tree at once; tree peak RSS ${mib(v.treePeakKb)} MiB.` +
+        `Modern scale point: ${v.callers} callers at once over ${v.principals} tokens (${v.principals} grants of one user, each its own principal), one server/discover and one call each: ${v.discovered} discovered, ${v.callsOk} calls answered in ${f(v.seconds, 2)} s; at most ${v.children} child processes (the child's program, counted by name: one per principal) and ${v.bwrapProcesses} bwrap processes (bwrap runs two per sandbox) in the broker's tree at once; tree peak RSS ${mib(v.treePeakKb)} MiB.` +
           (v.errors.length > 0 ? ` Errors: ${v.errors.slice(0, 3).join("; ").slice(0, 300)}.` : ""),
         "",
       );
