@@ -9,7 +9,7 @@ import { MODERN_SCALE_PRINCIPALS, parseBenchArgs, USAGE } from "./lib/args.ts";
 import { buildCChild, NoCompiler, TS_CHILD } from "./lib/build.ts";
 import type { StdioSession } from "./lib/direct.ts";
 import { REPO_ROOT, stopAllGateways, Unavailable, type ChildSpec } from "./lib/gateways.ts";
-import { measureChurn, measureLoad, measureModernScale, measureScale, startGateway, type MeasureContext } from "./lib/measure.ts";
+import { eraOf, measureChurn, measureLoad, measureModernScale, measureScale, startGateway, type MeasureContext } from "./lib/measure.ts";
 import { describeDescendants } from "./lib/proc.ts";
 import { modernVerdicts, renderMarkdown, verdicts, type BenchData, type Machine } from "./lib/report.ts";
 
@@ -194,7 +194,8 @@ for (let round = 1; round <= options.rounds; round++) {
     }
   }
   if (options.churn > 0) {
-    for (const target of measurable) {
+    // Churn ends sessions; modern callers have none to end.
+    for (const target of measurable.filter((t) => eraOf(t) === "legacy")) {
       const outcome = await measureChurn(target, child, options.churn, ctx);
       (data.churn[target] ??= []).push(outcome);
       if (outcome.ok) {

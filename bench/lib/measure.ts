@@ -433,7 +433,7 @@ export async function measureScale(target: TargetName, cChild: ChildSpec, sessio
     return failed(error);
   }
   try {
-    await runLoad({ url: gateway.url, token: gateway.token, sessions: 1, calls: 200 }, { fetch, now });
+    await runLoad({ url: gateway.url, token: gateway.token, era: eraOf(target), sessions: 1, calls: 200 }, { fetch, now });
     const base = rssKb(gateway.pid);
     const sampler = new RssSampler(() => [gateway.pid], true, 100, 1000);
     // Sample at the moment every session is open (the first call), when the tree is at its largest.
@@ -448,7 +448,7 @@ export async function measureScale(target: TargetName, cChild: ChildSpec, sessio
       }
       return fetch(input, init);
     }) as typeof fetch;
-    const result = await runLoad({ url: gateway.url, token: gateway.token, sessions, calls: 1, timeoutMs }, { fetch: marking, now });
+    const result = await runLoad({ url: gateway.url, token: gateway.token, era: eraOf(target), sessions, calls: 1, timeoutMs }, { fetch: marking, now });
     const memory = sampler.stop();
     return {
       ok: true,

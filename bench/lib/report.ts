@@ -424,6 +424,10 @@ export function renderMarkdown(data: BenchData): string {
       continue;
     }
     const c = churnMedians(data.churn[target]);
+    if (target === "broker-modern") {
+      push(`| ${target} | not run: modern callers have no session to end | | | | 0 |`);
+      continue;
+    }
     if (c === null && options.churn === 0) {
       push(`| ${target} | not run (--churn 0) | | | | 0 |`);
       continue;

@@ -279,6 +279,7 @@ test("the modern era section: both eras' medians side by side, after the sandbox
   expect(md).toContain("| 64 | 4000 / 4400 | 1.10× | 1.000 / 1.000 | 3.000 / 3.000 | 0.100 / 0.100 | 1953.1 / 97.7 | 0.050× | 64 / 1 |");
   expect(md).toContain("| 1000 concurrent modern callers over 10 principals | 1000 / 1000 answered, 10 children | all answered, ≤ 10 children | PASS |");
   expect(md).toContain("1000 calls answered in 2.00 s; at most 10 child processes (the child's program, counted by name: one per principal) and 20 bwrap processes (bwrap runs two per sandbox)");
+  expect(md).toContain("| broker-modern | not run: modern callers have no session to end | | | | 0 |");
   expect(renderMarkdown(eraData([1, 1], [1, 1], [1, 1], null, "broker"))).toContain("_Modern era: not shown, broker-modern was not measured in this run (--targets)._");
 });
 
