@@ -1,17 +1,17 @@
-// `bun run bench`: direct stdio, the bare relay, this broker and supergateway measured in one run on
-// one machine, with the same child and the same load generator (src/loadtest), targets alternating over
-// rounds, medians reported against the issue's target ratios, and a markdown report written to
+// `bun run bench`: direct stdio, the bare relay, this broker (legacy sessions and modern callers) and
+// supergateway measured in one run on one machine, with the same child and the same load generator
+// (src/loadtest), targets alternating over rounds, medians reported against the issues' target ratios, and a markdown report written to
 // bench/results/. Every process it starts is stopped at the end (and on Ctrl-C), and checked.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { startFakeForgejo, type FakeForgejo } from "../test/fixtures/forgejo.ts";
-import { parseBenchArgs, USAGE, type TargetName } from "./lib/args.ts";
+import { MODERN_SCALE_PRINCIPALS, parseBenchArgs, USAGE } from "./lib/args.ts";
 import { buildCChild, NoCompiler, TS_CHILD } from "./lib/build.ts";
 import type { StdioSession } from "./lib/direct.ts";
 import { REPO_ROOT, stopAllGateways, Unavailable, type ChildSpec } from "./lib/gateways.ts";
-import { measureChurn, measureLoad, measureScale, startGateway, type MeasureContext } from "./lib/measure.ts";
+import { eraOf, measureChurn, measureLoad, measureModernScale, measureScale, startGateway, type MeasureContext } from "./lib/measure.ts";
 import { describeDescendants } from "./lib/proc.ts";
-import { renderMarkdown, verdicts, type BenchData, type Machine } from "./lib/report.ts";
+import { modernVerdicts, renderMarkdown, verdicts, type BenchData, type Machine } from "./lib/report.ts";
 
 const MAX_REQUESTS = 4096;
 
@@ -62,6 +62,10 @@ function describeCommit(): string {
   return `${head} + uncommitted changes in ${dirty.length} file(s): ${dirty.slice(0, 12).join(", ")}${dirty.length > 12 ? ", …" : ""}`;
 }
 
+function loadAverage(): string {
+  return readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ");
+}
+
 function machine(): Machine {
   const cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
   const meminfo = readFileSync("/proc/meminfo", "utf8");
@@ -82,6 +86,7 @@ function machine(): Machine {
     node: sh(["node", "--version"]),
     supergateway,
     commit: describeCommit(),
+    loadAverage: loadAverage(),
   };
 }
 
@@ -115,6 +120,10 @@ const data: BenchData = {
   churn: {},
   scale: {},
   scaleSkipped: null,
+  modernScale: null,
+  modernScaleSkipped: null,
+  brokerCaps: Math.max(2000, options.scale * 2, options.modernScale * 2),
+  loadAverageAtEnd: "",
   wallSeconds: 0,
 };
 
@@ -147,7 +156,7 @@ const ctx: MeasureContext = {
   brokerLogLevel: options.brokerLogLevel,
   brokerFlags: options.brokerFlags,
   brokerWrapper: options.brokerWrapper,
-  maxSessions: Math.max(2000, options.scale * 2),
+  maxSessions: data.brokerCaps,
   directSessions,
   directEnv: { PATH: process.env.PATH ?? "/usr/bin:/bin", FORGEJO_URL: forgejo.url, FORGEJO_ACCESS_TOKEN: "bench-token-unused" },
 };
@@ -179,13 +188,14 @@ for (let round = 1; round <= options.rounds; round++) {
         const v = outcome.value;
         log(
           `[round ${round}/${options.rounds}] S=${String(s).padEnd(3)} ${target.padEnd(18)} ${fmt(v.callsPerSecond, 0).padStart(7)} calls/s  p50 ${fmt(v.p50Ms, 3)} ms  p99 ${fmt(v.p99Ms, 3)} ms  set-up p50 ${fmt(v.setupP50Ms, 2)} ms  ` +
-            `gw ${v.gatewayRssKb === null ? "—" : fmt(v.gatewayRssKb / 1024)} MiB  tree ${fmt(v.treeRssKb / 1024)} MiB  cpu/1k ${fmt(v.cpuPer1k, 3)} s (tree ${fmt(v.treeCpuPer1k, 3)} s)${v.bwrapProcesses ? `  bwrap ${v.bwrapProcesses}` : ""}  ok ${v.callsOk}/${v.callsRequested}${v.errors.length ? `  errors: ${v.errors[0]}` : ""}`,
+            `gw ${v.gatewayRssKb === null ? "—" : fmt(v.gatewayRssKb / 1024)} MiB  tree ${fmt(v.treeRssKb / 1024)} MiB  cpu/1k ${fmt(v.cpuPer1k, 3)} s (tree ${fmt(v.treeCpuPer1k, 3)} s)${v.bwrapProcesses ? `  bwrap ${v.bwrapProcesses}` : ""}${v.children === null ? "" : `  children ${v.children}`}  ok ${v.callsOk}/${v.callsRequested}${v.errors.length ? `  errors: ${v.errors[0]}` : ""}`,
         );
       } else log(`[round ${round}/${options.rounds}] S=${s} ${target}: failed: ${outcome.reason}`);
     }
   }
   if (options.churn > 0) {
-    for (const target of measurable) {
+    // Churn ends sessions; modern callers have none to end.
+    for (const target of measurable.filter((t) => eraOf(t) === "legacy")) {
       const outcome = await measureChurn(target, child, options.churn, ctx);
       (data.churn[target] ??= []).push(outcome);
       if (outcome.ok) {
@@ -211,7 +221,18 @@ if (options.scale > 0 && cChild !== null) {
   }
 }
 
+if (options.modernScale === 0) data.modernScaleSkipped = options.quick ? "--quick" : "--modern-scale 0";
+else if (!measurable.includes("broker-modern")) data.modernScaleSkipped = data.unavailable["broker-modern"] ? `broker-modern unavailable: ${data.unavailable["broker-modern"]}` : "broker-modern not measured (--targets)";
+else {
+  log(`[modern scale] ${options.modernScale} callers over ${MODERN_SCALE_PRINCIPALS} tokens…`);
+  data.modernScale = await measureModernScale(child, options.modernScale, MODERN_SCALE_PRINCIPALS, ctx);
+  const o = data.modernScale;
+  if (o.ok) log(`[modern scale] ${o.value.callsOk}/${o.value.callers} answered in ${fmt(o.value.seconds, 2)} s, ${o.value.children} children, ${o.value.bwrapProcesses} bwrap${o.value.errors.length ? `, errors: ${o.value.errors[0]}` : ""}`);
+  else log(`[modern scale] failed: ${o.reason}`);
+}
+
 data.wallSeconds = (performance.now() - started) / 1000;
+data.loadAverageAtEnd = loadAverage();
 await cleanup();
 
 const markdown = renderMarkdown(data);
@@ -226,6 +247,6 @@ await Bun.sleep(200);
 const left = describeDescendants(process.pid);
 log(`bench: report written to ${options.out} (and .json); processes left behind by the run: ${left.total}${left.total ? ` (${left.examples.join(", ")})` : ""}`);
 // A FAIL is a finding, not a harness failure: the exit status only says whether the run was clean.
-const failed = verdicts(data).filter((v) => v.verdict === "FAIL").length;
-if (failed > 0) log(`bench: ${failed} target(s) FAIL (see the Targets table)`);
+const failed = [...verdicts(data), ...modernVerdicts(data)].filter((v) => v.verdict === "FAIL").length;
+if (failed > 0) log(`bench: ${failed} target(s) FAIL (see the Targets tables)`);
 process.exit(left.total > 0 ? 1 : 0);

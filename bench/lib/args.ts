@@ -2,7 +2,7 @@
 // targets; --quick for a check in a few minutes. A pure function, so it can be tested alone.
 import { parseArgs } from "node:util";
 
-export const TARGETS = ["direct", "relay", "broker", "broker-unsandboxed", "supergateway"] as const;
+export const TARGETS = ["direct", "relay", "broker", "broker-modern", "broker-unsandboxed", "supergateway"] as const;
 export type TargetName = (typeof TARGETS)[number];
 /** The scale point's default: the relay and the unsandboxed broker are references for the rows, allowed there only when asked for. */
 export const SCALE_TARGETS: TargetName[] = ["direct", "broker", "supergateway"];
@@ -18,6 +18,8 @@ export interface BenchOptions {
   /** Concurrent sessions at the scale point with the C child; 0 skips it. */
   scale: number;
   scaleTargets: TargetName[];
+  /** Concurrent MCP 2026-07-28 callers at the modern scale point, spread over MODERN_SCALE_PRINCIPALS tokens; 0 skips it. */
+  modernScale: number;
   child: "ts" | "c";
   targets: TargetName[];
   brokerLogLevel: string;
@@ -29,6 +31,9 @@ export interface BenchOptions {
   out: string;
 }
 
+/** The issue's modern scale point: its callers are spread over this many grants (one child each). */
+export const MODERN_SCALE_PRINCIPALS = 10;
+
 export const USAGE = `usage: bun run bench [-- options]
 
   --rounds N          rounds; targets alternate A B C D E A B C D E… and medians are reported (default 3)
@@ -38,13 +43,16 @@ export const USAGE = `usage: bun run bench [-- options]
   --churn N           initialize → call → DELETE cycles per target and round (default 50)
   --scale N           concurrent sessions at the scale point, C child, one call each (default 1000; 0 skips)
   --scale-targets L   targets at the scale point (default direct,broker,supergateway; relay, broker-unsandboxed when listed)
+  --modern-scale N    concurrent MCP 2026-07-28 callers over ${MODERN_SCALE_PRINCIPALS} tokens (grants) on one broker, one call each, the
+                      rows' child (default 1000; 0 skips; needs the broker-modern target)
   --child ts|c        the child for the rows and the churn: the bun one (ts, default) or the C one
   --targets LIST      default direct,relay,broker,broker-unsandboxed,supergateway (relay: the bare Bun relay, bench/relay;
-                      broker runs its children in the bubblewrap sandbox, broker-unsandboxed with BROKER_CHILD_SANDBOX=none)
+                      broker runs its children in the bubblewrap sandbox, broker-unsandboxed with BROKER_CHILD_SANDBOX=none;
+                      broker-modern: the sandboxed broker driven by MCP 2026-07-28 callers on one token, so one child)
   --broker-log-level  BROKER_LOG_LEVEL for the broker (default warn: supergateway runs with --logLevel none)
   --broker-flags F    extra bun flags for the broker, e.g. "--cpu-prof --cpu-prof-md --cpu-prof-dir=/tmp/prof"
   --broker-wrapper W  run the broker under command W (a profiler); the figures then describe W's process (valgrind cannot run bun 1.4.5: see bench/README.md)
-  --quick             1 round, sessions 1,16, 500 calls, 10 churn cycles, no scale point
+  --quick             1 round, sessions 1,16, 500 calls, 10 churn cycles, no scale points
   --out FILE          the markdown report (default bench/results/latest.md; --quick: bench/results/quick.md)
   --help`;
 
@@ -79,6 +87,7 @@ export function parseBenchArgs(argv: string[]): Parsed {
         churn: { type: "string" },
         scale: { type: "string" },
         "scale-targets": { type: "string" },
+        "modern-scale": { type: "string" },
         child: { type: "string" },
         targets: { type: "string" },
         "broker-log-level": { type: "string" },
@@ -106,6 +115,7 @@ export function parseBenchArgs(argv: string[]): Parsed {
         churn: positive("churn", values.churn, quick ? 10 : 50, 0, 100_000),
         scale: positive("scale", values.scale, quick ? 0 : 1000, 0, 20_000),
         scaleTargets: targetList("scale-targets", values["scale-targets"], [...SCALE_TARGETS]),
+        modernScale: positive("modern-scale", values["modern-scale"], quick ? 0 : 1000, 0, 4000),
         child,
         targets: targetList("targets", values.targets, [...TARGETS]),
         brokerLogLevel: level,

@@ -18,6 +18,8 @@ export interface Gateway {
   pid: number;
   url: string;
   token?: string;
+  /** The broker only: signs in again through the OAuth flow, a new grant (principal) each time. */
+  newToken?: () => Promise<string>;
   /** notifications/progress seen by the start-up probe for one progress call (5 expected). */
   progressNotifications: number;
   stop(): Promise<StopReport>;
@@ -143,6 +145,7 @@ export async function startRelay(child: ChildSpec): Promise<Gateway> {
 export interface BrokerOptions {
   child: ChildSpec;
   forgejo: FakeForgejo;
+  /** BROKER_MAX_SESSIONS, BROKER_MAX_SESSIONS_PER_USER and BROKER_MAX_IN_FLIGHT_PER_USER: all the bench's load is one user's, and the caps must not be what is measured. */
   maxSessions: number;
   logLevel: string;
   /** BROKER_CHILD_SANDBOX: each child under bwrap (the default an operator gets), or unsandboxed. */
@@ -174,6 +177,7 @@ export async function startBroker(options: BrokerOptions): Promise<Gateway> {
       BROKER_CHILD_COMMAND: commandLine(options.child.argv),
       BROKER_MAX_SESSIONS: String(options.maxSessions),
       BROKER_MAX_SESSIONS_PER_USER: String(options.maxSessions),
+      BROKER_MAX_IN_FLIGHT_PER_USER: String(options.maxSessions),
       BROKER_LOG_LEVEL: options.logLevel,
       BROKER_CHILD_SANDBOX: options.sandbox,
     },
@@ -199,7 +203,8 @@ export async function startBroker(options: BrokerOptions): Promise<Gateway> {
     const url = `${publicUrl}/mcp`;
     const probe = await probeMcp(url, token);
     if (!probe.ok) throw new Unavailable(probe.reason);
-    return { pid: proc.pid, url, token, progressNotifications: probe.progressNotifications, stop };
+    const newToken = async () => (await obtainTokens(publicUrl)).accessToken;
+    return { pid: proc.pid, url, token, newToken, progressNotifications: probe.progressNotifications, stop };
   } catch (error) {
     await stop();
     throw error instanceof Unavailable ? error : new Unavailable(error instanceof Error ? error.message : String(error));

@@ -1,8 +1,10 @@
 // One measurement of one target: a fresh gateway (or, for direct, fresh children), a warm-up, then
 // the load (S sessions, calls split over them) with RSS sampled and the gateway's CPU read at the
-// exact start and end of the calls phase; or the churn cycle; or the scale point. Returns figures
-// or an error, never made-up numbers.
+// exact start and end of the calls phase; or the churn cycle; or a scale point (legacy or modern).
+// Returns figures or an error, never made-up numbers.
+import { basename } from "node:path";
 import { runChurn, runLoad, type LoadResult } from "../../src/loadtest/run.ts";
+import type { Era } from "../../src/loadtest/session.ts";
 import type { FakeForgejo } from "../../test/fixtures/forgejo.ts";
 import type { TargetName } from "./args.ts";
 import { runDirectChurn, runDirectLoad, StdioSession } from "./direct.ts";
@@ -37,6 +39,23 @@ export interface LoadSample {
    * when the broker sandboxes its children (bwrap and the sandbox's init), none otherwise; null for direct.
    */
   bwrapProcesses: number | null;
+  /** Child processes (the child's program) in the gateway's tree at the first call: S for legacy sessions, 1 for modern callers on one token; null for direct. */
+  children: number | null;
+}
+
+export interface ModernScaleSample {
+  callers: number;
+  principals: number;
+  /** Callers whose server/discover was answered, and tools/calls answered. */
+  discovered: number;
+  callsOk: number;
+  /** The most child processes (the child's program) and bwrap processes seen in the broker's tree during the run. */
+  children: number;
+  bwrapProcesses: number;
+  treePeakKb: number;
+  /** From the first server/discover to the last answer. */
+  seconds: number;
+  errors: string[];
 }
 
 export interface ChurnSample {
@@ -91,13 +110,14 @@ const now = () => performance.now();
 export async function startGateway(target: Exclude<TargetName, "direct">, child: ChildSpec, ctx: MeasureContext): Promise<Gateway> {
   switch (target) {
     case "broker":
+    case "broker-modern":
     case "broker-unsandboxed":
       return startBroker({
         child,
         forgejo: ctx.forgejo,
         maxSessions: ctx.maxSessions,
         logLevel: ctx.brokerLogLevel,
-        sandbox: target === "broker" ? "bwrap" : "none",
+        sandbox: target === "broker-unsandboxed" ? "none" : "bwrap",
         flags: ctx.brokerFlags,
         wrapper: ctx.brokerWrapper,
       });
@@ -106,6 +126,16 @@ export async function startGateway(target: Exclude<TargetName, "direct">, child:
     case "supergateway":
       return startSupergateway(child);
   }
+}
+
+/** broker-modern is the one target driven by MCP 2026-07-28 callers; every other speaks legacy sessions. */
+export function eraOf(target: TargetName): Era {
+  return target === "broker-modern" ? "modern" : "legacy";
+}
+
+/** The child's program as /proc/<pid>/comm names it (15 bytes at most), to count its processes in a tree. */
+function childComm(child: ChildSpec): string {
+  return basename(child.argv[0]!).slice(0, 15);
 }
 
 /** The direct harness counts failures by what went wrong; the report lists them like loadErrors does. */
@@ -120,25 +150,32 @@ function loadErrors(result: LoadResult): string[] {
 }
 
 interface CpuMarks {
-  /** The gateway's CPU seconds at the first call and at the first DELETE. */
+  /** The gateway's CPU seconds at the first call and at the first DELETE (or the end of the calls, when nothing is deleted). */
   start: number | null;
   end: number | null;
   /** CPU seconds the gateway's whole tree (as it was at the first call) used between the two marks. */
   treeSeconds: number | null;
-  /** bwrap processes in the gateway's tree at the first call. */
+  /** bwrap processes and child processes in the gateway's tree at the first call. */
   bwrap: number | null;
+  children: number | null;
 }
 
 /**
  * A fetch for runLoad that notes the gateway's CPU time at the first tools/call (the calls phase
  * begins: all sessions are open) and at the first DELETE (runLoad closes sessions only after every
  * call is done), so session set-up and teardown do not count as per-call CPU; the same for its whole
- * tree, and at the first call the bwrap processes in the tree are counted.
+ * tree, and at the first call the bwrap and child processes in the tree are counted. Modern callers
+ * delete nothing: finish() sets the end marks once runLoad has returned.
  */
-function cpuMarkingFetch(pid: number): { fetch: typeof fetch; marks: CpuMarks } {
-  const marks: CpuMarks = { start: null, end: null, treeSeconds: null, bwrap: null };
+function cpuMarkingFetch(pid: number, comm: string): { fetch: typeof fetch; marks: CpuMarks; finish(): void } {
+  const marks: CpuMarks = { start: null, end: null, treeSeconds: null, bwrap: null, children: null };
   let tree: ProcStat[] = [];
   let phase = 0;
+  const end = () => {
+    phase = 2;
+    marks.end = cpuSeconds(pid);
+    marks.treeSeconds = treeCpuSince(tree);
+  };
   const wrapped = ((input: RequestInfo | URL, init?: RequestInit) => {
     if (phase === 0) {
       if (typeof init?.body === "string" && init.body.includes('"method":"tools/call"')) {
@@ -147,15 +184,12 @@ function cpuMarkingFetch(pid: number): { fetch: typeof fetch; marks: CpuMarks } 
         const descendants = descendantsOf(pid);
         tree = [pid, ...descendants].map((p) => procStat(p)).filter((stat) => stat !== null);
         marks.bwrap = countByComm(descendants, "bwrap");
+        marks.children = countByComm(descendants, comm);
       }
-    } else if (phase === 1 && init?.method === "DELETE") {
-      phase = 2;
-      marks.end = cpuSeconds(pid);
-      marks.treeSeconds = treeCpuSince(tree);
-    }
+    } else if (phase === 1 && init?.method === "DELETE") end();
     return fetch(input, init);
   }) as typeof fetch;
-  return { fetch: wrapped, marks };
+  return { fetch: wrapped, marks, finish: () => void (phase === 1 && end()) };
 }
 
 /** CPU seconds the processes used since `before` was read; one that has gone or whose pid was reused counts 0. */
@@ -178,11 +212,12 @@ export async function measureLoad(target: TargetName, child: ChildSpec, sessions
     return failed(error);
   }
   try {
-    const common = { url: gateway.url, token: gateway.token, timeoutMs: 30_000 };
+    const common = { url: gateway.url, token: gateway.token, era: eraOf(target), timeoutMs: 30_000 };
     if (warmup > 0) await runLoad({ ...common, sessions: 1, calls: warmup }, { fetch, now });
     const sampler = new RssSampler(() => [gateway.pid], true);
-    const { fetch: marked, marks } = cpuMarkingFetch(gateway.pid);
+    const { fetch: marked, marks, finish } = cpuMarkingFetch(gateway.pid, childComm(child));
     const result = await runLoad({ ...common, sessions, calls }, { fetch: marked, now });
+    finish();
     marks.end ??= cpuSeconds(gateway.pid);
     const memory = sampler.stop();
     const cpu = marks.start !== null && result.calls.ok > 0 ? ((marks.end - marks.start) / result.calls.ok) * 1000 : null;
@@ -205,6 +240,7 @@ export async function measureLoad(target: TargetName, child: ChildSpec, sessions
         errors: loadErrors(result),
         progress: gateway.progressNotifications,
         bwrapProcesses: marks.bwrap,
+        children: marks.children,
       },
     };
   } catch (error) {
@@ -262,6 +298,7 @@ async function measureDirectLoad(child: ChildSpec, sessions: number, calls: numb
         errors: directErrors(result.errors),
         progress,
         bwrapProcesses: null,
+        children: null,
       },
     };
   } catch (error) {
@@ -396,7 +433,7 @@ export async function measureScale(target: TargetName, cChild: ChildSpec, sessio
     return failed(error);
   }
   try {
-    await runLoad({ url: gateway.url, token: gateway.token, sessions: 1, calls: 200 }, { fetch, now });
+    await runLoad({ url: gateway.url, token: gateway.token, era: eraOf(target), sessions: 1, calls: 200 }, { fetch, now });
     const base = rssKb(gateway.pid);
     const sampler = new RssSampler(() => [gateway.pid], true, 100, 1000);
     // Sample at the moment every session is open (the first call), when the tree is at its largest.
@@ -411,7 +448,7 @@ export async function measureScale(target: TargetName, cChild: ChildSpec, sessio
       }
       return fetch(input, init);
     }) as typeof fetch;
-    const result = await runLoad({ url: gateway.url, token: gateway.token, sessions, calls: 1, timeoutMs }, { fetch: marking, now });
+    const result = await runLoad({ url: gateway.url, token: gateway.token, era: eraOf(target), sessions, calls: 1, timeoutMs }, { fetch: marking, now });
     const memory = sampler.stop();
     return {
       ok: true,
@@ -429,5 +466,64 @@ export async function measureScale(target: TargetName, cChild: ChildSpec, sessio
   } finally {
     const stopped = await gateway.stop();
     if (stopped.stragglers > 0) console.error(`  ${target}: killed ${stopped.stragglers} process(es) it left behind`);
+  }
+}
+
+/**
+ * The modern scale point: one sandboxed broker, `callers` concurrent MCP 2026-07-28 callers spread evenly
+ * over `principals` tokens (each a new grant through the OAuth flow), one call each after server/discover.
+ * The broker's tree is sampled throughout; the children counted are the most of the child's program seen at once.
+ */
+export async function measureModernScale(child: ChildSpec, callers: number, principals: number, ctx: MeasureContext): Promise<Outcome<ModernScaleSample>> {
+  let gateway: Gateway;
+  try {
+    gateway = await startGateway("broker-modern", child, ctx);
+  } catch (error) {
+    return failed(error);
+  }
+  const comm = childComm(child);
+  let maxChildren = 0;
+  let maxBwrap = 0;
+  const count = () => {
+    const descendants = descendantsOf(gateway.pid);
+    maxChildren = Math.max(maxChildren, countByComm(descendants, comm));
+    maxBwrap = Math.max(maxBwrap, countByComm(descendants, "bwrap"));
+  };
+  const counter = setInterval(count, 100);
+  const sampler = new RssSampler(() => [gateway.pid], true, 100, 200);
+  try {
+    const tokens = [gateway.token!];
+    while (tokens.length < principals) tokens.push(await gateway.newToken!());
+    const per = Math.ceil(callers / principals);
+    const started = now();
+    const results = await Promise.all(
+      tokens.map((token, i) =>
+        runLoad({ url: gateway.url, token, era: "modern", sessions: Math.min(per, callers - i * per), calls: 1, timeoutMs: 120_000 }, { fetch, now }),
+      ),
+    );
+    const seconds = (now() - started) / 1000;
+    count();
+    const memory = sampler.stop();
+    return {
+      ok: true,
+      value: {
+        callers,
+        principals,
+        discovered: results.reduce((n, r) => n + r.sessions.opened, 0),
+        callsOk: results.reduce((n, r) => n + r.calls.ok, 0),
+        children: maxChildren,
+        bwrapProcesses: maxBwrap,
+        treePeakKb: memory.treeKb,
+        seconds,
+        errors: results.flatMap(loadErrors),
+      },
+    };
+  } catch (error) {
+    sampler.stop();
+    return failed(error);
+  } finally {
+    clearInterval(counter);
+    const stopped = await gateway.stop();
+    if (stopped.stragglers > 0) console.error(`  broker-modern: killed ${stopped.stragglers} process(es) it left behind`);
   }
 }

@@ -1,7 +1,7 @@
-// Medians over rounds, the issue's target ratios with PASS/FAIL, and the markdown report: the
-// machine, the rows, the churn, the targets, the sandbox's cost, the scale point, and every round's raw figures.
-import type { BenchOptions, TargetName } from "./args.ts";
-import type { ChurnSample, LoadSample, Outcome, ScaleSample } from "./measure.ts";
+// Medians over rounds, the issues' target ratios with PASS/FAIL, and the markdown report: the machine,
+// the rows, the churn, the targets, the sandbox's cost, the modern era, the scale point, and every round's raw figures.
+import { MODERN_SCALE_PRINCIPALS, type BenchOptions, type TargetName } from "./args.ts";
+import type { ChurnSample, LoadSample, ModernScaleSample, Outcome, ScaleSample } from "./measure.ts";
 
 export interface Machine {
   date: string;
@@ -13,6 +13,8 @@ export interface Machine {
   node: string;
   supergateway: string;
   commit: string;
+  /** /proc/loadavg's 1, 5 and 15 minute figures as the run began: other work on the machine shows here. */
+  loadAverage: string;
 }
 
 export interface BenchData {
@@ -26,6 +28,13 @@ export interface BenchData {
   churn: Partial<Record<TargetName, Outcome<ChurnSample>[]>>;
   scale: Partial<Record<TargetName, Outcome<ScaleSample>>>;
   scaleSkipped: string | null;
+  /** The modern scale point, or null with the reason it was skipped. */
+  modernScale: Outcome<ModernScaleSample> | null;
+  modernScaleSkipped: string | null;
+  /** What every broker ran with as BROKER_MAX_SESSIONS, BROKER_MAX_SESSIONS_PER_USER and BROKER_MAX_IN_FLIGHT_PER_USER. */
+  brokerCaps: number;
+  /** /proc/loadavg as the run ended. */
+  loadAverageAtEnd: string;
   wallSeconds: number;
 }
 
@@ -51,6 +60,7 @@ export interface Medians {
   cpuPer1k: number | null;
   treeCpuPer1k: number | null;
   bwrapProcesses: number | null;
+  children: number | null;
 }
 
 export function loadMedians(outcomes: Outcome<LoadSample>[] | undefined): Medians | null {
@@ -67,6 +77,7 @@ export function loadMedians(outcomes: Outcome<LoadSample>[] | undefined): Median
     cpuPer1k: median(samples.map((s) => s.cpuPer1k)),
     treeCpuPer1k: median(samples.map((s) => s.treeCpuPer1k)),
     bwrapProcesses: median(samples.map((s) => s.bwrapProcesses)),
+    children: median(samples.map((s) => s.children)),
   };
 }
 
@@ -271,6 +282,65 @@ export function sandboxCost(data: BenchData): SandboxCost {
   return { shown: true, rows, churnRatio };
 }
 
+export interface ModernEraRow {
+  sessions: number;
+  legacy: Medians | null;
+  modern: Medians | null;
+  /** modern ÷ legacy calls/s and tree peak RSS, from each one's medians in this run. */
+  callsRatio: number | null;
+  treeRssRatio: number | null;
+}
+
+export type ModernEra = { shown: false; reason: string } | { shown: true; rows: ModernEraRow[] };
+
+/** S modern callers on one token (one child) against S legacy sessions (S children), both on the sandboxed broker in this run. */
+export function modernEra(data: BenchData): ModernEra {
+  for (const t of ["broker", "broker-modern"] as const) {
+    if (!data.options.targets.includes(t)) return { shown: false, reason: `${t} was not measured in this run (--targets)` };
+    if (data.unavailable[t] !== undefined) return { shown: false, reason: `${t} was unavailable: ${data.unavailable[t]}` };
+  }
+  return {
+    shown: true,
+    rows: data.options.sessions.map((s) => {
+      const legacy = loadMedians(data.loads[s]?.broker);
+      const modern = loadMedians(data.loads[s]?.["broker-modern"]);
+      return {
+        sessions: s,
+        legacy,
+        modern,
+        callsRatio: ratio(modern?.callsPerSecond ?? null, legacy?.callsPerSecond ?? null),
+        treeRssRatio: ratio(modern?.treeRssKb ?? null, legacy?.treeRssKb ?? null),
+      };
+    }),
+  };
+}
+
+/** Issue 14's targets, each from this run's medians: the same broker, child and machine for both eras. */
+export function modernVerdicts(data: BenchData): Verdict[] {
+  const era = modernEra(data);
+  const out: Verdict[] = [];
+  const row = (s: number) => (era.shown ? era.rows.find((r) => r.sessions === s) : undefined);
+  const why = (s: number) => (!era.shown ? era.reason : row(s) === undefined ? `S=${s} not measured (--sessions)` : "no successful round");
+  const check = (what: string, value: number | null | undefined, required: string, pass: (v: number) => boolean, show: (v: number) => string, missing: string): Verdict =>
+    value === null || value === undefined ? { what, measured: "—", required, verdict: "n/a", note: missing } : { what, measured: show(value), required, verdict: pass(value) ? "PASS" : "FAIL" };
+  for (const s of [16, 64]) {
+    out.push(check(`calls/s modern ÷ legacy, S=${s}`, row(s)?.callsRatio, "≥ 1.00×", (v) => v >= 1, (v) => `${v.toFixed(2)}×`, why(s)));
+  }
+  out.push(check("tree peak RSS modern ÷ legacy, S=64", row(64)?.treeRssRatio, "≤ 0.10×", (v) => v <= 0.1, (v) => `${v.toFixed(3)}×`, why(64)));
+  const callers = data.options.modernScale;
+  const what = `${callers || 1000} concurrent modern callers over ${MODERN_SCALE_PRINCIPALS} principals`;
+  const required = `all answered, ≤ ${MODERN_SCALE_PRINCIPALS} children`;
+  const sc = data.modernScale;
+  if (sc === null) out.push({ what, measured: "—", required, verdict: "n/a", note: data.modernScaleSkipped ?? "not run" });
+  else if (!sc.ok) out.push({ what, measured: "—", required, verdict: "n/a", note: sc.reason });
+  else {
+    const v = sc.value;
+    const pass = v.callsOk === v.callers && v.children <= v.principals;
+    out.push({ what, measured: `${v.callsOk} / ${v.callers} answered, ${v.children} children`, required, verdict: pass ? "PASS" : "FAIL" });
+  }
+  return out;
+}
+
 const ISSUE_SUPERGATEWAY: Record<number, number> = { 1: 0.1, 16: 0.18, 64: 0.23 };
 
 export function renderMarkdown(data: BenchData): string {
@@ -289,6 +359,7 @@ export function renderMarkdown(data: BenchData): string {
     `- kernel: ${machine.kernel}`,
     `- bun ${machine.bun} (harness, broker, ts child); node ${machine.node} (supergateway ${machine.supergateway})`,
     `- commit: ${machine.commit}`,
+    `- load average (1, 5, 15 min): ${machine.loadAverage} at the start, ${data.loadAverageAtEnd} at the end`,
     "",
     "## Settings",
     "",
@@ -353,6 +424,10 @@ export function renderMarkdown(data: BenchData): string {
       continue;
     }
     const c = churnMedians(data.churn[target]);
+    if (target === "broker-modern") {
+      push(`| ${target} | not run: modern callers have no session to end | | | | 0 |`);
+      continue;
+    }
     if (c === null && options.churn === 0) {
       push(`| ${target} | not run (--churn 0) | | | | 0 |`);
       continue;
@@ -409,6 +484,41 @@ export function renderMarkdown(data: BenchData): string {
       );
     }
     push("", `Churn cycles/s sandboxed ÷ unsandboxed: ${x(sandbox.churnRatio)}.`, "");
+  }
+
+  const era = modernEra(data);
+  if (!era.shown) push(`_Modern era: not shown, ${era.reason}._`, "");
+  else {
+    const pair = (a: number | null | undefined, b: number | null | undefined, show: (v: number | null | undefined) => string) => `${show(a)} / ${show(b)}`;
+    const x = (v: number | null, d = 2) => (v === null ? "—" : `${v.toFixed(d)}×`);
+    push(
+      "## Modern era (issue 14)",
+      "",
+      `S MCP 2026-07-28 callers on one token, so one principal and one child (\`broker-modern\`), against S legacy sessions, so S children (\`broker\`): the same sandboxed broker, child and calls, alternating within each round. Both brokers ran with BROKER_MAX_SESSIONS = BROKER_MAX_SESSIONS_PER_USER = BROKER_MAX_IN_FLIGHT_PER_USER = ${data.brokerCaps} (defaults 1000, 20, 64): all of the bench's load is one Forgejo user's, and the caps are not what is measured.`,
+      "",
+      "| S | calls/s legacy / modern | modern ÷ legacy | p50 ms legacy / modern | p99 ms legacy / modern | gateway CPU s / 1k calls legacy / modern | tree peak RSS MiB legacy / modern | modern ÷ legacy | children legacy / modern |",
+      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    );
+    for (const r of era.rows) {
+      const [l, m] = [r.legacy, r.modern];
+      push(
+        `| ${r.sessions} | ${pair(l?.callsPerSecond, m?.callsPerSecond, (v) => f(v, 0))} | ${x(r.callsRatio)} | ${pair(l?.p50Ms, m?.p50Ms, ms)} | ${pair(l?.p99Ms, m?.p99Ms, ms)} | ${pair(l?.cpuPer1k, m?.cpuPer1k, (v) => f(v, 3))} | ${pair(l?.treeRssKb, m?.treeRssKb, mib)} | ${x(r.treeRssRatio, 3)} | ${pair(l?.children, m?.children, (v) => f(v, 0))} |`,
+      );
+    }
+    push("", "| target | measured | required | verdict |", "|---|---:|---|:---:|");
+    for (const v of modernVerdicts(data)) push(`| ${v.what} | ${v.measured} | ${v.required} | ${v.verdict}${v.note ? ` — ${v.note.replace(/\|/g, "\\|")}` : ""} |`);
+    push("");
+    const sc = data.modernScale;
+    if (sc === null) push(`Modern scale point: skipped, ${data.modernScaleSkipped ?? "not run"}.`, "");
+    else if (!sc.ok) push(`Modern scale point: failed: ${sc.reason}.`, "");
+    else {
+      const v = sc.value;
+      push(
+        `Modern scale point: ${v.callers} callers at once over ${v.principals} tokens (${v.principals} grants of one user, each its own principal), one server/discover and one call each: ${v.discovered} discovered, ${v.callsOk} calls answered in ${f(v.seconds, 2)} s; at most ${v.children} child processes (the child's program, counted by name: one per principal) and ${v.bwrapProcesses} bwrap processes (bwrap runs two per sandbox) in the broker's tree at once; tree peak RSS ${mib(v.treePeakKb)} MiB.` +
+          (v.errors.length > 0 ? ` Errors: ${v.errors.slice(0, 3).join("; ").slice(0, 300)}.` : ""),
+        "",
+      );
+    }
   }
 
   push("## Scale point", "");

@@ -3,13 +3,18 @@
 
 import { parseArgs } from "node:util";
 import { DEFAULT_ARGS, DEFAULT_TIMEOUT_MS, DEFAULT_TOOL } from "./run.ts";
+import { ERAS, type Era } from "./session.ts";
 
 export const USAGE = `usage: bun run loadtest -- --url <mcp url> [options]
 
   --url URL           the Streamable HTTP MCP endpoint (required)
   --token TOKEN       sent as Authorization: Bearer TOKEN
   --token-file FILE   read the bearer token from FILE (keeps it out of ps and shell history)
-  --sessions S        concurrent sessions to open (default 1)
+  --era ERA           legacy (default): each session initializes and keeps its Mcp-Session-Id;
+                      modern: MCP 2026-07-28 callers, each set up by server/discover and then
+                      sending self-describing requests (the _meta envelope and the MCP-Protocol-Version,
+                      Mcp-Method and Mcp-Name headers) with the same URL and token
+  --sessions S        concurrent sessions (modern: callers) to open (default 1)
   --calls R           sequential tools/calls in each session (default 100; 0 measures set-up only)
   --tool NAME         the tool to call (default ${DEFAULT_TOOL})
   --args JSON         its arguments (default '${JSON.stringify(DEFAULT_ARGS)}')
@@ -29,6 +34,7 @@ export interface CliOptions {
   url: string;
   token?: string;
   tokenFile?: string;
+  era: Era;
   /** Null when only the churn runs. */
   load: { sessions: number; calls: number } | null;
   churn: number | null;
@@ -53,6 +59,7 @@ export function parseCliArgs(argv: string[]): ParsedArgs {
         url: { type: "string" },
         token: { type: "string" },
         "token-file": { type: "string" },
+        era: { type: "string" },
         sessions: { type: "string" },
         calls: { type: "string" },
         tool: { type: "string" },
@@ -86,6 +93,8 @@ export function parseCliArgs(argv: string[]): ParsedArgs {
   if (values.token !== undefined && values["token-file"] !== undefined) {
     problems.push("give --token or --token-file, not both");
   }
+  const era = (values.era ?? "legacy") as Era;
+  if (!ERAS.includes(era)) problems.push(`--era must be ${ERAS.join(" or ")}, got ${JSON.stringify(values.era)}`);
   const sessions = count("sessions", values.sessions, 1, 1);
   const calls = count("calls", values.calls, 100, 0);
   const churn = values.churn === undefined ? null : count("churn", values.churn, 1, 1);
@@ -114,6 +123,7 @@ export function parseCliArgs(argv: string[]): ParsedArgs {
       url: url!,
       token: values.token,
       tokenFile: values["token-file"],
+      era,
       load: churnOnly ? null : { sessions, calls },
       churn,
       tool: values.tool ?? DEFAULT_TOOL,

@@ -62,11 +62,12 @@ export async function main(argv: string[], deps: CliDeps): Promise<number> {
   }
 
   const runDeps = { fetch: deps.fetch, now: deps.now };
-  const common = { url: options.url, token, tool: options.tool, args: options.args, timeoutMs: options.timeoutMs, signal: deps.signal };
+  const common = { url: options.url, token, era: options.era, tool: options.tool, args: options.args, timeoutMs: options.timeoutMs, signal: deps.signal };
   const report: CliReport = {
     options: {
       url: options.url,
       authenticated: token !== undefined,
+      era: options.era,
       load: options.load,
       churn: options.churn,
       tool: options.tool,

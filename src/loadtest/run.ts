@@ -2,7 +2,7 @@
 // stop early (with what was measured so far) on Ctrl-C, a refused token or an unreachable URL.
 
 import { LatencyRecorder, type LatencySummary } from "./stats.ts";
-import { McpHttpSession, type CallSpec, type Failure, type FailureKind, type Target } from "./session.ts";
+import { McpHttpSession, type CallSpec, type Era, type Failure, type FailureKind, type Target } from "./session.ts";
 
 export interface RunDeps {
   fetch: typeof fetch;
@@ -25,6 +25,8 @@ export function newLiveCounters(): LiveCounters {
 interface CommonOptions {
   url: string;
   token?: string;
+  /** Default legacy: each session initializes; modern callers send self-describing requests, set up by server/discover. */
+  era?: Era;
   /** Default "echo" with arguments {"text":"hi"}. */
   tool?: string;
   args?: unknown;
@@ -122,7 +124,7 @@ class Run {
     readonly deps: RunDeps,
   ) {
     this.live = options.live ?? newLiveCounters();
-    this.target = { url: options.url, token: options.token, fetch: deps.fetch };
+    this.target = { url: options.url, token: options.token, fetch: deps.fetch, era: options.era };
     this.call = { tool: options.tool ?? DEFAULT_TOOL, args: options.args ?? DEFAULT_ARGS };
     const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     // One timer for the whole run instead of one per request: the hot path arms nothing.

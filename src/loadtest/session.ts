@@ -1,9 +1,17 @@
-// One MCP session spoken over Streamable HTTP with fetch: initialize, tools/call, DELETE.
-// Headers and request bodies are built once so that a timed call does as little work as possible.
+// One MCP caller over Streamable HTTP with fetch: a legacy session (initialize, tools/call, DELETE) or a
+// modern 2026-07-28 caller (server/discover, then self-describing tools/calls); one exchange path for both.
 
+import { META } from "../modern/versions.ts";
 import { readSseResponse, type JsonRpcMessage } from "./sse.ts";
 
 export const PROTOCOL_VERSION = "2025-11-25";
+export const MODERN_PROTOCOL_VERSION = "2026-07-28";
+
+/** legacy: one session per caller (initialize, Mcp-Session-Id); modern: stateless, every request carries its envelope. */
+export type Era = "legacy" | "modern";
+export const ERAS: readonly Era[] = ["legacy", "modern"];
+
+const CLIENT_INFO = { name: "forgejo-mcp-broker-loadtest", version: "0.1.0" };
 
 export type FailureKind = "http" | "jsonrpc" | "tool" | "network" | "timeout" | "protocol";
 
@@ -22,6 +30,8 @@ export interface Target {
   /** Sent as `Authorization: Bearer …` when given. */
   token?: string;
   fetch: typeof fetch;
+  /** Default legacy. */
+  era?: Era;
 }
 
 export interface CallSpec {
@@ -29,14 +39,42 @@ export interface CallSpec {
   args: unknown;
 }
 
-/** Builds the tools/call body around its id: only the id varies between calls. */
-function callBodyParts(call: CallSpec): [string, string] {
-  const params = JSON.stringify({ name: call.tool, arguments: call.args });
-  return ['{"jsonrpc":"2.0","id":', `,"method":"tools/call","params":${params}}`];
+/** A header value as the spec carries it: printable ASCII as is, anything else as `=?base64?…?=` of its UTF-8. */
+export function headerValue(value: string): string {
+  return /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(value) ? value : `=?base64?${Buffer.from(value, "utf8").toString("base64")}?=`;
+}
+
+export interface RequestShape {
+  /** The JSON body around its id: `prefix + id + suffix`, so a timed call only joins strings. */
+  prefix: string;
+  suffix: string;
+  /** Headers beyond content-type, accept and authorization. */
+  headers: Record<string, string>;
+}
+
+/**
+ * A request of `era`: legacy params as they are (the session's headers say the rest); modern params
+ * with the `_meta` envelope (version, capabilities, client info) and the MCP-Protocol-Version,
+ * Mcp-Method and Mcp-Name headers the broker checks against the body.
+ */
+export function requestShape(era: Era, method: string, params: Record<string, unknown>): RequestShape {
+  if (era === "legacy") {
+    return { prefix: '{"jsonrpc":"2.0","id":', suffix: `,"method":${JSON.stringify(method)},"params":${JSON.stringify(params)}}`, headers: {} };
+  }
+  const meta = { [META.protocolVersion]: MODERN_PROTOCOL_VERSION, [META.clientCapabilities]: {}, [META.clientInfo]: CLIENT_INFO };
+  const modernParams = { ...params, _meta: meta };
+  const headers: Record<string, string> = { "mcp-protocol-version": MODERN_PROTOCOL_VERSION, "mcp-method": method };
+  const named = method === "resources/read" ? params.uri : method === "tools/call" || method === "prompts/get" ? params.name : undefined;
+  if (typeof named === "string") headers["mcp-name"] = headerValue(named);
+  return { prefix: '{"jsonrpc":"2.0","id":', suffix: `,"method":${JSON.stringify(method)},"params":${JSON.stringify(modernParams)}}`, headers };
+}
+
+function setHeaders(target: Headers, headers: Record<string, string>): void {
+  for (const [name, value] of Object.entries(headers)) target.set(name, value);
 }
 
 export class McpHttpSession {
-  /** Set after initialize: the negotiated protocol version and the server's session id (if stateful). */
+  /** Set after initialize (modern: after server/discover): the protocol version spoken and the server's session id (legacy, if stateful). */
   protocolVersion: string | null = null;
   sessionId: string | null = null;
   /** performance.now() when the current request began, or -1: read by the timeout watchdog. */
@@ -46,8 +84,8 @@ export class McpHttpSession {
   private readonly init: { method: string; headers: Headers; body: string | null; signal: AbortSignal };
   /** The response of the last exchange that had an id: a field rather than a return value, so a call allocates no result object. */
   private lastMessage: JsonRpcMessage | null = null;
-  private readonly callPrefix: string;
-  private readonly callSuffix: string;
+  private readonly era: Era;
+  private readonly callShape: RequestShape;
   private readonly decoder = new TextDecoder();
   private controller = new AbortController();
   /** Why the request in flight was aborted, so its rejection is reported as what it is. */
@@ -65,7 +103,8 @@ export class McpHttpSession {
     });
     if (target.token !== undefined) this.headers.set("authorization", `Bearer ${target.token}`);
     this.init = { method: "POST", headers: this.headers, body: null, signal: this.controller.signal };
-    [this.callPrefix, this.callSuffix] = callBodyParts(call);
+    this.era = target.era ?? "legacy";
+    this.callShape = requestShape(this.era, "tools/call", { name: call.tool, arguments: call.args });
   }
 
   /** Aborts the request in flight as a timeout; the session stays usable for the next request. */
@@ -86,7 +125,9 @@ export class McpHttpSession {
     this.init.signal = this.controller.signal;
   }
 
+  /** Legacy: initialize and notifications/initialized. Modern: server/discover, which must offer 2026-07-28. */
   async initialize(): Promise<Failure | null> {
+    if (this.era === "modern") return this.discover();
     const id = this.nextId++;
     this.init.body = JSON.stringify({
       jsonrpc: "2.0",
@@ -95,7 +136,7 @@ export class McpHttpSession {
       params: {
         protocolVersion: PROTOCOL_VERSION,
         capabilities: {},
-        clientInfo: { name: "forgejo-mcp-broker-loadtest", version: "0.1.0" },
+        clientInfo: CLIENT_INFO,
       },
     });
     let sessionId: string | null = null;
@@ -117,14 +158,31 @@ export class McpHttpSession {
     return this.exchange(null);
   }
 
+  private async discover(): Promise<Failure | null> {
+    const id = this.nextId++;
+    const shape = requestShape("modern", "server/discover", {});
+    setHeaders(this.headers, shape.headers);
+    this.init.body = shape.prefix + id + shape.suffix;
+    const failure = await this.exchange(id);
+    if (failure !== null) return failure;
+    const versions = this.lastMessage?.result?.supportedVersions;
+    if (!Array.isArray(versions) || !versions.includes(MODERN_PROTOCOL_VERSION)) {
+      return { kind: "protocol", detail: "server/discover", message: `server/discover does not offer ${MODERN_PROTOCOL_VERSION}: ${JSON.stringify(versions)}` };
+    }
+    this.protocolVersion = MODERN_PROTOCOL_VERSION;
+    // Only tools/calls follow: their headers are set once, not per call.
+    setHeaders(this.headers, this.callShape.headers);
+    return null;
+  }
+
   /** One tools/call; a tool result with isError counts as a failure of kind "tool". */
   async call(): Promise<Failure | null> {
     const id = this.nextId++;
-    this.init.body = this.callPrefix + id + this.callSuffix;
+    this.init.body = this.callShape.prefix + id + this.callShape.suffix;
     return this.exchange(id);
   }
 
-  /** Ends the session on the server. 2xx is success; 405 means the server does not allow it. */
+  /** Ends the session on the server (a modern caller has none). 2xx is success; 405 means the server does not allow it. */
   async close(): Promise<Failure | null> {
     if (this.sessionId === null) return null;
     this.init.method = "DELETE";

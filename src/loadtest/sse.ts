@@ -3,7 +3,7 @@
 
 export type JsonRpcMessage = {
   id?: unknown;
-  result?: { isError?: unknown; protocolVersion?: unknown };
+  result?: { isError?: unknown; protocolVersion?: unknown; supportedVersions?: unknown };
   error?: { code?: unknown; message?: unknown };
 };
 

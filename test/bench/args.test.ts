@@ -11,17 +11,19 @@ function targetsOf(argv: string[]): { targets: TargetName[]; scaleTargets: Targe
 }
 
 const cases: { argv: string[]; targets: TargetName[]; scaleTargets: TargetName[] }[] = [
-  { argv: [], targets: ["direct", "relay", "broker", "broker-unsandboxed", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
-  { argv: ["--quick"], targets: ["direct", "relay", "broker", "broker-unsandboxed", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
+  { argv: [], targets: ["direct", "relay", "broker", "broker-modern", "broker-unsandboxed", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
+  { argv: ["--quick"], targets: ["direct", "relay", "broker", "broker-modern", "broker-unsandboxed", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
   // The two brokers next to each other in every round, whatever order they were named in.
   { argv: ["--targets", "broker-unsandboxed,broker"], targets: ["broker", "broker-unsandboxed"], scaleTargets: ["direct", "broker", "supergateway"] },
+  // The legacy and the modern broker alternate within each round, measured with the same child.
+  { argv: ["--targets", "broker-modern,broker"], targets: ["broker", "broker-modern"], scaleTargets: ["direct", "broker", "supergateway"] },
   // Any order on the command line, the canonical order in the run.
   { argv: ["--targets", "broker,relay,direct"], targets: ["direct", "relay", "broker"], scaleTargets: ["direct", "broker", "supergateway"] },
   { argv: ["--targets", " relay , ,supergateway"], targets: ["relay", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
   { argv: ["--", "--targets", "relay"], targets: ["relay"], scaleTargets: ["direct", "broker", "supergateway"] },
   // The relay and the unsandboxed broker are allowed at the scale point when asked for.
-  { argv: ["--scale-targets", "supergateway,relay"], targets: ["direct", "relay", "broker", "broker-unsandboxed", "supergateway"], scaleTargets: ["relay", "supergateway"] },
-  { argv: ["--scale-targets", "broker-unsandboxed,broker"], targets: ["direct", "relay", "broker", "broker-unsandboxed", "supergateway"], scaleTargets: ["broker", "broker-unsandboxed"] },
+  { argv: ["--scale-targets", "supergateway,relay"], targets: ["direct", "relay", "broker", "broker-modern", "broker-unsandboxed", "supergateway"], scaleTargets: ["relay", "supergateway"] },
+  { argv: ["--scale-targets", "broker-unsandboxed,broker"], targets: ["direct", "relay", "broker", "broker-modern", "broker-unsandboxed", "supergateway"], scaleTargets: ["broker", "broker-unsandboxed"] },
 ];
 
 for (const { argv, targets, scaleTargets } of cases) {
@@ -31,8 +33,8 @@ for (const { argv, targets, scaleTargets } of cases) {
 }
 
 test.each([
-  [["--targets", "relay,nginx"], '--targets: unknown target "nginx" (known: direct, relay, broker, broker-unsandboxed, supergateway)'],
-  [["--scale-targets", "Relay"], '--scale-targets: unknown target "Relay" (known: direct, relay, broker, broker-unsandboxed, supergateway)'],
+  [["--targets", "relay,nginx"], '--targets: unknown target "nginx" (known: direct, relay, broker, broker-modern, broker-unsandboxed, supergateway)'],
+  [["--scale-targets", "Relay"], '--scale-targets: unknown target "Relay" (known: direct, relay, broker, broker-modern, broker-unsandboxed, supergateway)'],
 ])("rejects %j", (argv, message) => {
   expect(targetsOf(argv)).toBe(message);
 });

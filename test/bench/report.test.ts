@@ -1,9 +1,9 @@
-// The report's "Against the bare relay" and "Sandbox cost" sections: the ratios computed from the medians
-// of the rounds, how they render, and that the issue's Targets table depends on neither reference.
+// The report's "Against the bare relay", "Sandbox cost" and "Modern era" sections: the ratios computed from
+// the medians of the rounds, how they render, and that the issue's Targets table depends on none of them.
 import { expect, test } from "bun:test";
 import { parseBenchArgs, type BenchOptions, type TargetName } from "../../bench/lib/args.ts";
-import type { ChurnSample, LoadSample, Outcome } from "../../bench/lib/measure.ts";
-import { relayFloor, renderMarkdown, sandboxCost, verdicts, type BenchData } from "../../bench/lib/report.ts";
+import type { ChurnSample, LoadSample, ModernScaleSample, Outcome } from "../../bench/lib/measure.ts";
+import { modernEra, modernVerdicts, relayFloor, renderMarkdown, sandboxCost, verdicts, type BenchData } from "../../bench/lib/report.ts";
 
 function options(argv: string[]): BenchOptions {
   const parsed = parseBenchArgs(["--rounds", "3", "--sessions", "1,16", "--scale", "0", ...argv]);
@@ -30,6 +30,7 @@ function load(callsPerSecond: number, p50Ms: number, cpuPer1k: number | null, mo
       errors: [],
       progress: 5,
       bwrapProcesses: cpuPer1k === null ? null : 0,
+      children: cpuPer1k === null ? null : 1,
       ...more,
     },
   };
@@ -67,13 +68,17 @@ function data(targets: string): BenchData {
   const only = <T,>(record: Partial<Record<TargetName, T>>) => Object.fromEntries(Object.entries(record).filter(([t]) => picked.includes(t as TargetName)));
   return {
     options: options(["--targets", targets]),
-    machine: { date: "2026-01-01T00:00:00Z", nproc: 2, memory: "4.0 GiB", cpu: "test", kernel: "6", bun: "1", node: "v22", supergateway: "4", commit: "abc" },
+    machine: { date: "2026-01-01T00:00:00Z", nproc: 2, memory: "4.0 GiB", cpu: "test", kernel: "6", bun: "1", node: "v22", supergateway: "4", commit: "abc", loadAverage: "1.00 1.00 1.00" },
     childDescription: "test",
     unavailable: {},
     loads: { 1: only(loads[1]!), 16: only(loads[16]!) },
     churn: only({ direct: [churn(60)], relay: [churn(40), churn(50), churn(45)], broker: [churn(30), churn(36), churn(40)], "broker-unsandboxed": [churn(48)] }),
     scale: {},
     scaleSkipped: "--scale 0",
+    modernScale: null,
+    modernScaleSkipped: "--modern-scale 0",
+    brokerCaps: 2000,
+    loadAverageAtEnd: "1.00 1.00 1.00",
     wallSeconds: 60,
   };
 }
@@ -163,4 +168,121 @@ test("without either broker the sandbox's section is one line saying why", () =>
 
 test("the issue's Targets table is the same with or without the unsandboxed broker", () => {
   expect(verdicts(data("direct,relay,broker,broker-unsandboxed,supergateway"))).toEqual(verdicts(data("direct,relay,broker,supergateway")));
+});
+
+/** Three rounds of one target at one S whose medians are `calls` and `treeRssKb`; the outer rounds would pass where the median does not. */
+const eraRounds = (calls: number, treeRssKb: number, children: number) => [
+  load(calls, 1, 0.1, { treeRssKb, children }),
+  load(calls * 0.5, 1, 0.1, { treeRssKb: treeRssKb * 0.5, children }),
+  load(calls * 2, 1, 0.1, { treeRssKb: treeRssKb * 2, children }),
+];
+
+const scaleRun = (callsOk: number, children: number): Outcome<ModernScaleSample> => ({
+  ok: true,
+  value: { callers: 1000, principals: 10, discovered: 1000, callsOk, children, bwrapProcesses: children * 2, treePeakKb: 500_000, seconds: 2, errors: [] },
+});
+
+/** Legacy (broker) and modern (broker-modern) at S=16 and 64: [legacy, modern] calls/s medians, tree RSS medians at S=64, the scale point. */
+function eraData(calls16: [number, number], calls64: [number, number], tree64: [number, number], modernScale: Outcome<ModernScaleSample> | null, targets = "broker,broker-modern"): BenchData {
+  const base = data("broker");
+  const picked = options(["--sessions", "16,64", "--modern-scale", "1000", "--targets", targets]);
+  return {
+    ...base,
+    options: picked,
+    loads: {
+      16: { broker: eraRounds(calls16[0], 600_000, 16), "broker-modern": eraRounds(calls16[1], 110_000, 1) },
+      64: { broker: eraRounds(calls64[0], tree64[0], 64), "broker-modern": eraRounds(calls64[1], tree64[1], 1) },
+    },
+    modernScale,
+    modernScaleSkipped: modernScale === null ? "--modern-scale 0" : null,
+  };
+}
+
+test.each<[string, BenchData, [string, string, string][]]>([
+  [
+    "every target met, each exactly at its bound",
+    eraData([5000, 5500], [4000, 4000], [2_000_000, 200_000], scaleRun(1000, 10)),
+    [
+      ["calls/s modern ÷ legacy, S=16", "1.10×", "PASS"],
+      ["calls/s modern ÷ legacy, S=64", "1.00×", "PASS"],
+      ["tree peak RSS modern ÷ legacy, S=64", "0.100×", "PASS"],
+      ["1000 concurrent modern callers over 10 principals", "1000 / 1000 answered, 10 children", "PASS"],
+    ],
+  ],
+  [
+    "each target just missed",
+    eraData([5000, 4950], [4000, 3990], [2_000_000, 202_000], scaleRun(999, 10)),
+    [
+      ["calls/s modern ÷ legacy, S=16", "0.99×", "FAIL"],
+      ["calls/s modern ÷ legacy, S=64", "1.00×", "FAIL"],
+      ["tree peak RSS modern ÷ legacy, S=64", "0.101×", "FAIL"],
+      ["1000 concurrent modern callers over 10 principals", "999 / 1000 answered, 10 children", "FAIL"],
+    ],
+  ],
+  [
+    "every caller answered, by one child too many",
+    eraData([5000, 5500], [4000, 4400], [2_000_000, 100_000], scaleRun(1000, 11)),
+    [
+      ["calls/s modern ÷ legacy, S=16", "1.10×", "PASS"],
+      ["calls/s modern ÷ legacy, S=64", "1.10×", "PASS"],
+      ["tree peak RSS modern ÷ legacy, S=64", "0.050×", "PASS"],
+      ["1000 concurrent modern callers over 10 principals", "1000 / 1000 answered, 11 children", "FAIL"],
+    ],
+  ],
+  [
+    "the scale point failed to run: not a PASS",
+    eraData([5000, 5500], [4000, 4400], [2_000_000, 100_000], { ok: false, reason: "the OAuth flow failed" }),
+    [
+      ["calls/s modern ÷ legacy, S=16", "1.10×", "PASS"],
+      ["calls/s modern ÷ legacy, S=64", "1.10×", "PASS"],
+      ["tree peak RSS modern ÷ legacy, S=64", "0.050×", "PASS"],
+      ["1000 concurrent modern callers over 10 principals", "—", "n/a"],
+    ],
+  ],
+  [
+    "broker-modern not measured: nothing is judged",
+    eraData([5000, 5500], [4000, 4400], [2_000_000, 100_000], null, "broker"),
+    [
+      ["calls/s modern ÷ legacy, S=16", "—", "n/a"],
+      ["calls/s modern ÷ legacy, S=64", "—", "n/a"],
+      ["tree peak RSS modern ÷ legacy, S=64", "—", "n/a"],
+      ["1000 concurrent modern callers over 10 principals", "—", "n/a"],
+    ],
+  ],
+])("modern era targets: %s", (_, bench, expected) => {
+  expect(modernVerdicts(bench).map((v) => [v.what, v.measured, v.verdict])).toEqual(expected);
+});
+
+test("a modern target that cannot be judged says why", () => {
+  const notRun = modernVerdicts(eraData([1, 1], [1, 1], [1, 1], { ok: false, reason: "the OAuth flow failed" }, "broker"));
+  expect(notRun.map((v) => v.note)).toEqual([
+    "broker-modern was not measured in this run (--targets)",
+    "broker-modern was not measured in this run (--targets)",
+    "broker-modern was not measured in this run (--targets)",
+    "the OAuth flow failed",
+  ]);
+  const without64 = { ...eraData([5000, 5500], [1, 1], [1, 1], null), options: options(["--sessions", "16", "--targets", "broker,broker-modern"]) };
+  expect(modernVerdicts(without64).map((v) => v.note)).toEqual([undefined, "S=64 not measured (--sessions)", "S=64 not measured (--sessions)", "--modern-scale 0"]);
+});
+
+test("the modern era section: both eras' medians side by side, after the sandbox's cost, before the scale point", () => {
+  const bench = eraData([5000, 5500], [4000, 4400], [2_000_000, 100_000], scaleRun(1000, 10));
+  const era = modernEra(bench);
+  if (!era.shown) throw new Error(era.reason);
+  expect(era.rows.map((r) => [r.sessions, r.legacy?.children, r.modern?.children])).toEqual([[16, 16, 1], [64, 64, 1]]);
+
+  const md = renderMarkdown(bench);
+  const section = md.indexOf("## Modern era (issue 14)");
+  expect(section).toBeGreaterThan(md.indexOf("_Sandbox cost"));
+  expect(section).toBeLessThan(md.indexOf("## Scale point"));
+  expect(md).toContain("BROKER_MAX_IN_FLIGHT_PER_USER = 2000");
+  expect(md).toContain("| 64 | 4000 / 4400 | 1.10× | 1.000 / 1.000 | 3.000 / 3.000 | 0.100 / 0.100 | 1953.1 / 97.7 | 0.050× | 64 / 1 |");
+  expect(md).toContain("| 1000 concurrent modern callers over 10 principals | 1000 / 1000 answered, 10 children | all answered, ≤ 10 children | PASS |");
+  expect(md).toContain("1000 calls answered in 2.00 s; at most 10 child processes (the child's program, counted by name: one per principal) and 20 bwrap processes (bwrap runs two per sandbox)");
+  expect(md).toContain("| broker-modern | not run: modern callers have no session to end | | | | 0 |");
+  expect(renderMarkdown(eraData([1, 1], [1, 1], [1, 1], null, "broker"))).toContain("_Modern era: not shown, broker-modern was not measured in this run (--targets)._");
+});
+
+test("the issue's Targets table is the same with or without the modern broker", () => {
+  expect(verdicts(eraData([5000, 5500], [4000, 4400], [2_000_000, 100_000], null))).toEqual(verdicts(eraData([5000, 5500], [4000, 4400], [2_000_000, 100_000], null, "broker")));
 });

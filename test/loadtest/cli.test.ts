@@ -77,6 +77,7 @@ test.each([
   [["--url", "http://x/mcp", "--args", "[1]"], "--args must be a JSON object"],
   [["--url", "http://x/mcp", "--token", "a", "--token-file", "f"], "not both"],
   [["--url", "http://x/mcp", "--sesions", "3"], "--sesions"],
+  [["--url", "http://x/mcp", "--era", "2026"], '--era must be legacy or modern, got "2026"'],
   [["--url", "http://x/mcp", "--sessions", "1000", "--calls", "1000000"], "at most 100000000"],
 ])("bad flags %p exit 2 with %p and the usage", async (args, message) => {
   const { stderr, code } = await runCli(args);
