@@ -39,6 +39,8 @@ export interface ChildChannelOptions {
 /** A child's own request (elicitation, sampling, roots) for whoever can put it before a client. */
 export interface ChildRequest {
   readonly method: string;
+  /** What the child asks, as it sent it (for a client that gets the request in another form, e.g. MRTR). */
+  readonly params: unknown;
   /**
    * The child now waits for the client's answer (see ChildChannel.respond); returns the message for
    * the client, its id rewritten when another child's request still waiting has the same one.
@@ -328,6 +330,7 @@ export class ChildChannel<C> {
     const id = message.id as JsonRpcId;
     return {
       method: String(message.method),
+      params: message.params,
       forward: () => {
         const clash = this.serverRequests.get(idKey(id));
         // Two children (old and new, during a rotation) may pick the same id; the client must not see a clash.
