@@ -202,6 +202,19 @@ export class ChildChannel<C> {
     this.settle(pending);
   }
 
+  /**
+   * The call's timeout starts over, `ms` from now: while a modern caller is asked for input (MRTR) the
+   * child is not the one keeping the call waiting.
+   */
+  restartTimeout(call: ChannelCall, ms: number): void {
+    const key = (call as Partial<PendingCall<C>>).key;
+    const pending = key === undefined ? undefined : this.pending.get(key);
+    if (pending !== call) return;
+    this.options.timers.clearTimeout(pending.timer);
+    pending.timer = this.options.timers.setTimeout(() => this.timeout(pending), ms);
+    pending.deadline = this.options.timers.now() + ms;
+  }
+
   /** A client notification for the child; a notifications/cancelled also ends the call it names. */
   notify(incoming: IncomingMessage): void {
     if (this.closedReason !== null) return;

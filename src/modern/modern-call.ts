@@ -18,12 +18,16 @@ const CAPABILITY_OF: Record<string, string> = { "elicitation/create": "elicitati
 
 export interface ModernCallDeps {
   timers: Timers;
+  /** How long the child has for the call, counted anew after each retry (the time a caller takes to answer is not the child's). */
+  requestTimeoutMs: number;
   maxMessageBytes: number;
   grantId: string;
   continuations: Continuations<ModernCall>;
   sealer: RequestStateSealer;
   /** Tells the child to stop the call (notifications/cancelled); reports nothing back. */
   cancel(handle: ChannelCall, reason: string): void;
+  /** The call's timeout starts over, `ms` from now. */
+  restartTimeout(handle: ChannelCall, ms: number): void;
   /** The call is over without an answer from the child (cancelled): the principal child counts it. */
   over(): void;
 }
@@ -128,6 +132,7 @@ export class ModernCall implements Parked {
     const responses = (retry.message.params as { inputResponses?: Record<string, unknown> }).inputResponses ?? {};
     for (const [key, request] of this.asked) request.reply(responses[key]);
     this.asked.clear();
+    if (this.handle !== null && !this.ended) this.deps.restartTimeout(this.handle, this.deps.requestTimeoutMs);
     if (this.pendingAnswer !== null) {
       const answer = this.pendingAnswer;
       this.pendingAnswer = null;
@@ -219,6 +224,8 @@ export class ModernCall implements Parked {
       this.asked.set(key, request);
     }
     this.unsent.clear();
+    // Parked, the call outlives its deadline only by a full timeout: the deadline's abandonment ends it first.
+    if (this.handle !== null) this.deps.restartTimeout(this.handle, parked.deadline - this.deps.timers.now() + this.deps.requestTimeoutMs);
     const requestState = this.deps.sealer.seal({ continuationId: parked.id, deadline: parked.deadline }, this.binding);
     this.push(JSON.stringify({ jsonrpc: "2.0", id: this.callerId, result: { resultType: "input_required", inputRequests, requestState } }), "response", "broker");
   }

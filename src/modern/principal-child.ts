@@ -133,11 +133,13 @@ export class PrincipalChild {
     this.lastActive = this.options.timers.now();
     const call = new ModernCall(incoming, options.sse ?? true, {
       timers: this.options.timers,
+      requestTimeoutMs: this.options.requestTimeoutMs,
       maxMessageBytes: this.options.maxMessageBytes,
       grantId: this.options.grantId,
       continuations: this.options.continuations,
       sealer: this.options.sealer,
       cancel: (handle, reason) => this.channel.cancel(handle, reason),
+      restartTimeout: (handle, ms) => this.channel.restartTimeout(handle, ms),
       over: () => this.over(() => {}),
     });
     call.handle = this.channel.call(incoming, call);
