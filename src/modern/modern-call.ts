@@ -190,7 +190,10 @@ export class ModernCall implements Parked {
     this.refuseOutstanding(reason);
     if (this.handle !== null) this.deps.cancel(this.handle, reason);
     this.deps.over();
-    if (answer !== null) this.push(answer(this.callerId), "response", "broker");
+    if (answer === null) return;
+    // Parked (no request carries the call): the retry gets it.
+    if (this.stream !== null) this.push(answer(this.callerId), "response", "broker");
+    else this.pendingAnswer = answer;
   }
 
   private refuseOutstanding(reason: string): void {

@@ -289,11 +289,33 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     expect(children[0]!.stopCalls).toBe(0);
   });
 
-  test("the child crashes while the call waits: the retry gets the error at once, not a hang", async () => {
-    const { principals, children, interim } = await parkedCall();
-    children[0]!.exit({ code: 137 });
+  const endings: [string, (fixture: Awaited<ReturnType<typeof parkedCall>>) => Promise<void> | void][] = [
+    ["the child crashes", ({ children }) => children[0]!.exit({ code: 137 })],
+    ["the grant is revoked", ({ principals }) => principals.grantRevoked(ALICE.grantId)],
+  ];
+  for (const [name, end] of endings) {
+    test(`${name} while the call waits: the retry gets the error at once, not a hang`, async () => {
+      let live = true;
+      const fixture = await parkedCall({ grantIsLive: () => live });
+      live = false;
+      await end(fixture);
+      expect(await read(fixture.principals.resume(ALICE, retry(2, fixture.interim.result.requestState)))).toEqual([
+        { jsonrpc: "2.0", id: 2, error: { code: -32000, message: expect.any(String) } },
+      ]);
+    });
+  }
+
+  test("while the call waits, the child asks what the caller did not declare (roots): the retry gets -32021 and the child an error", async () => {
+    const { principals, children, callId, interim } = await parkedCall();
+    children[0]!.send({ jsonrpc: "2.0", id: "r1", method: "roots/list" });
+    await settle();
+    expect(children[0]!.messages.slice(-3)).toEqual([
+      { jsonrpc: "2.0", id: "r1", error: { code: -32003, message: expect.stringContaining("roots") } },
+      { jsonrpc: "2.0", id: "e1", error: { code: -32003, message: expect.any(String) } },
+      { jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: callId, reason: expect.any(String) } },
+    ]);
     expect(await read(principals.resume(ALICE, retry(2, interim.result.requestState)))).toEqual([
-      { jsonrpc: "2.0", id: 2, error: { code: -32000, message: expect.any(String) } },
+      { jsonrpc: "2.0", id: 2, error: { code: -32021, message: expect.any(String), data: { requiredCapabilities: { roots: {} } } } },
     ]);
   });
 });
