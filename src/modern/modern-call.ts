@@ -15,6 +15,8 @@ export const MISSING_CAPABILITY = -32021;
 const ASKING_METHODS = new Set(["tools/call", "resources/read", "prompts/get"]);
 /** Which declared client capability each child request needs. */
 const CAPABILITY_OF: Record<string, string> = { "elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots" };
+/** The most child requests one call may have waiting for its caller; more are refused at once. */
+export const MAX_INPUT_REQUESTS = 16;
 
 export interface ModernCallDeps {
   timers: Timers;
@@ -108,6 +110,10 @@ export class ModernCall implements Parked {
       this.stop(`the client did not declare the ${capability} capability`, (id) =>
         errorResponse(id, MISSING_CAPABILITY, `Missing client capability: the server needs ${capability} to complete this request`, { requiredCapabilities: { [capability]: {} } }),
       );
+      return;
+    }
+    if (this.asked.size + this.unsent.size >= MAX_INPUT_REQUESTS) {
+      request.refuse(ErrorCode.Undeliverable, `${request.method} cannot be relayed: ${MAX_INPUT_REQUESTS} requests of this call already wait for the client`);
       return;
     }
     this.unsent.set(`${capability}-${this.nextKey++}`, request);

@@ -4,6 +4,7 @@ import { describe, expect, test } from "bun:test";
 import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
 import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
+import { MAX_INPUT_REQUESTS } from "../../src/modern/modern-call.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
 import { UserSessionLimitError } from "../../src/session/errors.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
@@ -244,6 +245,15 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     expect(children[0]!.messages.at(-1)).toEqual({ jsonrpc: "2.0", id: "e1", result: { action: "accept", content: { a: "teal" } } });
     children[0]!.send({ jsonrpc: "2.0", id: callId, result: { content: [] } });
     expect(await read(resumed)).toEqual([{ jsonrpc: "2.0", id: 2, result: { content: [], resultType: "complete" } }]);
+  });
+
+  test(`a call has at most ${MAX_INPUT_REQUESTS} child requests waiting for its caller; one more is refused at once`, async () => {
+    const { children, interim } = await parkedCall();
+    expect(interim.result.resultType).toBe("input_required");
+    for (let i = 2; i <= MAX_INPUT_REQUESTS + 1; i++) children[0]!.send({ ...ELICIT, id: `e${i}` });
+    await settle();
+    const refusals = children[0]!.messages.filter((message) => "error" in message);
+    expect(refusals).toEqual([{ jsonrpc: "2.0", id: `e${MAX_INPUT_REQUESTS + 1}`, error: { code: -32003, message: expect.stringContaining("already wait") } }]);
   });
 
   test("with two calls in flight the broker cannot tell whose it is: refused, both calls go on", async () => {
