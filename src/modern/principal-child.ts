@@ -1,5 +1,6 @@
 // One principal's (grant's) legacy child as modern callers share it: the broker initializes it once as
-// its only client, then each caller's request gets a stream of its own progress, wanted logs and answer.
+// its only client, then each caller's request gets a stream of its own progress, wanted logs and answer,
+// and the child's questions to its client go to its one call in flight (MRTR, in ModernCall).
 import { ChildChannel, type ChildRequest } from "../bridge/child-channel.ts";
 import { ErrorCode, type IncomingMessage, type JsonRpcMessage } from "../bridge/jsonrpc.ts";
 import type { MessageStream } from "../bridge/message-stream.ts";

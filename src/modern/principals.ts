@@ -1,7 +1,7 @@
 // One child per principal (grant) for modern callers: started on the grant's first request (single-
-// flight) in a slot under the session caps, reaped when idle, retired when the user's token rotates or is due, stopped when the grant ends.
-import type { IncomingMessage } from "../bridge/jsonrpc.ts";
-import { ErrorCode } from "../bridge/jsonrpc.ts";
+// flight) in a slot under the session caps, reaped when idle, retired when the user's token rotates or is due, stopped when the grant ends;
+// an MRTR retry resumes its call on whichever of them holds it.
+import { ErrorCode, type IncomingMessage } from "../bridge/jsonrpc.ts";
 import type { MessageStream } from "../bridge/message-stream.ts";
 import type { SessionConfig } from "../config.ts";
 import { randomHex } from "../crypto.ts";
@@ -33,8 +33,6 @@ export interface PrincipalChildrenDeps {
   reapIntervalMs?: number;
   /** How long a caller has to retry after an input_required result; 10 minutes by default. */
   continuationDeadlineMs?: number;
-  /** The most calls waiting for their callers' input at once, over every grant; 1024 by default. */
-  maxContinuations?: number;
 }
 
 interface Principal {
@@ -48,6 +46,7 @@ interface Principal {
 
 const SHUTDOWN_RETRY_AFTER_S = 30;
 const CONTINUATION_DEADLINE_MS = 10 * 60_000;
+/** The most calls waiting for their callers' input at once, over every grant. */
 const MAX_CONTINUATIONS = 1024;
 /** The longest delay a timer takes as given (about 24.8 days); a child retired that early loses nothing. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -69,7 +68,7 @@ export class PrincipalChildren {
     this.continuations = new Continuations({
       timers: deps.timers,
       deadlineMs: deps.continuationDeadlineMs ?? CONTINUATION_DEADLINE_MS,
-      maxEntries: deps.maxContinuations ?? MAX_CONTINUATIONS,
+      maxEntries: MAX_CONTINUATIONS,
     });
     this.scheduleReap();
   }
