@@ -34,6 +34,8 @@ export interface BrokerOptions {
   heartbeatMs?: number;
   /** How long a new child has to answer initialize; the registry's 30 s by default. */
   initializeTimeoutMs?: number;
+  /** How long a modern caller has to retry after an input_required result; 10 minutes by default (tests shorten it). */
+  continuationDeadlineMs?: number;
   /** The listener's idle timeout in seconds (Bun allows 1 to 255); 30 by default. */
   idleTimeoutS?: number;
 }
@@ -117,6 +119,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     logger,
     timers: realTimers,
     initializeTimeoutMs: options.initializeTimeoutMs,
+    continuationDeadlineMs: options.continuationDeadlineMs,
   });
   registry.countAlso(() => principals.capped());
   // However a credential is lost (a refused refresh, an unreadable row), its grants are revoked: end the sessions too.

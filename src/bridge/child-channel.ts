@@ -39,6 +39,8 @@ export interface ChildChannelOptions {
 /** A child's own request (elicitation, sampling, roots) for whoever can put it before a client. */
 export interface ChildRequest {
   readonly method: string;
+  /** What the child asks, as it sent it (for a client that gets the request in another form, e.g. MRTR). */
+  readonly params: unknown;
   /**
    * The child now waits for the client's answer (see ChildChannel.respond); returns the message for
    * the client, its id rewritten when another child's request still waiting has the same one.
@@ -200,6 +202,19 @@ export class ChildChannel<C> {
     this.settle(pending);
   }
 
+  /**
+   * The call's timeout starts over, `ms` from now: while a modern caller is asked for input (MRTR) the
+   * child is not the one keeping the call waiting.
+   */
+  restartTimeout(call: ChannelCall, ms: number): void {
+    const key = (call as Partial<PendingCall<C>>).key;
+    const pending = key === undefined ? undefined : this.pending.get(key);
+    if (pending !== call) return;
+    this.options.timers.clearTimeout(pending.timer);
+    pending.timer = this.options.timers.setTimeout(() => this.timeout(pending), ms);
+    pending.deadline = this.options.timers.now() + ms;
+  }
+
   /** A client notification for the child; a notifications/cancelled also ends the call it names. */
   notify(incoming: IncomingMessage): void {
     if (this.closedReason !== null) return;
@@ -328,6 +343,7 @@ export class ChildChannel<C> {
     const id = message.id as JsonRpcId;
     return {
       method: String(message.method),
+      params: message.params,
       forward: () => {
         const clash = this.serverRequests.get(idKey(id));
         // Two children (old and new, during a rotation) may pick the same id; the client must not see a clash.

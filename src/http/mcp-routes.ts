@@ -7,6 +7,7 @@ import type { InFlightLimits, SessionConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { classifyPost } from "../modern/classify.ts";
 import { discoverResult } from "../modern/discover.ts";
+import { MISSING_CAPABILITY } from "../modern/modern-call.ts";
 import type { PrincipalChildren } from "../modern/principals.ts";
 import { checkModernRequest } from "../modern/request-rules.ts";
 import { LEGACY_PROTOCOL_VERSIONS } from "../modern/versions.ts";
@@ -84,6 +85,17 @@ function endingWith(source: EventSource, done: () => void): EventSource {
   };
 }
 
+/** A modern request that carries a requestState: the retry of a call that asked its caller for input. */
+function isRetry(incoming: IncomingMessage): boolean {
+  const params = incoming.message.params;
+  return params !== null && typeof params === "object" && "requestState" in params;
+}
+
+/** The broker's -32021 for a capability the request did not declare: HTTP 400 when it is the first thing sent. */
+function missingCapability(first: OutboundEvent): boolean {
+  return first.kind === "response" && first.origin === "broker" && (first.message.error as { code?: unknown } | undefined)?.code === MISSING_CAPABILITY;
+}
+
 export function mcpRoutes(deps: McpRoutesDeps) {
   const { registry, sessions, logger } = deps;
   const heartbeatMs = deps.heartbeatMs ?? 15_000;
@@ -159,7 +171,10 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     return rpcErrorResponse(500, id, ErrorCode.InternalError, "Internal error", session);
   };
 
-  /** JSON when the first thing for the request is its answer and the client takes JSON; otherwise SSE. */
+  /**
+   * JSON when the first thing for the request is its answer and the client takes JSON; otherwise SSE.
+   * A first event that `refusedAtOnce` picks is an error answered with HTTP 400 (nothing was sent before it).
+   */
   const answer = async (
     request: Request,
     identity: TokenIdentity,
@@ -167,6 +182,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     source: EventSource,
     headers: Record<string, string>,
     done: () => void,
+    refusedAtOnce?: (first: OutboundEvent) => boolean,
   ): Promise<Response> => {
     const gone = () => source.close("client disconnected");
     request.signal.addEventListener("abort", gone, { once: true });
@@ -180,6 +196,10 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     if (first === null) {
       done();
       return rpcErrorResponse(499, null, TRANSPORT_ERROR, "the client went away", headers);
+    }
+    if (refusedAtOnce?.(first) === true) {
+      done();
+      return new Response(first.data, { status: 400, headers: { "Content-Type": "application/json", ...headers } });
     }
     if (replies.json && first.kind === "response") {
       done();
@@ -245,8 +265,11 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     if (!MODERN_FORWARDED.has(method)) throw new McpRefusal(404, ErrorCode.MethodNotFound, `Method not found: ${method}`);
     const done = hold(request, identity, null);
     try {
-      const child = await deps.principals.childFor(identity);
-      return await answer(request, identity, replies, child.call(incoming, { sse: replies.sse }), {}, done);
+      // An MRTR retry resumes the call its requestState names, on whichever child holds it.
+      const stream = isRetry(incoming)
+        ? deps.principals.resume(identity, incoming, { sse: replies.sse })
+        : (await deps.principals.childFor(identity)).call(incoming, { sse: replies.sse });
+      return await answer(request, identity, replies, stream, {}, done, missingCapability);
     } catch (error) {
       done();
       throw error;

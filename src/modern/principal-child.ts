@@ -1,19 +1,27 @@
 // One principal's (grant's) legacy child as modern callers share it: the broker initializes it once as
-// its only client, then each caller's request gets a stream of its own progress, wanted logs and answer.
-import { ChildChannel, type ChannelCall, type ChildRequest } from "../bridge/child-channel.ts";
-import { ErrorCode, errorResponse, type IncomingMessage, type JsonRpcId, type JsonRpcMessage } from "../bridge/jsonrpc.ts";
-import { MessageStream } from "../bridge/message-stream.ts";
+// its only client, then each caller's request gets a stream of its own progress, wanted logs and answer,
+// and the child's questions to its client go to its one call in flight (MRTR, in ModernCall).
+import { ChildChannel, type ChildRequest } from "../bridge/child-channel.ts";
+import { ErrorCode, type IncomingMessage, type JsonRpcMessage } from "../bridge/jsonrpc.ts";
+import type { MessageStream } from "../bridge/message-stream.ts";
 import type { Logger } from "../log.ts";
 import type { ChildExit, ChildProcess } from "../supervisor/child.ts";
 import type { Timers } from "../supervisor/timers.ts";
-import { logWanted, modernAnswer } from "./results.ts";
-import { META, metaOf } from "./versions.ts";
+import type { Continuations } from "./continuations.ts";
+import { ModernCall } from "./modern-call.ts";
+import type { RequestStateSealer } from "./request-state.ts";
+import { logWanted } from "./results.ts";
 
 export interface PrincipalChildOptions {
   logger: Logger;
   timers: Timers;
   requestTimeoutMs: number;
   maxMessageBytes: number;
+  /** The grant the child serves, which each MRTR requestState is bound to. */
+  grantId: string;
+  /** Where a call waiting for its caller's input is parked until the retry. */
+  continuations: Continuations<ModernCall>;
+  sealer: RequestStateSealer;
   /** The child exited without being asked to; its callers have had their errors. */
   onExit(exit: ChildExit): void;
 }
@@ -24,6 +32,8 @@ interface Caller {
   answered(incoming: IncomingMessage): void;
   failed(code: number, message: string): void;
   cancelled(): void;
+  /** The child asked its client something (elicitation, sampling, roots) while this was its one call in flight. */
+  asks(request: ChildRequest): void;
   /** The request's _meta logLevel: what notifications/message it wants (undefined: none). */
   readonly logLevel: unknown;
 }
@@ -48,7 +58,7 @@ export class PrincipalChild {
       answered: (caller, incoming) => this.over(() => caller.answered(incoming)),
       failed: (caller, code, message) => this.over(() => caller.failed(code, message)),
       cancelledByClient: (caller) => this.over(() => caller.cancelled()),
-      childRequest: (request) => this.childRequest(request),
+      childRequest: (request, callsOfChild) => this.childRequest(request, callsOfChild),
       childNotification: (incoming, callsOfChild) => this.childNotification(incoming, callsOfChild),
       childExited: (exit) => options.onExit(exit),
     });
@@ -104,6 +114,7 @@ export class PrincipalChild {
         answered: (incoming) => settle(incoming.message),
         failed: (_code, message) => settle(message),
         cancelled: () => settle("initialize was cancelled"),
+        asks: (request) => request.refuse(ErrorCode.Undeliverable, `${request.method} cannot be answered during initialize`),
       });
     });
     if (typeof answer === "string") return answer;
@@ -117,40 +128,23 @@ export class PrincipalChild {
   /**
    * Sends a caller's request (its id and progress token rewritten by the channel); the stream yields its
    * progress and the log notifications it asked for — unless the caller takes no SSE (`sse` false) — then
-   * its answer. Closing the stream cancels the call.
+   * its answer, or an input_required its retry resumes (ModernCall). Closing the stream cancels the call.
    */
   call(incoming: IncomingMessage, options: { sse?: boolean } = {}): MessageStream {
-    const sse = options.sse ?? true;
     this.lastActive = this.options.timers.now();
-    const id = incoming.message.id as JsonRpcId;
-    const method = String(incoming.message.method);
-    let handle: ChannelCall | null = null;
-    let open = true;
-    const stream = new MessageStream(0, (_closed, reason) => {
-      if (!open) return;
-      open = false;
-      // The caller went away before its answer: the child is told to stop (notifications/cancelled).
-      if (handle !== null) this.channel.cancel(handle, reason);
-      this.over(() => {});
-    }, this.options.maxMessageBytes);
-    const push = (data: string, kind: "notification" | "response", origin: "child" | "broker") => {
-      const delivered = stream.push({ eventId: "", data, message: JSON.parse(data) as JsonRpcMessage, kind, origin });
-      if (kind === "response" || !delivered) {
-        open = false;
-        stream.end();
-        if (!delivered && handle !== null) this.channel.cancel(handle, "the client did not read its event stream");
-      }
-    };
-    handle = this.channel.call(incoming, {
-      logLevel: metaOf(incoming.message.params)?.[META.logLevel],
-      progress: (progress) => {
-        if (sse) push(progress.raw, "notification", "child");
-      },
-      answered: (answer) => push(modernAnswer(method, answer.message), "response", "child"),
-      failed: (code, message) => push(errorResponse(id, code, message), "response", "broker"),
-      cancelled: () => push(errorResponse(id, ErrorCode.ConnectionClosed, "the request was cancelled"), "response", "broker"),
+    const call = new ModernCall(incoming, options.sse ?? true, {
+      timers: this.options.timers,
+      requestTimeoutMs: this.options.requestTimeoutMs,
+      maxMessageBytes: this.options.maxMessageBytes,
+      grantId: this.options.grantId,
+      continuations: this.options.continuations,
+      sealer: this.options.sealer,
+      cancel: (handle, reason) => this.channel.cancel(handle, reason),
+      restartTimeout: (handle, ms) => this.channel.restartTimeout(handle, ms),
+      over: () => this.over(() => {}),
     });
-    return stream;
+    call.handle = this.channel.call(incoming, call);
+    return call.current;
   }
 
   /** No new calls; the child stops once the calls in flight are over (now, if none is). */
@@ -173,14 +167,22 @@ export class PrincipalChild {
     if (this.retiring && this.channel.inFlight === 0 && this.channel.closed === null) void this.close("the child retired");
   }
 
-  private childRequest(request: ChildRequest): void {
+  /**
+   * A legacy child's request names no call it belongs to: it is relayed (as MRTR) only while exactly one
+   * call is in flight on the child, counting calls waiting for their caller's input; otherwise it is refused.
+   */
+  private childRequest(request: ChildRequest, callsOfChild: () => Caller[]): void {
     if (request.method === "ping") {
       request.reply({});
       return;
     }
-    // Turning these into MRTR input requests comes in a later step; until then the child hears no at once.
-    this.options.logger.warn("a modern caller's child asked its client something the broker cannot yet relay; refused", { method: request.method });
-    request.refuse(ErrorCode.Undeliverable, `${request.method} cannot be delivered: the broker does not yet relay server requests to MCP 2026-07-28 clients`);
+    const calls = callsOfChild();
+    if (calls.length !== 1) {
+      this.options.logger.warn("a modern caller's child asked its client something with several calls in flight; refused", { method: request.method, in_flight: calls.length });
+      request.refuse(ErrorCode.Undeliverable, `${request.method} cannot be delivered: ${calls.length} calls are in flight on this server, so the broker cannot tell which caller to ask`);
+      return;
+    }
+    calls[0]!.asks(request);
   }
 
   /** A log goes to the one call in flight when it asked for that level; nothing else of the child's own reaches a caller yet. */

@@ -1,14 +1,20 @@
 // One child per principal (grant) for modern callers: started on the grant's first request (single-
-// flight) in a slot under the session caps, reaped when idle, retired when the user's token rotates or is due, stopped when the grant ends.
+// flight) in a slot under the session caps, reaped when idle, retired when the user's token rotates or is due, stopped when the grant ends;
+// an MRTR retry resumes its call on whichever of them holds it.
+import { ErrorCode, type IncomingMessage } from "../bridge/jsonrpc.ts";
+import type { MessageStream } from "../bridge/message-stream.ts";
 import type { SessionConfig } from "../config.ts";
 import { randomHex } from "../crypto.ts";
 import type { Logger } from "../log.ts";
-import { SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
+import { McpRefusal, SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
 import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../session/registry.ts";
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
 import type { TimerHandle, Timers } from "../supervisor/timers.ts";
 import { MIN_REFRESH_INTERVAL_MS, refreshDueAt } from "../upstream/refresh-timing.ts";
+import { Continuations } from "./continuations.ts";
+import type { ModernCall } from "./modern-call.ts";
 import { PrincipalChild } from "./principal-child.ts";
+import { paramsHash, RequestStateSealer } from "./request-state.ts";
 
 export interface PrincipalChildrenDeps {
   config: SessionConfig;
@@ -25,6 +31,8 @@ export interface PrincipalChildrenDeps {
   grantIsLive?: (grantId: string) => boolean;
   initializeTimeoutMs?: number;
   reapIntervalMs?: number;
+  /** How long a caller has to retry after an input_required result; 10 minutes by default. */
+  continuationDeadlineMs?: number;
 }
 
 interface Principal {
@@ -37,6 +45,9 @@ interface Principal {
 }
 
 const SHUTDOWN_RETRY_AFTER_S = 30;
+const CONTINUATION_DEADLINE_MS = 10 * 60_000;
+/** The most calls waiting for their callers' input at once, over every grant. */
+const MAX_CONTINUATIONS = 1024;
 /** The longest delay a timer takes as given (about 24.8 days); a child retired that early loses nothing. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -49,8 +60,16 @@ export class PrincipalChildren {
   private readonly running = new Map<Principal, string>();
   private reapTimer: TimerHandle | null = null;
   private shuttingDown = false;
+  /** Calls waiting for their callers' retries, whichever child (serving or retiring) holds them. */
+  readonly continuations: Continuations<ModernCall>;
+  private readonly sealer = new RequestStateSealer();
 
   constructor(private readonly deps: PrincipalChildrenDeps) {
+    this.continuations = new Continuations({
+      timers: deps.timers,
+      deadlineMs: deps.continuationDeadlineMs ?? CONTINUATION_DEADLINE_MS,
+      maxEntries: MAX_CONTINUATIONS,
+    });
     this.scheduleReap();
   }
 
@@ -100,6 +119,24 @@ export class PrincipalChildren {
     }
   }
 
+  /**
+   * A caller's MRTR retry (params.requestState set): its call resumes on the child that holds it, with
+   * the child's requests answered from inputResponses. Throws McpRefusal 400 -32602, with nothing sent to
+   * the child, for a state that is forged, another grant's, expired, already used or for other method or params.
+   */
+  resume(identity: SessionIdentity, retry: IncomingMessage, options: { sse?: boolean } = {}): MessageStream {
+    const params = retry.message.params as Record<string, unknown>;
+    const binding = { grantId: identity.grantId, method: String(retry.message.method), paramsHash: paramsHash(params) };
+    const opened = typeof params.requestState === "string" ? this.sealer.open(params.requestState, binding, this.deps.timers.now()) : { ok: false as const, problem: "requestState must be a string" };
+    if (!opened.ok) throw new McpRefusal(400, ErrorCode.InvalidParams, `Invalid params: ${opened.problem}`);
+    const call = this.continuations.peek(opened.state.continuationId);
+    if (call === null) throw new McpRefusal(400, ErrorCode.InvalidParams, "Invalid params: requestState names no call waiting for input (already resumed, abandoned, or from before a restart)");
+    const problem = call.responsesProblem(params.inputResponses);
+    if (problem !== null) throw new McpRefusal(400, ErrorCode.InvalidParams, `Invalid params: ${problem}`);
+    this.continuations.take(opened.state.continuationId);
+    return call.resume(retry, options.sse ?? true);
+  }
+
   /** The user's upstream token changed: their children stop once their calls are over, and the next call starts one with the new token. */
   userTokenRotated(forgejoUserId: number): void {
     for (const [grantId, principal] of this.live) {
@@ -127,6 +164,7 @@ export class PrincipalChildren {
     this.shuttingDown = true;
     if (this.reapTimer !== null) this.deps.timers.clearTimeout(this.reapTimer);
     await Promise.allSettled(this.starts.values());
+    this.continuations.abandonAll("the broker is shutting down");
     // Retired children too: their calls in flight fail now rather than outlive the broker's stop.
     await Promise.all([...this.running].map(([principal, grantId]) => this.stop(grantId, principal, "the broker is shutting down")));
   }
@@ -158,6 +196,9 @@ export class PrincipalChildren {
       timers: this.deps.timers,
       requestTimeoutMs: this.deps.config.requestTimeoutMs,
       maxMessageBytes: this.deps.config.maxMessageBytes,
+      grantId: identity.grantId,
+      continuations: this.continuations,
+      sealer: this.sealer,
       onExit: (exit) => {
         logger.warn("a principal's MCP server exited; the next call starts another", { exit_code: exit.code, signal: exit.signal });
         this.forget(identity.grantId, principal);

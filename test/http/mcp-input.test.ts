@@ -206,7 +206,7 @@ describe("the transport's answers", () => {
     expect(response.headers.get("mcp-session-id")).toBe(session);
     const body = await response.json();
     expect(body.id).toBe(5);
-    expect(body.result.tools).toHaveLength(5);
+    expect(body.result.tools).toHaveLength(7);
   });
 
   test("a request whose progress comes first → text/event-stream, every event with an id, ending with the answer", async () => {

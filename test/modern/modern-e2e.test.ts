@@ -58,7 +58,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
       bob.client.callTool({ name: "list_my_repos", arguments: {} }),
       alice.client.callTool({ name: "list_my_repos", arguments: {} }),
     ]);
-    expect(aliceTools.tools.map((tool) => tool.name).sort()).toEqual(["ask_user", "echo", "list_my_repos", "slow_count", "whoami"]);
+    expect(aliceTools.tools.map((tool) => tool.name).sort()).toEqual(["ask_model", "ask_two", "ask_user", "echo", "list_my_repos", "slow_count", "whoami"]);
     expect([textOf(aliceWho), textOf(bobWho)]).toEqual(["alice", "bob"]);
     expect([JSON.parse(textOf(aliceRepos)), JSON.parse(textOf(bobRepos))]).toEqual([["alice/notes"], ["bob/garden"]]);
     expect(childOf(alice.accessToken).childPid).not.toBe(childOf(bob.accessToken).childPid);

@@ -4,6 +4,7 @@ import { describe, expect, test } from "bun:test";
 import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
 import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
+import { MAX_INPUT_REQUESTS } from "../../src/modern/modern-call.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
 import { UserSessionLimitError } from "../../src/session/errors.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
@@ -21,6 +22,7 @@ function setup(
     maxSessionsPerUser?: number;
     /** Children that exit only when the test says so. */
     slowStop?: boolean;
+    continuationDeadlineMs?: number;
   } = {},
 ) {
   const timers = new FakeTimers();
@@ -51,6 +53,7 @@ function setup(
     logger,
     timers,
     reapIntervalMs: 10_000,
+    continuationDeadlineMs: options.continuationDeadlineMs,
   });
   registry.countAlso(() => principals.capped());
   return { principals, registry, timers, children };
@@ -212,5 +215,117 @@ describe("one set of caps over sessions and grants' children", () => {
     await principals.shutdown();
     expect(children[0]!.stopCalls).toBe(1);
     expect((await read(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
+  });
+});
+
+describe("a child's elicitation while a modern caller's call is in flight (MRTR)", () => {
+  const ELICIT = { jsonrpc: "2.0", id: "e1", method: "elicitation/create", params: { message: "Colour?", requestedSchema: { type: "object" } } };
+  const asking = (id: number) => request(id, "tools/call", { name: "ask", _meta: { "io.modelcontextprotocol/clientCapabilities": { elicitation: {} } } });
+  const retry = (id: number, state: string, params: Json = {}) =>
+    request(id, "tools/call", { name: "ask", inputResponses: { "elicitation-1": { action: "accept", content: { a: "teal" } } }, requestState: state, ...params });
+
+  /** A child with one asking call sent (its id on the child returned) and the child's elicitation sent for it. */
+  async function parkedCall(options: Parameters<typeof setup>[0] = {}) {
+    const fixture = setup(options);
+    const child = await fixture.principals.childFor(ALICE);
+    const stream = child.call(asking(1));
+    const callId = (fixture.children[0]!.messages.at(-1) as { id: string }).id;
+    fixture.children[0]!.send(ELICIT);
+    await settle();
+    fixture.timers.advance(0);
+    const [interim] = await read(stream);
+    return { ...fixture, child, callId, interim: interim as { result: { requestState: string; resultType: string } } };
+  }
+
+  test("goes to the caller as input_required; the retry answers the child and carries the call's result", async () => {
+    const { principals, children, child, callId, interim } = await parkedCall();
+    expect(interim).toMatchObject({ id: 1, result: { resultType: "input_required", inputRequests: { "elicitation-1": { method: "elicitation/create", params: ELICIT.params } } } });
+    expect(child.inFlight).toBe(1);
+    const resumed = principals.resume(ALICE, retry(2, interim.result.requestState));
+    expect(children[0]!.messages.at(-1)).toEqual({ jsonrpc: "2.0", id: "e1", result: { action: "accept", content: { a: "teal" } } });
+    children[0]!.send({ jsonrpc: "2.0", id: callId, result: { content: [] } });
+    expect(await read(resumed)).toEqual([{ jsonrpc: "2.0", id: 2, result: { content: [], resultType: "complete" } }]);
+  });
+
+  test(`a call has at most ${MAX_INPUT_REQUESTS} child requests waiting for its caller; one more is refused at once`, async () => {
+    const { children, interim } = await parkedCall();
+    expect(interim.result.resultType).toBe("input_required");
+    for (let i = 2; i <= MAX_INPUT_REQUESTS + 1; i++) children[0]!.send({ ...ELICIT, id: `e${i}` });
+    await settle();
+    const refusals = children[0]!.messages.filter((message) => "error" in message);
+    expect(refusals).toEqual([{ jsonrpc: "2.0", id: `e${MAX_INPUT_REQUESTS + 1}`, error: { code: -32003, message: expect.stringContaining("already wait") } }]);
+  });
+
+  test("with two calls in flight the broker cannot tell whose it is: refused, both calls go on", async () => {
+    const { principals, children } = setup();
+    const child = await principals.childFor(ALICE);
+    child.call(asking(1));
+    child.call(asking(2));
+    children[0]!.send(ELICIT);
+    await settle();
+    expect(children[0]!.messages.at(-1)).toMatchObject({ id: "e1", error: { code: -32003, message: expect.stringContaining("2 calls are in flight") } });
+    expect(child.inFlight).toBe(2);
+  });
+
+  test("nobody retries before the deadline: the child's request gets an error, the call is cancelled, nothing stays parked", async () => {
+    const { principals, children, child, callId, timers } = await parkedCall();
+    timers.advance(10 * 60_000);
+    expect(children[0]!.messages.slice(-2)).toEqual([
+      { jsonrpc: "2.0", id: "e1", error: { code: -32003, message: expect.stringContaining("deadline") } },
+      { jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: callId, reason: expect.any(String) } },
+    ]);
+    expect(child.inFlight).toBe(0);
+    expect(principals.continuations.size).toBe(0);
+  });
+
+  test("a retry whose params differ is refused with -32602 and nothing reaches the child", async () => {
+    const { principals, children, interim } = await parkedCall();
+    const before = children[0]!.messages.length;
+    const refused = (() => {
+      try {
+        principals.resume(ALICE, retry(2, interim.result.requestState, { name: "other" }));
+      } catch (error) {
+        return error as { status: number; code: number };
+      }
+    })();
+    expect(refused).toMatchObject({ status: 400, code: -32602 });
+    expect(children[0]!.messages.length).toBe(before);
+  });
+
+  test("a child waiting on its caller's answer is not idle: the reaper leaves it", async () => {
+    const { children, timers } = await parkedCall({ continuationDeadlineMs: 3 * HOUR });
+    timers.advance(900_000 + 10_000);
+    await settle();
+    expect(children[0]!.stopCalls).toBe(0);
+  });
+
+  const endings: [string, (fixture: Awaited<ReturnType<typeof parkedCall>>) => Promise<void> | void][] = [
+    ["the child crashes", ({ children }) => children[0]!.exit({ code: 137 })],
+    ["the grant is revoked", ({ principals }) => principals.grantRevoked(ALICE.grantId)],
+  ];
+  for (const [name, end] of endings) {
+    test(`${name} while the call waits: the retry gets the error at once, not a hang`, async () => {
+      let live = true;
+      const fixture = await parkedCall({ grantIsLive: () => live });
+      live = false;
+      await end(fixture);
+      expect(await read(fixture.principals.resume(ALICE, retry(2, fixture.interim.result.requestState)))).toEqual([
+        { jsonrpc: "2.0", id: 2, error: { code: -32000, message: expect.any(String) } },
+      ]);
+    });
+  }
+
+  test("while the call waits, the child asks what the caller did not declare (roots): the retry gets -32021 and the child an error", async () => {
+    const { principals, children, callId, interim } = await parkedCall();
+    children[0]!.send({ jsonrpc: "2.0", id: "r1", method: "roots/list" });
+    await settle();
+    expect(children[0]!.messages.slice(-3)).toEqual([
+      { jsonrpc: "2.0", id: "r1", error: { code: -32003, message: expect.stringContaining("roots") } },
+      { jsonrpc: "2.0", id: "e1", error: { code: -32003, message: expect.any(String) } },
+      { jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: callId, reason: expect.any(String) } },
+    ]);
+    expect(await read(principals.resume(ALICE, retry(2, interim.result.requestState)))).toEqual([
+      { jsonrpc: "2.0", id: 2, error: { code: -32021, message: expect.any(String), data: { requiredCapabilities: { roots: {} } } } },
+    ]);
   });
 });
