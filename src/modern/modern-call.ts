@@ -76,6 +76,11 @@ export class ModernCall implements Parked {
     return this.stream!;
   }
 
+  /** Its input_required went out and no retry has carried it on yet. */
+  get waitingForRetry(): boolean {
+    return !this.ended && this.stream === null && this.asked.size > 0;
+  }
+
   /** The logLevel of the request that carries the call now. */
   get logLevel(): unknown {
     return this.meta[META.logLevel];

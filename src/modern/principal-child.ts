@@ -32,8 +32,10 @@ interface Caller {
   answered(incoming: IncomingMessage): void;
   failed(code: number, message: string): void;
   cancelled(): void;
-  /** The child asked its client something (elicitation, sampling, roots) while this was its one call in flight. */
+  /** The child asked its client something (elicitation, sampling, roots) while this was its one call running. */
   asks(request: ChildRequest): void;
+  /** Its questions went out and it waits for its caller's retry: its handler in the child waits on their answers. */
+  readonly waitingForRetry: boolean;
   /** The request's _meta logLevel: what notifications/message it wants (undefined: none). */
   readonly logLevel: unknown;
 }
@@ -110,6 +112,7 @@ export class PrincipalChild {
       };
       this.channel.call({ raw, message: request }, {
         logLevel: undefined,
+        waitingForRetry: false,
         progress: () => {},
         answered: (incoming) => settle(incoming.message),
         failed: (_code, message) => settle(message),
@@ -168,8 +171,11 @@ export class PrincipalChild {
   }
 
   /**
-   * A legacy child's request names no call it belongs to: it is relayed (as MRTR) only while exactly one
-   * call is in flight on the child, counting calls waiting for their caller's input; otherwise it is refused.
+   * A legacy child's request names no call it belongs to: it is relayed (as MRTR) to the one call running
+   * on the child (or, when none is, the one call in flight), and refused otherwise. A call waiting for its
+   * caller's retry is not running (its handler waits on the answers it asked for), so a caller that never
+   * retries does not stop the next caller from being asked. Every call on the child is of one grant: a
+   * wrong guess cannot ask one user another user's question.
    */
   private childRequest(request: ChildRequest, callsOfChild: () => Caller[]): void {
     if (request.method === "ping") {
@@ -177,12 +183,15 @@ export class PrincipalChild {
       return;
     }
     const calls = callsOfChild();
-    if (calls.length !== 1) {
-      this.options.logger.warn("a modern caller's child asked its client something with several calls in flight; refused", { method: request.method, in_flight: calls.length });
-      request.refuse(ErrorCode.Undeliverable, `${request.method} cannot be delivered: ${calls.length} calls are in flight on this server, so the broker cannot tell which caller to ask`);
+    const running = calls.filter((call) => !call.waitingForRetry);
+    // With nothing running, the one call waiting is still the only one it can be (asking more at once).
+    const owner = running.length === 1 ? running[0] : running.length === 0 && calls.length === 1 ? calls[0] : undefined;
+    if (owner === undefined) {
+      this.options.logger.warn("a modern caller's child asked its client something with no single call it can belong to; refused", { method: request.method, in_flight: calls.length, running: running.length });
+      request.refuse(ErrorCode.Undeliverable, `${request.method} cannot be delivered: ${calls.length} calls are in flight on this server, ${running.length} running, so the broker cannot tell which caller to ask`);
       return;
     }
-    calls[0]!.asks(request);
+    owner.asks(request);
   }
 
   /** A log goes to the one call in flight when it asked for that level; nothing else of the child's own reaches a caller yet. */

@@ -263,7 +263,18 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     child.call(asking(2));
     children[0]!.send(ELICIT);
     await settle();
-    expect(children[0]!.messages.at(-1)).toMatchObject({ id: "e1", error: { code: -32003, message: expect.stringContaining("2 calls are in flight") } });
+    expect(children[0]!.messages.at(-1)).toMatchObject({ id: "e1", error: { code: -32003, message: expect.stringContaining("2 calls are in flight on this server, 2 running") } });
+    expect(child.inFlight).toBe(2);
+  });
+
+  test("a call waiting for a retry that never comes does not stop the next caller from being asked", async () => {
+    const { child, children, timers } = await parkedCall();
+    const next = child.call(asking(3));
+    children[0]!.send({ ...ELICIT, id: "e2" });
+    await settle();
+    timers.advance(0);
+    const [interim] = await read(next);
+    expect(interim).toMatchObject({ id: 3, result: { resultType: "input_required", inputRequests: { "elicitation-1": { method: "elicitation/create" } } } });
     expect(child.inFlight).toBe(2);
   });
 
