@@ -85,7 +85,8 @@ export class PrincipalChildren {
   capped(): CappedChild[] {
     return [...this.running].map(([principal, grantId]) => ({
       forgejoUserId: principal.forgejoUserId,
-      inFlight: principal.child.inFlight,
+      // A child with listeners is not idle, so not the one to make room.
+      inFlight: principal.child.inFlight + principal.child.listening,
       lastActivity: principal.child.lastActivity,
       earliestRequestDeadline: principal.child.earliestRequestDeadline,
       exiting: this.live.get(grantId) === principal ? null : principal.exited,

@@ -6,7 +6,9 @@ import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
 import { honoredFilter, listenFilter, ListenerCount, Listeners, MAX_LISTENERS, MAX_LISTENERS_PER_GRANT } from "../../src/modern/subscriptions.ts";
-import { McpRefusal } from "../../src/session/errors.ts";
+import { McpRefusal, UserSessionLimitError } from "../../src/session/errors.ts";
+import { SessionRegistry } from "../../src/session/registry.ts";
+import { rejection } from "../helpers/promises.ts";
 import { FakeChild, FakeTimers, settle, type Json } from "../bridge/fakes.ts";
 
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
@@ -135,10 +137,10 @@ describe("listeners", () => {
 });
 
 describe("listeners on a principal's child", () => {
-  function setup() {
+  function setup(maxSessionsPerUser = 3) {
     const timers = new FakeTimers();
     const children: FakeChild[] = [];
-    const config = { maxSessions: 10, maxSessionsPerUser: 3, idleTimeoutMs: IDLE_MS, refreshLeadMs: 300_000, requestTimeoutMs: 300_000, maxMessageBytes: 1_000_000, allowedOrigins: [] } as unknown as SessionConfig;
+    const config = { maxSessions: 10, maxSessionsPerUser, idleTimeoutMs: IDLE_MS, refreshLeadMs: 300_000, requestTimeoutMs: 300_000, maxMessageBytes: 1_000_000, allowedOrigins: [] } as unknown as SessionConfig;
     const spawn = () => {
       const child = new FakeChild({
         onMessage: (sent, self) => {
@@ -150,7 +152,10 @@ describe("listeners on a principal's child", () => {
       return child;
     };
     const upstreamToken = async () => ({ token: "t", expiresAt: null });
-    const principals = new PrincipalChildren({ config, spawn, upstreamToken, logger: createMemoryLogger(), timers, reapIntervalMs: 10_000 });
+    const logger = createMemoryLogger();
+    const registry = new SessionRegistry({ config, spawn, upstreamToken, logger, timers, reapIntervalMs: 10_000 });
+    const principals = new PrincipalChildren({ config, spawn, upstreamToken, reserveSlot: (user) => registry.reserveSlot(user), logger, timers, reapIntervalMs: 10_000 });
+    registry.countAlso(() => principals.capped());
     return { principals, timers, children };
   }
 
@@ -183,6 +188,14 @@ describe("listeners on a principal's child", () => {
     timers.advance(30_000);
     await settle();
     expect(children[0]!.stopCalls).toBe(1);
+  });
+
+  test("at the per-user cap, a grant's child with a listener is not ended to make room: the user's other grant gets 429", async () => {
+    const { principals, timers, children } = setup(1);
+    (await principals.childFor(ALICE)).listen(listenRequest(1, { toolsListChanged: true }));
+    timers.advance(1000);
+    expect(await rejection(principals.childFor({ ...ALICE, grantId: "grant-b" }))).toBeInstanceOf(UserSessionLimitError);
+    expect(children[0]!.stopCalls).toBe(0);
   });
 
   test("the user's token rotated: the stream ends with the listen's result, and the next listen is on a new child", async () => {
