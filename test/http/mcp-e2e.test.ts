@@ -40,7 +40,7 @@ describe("the official SDK client through the broker", () => {
     expect(alice.client.getServerVersion()).toMatchObject({ name: "forgejo-stand-in" });
     expect(childPid(t, alice)).not.toBe(childPid(t, bob));
     const { tools } = await alice.client.listTools();
-    expect(tools.map((tool) => tool.name).sort()).toEqual(["add_tool", "ask_model", "ask_two", "ask_user", "echo", "list_my_repos", "slow_count", "whoami"]);
+    expect(tools.map((tool) => tool.name).sort()).toEqual(["ask_model", "ask_two", "ask_user", "echo", "list_my_repos", "slow_count", "whoami"]);
   });
 
   test("each user's child calls Forgejo with that user's token and sees that user's data", async () => {

@@ -15,7 +15,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
   let t: TestBroker;
 
   beforeAll(async () => {
-    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(marker) } });
+    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: `${childCommand(marker)} --list-changes` } });
   });
   afterAll(async () => {
     await t.stop();
@@ -195,8 +195,8 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
       method: "notifications/subscriptions/acknowledged",
       params: { _meta: { "io.modelcontextprotocol/subscriptionId": "sub-1" }, notifications: { toolsListChanged: true } },
     });
-    const [added] = await allMessages(await postModern(t, accessToken, modernRequest(2, "tools/call", { name: "add_tool", arguments: { name: "fresh" } })));
-    expect(added!.result).toMatchObject({ content: [{ text: "added fresh" }] });
+    const [added] = await allMessages(await postModern(t, accessToken, modernRequest(2, "tools/call", { name: "add_tool", arguments: {} })));
+    expect(added!.result).toMatchObject({ content: [{ text: "added added_1" }] });
     expect((await messages.next()).value).toMatchObject({ method: "notifications/tools/list_changed", params: { _meta: { "io.modelcontextprotocol/subscriptionId": "sub-1" } } });
     const child = childOf(accessToken);
     expect(child.listening).toBe(1);
