@@ -253,6 +253,19 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     }
   };
 
+  /** A subscriptions/listen: an SSE answer open until the caller closes it, its token ends or the child goes; it counts as an open stream. */
+  const listen = async (request: Request, replies: AcceptedReplies, identity: TokenIdentity, incoming: IncomingMessage): Promise<Response> => {
+    if (!replies.sse) throw new McpRefusal(406, TRANSPORT_ERROR, "Not Acceptable: subscriptions/listen answers with an event stream; the client must accept text/event-stream");
+    const done = hold(request, identity, null);
+    try {
+      const stream = (await deps.principals.childFor(identity)).listen(incoming);
+      return streamed(request, identity, stream, {}, done);
+    } catch (error) {
+      done();
+      throw error;
+    }
+  };
+
   /** A modern (2026-07-28) request: checked, then answered by the broker (server/discover) or its principal's child. */
   const modern = async (request: Request, replies: AcceptedReplies, identity: TokenIdentity, incoming: IncomingMessage, version: string, id: JsonRpcId): Promise<Response> => {
     checkModernRequest(incoming.message, version, request.headers);
@@ -262,6 +275,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       const body = JSON.stringify({ jsonrpc: "2.0", id, result: discoverResult(child.initializeResult) });
       return new Response(body, { status: 200, headers: { "Content-Type": "application/json" } });
     }
+    if (method === "subscriptions/listen") return listen(request, replies, identity, incoming);
     if (!MODERN_FORWARDED.has(method)) throw new McpRefusal(404, ErrorCode.MethodNotFound, `Method not found: ${method}`);
     const done = hold(request, identity, null);
     try {

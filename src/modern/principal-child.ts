@@ -1,8 +1,9 @@
 // One principal's (grant's) legacy child as modern callers share it: the broker initializes it once as
 // its only client, then each caller's request gets a stream of its own progress, wanted logs and answer,
-// and the child's questions to its client go to its one call in flight (MRTR, in ModernCall).
+// and the child's questions to its client go to its one call in flight (MRTR, in ModernCall); its list
+// changes and resource updates go to the listen streams open on it (Listeners).
 import { ChildChannel, type ChildRequest } from "../bridge/child-channel.ts";
-import { ErrorCode, type IncomingMessage, type JsonRpcMessage } from "../bridge/jsonrpc.ts";
+import { ErrorCode, type IncomingMessage, type JsonRpcId, type JsonRpcMessage } from "../bridge/jsonrpc.ts";
 import type { MessageStream } from "../bridge/message-stream.ts";
 import type { Logger } from "../log.ts";
 import type { ChildExit, ChildProcess } from "../supervisor/child.ts";
@@ -11,6 +12,7 @@ import type { Continuations } from "./continuations.ts";
 import { ModernCall } from "./modern-call.ts";
 import type { RequestStateSealer } from "./request-state.ts";
 import { logWanted } from "./results.ts";
+import { honoredFilter, listenFilter, Listeners, type ListenerCount } from "./subscriptions.ts";
 
 export interface PrincipalChildOptions {
   logger: Logger;
@@ -22,6 +24,8 @@ export interface PrincipalChildOptions {
   /** Where a call waiting for its caller's input is parked until the retry. */
   continuations: Continuations<ModernCall>;
   sealer: RequestStateSealer;
+  /** The listen streams open over every grant, which MAX_LISTENERS bounds. */
+  listenerCount: ListenerCount;
   /** The child exited without being asked to; its callers have had their errors. */
   onExit(exit: ChildExit): void;
 }
@@ -49,12 +53,20 @@ export class PrincipalChild {
   private lastActive: number;
   private retiring = false;
   private initialized: Record<string, unknown> | null = null;
+  private readonly listeners: Listeners;
 
   constructor(
     child: ChildProcess,
     private readonly options: PrincipalChildOptions,
   ) {
     this.lastActive = options.timers.now();
+    this.listeners = new Listeners({
+      maxMessageBytes: options.maxMessageBytes,
+      total: options.listenerCount,
+      resourceSubscription: (method, uri) => this.resourceSubscription(method, uri),
+      // The idle clock starts when the last listener goes, not when it came.
+      ended: () => (this.lastActive = options.timers.now()),
+    });
     this.channel = new ChildChannel<Caller>(child, { ...options, multiplexed: true }, {
       progress: (caller, incoming) => caller.progress(incoming),
       answered: (caller, incoming) => this.over(() => caller.answered(incoming)),
@@ -62,7 +74,10 @@ export class PrincipalChild {
       cancelledByClient: (caller) => this.over(() => caller.cancelled()),
       childRequest: (request, callsOfChild) => this.childRequest(request, callsOfChild),
       childNotification: (incoming, callsOfChild) => this.childNotification(incoming, callsOfChild),
-      childExited: (exit) => options.onExit(exit),
+      childExited: (exit) => {
+        this.listeners.endAll("the MCP server exited");
+        options.onExit(exit);
+      },
     });
   }
 
@@ -79,6 +94,11 @@ export class PrincipalChild {
   /** By when at the latest the first call now in flight is over (its timeout); null when none is. */
   get earliestRequestDeadline(): number | null {
     return this.channel.earliestRequestDeadline;
+  }
+
+  /** How many listen streams are open on it: while any is, the child is not idle (its listeners wait for its news). */
+  get listening(): number {
+    return this.listeners.size;
   }
 
   get lastActivity(): number {
@@ -150,15 +170,28 @@ export class PrincipalChild {
     return call.current;
   }
 
-  /** No new calls; the child stops once the calls in flight are over (now, if none is). */
+  /**
+   * A subscriptions/listen: its stream starts with the acknowledgement of the part of its filter the child
+   * can send, then carries those notifications until the caller closes it or the child goes (then it ends
+   * with the listen's result). Throws McpRefusal: 400 for a malformed filter, 429 past a bound.
+   */
+  listen(incoming: IncomingMessage): MessageStream {
+    const filter = honoredFilter(listenFilter(incoming.message.params), this.initializeResult.capabilities);
+    this.lastActive = this.options.timers.now();
+    return this.listeners.listen(incoming.message.id as JsonRpcId, filter);
+  }
+
+  /** No new calls; its listen streams end (their callers listen again, on the next child), and it stops once the calls in flight are over (now, if none is). */
   retire(reason: string): void {
     this.retiring = true;
+    this.listeners.endAll(reason);
     if (this.channel.inFlight === 0) void this.close(reason);
   }
 
   /** Every call in flight fails now; resolves when the child has exited. */
   close(reason: string): Promise<void> {
     this.retiring = true;
+    this.listeners.endAll(reason);
     return this.channel.close(reason);
   }
 
@@ -194,8 +227,27 @@ export class PrincipalChild {
     owner.asks(request);
   }
 
-  /** A log goes to the one call in flight when it asked for that level; nothing else of the child's own reaches a caller yet. */
+  /** The broker's own legacy resources/subscribe or unsubscribe for its listeners; a refusal only loses those updates. */
+  private resourceSubscription(method: "resources/subscribe" | "resources/unsubscribe", uri: string): void {
+    const request = { jsonrpc: "2.0", id: 0, method, params: { uri } };
+    const unanswered = (why: string) => this.options.logger.warn("the child did not take the broker's resource subscription", { method, why });
+    this.channel.call({ raw: JSON.stringify(request), message: request }, {
+      logLevel: undefined,
+      // It never asks its caller anything, so a child's question is never its own.
+      waitingForRetry: true,
+      progress: () => {},
+      answered: (answer) => {
+        if ("error" in answer.message) unanswered(JSON.stringify(answer.message.error));
+      },
+      failed: (_code, message) => unanswered(message),
+      cancelled: () => {},
+      asks: (asked) => asked.refuse(ErrorCode.Undeliverable, `${asked.method} cannot be answered during ${method}`),
+    });
+  }
+
+  /** List changes and resource updates go to the listeners that asked for them; a log to the one call in flight when it asked for that level. */
   private childNotification(incoming: IncomingMessage, callsOfChild: () => Caller[]): void {
+    if (this.listeners.deliver(incoming)) return;
     if (incoming.message.method !== "notifications/message") return;
     const calls = callsOfChild();
     const level = (incoming.message.params as { level?: unknown } | undefined)?.level;

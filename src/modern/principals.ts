@@ -15,6 +15,7 @@ import { Continuations } from "./continuations.ts";
 import type { ModernCall } from "./modern-call.ts";
 import { PrincipalChild } from "./principal-child.ts";
 import { paramsHash, RequestStateSealer } from "./request-state.ts";
+import { ListenerCount } from "./subscriptions.ts";
 
 export interface PrincipalChildrenDeps {
   config: SessionConfig;
@@ -63,6 +64,8 @@ export class PrincipalChildren {
   /** Calls waiting for their callers' retries, whichever child (serving or retiring) holds them. */
   readonly continuations: Continuations<ModernCall>;
   private readonly sealer = new RequestStateSealer();
+  /** The listen streams open on every child. */
+  private readonly listenerCount = new ListenerCount();
 
   constructor(private readonly deps: PrincipalChildrenDeps) {
     this.continuations = new Continuations({
@@ -82,7 +85,8 @@ export class PrincipalChildren {
   capped(): CappedChild[] {
     return [...this.running].map(([principal, grantId]) => ({
       forgejoUserId: principal.forgejoUserId,
-      inFlight: principal.child.inFlight,
+      // A child with listeners is not idle, so not the one to make room.
+      inFlight: principal.child.inFlight + principal.child.listening,
       lastActivity: principal.child.lastActivity,
       earliestRequestDeadline: principal.child.earliestRequestDeadline,
       exiting: this.live.get(grantId) === principal ? null : principal.exited,
@@ -151,10 +155,10 @@ export class PrincipalChildren {
     await this.stop(grantId, principal, "every token of its sign-in was revoked");
   }
 
-  /** Children with no call in flight for idleTimeoutMs stop; returns how many. */
+  /** Children with no call in flight and no listen stream open for idleTimeoutMs stop; returns how many. */
   async reapIdle(): Promise<number> {
     const now = this.deps.timers.now();
-    const idle = [...this.live].filter(([, principal]) => principal.child.inFlight === 0 && now - principal.child.lastActivity >= this.deps.config.idleTimeoutMs);
+    const idle = [...this.live].filter(([, principal]) => principal.child.inFlight === 0 && principal.child.listening === 0 && now - principal.child.lastActivity >= this.deps.config.idleTimeoutMs);
     await Promise.all(idle.map(([grantId, principal]) => this.stop(grantId, principal, "the principal's child was idle for too long")));
     return idle.length;
   }
@@ -199,6 +203,7 @@ export class PrincipalChildren {
       grantId: identity.grantId,
       continuations: this.continuations,
       sealer: this.sealer,
+      listenerCount: this.listenerCount,
       onExit: (exit) => {
         logger.warn("a principal's MCP server exited; the next call starts another", { exit_code: exit.code, signal: exit.signal });
         this.forget(identity.grantId, principal);

@@ -15,7 +15,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
   let t: TestBroker;
 
   beforeAll(async () => {
-    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(marker) } });
+    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: `${childCommand(marker)} --list-changes` } });
   });
   afterAll(async () => {
     await t.stop();
@@ -58,7 +58,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
       bob.client.callTool({ name: "list_my_repos", arguments: {} }),
       alice.client.callTool({ name: "list_my_repos", arguments: {} }),
     ]);
-    expect(aliceTools.tools.map((tool) => tool.name).sort()).toEqual(["ask_model", "ask_two", "ask_user", "echo", "list_my_repos", "slow_count", "whoami"]);
+    expect(aliceTools.tools.map((tool) => tool.name).sort()).toEqual(["add_tool", "ask_model", "ask_two", "ask_user", "echo", "list_my_repos", "slow_count", "whoami"]);
     expect([textOf(aliceWho), textOf(bobWho)]).toEqual(["alice", "bob"]);
     expect([JSON.parse(textOf(aliceRepos)), JSON.parse(textOf(bobRepos))]).toEqual([["alice/notes"], ["bob/garden"]]);
     expect(childOf(alice.accessToken).childPid).not.toBe(childOf(bob.accessToken).childPid);
@@ -181,6 +181,28 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect((await running).at(-1)!.result).toMatchObject({ content: [{ text: "counted to 150" }] });
     await waitWhile(() => isAlive(old.childPid), 250, 20);
     expect(isAlive(old.childPid)).toBe(false);
+  });
+
+  test("subscriptions/listen: acknowledged first (what the child can send), then the child's tools/list_changed tagged with the listen's id; closing the stream ends the listener", async () => {
+    t.forgejo.setCurrentUser("alice");
+    const { accessToken } = await obtainTokens(t.config.publicUrl);
+    const listen = await postModern(t, accessToken, modernRequest("sub-1", "subscriptions/listen", { notifications: { toolsListChanged: true, promptsListChanged: true } }));
+    expect(listen.headers.get("content-type")).toStartWith("text/event-stream");
+    const messages = answerMessages(listen);
+    // The stand-in has no prompts: the acknowledgement leaves them out.
+    expect((await messages.next()).value).toEqual({
+      jsonrpc: "2.0",
+      method: "notifications/subscriptions/acknowledged",
+      params: { _meta: { "io.modelcontextprotocol/subscriptionId": "sub-1" }, notifications: { toolsListChanged: true } },
+    });
+    const [added] = await allMessages(await postModern(t, accessToken, modernRequest(2, "tools/call", { name: "add_tool", arguments: {} })));
+    expect(added!.result).toMatchObject({ content: [{ text: "added added_1" }] });
+    expect((await messages.next()).value).toMatchObject({ method: "notifications/tools/list_changed", params: { _meta: { "io.modelcontextprotocol/subscriptionId": "sub-1" } } });
+    const child = childOf(accessToken);
+    expect(child.listening).toBe(1);
+    await messages.return(undefined);
+    await waitWhile(() => child.listening > 0, 250, 20);
+    expect(child.listening).toBe(0);
   });
 
   test("one user with the SDK client in legacy mode, in auto mode and pinned to 2026-07-28 at the same time", async () => {
