@@ -9,7 +9,7 @@ import type { Logger } from "../log.ts";
 import { McpRefusal, SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
 import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../session/registry.ts";
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
-import type { TimerHandle, Timers } from "../supervisor/timers.ts";
+import { every, reapIntervalFor, type TimerHandle, type Timers } from "../supervisor/timers.ts";
 import { MIN_REFRESH_INTERVAL_MS, refreshDueAt } from "../upstream/refresh-timing.ts";
 import { Continuations } from "./continuations.ts";
 import type { ModernCall } from "./modern-call.ts";
@@ -59,7 +59,7 @@ export class PrincipalChildren {
   private readonly live = new Map<string, Principal>();
   /** Every child whose process has not exited yet: the serving ones, and those retired or stopped on their way out. */
   private readonly running = new Map<Principal, string>();
-  private reapTimer: TimerHandle | null = null;
+  private readonly stopReaping: () => void;
   private shuttingDown = false;
   /** Calls waiting for their callers' retries, whichever child (serving or retiring) holds them. */
   readonly continuations: Continuations<ModernCall>;
@@ -73,7 +73,7 @@ export class PrincipalChildren {
       deadlineMs: deps.continuationDeadlineMs ?? CONTINUATION_DEADLINE_MS,
       maxEntries: MAX_CONTINUATIONS,
     });
-    this.scheduleReap();
+    this.stopReaping = every(deps.timers, deps.reapIntervalMs ?? reapIntervalFor(deps.config.idleTimeoutMs), () => void this.reapIdle());
   }
 
   /** How many principal children are serving. */
@@ -166,7 +166,7 @@ export class PrincipalChildren {
   /** Stops every child and waits until all have exited; later calls are refused. */
   async shutdown(): Promise<void> {
     this.shuttingDown = true;
-    if (this.reapTimer !== null) this.deps.timers.clearTimeout(this.reapTimer);
+    this.stopReaping();
     await Promise.allSettled(this.starts.values());
     this.continuations.abandonAll("the broker is shutting down");
     // Retired children too: their calls in flight fail now rather than outlive the broker's stop.
@@ -262,12 +262,4 @@ export class PrincipalChildren {
     return this.deps.initializeTimeoutMs ?? 30_000;
   }
 
-  private scheduleReap(): void {
-    const every = this.deps.reapIntervalMs ?? Math.max(1000, Math.min(30_000, Math.floor(this.deps.config.idleTimeoutMs / 4)));
-    this.reapTimer = this.deps.timers.setTimeout(() => {
-      if (this.shuttingDown) return;
-      this.scheduleReap();
-      void this.reapIdle();
-    }, every);
-  }
 }

@@ -8,7 +8,7 @@ import type { Logger } from "../log.ts";
 import type { SpawnChild } from "../supervisor/child.ts";
 import { ChildStartError } from "../supervisor/child.ts";
 import { SpawnPacer } from "../supervisor/spawn-pacer.ts";
-import type { TimerHandle, Timers } from "../supervisor/timers.ts";
+import { every, reapIntervalFor, type Timers } from "../supervisor/timers.ts";
 import {
   InitializeRejectedError,
   SessionForbiddenError,
@@ -105,7 +105,7 @@ export class SessionRegistry {
   private readonly rotations = new Map<string, Promise<void>>();
   private readonly scheduler: RefreshScheduler | null;
   private readonly pacer: SpawnPacer;
-  private reapTimer: TimerHandle | null = null;
+  private readonly stopReaping: () => void;
   private closed = false;
   private readonly evicted: Record<EvictionCap, number> = { user: 0, global: 0 };
   private otherChildren: () => CappedChild[] = () => [];
@@ -123,7 +123,7 @@ export class SessionRegistry {
             retryMs: deps.refreshRetryMs ?? 30_000,
             onDue: (forgejoUserId) => this.refreshUser(forgejoUserId, refresh),
           });
-    this.scheduleReap();
+    this.stopReaping = every(deps.timers, deps.reapIntervalMs ?? reapIntervalFor(deps.config.idleTimeoutMs), () => void this.reapIdle());
   }
 
   get size(): number {
@@ -286,8 +286,7 @@ export class SessionRegistry {
   /** Stops every child and waits until all have exited; later creates are refused. */
   async shutdown(): Promise<void> {
     this.closed = true;
-    if (this.reapTimer !== null) this.deps.timers.clearTimeout(this.reapTimer);
-    this.reapTimer = null;
+    this.stopReaping();
     this.scheduler?.close();
     await Promise.all([...this.sessions.values()].map((entry) => this.drop(entry, "the broker is shutting down")));
     await Promise.all(this.stopping.values());
@@ -507,12 +506,4 @@ export class SessionRegistry {
     return Math.max(1, Math.ceil((earliest - now) / 1000));
   }
 
-  private scheduleReap(): void {
-    const every = this.deps.reapIntervalMs ?? Math.max(1000, Math.min(30_000, Math.floor(this.deps.config.idleTimeoutMs / 4)));
-    this.reapTimer = this.deps.timers.setTimeout(() => {
-      if (this.closed) return;
-      this.scheduleReap();
-      void this.reapIdle();
-    }, every);
-  }
 }
