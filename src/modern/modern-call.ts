@@ -17,6 +17,11 @@ const ASKING_METHODS = new Set(["tools/call", "resources/read", "prompts/get"]);
 const CAPABILITY_OF: Record<string, string> = { "elicitation/create": "elicitation", "sampling/createMessage": "sampling", "roots/list": "roots" };
 /** The most child requests one call may have waiting for its caller; more are refused at once. */
 export const MAX_INPUT_REQUESTS = 16;
+/**
+ * How long after the first of a call's child requests it waits for more before it puts them to its caller:
+ * what a child asks at once can arrive in two reads of its stdout on a busy machine, and must go out as one.
+ */
+export const ASKED_TOGETHER_MS = 10;
 
 export interface ModernCallDeps {
   timers: Timers;
@@ -217,8 +222,7 @@ export class ModernCall implements Parked {
 
   private scheduleFlush(): void {
     if (this.flushTimer !== null || this.stream === null || this.unsent.size === 0) return;
-    // The next turn, not now: requests the child wrote together are read together, and go out as one.
-    this.flushTimer = this.deps.timers.setTimeout(() => this.flush(), 0);
+    this.flushTimer = this.deps.timers.setTimeout(() => this.flush(), ASKED_TOGETHER_MS);
   }
 
   /** Puts the child's unsent requests to the caller as one input_required; the call waits, parked, for the retry. */

@@ -4,7 +4,7 @@ import { describe, expect, test } from "bun:test";
 import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
 import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
-import { MAX_INPUT_REQUESTS } from "../../src/modern/modern-call.ts";
+import { ASKED_TOGETHER_MS, MAX_INPUT_REQUESTS } from "../../src/modern/modern-call.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
 import { UserSessionLimitError } from "../../src/session/errors.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
@@ -232,7 +232,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     const callId = (fixture.children[0]!.messages.at(-1) as { id: string }).id;
     fixture.children[0]!.send(ELICIT);
     await settle();
-    fixture.timers.advance(0);
+    fixture.timers.advance(ASKED_TOGETHER_MS);
     const [interim] = await read(stream);
     return { ...fixture, child, callId, interim: interim as { result: { requestState: string; resultType: string } } };
   }
@@ -245,6 +245,20 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     expect(children[0]!.messages.at(-1)).toEqual({ jsonrpc: "2.0", id: "e1", result: { action: "accept", content: { a: "teal" } } });
     children[0]!.send({ jsonrpc: "2.0", id: callId, result: { content: [] } });
     expect(await read(resumed)).toEqual([{ jsonrpc: "2.0", id: 2, result: { content: [], resultType: "complete" } }]);
+  });
+
+  test("two questions that reach the broker in two reads, a few milliseconds apart, still go out in one input_required", async () => {
+    const { principals, children, timers } = setup();
+    const child = await principals.childFor(ALICE);
+    const stream = child.call(asking(1));
+    children[0]!.send(ELICIT);
+    await settle();
+    timers.advance(ASKED_TOGETHER_MS / 2);
+    children[0]!.send({ ...ELICIT, id: "e2" });
+    await settle();
+    timers.advance(ASKED_TOGETHER_MS);
+    const [interim] = await read(stream);
+    expect(Object.keys((interim as { result: { inputRequests: Json } }).result.inputRequests)).toEqual(["elicitation-1", "elicitation-2"]);
   });
 
   test(`a call has at most ${MAX_INPUT_REQUESTS} child requests waiting for its caller; one more is refused at once`, async () => {
@@ -272,7 +286,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     const next = child.call(asking(3));
     children[0]!.send({ ...ELICIT, id: "e2" });
     await settle();
-    timers.advance(0);
+    timers.advance(ASKED_TOGETHER_MS);
     const [interim] = await read(next);
     expect(interim).toMatchObject({ id: 3, result: { resultType: "input_required", inputRequests: { "elicitation-1": { method: "elicitation/create" } } } });
     expect(child.inFlight).toBe(2);
