@@ -37,13 +37,18 @@ describe("sealing", () => {
   });
 
   test("the generated key persists with mode 0600 in a 0700 directory", () => {
-    const dir = join(mkdtempSync(join(tmpdir(), "fmb-key-")), "data");
-    const first = loadOrCreateSealingKey(dir, null);
-    const second = loadOrCreateSealingKey(dir, null);
-    expect(Buffer.from(second).equals(Buffer.from(first))).toBe(true);
-    expect(statSync(dir).mode & 0o777).toBe(0o700);
-    expect(statSync(join(dir, "sealing.key")).mode & 0o777).toBe(0o600);
-    expect(Buffer.from(readFileSync(join(dir, "sealing.key"), "utf8").trim(), "base64")).toHaveLength(32);
+    const parent = mkdtempSync(join(tmpdir(), "fmb-key-"));
+    const dir = join(parent, "data");
+    try {
+      const first = loadOrCreateSealingKey(dir, null);
+      const second = loadOrCreateSealingKey(dir, null);
+      expect(Buffer.from(second).equals(Buffer.from(first))).toBe(true);
+      expect(statSync(dir).mode & 0o777).toBe(0o700);
+      expect(statSync(join(dir, "sealing.key")).mode & 0o777).toBe(0o600);
+      expect(Buffer.from(readFileSync(join(dir, "sealing.key"), "utf8").trim(), "base64")).toHaveLength(32);
+    } finally {
+      rmSync(parent, { recursive: true, force: true });
+    }
   });
 
   test.each(["0644", "0640", "0604", "0660", "0666"])("an existing key file of mode %s is refused with the command that fixes it", (mode) => {

@@ -1,6 +1,9 @@
 // The store's guarantees the OAuth endpoints lean on: single-use rules hold under repetition,
 // revocation reaches every token of a grant, and expired rows are purged but replays still caught.
 import { describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { s256Challenge } from "../../src/oauth/pkce.ts";
 import { Store, type ClientRow, type NewTokenHashes } from "../../src/store/store.ts";
 
@@ -40,14 +43,18 @@ function seeded() {
 
 describe("Store", () => {
   test("WAL mode, foreign keys and busy timeout are on for a file database", () => {
-    const path = `${require("node:os").tmpdir()}/fmb-store-${crypto.randomUUID()}.sqlite`;
-    const store = Store.open(path);
-    const pragma = (name: string) => Object.values((store.db as unknown as { $client: import("bun:sqlite").Database }).$client.query(`PRAGMA ${name}`).get() as object)[0];
-    expect(pragma("journal_mode")).toBe("wal");
-    expect(pragma("foreign_keys")).toBe(1);
-    expect(pragma("busy_timeout")).toBe(5000);
-    expect(pragma("synchronous")).toBe(1);
-    store.close();
+    const dir = mkdtempSync(join(tmpdir(), "fmb-store-"));
+    const store = Store.open(join(dir, "broker.sqlite"));
+    try {
+      const pragma = (name: string) => Object.values((store.db as unknown as { $client: import("bun:sqlite").Database }).$client.query(`PRAGMA ${name}`).get() as object)[0];
+      expect(pragma("journal_mode")).toBe("wal");
+      expect(pragma("foreign_keys")).toBe(1);
+      expect(pragma("busy_timeout")).toBe(5000);
+      expect(pragma("synchronous")).toBe(1);
+    } finally {
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("one active grant per (client, user): a second sign-in reuses it; after revocation a new one is made", () => {
