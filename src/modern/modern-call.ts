@@ -23,14 +23,20 @@ export const MAX_INPUT_REQUESTS = 16;
  */
 export const ASKED_TOGETHER_MS = 10;
 
-export interface ModernCallDeps {
+/** What every call of one principal's child shares: the child passes its own on to each call. */
+export interface ModernCallSettings {
   timers: Timers;
   /** How long the child has for the call, counted anew after each retry (the time a caller takes to answer is not the child's). */
   requestTimeoutMs: number;
   maxMessageBytes: number;
+  /** The grant the child serves, which each MRTR requestState is bound to. */
   grantId: string;
+  /** Where a call waiting for its caller's input is parked until the retry. */
   continuations: Continuations<ModernCall>;
   sealer: RequestStateSealer;
+}
+
+export interface ModernCallDeps extends ModernCallSettings {
   /** Tells the child to stop the call (notifications/cancelled); reports nothing back. */
   cancel(handle: ChannelCall, reason: string): void;
   /** The call's timeout starts over, `ms` from now. */

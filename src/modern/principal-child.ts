@@ -7,23 +7,12 @@ import { ErrorCode, type IncomingMessage, type JsonRpcId, type JsonRpcMessage } 
 import type { MessageStream } from "../bridge/message-stream.ts";
 import type { Logger } from "../log.ts";
 import type { ChildExit, ChildProcess } from "../supervisor/child.ts";
-import type { Timers } from "../supervisor/timers.ts";
-import type { Continuations } from "./continuations.ts";
-import { ModernCall } from "./modern-call.ts";
-import type { RequestStateSealer } from "./request-state.ts";
+import { ModernCall, type ModernCallSettings } from "./modern-call.ts";
 import { logWanted } from "./results.ts";
 import { honoredFilter, listenFilter, Listeners, type ListenerCount } from "./subscriptions.ts";
 
-export interface PrincipalChildOptions {
+export interface PrincipalChildOptions extends ModernCallSettings {
   logger: Logger;
-  timers: Timers;
-  requestTimeoutMs: number;
-  maxMessageBytes: number;
-  /** The grant the child serves, which each MRTR requestState is bound to. */
-  grantId: string;
-  /** Where a call waiting for its caller's input is parked until the retry. */
-  continuations: Continuations<ModernCall>;
-  sealer: RequestStateSealer;
   /** The listen streams open over every grant, which MAX_LISTENERS bounds. */
   listenerCount: ListenerCount;
   /** The child exited without being asked to; its callers have had their errors. */
@@ -156,12 +145,7 @@ export class PrincipalChild {
   call(incoming: IncomingMessage, options: { sse?: boolean } = {}): MessageStream {
     this.lastActive = this.options.timers.now();
     const call = new ModernCall(incoming, options.sse ?? true, {
-      timers: this.options.timers,
-      requestTimeoutMs: this.options.requestTimeoutMs,
-      maxMessageBytes: this.options.maxMessageBytes,
-      grantId: this.options.grantId,
-      continuations: this.options.continuations,
-      sealer: this.options.sealer,
+      ...this.options,
       cancel: (handle, reason) => this.channel.cancel(handle, reason),
       restartTimeout: (handle, ms) => this.channel.restartTimeout(handle, ms),
       over: () => this.over(() => {}),
