@@ -99,10 +99,11 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   // Children take only PATH and the passthrough variables from the broker's environment.
   const spawn = createSpawnChild({ config: config.child, sandbox: options.sandbox, forgejoUrl: config.forgejo.url, env: process.env, logger });
   const grantIsLive = (grantId: string) => store.grantHasLiveTokens(grantId, now());
+  const upstreamToken = upstreamTokenFrom(credentials);
   const registry = new SessionRegistry({
     config: config.sessions,
     spawn,
-    upstreamToken: upstreamTokenFrom(credentials),
+    upstreamToken,
     refresh: refresherFrom(credentials),
     grantIsLive,
     logger,
@@ -112,7 +113,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   const principals = new PrincipalChildren({
     config: config.sessions,
     spawn,
-    upstreamToken: upstreamTokenFrom(credentials),
+    upstreamToken,
     // One set of caps over both eras' children.
     reserveSlot: (forgejoUserId) => registry.reserveSlot(forgejoUserId),
     grantIsLive,
