@@ -1,9 +1,9 @@
 // One child per principal (grant) for modern callers: started on the grant's first request (single-
-// flight) in a slot under the session caps, reaped when idle, retired when the user's token rotates or is due, stopped when the grant ends;
-// an MRTR retry resumes its call on whichever of them holds it.
+// flight) in a slot under the session caps, in the era its command speaks (probed once), reaped when idle, retired when the user's token
+// rotates or is due, stopped when the grant ends; an MRTR retry resumes its call on whichever of them holds it.
 import { ErrorCode, type IncomingMessage } from "../bridge/jsonrpc.ts";
 import type { MessageStream } from "../bridge/message-stream.ts";
-import type { SessionConfig } from "../config.ts";
+import type { ChildEraSetting, SessionConfig } from "../config.ts";
 import { randomHex } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import { McpRefusal, SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
@@ -11,15 +11,24 @@ import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../ses
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
 import { every, reapIntervalFor, type TimerHandle, type Timers } from "../supervisor/timers.ts";
 import { MIN_REFRESH_INTERVAL_MS, refreshDueAt } from "../upstream/refresh-timing.ts";
+import { ChildEras, PROBE_TIMEOUT_MS, probeVerdict, runProbe, type ProbeOutcome } from "./child-era.ts";
 import { Continuations } from "./continuations.ts";
+import { LegacyPrincipalChild } from "./legacy-child.ts";
 import type { ModernCall } from "./modern-call.ts";
-import { PrincipalChild } from "./principal-child.ts";
+import { ModernPrincipalChild } from "./modern-child.ts";
+import type { PrincipalChild } from "./principal-child.ts";
 import { paramsHash, RequestStateSealer } from "./request-state.ts";
 import { ListenerCount } from "./subscriptions.ts";
 
 export interface PrincipalChildrenDeps {
   config: SessionConfig;
   spawn: SpawnChild;
+  /** Which era the children speak: the operator's BROKER_CHILD_ERA, probed per `childCommand` in auto. */
+  childEra: ChildEraSetting;
+  /** The command `spawn` starts, which the era verdict is cached for. */
+  childCommand: string;
+  /** How long a probed child may stay silent before it counts as legacy. */
+  probeTimeoutMs?: number;
   upstreamToken: UpstreamTokenProvider;
   logger: Logger;
   timers: Timers;
@@ -66,11 +75,13 @@ export class PrincipalChildren {
   private readonly sealer = new RequestStateSealer();
   /** The listen streams open on every child. */
   private readonly listenerCount = new ListenerCount();
+  private readonly eras: ChildEras;
 
   constructor(private readonly deps: PrincipalChildrenDeps) {
+    this.eras = new ChildEras({ setting: deps.childEra, timers: deps.timers });
     this.continuations = new Continuations({
       timers: deps.timers,
-      deadlineMs: deps.continuationDeadlineMs ?? CONTINUATION_DEADLINE_MS,
+      deadlineMs: this.continuationDeadlineMs,
       maxEntries: MAX_CONTINUATIONS,
     });
     this.stopReaping = every(deps.timers, deps.reapIntervalMs ?? reapIntervalFor(deps.config.idleTimeoutMs), () => void this.reapIdle());
@@ -128,11 +139,16 @@ export class PrincipalChildren {
    * the child's requests answered from inputResponses. Throws McpRefusal 400 -32602, with nothing sent to
    * the child, for a state that is forged, another grant's, expired, already used or for other method or params.
    */
-  resume(identity: SessionIdentity, retry: IncomingMessage, options: { sse?: boolean } = {}): MessageStream {
+  async resume(identity: SessionIdentity, retry: IncomingMessage, options: { sse?: boolean } = {}): Promise<MessageStream> {
     const params = retry.message.params as Record<string, unknown>;
     const binding = { grantId: identity.grantId, method: String(retry.message.method), paramsHash: paramsHash(params) };
     const opened = typeof params.requestState === "string" ? this.sealer.open(params.requestState, binding, this.deps.timers.now()) : { ok: false as const, problem: "requestState must be a string" };
     if (!opened.ok) throw new McpRefusal(400, ErrorCode.InvalidParams, `Invalid params: ${opened.problem}`);
+    if (opened.state.childState !== undefined) {
+      // A modern child's own state: the retry goes to the grant's child with it in place of the broker's seal.
+      const message = { ...retry.message, params: { ...params, requestState: opened.state.childState } };
+      return (await this.childFor(identity)).call({ raw: JSON.stringify(message), message }, options);
+    }
     const call = this.continuations.peek(opened.state.continuationId);
     if (call === null) throw new McpRefusal(400, ErrorCode.InvalidParams, "Invalid params: requestState names no call waiting for input (already resumed, abandoned, or from before a restart)");
     const problem = call.responsesProblem(params.inputResponses);
@@ -185,6 +201,8 @@ export class PrincipalChildren {
 
   private async startInSlot(identity: SessionIdentity): Promise<Principal> {
     const upstream = await this.deps.upstreamToken(identity.forgejoUserId);
+    const verdict = await this.eras.verdictFor(this.deps.childCommand, () => this.probe(upstream.token));
+    if (verdict.era === "unsupported") throw new SessionStartError(verdict.why, null);
     const id = randomHex(24);
     const logger = this.deps.logger.child({ principal_child: id });
     let process;
@@ -195,13 +213,15 @@ export class PrincipalChildren {
       throw error;
     }
     const principal: Principal = { child: null!, forgejoUserId: identity.forgejoUserId, dueTimer: null, exited: process.exited.then(() => {}) };
-    principal.child = new PrincipalChild(process, {
+    const Speaking = verdict.era === "modern" ? ModernPrincipalChild : LegacyPrincipalChild;
+    principal.child = new Speaking(process, {
       logger,
       timers: this.deps.timers,
       requestTimeoutMs: this.deps.config.requestTimeoutMs,
       maxMessageBytes: this.deps.config.maxMessageBytes,
       grantId: identity.grantId,
       continuations: this.continuations,
+      continuationDeadlineMs: this.continuationDeadlineMs,
       sealer: this.sealer,
       listenerCount: this.listenerCount,
       onExit: (exit) => {
@@ -209,7 +229,7 @@ export class PrincipalChildren {
         this.forget(identity.grantId, principal);
       },
     });
-    const problem = await principal.child.initialize(this.initializeTimeoutMs);
+    const problem = await principal.child.start(this.initializeTimeoutMs);
     if (problem !== null) {
       await principal.child.close(problem);
       throw new SessionStartError(problem, (await process.exited).lastStderrLine);
@@ -233,7 +253,7 @@ export class PrincipalChildren {
     this.live.set(identity.grantId, principal);
     this.running.set(principal, identity.grantId);
     void principal.exited.then(() => this.running.delete(principal));
-    logger.info("principal child started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: process.pid });
+    logger.info("principal child started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: process.pid, era: verdict.era });
     return principal;
   }
 
@@ -256,6 +276,32 @@ export class PrincipalChildren {
     if (this.live.get(grantId) === principal) this.live.delete(grantId);
     const start = this.starts.get(grantId);
     if (start !== undefined) void start.then((started) => started === principal && this.starts.get(grantId) === start && this.starts.delete(grantId), () => {});
+  }
+
+  /**
+   * The era probe, in a disposable sibling started exactly as the principal's child is about to be (same
+   * spawn: sandbox, environment, and this user's token — a child that checks its token at start must not
+   * fail the probe for lack of one, and the user's own child gets that token a moment later anyway).
+   * A child that cannot start at all throws SessionStartError, and nothing is cached.
+   */
+  private async probe(token: string): Promise<ProbeOutcome> {
+    const id = `probe-${randomHex(12)}`;
+    let process;
+    try {
+      process = this.deps.spawn({ sessionId: id, token });
+    } catch (error) {
+      if (error instanceof ChildStartError) throw new SessionStartError(error.message, error.lastStderrLine);
+      throw error;
+    }
+    const logger = this.deps.logger.child({ era_probe: id });
+    logger.info("child era probe started", { pid: process.pid });
+    const outcome = await runProbe(process, { logger, timers: this.deps.timers, maxMessageBytes: this.deps.config.maxMessageBytes, timeoutMs: this.deps.probeTimeoutMs ?? PROBE_TIMEOUT_MS });
+    logger.info("child era probed", { outcome: outcome.kind, verdict: probeVerdict(outcome).era });
+    return outcome;
+  }
+
+  private get continuationDeadlineMs(): number {
+    return this.deps.continuationDeadlineMs ?? CONTINUATION_DEADLINE_MS;
   }
 
   private get initializeTimeoutMs(): number {

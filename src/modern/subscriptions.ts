@@ -1,10 +1,12 @@
 // The subscriptions/listen streams open on one principal's child: each starts with its acknowledgement,
 // then gets the child's list_changed and resources/updated its filter asks for, tagged with its subscription id.
+import { SUBSCRIPTION_ID } from "../bridge/child-channel.ts";
 import { ErrorCode, type IncomingMessage, type JsonRpcId, type JsonRpcMessage } from "../bridge/jsonrpc.ts";
 import { MessageStream } from "../bridge/message-stream.ts";
 import { McpRefusal, TRANSPORT_ERROR } from "../session/errors.ts";
 
-export const SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId";
+export { SUBSCRIPTION_ID };
+
 /** The most listen streams open on one grant's child, and on all of them together. */
 export const MAX_LISTENERS_PER_GRANT = 16;
 export const MAX_LISTENERS = 1024;
@@ -70,6 +72,16 @@ function stated(filter: ListenFilter): Record<string, unknown> {
   return { ...Object.fromEntries(Object.entries(flags).filter(([, on]) => on)), ...(resourceSubscriptions.length > 0 ? { resourceSubscriptions } : {}) };
 }
 
+/** Throws McpRefusal 429 when a grant with `openOnGrant` listen streams, or the broker with `total`, may open no more. */
+export function checkListenRoom(openOnGrant: number, total: ListenerCount): void {
+  if (openOnGrant >= MAX_LISTENERS_PER_GRANT) {
+    throw new McpRefusal(429, TRANSPORT_ERROR, `Too Many Requests: this sign-in has ${MAX_LISTENERS_PER_GRANT} listen streams open, the most allowed; close one first`, { "Retry-After": "1" });
+  }
+  if (total.value >= MAX_LISTENERS) {
+    throw new McpRefusal(429, TRANSPORT_ERROR, `Too Many Requests: the broker has ${MAX_LISTENERS} listen streams open, the most it holds; try again later`, { "Retry-After": "1" });
+  }
+}
+
 /** How many listen streams are open over every grant; one is shared by all the grants' Listeners. */
 export class ListenerCount {
   value = 0;
@@ -110,12 +122,7 @@ export class Listeners {
    */
   listen(id: JsonRpcId, filter: ListenFilter): MessageStream {
     if (this.ended !== null) throw new McpRefusal(503, TRANSPORT_ERROR, `Service Unavailable: ${this.ended}; listen again`, { "Retry-After": "1" });
-    if (this.open.size >= MAX_LISTENERS_PER_GRANT) {
-      throw new McpRefusal(429, TRANSPORT_ERROR, `Too Many Requests: this sign-in has ${MAX_LISTENERS_PER_GRANT} listen streams open, the most allowed; close one first`, { "Retry-After": "1" });
-    }
-    if (this.deps.total.value >= MAX_LISTENERS) {
-      throw new McpRefusal(429, TRANSPORT_ERROR, `Too Many Requests: the broker has ${MAX_LISTENERS} listen streams open, the most it holds; try again later`, { "Retry-After": "1" });
-    }
+    checkListenRoom(this.open.size, this.deps.total);
     const listener: Listener = { id, filter, stream: null! };
     listener.stream = new MessageStream(0, () => this.forget(listener), this.deps.maxMessageBytes);
     this.open.add(listener);

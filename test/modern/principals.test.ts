@@ -47,6 +47,8 @@ function setup(
   const principals = new PrincipalChildren({
     config,
     spawn,
+    childEra: "legacy",
+    childCommand: "fake",
     upstreamToken,
     reserveSlot: (user) => registry.reserveSlot(user),
     grantIsLive: options.grantIsLive,
@@ -244,7 +246,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     const resumed = principals.resume(ALICE, retry(2, interim.result.requestState));
     expect(children[0]!.messages.at(-1)).toEqual({ jsonrpc: "2.0", id: "e1", result: { action: "accept", content: { a: "teal" } } });
     children[0]!.send({ jsonrpc: "2.0", id: callId, result: { content: [] } });
-    expect(await read(resumed)).toEqual([{ jsonrpc: "2.0", id: 2, result: { content: [], resultType: "complete" } }]);
+    expect(await read(await resumed)).toEqual([{ jsonrpc: "2.0", id: 2, result: { content: [], resultType: "complete" } }]);
   });
 
   test("two questions that reach the broker in two reads, a few milliseconds apart, still go out in one input_required", async () => {
@@ -306,13 +308,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
   test("a retry whose params differ is refused with -32602 and nothing reaches the child", async () => {
     const { principals, children, interim } = await parkedCall();
     const before = children[0]!.messages.length;
-    const refused = (() => {
-      try {
-        principals.resume(ALICE, retry(2, interim.result.requestState, { name: "other" }));
-      } catch (error) {
-        return error as { status: number; code: number };
-      }
-    })();
+    const refused = await rejection(principals.resume(ALICE, retry(2, interim.result.requestState, { name: "other" })));
     expect(refused).toMatchObject({ status: 400, code: -32602 });
     expect(children[0]!.messages.length).toBe(before);
   });
@@ -334,7 +330,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
       const fixture = await parkedCall({ grantIsLive: () => live });
       live = false;
       await end(fixture);
-      expect(await read(fixture.principals.resume(ALICE, retry(2, fixture.interim.result.requestState)))).toEqual([
+      expect(await read(await fixture.principals.resume(ALICE, retry(2, fixture.interim.result.requestState)))).toEqual([
         { jsonrpc: "2.0", id: 2, error: { code: -32000, message: expect.any(String) } },
       ]);
     });
@@ -349,7 +345,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
       { jsonrpc: "2.0", id: "e1", error: { code: -32003, message: expect.any(String) } },
       { jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: callId, reason: expect.any(String) } },
     ]);
-    expect(await read(principals.resume(ALICE, retry(2, interim.result.requestState)))).toEqual([
+    expect(await read(await principals.resume(ALICE, retry(2, interim.result.requestState)))).toEqual([
       { jsonrpc: "2.0", id: 2, error: { code: -32021, message: expect.any(String), data: { requiredCapabilities: { roots: {} } } } },
     ]);
   });
