@@ -14,7 +14,15 @@ import { honoredFilter, listenFilter, Listeners } from "./subscriptions.ts";
 const CHILD_PROTOCOL_VERSION = "2025-11-25";
 const BROKER_CLIENT_CAPABILITIES = { elicitation: {}, sampling: {}, roots: {} };
 
-export class LegacyPrincipalChild extends PrincipalChild {
+/** A call on a legacy child: the child's questions to its client go to the one it belongs to. */
+export interface LegacyCaller extends Caller {
+  /** The child asked its client something (elicitation, sampling, roots) while this was its one call running. */
+  asks(request: ChildRequest): void;
+  /** Its questions went out and it waits for its caller's retry: its handler in the child waits on their answers. */
+  readonly waitingForRetry: boolean;
+}
+
+export class LegacyPrincipalChild extends PrincipalChild<LegacyCaller> {
   private initialized: Record<string, unknown> | null = null;
   private readonly listeners: Listeners;
 
@@ -46,7 +54,11 @@ export class LegacyPrincipalChild extends PrincipalChild {
   /** Initializes the child as its only client, declaring what the broker translates, and tells it initialized. */
   async start(timeoutMs: number): Promise<string | null> {
     const params = { protocolVersion: CHILD_PROTOCOL_VERSION, capabilities: BROKER_CLIENT_CAPABILITIES, clientInfo: { name: "forgejo-mcp-broker", version: "1" } };
-    const answer = await this.brokerRequest("initialize", params, timeoutMs);
+    const answer = await this.brokerRequest("initialize", params, timeoutMs, (caller) => ({
+      ...caller,
+      waitingForRetry: false,
+      asks: (asked) => asked.refuse(ErrorCode.Undeliverable, `${asked.method} cannot be answered during initialize`),
+    }));
     if (typeof answer === "string") return answer;
     if ("error" in answer) return `the MCP server refused initialize: ${JSON.stringify(answer.error)}`;
     this.initialized = (answer.result ?? {}) as Record<string, unknown>;
@@ -86,7 +98,7 @@ export class LegacyPrincipalChild extends PrincipalChild {
    * retries does not stop the next caller from being asked. Every call on the child is of one grant: a
    * wrong guess cannot ask one user another user's question.
    */
-  protected childRequest(request: ChildRequest, callsOfChild: () => Caller[]): void {
+  protected childRequest(request: ChildRequest, callsOfChild: () => LegacyCaller[]): void {
     if (request.method === "ping") {
       request.reply({});
       return;
@@ -104,7 +116,7 @@ export class LegacyPrincipalChild extends PrincipalChild {
   }
 
   /** List changes and resource updates go to the listeners that asked for them; a log to the one call in flight when it asked for that level. */
-  protected childNotification(incoming: IncomingMessage, callsOfChild: () => Caller[]): void {
+  protected childNotification(incoming: IncomingMessage, callsOfChild: () => LegacyCaller[]): void {
     if (this.listeners.deliver(incoming)) return;
     if (incoming.message.method !== "notifications/message") return;
     const calls = callsOfChild();

@@ -36,7 +36,7 @@ export class ModernPrincipalChild extends PrincipalChild {
 
   /** Asks the child server/discover: its capabilities, instructions and serverInfo for this principal (never shared with another). */
   async start(timeoutMs: number): Promise<string | null> {
-    const answer = await this.brokerRequest("server/discover", { _meta: BROKER_ENVELOPE }, timeoutMs);
+    const answer = await this.brokerRequest("server/discover", { _meta: BROKER_ENVELOPE }, timeoutMs, (caller) => caller);
     if (typeof answer === "string") return answer;
     if ("error" in answer) return `the MCP server refused server/discover: ${JSON.stringify(answer.error)}`;
     this.discovered = (answer.result ?? {}) as Record<string, unknown>;
@@ -84,7 +84,8 @@ export class ModernPrincipalChild extends PrincipalChild {
   /** A log names no request on stdio: it goes to the one call in flight when that call asked for its level; anything else is dropped. */
   protected childNotification(incoming: IncomingMessage, callsOfChild: () => Caller[]): void {
     if (incoming.message.method !== "notifications/message") return;
-    const calls = callsOfChild().filter((call) => !this.listens.has(call as NativeCall));
+    // A listen is no call a log can be about.
+    const calls = callsOfChild().filter((call) => !(call instanceof NativeCall && this.listens.has(call)));
     const level = (incoming.message.params as { level?: unknown } | undefined)?.level;
     if (calls.length === 1 && logWanted(level, calls[0]!.logLevel)) calls[0]!.progress(incoming);
   }

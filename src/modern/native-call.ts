@@ -1,6 +1,6 @@
 // One modern caller's call on its principal's 2026-07-28 child: the child's progress, wanted logs and answer
 // go to the caller's stream as the child wrote them (ids restored by the channel), its own requestState sealed to the grant.
-import type { ChannelCall, ChildRequest } from "../bridge/child-channel.ts";
+import type { ChannelCall } from "../bridge/child-channel.ts";
 import { ErrorCode, errorResponse, type IncomingMessage, type JsonRpcId, type JsonRpcMessage } from "../bridge/jsonrpc.ts";
 import { MessageStream } from "../bridge/message-stream.ts";
 import type { Timers } from "../supervisor/timers.ts";
@@ -46,9 +46,6 @@ export class NativeCall implements Caller {
     this.stream = new MessageStream(0, (_stream, reason) => this.cancel(reason), deps.maxMessageBytes);
   }
 
-  /** A 2026-07-28 child asks through input_required results, never by requests of its own. */
-  readonly waitingForRetry = false;
-
   get logLevel(): unknown {
     return this.meta[META.logLevel];
   }
@@ -68,10 +65,6 @@ export class NativeCall implements Caller {
 
   cancelled(): void {
     this.push(errorResponse(this.id, ErrorCode.ConnectionClosed, "the request was cancelled"), "response", "broker");
-  }
-
-  asks(request: ChildRequest): void {
-    request.refuse(ErrorCode.MethodNotFound, `${request.method}: a 2026-07-28 server asks through input_required, not requests`);
   }
 
   /** Ends the call from the broker's side: the child is told, and the caller gets `answer` if it is still there. */

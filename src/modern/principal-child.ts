@@ -1,7 +1,7 @@
 // One principal's (grant's) child as its modern callers share it, whichever era it speaks: the child
 // channel (ids and progress tokens rewritten), activity, retirement and close; how it is spoken to is its era's subclass.
 import { ChildChannel, type ChildRequest } from "../bridge/child-channel.ts";
-import { ErrorCode, type IncomingMessage, type JsonRpcMessage } from "../bridge/jsonrpc.ts";
+import type { IncomingMessage, JsonRpcMessage } from "../bridge/jsonrpc.ts";
 import type { MessageStream } from "../bridge/message-stream.ts";
 import type { Logger } from "../log.ts";
 import type { ChildExit, ChildProcess } from "../supervisor/child.ts";
@@ -24,16 +24,13 @@ export interface Caller {
   answered(incoming: IncomingMessage): void;
   failed(code: number, message: string): void;
   cancelled(): void;
-  /** A legacy child asked its client something (elicitation, sampling, roots) while this was its one call running. */
-  asks(request: ChildRequest): void;
-  /** Its questions went out and it waits for its caller's retry: its handler in the child waits on their answers. */
-  readonly waitingForRetry: boolean;
   /** The request's _meta logLevel: what notifications/message it wants (undefined: none). */
   readonly logLevel: unknown;
 }
 
-export abstract class PrincipalChild {
-  protected readonly channel: ChildChannel<Caller>;
+/** `C`: what the era's subclass knows of each call on its child. */
+export abstract class PrincipalChild<C extends Caller = Caller> {
+  protected readonly channel: ChildChannel<C>;
   private lastActive: number;
   private retiring = false;
 
@@ -42,7 +39,7 @@ export abstract class PrincipalChild {
     protected readonly options: PrincipalChildOptions,
   ) {
     this.lastActive = options.timers.now();
-    this.channel = new ChildChannel<Caller>(child, { ...options, multiplexed: true }, {
+    this.channel = new ChildChannel<C>(child, { ...options, multiplexed: true }, {
       progress: (caller, incoming) => caller.progress(incoming),
       answered: (caller, incoming) => this.over(() => caller.answered(incoming)),
       failed: (caller, code, message) => this.over(() => caller.failed(code, message)),
@@ -84,10 +81,10 @@ export abstract class PrincipalChild {
   protected abstract endListeners(reason: string): void;
 
   /** The child's own request (the channel has rewritten nothing in it). */
-  protected abstract childRequest(request: ChildRequest, callsOfChild: () => Caller[]): void;
+  protected abstract childRequest(request: ChildRequest, callsOfChild: () => C[]): void;
 
   /** A notification of the child's own that names no call by progress token. */
-  protected abstract childNotification(incoming: IncomingMessage, callsOfChild: () => Caller[]): void;
+  protected abstract childNotification(incoming: IncomingMessage, callsOfChild: () => C[]): void;
 
   get inFlight(): number {
     return this.channel.inFlight;
@@ -140,9 +137,9 @@ export abstract class PrincipalChild {
 
   /**
    * The broker's own request to the child (its greeting): resolves with the child's answer, or with why
-   * none came (its exit, or `timeoutMs` passing, which closes the child).
+   * none came (its exit, or `timeoutMs` passing, which closes the child). `asCall` makes the era's call of it.
    */
-  protected brokerRequest(method: string, params: Record<string, unknown>, timeoutMs: number): Promise<JsonRpcMessage | string> {
+  protected brokerRequest(method: string, params: Record<string, unknown>, timeoutMs: number, asCall: (caller: Caller) => C): Promise<JsonRpcMessage | string> {
     const request = { jsonrpc: "2.0", id: 0, method, params };
     return new Promise((resolve) => {
       const timer = this.options.timers.setTimeout(() => {
@@ -153,15 +150,14 @@ export abstract class PrincipalChild {
         this.options.timers.clearTimeout(timer);
         resolve(outcome);
       };
-      this.channel.call({ raw: JSON.stringify(request), message: request }, {
+      const caller: Caller = {
         logLevel: undefined,
-        waitingForRetry: false,
         progress: () => {},
         answered: (incoming) => settle(incoming.message),
         failed: (_code, message) => settle(message),
         cancelled: () => settle(`${method} was cancelled`),
-        asks: (asked) => asked.refuse(ErrorCode.Undeliverable, `${asked.method} cannot be answered during ${method}`),
-      });
+      };
+      this.channel.call({ raw: JSON.stringify(request), message: request }, asCall(caller));
     });
   }
 }

@@ -213,8 +213,8 @@ export class PrincipalChildren {
       throw error;
     }
     const principal: Principal = { child: null!, forgejoUserId: identity.forgejoUserId, dueTimer: null, exited: process.exited.then(() => {}) };
-    const Speaking = verdict.era === "modern" ? ModernPrincipalChild : LegacyPrincipalChild;
-    principal.child = new Speaking(process, {
+    const ChildOfEra = verdict.era === "modern" ? ModernPrincipalChild : LegacyPrincipalChild;
+    principal.child = new ChildOfEra(process, {
       logger,
       timers: this.deps.timers,
       requestTimeoutMs: this.deps.config.requestTimeoutMs,
