@@ -5,7 +5,7 @@ import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
 import type { ChildEraSetting, SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
-import { FakeChild, FakeTimers, settle, type Json } from "../bridge/fakes.ts";
+import { FakeChild, FakeTimers, readMessages, settle, type Json } from "../bridge/fakes.ts";
 import { rejection } from "../helpers/promises.ts";
 
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
@@ -42,11 +42,6 @@ const request = (id: number | string, method: string, params: Json = {}): Incomi
   return { raw: JSON.stringify(message), message };
 };
 
-async function read(stream: { next(): Promise<{ data: string } | null> }): Promise<Json[]> {
-  const messages: Json[] = [];
-  for (let event = await stream.next(); event !== null; event = await stream.next()) messages.push(JSON.parse(event.data) as Json);
-  return messages;
-}
 
 describe("a 2026-07-28 child of a principal", () => {
   test("auto: a sibling is probed and stopped, then the child is asked server/discover, never initialize; the broker's discover carries its description", async () => {
@@ -75,7 +70,7 @@ describe("a 2026-07-28 child of a principal", () => {
     const sent = children[0]!.messages.at(-1) as Json & { id: string };
     expect(sent).toEqual({ jsonrpc: "2.0", id: "fmb-2", method: "tools/call", params: { name: "echo", _meta: ENVELOPE } });
     children[0]!.send({ jsonrpc: "2.0", id: sent.id, result: { content: [], resultType: "complete", extra: 1 } });
-    expect(await read(stream)).toEqual([{ jsonrpc: "2.0", id: 1, result: { content: [], resultType: "complete", extra: 1 } }]);
+    expect(await readMessages(stream)).toEqual([{ jsonrpc: "2.0", id: 1, result: { content: [], resultType: "complete", extra: 1 } }]);
   });
 
   test("its input_required goes out with the child's requestState sealed; the retry gives the child back exactly its own, and another grant's retry is refused", async () => {
@@ -83,7 +78,7 @@ describe("a 2026-07-28 child of a principal", () => {
     const stream = (await principals.childFor(ALICE)).call(request(1, "tools/call", { name: "ask" }));
     const sent = children[0]!.messages.at(-1) as { id: string };
     children[0]!.send({ jsonrpc: "2.0", id: sent.id, result: { resultType: "input_required", inputRequests: { k: { method: "elicitation/create", params: {} } }, requestState: "child-state" } });
-    const [interim] = (await read(stream)) as [Json & { result: Json & { requestState: string } }];
+    const [interim] = (await readMessages(stream)) as [Json & { result: Json & { requestState: string } }];
     const sealed = interim.result.requestState;
     expect(sealed).not.toContain("child-state");
     expect(interim).toEqual({ jsonrpc: "2.0", id: 1, result: { resultType: "input_required", inputRequests: { k: { method: "elicitation/create", params: {} } }, requestState: sealed } });
@@ -115,7 +110,7 @@ describe("a 2026-07-28 child of a principal", () => {
     await settle();
     expect(child.listening).toBe(1);
     principals.userTokenRotated(ALICE.forgejoUserId);
-    expect(await read(stream)).toEqual([
+    expect(await readMessages(stream)).toEqual([
       { jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: { _meta: { "io.modelcontextprotocol/subscriptionId": "l" } } },
       { jsonrpc: "2.0", method: "notifications/tools/list_changed", params: { _meta: { "io.modelcontextprotocol/subscriptionId": "l" } } },
       { jsonrpc: "2.0", id: "l", result: { resultType: "complete", _meta: { "io.modelcontextprotocol/subscriptionId": "l" } } },

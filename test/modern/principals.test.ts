@@ -9,7 +9,7 @@ import { PrincipalChildren } from "../../src/modern/principals.ts";
 import { UserSessionLimitError } from "../../src/session/errors.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
 import { rejection } from "../helpers/promises.ts";
-import { FakeChild, FakeTimers, initializingChild, settle, type Json } from "../bridge/fakes.ts";
+import { FakeChild, FakeTimers, initializingChild, readMessages, settle, type Json } from "../bridge/fakes.ts";
 
 const HOUR = 3_600_000;
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
@@ -66,11 +66,6 @@ const request = (id: number, method = "tools/call", params: Json = { name: "t" }
   return { raw: JSON.stringify(message), message };
 };
 
-async function read(stream: { next(): Promise<{ data: string } | null> }): Promise<Json[]> {
-  const messages: Json[] = [];
-  for (let event = await stream.next(); event !== null; event = await stream.next()) messages.push(JSON.parse(event.data) as Json);
-  return messages;
-}
 
 describe("a principal's child", () => {
   test("is initialized once as the broker's, declaring what the broker will translate, then told initialized", async () => {
@@ -98,7 +93,7 @@ describe("a principal's child", () => {
     const { principals, children } = setup();
     const stream = (await principals.childFor(ALICE)).call(request(1));
     children[0]!.exit({ code: 137 });
-    expect((await read(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
+    expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
     await principals.childFor(ALICE);
     expect(children.length).toBe(2);
   });
@@ -112,7 +107,7 @@ describe("a principal's child", () => {
     live = false;
     await principals.grantRevoked(ALICE.grantId);
     expect(children[0]!.stopCalls).toBe(1);
-    expect((await read(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
+    expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
   });
 
   test("its token due for a refresh: it takes no new call, finishes the one in flight, then stops", async () => {
@@ -124,7 +119,7 @@ describe("a principal's child", () => {
     expect(child.closed).not.toBeNull();
     expect(children[0]!.stopCalls).toBe(0);
     children[0]!.send({ jsonrpc: "2.0", id: (children[0]!.messages[2] as { id: string }).id, result: { content: [] } });
-    expect(await read(stream)).toEqual([{ jsonrpc: "2.0", id: 1, result: { content: [], resultType: "complete" } }]);
+    expect(await readMessages(stream)).toEqual([{ jsonrpc: "2.0", id: 1, result: { content: [], resultType: "complete" } }]);
     await settle();
     expect(children[0]!.stopCalls).toBe(1);
     expect(await principals.childFor(ALICE)).not.toBe(child);
@@ -160,7 +155,7 @@ describe("a principal's child", () => {
       children[0]!.send(log);
       await settle();
       children[0]!.send({ jsonrpc: "2.0", id: sent.id, result: {} });
-      return (await read(stream)).map((message) => message.method ?? "answer");
+      return (await readMessages(stream)).map((message) => message.method ?? "answer");
     };
     const withLevel = (level: string | undefined) => request(1, "tools/call", { name: "t", _meta: level === undefined ? {} : { "io.modelcontextprotocol/logLevel": level } });
     expect(await answerLast(child.call(withLevel(undefined)))).toEqual(["answer"]);
@@ -216,7 +211,7 @@ describe("one set of caps over sessions and grants' children", () => {
     expect(children[0]!.stopCalls).toBe(0);
     await principals.shutdown();
     expect(children[0]!.stopCalls).toBe(1);
-    expect((await read(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
+    expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
   });
 });
 
@@ -235,7 +230,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     fixture.children[0]!.send(ELICIT);
     await settle();
     fixture.timers.advance(ASKED_TOGETHER_MS);
-    const [interim] = await read(stream);
+    const [interim] = await readMessages(stream);
     return { ...fixture, child, callId, interim: interim as { result: { requestState: string; resultType: string } } };
   }
 
@@ -246,7 +241,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     const resumed = principals.resume(ALICE, retry(2, interim.result.requestState));
     expect(children[0]!.messages.at(-1)).toEqual({ jsonrpc: "2.0", id: "e1", result: { action: "accept", content: { a: "teal" } } });
     children[0]!.send({ jsonrpc: "2.0", id: callId, result: { content: [] } });
-    expect(await read(await resumed)).toEqual([{ jsonrpc: "2.0", id: 2, result: { content: [], resultType: "complete" } }]);
+    expect(await readMessages(await resumed)).toEqual([{ jsonrpc: "2.0", id: 2, result: { content: [], resultType: "complete" } }]);
   });
 
   test("two questions that reach the broker in two reads, a few milliseconds apart, still go out in one input_required", async () => {
@@ -259,7 +254,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     children[0]!.send({ ...ELICIT, id: "e2" });
     await settle();
     timers.advance(ASKED_TOGETHER_MS);
-    const [interim] = await read(stream);
+    const [interim] = await readMessages(stream);
     expect(Object.keys((interim as { result: { inputRequests: Json } }).result.inputRequests)).toEqual(["elicitation-1", "elicitation-2"]);
   });
 
@@ -289,7 +284,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     children[0]!.send({ ...ELICIT, id: "e2" });
     await settle();
     timers.advance(ASKED_TOGETHER_MS);
-    const [interim] = await read(next);
+    const [interim] = await readMessages(next);
     expect(interim).toMatchObject({ id: 3, result: { resultType: "input_required", inputRequests: { "elicitation-1": { method: "elicitation/create" } } } });
     expect(child.inFlight).toBe(2);
   });
@@ -330,7 +325,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
       const fixture = await parkedCall({ grantIsLive: () => live });
       live = false;
       await end(fixture);
-      expect(await read(await fixture.principals.resume(ALICE, retry(2, fixture.interim.result.requestState)))).toEqual([
+      expect(await readMessages(await fixture.principals.resume(ALICE, retry(2, fixture.interim.result.requestState)))).toEqual([
         { jsonrpc: "2.0", id: 2, error: { code: -32000, message: expect.any(String) } },
       ]);
     });
@@ -345,7 +340,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
       { jsonrpc: "2.0", id: "e1", error: { code: -32003, message: expect.any(String) } },
       { jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: callId, reason: expect.any(String) } },
     ]);
-    expect(await read(await principals.resume(ALICE, retry(2, interim.result.requestState)))).toEqual([
+    expect(await readMessages(await principals.resume(ALICE, retry(2, interim.result.requestState)))).toEqual([
       { jsonrpc: "2.0", id: 2, error: { code: -32021, message: expect.any(String), data: { requiredCapabilities: { roots: {} } } } },
     ]);
   });
