@@ -77,7 +77,8 @@ export async function runProbe(child: ChildProcess, deps: { logger: Logger; time
     };
     const link = new ChildLink(child, deps.logger, deps.maxMessageBytes, {
       onMessage: (_link, incoming, kind) => {
-        if (kind === "response" && incoming.message.id === PROBE_ID) settle({ kind: "answer", message: incoming.message });
+        // An error with a null id (the child could not read the probe) can only be about the probe, its one request.
+        if (kind === "response" && (incoming.message.id === PROBE_ID || incoming.message.id === null)) settle({ kind: "answer", message: incoming.message });
       },
       onExit: () => settle({ kind: "exit" }),
     });

@@ -50,6 +50,11 @@ describe("running the probe", () => {
     expect(child.stopCalls).toBe(1);
   });
 
+  test("an error with a null id answers the probe (its one request), without waiting out the timeout", async () => {
+    const child = new FakeChild({ onMessage: (_message, self) => self.send({ jsonrpc: "2.0", id: null, error: { code: -32700, message: "Parse error" } }) });
+    expect(await runProbe(child, deps(new FakeTimers()))).toEqual({ kind: "answer", message: { jsonrpc: "2.0", id: null, error: { code: -32700, message: "Parse error" } } });
+  });
+
   test("a child that exits on the probe", async () => {
     const child = new FakeChild({ onMessage: (_message, self) => self.exit({ code: 1 }) });
     expect(await runProbe(child, deps(new FakeTimers()))).toEqual({ kind: "exit" });
