@@ -87,6 +87,11 @@ export class LegacyPrincipalChild extends PrincipalChild<LegacyCaller> {
     return this.listeners.listen(incoming.message.id as JsonRpcId, filter);
   }
 
+  /** The broker's own fan-out moves as it is; the next child is subscribed to the uris the streams name. */
+  handOverListeners(next: PrincipalChild): void {
+    if (next instanceof LegacyPrincipalChild) this.listeners.moveTo(next.listeners);
+  }
+
   protected endListeners(reason: string): void {
     this.listeners.endAll(reason);
   }

@@ -66,6 +66,9 @@ export class ModernPrincipalChild extends PrincipalChild {
     return listen.stream;
   }
 
+  /** A listen is the child's own (its acknowledgement, its ids): it ends with this child, and its caller listens again. */
+  handOverListeners(): void {}
+
   /** Each listen ends with its listen's result, and the child is told to stop it. */
   protected endListeners(reason: string): void {
     this.listensEnded ??= reason;

@@ -77,6 +77,12 @@ export abstract class PrincipalChild<C extends Caller = Caller> {
   /** How many listen streams are open on it: while any is, the child is not idle (its listeners wait for its news). */
   abstract get listening(): number;
 
+  /**
+   * Its listen streams move to `next`, the grant's next child (a token rotation), where its era can carry
+   * them on; the rest end when it retires, and their callers listen again.
+   */
+  abstract handOverListeners(next: PrincipalChild): void;
+
   /** Its listen streams end (their callers listen again, on the next child). */
   protected abstract endListeners(reason: string): void;
 

@@ -47,7 +47,12 @@ export interface PrincipalChildrenDeps {
 
 interface Principal {
   child: PrincipalChild;
+  identity: SessionIdentity;
   forgejoUserId: number;
+  /** Its successor is starting (make before break): it serves until then. */
+  replacing: boolean;
+  /** The user's token rotated while it started: it holds a token already replaced. */
+  staleToken: boolean;
   /** Settles once its process has exited: until then it holds a slot under the caps, serving or not. */
   exited: Promise<void>;
   /** Retires the child when its token is due for a refresh. */
@@ -75,6 +80,10 @@ export class PrincipalChildren {
   private readonly sealer = new RequestStateSealer();
   /** The listen streams open on every child. */
   private readonly listenerCount = new ListenerCount();
+  /** Children starting to replace a serving one: shutdown waits for them too. */
+  private readonly replacements = new Set<Promise<void>>();
+  /** How often each user's token has rotated, to tell a child started with a token replaced meanwhile. */
+  private readonly rotations = new Map<number, number>();
   private readonly eras: ChildEras;
 
   constructor(private readonly deps: PrincipalChildrenDeps) {
@@ -157,10 +166,11 @@ export class PrincipalChildren {
     return call.resume(retry, options.sse ?? true);
   }
 
-  /** The user's upstream token changed: their children stop once their calls are over, and the next call starts one with the new token. */
+  /** The user's upstream token changed: each of their children is replaced by one with the new token (make before break). */
   userTokenRotated(forgejoUserId: number): void {
+    this.rotations.set(forgejoUserId, (this.rotations.get(forgejoUserId) ?? 0) + 1);
     for (const [grantId, principal] of this.live) {
-      if (principal.forgejoUserId === forgejoUserId) this.retire(grantId, principal, "the user's Forgejo token was refreshed");
+      if (principal.forgejoUserId === forgejoUserId) this.replace(grantId, principal, "the user's Forgejo token was refreshed");
     }
   }
 
@@ -183,13 +193,20 @@ export class PrincipalChildren {
   async shutdown(): Promise<void> {
     this.shuttingDown = true;
     this.stopReaping();
-    await Promise.allSettled(this.starts.values());
+    await Promise.allSettled([...this.starts.values(), ...this.replacements]);
     this.continuations.abandonAll("the broker is shutting down");
     // Retired children too: their calls in flight fail now rather than outlive the broker's stop.
     await Promise.all([...this.running].map(([principal, grantId]) => this.stop(grantId, principal, "the broker is shutting down")));
   }
 
+  /** A grant's first child (or the next after one went): it serves once started. */
   private async start(identity: SessionIdentity): Promise<Principal> {
+    const principal = await this.startReserved(identity);
+    this.serve(identity.grantId, principal);
+    return principal;
+  }
+
+  private async startReserved(identity: SessionIdentity): Promise<Principal> {
     const release = (await this.deps.reserveSlot?.(identity.forgejoUserId)) ?? (() => {});
     try {
       return await this.startInSlot(identity);
@@ -200,6 +217,7 @@ export class PrincipalChildren {
   }
 
   private async startInSlot(identity: SessionIdentity): Promise<Principal> {
+    const rotationsBefore = this.rotations.get(identity.forgejoUserId) ?? 0;
     const upstream = await this.deps.upstreamToken(identity.forgejoUserId);
     const verdict = await this.eras.verdictFor(this.deps.childCommand, () => this.probe(upstream.token));
     if (verdict.era === "unsupported") throw new SessionStartError(verdict.why, null);
@@ -212,7 +230,7 @@ export class PrincipalChildren {
       if (error instanceof ChildStartError) throw new SessionStartError(error.message, error.lastStderrLine);
       throw error;
     }
-    const principal: Principal = { child: null!, forgejoUserId: identity.forgejoUserId, dueTimer: null, exited: process.exited.then(() => {}) };
+    const principal: Principal = { child: null!, identity, forgejoUserId: identity.forgejoUserId, replacing: false, staleToken: false, dueTimer: null, exited: process.exited.then(() => {}) };
     const ChildOfEra = verdict.era === "modern" ? ModernPrincipalChild : LegacyPrincipalChild;
     principal.child = new ChildOfEra(process, {
       logger,
@@ -248,13 +266,55 @@ export class PrincipalChildren {
       const now = this.deps.timers.now();
       const dueAt = refreshDueAt(now, upstream.expiresAt, { leadMs: this.deps.config.refreshLeadMs, minIntervalMs: MIN_REFRESH_INTERVAL_MS });
       const dueIn = Math.min(MAX_TIMER_MS, Math.max(0, dueAt - now));
-      principal.dueTimer = this.deps.timers.setTimeout(() => this.retire(identity.grantId, principal, "the user's Forgejo token is due for a refresh"), dueIn);
+      principal.dueTimer = this.deps.timers.setTimeout(() => this.replace(identity.grantId, principal, "the user's Forgejo token is due for a refresh"), dueIn);
     }
-    this.live.set(identity.grantId, principal);
+    principal.staleToken = (this.rotations.get(identity.forgejoUserId) ?? 0) !== rotationsBefore;
     this.running.set(principal, identity.grantId);
     void principal.exited.then(() => this.running.delete(principal));
     logger.info("principal child started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: process.pid, era: verdict.era });
     return principal;
+  }
+
+  /** New calls go to `principal`; one whose token was replaced while it started is replaced in turn. */
+  private serve(grantId: string, principal: Principal): void {
+    this.live.set(grantId, principal);
+    if (principal.staleToken) this.replace(grantId, principal, "the user's Forgejo token was refreshed while the child started");
+  }
+
+  /**
+   * Make before break: the grant's next child starts with the user's current token while this one
+   * serves; once it is ready, new calls go to it, the listen streams its era can move go with them, and
+   * this one retires, finishing its calls in flight. If the next one cannot start (a cap, a refused
+   * token, a failing child), this one retires all the same: it must not outlive its token, and the next call starts a child.
+   */
+  private replace(grantId: string, old: Principal, reason: string): void {
+    if (old.replacing) return;
+    old.replacing = true;
+    if (old.dueTimer !== null) this.deps.timers.clearTimeout(old.dueTimer);
+    old.dueTimer = null;
+    const replacement = this.startReserved(old.identity).then(
+      (next) => this.switchTo(grantId, old, next, reason),
+      (error: unknown) => {
+        this.deps.logger.warn("a principal's next child could not start; the old one retires anyway", { reason, error: error instanceof Error ? error.message : String(error) });
+        this.retire(grantId, old, reason);
+      },
+    );
+    this.replacements.add(replacement);
+    void replacement.then(() => this.replacements.delete(replacement));
+  }
+
+  private switchTo(grantId: string, old: Principal, next: Principal, reason: string): void {
+    const current = this.live.get(grantId);
+    // The old one went while the next started (stopped, evicted, crashed) and the grant has another child: that one serves.
+    if (current !== old && (current !== undefined || this.starts.has(grantId))) {
+      void this.stop(grantId, next, "another child took the grant's place while it started");
+      return;
+    }
+    this.starts.set(grantId, Promise.resolve(next));
+    old.child.handOverListeners(next.child);
+    this.serve(grantId, next);
+    if (current === old) this.retire(grantId, old, reason);
+    this.deps.logger.info("principal child replaced", { reason, old_pid: old.child.childPid, pid: next.child.childPid });
   }
 
   /** No new calls reach it: the next one starts a new child, and this one stops once its calls are over. */

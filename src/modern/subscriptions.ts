@@ -101,6 +101,8 @@ interface Listener {
   id: JsonRpcId;
   filter: ListenFilter;
   stream: MessageStream;
+  /** The Listeners of the child it listens on now (the stream moves with a token rotation). */
+  owner: Listeners;
 }
 
 export class Listeners {
@@ -123,15 +125,10 @@ export class Listeners {
   listen(id: JsonRpcId, filter: ListenFilter): MessageStream {
     if (this.ended !== null) throw new McpRefusal(503, TRANSPORT_ERROR, `Service Unavailable: ${this.ended}; listen again`, { "Retry-After": "1" });
     checkListenRoom(this.open.size, this.deps.total);
-    const listener: Listener = { id, filter, stream: null! };
-    listener.stream = new MessageStream(0, () => this.forget(listener), this.deps.maxMessageBytes);
-    this.open.add(listener);
+    const listener: Listener = { id, filter, stream: null!, owner: this };
+    listener.stream = new MessageStream(0, () => listener.owner.forget(listener), this.deps.maxMessageBytes);
     this.deps.total.value++;
-    for (const uri of filter.resourceSubscriptions) {
-      const count = this.uriListeners.get(uri) ?? 0;
-      this.uriListeners.set(uri, count + 1);
-      if (count === 0) this.deps.resourceSubscription("resources/subscribe", uri);
-    }
+    this.adopt(listener);
     this.send(listener, { jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: { _meta: { [SUBSCRIPTION_ID]: id }, notifications: stated(filter) } });
     return listener.stream;
   }
@@ -153,6 +150,19 @@ export class Listeners {
     return true;
   }
 
+  /**
+   * The streams move to `target`, the grant's next child's (a token rotation): each keeps its filter and
+   * its stream, and the uris they name are subscribed on the next child. The listeners are sent nothing.
+   */
+  moveTo(target: Listeners): void {
+    for (const listener of [...this.open]) {
+      this.open.delete(listener);
+      target.adopt(listener);
+    }
+    // This child retires: its subscriptions end with it, nothing to unsubscribe.
+    this.uriListeners.clear();
+  }
+
   /** The child is going (retired, closed, exited): each stream ends with its listen's result, and no new one opens. */
   endAll(reason: string): void {
     this.ended ??= reason;
@@ -167,6 +177,17 @@ export class Listeners {
     if (kind === "response" || !delivered) {
       listener.stream.end();
       this.forget(listener);
+    }
+  }
+
+  /** `listener` listens on this child from now on: a uri it names that nobody else here does is subscribed on the child. */
+  private adopt(listener: Listener): void {
+    listener.owner = this;
+    this.open.add(listener);
+    for (const uri of listener.filter.resourceSubscriptions) {
+      const count = this.uriListeners.get(uri) ?? 0;
+      this.uriListeners.set(uri, count + 1);
+      if (count === 0) this.deps.resourceSubscription("resources/subscribe", uri);
     }
   }
 
