@@ -1,11 +1,12 @@
 // A principal's 2026-07-28 child as modern callers share it: no initialize; the broker asks it server/discover
-// once, then forwards each request (envelope intact, ids rewritten) and each subscriptions/listen natively.
-import type { ChildRequest } from "../bridge/child-channel.ts";
+// once, then forwards each request (envelope intact, ids rewritten) and each subscriptions/listen natively, moving listens on a token rotation.
+import type { ChannelCall, ChildRequest } from "../bridge/child-channel.ts";
 import { ErrorCode, type IncomingMessage } from "../bridge/jsonrpc.ts";
 import type { MessageStream } from "../bridge/message-stream.ts";
 import { McpRefusal, TRANSPORT_ERROR } from "../session/errors.ts";
 import { discoverResult } from "./discover.ts";
 import { NativeCall } from "./native-call.ts";
+import { NativeListen } from "./native-listen.ts";
 import { PrincipalChild, type Caller } from "./principal-child.ts";
 import { logWanted } from "./results.ts";
 import { checkListenRoom, listenFilter, SUBSCRIPTION_ID } from "./subscriptions.ts";
@@ -21,7 +22,7 @@ const BROKER_ENVELOPE = {
 export class ModernPrincipalChild extends PrincipalChild {
   private discovered: Record<string, unknown> | null = null;
   /** The callers' listen streams, each a subscriptions/listen open on the child. */
-  private readonly listens = new Set<NativeCall>();
+  private readonly listens = new Set<NativeListen>();
   private listensEnded: string | null = null;
 
   get discoverResult(): Record<string, unknown> {
@@ -45,35 +46,45 @@ export class ModernPrincipalChild extends PrincipalChild {
 
   call(incoming: IncomingMessage, options: { sse?: boolean } = {}): MessageStream {
     this.touch();
-    return this.forward(incoming, options.sse ?? true, false, () => {}).stream;
+    const call = new NativeCall(incoming, options.sse ?? true, {
+      ...this.options,
+      cancel: (handle, reason) => this.channel.cancel(handle, reason),
+      cancelled: () => this.over(() => {}),
+    });
+    call.handle = this.channel.call(incoming, call);
+    return call.stream;
   }
 
   /**
    * Forwarded as it is, under the broker's id: the child acknowledges and tags its notifications with that
    * id, which the channel maps back to the caller's. It stays open (no timeout) until the caller closes it
-   * (the child is sent notifications/cancelled) or either side ends it.
+   * (the child is sent notifications/cancelled) or either side ends it; a token rotation moves it to the next child.
    */
   listen(incoming: IncomingMessage): MessageStream {
     listenFilter(incoming.message.params);
     if (this.listensEnded !== null) throw new McpRefusal(503, TRANSPORT_ERROR, `Service Unavailable: ${this.listensEnded}; listen again`, { "Retry-After": "1" });
     checkListenRoom(this.listens.size, this.options.listenerCount);
     this.touch();
-    const listen = this.forward(incoming, true, true, () => this.listenOver(listen));
-    if (!listen.over) {
-      this.listens.add(listen);
-      this.options.listenerCount.value++;
-    }
+    const listen = new NativeListen(incoming, this.options.maxMessageBytes);
+    this.options.listenerCount.value++;
+    this.adopt(listen);
     return listen.stream;
   }
 
-  /** A listen is the child's own (its acknowledgement, its ids): it ends with this child, and its caller listens again. */
-  handOverListeners(): void {}
+  /** Each listen is sent again to the next child, and taken back from this one; the caller's stream goes on. */
+  handOverListeners(next: PrincipalChild): void {
+    if (!(next instanceof ModernPrincipalChild)) return;
+    for (const listen of [...this.listens]) {
+      this.listens.delete(listen);
+      next.adopt(listen);
+    }
+  }
 
   /** Each listen ends with its listen's result, and the child is told to stop it. */
   protected endListeners(reason: string): void {
     this.listensEnded ??= reason;
     for (const listen of [...this.listens]) {
-      const id = listen.handle!.id;
+      const id = listen.request.message.id;
       listen.end(reason, JSON.stringify({ jsonrpc: "2.0", id, result: { resultType: "complete", _meta: { [SUBSCRIPTION_ID]: id } } }));
     }
   }
@@ -87,25 +98,25 @@ export class ModernPrincipalChild extends PrincipalChild {
   /** A log names no request on stdio: it goes to the one call in flight when that call asked for its level; anything else is dropped. */
   protected childNotification(incoming: IncomingMessage, callsOfChild: () => Caller[]): void {
     if (incoming.message.method !== "notifications/message") return;
-    // A listen is no call a log can be about.
-    const calls = callsOfChild().filter((call) => !(call instanceof NativeCall && this.listens.has(call)));
+    // A listen, or the broker's own discover, is no call a log can be about.
+    const calls = callsOfChild().filter((call) => call instanceof NativeCall);
     const level = (incoming.message.params as { level?: unknown } | undefined)?.level;
     if (calls.length === 1 && logWanted(level, calls[0]!.logLevel)) calls[0]!.progress(incoming);
   }
 
-  private forward(incoming: IncomingMessage, sse: boolean, untimed: boolean, ended: () => void): NativeCall {
-    const call = new NativeCall(incoming, sse, {
-      ...this.options,
-      cancel: (handle, reason) => this.channel.cancel(handle, reason),
-      cancelled: () => this.over(() => {}),
-      ended,
+  /** `listen` is held on this child from now on: sent to it under the broker's id, with no timeout. */
+  private adopt(listen: NativeListen): void {
+    this.listens.add(listen);
+    listen.ended = () => this.listenOver(listen);
+    let handle: ChannelCall | null = null;
+    const leg = listen.legOn((reason) => {
+      if (handle !== null) this.channel.cancel(handle, reason);
     });
-    call.handle = this.channel.call(incoming, call, { untimed });
-    return call;
+    handle = this.channel.call(listen.request, leg, { untimed: true });
   }
 
   /** The listen is over (either side ended it): it no longer counts, and the idle clock starts again. */
-  private listenOver(listen: NativeCall): void {
+  private listenOver(listen: NativeListen): void {
     if (!this.listens.delete(listen)) return;
     this.options.listenerCount.value--;
     this.touch();

@@ -20,8 +20,6 @@ export interface NativeCallDeps {
   cancel(handle: ChannelCall, reason: string): void;
   /** The broker cancelled the call (its caller went away): no answer comes from the child. */
   cancelled(): void;
-  /** The call is over, whichever way: once. */
-  ended(): void;
 }
 
 export class NativeCall implements Caller {
@@ -29,7 +27,7 @@ export class NativeCall implements Caller {
   handle: ChannelCall | null = null;
   readonly stream: MessageStream;
   /** Set once the answer went out or the call was cancelled. */
-  over = false;
+  private over = false;
   private readonly id: JsonRpcId;
   private readonly meta: Record<string, unknown>;
   private readonly binding: StateBinding;
@@ -50,7 +48,7 @@ export class NativeCall implements Caller {
     return this.meta[META.logLevel];
   }
 
-  /** The call's progress (or, for a listen, its notifications): on the caller's stream when it takes SSE. */
+  /** The call's progress: on the caller's stream when it takes SSE. */
   progress(incoming: IncomingMessage): void {
     if (this.sse) this.push(incoming.raw, "notification", "child");
   }
@@ -65,14 +63,6 @@ export class NativeCall implements Caller {
 
   cancelled(): void {
     this.push(errorResponse(this.id, ErrorCode.ConnectionClosed, "the request was cancelled"), "response", "broker");
-  }
-
-  /** Ends the call from the broker's side: the child is told, and the caller gets `answer` if it is still there. */
-  end(reason: string, answer: string | null): void {
-    if (this.over) return;
-    this.cancel(reason);
-    if (answer !== null) this.push(answer, "response", "broker");
-    this.stream.end();
   }
 
   /**
@@ -90,20 +80,18 @@ export class NativeCall implements Caller {
 
   private cancel(reason: string): void {
     if (this.over) return;
-    this.finish();
+    this.over = true;
     if (this.handle !== null) this.deps.cancel(this.handle, reason);
     this.deps.cancelled();
   }
 
-  private finish(): void {
-    this.over = true;
-    this.deps.ended();
-  }
-
   private push(data: string, kind: "notification" | "response", origin: "child" | "broker"): void {
-    if (kind === "response" && !this.over) this.finish();
+    if (kind === "response") this.over = true;
     const delivered = this.stream.push({ eventId: "", data, message: JSON.parse(data) as JsonRpcMessage, kind, origin });
     if (kind === "response") this.stream.end();
-    else if (!delivered) this.end("the client did not read its event stream", null);
+    else if (!delivered) {
+      this.cancel("the client did not read its event stream");
+      this.stream.end();
+    }
   }
 }

@@ -98,26 +98,51 @@ describe("a 2026-07-28 child of a principal", () => {
     expect(children[0]!.messages.at(-1)).toEqual({ jsonrpc: "2.0", id: 9, error: { code: -32601, message: expect.stringContaining("ping") } });
   });
 
-  test("a listen is forwarded and stays open past the request timeout; its notifications carry the caller's id; retiring the child ends it and cancels it on the child", async () => {
+  test("a listen is forwarded and stays open past the request timeout; its notifications carry the caller's id", async () => {
     const { principals, children, timers } = setup();
     const child = await principals.childFor(ALICE);
     const stream = child.listen(request("l", "subscriptions/listen", { notifications: { toolsListChanged: true } }));
     const sent = children[0]!.messages.at(-1) as { id: string };
-    expect(sent).toMatchObject({ id: "fmb-2", method: "subscriptions/listen" });
+    expect(sent).toMatchObject({ id: "fmb-2", method: "subscriptions/listen", params: { notifications: { toolsListChanged: true }, _meta: ENVELOPE } });
     children[0]!.send({ jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: { _meta: { "io.modelcontextprotocol/subscriptionId": sent.id } } });
     timers.advance(300_000 + 1);
     children[0]!.send({ jsonrpc: "2.0", method: "notifications/tools/list_changed", params: { _meta: { "io.modelcontextprotocol/subscriptionId": sent.id } } });
     await settle();
     expect(child.listening).toBe(1);
-    principals.userTokenRotated(ALICE.forgejoUserId);
+    await principals.shutdown();
     expect(await readMessages(stream)).toEqual([
       { jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: { _meta: { "io.modelcontextprotocol/subscriptionId": "l" } } },
       { jsonrpc: "2.0", method: "notifications/tools/list_changed", params: { _meta: { "io.modelcontextprotocol/subscriptionId": "l" } } },
       { jsonrpc: "2.0", id: "l", result: { resultType: "complete", _meta: { "io.modelcontextprotocol/subscriptionId": "l" } } },
     ]);
-    expect(children[0]!.messages).toContainEqual({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: "fmb-2", reason: expect.any(String) } });
     expect(child.listening).toBe(0);
+  });
+
+  test("the user's token rotated: the listen is sent again to the next child and withdrawn from the old; the caller's stream goes on, without a second acknowledgement", async () => {
+    const { principals, children } = setup();
+    const old = await principals.childFor(ALICE);
+    const stream = old.listen(request("l", "subscriptions/listen", { notifications: { toolsListChanged: true } }));
+    const first = children[0]!.messages.at(-1) as { id: string };
+    children[0]!.send({ jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: { _meta: { "io.modelcontextprotocol/subscriptionId": first.id } } });
+    principals.userTokenRotated(ALICE.forgejoUserId);
     await settle();
+    const next = await principals.childFor(ALICE);
+    expect(next).not.toBe(old);
+    expect([old.listening, next.listening]).toEqual([0, 1]);
+    expect(children[0]!.messages).toContainEqual({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: first.id, reason: expect.any(String) } });
     expect(children[0]!.stopCalls).toBe(1);
+    const again = children[1]!.messages.at(-1) as { id: string };
+    expect(again).toMatchObject({ method: "subscriptions/listen", params: { notifications: { toolsListChanged: true } } });
+    children[1]!.send({ jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: { _meta: { "io.modelcontextprotocol/subscriptionId": again.id } } });
+    children[1]!.send({ jsonrpc: "2.0", method: "notifications/tools/list_changed", params: { _meta: { "io.modelcontextprotocol/subscriptionId": again.id } } });
+    await settle();
+    const received = [await stream.next(), await stream.next()].map((event) => JSON.parse(event!.data) as Json);
+    expect(received).toEqual([
+      { jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: { _meta: { "io.modelcontextprotocol/subscriptionId": "l" } } },
+      { jsonrpc: "2.0", method: "notifications/tools/list_changed", params: { _meta: { "io.modelcontextprotocol/subscriptionId": "l" } } },
+    ]);
+    stream.close();
+    expect(children[1]!.messages.at(-1)).toEqual({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: again.id, reason: expect.any(String) } });
+    expect(next.listening).toBe(0);
   });
 });
