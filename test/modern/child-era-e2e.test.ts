@@ -1,6 +1,7 @@
 // The child's era end to end, with the stand-in child in its two other modes: a native 2026-07-28 child
 // found by the probe and spoken to natively (discover, calls, colliding ids, its own input_required, listen), and a probe-intolerant 2025 child under auto.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Client, StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, connectAs, processesMatching } from "../helpers/mcp.ts";
@@ -84,6 +85,22 @@ describe("a native 2026-07-28 child under BROKER_CHILD_ERA=auto", () => {
     const retry = askUser("a2", "favourite colour?", { inputResponses: { answer: { action: "accept", content: { answer: "teal" } } }, requestState });
     const [final] = await allMessages(await postModern(t, accessToken, retry));
     expect(final).toEqual({ jsonrpc: "2.0", id: "a2", result: { content: [{ type: "text", text: JSON.stringify({ action: "accept", content: { answer: "teal" } }) }], resultType: "complete" } });
+  });
+
+  test("the SDK client declaring elicitation: its handler gets the native child's question, and the tool its answer", async () => {
+    t.forgejo.setCurrentUser("alice");
+    const { accessToken } = await obtainTokens(t.config.publicUrl);
+    const client = new Client({ name: "native-mrtr", version: "1.0.0" }, { capabilities: { elicitation: {} }, versionNegotiation: { mode: { pin: "2026-07-28" } } });
+    await client.connect(new StreamableHTTPClientTransport(new URL(t.mcpUrl), { authProvider: { token: async () => accessToken } }));
+    const asked: unknown[] = [];
+    client.setRequestHandler("elicitation/create", async (request) => {
+      asked.push(request.params);
+      return { action: "accept", content: { answer: "Ada" } };
+    });
+    const result = await client.callTool({ name: "ask_user", arguments: { question: "What is your name?" } });
+    expect(JSON.parse(textOf(result))).toEqual({ action: "accept", content: { answer: "Ada" } });
+    expect(asked).toEqual([expect.objectContaining({ message: "What is your name?" })]);
+    await client.close();
   });
 
   test.each([
