@@ -38,10 +38,26 @@ export function checkRedirectUri(raw: string): RedirectUriVerdict {
   return { ok: false, reason: `uses the scheme ${scheme}:, which is neither https nor a reverse-DNS private-use scheme` };
 }
 
-/** The redirect URI an authorization request resolves to, or null when it does not match exactly. */
+/**
+ * The redirect URI an authorization request resolves to, or null: an exact match, except that a loopback
+ * http URI matches on any port (RFC 8252 §7.3), since a native app takes whatever port is free when it starts.
+ */
 export function resolveRedirectUri(requested: string | undefined, registered: string[]): string | null {
   if (requested === undefined) return registered.length === 1 ? registered[0]! : null;
-  return registered.includes(requested) ? requested : null;
+  if (registered.includes(requested)) return requested;
+  const portless = loopbackWithoutPort(requested);
+  return portless !== undefined && registered.some((uri) => loopbackWithoutPort(uri) === portless) ? requested : null;
+}
+
+/** A loopback http URI written without its port, for comparing; undefined for any other URI. */
+function loopbackWithoutPort(raw: string): string | undefined {
+  if (!/^http:\/\//.test(raw) || !URL.canParse(raw)) return undefined;
+  const url = new URL(raw);
+  if (!isLoopbackHost(url.hostname) || url.username || url.password || url.hash) return undefined;
+  // The URI must be what it parses to (apart from the port), so "exact" still means character for character elsewhere.
+  const rest = raw.replace(/^http:\/\/(\[[^\]]*\]|[^/:?#]*)(:\d+)?/, "");
+  if (`${url.pathname}${url.search}` !== rest) return undefined;
+  return `http://${url.hostname}${rest}`;
 }
 
 /** Appends query parameters to a redirect URI, keeping the ones it already has. */

@@ -204,6 +204,23 @@ export class Store {
     return this.db.select().from(schema.clients).where(eq(schema.clients.id, id)).get();
   }
 
+  /**
+   * Keeps the client a metadata document describes, keyed by its URL: created on first sight, its
+   * name, redirect URIs and metadata replaced by each fresh document; when it was first seen stays.
+   */
+  putDocumentClient(row: ClientRow): ClientRow {
+    const t = schema.clients;
+    return this.db
+      .insert(t)
+      .values(row)
+      .onConflictDoUpdate({
+        target: t.id,
+        set: { name: row.name, redirectUris: row.redirectUris, metadata: row.metadata, tokenEndpointAuthMethod: row.tokenEndpointAuthMethod, secretHash: null },
+      })
+      .returning()
+      .get();
+  }
+
   // Browser flows
 
   /**

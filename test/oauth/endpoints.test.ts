@@ -59,6 +59,7 @@ describe("discovery", () => {
       revocation_endpoint_auth_methods_supported: ["none", "client_secret_basic", "client_secret_post"],
       code_challenge_methods_supported: ["S256"],
       authorization_response_iss_parameter_supported: true,
+      client_id_metadata_document_supported: true,
     };
     for (const path of ["/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"]) {
       const response = await fetch(`${base}${path}`, { headers: { host: "evil.example" } });

@@ -45,12 +45,20 @@ describe("redirect URIs at registration", () => {
   });
 });
 
-describe("redirect URIs at authorization: exact match only", () => {
+describe("redirect URIs at authorization: exact match, loopback on any port", () => {
   const registered = ["http://127.0.0.1:3000/cb", "https://app.example.com/cb"];
   const cases: [string | undefined, string[], string | null][] = [
     ["http://127.0.0.1:3000/cb", registered, "http://127.0.0.1:3000/cb"],
     ["http://127.0.0.1:3000/cb/", registered, null],
-    ["http://127.0.0.1:3001/cb", registered, null],
+    // RFC 8252 §7.3: a loopback redirect URI matches on any port, and on nothing else that differs.
+    ["http://127.0.0.1:3001/cb", registered, "http://127.0.0.1:3001/cb"],
+    ["http://127.0.0.1/cb", registered, "http://127.0.0.1/cb"],
+    ["http://[::1]:3000/cb", registered, null],
+    ["http://localhost:3000/cb", registered, null],
+    ["http://127.0.0.1:3001/CB", registered, null],
+    ["http://127.0.0.1:3001/./cb", registered, null],
+    ["http://127.0.0.1:3001/cb?x=1", registered, null],
+    ["https://app.example.com:8443/cb", registered, null],
     ["HTTPS://app.example.com/cb", registered, null],
     ["https://app.example.com/cb?extra=1", registered, null],
     [undefined, registered, null],

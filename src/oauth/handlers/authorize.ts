@@ -7,6 +7,7 @@ import type { AuthorizationRow, ClientRow } from "../../store/store.ts";
 import { describeForgejoScopes, pageHeaders, renderConsentPage, renderErrorPage } from "../consent-page.ts";
 import type { OAuthDeps } from "../deps.ts";
 import { endpoints } from "../deps.ts";
+import { isMetadataDocumentId } from "../client-metadata-document.ts";
 import { isValidS256Challenge } from "../pkce.ts";
 import { isLoopbackHost, resolveRedirectUri, withQuery } from "../redirect-uri.ts";
 import { resolveRequestedScope } from "../scope.ts";
@@ -189,8 +190,12 @@ export function authorizeRoutes(deps: OAuthDeps) {
   return new Elysia({ name: "oauth-authorize" })
     .get(
       "/oauth/authorize",
-      ({ query, request }) => {
-        const verdict = checkAuthorizationRequest(query, query.client_id ? store.getClient(query.client_id) : undefined, config.resourceUrl);
+      async ({ query, request }) => {
+        const found = query.client_id ? await deps.clients.find(query.client_id) : undefined;
+        if (found?.ok === false && found.kind === "document") {
+          return htmlPage(400, "This application cannot sign in", `Its client_id ${query.client_id} names a metadata document the broker cannot use: the URL ${found.reason}.`);
+        }
+        const verdict = checkAuthorizationRequest(query, found?.ok ? found.client : undefined, config.resourceUrl);
         if (verdict.kind === "page") return htmlPage(verdict.status, verdict.title, verdict.message);
         if (verdict.kind === "client_error") return clientErrorPage(verdict, config.publicUrl);
         // Each consent page writes a row: per address (the edge guard) and per client, before that.
@@ -222,6 +227,7 @@ export function authorizeRoutes(deps: OAuthDeps) {
         const html = renderConsentPage({
           clientName: verdict.client.name,
           clientId: verdict.client.id,
+          metadataHost: isMetadataDocumentId(verdict.client.id) ? new URL(verdict.client.id).host : undefined,
           redirectTarget: describeRedirectTarget(verdict.redirectUri),
           forgejoHost: new URL(config.forgejo.url).host,
           access: describeForgejoScopes(config.forgejo.scopes),
@@ -304,5 +310,5 @@ export function describeRedirectTarget(redirectUri: string): { host: string; not
       ? { host: url.host, note: "(an application on this computer)" }
       : { host: url.host };
   }
-  return { host: url.protocol, note: "(a native application)" };
+  return { host: "an app on your computer", note: `(${url.protocol})` };
 }

@@ -5,7 +5,8 @@ import { hashToken, mintToken } from "../../crypto.ts";
 import type { ClientRow, Exchange, NewTokenHashes } from "../../store/store.ts";
 import { authenticateClient, presentedClientCredentials } from "../client-auth.ts";
 import type { OAuthDeps } from "../deps.ts";
-import { InvalidRequestError, OAuthError, UnsupportedGrantTypeError } from "../errors.ts";
+import { isMetadataDocumentId } from "../client-metadata-document.ts";
+import { InvalidClientError, InvalidRequestError, OAuthError, UnsupportedGrantTypeError } from "../errors.ts";
 import { oauthErrorHook, requireFormBody } from "./json-errors.ts";
 import { optionalParam } from "./params.ts";
 
@@ -97,9 +98,15 @@ export function tokenRoutes(deps: OAuthDeps) {
 
   return new Elysia({ name: "oauth-token" }).post(
     "/oauth/token",
-    ({ body, request, set }) => {
+    async ({ body, request, set }) => {
       requireFormBody(request);
-      const client = authenticateClient(store, presentedClientCredentials(request.headers.get("authorization") ?? undefined, body));
+      const presented = presentedClientCredentials(request.headers.get("authorization") ?? undefined, body);
+      // A document client is looked up again (from the cache, mostly): a document taken down ends its sign-ins.
+      if (isMetadataDocumentId(presented.clientId)) {
+        const found = await deps.clients.find(presented.clientId);
+        if (!found.ok) throw new InvalidClientError(found.kind === "document" ? `The client_id URL ${found.reason}` : "Client authentication failed");
+      }
+      const client = authenticateClient(store, presented);
       if (!body.grant_type) throw new InvalidRequestError("grant_type is required");
       let response: TokenResponse;
       if (body.grant_type === "authorization_code") {
