@@ -41,23 +41,23 @@ const STRING_FIELDS = ["token_endpoint_auth_method", "client_name", "client_uri"
 
 /** Whether a fetched document is client metadata for exactly this URL, by the rules registration applies. */
 export function validateMetadataDocument(url: string, body: unknown): DocumentVerdict {
-  if (typeof body !== "object" || body === null || Array.isArray(body)) return { ok: false, reason: "is not a JSON object" };
+  if (typeof body !== "object" || body === null || Array.isArray(body)) return { ok: false, reason: "serves a document that is not a JSON object" };
   const doc = body as Record<string, unknown>;
-  if (doc.client_id !== url) return { ok: false, reason: "has a client_id that is not exactly its own URL" };
+  if (doc.client_id !== url) return { ok: false, reason: "serves a document whose client_id is not exactly this URL" };
   for (const field of STRING_FIELDS) {
     const value = doc[field];
-    if (value !== undefined && (typeof value !== "string" || value.length > 2000)) return { ok: false, reason: `has a ${field} that is not a string of at most 2000 characters` };
+    if (value !== undefined && (typeof value !== "string" || value.length > 2000)) return { ok: false, reason: `serves a document whose ${field} is not a string of at most 2000 characters` };
   }
-  if (doc.client_secret !== undefined || doc.client_secret_expires_at !== undefined) return { ok: false, reason: "must not carry a client_secret" };
+  if (doc.client_secret !== undefined || doc.client_secret_expires_at !== undefined) return { ok: false, reason: "serves a document with a client_secret, which a public client must not have" };
   const method = doc.token_endpoint_auth_method ?? "none";
-  if (method !== "none") return { ok: false, reason: "must have token_endpoint_auth_method none (the broker does not take private_key_jwt)" };
+  if (method !== "none") return { ok: false, reason: "serves a document whose token_endpoint_auth_method is not none (the broker does not take private_key_jwt)" };
   const contacts = doc.contacts;
   const input = { ...doc, contacts: Array.isArray(contacts) && contacts.every((c) => typeof c === "string") ? contacts : undefined, token_endpoint_auth_method: "none" } as RegistrationInput;
   try {
     const { metadata } = validateRegistration(input);
     return { ok: true, client: { name: metadata.client_name ?? new URL(url).host, redirectUris: metadata.redirect_uris, metadata: { ...metadata, client_id: url } } };
   } catch (error) {
-    if (error instanceof OAuthError) return { ok: false, reason: `is not valid client metadata: ${error.description}` };
+    if (error instanceof OAuthError) return { ok: false, reason: `serves a document that is not valid client metadata: ${error.description}` };
     throw error;
   }
 }

@@ -130,18 +130,18 @@ describe("a metadata document", () => {
   });
 
   const refusals: [string, unknown, string][] = [
-    ["not an object", [good], "is not a JSON object"],
-    ["null", null, "is not a JSON object"],
-    ["another client_id", { ...good, client_id: "https://app.example.com/other.json" }, "has a client_id that is not exactly its own URL"],
-    ["client_id with a trailing slash", { ...good, client_id: `${url}/` }, "has a client_id that is not exactly its own URL"],
-    ["no client_id", { ...good, client_id: undefined }, "has a client_id that is not exactly its own URL"],
-    ["a secret-based method", { ...good, token_endpoint_auth_method: "client_secret_basic" }, "must have token_endpoint_auth_method none (the broker does not take private_key_jwt)"],
-    ["private_key_jwt", { ...good, token_endpoint_auth_method: "private_key_jwt" }, "must have token_endpoint_auth_method none (the broker does not take private_key_jwt)"],
-    ["a client_secret", { ...good, client_secret: "s" }, "must not carry a client_secret"],
-    ["a name that is not a string", { ...good, client_name: 7 }, "has a client_name that is not a string of at most 2000 characters"],
-    ["no redirect_uris", { ...good, redirect_uris: [] }, "is not valid client metadata: redirect_uris must be a non-empty array of strings"],
-    ["an http redirect URI off loopback", { ...good, redirect_uris: ["http://app.example.com/cb"] }, 'is not valid client metadata: redirect_uri "http://app.example.com/cb" uses http, which is allowed only for localhost, 127.0.0.1 and [::1]'],
-    ["a javascript: redirect URI", { ...good, redirect_uris: ["javascript:alert(1)"] }, 'is not valid client metadata: redirect_uri "javascript:alert(1)" uses the refused scheme javascript:'],
+    ["not an object", [good], "serves a document that is not a JSON object"],
+    ["null", null, "serves a document that is not a JSON object"],
+    ["another client_id", { ...good, client_id: "https://app.example.com/other.json" }, "serves a document whose client_id is not exactly this URL"],
+    ["client_id with a trailing slash", { ...good, client_id: `${url}/` }, "serves a document whose client_id is not exactly this URL"],
+    ["no client_id", { ...good, client_id: undefined }, "serves a document whose client_id is not exactly this URL"],
+    ["a secret-based method", { ...good, token_endpoint_auth_method: "client_secret_basic" }, "serves a document whose token_endpoint_auth_method is not none (the broker does not take private_key_jwt)"],
+    ["private_key_jwt", { ...good, token_endpoint_auth_method: "private_key_jwt" }, "serves a document whose token_endpoint_auth_method is not none (the broker does not take private_key_jwt)"],
+    ["a client_secret", { ...good, client_secret: "s" }, "serves a document with a client_secret, which a public client must not have"],
+    ["a name that is not a string", { ...good, client_name: 7 }, "serves a document whose client_name is not a string of at most 2000 characters"],
+    ["no redirect_uris", { ...good, redirect_uris: [] }, "serves a document that is not valid client metadata: redirect_uris must be a non-empty array of strings"],
+    ["an http redirect URI off loopback", { ...good, redirect_uris: ["http://app.example.com/cb"] }, 'serves a document that is not valid client metadata: redirect_uri "http://app.example.com/cb" uses http, which is allowed only for localhost, 127.0.0.1 and [::1]'],
+    ["a javascript: redirect URI", { ...good, redirect_uris: ["javascript:alert(1)"] }, 'serves a document that is not valid client metadata: redirect_uri "javascript:alert(1)" uses the refused scheme javascript:'],
   ];
   test.each(refusals)("%s → refused", (_, body, reason) => {
     expect(validateMetadataDocument(url, body)).toEqual({ ok: false, reason });
