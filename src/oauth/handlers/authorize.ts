@@ -193,7 +193,7 @@ export function authorizeRoutes(deps: OAuthDeps) {
       async ({ query, request }) => {
         const found = query.client_id ? await deps.clients.find(query.client_id) : undefined;
         if (found?.ok === false && found.kind === "document") {
-          return htmlPage(400, "This application cannot sign in", `Its client_id ${query.client_id} names a metadata document the broker cannot use: the URL ${found.reason}.`);
+          return htmlPage(400, "This application cannot sign in", `It names itself by the URL ${query.client_id}, whose client metadata the broker cannot use: the URL ${found.reason}. Nothing was sent back to the application.`);
         }
         const verdict = checkAuthorizationRequest(query, found?.ok ? found.client : undefined, config.resourceUrl);
         if (verdict.kind === "page") return htmlPage(verdict.status, verdict.title, verdict.message);
