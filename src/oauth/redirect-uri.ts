@@ -1,5 +1,5 @@
 // Redirect-URI rules for registration and authorization (OAuth 2.1 §2.3.1, RFC 8252 §7, MCP):
-// https anywhere, http only on loopback, private-use reverse-DNS schemes for native apps.
+// https anywhere, http only on loopback, private-use schemes (cursor:, com.example.app:) for native apps.
 
 const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
 
@@ -7,7 +7,11 @@ const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
 export function isLoopbackHost(hostname: string): boolean {
   return LOOPBACK_HOSTS.has(hostname);
 }
-const REFUSED_SCHEMES = new Set(["javascript:", "data:", "file:", "vbscript:", "blob:", "about:", "ftp:", "ws:", "wss:"]);
+/** Schemes a browser would run, read locally or hand to something other than the app that asked: never a redirect target. */
+const REFUSED_SCHEMES = new Set([
+  "javascript:", "data:", "file:", "vbscript:", "blob:", "about:", "filesystem:", "view-source:", "ftp:", "ws:", "wss:",
+  "mailto:", "tel:", "sms:", "intent:", "chrome:", "chrome-extension:", "moz-extension:", "resource:", "jar:",
+]);
 
 export type RedirectUriVerdict = { ok: true } | { ok: false; reason: string };
 
@@ -32,10 +36,23 @@ export function checkRedirectUri(raw: string): RedirectUriVerdict {
       ? { ok: true }
       : { ok: false, reason: "uses http, which is allowed only for localhost, 127.0.0.1 and [::1]" };
   }
-  const scheme = url.protocol.slice(0, -1);
-  // RFC 8252 §7.1: a private-use scheme is a reverse domain name, so it contains a dot.
-  if (/^[a-z][a-z0-9+-]*(\.[a-z0-9+-]+)+$/i.test(scheme)) return { ok: true };
-  return { ok: false, reason: `uses the scheme ${scheme}:, which is neither https nor a reverse-DNS private-use scheme` };
+  // RFC 8252 §7.1 asks for reverse-DNS private-use schemes, but clients people use register others (cursor:, vscode:).
+  return url.protocol.length > 2 ? { ok: true } : { ok: false, reason: `uses the one-letter scheme ${url.protocol}, which reads as a Windows drive` };
+}
+
+/**
+ * Why redirect URIs do not fit the declared application_type, as OpenID Connect Dynamic Registration §2 rules:
+ * a web client's are https off loopback; a native client's are private-use schemes or http on loopback.
+ */
+export function applicationTypeProblem(applicationType: "web" | "native", uris: string[]): string | undefined {
+  for (const uri of uris) {
+    const url = new URL(uri);
+    const web = url.protocol === "https:" && !isLoopbackHost(url.hostname);
+    const native = (url.protocol !== "https:" && url.protocol !== "http:") || (url.protocol === "http:" && isLoopbackHost(url.hostname));
+    if (applicationType === "web" && !web) return `redirect_uri ${JSON.stringify(uri.slice(0, 200))} does not suit application_type web, which allows only https off loopback`;
+    if (applicationType === "native" && !native) return `redirect_uri ${JSON.stringify(uri.slice(0, 200))} does not suit application_type native, which allows only private-use schemes and http on loopback`;
+  }
+  return undefined;
 }
 
 /**

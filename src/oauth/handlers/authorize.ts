@@ -10,7 +10,8 @@ import { endpoints } from "../deps.ts";
 import { isMetadataDocumentId } from "../client-metadata-document.ts";
 import { isValidS256Challenge } from "../pkce.ts";
 import { isLoopbackHost, resolveRedirectUri, withQuery } from "../redirect-uri.ts";
-import { resolveRequestedScope } from "../scope.ts";
+import { canonicalResource } from "../resource.ts";
+import { grantedScope } from "../scope.ts";
 import { optionalParam } from "./params.ts";
 
 /** An error for the client at its (already verified) redirect URI: through a link before consent, by redirect after. */
@@ -84,16 +85,15 @@ export function checkAuthorizationRequest(
   if (!query.code_challenge) return fail("invalid_request", "code_challenge is required (PKCE with S256)");
   if (query.code_challenge_method !== "S256") return fail("invalid_request", "code_challenge_method must be S256");
   if (!isValidS256Challenge(query.code_challenge)) return fail("invalid_request", "code_challenge is not a base64url SHA-256 digest");
-  if (query.resource !== undefined && query.resource !== resourceUrl) {
+  const resource = canonicalResource(query.resource, resourceUrl);
+  if (resource !== undefined && resource !== resourceUrl) {
     return fail("invalid_target", `resource must be ${resourceUrl}`);
   }
-  const scope = resolveRequestedScope(query.scope);
-  if (!scope.ok) return fail("invalid_scope", scope.reason);
   return {
     kind: "consent",
     client,
     redirectUri,
-    scope: scope.scope,
+    scope: grantedScope(query.scope),
     resource: resourceUrl,
     codeChallenge: query.code_challenge,
     state: query.state,

@@ -7,6 +7,7 @@ import { authenticateClient, presentedClientCredentials } from "../client-auth.t
 import type { OAuthDeps } from "../deps.ts";
 import { isMetadataDocumentId } from "../client-metadata-document.ts";
 import { InvalidClientError, InvalidRequestError, OAuthError, UnsupportedGrantTypeError } from "../errors.ts";
+import { canonicalResource } from "../resource.ts";
 import { oauthErrorHook, requireFormBody } from "./json-errors.ts";
 import { optionalParam } from "./params.ts";
 
@@ -43,6 +44,7 @@ const REPLAY_WARNINGS = {
 
 export function tokenRoutes(deps: OAuthDeps) {
   const { store, lifetimes, logger } = deps;
+  const resourceOf = (body: TokenInput) => canonicalResource(body.resource, deps.config.resourceUrl);
 
   /** Mints a pair, lets the store's exchange decide what of it is issued, and renders the answer. */
   const exchange = (client: ClientRow, spend: (tokens: NewTokenHashes, now: number) => Exchange): TokenResponse => {
@@ -76,7 +78,7 @@ export function tokenRoutes(deps: OAuthDeps) {
     if (!code) throw new InvalidRequestError("code is required");
     if (!code_verifier) throw new InvalidRequestError("code_verifier is required (PKCE)");
     return exchange(client, (tokens, now) =>
-      store.exchangeCode({ client, codeHash: hashToken(code), codeVerifier: code_verifier, redirectUri: body.redirect_uri, resource: body.resource, tokens, now }),
+      store.exchangeCode({ client, codeHash: hashToken(code), codeVerifier: code_verifier, redirectUri: body.redirect_uri, resource: resourceOf(body), tokens, now }),
     );
   };
 
@@ -88,7 +90,7 @@ export function tokenRoutes(deps: OAuthDeps) {
         client,
         refreshTokenHash: hashToken(refresh_token),
         scope: body.scope,
-        resource: body.resource,
+        resource: resourceOf(body),
         tokens,
         now,
         graceMs: lifetimes.refreshReuseGraceMs,
