@@ -58,6 +58,11 @@ export interface RunningBroker {
 
 export const DEFAULT_RATE_LIMIT: RateLimitPolicy = { burst: 30, perSecond: 1 };
 
+/** A registered client with no grant this long after registering is deleted. */
+const UNUSED_CLIENT_MS = 24 * 3600_000;
+/** How often a client in use has that written down: idleness is counted in days, so hours are precise enough. */
+const CLIENT_USE_STAMP_MS = 3600_000;
+
 export async function startBroker(config: BrokerConfig, options: BrokerOptions): Promise<RunningBroker> {
   const now = options.now ?? Date.now;
   const idleTimeoutS = options.idleTimeoutS ?? 30;
@@ -187,6 +192,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     try {
       const removed = store.purgeExpired(now());
       if (removed > 0) logger.debug("purged expired rows", { removed });
+      const clients = store.reapClients(now(), { unusedMs: UNUSED_CLIENT_MS, idleMs: config.clients.idleMs, stampEveryMs: CLIENT_USE_STAMP_MS });
+      if (clients.unused + clients.idle > 0) logger.info("deleted clients nobody uses", clients);
     } catch (error) {
       logger.error("purge failed", { error: error instanceof Error ? error : String(error) });
     }

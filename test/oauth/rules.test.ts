@@ -90,6 +90,7 @@ describe("the authorization request (RFC 9700 §4.11.2: no redirect before the u
     redirectUris: ["https://evil.example/cb"],
     metadata: {},
     createdAt: 0,
+    lastUsedAt: null,
   };
   const resourceUrl = "https://broker.example/mcp";
   const valid: AuthorizationRequest = {
