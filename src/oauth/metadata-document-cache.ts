@@ -11,6 +11,8 @@ export interface DocumentCacheOptions {
   failureTtlMs: number;
   /** Beyond this many URLs the oldest is forgotten. */
   maxEntries: number;
+  /** Fetches under way at once; past it a new URL is refused for now (and that refusal is not remembered). */
+  maxInFlight: number;
 }
 
 export const DEFAULT_DOCUMENT_CACHE: DocumentCacheOptions = {
@@ -18,7 +20,10 @@ export const DEFAULT_DOCUMENT_CACHE: DocumentCacheOptions = {
   maxTtlMs: 24 * 3600_000,
   failureTtlMs: 30_000,
   maxEntries: 1_000,
+  maxInFlight: 64,
 };
+
+export const TOO_MANY_FETCHES = "could not be fetched now: the broker is fetching too many documents; try again in a moment";
 
 /** A document without Cache-Control is kept this long (within the bounds). */
 const DEFAULT_TTL_MS = 3600_000;
@@ -39,6 +44,7 @@ export class MetadataDocumentCache<T> {
     if (cached !== undefined && this.now() < cached.expiresAt) return Promise.resolve(cached.outcome);
     const pending = this.inFlight.get(url);
     if (pending !== undefined) return pending;
+    if (this.inFlight.size >= this.options.maxInFlight) return Promise.resolve({ ok: false, reason: TOO_MANY_FETCHES });
     const loading = this.load(url)
       .catch((error): CachedOutcome<T> => ({ ok: false, reason: `could not be fetched (${error instanceof Error ? error.message : String(error)})` }))
       .then((outcome) => {

@@ -118,7 +118,8 @@ export function directConnect(ca?: string): MetadataFetchDeps["connect"] {
     const target = new URL(url);
     target.hostname = address.includes(":") ? `[${address}]` : address;
     return fetch(target, {
-      headers: { host: url.host, accept: "application/json" },
+      // identity: the 16 KiB cap then counts what was sent, not what a small compressed body expands to.
+      headers: { host: url.host, accept: "application/json", "accept-encoding": "identity" },
       redirect: "manual",
       keepalive: false,
       signal,

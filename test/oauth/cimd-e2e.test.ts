@@ -14,6 +14,8 @@ import { startClientMetadataServer, type ClientMetadataServer } from "../fixture
 
 let t: TestBroker;
 let docs: ClientMetadataServer;
+/** The broker's clock: moved forward to let cached documents go stale. */
+let offsetMs = 0;
 const REDIRECT_URI = "http://127.0.0.1:33419/callback";
 
 beforeAll(async () => {
@@ -21,7 +23,7 @@ beforeAll(async () => {
   t = await startTestBroker({
     env: { BROKER_CIMD_INSECURE_HOSTS: docs.hostPort, BROKER_CHILD_COMMAND: childCommand("cimd-e2e") },
     // The broker trusts the test's certificate authority only; the SDK client and the wire are untouched.
-    broker: { metadataFetch: { connect: directConnect(docs.certificate.cert) }, rateLimit: { burst: 10_000, perSecond: 100 } },
+    broker: { metadataFetch: { connect: directConnect(docs.certificate.cert) }, rateLimit: { burst: 10_000, perSecond: 100 }, now: () => Date.now() + offsetMs },
   });
 });
 afterAll(async () => {
@@ -182,6 +184,24 @@ describe("a client known by its metadata document, through the SDK 2.4.0 client"
     const url = publish("/port-client.json");
     const landing = await walkBrowserFlow(authorizeUrl(url, { redirect_uri: "http://127.0.0.1:40001/callback" }), "http://127.0.0.1:40001/callback", "allow", new CookieJar());
     expect(landing.searchParams.get("code")).toStartWith("fmb_code_");
+  });
+});
+
+describe("the token endpoint when the document cannot be fetched", () => {
+  test("a known client refreshes on what its document last said; the fetch failure does not end its users' sign-ins", async () => {
+    const url = publish("/outage.json");
+    const provider = new MetadataUrlProvider(url);
+    expect(await auth(provider, { serverUrl: new URL(t.mcpUrl) })).toBe("REDIRECT");
+    expect(await auth(provider, { serverUrl: new URL(t.mcpUrl), authorizationCode: provider.landing!.searchParams.get("code")!, iss: t.config.publicUrl })).toBe("AUTHORIZED");
+    docs.serve("/outage.json", () => new Response("down", { status: 503 }));
+    offsetMs += 2 * 3600_000;
+    const refreshed = await postForm(`${t.config.publicUrl}/oauth/token`, { grant_type: "refresh_token", refresh_token: provider.savedTokens!.refresh_token!, client_id: url });
+    expect(refreshed.status).toBe(200);
+    expect(docs.hits("/outage.json")).toBe(2);
+    // A new sign-in needs the document: the page says why.
+    const page = await authorize(url);
+    expect(page.status).toBe(400);
+    expect(await page.text()).toContain("the URL answered HTTP 503");
   });
 });
 

@@ -1,7 +1,7 @@
 // The fetch of a client metadata document with a stand-in resolver and connection: every refusal
 // with its exact reason, the address connected to, the time and size bounds, and the cache in front of it.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { MetadataDocumentCache, type CachedOutcome } from "../../src/oauth/metadata-document-cache.ts";
+import { MetadataDocumentCache, TOO_MANY_FETCHES, type CachedOutcome } from "../../src/oauth/metadata-document-cache.ts";
 import { directConnect, fetchMetadataDocument, METADATA_MAX_BYTES, type MetadataFetchDeps } from "../../src/oauth/metadata-fetch.ts";
 import { FakeTimers, settle } from "../bridge/fakes.ts";
 import { makeTestCertificate } from "../fixtures/test-ca.ts";
@@ -166,17 +166,17 @@ describe("the document cache", () => {
   function counting(outcome: () => CachedOutcome<string>) {
     const timers = new FakeTimers();
     const loads: string[] = [];
-    let release: () => void = () => {};
+    const held: (() => void)[] = [];
     const gate = { held: false };
     const cache = new MetadataDocumentCache<string>(
       async (url) => {
         loads.push(url);
-        if (gate.held) await new Promise<void>((resolve) => (release = resolve));
+        if (gate.held) await new Promise<void>((resolve) => held.push(resolve));
         return outcome();
       },
       () => timers.now(),
     );
-    return { cache, timers, loads, gate, release: () => release() };
+    return { cache, timers, loads, gate, release: () => held.splice(0).forEach((resolve) => resolve()) };
   }
 
   test("many sign-ins at once share one fetch, and later ones use the cached document", async () => {
@@ -223,6 +223,23 @@ describe("the document cache", () => {
     c.timers.advance(1);
     await c.cache.get("u");
     expect(c.loads).toHaveLength(2);
+  });
+
+  test("at most 64 fetches run at once: one more URL is refused for now, and that refusal is not remembered", async () => {
+    const c = counting(() => ok());
+    c.gate.held = true;
+    const waiting = Array.from({ length: 64 }, (_, i) => c.cache.get(`busy${i}`));
+    await settle();
+    expect(await c.cache.get("one-more")).toEqual({ ok: false, reason: TOO_MANY_FETCHES });
+    expect(c.loads).toHaveLength(64);
+    // A URL already being fetched still joins its fetch.
+    const joined = c.cache.get("busy0");
+    c.gate.held = false;
+    c.release();
+    await Promise.all([...waiting, joined]);
+    expect(c.loads).toHaveLength(64);
+    expect(await c.cache.get("one-more")).toEqual(ok());
+    expect(c.loads).toHaveLength(65);
   });
 
   test("it holds at most 1,000 URLs, forgetting the oldest", async () => {

@@ -103,10 +103,14 @@ export function tokenRoutes(deps: OAuthDeps) {
     async ({ body, request, set }) => {
       requireFormBody(request);
       const presented = presentedClientCredentials(request.headers.get("authorization") ?? undefined, body);
-      // A document client is looked up again (from the cache, mostly): a document taken down ends its sign-ins.
+      // A document client is looked up again (from the cache, mostly), so its row follows its document. When the
+      // document cannot be fetched, a client the broker already knows goes on with what it last said: a passing
+      // outage of the client's site must not end its users' sign-ins (the SDK drops its tokens on invalid_client).
       if (isMetadataDocumentId(presented.clientId)) {
         const found = await deps.clients.find(presented.clientId);
-        if (!found.ok) throw new InvalidClientError(found.kind === "document" ? `The client_id URL ${found.reason}` : "Client authentication failed");
+        if (!found.ok && store.getClient(presented.clientId) === undefined) {
+          throw new InvalidClientError(found.kind === "document" ? `The client_id URL ${found.reason}` : "Client authentication failed");
+        }
       }
       const client = authenticateClient(store, presented);
       if (!body.grant_type) throw new InvalidRequestError("grant_type is required");
