@@ -43,7 +43,7 @@ export async function fetchMetadataDocument(url: URL, deps: MetadataFetchDeps): 
   } catch (error) {
     if (timedOut) return { ok: false, reason: `did not answer within ${METADATA_FETCH_TIMEOUT_MS / 1000} s` };
     if (error instanceof Refusal) return { ok: false, reason: error.message };
-    return { ok: false, reason: `could not be fetched (${error instanceof Error ? error.message.slice(0, 200) : String(error)})` };
+    return { ok: false, reason: `could not be fetched (${failureName(error)})` };
   } finally {
     deps.timers.clearTimeout(timer);
     controller.abort();
@@ -74,6 +74,13 @@ async function fetchWithin(url: URL, deps: MetadataFetchDeps, signal: AbortSigna
     throw new Refusal("is not valid JSON");
   }
   return { ok: true, body, maxAgeMs: maxAgeOf(response.headers.get("cache-control")) };
+}
+
+/** A failure by its code (ENOTFOUND, ERR_TLS_CERT_ALTNAME_INVALID, …), not its message, which may name the address connected to. */
+function failureName(error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === "string" && /^[\w.-]{1,60}$/.test(code)) return code;
+  return error instanceof Error ? error.name : "unknown error";
 }
 
 /** Reads the body and stops the moment it passes `cap` bytes, whatever the headers claimed. */

@@ -71,6 +71,18 @@ describe("fetching a client metadata document", () => {
     expect(await fetchMetadataDocument(new URL(c.url ?? URL_.href), h.deps)).toEqual({ ok: false, reason });
   });
 
+  test("a connection failure is named by its code, never by a message that could carry the address", async () => {
+    const h = harness();
+    h.deps.connect = async () => {
+      throw Object.assign(new Error('certificate mismatch fetching "https://93.184.216.34/oauth/client.json"'), { code: "ERR_TLS_CERT_ALTNAME_INVALID" });
+    };
+    expect(await fetchMetadataDocument(URL_, h.deps)).toEqual({ ok: false, reason: "could not be fetched (ERR_TLS_CERT_ALTNAME_INVALID)" });
+    h.deps.lookup = async () => {
+      throw new TypeError("no such host");
+    };
+    expect(await fetchMetadataDocument(URL_, h.deps)).toEqual({ ok: false, reason: "could not be fetched (TypeError)" });
+  });
+
   test("nothing is connected to when the scheme or an address is refused", async () => {
     for (const [url, addresses] of [["http://app.example.com/c.json", ["93.184.216.34"]], [URL_.href, ["93.184.216.34", "192.168.0.1"]]] as const) {
       const h = harness(undefined, [...addresses]);
