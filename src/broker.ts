@@ -32,8 +32,8 @@ export interface BrokerOptions {
   lifetimes?: Partial<TokenLifetimes>;
   rateLimit?: RateLimitPolicy;
   purgeIntervalMs?: number;
-  /** How client metadata documents are fetched; tests give a connect that trusts their own certificate authority. */
-  metadataFetch?: Partial<Pick<MetadataFetchDeps, "lookup" | "connect">>;
+  /** How client metadata documents are fetched; tests give a connect that trusts their own certificate authority, and their own clock. */
+  metadataFetch?: Partial<Pick<MetadataFetchDeps, "lookup" | "connect" | "timers">>;
   /** SSE comment heartbeat period; 15 s by default. */
   heartbeatMs?: number;
   /** How long a new child has to answer initialize; the registry's 30 s by default. */
@@ -112,7 +112,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
       fetch: {
         lookup: options.metadataFetch?.lookup ?? systemLookup,
         connect: options.metadataFetch?.connect ?? directConnect(),
-        timers: realTimers,
+        timers: options.metadataFetch?.timers ?? realTimers,
         insecureHosts: new Set(config.clients.insecureMetadataHosts),
       },
     }),

@@ -7,13 +7,17 @@ import { hashToken } from "../../src/crypto.ts";
 import { clients } from "../../src/store/schema.ts";
 import { directConnect, METADATA_MAX_BYTES } from "../../src/oauth/metadata-fetch.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { FakeTimers } from "../bridge/fakes.ts";
 import { childCommand } from "../helpers/mcp.ts";
+import { waitWhile } from "../helpers/promises.ts";
 import { modernClientWith } from "../helpers/modern-client.ts";
 import { CookieJar, postForm, walkBrowserFlow } from "../helpers/oauth-client.ts";
 import { startClientMetadataServer, type ClientMetadataServer } from "../fixtures/client-metadata-server.ts";
 
 let t: TestBroker;
 let docs: ClientMetadataServer;
+/** The clock of the broker's document fetches: a test moves it past the 5 s timeout instead of waiting. */
+const fetchTimers = new FakeTimers();
 /** The broker's clock: moved forward to let cached documents go stale. */
 let offsetMs = 0;
 const REDIRECT_URI = "http://127.0.0.1:33419/callback";
@@ -23,7 +27,7 @@ beforeAll(async () => {
   t = await startTestBroker({
     env: { BROKER_CIMD_INSECURE_HOSTS: docs.hostPort, BROKER_CHILD_COMMAND: childCommand("cimd-e2e") },
     // The broker trusts the test's certificate authority only; the SDK client and the wire are untouched.
-    broker: { metadataFetch: { connect: directConnect(docs.certificate.cert) }, rateLimit: { burst: 10_000, perSecond: 100 }, now: () => Date.now() + offsetMs },
+    broker: { metadataFetch: { connect: directConnect(docs.certificate.cert), timers: fetchTimers }, rateLimit: { burst: 10_000, perSecond: 100 }, now: () => Date.now() + offsetMs },
   });
 });
 afterAll(async () => {
@@ -234,6 +238,17 @@ describe("refusals: a page, never a redirect, saying what is wrong", () => {
     expect(html).toContain(Bun.escapeHTML(page(url, reason)));
   });
 
+  test("a server that does not answer within 5 s", async () => {
+    const url = docs.serve("/slow.json", () => new Promise<Response>(() => {}));
+    const answer = authorize(url);
+    await waitWhile(() => docs.hits("/slow.json") === 0, 100, 10);
+    expect(docs.hits("/slow.json")).toBe(1);
+    fetchTimers.advance(5_000);
+    const response = await answer;
+    expect(response.status).toBe(400);
+    expect(await response.text()).toContain(Bun.escapeHTML(page(url, "did not answer within 5 s")));
+  });
+
   test("a redirect URI the document does not list gets the invalid-redirect page", async () => {
     const url = publish("/unlisted.json");
     const response = await authorize(url, { redirect_uri: "https://evil.example/callback" });
@@ -254,6 +269,17 @@ describe("the document cache, through the broker", () => {
     const url = publish("/cached.json");
     for (let i = 0; i < 5; i++) expect((await authorize(url)).status).toBe(200);
     expect(docs.hits("/cached.json")).toBe(1);
+  });
+
+  test("once the cached document is stale it is fetched again, and the client row follows it", async () => {
+    const url = publish("/renamed.json", { client_name: "Old Name" }, "max-age=60");
+    expect(await (await authorize(url)).text()).toContain("Old Name");
+    publish("/renamed.json", { client_name: "New Name" }, "max-age=60");
+    expect(await (await authorize(url)).text()).toContain("Old Name");
+    offsetMs += 61_000;
+    expect(await (await authorize(url)).text()).toContain("New Name");
+    expect(docs.hits("/renamed.json")).toBe(2);
+    expect(t.broker.store.getClient(url)!.name).toBe("New Name");
   });
 
   test("a failed fetch is not repeated at once", async () => {
