@@ -184,6 +184,12 @@ describe("a client known by its metadata document, through the SDK 2.4.0 client"
     });
   });
 
+  test("Deny goes back to the client with access_denied, state and iss", async () => {
+    const url = publish("/deny-client.json");
+    const landing = await walkBrowserFlow(authorizeUrl(url), REDIRECT_URI, "deny", new CookieJar());
+    expect(Object.fromEntries(landing.searchParams)).toEqual({ error: "access_denied", error_description: "The user denied the request", state: "st", iss: t.config.publicUrl });
+  });
+
   test("a loopback redirect URI on another port is accepted (RFC 8252 §7.3)", async () => {
     const url = publish("/port-client.json");
     const landing = await walkBrowserFlow(authorizeUrl(url, { redirect_uri: "http://127.0.0.1:40001/callback" }), "http://127.0.0.1:40001/callback", "allow", new CookieJar());
