@@ -59,7 +59,7 @@ async function fetchWithin(url: URL, deps: MetadataFetchDeps, signal: AbortSigna
   // Every address, not just the one used: otherwise a name could pair one public address with a private one.
   const allowed = (address: string) => isPublicAddress(address) || (insecureAllowed && isLoopbackAddress(address));
   if (!addresses.every(allowed)) throw new Refusal("has a host name that resolves to an address that is not public");
-  const response = await deps.connect(url, addresses[0]!, signal);
+  const response = await connectToFirst(url, addresses, deps, signal);
   if (response.status >= 300 && response.status < 400) throw new Refusal(`answered with a redirect (HTTP ${response.status}), which is not followed`);
   if (response.status !== 200) throw new Refusal(`answered HTTP ${response.status}`);
   const type = response.headers.get("content-type")?.split(";")[0]?.trim().toLowerCase();
@@ -74,6 +74,20 @@ async function fetchWithin(url: URL, deps: MetadataFetchDeps, signal: AbortSigna
     throw new Refusal("is not valid JSON");
   }
   return { ok: true, body, maxAgeMs: maxAgeOf(response.headers.get("cache-control")) };
+}
+
+/** Tries the vetted addresses in the resolver's order (an IPv6 one first on a host without IPv6, say) until one connects. */
+async function connectToFirst(url: URL, addresses: string[], deps: MetadataFetchDeps, signal: AbortSignal): Promise<Response> {
+  let failure: unknown;
+  for (const address of addresses) {
+    try {
+      return await deps.connect(url, address, signal);
+    } catch (error) {
+      if (signal.aborted) throw error;
+      failure = error;
+    }
+  }
+  throw failure;
 }
 
 /** A failure by its code (ENOTFOUND, ERR_TLS_CERT_ALTNAME_INVALID, …), not its message, which may name the address connected to. */

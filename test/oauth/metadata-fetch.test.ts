@@ -83,6 +83,17 @@ describe("fetching a client metadata document", () => {
     expect(await fetchMetadataDocument(URL_, h.deps)).toEqual({ ok: false, reason: "could not be fetched (TypeError)" });
   });
 
+  test("when the first address does not connect, the next vetted one is tried", async () => {
+    const h = harness(undefined, ["2606:4700::1", "93.184.216.34"]);
+    const connect = h.deps.connect;
+    h.deps.connect = async (url, address, signal) => {
+      if (address.includes(":")) throw Object.assign(new Error("unreachable"), { code: "ENETUNREACH" });
+      return connect(url, address, signal);
+    };
+    expect(await fetchMetadataDocument(URL_, h.deps)).toMatchObject({ ok: true, body: DOC });
+    expect(h.connects).toEqual([{ url: URL_.href, address: "93.184.216.34" }]);
+  });
+
   test("nothing is connected to when the scheme or an address is refused", async () => {
     for (const [url, addresses] of [["http://app.example.com/c.json", ["93.184.216.34"]], [URL_.href, ["93.184.216.34", "192.168.0.1"]]] as const) {
       const h = harness(undefined, [...addresses]);
