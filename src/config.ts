@@ -33,6 +33,14 @@ export interface BrokerConfig {
   inFlight: InFlightLimits;
   /** Reverse proxies whose X-Forwarded-For is believed when keying rate limits; none by default. */
   trustedProxies: AddressBlock[];
+  clients: ClientPolicy;
+}
+
+export interface ClientPolicy {
+  /** `host:port` entries whose client metadata documents may be fetched over http and from loopback: tests and local development only. */
+  insecureMetadataHosts: string[];
+  /** A client whose grants have all been revoked or expired this long is deleted. */
+  idleMs: number;
 }
 
 export interface InFlightLimits {
@@ -282,6 +290,12 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
     }
   }
 
+  const insecureMetadataHosts = (get("BROKER_CIMD_INSECURE_HOSTS") ?? "").split(/[\s,]+/).filter(Boolean);
+  for (const entry of insecureMetadataHosts) {
+    if (!/^(\[[0-9a-f:.]+\]|[a-z0-9.-]+):\d{1,5}$/i.test(entry)) problem("BROKER_CIMD_INSECURE_HOSTS", `has ${JSON.stringify(entry)}, which is not host:port`, "localhost:8443");
+  }
+  const clientIdleDays = integer("BROKER_CLIENT_IDLE_DAYS", 90, 1, 36_500, "90");
+
   if (problems.length > 0) return { ok: false, problems };
 
   return {
@@ -310,6 +324,7 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
       logLevel: logLevel ?? "info",
       inFlight,
       trustedProxies,
+      clients: { insecureMetadataHosts: insecureMetadataHosts.map((entry) => entry.toLowerCase()), idleMs: clientIdleDays * 86_400_000 },
     },
   };
 }
