@@ -87,7 +87,7 @@ async function drain(client: AdminClient, timeoutS: number | undefined, json: bo
       io.err(`admin: the broker hung up before its children were gone (${error instanceof Error ? error.message : String(error)})`);
       return ExitCode.brokerError;
     }
-    io.err(`admin: ${left ?? "some"} children still running after ${timeoutS} s; the broker goes on draining`);
+    io.err(`admin: after ${timeoutS} s, children left: ${left ?? "unknown"}; the broker goes on draining`);
     return ExitCode.drainTimedOut;
   } finally {
     if (timer !== null) io.timers.clearTimeout(timer);
