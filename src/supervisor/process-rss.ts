@@ -28,8 +28,8 @@ function rssOf(pid: number): number | null {
   return match === null ? 0 : Number(match[1]) * 1024;
 }
 
-/** The direct children of every thread of `pid` (Linux lists them per task). */
-function childrenOf(pid: number): number[] {
+/** The direct children of every thread of `pid` (Linux lists them under the thread that forked them). */
+export function childrenOf(pid: number): number[] {
   let tasks: string[];
   try {
     tasks = readdirSync(`/proc/${pid}/task`);
