@@ -3,7 +3,7 @@
 import { Elysia, t } from "elysia";
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import type { Logger } from "../log.ts";
-import { ADMIN_ROUTES, type DrainProgress, type ErrorAnswer } from "./protocol.ts";
+import { ADMIN_ROUTES, type DrainProgress, type ErrorAnswer, type RevokeTarget } from "./protocol.ts";
 import { AdminNotFoundError, type AdminService } from "./service.ts";
 
 /** The socket cannot be had: another broker serves this data directory, or something else sits at its path. */
@@ -30,6 +30,8 @@ export async function listenAdminSocket(path: string, service: AdminService, log
   const umask = process.umask(0o177);
   try {
     server = Bun.serve({ unix: path, fetch: (request) => app.handle(request) });
+  } catch (error) {
+    throw new AdminSocketError(`cannot listen on the admin socket ${path}: ${error instanceof Error ? error.message : String(error)}`);
   } finally {
     process.umask(umask);
   }
@@ -72,11 +74,15 @@ async function answers(path: string): Promise<boolean> {
   }
 }
 
-const RevokeBody = t.Union([
-  t.Object({ user: t.String({ minLength: 1 }) }, { additionalProperties: false }),
-  t.Object({ client: t.String({ minLength: 1 }) }, { additionalProperties: false }),
-  t.Object({ grant: t.String({ minLength: 1 }) }, { additionalProperties: false }),
-]);
+const RevokeBody = t.Object({ user: t.Optional(t.String({ minLength: 1 })), client: t.Optional(t.String({ minLength: 1 })), grant: t.Optional(t.String({ minLength: 1 })) });
+
+/** Exactly one target, or null: a body naming two must not quietly revoke one of them. */
+function revokeTarget(body: typeof RevokeBody.static): RevokeTarget | null {
+  const named = (["user", "client", "grant"] as const).filter((key) => body[key] !== undefined);
+  if (named.length !== 1) return null;
+  const key = named[0]!;
+  return { [key]: body[key]! } as RevokeTarget;
+}
 
 function adminRoutes(service: AdminService, logger: Logger, keepOpen: (request: Request) => void) {
   const refuse = (status: number, error: string) => Response.json({ error } satisfies ErrorAnswer, { status });
@@ -92,8 +98,10 @@ function adminRoutes(service: AdminService, logger: Logger, keepOpen: (request: 
     .post(
       ADMIN_ROUTES.revoke,
       ({ body }) => {
-        const answer = service.revoke(body);
-        logger.info("revoked by the admin command", { target: Object.keys(body)[0], grants: answer.revokedGrants.length });
+        const target = revokeTarget(body);
+        if (target === null) return refuse(400, "revoke takes exactly one of user, client, grant");
+        const answer = service.revoke(target);
+        logger.info("revoked by the admin command", { target: Object.keys(target)[0], grants: answer.revokedGrants.length });
         return answer;
       },
       { body: RevokeBody },

@@ -139,6 +139,21 @@ describe("admin drain", () => {
   });
 });
 
+describe("the admin protocol", () => {
+  const send = (path: string, init: RequestInit = {}) => fetch(`http://broker${path}`, { ...init, unix: adminSocketPath(t.dataDir) });
+  const refusals: [string, string, RequestInit, number][] = [
+    ["revoke naming two targets", "/revoke", { method: "POST", body: JSON.stringify({ user: "a", client: "b" }), headers: { "content-type": "application/json" } }, 400],
+    ["revoke naming none", "/revoke", { method: "POST", body: "{}", headers: { "content-type": "application/json" } }, 400],
+    ["revoke with an empty login", "/revoke", { method: "POST", body: JSON.stringify({ user: "" }), headers: { "content-type": "application/json" } }, 400],
+    ["an unknown command", "/restart", { method: "POST" }, 404],
+  ];
+  test.each(refusals)("%s (%s) answers %i with an error the command prints", async (_, path, init, status) => {
+    const response = await send(path, init);
+    expect(response.status).toBe(status);
+    expect(((await response.json()) as { error: string }).error).toBeString();
+  });
+});
+
 describe("the admin socket", () => {
   test("is 0600, and gone once the broker has stopped: the command then finds no broker", async () => {
     const path = adminSocketPath(t.dataDir);
