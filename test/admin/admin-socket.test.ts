@@ -147,7 +147,7 @@ describe("the admin protocol", () => {
     ["revoke with an empty login", "/revoke", { method: "POST", body: JSON.stringify({ user: "" }), headers: { "content-type": "application/json" } }, 400],
     ["an unknown command", "/restart", { method: "POST" }, 404],
   ];
-  test.each(refusals)("%s (%s) answers %i with an error the command prints", async (_, path, init, status) => {
+  test.each(refusals)("%s (%s) is refused with the status and an error the command prints", async (_, path, init, status) => {
     const response = await send(path, init);
     expect(response.status).toBe(status);
     expect(((await response.json()) as { error: string }).error).toBeString();
