@@ -1,6 +1,10 @@
 // Assembles a running broker from a validated configuration: store, sealing key, Forgejo client, the
 // session registry and its children, the app and its listener, the purge timer, and an orderly stop.
+import { hostname } from "node:os";
 import { join } from "node:path";
+import { AdminService } from "./admin/service.ts";
+import { adminSocketPath } from "./admin/protocol.ts";
+import { listenAdminSocket } from "./admin/socket-server.ts";
 import type { BrokerConfig } from "./config.ts";
 import { TokenSealer, ensurePrivateDir, loadOrCreateSealingKey } from "./crypto.ts";
 import { createApp } from "./http/app.ts";
@@ -16,8 +20,10 @@ import { directConnect, systemLookup, type MetadataFetchDeps } from "./oauth/met
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
 import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
+import { AdminQueries } from "./store/admin-queries.ts";
 import { Store } from "./store/store.ts";
 import { createSpawnChild } from "./supervisor/child.ts";
+import { processRssBytes } from "./supervisor/process-rss.ts";
 import type { SandboxPlan } from "./supervisor/sandbox.ts";
 import { realTimers } from "./supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials } from "./upstream/credentials.ts";
@@ -187,6 +193,16 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     // /mcp answer a slightly larger one with its own JSON-RPC error rather than Bun's bare 413.
     maxRequestBodySize: config.sessions.maxMessageBytes + MAX_OAUTH_BODY_BYTES,
   });
+  // A broker that finds another one on its data directory (its admin socket answers) stops listening and refuses to start.
+  const adminSocket = await listenAdminSocket(
+    adminSocketPath(config.dataDir),
+    new AdminService({ registry, principals, queries: new AdminQueries(store), store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes }),
+    logger,
+  ).catch((error: unknown) => {
+    void server?.stop(true);
+    void Promise.all([registry.shutdown(), principals.shutdown()]).finally(() => store.close());
+    throw error;
+  });
 
   const purge = setInterval(() => {
     try {
@@ -211,6 +227,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     stop: () =>
       (stopping ??= (async () => {
         clearInterval(purge);
+        adminSocket.close();
         unsubscribe();
         unwatchRevocations();
         // Stop listening first; open SSE streams end when their sessions do, so the drain can finish.

@@ -201,7 +201,7 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
   const publicUrl = absoluteUrl("BROKER_PUBLIC_URL", "http://127.0.0.1:8080", "https://mcp.example.com");
   const host = get("BROKER_HOST") ?? "127.0.0.1";
   const port = integer("BROKER_PORT", 8080, 0, 65535, "8080");
-  const dataDir = get("BROKER_DATA_DIR") ?? "./data";
+  const dataDir = dataDirFrom(env);
 
   let sealingKey: Uint8Array | null = null;
   const keyFile = get("BROKER_SEALING_KEY_FILE");
@@ -348,6 +348,14 @@ function isBrokerSecretName(name: string): boolean {
 
 /** Splits a command line into argv the way a POSIX shell would for plain words and quotes, and nothing more. */
 /** What no child may see even where it lies under a path bound into the sandbox: the data directory and the secret files. */
+/**
+ * BROKER_DATA_DIR as the broker reads it: for the admin command, which needs nothing else of the
+ * configuration and must work where the broker's secret files are not readable (systemd credentials).
+ */
+export function dataDirFrom(env: Env): string {
+  return env.BROKER_DATA_DIR?.trim() || "./data";
+}
+
 export function hiddenFromChildren(config: Pick<BrokerConfig, "dataDir" | "secretFiles">): string[] {
   return [config.dataDir, ...config.secretFiles];
 }
