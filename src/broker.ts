@@ -1,6 +1,10 @@
 // Assembles a running broker from a validated configuration: store, sealing key, Forgejo client, the
 // session registry and its children, the app and its listener, the purge timer, and an orderly stop.
+import { hostname } from "node:os";
 import { join } from "node:path";
+import { AdminService } from "./admin/service.ts";
+import { adminSocketPath } from "./admin/protocol.ts";
+import { listenAdminSocket } from "./admin/socket-server.ts";
 import type { BrokerConfig } from "./config.ts";
 import { TokenSealer, ensurePrivateDir, loadOrCreateSealingKey } from "./crypto.ts";
 import { createApp } from "./http/app.ts";
@@ -10,12 +14,16 @@ import { StreamTokens } from "./http/stream-tokens.ts";
 import type { Logger } from "./log.ts";
 import { PrincipalChildren } from "./modern/principals.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
+import { ClientDirectory } from "./oauth/client-directory.ts";
 import { MAX_OAUTH_BODY_BYTES } from "./oauth/edge-guard.ts";
+import { directConnect, systemLookup, type MetadataFetchDeps } from "./oauth/metadata-fetch.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
 import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
+import { AdminQueries } from "./store/admin-queries.ts";
 import { Store } from "./store/store.ts";
 import { createSpawnChild } from "./supervisor/child.ts";
+import { processRssBytes } from "./supervisor/process-rss.ts";
 import type { SandboxPlan } from "./supervisor/sandbox.ts";
 import { realTimers } from "./supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials } from "./upstream/credentials.ts";
@@ -30,6 +38,8 @@ export interface BrokerOptions {
   lifetimes?: Partial<TokenLifetimes>;
   rateLimit?: RateLimitPolicy;
   purgeIntervalMs?: number;
+  /** How client metadata documents are fetched; tests give a connect that trusts their own certificate authority, and their own clock. */
+  metadataFetch?: Partial<Pick<MetadataFetchDeps, "lookup" | "connect" | "timers">>;
   /** SSE comment heartbeat period; 15 s by default. */
   heartbeatMs?: number;
   /** How long a new child has to answer initialize; the registry's 30 s by default. */
@@ -54,10 +64,20 @@ export interface RunningBroker {
 
 export const DEFAULT_RATE_LIMIT: RateLimitPolicy = { burst: 30, perSecond: 1 };
 
+/** A registered client with no grant this long after registering is deleted. */
+const UNUSED_CLIENT_MS = 24 * 3600_000;
+/** How often a client in use has that written down: idleness is counted in days, so hours are precise enough. */
+const CLIENT_USE_STAMP_MS = 3600_000;
+
 export async function startBroker(config: BrokerConfig, options: BrokerOptions): Promise<RunningBroker> {
   const now = options.now ?? Date.now;
   const idleTimeoutS = options.idleTimeoutS ?? 30;
   const { logger } = options;
+  if (config.clients.insecureMetadataHosts.length > 0) {
+    logger.warn("client metadata documents may be fetched over http and from loopback on these hosts: for tests and local development only", {
+      hosts: config.clients.insecureMetadataHosts.join(","),
+    });
+  }
   ensurePrivateDir(config.dataDir);
   const store = Store.open(join(config.dataDir, "broker.sqlite"));
   const sealer = await TokenSealer.fromRawKey(loadOrCreateSealingKey(config.dataDir, config.sealingKey));
@@ -92,6 +112,16 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     credentials,
     logger,
     now,
+    clients: new ClientDirectory({
+      store,
+      now,
+      fetch: {
+        lookup: options.metadataFetch?.lookup ?? systemLookup,
+        connect: options.metadataFetch?.connect ?? directConnect(),
+        timers: options.metadataFetch?.timers ?? realTimers,
+        insecureHosts: new Set(config.clients.insecureMetadataHosts),
+      },
+    }),
     rateLimiter: new RateLimiter(options.rateLimit ?? DEFAULT_RATE_LIMIT, now),
     clientAddress: (request) => clientAddressOf(server?.requestIP(request)?.address, request.headers.get("x-forwarded-for"), config.trustedProxies),
     lifetimes: { ...DEFAULT_LIFETIMES, ...options.lifetimes },
@@ -165,11 +195,23 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     // /mcp answer a slightly larger one with its own JSON-RPC error rather than Bun's bare 413.
     maxRequestBodySize: config.sessions.maxMessageBytes + MAX_OAUTH_BODY_BYTES,
   });
+  // A broker that finds another one on its data directory (its admin socket answers) stops listening and refuses to start.
+  const adminSocket = await listenAdminSocket(
+    adminSocketPath(config.dataDir),
+    new AdminService({ registry, principals, queries: new AdminQueries(store), store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes }),
+    logger,
+  ).catch((error: unknown) => {
+    void server?.stop(true);
+    void Promise.all([registry.shutdown(), principals.shutdown()]).finally(() => store.close());
+    throw error;
+  });
 
   const purge = setInterval(() => {
     try {
       const removed = store.purgeExpired(now());
       if (removed > 0) logger.debug("purged expired rows", { removed });
+      const clients = store.reapClients(now(), { unusedMs: UNUSED_CLIENT_MS, idleMs: config.clients.idleMs, stampEveryMs: CLIENT_USE_STAMP_MS });
+      if (clients.unused + clients.idle > 0) logger.info("deleted clients nobody uses", clients);
     } catch (error) {
       logger.error("purge failed", { error: error instanceof Error ? error : String(error) });
     }
@@ -187,6 +229,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     stop: () =>
       (stopping ??= (async () => {
         clearInterval(purge);
+        adminSocket.close();
         unsubscribe();
         unwatchRevocations();
         // Stop listening first; open SSE streams end when their sessions do, so the drain can finish.

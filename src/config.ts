@@ -33,6 +33,14 @@ export interface BrokerConfig {
   inFlight: InFlightLimits;
   /** Reverse proxies whose X-Forwarded-For is believed when keying rate limits; none by default. */
   trustedProxies: AddressBlock[];
+  clients: ClientPolicy;
+}
+
+export interface ClientPolicy {
+  /** `host:port` entries whose client metadata documents may be fetched over http and from loopback: tests and local development only. */
+  insecureMetadataHosts: string[];
+  /** A client whose grants have all been revoked or expired this long is deleted. */
+  idleMs: number;
 }
 
 export interface InFlightLimits {
@@ -198,7 +206,7 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
   const publicUrl = absoluteUrl("BROKER_PUBLIC_URL", "http://127.0.0.1:8080", "https://mcp.example.com");
   const host = get("BROKER_HOST") ?? "127.0.0.1";
   const port = integer("BROKER_PORT", 8080, 0, 65535, "8080");
-  const dataDir = get("BROKER_DATA_DIR") ?? "./data";
+  const dataDir = dataDirFrom(env);
 
   let sealingKey: Uint8Array | null = null;
   const keyFile = get("BROKER_SEALING_KEY_FILE");
@@ -284,6 +292,12 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
     }
   }
 
+  const insecureMetadataHosts = (get("BROKER_CIMD_INSECURE_HOSTS") ?? "").split(/[\s,]+/).filter(Boolean);
+  for (const entry of insecureMetadataHosts) {
+    if (!/^(\[[0-9a-f:.]+\]|[a-z0-9.-]+):\d{1,5}$/i.test(entry)) problem("BROKER_CIMD_INSECURE_HOSTS", `has ${JSON.stringify(entry)}, which is not host:port`, "localhost:8443");
+  }
+  const clientIdleDays = integer("BROKER_CLIENT_IDLE_DAYS", 90, 1, 36_500, "90");
+
   if (problems.length > 0) return { ok: false, problems };
 
   return {
@@ -313,6 +327,7 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
       logLevel: logLevel ?? "info",
       inFlight,
       trustedProxies,
+      clients: { insecureMetadataHosts: insecureMetadataHosts.map((entry) => entry.toLowerCase()), idleMs: clientIdleDays * 86_400_000 },
     },
   };
 }
@@ -336,6 +351,14 @@ function isBrokerSecretName(name: string): boolean {
 
 /** Splits a command line into argv the way a POSIX shell would for plain words and quotes, and nothing more. */
 /** What no child may see even where it lies under a path bound into the sandbox: the data directory and the secret files. */
+/**
+ * BROKER_DATA_DIR as the broker reads it: for the admin command, which needs nothing else of the
+ * configuration and must work where the broker's secret files are not readable (systemd credentials).
+ */
+export function dataDirFrom(env: Env): string {
+  return env.BROKER_DATA_DIR?.trim() || "./data";
+}
+
 export function hiddenFromChildren(config: Pick<BrokerConfig, "dataDir" | "secretFiles">): string[] {
   return [config.dataDir, ...config.secretFiles];
 }

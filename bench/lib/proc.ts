@@ -1,7 +1,11 @@
 // Reading processes from /proc: resident memory, CPU ticks, the process tree (children of every
 // thread, recursively) with zombies, and a sampler that records peak RSS of a process and of its
 // tree while a phase runs. Linux only; every read tolerates the process having just gone.
-import { readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
+import { childrenOf } from "../../src/supervisor/process-rss.ts";
+
+/** Direct children of pid (of all its threads): the broker's own reading, which its RSS figures sum over. */
+export { childrenOf };
 
 const PAGE_KB = (() => {
   const out = Bun.spawnSync(["getconf", "PAGESIZE"]).stdout.toString().trim();
@@ -80,23 +84,6 @@ export function procStat(pid: number): ProcStat | null {
 export function cpuSeconds(pid: number): number {
   const stat = procStat(pid);
   return stat === null ? NaN : stat.cpuTicks / CLK_TCK;
-}
-
-/** Direct children of pid (of all its threads: a child hangs under the thread that forked it). */
-export function childrenOf(pid: number): number[] {
-  let tasks: string[];
-  try {
-    tasks = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return [];
-  }
-  const children: number[] = [];
-  for (const tid of tasks) {
-    const list = read(`/proc/${pid}/task/${tid}/children`);
-    if (list === null) continue;
-    for (const word of list.split(" ")) if (word !== "" && word !== "\n") children.push(Number(word));
-  }
-  return children;
 }
 
 /** Every descendant of pid (not pid itself), zombies included, bounded against cycles. */

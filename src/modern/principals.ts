@@ -57,6 +57,17 @@ interface Principal {
   exited: Promise<void>;
   /** Retires the child when its token is due for a refresh. */
   dueTimer: TimerHandle | null;
+  startedAt: number;
+}
+
+/** A principal's child as the admin command lists it. */
+export interface PrincipalChildEntry {
+  grantId: string;
+  forgejoUserId: number;
+  child: PrincipalChild;
+  startedAt: number;
+  /** False once retired or stopped: it ends its calls and exits. */
+  serving: boolean;
 }
 
 const SHUTDOWN_RETRY_AFTER_S = 30;
@@ -111,6 +122,17 @@ export class PrincipalChildren {
       earliestRequestDeadline: principal.child.earliestRequestDeadline,
       exiting: this.live.get(grantId) === principal ? null : principal.exited,
       evict: (reason) => this.stop(grantId, principal, reason),
+    }));
+  }
+
+  /** Every child with a process, serving or on its way out (for the admin command's listing). */
+  list(): PrincipalChildEntry[] {
+    return [...this.running].map(([principal, grantId]) => ({
+      grantId,
+      forgejoUserId: principal.forgejoUserId,
+      child: principal.child,
+      startedAt: principal.startedAt,
+      serving: this.live.get(grantId) === principal,
     }));
   }
 
@@ -230,7 +252,7 @@ export class PrincipalChildren {
       if (error instanceof ChildStartError) throw new SessionStartError(error.message, error.lastStderrLine);
       throw error;
     }
-    const principal: Principal = { child: null!, identity, forgejoUserId: identity.forgejoUserId, replacing: false, staleToken: false, dueTimer: null, exited: process.exited.then(() => {}) };
+    const principal: Principal = { child: null!, identity, forgejoUserId: identity.forgejoUserId, replacing: false, staleToken: false, dueTimer: null, exited: process.exited.then(() => {}), startedAt: this.deps.timers.now() };
     const ChildOfEra = verdict.era === "modern" ? ModernPrincipalChild : LegacyPrincipalChild;
     principal.child = new ChildOfEra(process, {
       logger,

@@ -47,6 +47,8 @@ type ReplayEvent = OutboundEvent & EventPosition;
 export class LegacySession {
   readonly id: string;
   readonly binding: SessionIdentity;
+  /** When the session's first child was started (a rotation keeps it). */
+  readonly startedAt: number;
   private readonly channel: ChildChannel<LegacyCall>;
   private readonly callByStream = new Map<MessageStream, LegacyCall>();
   private readonly liveStreams = new Set<MessageStream>();
@@ -71,6 +73,7 @@ export class LegacySession {
     this.id = options.id;
     this.binding = { ...options.binding };
     this.lastActive = options.timers.now();
+    this.startedAt = this.lastActive;
     this.replayMaxEvents = options.replayMaxEvents ?? 256;
     this.replayMaxBytes = options.replayMaxBytes ?? 1024 * 1024;
     this.replay = new ReplayBuffer(this.replayMaxEvents, this.replayMaxBytes);

@@ -85,6 +85,9 @@ const SESSION_ID = /^[0-9a-f]{48}$/;
 /** A broker that is shutting down is usually back, restarted, within this long. */
 const SHUTDOWN_RETRY_AFTER_S = 30;
 
+/** A draining broker is usually stopped and replaced within this long. */
+const DRAIN_RETRY_AFTER_S = 30;
+
 /** Which cap made room for a new session by ending an idle one. */
 export type EvictionCap = "user" | "global";
 
@@ -107,6 +110,8 @@ export class SessionRegistry {
   private readonly pacer: SpawnPacer;
   private readonly stopReaping: () => void;
   private closed = false;
+  /** Set by drain(): no new session or other child starts, the live ones serve on. */
+  private draining = false;
   private readonly evicted: Record<EvictionCap, number> = { user: 0, global: 0 };
   private otherChildren: () => CappedChild[] = () => [];
 
@@ -178,6 +183,7 @@ export class SessionRegistry {
     let waited = false;
     for (;;) {
       if (this.closed) throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
+      if (this.draining) throw new SessionLimitError("this broker is draining and starts no new sessions; retry later", DRAIN_RETRY_AFTER_S);
       const ofUser = this.holdingSlots(user) >= maxSessionsPerUser;
       const overall = this.holdingSlots(null) >= maxSessions;
       if (!overall && !ofUser) break;
@@ -209,6 +215,24 @@ export class SessionRegistry {
     const ticket: StartTicket = { forgejoUserId: user, deadline: this.deps.timers.now() + this.initializeTimeoutMs };
     this.starting.add(ticket);
     return ticket;
+  }
+
+  /** Every live session (for the admin command's listing). */
+  list(): LegacySession[] {
+    return [...this.sessions.values()];
+  }
+
+  /**
+   * From now on no session or other child (see reserveSlot) starts: each start answers 503 with Retry-After,
+   * while the live ones serve on until they end. For an operator who is about to stop this broker.
+   */
+  drain(): void {
+    this.draining = true;
+  }
+
+  /** Children holding a slot now: sessions, other children (see countAlso), starts under way and children still exiting. */
+  get childrenHoldingSlots(): number {
+    return this.holdingSlots(null);
   }
 
   /** Sessions ended to make room for a new one, by the cap that was reached (read-only copy). */

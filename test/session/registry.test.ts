@@ -742,3 +742,27 @@ describe("upstream token rotation", () => {
     expect(registry.size).toBe(1);
   });
 });
+
+describe("drain", () => {
+  test("no new session or other child starts (503 with Retry-After); live sessions serve on; the children holding slots count down to none", async () => {
+    const { registry } = setup();
+    const { entry } = await registry.create(alice, initialize);
+    registry.drain();
+
+    for (const start of [() => registry.create(bob, initialize), () => registry.reserveSlot(bob.forgejoUserId)]) {
+      const error = await start().catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(SessionLimitError);
+      expect((error as SessionLimitError).status).toBe(503);
+      expect((error as SessionLimitError).retryAfterS).toBe(30);
+      expect((error as SessionLimitError).message).toContain("draining");
+    }
+    expect(registry.get(entry.id, alice)).toBe(entry);
+    expect(registry.childrenHoldingSlots).toBe(1);
+
+    registry.delete(entry.id);
+    // The ended session's child holds its slot until it has exited.
+    expect(registry.childrenHoldingSlots).toBe(1);
+    await registry.shutdown();
+    expect(registry.childrenHoldingSlots).toBe(0);
+  });
+});

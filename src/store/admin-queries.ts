@@ -1,0 +1,121 @@
+// The admin command's reads and deletes over the store: grants with their client's name, clients with their
+// grants and last use, and a client's removal. Revocations go through Store.revokeGrant, as /oauth/revoke's do.
+import { and, count, eq, inArray, isNull, max } from "drizzle-orm";
+import * as schema from "./schema.ts";
+import type { Store } from "./store.ts";
+
+export interface GrantSummary {
+  grantId: string;
+  clientId: string;
+  clientName: string;
+  forgejoUserId: number;
+  forgejoLogin: string;
+  createdAt: number;
+}
+
+export interface ClientSummary {
+  clientId: string;
+  name: string;
+  tokenEndpointAuthMethod: string;
+  createdAt: number;
+  /** Grants not revoked. */
+  activeGrants: number;
+  /** When a token was last issued to it (a sign-in or a refresh); null if never. */
+  lastTokenIssuedAt: number | null;
+}
+
+/** Which active grants an operator means: every filter given must match. */
+export interface GrantFilter {
+  forgejoLogin?: string;
+  clientId?: string;
+  grantId?: string;
+}
+
+export class AdminQueries {
+  constructor(private readonly store: Store) {}
+
+  /** Active (not revoked) grants matching `filter`, oldest first. */
+  activeGrants(filter: GrantFilter = {}): GrantSummary[] {
+    const g = schema.grants;
+    return this.grantQuery()
+      .where(
+        and(
+          isNull(g.revokedAt),
+          filter.forgejoLogin === undefined ? undefined : eq(g.forgejoLogin, filter.forgejoLogin),
+          filter.clientId === undefined ? undefined : eq(g.clientId, filter.clientId),
+          filter.grantId === undefined ? undefined : eq(g.id, filter.grantId),
+        ),
+      )
+      .orderBy(g.createdAt)
+      .all();
+  }
+
+  /** The grants of these ids, revoked or not (a session may outlive its grant by the moment its revocation takes). */
+  grantsById(grantIds: string[]): Map<string, GrantSummary> {
+    if (grantIds.length === 0) return new Map();
+    const rows = this.grantQuery().where(inArray(schema.grants.id, [...new Set(grantIds)])).all();
+    return new Map(rows.map((row) => [row.grantId, row]));
+  }
+
+  /** Every registered client, with its active grants and when a token was last issued to it, newest first. */
+  clients(): ClientSummary[] {
+    const c = schema.clients;
+    const g = schema.grants;
+    const a = schema.accessTokens;
+    const grantCounts = this.store.db
+      .select({ clientId: g.clientId, active: count().as("active") })
+      .from(g)
+      .where(isNull(g.revokedAt))
+      .groupBy(g.clientId)
+      .as("grant_counts");
+    const lastIssued = this.store.db
+      .select({ clientId: a.clientId, last: max(a.createdAt).as("last") })
+      .from(a)
+      .groupBy(a.clientId)
+      .as("last_issued");
+    const rows = this.store.db
+      .select({
+        clientId: c.id,
+        name: c.name,
+        tokenEndpointAuthMethod: c.tokenEndpointAuthMethod,
+        createdAt: c.createdAt,
+        activeGrants: grantCounts.active,
+        lastTokenIssuedAt: lastIssued.last,
+      })
+      .from(c)
+      .leftJoin(grantCounts, eq(grantCounts.clientId, c.id))
+      .leftJoin(lastIssued, eq(lastIssued.clientId, c.id))
+      .all();
+    return rows
+      .map((row) => ({ ...row, activeGrants: row.activeGrants ?? 0, lastTokenIssuedAt: row.lastTokenIssuedAt ?? null }))
+      .sort((x, y) => y.createdAt - x.createdAt);
+  }
+
+  /**
+   * Removes a client: its active grants are revoked first (so their sessions and children end as on
+   * /oauth/revoke), then the row goes with everything that references it. False when there is no such client.
+   */
+  deleteClient(clientId: string, now: number): { deleted: boolean; revokedGrants: string[] } {
+    if (this.store.getClient(clientId) === undefined) return { deleted: false, revokedGrants: [] };
+    const revokedGrants = this.activeGrants({ clientId }).map((grant) => grant.grantId);
+    for (const grantId of revokedGrants) this.store.revokeGrant(grantId, now);
+    this.store.db.delete(schema.clients).where(eq(schema.clients.id, clientId)).run();
+    return { deleted: true, revokedGrants };
+  }
+
+  private grantQuery() {
+    const g = schema.grants;
+    return this.store.db
+      .select({
+        grantId: g.id,
+        clientId: g.clientId,
+        clientName: schema.clients.name,
+        forgejoUserId: g.forgejoUserId,
+        forgejoLogin: g.forgejoLogin,
+        createdAt: g.createdAt,
+      })
+      .from(g)
+      .innerJoin(schema.clients, eq(schema.clients.id, g.clientId))
+      .$dynamic();
+  }
+}

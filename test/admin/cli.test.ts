@@ -1,0 +1,95 @@
+// `bun run admin` as runAdmin, in-process against an in-process broker: what the operator reads, what a script
+// parses (--json), and the exit codes (0 ok, 1 nothing matched, 2 usage, 3 no broker, 4 drain timed out).
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runAdmin } from "../../src/admin/cli.ts";
+import { ExitCode, type SessionsAnswer } from "../../src/admin/protocol.ts";
+import { realTimers, type Timers } from "../../src/supervisor/timers.ts";
+import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { childCommand, openSession } from "../helpers/mcp.ts";
+import { obtainTokens } from "../helpers/oauth-client.ts";
+
+let t: TestBroker;
+let sessionId: string;
+beforeAll(async () => {
+  t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand() } });
+  t.forgejo.setCurrentUser("alice");
+  sessionId = await openSession(t.mcpUrl, (await obtainTokens(t.config.publicUrl)).accessToken);
+});
+afterAll(() => t.stop());
+
+async function admin(argv: string[], options: { dataDir?: string; timers?: Timers; onOut?: (line: string) => void } = {}) {
+  const out: string[] = [];
+  const err: string[] = [];
+  const code = await runAdmin(argv, {
+    env: { BROKER_DATA_DIR: options.dataDir ?? t.dataDir },
+    out: (line) => {
+      out.push(line);
+      options.onOut?.(line);
+    },
+    err: (line) => err.push(line),
+    timers: options.timers ?? realTimers,
+  });
+  return { code, out: out.join("\n"), err: err.join("\n") };
+}
+
+describe("admin command output", () => {
+  test("sessions: a table with a header and the session's user, client and id", async () => {
+    const { code, out } = await admin(["sessions"]);
+    expect(code).toBe(ExitCode.ok);
+    const [header, row] = out.split("\n");
+    expect(header!.split(/\s+/)).toEqual(["ERA", "USER", "CLIENT", "AGE", "IDLE", "REPLICA", "PID", "RSS", "STATE", "ID"]);
+    expect(row!.split(/\s{2,}/).slice(0, 3)).toEqual(["legacy", "alice", "Test"]);
+    expect(row).toEndWith(sessionId);
+  });
+
+  test("sessions --json: the broker's answer as it is", async () => {
+    const { code, out } = await admin(["sessions", "--json"]);
+    expect(code).toBe(ExitCode.ok);
+    const answer = JSON.parse(out) as SessionsAnswer;
+    expect(answer.sessions.map((row) => [row.era, row.user, row.id])).toEqual([["legacy", "alice", sessionId]]);
+  });
+
+  test("clients: the client with one grant", async () => {
+    const { code, out } = await admin(["clients"]);
+    expect(code).toBe(ExitCode.ok);
+    expect(out.split("\n")[1]!.split(/\s{2,}/).slice(1, 4)).toEqual(["Test", "none", "1"]);
+  });
+});
+
+describe("admin command exit codes", () => {
+  test("nothing matched: 1, and why on stderr", async () => {
+    const { code, err } = await admin(["revoke", "--user", "nobody"]);
+    expect(code).toBe(ExitCode.notFound);
+    expect(err).toContain("no active grant for user nobody");
+  });
+
+  test("a wrong command line: 2, with the usage", async () => {
+    const { code, err } = await admin(["revoke"]);
+    expect(code).toBe(ExitCode.usage);
+    expect(err).toContain("usage: bun run admin");
+  });
+
+  test("no broker on that data directory: 3", async () => {
+    const empty = mkdtempSync(join(tmpdir(), "fmb-admin-"));
+    try {
+      const { code, err } = await admin(["sessions"], { dataDir: empty });
+      expect(code).toBe(ExitCode.brokerNotRunning);
+      expect(err).toContain("is the broker running");
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
+  // Last: the broker drains from here on.
+  test("drain --timeout with a child still running: 4 once the timeout fires, after the count was printed", async () => {
+    let fire: (() => void) | null = null;
+    const timers: Timers = { ...realTimers, setTimeout: (fn) => ((fire = fn), 1), clearTimeout: () => {} };
+    const { code, out, err } = await admin(["drain", "--timeout", "30"], { timers, onOut: () => fire?.() });
+    expect(out).toBe("draining: 1 child left");
+    expect(code).toBe(ExitCode.drainTimedOut);
+    expect(err).toContain("after 30 s, children left: 1");
+  });
+});

@@ -1,0 +1,78 @@
+// The admin service with a fake registry and principals over an in-memory store, and time moved by hand: what a
+// listing says of busy and idle children, and a drain that reports each change of the count until none is left.
+import { describe, expect, test } from "bun:test";
+import { AdminService } from "../../src/admin/service.ts";
+import type { PrincipalChildEntry } from "../../src/modern/principals.ts";
+import type { LegacySession } from "../../src/session/legacy-session.ts";
+import { AdminQueries } from "../../src/store/admin-queries.ts";
+import { Store } from "../../src/store/store.ts";
+import { FakeTimers, settle } from "../bridge/fakes.ts";
+
+function setup() {
+  const timers = new FakeTimers();
+  const store = Store.open(":memory:");
+  store.createClient({ id: "c1", secretHash: null, tokenEndpointAuthMethod: "none", name: "Claude", redirectUris: [], metadata: {}, createdAt: 0 });
+  const grant = store.findOrCreateGrant({ id: "g1", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice", scope: "", now: 0 });
+  const state = { legacy: [] as LegacySession[], modern: [] as PrincipalChildEntry[], holding: 0, drained: false };
+  const service = new AdminService({
+    registry: { list: () => state.legacy, drain: () => void (state.drained = true), get childrenHoldingSlots() { return state.holding; } },
+    principals: { list: () => state.modern },
+    queries: new AdminQueries(store),
+    store,
+    timers,
+    now: () => timers.now(),
+    replica: "here",
+    rssOf: (pid) => pid * 1024,
+    drainPollMs: 100,
+  });
+  return { service, timers, state, grant };
+}
+
+const session = (fields: Partial<LegacySession>) =>
+  ({ id: "s1", binding: { grantId: "g1", forgejoUserId: 7, clientId: "c1" }, startedAt: 0, lastActivity: 0, inFlight: 0, activeStreams: 0, childPid: 42, ...fields }) as LegacySession;
+
+describe("sessions", () => {
+  const cases: [string, Partial<LegacySession>, number][] = [
+    ["a legacy session last used 90 s ago is idle 90 s", { lastActivity: 1_000_000 - 90_000 }, 90],
+    ["one with a request in flight is idle 0 s", { lastActivity: 1_000_000 - 90_000, inFlight: 1 }, 0],
+    ["one with a stream open is idle 0 s", { lastActivity: 1_000_000 - 90_000, activeStreams: 1 }, 0],
+  ];
+  test.each(cases)("%s", (_, fields, idleS) => {
+    const { service, state } = setup();
+    state.legacy = [session({ startedAt: 1_000_000 - 3_600_000, ...fields })];
+    expect(service.sessions().sessions).toEqual([
+      { era: "legacy", id: "s1", user: "alice", forgejoUserId: 7, clientId: "c1", clientName: "Claude", grantId: "g1", ageS: 3600, idleS, replica: "here", pid: 42, rssBytes: 42 * 1024, state: "serving" },
+    ]);
+  });
+
+  test("a retiring principal child is listed as such; --user of someone else lists nothing", () => {
+    const { service, state, timers } = setup();
+    const child = { lastActivity: timers.now(), inFlight: 1, listening: 0, childPid: 9 } as PrincipalChildEntry["child"];
+    state.modern = [{ grantId: "g1", forgejoUserId: 7, child, startedAt: timers.now(), serving: false }];
+    expect(service.sessions("alice").sessions.map((row) => [row.era, row.state, row.pid])).toEqual([["modern", "retiring", 9]]);
+    expect(service.sessions("bob").sessions).toEqual([]);
+  });
+});
+
+test("drain: the count at once, again only when it changes, and done once none is left", async () => {
+  const { service, state, timers } = setup();
+  state.holding = 2;
+  const progress = service.drain();
+  expect((await progress.next()).value).toEqual({ children: 2, done: false });
+  expect(state.drained).toBe(true);
+
+  // Nothing changed at the next look: it reports nothing.
+  const next = progress.next();
+  timers.advance(100);
+  await settle();
+  expect(timers.pending).toBe(1);
+  state.holding = 1;
+  timers.advance(100);
+  expect((await next).value).toEqual({ children: 1, done: false });
+
+  const last = progress.next();
+  state.holding = 0;
+  timers.advance(100);
+  expect((await last).value).toEqual({ children: 0, done: true });
+  expect((await progress.next()).done).toBe(true);
+});

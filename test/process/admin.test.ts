@@ -1,0 +1,90 @@
+// `bun run admin` as an operator runs it, beside a broker running as its own process (started under a service's
+// umask 022): the sessions listed, a revocation that ends a live session, and a drain followed to its end.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { lstatSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { adminSocketPath, ExitCode, type SessionsAnswer } from "../../src/admin/protocol.ts";
+import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { startBrokerProcess, type BrokerProcess } from "../helpers/broker-process.ts";
+import { childCommand, openSession, postMcp } from "../helpers/mcp.ts";
+import { obtainTokens } from "../helpers/oauth-client.ts";
+import { outputLines } from "../helpers/output.ts";
+
+const REPO_ROOT = join(import.meta.dir, "..", "..");
+
+let forgejo: FakeForgejo;
+let dataDir: string;
+let broker: BrokerProcess;
+beforeAll(async () => {
+  forgejo = await startFakeForgejo();
+  dataDir = mkdtempSync(join(tmpdir(), "fmb-admin-"));
+  broker = await startBrokerProcess(forgejo, dataDir, { BROKER_CHILD_COMMAND: childCommand() }, { umask: 0o022 });
+});
+afterAll(async () => {
+  await broker.stop();
+  await forgejo.stop();
+  rmSync(dataDir, { recursive: true, force: true });
+});
+
+/** `bun run admin -- …` from the checkout, with the broker's BROKER_DATA_DIR and nothing else of its environment. */
+function admin(...args: string[]) {
+  const proc = Bun.spawn([process.execPath, "run", "admin", "--", ...args], {
+    cwd: REPO_ROOT,
+    env: { PATH: process.env.PATH ?? "", BROKER_DATA_DIR: dataDir },
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  return { proc, stdout: outputLines(proc.stdout), stderr: outputLines(proc.stderr) };
+}
+
+async function adminOutput(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const { proc, stdout, stderr } = admin(...args);
+  const code = await proc.exited;
+  await Promise.all([stdout.waitFor(() => false), stderr.waitFor(() => false)]);
+  return { code, out: stdout.lines.join("\n"), err: stderr.lines.join("\n") };
+}
+
+const echo = (token: string, sessionId: string) =>
+  postMcp(broker.mcpUrl, token, { jsonrpc: "2.0", id: 3, method: "tools/call", params: { name: "echo", arguments: { text: "hi" } } }, { "mcp-session-id": sessionId });
+
+describe("bun run admin against a running broker", () => {
+  test("its socket is 0600 under the service's umask 022", () => {
+    expect((lstatSync(adminSocketPath(dataDir)).mode & 0o777).toString(8)).toBe("600");
+  });
+
+  test("sessions lists the live session; revoke --user ends it: its next request is refused 401", async () => {
+    forgejo.setCurrentUser("alice");
+    const { accessToken } = await obtainTokens(broker.url);
+    const sessionId = await openSession(broker.mcpUrl, accessToken);
+
+    const listed = await adminOutput("sessions", "--json");
+    expect(listed.code).toBe(ExitCode.ok);
+    const { sessions } = JSON.parse(listed.out) as SessionsAnswer;
+    expect(sessions.map((row) => [row.era, row.user, row.id])).toEqual([["legacy", "alice", sessionId]]);
+    expect(sessions[0]!.rssBytes).toBeGreaterThan(0);
+
+    const revoked = await adminOutput("revoke", "--user", "alice");
+    expect(revoked).toMatchObject({ code: ExitCode.ok, out: expect.stringMatching(/^revoked 1 grant, ending 1 live session: /) });
+    expect((await echo(accessToken, sessionId)).status).toBe(401);
+    expect(JSON.parse((await adminOutput("sessions", "--json")).out)).toEqual({ sessions: [] });
+  });
+
+  test("drain reports the child left, refuses new sessions, and exits 0 once the client has ended its session", async () => {
+    forgejo.setCurrentUser("bob");
+    const { accessToken } = await obtainTokens(broker.url);
+    const sessionId = await openSession(broker.mcpUrl, accessToken);
+
+    const drain = admin("drain");
+    expect(await drain.stdout.waitFor((line) => line.startsWith("draining"))).toBe("draining: 1 child left");
+    const refused = await postMcp(broker.mcpUrl, accessToken, { jsonrpc: "2.0", id: 1, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "x", version: "1" } } });
+    expect(refused.status).toBe(503);
+    expect(refused.headers.get("retry-after")).toBe("30");
+
+    const deleted = await fetch(broker.mcpUrl, { method: "DELETE", headers: { authorization: `Bearer ${accessToken}`, "mcp-session-id": sessionId } });
+    expect(deleted.status).toBe(204);
+    expect(await drain.proc.exited).toBe(ExitCode.ok);
+    await drain.stdout.waitFor(() => false);
+    expect(drain.stdout.lines.at(-1)).toBe("drained: no children left");
+  });
+});
