@@ -143,6 +143,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   const principals = new PrincipalChildren({
     config: config.sessions,
     spawn,
+    childEra: config.child.era,
+    childCommand: config.child.command.join(" "),
     upstreamToken,
     // One set of caps over both eras' children.
     reserveSlot: (forgejoUserId) => registry.reserveSlot(forgejoUserId),

@@ -59,7 +59,12 @@ export interface ChildConfig {
   stopGraceMs: number;
   /** How each child is wrapped: bubblewrap by default, or explicitly nothing. */
   sandbox: SandboxConfig;
+  /** Which MCP era a modern caller's child speaks: probed once per command (auto), or as the operator says. */
+  era: ChildEraSetting;
 }
+
+export type ChildEraSetting = "auto" | "legacy" | "modern";
+const CHILD_ERAS: readonly ChildEraSetting[] = ["auto", "legacy", "modern"];
 
 export interface SessionConfig {
   maxSessions: number;
@@ -240,13 +245,10 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
   const urlEnv = envName("BROKER_CHILD_URL_ENV", "FORGEJO_URL");
   const tokenEnv = envName("BROKER_CHILD_TOKEN_ENV", "FORGEJO_ACCESS_TOKEN");
   const stopGraceMs = integer("BROKER_CHILD_STOP_GRACE_S", 5, 0, 600, "5") * 1000;
-  // Children are spoken to as 2025-era servers (initialize first); probing them for 2026-07-28 comes later.
-  const childEra = get("BROKER_CHILD_ERA") ?? "legacy";
-  if (childEra === "auto" || childEra === "modern") {
-    problem("BROKER_CHILD_ERA", `${childEra} is not supported yet: this broker speaks to every child as a 2025-era server`, "legacy");
-  } else if (childEra !== "legacy") {
-    problem("BROKER_CHILD_ERA", `must be legacy, got ${JSON.stringify(childEra)}`, "legacy");
-  }
+  // Only modern callers' children are affected: a legacy session initializes its own child either way.
+  const rawChildEra = get("BROKER_CHILD_ERA") ?? "auto";
+  const childEra = CHILD_ERAS.find((era) => era === rawChildEra);
+  if (childEra === undefined) problem("BROKER_CHILD_ERA", `must be one of ${CHILD_ERAS.join(", ")}, got ${JSON.stringify(rawChildEra)}`, "auto");
   const sandboxKind = get("BROKER_CHILD_SANDBOX") ?? "bwrap";
   if (sandboxKind !== "bwrap" && sandboxKind !== "none") {
     problem("BROKER_CHILD_SANDBOX", `must be bwrap or none, got ${JSON.stringify(sandboxKind)}`, "bwrap");
@@ -316,6 +318,7 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
         passthroughEnv,
         stopGraceMs,
         sandbox: { kind: sandboxKind === "none" ? "none" : "bwrap", bind: sandboxBind },
+        era: childEra ?? "auto",
       },
       sessions: {
         ...sessions,

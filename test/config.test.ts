@@ -21,7 +21,7 @@ describe("loadConfig", () => {
       dataDir: "./data",
       sealingKey: null,
       forgejo: { url: "https://forgejo.example.com", clientId: "id", clientSecret: "secret", scopes: DEFAULT_FORGEJO_SCOPES.split(" "), timeoutMs: 20_000 },
-      child: { command: ["forgejo-mcp", "--transport", "stdio"], urlEnv: "FORGEJO_URL", tokenEnv: "FORGEJO_ACCESS_TOKEN", passthroughEnv: [], stopGraceMs: 5000, sandbox: { kind: "bwrap", bind: [] } },
+      child: { command: ["forgejo-mcp", "--transport", "stdio"], urlEnv: "FORGEJO_URL", tokenEnv: "FORGEJO_ACCESS_TOKEN", passthroughEnv: [], stopGraceMs: 5000, sandbox: { kind: "bwrap", bind: [] }, era: "auto" },
       sessions: { idleTimeoutMs: 900_000, refreshLeadMs: 300_000, requestTimeoutMs: 300_000, maxMessageBytes: 4 * 1024 * 1024, allowedOrigins: ["http://127.0.0.1:8080"] },
       logLevel: "info",
     });
@@ -65,8 +65,14 @@ describe("loadConfig", () => {
     ]);
   });
 
-  test("BROKER_CHILD_ERA=legacy, what the broker speaks to its children, is accepted", () => {
-    expect(loadConfig({ ...REQUIRED, BROKER_CHILD_ERA: "legacy" }).ok).toBe(true);
+  test.each([
+    ["probed once per command when unset", undefined, "auto"],
+    ["probed once per command", "auto", "auto"],
+    ["initialized as a 2025-era server, no probe", "legacy", "legacy"],
+    ["spoken to in 2026-07-28, no probe", "modern", "modern"],
+  ] as const)("BROKER_CHILD_ERA: a modern caller's child is %s", (_, value, era) => {
+    const result = loadConfig(value === undefined ? REQUIRED : { ...REQUIRED, BROKER_CHILD_ERA: value });
+    expect(result.ok && result.config.child.era).toBe(era);
   });
 
   const problems: [string, Record<string, string>, RegExp][] = [
@@ -80,8 +86,7 @@ describe("loadConfig", () => {
     ["the sealing key passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "BROKER_SEALING_KEY LANG" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "BROKER_SEALING_KEY" to children/],
     ["a broker variable passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "BROKER_METRICS_TOKEN" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "BROKER_METRICS_TOKEN" to children/],
     ["an unknown sandbox", { BROKER_CHILD_SANDBOX: "docker" }, /^BROKER_CHILD_SANDBOX: must be bwrap or none, got "docker"/],
-    ["a child era the broker cannot speak yet", { BROKER_CHILD_ERA: "auto" }, /^BROKER_CHILD_ERA: auto is not supported yet: this broker speaks to every child as a 2025-era server/],
-    ["an unknown child era", { BROKER_CHILD_ERA: "2026" }, /^BROKER_CHILD_ERA: must be legacy, got "2026"/],
+    ["an unknown child era", { BROKER_CHILD_ERA: "2026" }, /^BROKER_CHILD_ERA: must be one of auto, legacy, modern, got "2026" \(example: BROKER_CHILD_ERA=auto\)$/],
     ["a relative sandbox bind", { BROKER_CHILD_SANDBOX_BIND: "/etc/ssl,node_modules" }, /^BROKER_CHILD_SANDBOX_BIND: has "node_modules", which is not an absolute path/],
     ["an origin with a path", { BROKER_ALLOWED_ORIGINS: "https://claude.ai/x" }, /^BROKER_ALLOWED_ORIGINS: has "https:\/\/claude.ai\/x", which is not an origin/],
     ["zero sessions", { BROKER_MAX_SESSIONS: "0" }, /^BROKER_MAX_SESSIONS: must be a whole number from 1/],

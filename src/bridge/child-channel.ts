@@ -19,6 +19,9 @@ import {
 } from "./jsonrpc.ts";
 import { Once } from "../once.ts";
 
+/** Where a 2026-07-28 notification names the subscriptions/listen it belongs to. */
+export const SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId";
+
 /** The new child could not take over; the old one keeps serving. */
 export class RotationError extends Error {
   override readonly name = "RotationError";
@@ -87,8 +90,9 @@ interface PendingCall<C> extends ChannelCall {
   progressKey: string | null;
   /** The caller's progress token, when the child was given the broker's instead. */
   callerToken: JsonRpcId | null;
-  timer: TimerHandle;
-  /** When the call times out if nothing answers it first. */
+  /** Null for a call that stays open until someone ends it (a 2026-07-28 subscriptions/listen). */
+  timer: TimerHandle | null;
+  /** When the call times out if nothing answers it first (Infinity: never). */
   deadline: number;
 }
 
@@ -151,9 +155,10 @@ export class ChildChannel<C> {
 
   /**
    * Writes a request to the current child; what the child sends for it is reported with `context`.
-   * A closed channel, an id already in flight or a child not taking input fail it at once.
+   * A closed channel, an id already in flight or a child not taking input fail it at once. An `untimed`
+   * call has no timeout: it is open until answered or cancelled.
    */
-  call(incoming: IncomingMessage, context: C): ChannelCall {
+  call(incoming: IncomingMessage, context: C, options: { untimed?: boolean } = {}): ChannelCall {
     const id = incoming.message.id as JsonRpcId;
     const method = String(incoming.message.method);
     if (this.closedReason !== null) {
@@ -178,8 +183,8 @@ export class ChildChannel<C> {
       context,
       progressKey: token === null ? null : idKey(token),
       callerToken: multiplexed ? callerToken : null,
-      timer: this.options.timers.setTimeout(() => this.timeout(pending), this.options.requestTimeoutMs),
-      deadline: this.options.timers.now() + this.options.requestTimeoutMs,
+      timer: options.untimed === true ? null : this.options.timers.setTimeout(() => this.timeout(pending), this.options.requestTimeoutMs),
+      deadline: options.untimed === true ? Infinity : this.options.timers.now() + this.options.requestTimeoutMs,
     };
     this.pending.set(key, pending);
     if (pending.progressKey !== null) this.progressOwners.set(pending.progressKey, pending);
@@ -210,7 +215,7 @@ export class ChildChannel<C> {
     const key = (call as Partial<PendingCall<C>>).key;
     const pending = key === undefined ? undefined : this.pending.get(key);
     if (pending !== call) return;
-    this.options.timers.clearTimeout(pending.timer);
+    if (pending.timer !== null) this.options.timers.clearTimeout(pending.timer);
     pending.timer = this.options.timers.setTimeout(() => this.timeout(pending), ms);
     pending.deadline = this.options.timers.now() + ms;
   }
@@ -333,6 +338,13 @@ export class ChildChannel<C> {
       else this.events.progress(owner.context, reparsed(JSON.stringify({ ...message, params: { ...(message.params as object), progressToken: owner.callerToken } })));
       return;
     }
+    const subscriber = kind === "notification" ? this.subscriberOf(link, message) : undefined;
+    if (subscriber !== undefined) {
+      const params = message.params as Record<string, unknown>;
+      const meta = { ...(params._meta as object), [SUBSCRIPTION_ID]: subscriber.id };
+      this.events.progress(subscriber.context, reparsed(JSON.stringify({ ...message, params: { ...params, _meta: meta } })));
+      return;
+    }
     const callsOfChild = () => this.callsOf(link);
     if (kind === "request") this.events.childRequest(this.childRequest(link, incoming), callsOfChild);
     else this.events.childNotification(incoming, callsOfChild);
@@ -359,6 +371,18 @@ export class ChildChannel<C> {
       refuse: (code, text) => void link.write(errorResponse(id, code, text)),
       reply: (result) => void link.write(JSON.stringify({ jsonrpc: "2.0", id, result })),
     };
+  }
+
+  /**
+   * The multiplexed call a 2026-07-28 child's notification names by its subscription id (the broker's
+   * id of a subscriptions/listen), reported with the caller's id in its place.
+   */
+  private subscriberOf(link: ChildLink, message: JsonRpcMessage): PendingCall<C> | undefined {
+    if (this.options.multiplexed !== true) return undefined;
+    const meta = (message.params as { _meta?: Record<string, unknown> } | undefined)?._meta;
+    const id = meta?.[SUBSCRIPTION_ID];
+    const pending = isJsonRpcId(id) ? this.pending.get(idKey(id)) : undefined;
+    return pending !== undefined && pending.link === link ? pending : undefined;
   }
 
   private callsOf(link: ChildLink): C[] {
@@ -409,7 +433,7 @@ export class ChildChannel<C> {
   /** The call is no longer in flight; an old child with nothing left in flight is stopped. */
   private settle(pending: PendingCall<C>): void {
     if (this.pending.get(pending.key) !== pending) return;
-    this.options.timers.clearTimeout(pending.timer);
+    if (pending.timer !== null) this.options.timers.clearTimeout(pending.timer);
     this.pending.delete(pending.key);
     if (pending.progressKey !== null && this.progressOwners.get(pending.progressKey) === pending) this.progressOwners.delete(pending.progressKey);
     this.stopIfDrained(pending.link);

@@ -6,7 +6,6 @@ import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { InFlightLimits, SessionConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { classifyPost } from "../modern/classify.ts";
-import { discoverResult } from "../modern/discover.ts";
 import { MISSING_CAPABILITY } from "../modern/modern-call.ts";
 import type { PrincipalChildren } from "../modern/principals.ts";
 import { checkModernRequest } from "../modern/request-rules.ts";
@@ -272,7 +271,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     const method = String(incoming.message.method);
     if (method === "server/discover") {
       const child = await deps.principals.childFor(identity);
-      const body = JSON.stringify({ jsonrpc: "2.0", id, result: discoverResult(child.initializeResult) });
+      const body = JSON.stringify({ jsonrpc: "2.0", id, result: child.discoverResult });
       return new Response(body, { status: 200, headers: { "Content-Type": "application/json" } });
     }
     if (method === "subscriptions/listen") return listen(request, replies, identity, incoming);
@@ -281,7 +280,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     try {
       // An MRTR retry resumes the call its requestState names, on whichever child holds it.
       const stream = isRetry(incoming)
-        ? deps.principals.resume(identity, incoming, { sse: replies.sse })
+        ? await deps.principals.resume(identity, incoming, { sse: replies.sse })
         : (await deps.principals.childFor(identity)).call(incoming, { sse: replies.sse });
       return await answer(request, identity, replies, stream, {}, done, missingCapability);
     } catch (error) {

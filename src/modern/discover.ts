@@ -1,5 +1,5 @@
 // The broker's answer to server/discover: the versions the broker speaks (not the child's), and the
-// child's capabilities, instructions and serverInfo from the InitializeResult the broker cached.
+// child's capabilities, instructions and serverInfo, from its InitializeResult or its own DiscoverResult.
 import { completeResult } from "./results.ts";
 import { ALL_PROTOCOL_VERSIONS, META } from "./versions.ts";
 

@@ -1,9 +1,9 @@
 // One child per principal (grant) for modern callers: started on the grant's first request (single-
-// flight) in a slot under the session caps, reaped when idle, retired when the user's token rotates or is due, stopped when the grant ends;
-// an MRTR retry resumes its call on whichever of them holds it.
+// flight) in a slot under the session caps, in the era its command speaks (probed once), reaped when idle, retired when the user's token
+// rotates or is due, stopped when the grant ends; an MRTR retry resumes its call on whichever of them holds it.
 import { ErrorCode, type IncomingMessage } from "../bridge/jsonrpc.ts";
 import type { MessageStream } from "../bridge/message-stream.ts";
-import type { SessionConfig } from "../config.ts";
+import type { ChildEraSetting, SessionConfig } from "../config.ts";
 import { randomHex } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import { McpRefusal, SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
@@ -11,15 +11,24 @@ import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../ses
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
 import { every, reapIntervalFor, type TimerHandle, type Timers } from "../supervisor/timers.ts";
 import { MIN_REFRESH_INTERVAL_MS, refreshDueAt } from "../upstream/refresh-timing.ts";
+import { ChildEras, PROBE_TIMEOUT_MS, probeVerdict, runProbe, type ProbeOutcome } from "./child-era.ts";
 import { Continuations } from "./continuations.ts";
+import { LegacyPrincipalChild } from "./legacy-child.ts";
 import type { ModernCall } from "./modern-call.ts";
-import { PrincipalChild } from "./principal-child.ts";
+import { ModernPrincipalChild } from "./modern-child.ts";
+import type { PrincipalChild } from "./principal-child.ts";
 import { paramsHash, RequestStateSealer } from "./request-state.ts";
 import { ListenerCount } from "./subscriptions.ts";
 
 export interface PrincipalChildrenDeps {
   config: SessionConfig;
   spawn: SpawnChild;
+  /** Which era the children speak: the operator's BROKER_CHILD_ERA, probed per `childCommand` in auto. */
+  childEra: ChildEraSetting;
+  /** The command `spawn` starts, which the era verdict is cached for. */
+  childCommand: string;
+  /** How long a probed child may stay silent before it counts as legacy. */
+  probeTimeoutMs?: number;
   upstreamToken: UpstreamTokenProvider;
   logger: Logger;
   timers: Timers;
@@ -38,7 +47,12 @@ export interface PrincipalChildrenDeps {
 
 interface Principal {
   child: PrincipalChild;
+  identity: SessionIdentity;
   forgejoUserId: number;
+  /** Its successor is starting (make before break): it serves until then. */
+  replacing: boolean;
+  /** The user's token rotated while it started: it holds a token already replaced. */
+  staleToken: boolean;
   /** Settles once its process has exited: until then it holds a slot under the caps, serving or not. */
   exited: Promise<void>;
   /** Retires the child when its token is due for a refresh. */
@@ -77,11 +91,17 @@ export class PrincipalChildren {
   private readonly sealer = new RequestStateSealer();
   /** The listen streams open on every child. */
   private readonly listenerCount = new ListenerCount();
+  /** Children starting to replace a serving one: shutdown waits for them too. */
+  private readonly replacements = new Set<Promise<void>>();
+  /** How often each user's token has rotated, to tell a child started with a token replaced meanwhile. */
+  private readonly rotations = new Map<number, number>();
+  private readonly eras: ChildEras;
 
   constructor(private readonly deps: PrincipalChildrenDeps) {
+    this.eras = new ChildEras({ setting: deps.childEra, timers: deps.timers });
     this.continuations = new Continuations({
       timers: deps.timers,
-      deadlineMs: deps.continuationDeadlineMs ?? CONTINUATION_DEADLINE_MS,
+      deadlineMs: this.continuationDeadlineMs,
       maxEntries: MAX_CONTINUATIONS,
     });
     this.stopReaping = every(deps.timers, deps.reapIntervalMs ?? reapIntervalFor(deps.config.idleTimeoutMs), () => void this.reapIdle());
@@ -150,11 +170,16 @@ export class PrincipalChildren {
    * the child's requests answered from inputResponses. Throws McpRefusal 400 -32602, with nothing sent to
    * the child, for a state that is forged, another grant's, expired, already used or for other method or params.
    */
-  resume(identity: SessionIdentity, retry: IncomingMessage, options: { sse?: boolean } = {}): MessageStream {
+  async resume(identity: SessionIdentity, retry: IncomingMessage, options: { sse?: boolean } = {}): Promise<MessageStream> {
     const params = retry.message.params as Record<string, unknown>;
     const binding = { grantId: identity.grantId, method: String(retry.message.method), paramsHash: paramsHash(params) };
     const opened = typeof params.requestState === "string" ? this.sealer.open(params.requestState, binding, this.deps.timers.now()) : { ok: false as const, problem: "requestState must be a string" };
     if (!opened.ok) throw new McpRefusal(400, ErrorCode.InvalidParams, `Invalid params: ${opened.problem}`);
+    if (opened.state.childState !== undefined) {
+      // A modern child's own state: the retry goes to the grant's child with it in place of the broker's seal.
+      const message = { ...retry.message, params: { ...params, requestState: opened.state.childState } };
+      return (await this.childFor(identity)).call({ raw: JSON.stringify(message), message }, options);
+    }
     const call = this.continuations.peek(opened.state.continuationId);
     if (call === null) throw new McpRefusal(400, ErrorCode.InvalidParams, "Invalid params: requestState names no call waiting for input (already resumed, abandoned, or from before a restart)");
     const problem = call.responsesProblem(params.inputResponses);
@@ -163,10 +188,11 @@ export class PrincipalChildren {
     return call.resume(retry, options.sse ?? true);
   }
 
-  /** The user's upstream token changed: their children stop once their calls are over, and the next call starts one with the new token. */
+  /** The user's upstream token changed: each of their children is replaced by one with the new token (make before break). */
   userTokenRotated(forgejoUserId: number): void {
+    this.rotations.set(forgejoUserId, (this.rotations.get(forgejoUserId) ?? 0) + 1);
     for (const [grantId, principal] of this.live) {
-      if (principal.forgejoUserId === forgejoUserId) this.retire(grantId, principal, "the user's Forgejo token was refreshed");
+      if (principal.forgejoUserId === forgejoUserId) this.replace(grantId, principal, "the user's Forgejo token was refreshed");
     }
   }
 
@@ -189,13 +215,20 @@ export class PrincipalChildren {
   async shutdown(): Promise<void> {
     this.shuttingDown = true;
     this.stopReaping();
-    await Promise.allSettled(this.starts.values());
+    await Promise.allSettled([...this.starts.values(), ...this.replacements]);
     this.continuations.abandonAll("the broker is shutting down");
     // Retired children too: their calls in flight fail now rather than outlive the broker's stop.
     await Promise.all([...this.running].map(([principal, grantId]) => this.stop(grantId, principal, "the broker is shutting down")));
   }
 
+  /** A grant's first child (or the next after one went): it serves once started. */
   private async start(identity: SessionIdentity): Promise<Principal> {
+    const principal = await this.startReserved(identity);
+    this.serve(identity.grantId, principal);
+    return principal;
+  }
+
+  private async startReserved(identity: SessionIdentity): Promise<Principal> {
     const release = (await this.deps.reserveSlot?.(identity.forgejoUserId)) ?? (() => {});
     try {
       return await this.startInSlot(identity);
@@ -206,7 +239,10 @@ export class PrincipalChildren {
   }
 
   private async startInSlot(identity: SessionIdentity): Promise<Principal> {
+    const rotationsBefore = this.rotations.get(identity.forgejoUserId) ?? 0;
     const upstream = await this.deps.upstreamToken(identity.forgejoUserId);
+    const verdict = await this.eras.verdictFor(this.deps.childCommand, () => this.probe(upstream.token));
+    if (verdict.era === "unsupported") throw new SessionStartError(verdict.why, null);
     const id = randomHex(24);
     const logger = this.deps.logger.child({ principal_child: id });
     let process;
@@ -216,14 +252,16 @@ export class PrincipalChildren {
       if (error instanceof ChildStartError) throw new SessionStartError(error.message, error.lastStderrLine);
       throw error;
     }
-    const principal: Principal = { child: null!, forgejoUserId: identity.forgejoUserId, dueTimer: null, exited: process.exited.then(() => {}), startedAt: this.deps.timers.now() };
-    principal.child = new PrincipalChild(process, {
+    const principal: Principal = { child: null!, identity, forgejoUserId: identity.forgejoUserId, replacing: false, staleToken: false, dueTimer: null, exited: process.exited.then(() => {}), startedAt: this.deps.timers.now() };
+    const ChildOfEra = verdict.era === "modern" ? ModernPrincipalChild : LegacyPrincipalChild;
+    principal.child = new ChildOfEra(process, {
       logger,
       timers: this.deps.timers,
       requestTimeoutMs: this.deps.config.requestTimeoutMs,
       maxMessageBytes: this.deps.config.maxMessageBytes,
       grantId: identity.grantId,
       continuations: this.continuations,
+      continuationDeadlineMs: this.continuationDeadlineMs,
       sealer: this.sealer,
       listenerCount: this.listenerCount,
       onExit: (exit) => {
@@ -231,7 +269,7 @@ export class PrincipalChildren {
         this.forget(identity.grantId, principal);
       },
     });
-    const problem = await principal.child.initialize(this.initializeTimeoutMs);
+    const problem = await principal.child.start(this.initializeTimeoutMs);
     if (problem !== null) {
       await principal.child.close(problem);
       throw new SessionStartError(problem, (await process.exited).lastStderrLine);
@@ -250,13 +288,55 @@ export class PrincipalChildren {
       const now = this.deps.timers.now();
       const dueAt = refreshDueAt(now, upstream.expiresAt, { leadMs: this.deps.config.refreshLeadMs, minIntervalMs: MIN_REFRESH_INTERVAL_MS });
       const dueIn = Math.min(MAX_TIMER_MS, Math.max(0, dueAt - now));
-      principal.dueTimer = this.deps.timers.setTimeout(() => this.retire(identity.grantId, principal, "the user's Forgejo token is due for a refresh"), dueIn);
+      principal.dueTimer = this.deps.timers.setTimeout(() => this.replace(identity.grantId, principal, "the user's Forgejo token is due for a refresh"), dueIn);
     }
-    this.live.set(identity.grantId, principal);
+    principal.staleToken = (this.rotations.get(identity.forgejoUserId) ?? 0) !== rotationsBefore;
     this.running.set(principal, identity.grantId);
     void principal.exited.then(() => this.running.delete(principal));
-    logger.info("principal child started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: process.pid });
+    logger.info("principal child started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: process.pid, era: verdict.era });
     return principal;
+  }
+
+  /** New calls go to `principal`; one whose token was replaced while it started is replaced in turn. */
+  private serve(grantId: string, principal: Principal): void {
+    this.live.set(grantId, principal);
+    if (principal.staleToken) this.replace(grantId, principal, "the user's Forgejo token was refreshed while the child started");
+  }
+
+  /**
+   * Make before break: the grant's next child starts with the user's current token while this one
+   * serves; once it is ready, new calls go to it, the listen streams its era can move go with them, and
+   * this one retires, finishing its calls in flight. If the next one cannot start (a cap, a refused
+   * token, a failing child), this one retires all the same: it must not outlive its token, and the next call starts a child.
+   */
+  private replace(grantId: string, old: Principal, reason: string): void {
+    if (old.replacing) return;
+    old.replacing = true;
+    if (old.dueTimer !== null) this.deps.timers.clearTimeout(old.dueTimer);
+    old.dueTimer = null;
+    const replacement = this.startReserved(old.identity).then(
+      (next) => this.switchTo(grantId, old, next, reason),
+      (error: unknown) => {
+        this.deps.logger.warn("a principal's next child could not start; the old one retires anyway", { reason, error: error instanceof Error ? error.message : String(error) });
+        this.retire(grantId, old, reason);
+      },
+    );
+    this.replacements.add(replacement);
+    void replacement.then(() => this.replacements.delete(replacement));
+  }
+
+  private switchTo(grantId: string, old: Principal, next: Principal, reason: string): void {
+    const current = this.live.get(grantId);
+    // The old one went while the next started (stopped, evicted, crashed) and the grant has another child: that one serves.
+    if (current !== old && (current !== undefined || this.starts.has(grantId))) {
+      void this.stop(grantId, next, "another child took the grant's place while it started");
+      return;
+    }
+    this.starts.set(grantId, Promise.resolve(next));
+    old.child.handOverListeners(next.child);
+    this.serve(grantId, next);
+    if (current === old) this.retire(grantId, old, reason);
+    this.deps.logger.info("principal child replaced", { reason, old_pid: old.child.childPid, pid: next.child.childPid });
   }
 
   /** No new calls reach it: the next one starts a new child, and this one stops once its calls are over. */
@@ -278,6 +358,32 @@ export class PrincipalChildren {
     if (this.live.get(grantId) === principal) this.live.delete(grantId);
     const start = this.starts.get(grantId);
     if (start !== undefined) void start.then((started) => started === principal && this.starts.get(grantId) === start && this.starts.delete(grantId), () => {});
+  }
+
+  /**
+   * The era probe, in a disposable sibling started exactly as the principal's child is about to be (same
+   * spawn: sandbox, environment, and this user's token — a child that checks its token at start must not
+   * fail the probe for lack of one, and the user's own child gets that token a moment later anyway).
+   * A child that cannot start at all throws SessionStartError, and nothing is cached.
+   */
+  private async probe(token: string): Promise<ProbeOutcome> {
+    const id = `probe-${randomHex(12)}`;
+    let process;
+    try {
+      process = this.deps.spawn({ sessionId: id, token });
+    } catch (error) {
+      if (error instanceof ChildStartError) throw new SessionStartError(error.message, error.lastStderrLine);
+      throw error;
+    }
+    const logger = this.deps.logger.child({ era_probe: id });
+    logger.info("child era probe started", { pid: process.pid });
+    const outcome = await runProbe(process, { logger, timers: this.deps.timers, maxMessageBytes: this.deps.config.maxMessageBytes, timeoutMs: this.deps.probeTimeoutMs ?? PROBE_TIMEOUT_MS });
+    logger.info("child era probed", { outcome: outcome.kind, verdict: probeVerdict(outcome).era });
+    return outcome;
+  }
+
+  private get continuationDeadlineMs(): number {
+    return this.deps.continuationDeadlineMs ?? CONTINUATION_DEADLINE_MS;
   }
 
   private get initializeTimeoutMs(): number {

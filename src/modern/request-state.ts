@@ -1,14 +1,12 @@
-// The MRTR requestState a modern caller echoes on its retry: an HMAC-sealed pointer to the broker's
-// continuation, bound to the grant, the original method and params (a hash) and a deadline.
+// The MRTR requestState a modern caller echoes on its retry: HMAC-sealed, bound to the grant, the original
+// method and params (a hash) and a deadline; it points to the broker's continuation, or wraps a modern child's own requestState.
 import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 
-/** What a requestState stands for, as the broker sealed it. */
-export interface SealedState {
-  /** The continuation (the child's call kept open) the retry resumes. */
-  continuationId: string;
-  /** Epoch ms after which the state is refused. */
-  deadline: number;
-}
+/**
+ * What a requestState stands for, as the broker sealed it: the continuation (a legacy child's call kept
+ * open) the retry resumes, or a modern child's own requestState, handed back to it on the retry.
+ */
+export type SealedState = { continuationId: string; childState?: undefined; deadline: number } | { childState: string; continuationId?: undefined; deadline: number };
 
 /** What a retry must match: who sends it, and the request it repeats. */
 export interface StateBinding {
@@ -47,7 +45,7 @@ export class RequestStateSealer {
   constructor(private readonly key: Uint8Array = randomBytes(32)) {}
 
   seal(state: SealedState, binding: StateBinding): string {
-    const body = Buffer.from(JSON.stringify({ c: state.continuationId, d: state.deadline })).toString("base64url");
+    const body = Buffer.from(JSON.stringify({ c: state.continuationId, s: state.childState, d: state.deadline })).toString("base64url");
     return `${VERSION}.${body}.${this.mac(body, binding)}`;
   }
 
@@ -61,9 +59,9 @@ export class RequestStateSealer {
     if (expected.length !== given.length || !timingSafeEqual(expected, given)) {
       return { ok: false, problem: "requestState does not belong to this request (tampered, another sign-in's, or the method or params differ)" };
     }
-    const { c, d } = JSON.parse(Buffer.from(body, "base64url").toString()) as { c: string; d: number };
+    const { c, s, d } = JSON.parse(Buffer.from(body, "base64url").toString()) as { c?: string; s?: string; d: number };
     if (now > d) return { ok: false, problem: "requestState has expired" };
-    return { ok: true, state: { continuationId: c, deadline: d } };
+    return { ok: true, state: s !== undefined ? { childState: s, deadline: d } : { continuationId: c!, deadline: d } };
   }
 
   private mac(body: string, binding: StateBinding): string {

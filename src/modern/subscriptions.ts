@@ -1,10 +1,12 @@
 // The subscriptions/listen streams open on one principal's child: each starts with its acknowledgement,
 // then gets the child's list_changed and resources/updated its filter asks for, tagged with its subscription id.
+import { SUBSCRIPTION_ID } from "../bridge/child-channel.ts";
 import { ErrorCode, type IncomingMessage, type JsonRpcId, type JsonRpcMessage } from "../bridge/jsonrpc.ts";
 import { MessageStream } from "../bridge/message-stream.ts";
 import { McpRefusal, TRANSPORT_ERROR } from "../session/errors.ts";
 
-export const SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId";
+export { SUBSCRIPTION_ID };
+
 /** The most listen streams open on one grant's child, and on all of them together. */
 export const MAX_LISTENERS_PER_GRANT = 16;
 export const MAX_LISTENERS = 1024;
@@ -70,6 +72,16 @@ function stated(filter: ListenFilter): Record<string, unknown> {
   return { ...Object.fromEntries(Object.entries(flags).filter(([, on]) => on)), ...(resourceSubscriptions.length > 0 ? { resourceSubscriptions } : {}) };
 }
 
+/** Throws McpRefusal 429 when a grant with `openOnGrant` listen streams, or the broker with `total`, may open no more. */
+export function checkListenRoom(openOnGrant: number, total: ListenerCount): void {
+  if (openOnGrant >= MAX_LISTENERS_PER_GRANT) {
+    throw new McpRefusal(429, TRANSPORT_ERROR, `Too Many Requests: this sign-in has ${MAX_LISTENERS_PER_GRANT} listen streams open, the most allowed; close one first`, { "Retry-After": "1" });
+  }
+  if (total.value >= MAX_LISTENERS) {
+    throw new McpRefusal(429, TRANSPORT_ERROR, `Too Many Requests: the broker has ${MAX_LISTENERS} listen streams open, the most it holds; try again later`, { "Retry-After": "1" });
+  }
+}
+
 /** How many listen streams are open over every grant; one is shared by all the grants' Listeners. */
 export class ListenerCount {
   value = 0;
@@ -89,6 +101,8 @@ interface Listener {
   id: JsonRpcId;
   filter: ListenFilter;
   stream: MessageStream;
+  /** The Listeners of the child it listens on now (the stream moves with a token rotation). */
+  owner: Listeners;
 }
 
 export class Listeners {
@@ -110,21 +124,11 @@ export class Listeners {
    */
   listen(id: JsonRpcId, filter: ListenFilter): MessageStream {
     if (this.ended !== null) throw new McpRefusal(503, TRANSPORT_ERROR, `Service Unavailable: ${this.ended}; listen again`, { "Retry-After": "1" });
-    if (this.open.size >= MAX_LISTENERS_PER_GRANT) {
-      throw new McpRefusal(429, TRANSPORT_ERROR, `Too Many Requests: this sign-in has ${MAX_LISTENERS_PER_GRANT} listen streams open, the most allowed; close one first`, { "Retry-After": "1" });
-    }
-    if (this.deps.total.value >= MAX_LISTENERS) {
-      throw new McpRefusal(429, TRANSPORT_ERROR, `Too Many Requests: the broker has ${MAX_LISTENERS} listen streams open, the most it holds; try again later`, { "Retry-After": "1" });
-    }
-    const listener: Listener = { id, filter, stream: null! };
-    listener.stream = new MessageStream(0, () => this.forget(listener), this.deps.maxMessageBytes);
-    this.open.add(listener);
+    checkListenRoom(this.open.size, this.deps.total);
+    const listener: Listener = { id, filter, stream: null!, owner: this };
+    listener.stream = new MessageStream(0, () => listener.owner.forget(listener), this.deps.maxMessageBytes);
     this.deps.total.value++;
-    for (const uri of filter.resourceSubscriptions) {
-      const count = this.uriListeners.get(uri) ?? 0;
-      this.uriListeners.set(uri, count + 1);
-      if (count === 0) this.deps.resourceSubscription("resources/subscribe", uri);
-    }
+    this.adopt(listener);
     this.send(listener, { jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: { _meta: { [SUBSCRIPTION_ID]: id }, notifications: stated(filter) } });
     return listener.stream;
   }
@@ -146,6 +150,19 @@ export class Listeners {
     return true;
   }
 
+  /**
+   * The streams move to `target`, the grant's next child's (a token rotation): each keeps its filter and
+   * its stream, and the uris they name are subscribed on the next child. The listeners are sent nothing.
+   */
+  moveTo(target: Listeners): void {
+    for (const listener of [...this.open]) {
+      this.open.delete(listener);
+      target.adopt(listener);
+    }
+    // This child retires: its subscriptions end with it, nothing to unsubscribe.
+    this.uriListeners.clear();
+  }
+
   /** The child is going (retired, closed, exited): each stream ends with its listen's result, and no new one opens. */
   endAll(reason: string): void {
     this.ended ??= reason;
@@ -160,6 +177,17 @@ export class Listeners {
     if (kind === "response" || !delivered) {
       listener.stream.end();
       this.forget(listener);
+    }
+  }
+
+  /** `listener` listens on this child from now on: a uri it names that nobody else here does is subscribed on the child. */
+  private adopt(listener: Listener): void {
+    listener.owner = this;
+    this.open.add(listener);
+    for (const uri of listener.filter.resourceSubscriptions) {
+      const count = this.uriListeners.get(uri) ?? 0;
+      this.uriListeners.set(uri, count + 1);
+      if (count === 0) this.deps.resourceSubscription("resources/subscribe", uri);
     }
   }
 

@@ -24,6 +24,7 @@ async function lazyReader() {
       passthroughEnv: [],
       stopGraceMs: 2000,
       sandbox: { kind: "none", bind: [] },
+      era: "legacy",
     },
     // About backpressure, not the sandbox: SIGUSR1 goes to the server's own pid.
     sandbox: { kind: "none" },

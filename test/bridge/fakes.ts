@@ -131,6 +131,13 @@ export class FakeTimers implements Timers {
   }
 }
 
+/** Every message of an outbound stream (a MessageStream), read until it ends. */
+export async function readMessages(stream: { next(): Promise<{ data: string } | null> }): Promise<Json[]> {
+  const messages: Json[] = [];
+  for (let event = await stream.next(); event !== null; event = await stream.next()) messages.push(JSON.parse(event.data) as Json);
+  return messages;
+}
+
 /** Lets stream reads and promise callbacks run. */
 export async function settle(): Promise<void> {
   for (let i = 0; i < 5; i++) await Bun.sleep(0);

@@ -73,8 +73,10 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
       Array.from({ length: 10 }, (_, i) => postModern(t, accessToken, modernRequest(i, "tools/call", { name: "whoami", arguments: {} })).then(allMessages)),
     );
     expect(answers.map((messages) => (messages.at(-1)!.result as { content: { text: string }[] }).content[0]!.text)).toEqual(Array(10).fill("bob"));
-    // Counted by the broker's own start lines, not the process table, where other tests' children come and go.
-    const started = t.logs.slice(from).filter((line) => JSON.parse(line).msg === "principal child started");
+    // Counted by the broker's own start lines for this grant's client, not the process table, where other
+    // tests' children come and go (bob's sign-in here replaces his other grants' children meanwhile).
+    const clientId = identityOf(accessToken).clientId;
+    const started = t.logs.slice(from).filter((line) => JSON.parse(line).msg === "principal child started" && JSON.parse(line).client_id === clientId);
     expect(started).toHaveLength(1);
     expect(JSON.parse(started[0]!).pid).toBe(childOf(accessToken).childPid);
   });
@@ -165,7 +167,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect((await postModern(t, signedIn.accessToken, modernRequest(2, "tools/list"))).status).toBe(401);
   });
 
-  test("the user's Forgejo token replaced mid-call (a new sign-in): the call finishes on the old child, the next one gets a child with the new token", async () => {
+  test("the user's Forgejo token replaced mid-call (a new sign-in): the next child starts with the new token and takes the next call; the call finishes on the old child", async () => {
     t.forgejo.setCurrentUser("bob");
     const { accessToken } = await obtainTokens(t.config.publicUrl);
     const running = postModern(t, accessToken, slowCount(1, 150, 20)).then(allMessages);
@@ -173,7 +175,9 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     const old = childOf(accessToken);
     // bob signs in again from another client: Forgejo issues a new pair, which retires the old refresh token.
     await obtainTokens(t.config.publicUrl);
-    expect(t.logs.some((line) => line.includes('"msg":"principal child retiring"') && line.includes(`"pid":${old.childPid}`))).toBe(true);
+    const replaced = () => t.logs.some((line) => line.includes('"msg":"principal child replaced"') && line.includes(`"old_pid":${old.childPid}`));
+    await waitWhile(() => !replaced(), 500, 10);
+    expect(replaced()).toBe(true);
     expect(old.inFlight).toBe(1);
     const [after] = await allMessages(await postModern(t, accessToken, modernRequest(2, "tools/call", { name: "whoami", arguments: {} })));
     expect(after!.result).toMatchObject({ content: [{ text: "bob" }] });

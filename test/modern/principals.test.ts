@@ -9,10 +9,25 @@ import { PrincipalChildren } from "../../src/modern/principals.ts";
 import { UserSessionLimitError } from "../../src/session/errors.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
 import { rejection } from "../helpers/promises.ts";
-import { FakeChild, FakeTimers, initializingChild, settle, type Json } from "../bridge/fakes.ts";
+import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, initializingChild, readMessages, settle, type Json } from "../bridge/fakes.ts";
 
 const HOUR = 3_600_000;
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
+
+type HeldChild = FakeChild & { answerInitialize(): void };
+
+/** A child that answers initialize only when the test says so: what happens while a child starts. */
+function heldChild(answer: (message: Json, child: FakeChild) => void = () => {}): HeldChild {
+  let initialize: Json | null = null;
+  const child = new FakeChild({
+    onMessage: (message, self) => {
+      if (message.method === "initialize") initialize = message;
+      answer(message, self);
+    },
+  }) as HeldChild;
+  child.answerInitialize = () => child.send({ jsonrpc: "2.0", id: initialize!.id, result: FAKE_INITIALIZE_RESULT });
+  return child;
+}
 
 function setup(
   options: {
@@ -23,10 +38,12 @@ function setup(
     /** Children that exit only when the test says so. */
     slowStop?: boolean;
     continuationDeadlineMs?: number;
+    /** Children answer initialize only when the test calls answerInitialize(). */
+    holdInitialize?: boolean;
   } = {},
 ) {
   const timers = new FakeTimers();
-  const children: FakeChild[] = [];
+  const children: HeldChild[] = [];
   const config: SessionConfig = {
     maxSessions: 10,
     maxSessionsPerUser: options.maxSessionsPerUser ?? 3,
@@ -37,7 +54,7 @@ function setup(
     allowedOrigins: [],
   } as SessionConfig;
   const spawn = () => {
-    const child = initializingChild(options.answer, { slowStop: options.slowStop });
+    const child = (options.holdInitialize ? heldChild(options.answer) : initializingChild(options.answer, { slowStop: options.slowStop })) as HeldChild;
     children.push(child);
     return child;
   };
@@ -47,6 +64,8 @@ function setup(
   const principals = new PrincipalChildren({
     config,
     spawn,
+    childEra: "legacy",
+    childCommand: "fake",
     upstreamToken,
     reserveSlot: (user) => registry.reserveSlot(user),
     grantIsLive: options.grantIsLive,
@@ -64,11 +83,6 @@ const request = (id: number, method = "tools/call", params: Json = { name: "t" }
   return { raw: JSON.stringify(message), message };
 };
 
-async function read(stream: { next(): Promise<{ data: string } | null> }): Promise<Json[]> {
-  const messages: Json[] = [];
-  for (let event = await stream.next(); event !== null; event = await stream.next()) messages.push(JSON.parse(event.data) as Json);
-  return messages;
-}
 
 describe("a principal's child", () => {
   test("is initialized once as the broker's, declaring what the broker will translate, then told initialized", async () => {
@@ -96,7 +110,7 @@ describe("a principal's child", () => {
     const { principals, children } = setup();
     const stream = (await principals.childFor(ALICE)).call(request(1));
     children[0]!.exit({ code: 137 });
-    expect((await read(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
+    expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
     await principals.childFor(ALICE);
     expect(children.length).toBe(2);
   });
@@ -110,30 +124,63 @@ describe("a principal's child", () => {
     live = false;
     await principals.grantRevoked(ALICE.grantId);
     expect(children[0]!.stopCalls).toBe(1);
-    expect((await read(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
+    expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
   });
 
-  test("its token due for a refresh: it takes no new call, finishes the one in flight, then stops", async () => {
-    const { principals, timers, children } = setup({ expiresInMs: 400_000 });
-    const child = await principals.childFor(ALICE);
+  test("its token due for a refresh: the next child starts first, takes the new calls once initialized; the old finishes its call in flight, then stops", async () => {
+    const { principals, timers, children } = setup({ expiresInMs: 400_000, holdInitialize: true });
+    const starting = principals.childFor(ALICE);
+    await settle();
+    children[0]!.answerInitialize();
+    const child = await starting;
     const stream = child.call(request(1));
     // Due when half its life is left at most (the lead cut to 200 s): before the call's own 300 s timeout.
     timers.advance(200_000);
+    await settle();
+    expect(children).toHaveLength(2);
+    // Until the next child is initialized, the old one serves.
+    expect(child.closed).toBeNull();
+    expect(await principals.childFor(ALICE)).toBe(child);
+    children[1]!.answerInitialize();
+    await settle();
     expect(child.closed).not.toBeNull();
+    const next = await principals.childFor(ALICE);
+    expect(next).not.toBe(child);
+    expect(next.childPid).toBe(children[1]!.pid);
     expect(children[0]!.stopCalls).toBe(0);
     children[0]!.send({ jsonrpc: "2.0", id: (children[0]!.messages[2] as { id: string }).id, result: { content: [] } });
-    expect(await read(stream)).toEqual([{ jsonrpc: "2.0", id: 1, result: { content: [], resultType: "complete" } }]);
+    expect(await readMessages(stream)).toEqual([{ jsonrpc: "2.0", id: 1, result: { content: [], resultType: "complete" } }]);
     await settle();
     expect(children[0]!.stopCalls).toBe(1);
-    expect(await principals.childFor(ALICE)).not.toBe(child);
   });
 
-  test("a token that lives shorter than the refresh lead: the child retires after half its life, not at once", async () => {
-    const { principals, timers } = setup({ expiresInMs: 20_000 });
+  test("rotated, with a next child that cannot start: the old one retires all the same, and the next call starts one", async () => {
+    const { principals, children } = setup({ holdInitialize: true });
+    const starting = principals.childFor(ALICE);
+    await settle();
+    children[0]!.answerInitialize();
+    const child = await starting;
+    principals.userTokenRotated(ALICE.forgejoUserId);
+    await settle();
+    children[1]!.exit({ code: 1 });
+    await settle();
+    expect(child.closed).not.toBeNull();
+    const next = principals.childFor(ALICE);
+    await settle();
+    expect(children).toHaveLength(3);
+    children[2]!.answerInitialize();
+    expect((await next).childPid).toBe(children[2]!.pid);
+  });
+
+  test("a token that lives shorter than the refresh lead: the child is replaced after half its life, not at once", async () => {
+    const { principals, timers, children } = setup({ expiresInMs: 20_000 });
     const child = await principals.childFor(ALICE);
     timers.advance(9_000);
-    expect(child.closed).toBeNull();
+    await settle();
+    expect(children).toHaveLength(1);
     timers.advance(1_000);
+    await settle();
+    expect(children).toHaveLength(2);
     expect(child.closed).not.toBeNull();
   });
 
@@ -158,7 +205,7 @@ describe("a principal's child", () => {
       children[0]!.send(log);
       await settle();
       children[0]!.send({ jsonrpc: "2.0", id: sent.id, result: {} });
-      return (await read(stream)).map((message) => message.method ?? "answer");
+      return (await readMessages(stream)).map((message) => message.method ?? "answer");
     };
     const withLevel = (level: string | undefined) => request(1, "tools/call", { name: "t", _meta: level === undefined ? {} : { "io.modelcontextprotocol/logLevel": level } });
     expect(await answerLast(child.call(withLevel(undefined)))).toEqual(["answer"]);
@@ -193,18 +240,34 @@ describe("one set of caps over sessions and grants' children", () => {
     expect(children.length).toBe(1);
   });
 
-  test("a retired grant child holds its slot until it has exited: at the cap a new session waits for it, not beside it", async () => {
+  test("rotated at the cap with a call in flight: no next child beside it; the old retires and holds its slot until it has exited, and a new session waits for it", async () => {
     const { principals, registry, children } = setup({ maxSessionsPerUser: 1, slowStop: true });
-    await principals.childFor(ALICE);
+    const stream = (await principals.childFor(ALICE)).call(request(1));
     principals.userTokenRotated(ALICE.forgejoUserId);
-    expect(children[0]!.stopCalls).toBe(1);
-    const created = registry.create(ALICE, INITIALIZE);
     await settle();
+    expect(children).toHaveLength(1);
+    const created = registry.create(ALICE, INITIALIZE);
+    children[0]!.send({ jsonrpc: "2.0", id: (children[0]!.messages[2] as { id: string }).id, result: { content: [] } });
+    expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, result: { resultType: "complete" } });
+    await settle();
+    expect(children[0]!.stopCalls).toBe(1);
     expect(children).toHaveLength(1);
     children[0]!.exit();
     await created;
     expect(children).toHaveLength(2);
     expect(registry.evictions).toEqual({ user: 0, global: 0 });
+  });
+
+  test("rotated at the cap while idle: the old child makes room for its successor, which then serves", async () => {
+    const { principals, children } = setup({ maxSessionsPerUser: 1 });
+    const child = await principals.childFor(ALICE);
+    principals.userTokenRotated(ALICE.forgejoUserId);
+    await settle();
+    expect(children).toHaveLength(2);
+    expect(children[0]!.stopCalls).toBe(1);
+    const next = await principals.childFor(ALICE);
+    expect(next).not.toBe(child);
+    expect(next.childPid).toBe(children[1]!.pid);
   });
 
   test("shutdown stops a retired child whose call is still in flight too, and waits for it", async () => {
@@ -214,7 +277,7 @@ describe("one set of caps over sessions and grants' children", () => {
     expect(children[0]!.stopCalls).toBe(0);
     await principals.shutdown();
     expect(children[0]!.stopCalls).toBe(1);
-    expect((await read(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
+    expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
   });
 });
 
@@ -233,7 +296,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     fixture.children[0]!.send(ELICIT);
     await settle();
     fixture.timers.advance(ASKED_TOGETHER_MS);
-    const [interim] = await read(stream);
+    const [interim] = await readMessages(stream);
     return { ...fixture, child, callId, interim: interim as { result: { requestState: string; resultType: string } } };
   }
 
@@ -244,7 +307,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     const resumed = principals.resume(ALICE, retry(2, interim.result.requestState));
     expect(children[0]!.messages.at(-1)).toEqual({ jsonrpc: "2.0", id: "e1", result: { action: "accept", content: { a: "teal" } } });
     children[0]!.send({ jsonrpc: "2.0", id: callId, result: { content: [] } });
-    expect(await read(resumed)).toEqual([{ jsonrpc: "2.0", id: 2, result: { content: [], resultType: "complete" } }]);
+    expect(await readMessages(await resumed)).toEqual([{ jsonrpc: "2.0", id: 2, result: { content: [], resultType: "complete" } }]);
   });
 
   test("two questions that reach the broker in two reads, a few milliseconds apart, still go out in one input_required", async () => {
@@ -257,7 +320,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     children[0]!.send({ ...ELICIT, id: "e2" });
     await settle();
     timers.advance(ASKED_TOGETHER_MS);
-    const [interim] = await read(stream);
+    const [interim] = await readMessages(stream);
     expect(Object.keys((interim as { result: { inputRequests: Json } }).result.inputRequests)).toEqual(["elicitation-1", "elicitation-2"]);
   });
 
@@ -287,7 +350,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     children[0]!.send({ ...ELICIT, id: "e2" });
     await settle();
     timers.advance(ASKED_TOGETHER_MS);
-    const [interim] = await read(next);
+    const [interim] = await readMessages(next);
     expect(interim).toMatchObject({ id: 3, result: { resultType: "input_required", inputRequests: { "elicitation-1": { method: "elicitation/create" } } } });
     expect(child.inFlight).toBe(2);
   });
@@ -306,13 +369,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
   test("a retry whose params differ is refused with -32602 and nothing reaches the child", async () => {
     const { principals, children, interim } = await parkedCall();
     const before = children[0]!.messages.length;
-    const refused = (() => {
-      try {
-        principals.resume(ALICE, retry(2, interim.result.requestState, { name: "other" }));
-      } catch (error) {
-        return error as { status: number; code: number };
-      }
-    })();
+    const refused = await rejection(principals.resume(ALICE, retry(2, interim.result.requestState, { name: "other" })));
     expect(refused).toMatchObject({ status: 400, code: -32602 });
     expect(children[0]!.messages.length).toBe(before);
   });
@@ -334,7 +391,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
       const fixture = await parkedCall({ grantIsLive: () => live });
       live = false;
       await end(fixture);
-      expect(await read(fixture.principals.resume(ALICE, retry(2, fixture.interim.result.requestState)))).toEqual([
+      expect(await readMessages(await fixture.principals.resume(ALICE, retry(2, fixture.interim.result.requestState)))).toEqual([
         { jsonrpc: "2.0", id: 2, error: { code: -32000, message: expect.any(String) } },
       ]);
     });
@@ -349,7 +406,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
       { jsonrpc: "2.0", id: "e1", error: { code: -32003, message: expect.any(String) } },
       { jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: callId, reason: expect.any(String) } },
     ]);
-    expect(await read(principals.resume(ALICE, retry(2, interim.result.requestState)))).toEqual([
+    expect(await readMessages(await principals.resume(ALICE, retry(2, interim.result.requestState)))).toEqual([
       { jsonrpc: "2.0", id: 2, error: { code: -32021, message: expect.any(String), data: { requiredCapabilities: { roots: {} } } } },
     ]);
   });

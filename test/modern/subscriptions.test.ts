@@ -9,7 +9,7 @@ import { honoredFilter, listenFilter, ListenerCount, Listeners, MAX_LISTENERS, M
 import { McpRefusal, UserSessionLimitError } from "../../src/session/errors.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
 import { rejection } from "../helpers/promises.ts";
-import { FakeChild, FakeTimers, settle, type Json } from "../bridge/fakes.ts";
+import { FakeChild, FakeTimers, readMessages, settle, type Json } from "../bridge/fakes.ts";
 
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
 const CAPABILITIES = { tools: { listChanged: true }, prompts: { listChanged: true }, resources: { listChanged: true, subscribe: true } };
@@ -24,12 +24,6 @@ const filter = (flags: Partial<ReturnType<typeof listenFilter>>) => ({ toolsList
 async function take(stream: { next(): Promise<{ data: string } | null> }, count: number): Promise<Json[]> {
   const messages: Json[] = [];
   while (messages.length < count) messages.push(JSON.parse((await stream.next())!.data) as Json);
-  return messages;
-}
-
-async function readToEnd(stream: { next(): Promise<{ data: string } | null> }): Promise<Json[]> {
-  const messages: Json[] = [];
-  for (let event = await stream.next(); event !== null; event = await stream.next()) messages.push(JSON.parse(event.data) as Json);
   return messages;
 }
 
@@ -71,7 +65,7 @@ describe("listeners", () => {
     const stream = set.listen(7, filter({ toolsListChanged: true }));
     set.deliver(notification("notifications/tools/list_changed"));
     set.endAll("the test is over");
-    expect((await readToEnd(stream)).slice(0, 2)).toEqual([
+    expect((await readMessages(stream)).slice(0, 2)).toEqual([
       { jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: { _meta: { "io.modelcontextprotocol/subscriptionId": 7 }, notifications: { toolsListChanged: true } } },
       { jsonrpc: "2.0", method: "notifications/tools/list_changed", params: { _meta: { "io.modelcontextprotocol/subscriptionId": 7 } } },
     ]);
@@ -87,7 +81,7 @@ describe("listeners", () => {
     set.deliver(notification("notifications/resources/updated", { uri: "file:///a" }));
     set.endAll("the test is over");
     // Between the acknowledgement and the final result.
-    const after = async (stream: typeof tools) => (await readToEnd(stream)).slice(1, -1).map((m) => [m.method, (m.params as Json)._meta, (m.params as Json).uri]);
+    const after = async (stream: typeof tools) => (await readMessages(stream)).slice(1, -1).map((m) => [m.method, (m.params as Json)._meta, (m.params as Json).uri]);
     expect(await after(tools)).toEqual([["notifications/tools/list_changed", { "io.modelcontextprotocol/subscriptionId": "t" }, undefined]]);
     expect(await after(prompts)).toEqual([["notifications/prompts/list_changed", { "io.modelcontextprotocol/subscriptionId": "p" }, undefined]]);
     expect(await after(resource)).toEqual([["notifications/resources/updated", { "io.modelcontextprotocol/subscriptionId": "r" }, "file:///a"]]);
@@ -128,7 +122,7 @@ describe("listeners", () => {
     const { set, sent } = listeners();
     const stream = set.listen(3, filter({ resourceSubscriptions: ["file:///a"] }));
     set.endAll("the user's Forgejo token was refreshed");
-    expect((await readToEnd(stream)).at(-1)).toEqual({ jsonrpc: "2.0", id: 3, result: { resultType: "complete", _meta: { "io.modelcontextprotocol/subscriptionId": 3 } } });
+    expect((await readMessages(stream)).at(-1)).toEqual({ jsonrpc: "2.0", id: 3, result: { resultType: "complete", _meta: { "io.modelcontextprotocol/subscriptionId": 3 } } });
     expect(set.size).toBe(0);
     // The child is going: it is not asked to unsubscribe.
     expect(sent).toEqual(["resources/subscribe file:///a"]);
@@ -154,7 +148,7 @@ describe("listeners on a principal's child", () => {
     const upstreamToken = async () => ({ token: "t", expiresAt: null });
     const logger = createMemoryLogger();
     const registry = new SessionRegistry({ config, spawn, upstreamToken, logger, timers, reapIntervalMs: 10_000 });
-    const principals = new PrincipalChildren({ config, spawn, upstreamToken, reserveSlot: (user) => registry.reserveSlot(user), logger, timers, reapIntervalMs: 10_000 });
+    const principals = new PrincipalChildren({ config, spawn, childEra: "legacy", childCommand: "fake", upstreamToken, reserveSlot: (user) => registry.reserveSlot(user), logger, timers, reapIntervalMs: 10_000 });
     registry.countAlso(() => principals.capped());
     return { principals, timers, children };
   }
@@ -198,19 +192,33 @@ describe("listeners on a principal's child", () => {
     expect(children[0]!.stopCalls).toBe(0);
   });
 
-  test("the user's token rotated: the stream ends with the listen's result, and the next listen is on a new child", async () => {
+  test("the user's token rotated: the stream stays open and moves to the next child, which is subscribed to its uris; the old one stops", async () => {
     const { principals, children } = setup();
-    const stream = (await principals.childFor(ALICE)).listen(listenRequest(1, { toolsListChanged: true }));
+    const old = await principals.childFor(ALICE);
+    const stream = old.listen(listenRequest(1, { toolsListChanged: true, resourceSubscriptions: ["file:///a"] }));
     principals.userTokenRotated(ALICE.forgejoUserId);
-    expect((await readToEnd(stream)).at(-1)).toMatchObject({ id: 1, result: { resultType: "complete" } });
-    (await principals.childFor(ALICE)).listen(listenRequest(2, { toolsListChanged: true }));
-    expect(children.length).toBe(2);
+    await settle();
+    const next = await principals.childFor(ALICE);
+    expect(next).not.toBe(old);
+    expect([old.listening, next.listening]).toEqual([0, 1]);
+    expect(children[0]!.stopCalls).toBe(1);
+    expect(children[1]!.messages.filter((m) => String(m.method).startsWith("resources/"))).toMatchObject([{ method: "resources/subscribe", params: { uri: "file:///a" } }]);
+    children[1]!.send({ jsonrpc: "2.0", method: "notifications/resources/updated", params: { uri: "file:///a" } });
+    await settle();
+    expect((await take(stream, 2)).map((m) => [m.method, (m.params as Json)._meta])).toEqual([
+      ["notifications/subscriptions/acknowledged", { "io.modelcontextprotocol/subscriptionId": 1 }],
+      ["notifications/resources/updated", { "io.modelcontextprotocol/subscriptionId": 1 }],
+    ]);
+    // Closed by its caller now, it unsubscribes on the child it listens on.
+    stream.close();
+    expect(next.listening).toBe(0);
+    expect(children[1]!.messages.filter((m) => String(m.method).startsWith("resources/")).map((m) => m.method)).toEqual(["resources/subscribe", "resources/unsubscribe"]);
   });
 
   test("the child crashed: the stream ends", async () => {
     const { principals, children } = setup();
     const stream = (await principals.childFor(ALICE)).listen(listenRequest(1, { toolsListChanged: true }));
     children[0]!.exit({ code: 137 });
-    expect((await readToEnd(stream)).at(-1)).toMatchObject({ id: 1, result: { resultType: "complete" } });
+    expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, result: { resultType: "complete" } });
   });
 });

@@ -26,6 +26,7 @@ function config(command: string[], overrides: Partial<ChildConfig> = {}): ChildC
     passthroughEnv: ["HOME", "LANG"],
     stopGraceMs: 2000,
     sandbox: { kind: "none", bind: [] },
+    era: "legacy",
     ...overrides,
   };
 }

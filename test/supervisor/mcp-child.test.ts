@@ -92,6 +92,7 @@ function registry(token: (user: number) => string = (user) => tokens.get(user)!)
       passthroughEnv: [],
       stopGraceMs: 2000,
       sandbox: { kind: "none", bind: [] },
+      era: "legacy",
     },
     // About the bridge and the registry, not the sandbox: the process checks here go by the server's own group.
     sandbox: { kind: "none" },
