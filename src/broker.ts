@@ -21,6 +21,14 @@ import { realTimers } from "./supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials } from "./upstream/credentials.ts";
 import { ForgejoClient, UpstreamUnavailableError } from "./upstream/forgejo.ts";
 import { MIN_REFRESH_INTERVAL_MS } from "./upstream/refresh-timing.ts";
+import { observeRequests } from "./observability/http-requests.ts";
+import { childStartSpans, LiveChildren } from "./observability/live-children.ts";
+import { METRICS_PATH, metricsBehindToken, serveMetrics } from "./observability/metrics-endpoint.ts";
+import { noMetrics, PrometheusMetrics } from "./observability/metrics.ts";
+import { tracedStore } from "./observability/traced-store.ts";
+import { noTracing, OtlpTracing, type Tracing } from "./observability/tracing.ts";
+import { observeForgejo } from "./observability/upstream-calls.ts";
+import { requestPath } from "./http/request-path.ts";
 
 export interface BrokerOptions {
   logger: Logger;
@@ -38,6 +46,8 @@ export interface BrokerOptions {
   continuationDeadlineMs?: number;
   /** The listener's idle timeout in seconds (Bun allows 1 to 255); 30 by default. */
   idleTimeoutS?: number;
+  /** How long finished spans wait to be sent in a batch (OTEL_EXPORTER_OTLP_ENDPOINT set); 5 s by default. */
+  traceExportDelayMs?: number;
 }
 
 export interface RunningBroker {
@@ -48,6 +58,11 @@ export interface RunningBroker {
   registry: SessionRegistry;
   /** The modern era's children, one per grant. */
   principals: PrincipalChildren;
+  /** This broker's metrics registry; null when neither BROKER_METRICS_ADDR nor BROKER_METRICS_TOKEN is set. */
+  metrics: PrometheusMetrics | null;
+  /** The metrics listener's base URL (BROKER_METRICS_ADDR); null without one. */
+  metricsUrl: string | null;
+  tracing: Tracing;
   /** Stops accepting, stops every child and waits for it, lets in-flight requests finish, closes the database. */
   stop(): Promise<void>;
 }
@@ -58,10 +73,15 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   const now = options.now ?? Date.now;
   const idleTimeoutS = options.idleTimeoutS ?? 30;
   const { logger } = options;
+  const { metricsAddr, metricsToken, otlpEndpoint, serviceName } = config.observability;
+  const prometheus = metricsAddr !== null || metricsToken !== null ? new PrometheusMetrics() : null;
+  const tracing: Tracing = otlpEndpoint === null ? noTracing : new OtlpTracing({ endpoint: otlpEndpoint, serviceName, exportDelayMs: options.traceExportDelayMs });
+  const metrics = childStartSpans(prometheus ?? noMetrics, tracing);
   ensurePrivateDir(config.dataDir);
-  const store = Store.open(join(config.dataDir, "broker.sqlite"));
+  const openedStore = Store.open(join(config.dataDir, "broker.sqlite"));
+  const store = tracing.enabled ? tracedStore(openedStore, tracing) : openedStore;
   const sealer = await TokenSealer.fromRawKey(loadOrCreateSealingKey(config.dataDir, config.sealingKey));
-  const forgejo = new ForgejoClient({
+  const forgejoClient = new ForgejoClient({
     url: config.forgejo.url,
     clientId: config.forgejo.clientId,
     clientSecret: config.forgejo.clientSecret,
@@ -72,6 +92,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     timeoutMs: config.forgejo.timeoutMs,
     timers: realTimers,
   });
+  const forgejo = prometheus === null && !tracing.enabled ? forgejoClient : observeForgejo(forgejoClient, metrics, tracing);
   const credentials = new UpstreamCredentials({
     store,
     sealer,
@@ -95,9 +116,11 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     rateLimiter: new RateLimiter(options.rateLimit ?? DEFAULT_RATE_LIMIT, now),
     clientAddress: (request) => clientAddressOf(server?.requestIP(request)?.address, request.headers.get("x-forwarded-for"), config.trustedProxies),
     lifetimes: { ...DEFAULT_LIFETIMES, ...options.lifetimes },
+    metrics,
   };
   // Children take only PATH and the passthrough variables from the broker's environment.
-  const spawn = createSpawnChild({ config: config.child, sandbox: options.sandbox, forgejoUrl: config.forgejo.url, env: process.env, logger });
+  const liveChildren = new LiveChildren();
+  const spawn = liveChildren.track(createSpawnChild({ config: config.child, sandbox: options.sandbox, forgejoUrl: config.forgejo.url, env: process.env, logger }));
   const grantIsLive = (grantId: string) => store.grantHasLiveTokens(grantId, now());
   const upstreamToken = upstreamTokenFrom(credentials);
   const registry = new SessionRegistry({
@@ -109,6 +132,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     logger,
     timers: realTimers,
     initializeTimeoutMs: options.initializeTimeoutMs,
+    metrics,
   });
   const principals = new PrincipalChildren({
     config: config.sessions,
@@ -121,8 +145,14 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     timers: realTimers,
     initializeTimeoutMs: options.initializeTimeoutMs,
     continuationDeadlineMs: options.continuationDeadlineMs,
+    metrics,
   });
   registry.countAlso(() => principals.capped());
+  prometheus?.sample({
+    sessions: () => ({ legacy: registry.size, modern: principals.size }),
+    childPids: () => liveChildren.pids(),
+    continuations: () => principals.continuations.size,
+  });
   // However a credential is lost (a refused refresh, an unreadable row), its grants are revoked: end the sessions too.
   const unsubscribe = credentials.onChange((event) => {
     if (event.type === "lost") void registry.endUser(event.forgejoUserId, "the sign-in to Forgejo has ended");
@@ -152,12 +182,22 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     inFlight: config.inFlight,
     streamTokens,
     heartbeatMs: options.heartbeatMs,
+    metrics,
+    tracing,
   });
   const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });
+  const scrape = () => prometheus!.scrape();
+  const metricsOnMain = metricsToken === null ? null : metricsBehindToken(metricsToken, scrape);
+  const handle = observeRequests(
+    metricsOnMain === null ? (request) => app.handle(request) : (request) => (requestPath(request.url) === METRICS_PATH ? metricsOnMain(request) : app.handle(request)),
+    prometheus === null ? null : metrics,
+    tracing,
+  );
+  const metricsServer = metricsAddr === null ? null : serveMetrics(metricsAddr, scrape);
   server = Bun.serve({
     hostname: config.host,
     port: config.port,
-    fetch: (request) => app.handle(request),
+    fetch: handle,
     idleTimeout: idleTimeoutS,
     // Bun's default is 128 MB. The largest body a route takes is one MCP message; the headroom lets
     // /mcp answer a slightly larger one with its own JSON-RPC error rather than Bun's bare 413.
@@ -182,6 +222,9 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     oauth,
     registry,
     principals,
+    metrics: prometheus,
+    metricsUrl: metricsServer === null ? null : `http://${metricsAddr!.host.includes(":") ? `[${metricsAddr!.host}]` : metricsAddr!.host}:${metricsServer.port}`,
+    tracing,
     stop: () =>
       (stopping ??= (async () => {
         clearInterval(purge);
@@ -191,6 +234,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
         const drained = server.stop();
         await Promise.all([registry.shutdown(), principals.shutdown()]);
         await drained;
+        await metricsServer?.stop();
+        await tracing.shutdown();
         store.close();
       })()),
   };

@@ -6,6 +6,7 @@ import type { Logger } from "../log.ts";
 import type { Store } from "../store/store.ts";
 import type { UpstreamCredentials } from "../upstream/credentials.ts";
 import type { ForgejoClient } from "../upstream/forgejo.ts";
+import type { BrokerMetrics } from "../observability/metrics.ts";
 import type { RateLimiter } from "./rate-limit.ts";
 
 export interface OAuthDeps {
@@ -20,6 +21,8 @@ export interface OAuthDeps {
   /** The peer address a rate limit is keyed on. */
   clientAddress: (request: Request) => string;
   lifetimes: TokenLifetimes;
+  /** Tokens issued, replays detected, rate-limit refusals; none recorded without it. */
+  metrics?: BrokerMetrics;
 }
 
 export interface TokenLifetimes {
