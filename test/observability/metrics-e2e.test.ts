@@ -208,10 +208,11 @@ describe("the idle reap in the metrics", () => {
   }, 30_000);
 });
 
-describe("without BROKER_METRICS_ADDR and BROKER_METRICS_TOKEN", () => {
-  test("there is no /metrics: the main listener answers it 404 like any unknown path", async () => {
+describe("without BROKER_METRICS_ADDR, BROKER_METRICS_TOKEN and OTEL_EXPORTER_OTLP_ENDPOINT", () => {
+  test("there is no /metrics (the main listener answers it 404 like any unknown path) and no tracing", async () => {
     const t = await startTestBroker();
     try {
+      expect(t.broker.tracing.enabled).toBe(false);
       expect(t.broker.metrics).toBeNull();
       expect(t.broker.metricsUrl).toBeNull();
       expect((await fetch(`${t.config.publicUrl}/metrics`)).status).toBe(404);
