@@ -24,9 +24,10 @@ import { MIN_REFRESH_INTERVAL_MS } from "./upstream/refresh-timing.ts";
 import { observeRequests } from "./observability/http-requests.ts";
 import { childStartSpans, LiveChildren } from "./observability/live-children.ts";
 import { METRICS_PATH, metricsBehindToken, serveMetrics } from "./observability/metrics-endpoint.ts";
-import { noMetrics, PrometheusMetrics } from "./observability/metrics.ts";
+import { noMetrics } from "./observability/metrics.ts";
+import type { PrometheusMetrics } from "./observability/prometheus.ts";
 import { tracedStore } from "./observability/traced-store.ts";
-import { noTracing, OtlpTracing, type Tracing } from "./observability/tracing.ts";
+import { noTracing, type Tracing } from "./observability/tracing.ts";
 import { observeForgejo } from "./observability/upstream-calls.ts";
 import { requestPath } from "./http/request-path.ts";
 
@@ -74,8 +75,12 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   const idleTimeoutS = options.idleTimeoutS ?? 30;
   const { logger } = options;
   const { metricsAddr, metricsToken, otlpEndpoint, serviceName } = config.observability;
-  const prometheus = metricsAddr !== null || metricsToken !== null ? new PrometheusMetrics() : null;
-  const tracing: Tracing = otlpEndpoint === null ? noTracing : new OtlpTracing({ endpoint: otlpEndpoint, serviceName, exportDelayMs: options.traceExportDelayMs });
+  // prom-client and the OpenTelemetry SDK are loaded only when asked for: a broker without them carries neither.
+  const prometheus = metricsAddr !== null || metricsToken !== null ? new (await import("./observability/prometheus.ts")).PrometheusMetrics() : null;
+  const tracing: Tracing =
+    otlpEndpoint === null
+      ? noTracing
+      : new (await import("./observability/otlp-tracing.ts")).OtlpTracing({ endpoint: otlpEndpoint, serviceName, exportDelayMs: options.traceExportDelayMs });
   const metrics = childStartSpans(prometheus ?? noMetrics, tracing);
   ensurePrivateDir(config.dataDir);
   const openedStore = Store.open(join(config.dataDir, "broker.sqlite"));

@@ -1,6 +1,5 @@
 // One JSON-RPC request on /mcp as metrics and traces see it: counted once by era, method and outcome, timed
 // from its hand-over to the child to its answer, and a span whose traceparent a modern child can join.
-import { SpanKind } from "@opentelemetry/api";
 import type { IncomingMessage } from "../bridge/jsonrpc.ts";
 import type { EventSource } from "../http/sse-response.ts";
 import { mcpMethodLabel, noMetrics, type BrokerMetrics, type Era, type McpOutcome } from "./metrics.ts";
@@ -22,7 +21,7 @@ export function startRoundTrip(metrics: BrokerMetrics, tracing: Tracing, era: Er
   if (metrics === noMetrics && !tracing.enabled) return untracked;
   const label = mcpMethodLabel(method);
   const begun = performance.now();
-  const span = tracing.start(`mcp ${label}`, { "rpc.system": "jsonrpc", "rpc.method": label, "fmb.mcp.era": era }, SpanKind.CLIENT);
+  const span = tracing.start(`mcp ${label}`, { "rpc.system": "jsonrpc", "rpc.method": label, "fmb.mcp.era": era }, "client");
   let over = false;
   const finish = (outcome: McpOutcome, timed: boolean) => {
     if (over) return;

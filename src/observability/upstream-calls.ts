@@ -1,6 +1,5 @@
 // Times and traces the broker's calls to Forgejo (code exchange, token refresh, user lookup) by wrapping
 // its ForgejoClient's methods, and counts refreshes by result: ok, refused (sign in again), unavailable.
-import { SpanKind } from "@opentelemetry/api";
 import { UpstreamRefusedError, type ForgejoClient } from "../upstream/forgejo.ts";
 import type { BrokerMetrics, UpstreamCall, UpstreamResult } from "./metrics.ts";
 import type { Tracing } from "./tracing.ts";
@@ -14,7 +13,7 @@ export function observeForgejo(client: ForgejoClient, metrics: BrokerMetrics, tr
   const observed = <A extends unknown[], R>(call: UpstreamCall, method: (...args: A) => Promise<R>) =>
     async (...args: A): Promise<R> => {
       const begun = performance.now();
-      const span = tracing.start(`forgejo ${call}`, { "fmb.upstream.call": call }, SpanKind.CLIENT);
+      const span = tracing.start(`forgejo ${call}`, { "fmb.upstream.call": call }, "client");
       const record = (result: UpstreamResult, error?: unknown) => {
         metrics.upstreamRequest(call, result, (performance.now() - begun) / 1000);
         if (call === "refresh") metrics.upstreamRefresh(result);

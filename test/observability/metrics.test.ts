@@ -2,7 +2,8 @@
 // broker, and the children's memory read at scrape time.
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { mcpMethodLabel, oauthEndpointOf, PrometheusMetrics } from "../../src/observability/metrics.ts";
+import { mcpMethodLabel, oauthEndpointOf } from "../../src/observability/metrics.ts";
+import { PrometheusMetrics } from "../../src/observability/prometheus.ts";
 import { metricsBehindToken } from "../../src/observability/metrics-endpoint.ts";
 import { processRssBytes } from "../../src/supervisor/process-rss.ts";
 import { parseExposition, valueOf } from "../helpers/prometheus.ts";

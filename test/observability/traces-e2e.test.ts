@@ -161,3 +161,19 @@ describe("traces over OTLP/HTTP", () => {
     }
   });
 });
+
+describe("tracing off", () => {
+  const loadedBy = async (env: Record<string, string>) => {
+    const proc = Bun.spawn([process.execPath, join(import.meta.dir, "..", "fixtures", "loaded-modules.ts"), JSON.stringify(env)], { stdout: "pipe", stderr: "inherit" });
+    const [out, code] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+    expect(code).toBe(0);
+    return JSON.parse(out.trim().split("\n").at(-1)!) as { opentelemetry: number; promClient: number };
+  };
+
+  test("a broker without OTEL_EXPORTER_OTLP_ENDPOINT and metrics loads neither the OpenTelemetry SDK nor prom-client; with them it does", async () => {
+    expect(await loadedBy({})).toEqual({ opentelemetry: 0, promClient: 0 });
+    const on = await loadedBy({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:9", BROKER_METRICS_TOKEN: "0123456789abcdef0123" });
+    expect(on.opentelemetry).toBeGreaterThan(0);
+    expect(on.promClient).toBeGreaterThan(0);
+  }, 30_000);
+});
