@@ -13,13 +13,13 @@ export interface Baseline {
   remove(): void;
 }
 
-/** `ref`'s src/, its migrations and package.json under a temporary directory, with this checkout's node_modules linked in. */
+/** `ref`'s src/, its migrations, package.json and the TypeScript and bun settings (so both brokers are transpiled alike) under a temporary directory, with this checkout's node_modules linked in. */
 export function exportBaseline(ref: string): Baseline {
   const resolved = Bun.spawnSync(["git", "rev-parse", "--short", "--verify", `${ref}^{commit}`], { cwd: REPO_ROOT, stdout: "pipe", stderr: "pipe" });
   if (resolved.exitCode !== 0) throw new Unavailable(`--baseline-ref ${ref} is not a commit here`);
   const commit = resolved.stdout.toString().trim();
   const dir = mkdtempSync(join(tmpdir(), "fmb-bench-baseline-"));
-  const archive = Bun.spawnSync(["sh", "-c", `git archive "$1" src drizzle package.json | tar -x -C "$2"`, "sh", commit, dir], { cwd: REPO_ROOT, stderr: "pipe" });
+  const archive = Bun.spawnSync(["sh", "-c", `git archive "$1" src drizzle package.json tsconfig.json bunfig.toml | tar -x -C "$2"`, "sh", commit, dir], { cwd: REPO_ROOT, stderr: "pipe" });
   if (archive.exitCode !== 0) {
     rmSync(dir, { recursive: true, force: true });
     throw new Unavailable(`could not export ${ref}: ${archive.stderr.toString().trim()}`);

@@ -338,7 +338,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       const { incoming, kind } = parsed;
       if (kind === "request" && isJsonRpcId(incoming.message.id)) id = incoming.message.id;
       const era = classifyPost(incoming.message, kind, request.headers.get("mcp-protocol-version"));
-      if (kind === "request") trip = startRoundTrip(metrics, tracing, era.era, incoming.message.method);
+      if (kind === "request") trip = startRoundTrip(metrics, tracing, era.era, incoming.message.method, identity);
       if (era.era === "modern") {
         // 2026-07-28 has no client notifications over HTTP (a stream's end is its cancellation): nothing to forward.
         if (kind === "notification") return new Response(null, { status: 202 });

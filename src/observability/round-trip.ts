@@ -16,12 +16,20 @@ export interface RoundTrip {
 
 const untracked: RoundTrip = { traceparent: null, watch: (source) => source, settle: () => {} };
 
-export function startRoundTrip(metrics: BrokerMetrics, tracing: Tracing, era: Era, method: unknown): RoundTrip {
+/** Who sent the request, for the span only (an operator looking for one user's slow call); never a metric label. */
+export interface Caller {
+  forgejoUserId: number;
+  clientId: string;
+}
+
+export function startRoundTrip(metrics: BrokerMetrics, tracing: Tracing, era: Era, method: unknown, caller: Caller): RoundTrip {
   // Nothing to record: nothing added to the request's path.
   if (metrics === noMetrics && !tracing.enabled) return untracked;
   const label = mcpMethodLabel(method);
   const begun = performance.now();
-  const span = tracing.start(`mcp ${label}`, { "rpc.system": "jsonrpc", "rpc.method": label, "fmb.mcp.era": era }, "client");
+  const span = tracing.enabled
+    ? tracing.start(`mcp ${label}`, { "rpc.system": "jsonrpc", "rpc.method": label, "fmb.mcp.era": era, "enduser.id": String(caller.forgejoUserId), "fmb.client_id": caller.clientId }, "client")
+    : tracing.start("");
   let over = false;
   const finish = (outcome: McpOutcome, timed: boolean) => {
     if (over) return;

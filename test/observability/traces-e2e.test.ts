@@ -4,6 +4,7 @@
 // attribute holds a token.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
+import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { openSession, postMcp } from "../helpers/mcp.ts";
 import { modernRequest, postModern } from "../helpers/modern-client.ts";
@@ -93,7 +94,15 @@ describe("traces over OTLP/HTTP", () => {
     expect(server.attributes["http.response.status_code"]).toBe(200);
     const roundTrip = one(spans, "mcp tools/call");
     expect(roundTrip.parentSpanId).toBe(server.spanId);
-    expect(roundTrip.attributes).toMatchObject({ "rpc.method": "tools/call", "fmb.mcp.era": "legacy", "fmb.mcp.outcome": "ok" });
+    const identity = t.broker.store.findAccessIdentity(hashToken(signIn.accessToken), Date.now())!;
+    // Who called, to find one user's slow calls: the Forgejo user id and the client's public id, no token.
+    expect(roundTrip.attributes).toMatchObject({
+      "rpc.method": "tools/call",
+      "fmb.mcp.era": "legacy",
+      "fmb.mcp.outcome": "ok",
+      "enduser.id": String(identity.forgejoUserId),
+      "fmb.client_id": signIn.clientId,
+    });
     // Nothing of this request is outside it.
     expect(spans.every((span) => span === server || span.parentSpanId === server.spanId)).toBe(true);
   });
