@@ -3,7 +3,7 @@
 import type { IncomingMessage } from "../bridge/jsonrpc.ts";
 import type { EventSource } from "../http/sse-response.ts";
 import { mcpMethodLabel, noMetrics, type BrokerMetrics, type Era, type McpOutcome } from "./metrics.ts";
-import type { Tracing } from "./tracing.ts";
+import { noSpan, type Tracing } from "./tracing.ts";
 
 export interface RoundTrip {
   /** The W3C traceparent of the request's span; null when not tracing. */
@@ -29,7 +29,7 @@ export function startRoundTrip(metrics: BrokerMetrics, tracing: Tracing, era: Er
   const begun = performance.now();
   const span = tracing.enabled
     ? tracing.start(`mcp ${label}`, { "rpc.system": "jsonrpc", "rpc.method": label, "fmb.mcp.era": era, "enduser.id": String(caller.forgejoUserId), "fmb.client_id": caller.clientId }, "client")
-    : tracing.start("");
+    : noSpan;
   let over = false;
   const finish = (outcome: McpOutcome, timed: boolean) => {
     if (over) return;

@@ -26,7 +26,7 @@ export interface Tracing {
   shutdown(): Promise<void>;
 }
 
-const noSpan: SpanHandle = { end: () => {}, traceparent: () => null };
+export const noSpan: SpanHandle = { end: () => {}, traceparent: () => null };
 
 export const noTracing: Tracing = {
   enabled: false,
