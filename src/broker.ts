@@ -27,7 +27,7 @@ import { METRICS_PATH, metricsBehindToken, serveMetrics } from "./observability/
 import { noMetrics } from "./observability/metrics.ts";
 import type { PrometheusMetrics } from "./observability/prometheus.ts";
 import { tracedStore } from "./observability/traced-store.ts";
-import { noTracing, type Tracing } from "./observability/tracing.ts";
+import { noTracing, untracedTimers, type Tracing } from "./observability/tracing.ts";
 import { observeForgejo } from "./observability/upstream-calls.ts";
 import { requestPath } from "./http/request-path.ts";
 
@@ -82,6 +82,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
       ? noTracing
       : new (await import("./observability/otlp-tracing.ts")).OtlpTracing({ endpoint: otlpEndpoint, serviceName, exportDelayMs: options.traceExportDelayMs });
   const metrics = childStartSpans(prometheus ?? noMetrics, tracing);
+  const timers = untracedTimers(realTimers, tracing);
   ensurePrivateDir(config.dataDir);
   const openedStore = Store.open(join(config.dataDir, "broker.sqlite"));
   const store = tracing.enabled ? tracedStore(openedStore, tracing) : openedStore;
@@ -135,7 +136,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     refresh: refresherFrom(credentials),
     grantIsLive,
     logger,
-    timers: realTimers,
+    timers,
     initializeTimeoutMs: options.initializeTimeoutMs,
     metrics,
   });
@@ -147,7 +148,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     reserveSlot: (forgejoUserId) => registry.reserveSlot(forgejoUserId),
     grantIsLive,
     logger,
-    timers: realTimers,
+    timers,
     initializeTimeoutMs: options.initializeTimeoutMs,
     continuationDeadlineMs: options.continuationDeadlineMs,
     metrics,

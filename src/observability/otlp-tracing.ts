@@ -10,6 +10,9 @@ import { ATTR_SERVICE_NAME } from "@opentelemetry/semantic-conventions";
 import { requestPath } from "../http/request-path.ts";
 import type { Attributes, SpanHandle, SpanKindName, Tracing } from "./tracing.ts";
 
+/** How long a stopping broker waits for its last spans to be sent. */
+const SHUTDOWN_WAIT_MS = 2000;
+
 const KINDS: Record<SpanKindName, SpanKind> = { client: SpanKind.CLIENT, internal: SpanKind.INTERNAL };
 
 const headerGetter = {
@@ -100,12 +103,20 @@ export class OtlpTracing implements Tracing {
     return result;
   }
 
+  outside<T>(run: () => T): T {
+    return this.contexts.exit(run);
+  }
+
   flush(): Promise<void> {
     return this.provider.forceFlush();
   }
 
-  shutdown(): Promise<void> {
-    return this.provider.shutdown();
+  /** Sends what is left, waiting at most SHUTDOWN_WAIT_MS: a collector that is down must not hold up the broker's stop. */
+  async shutdown(): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const waited = new Promise<void>((resolve) => (timer = setTimeout(resolve, SHUTDOWN_WAIT_MS)));
+    await Promise.race([this.provider.shutdown().catch(() => {}), waited]);
+    clearTimeout(timer);
   }
 
   private active(): Context {
