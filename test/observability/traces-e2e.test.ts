@@ -57,6 +57,7 @@ describe("traces over OTLP/HTTP", () => {
   const receiver = startReceiver();
   let t: TestBroker;
   let signIn: ObtainedTokens;
+  const sessionIds: string[] = [];
   beforeAll(async () => {
     t = await startTestBroker({
       env: { OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url, BROKER_CHILD_COMMAND: `${process.execPath} ${join(import.meta.dir, "..", "fixtures", "meta-echo-child.ts")}` },
@@ -78,6 +79,7 @@ describe("traces over OTLP/HTTP", () => {
 
   test("one legacy tools/call: POST /mcp under the caller's traceparent, the child round trip under it", async () => {
     const sessionId = await openSession(t.mcpUrl, signIn.accessToken);
+    sessionIds.push(sessionId);
     const traceId = randomHex(16);
     const callerSpan = randomHex(8);
     const response = await postMcp(t.mcpUrl, signIn.accessToken, { jsonrpc: "2.0", id: 5, method: "tools/call", params: { name: "meta", arguments: {} } }, {
@@ -163,6 +165,7 @@ describe("traces over OTLP/HTTP", () => {
       t.forgejo.clientSecret,
       ...t.forgejo.issuedAccessTokens("alice"),
       ...t.forgejo.issuedRefreshTokens("alice"),
+      ...sessionIds,
     ];
     for (const secret of secrets) expect(exported).not.toContain(secret);
     for (const span of receiver.spans) {

@@ -1,9 +1,12 @@
 // The tracing collaborator's context rules with the real SDK (exporting to a sink that only says yes): spans
 // under the request being served, and timers that fire later outside it.
 import { afterAll, expect, test } from "bun:test";
+import { childStartSpans } from "../../src/observability/live-children.ts";
 import { OtlpTracing } from "../../src/observability/otlp-tracing.ts";
+import { PrometheusMetrics } from "../../src/observability/prometheus.ts";
 import { noTracing, untracedTimers } from "../../src/observability/tracing.ts";
 import { realTimers } from "../../src/supervisor/timers.ts";
+import { parseExposition, valueOf } from "../helpers/prometheus.ts";
 
 const sink = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json({}) });
 const tracing = new OtlpTracing({ endpoint: `http://127.0.0.1:${sink.port}`, serviceName: "test" });
@@ -43,4 +46,16 @@ test("shutting down with spans for a collector that is not there takes at most a
   const began = performance.now();
   await nowhere.shutdown();
   expect(performance.now() - began).toBeLessThan(4000);
+});
+
+test("with traces and metrics both on, the metrics seen through childStartSpans still count every call", async () => {
+  const prometheus = new PrometheusMetrics({ processMetrics: false });
+  const metrics = childStartSpans(prometheus, tracing);
+  metrics.childStarting()("ok");
+  metrics.childExited("idle");
+  metrics.sessionEvicted("global");
+  const samples = parseExposition(await (await prometheus.scrape()).text());
+  expect(valueOf(samples, "fmb_child_starts_total", { result: "ok" })).toBe(1);
+  expect(valueOf(samples, "fmb_child_exits_total", { reason: "idle" })).toBe(1);
+  expect(valueOf(samples, "fmb_session_evictions_total", { cap: "global" })).toBe(1);
 });
