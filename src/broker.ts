@@ -10,7 +10,9 @@ import { StreamTokens } from "./http/stream-tokens.ts";
 import type { Logger } from "./log.ts";
 import { PrincipalChildren } from "./modern/principals.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
+import { ClientDirectory } from "./oauth/client-directory.ts";
 import { MAX_OAUTH_BODY_BYTES } from "./oauth/edge-guard.ts";
+import { directConnect, systemLookup, type MetadataFetchDeps } from "./oauth/metadata-fetch.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
 import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
@@ -39,6 +41,8 @@ export interface BrokerOptions {
   lifetimes?: Partial<TokenLifetimes>;
   rateLimit?: RateLimitPolicy;
   purgeIntervalMs?: number;
+  /** How client metadata documents are fetched; tests give a connect that trusts their own certificate authority, and their own clock. */
+  metadataFetch?: Partial<Pick<MetadataFetchDeps, "lookup" | "connect" | "timers">>;
   /** SSE comment heartbeat period; 15 s by default. */
   heartbeatMs?: number;
   /** How long a new child has to answer initialize; the registry's 30 s by default. */
@@ -70,6 +74,11 @@ export interface RunningBroker {
 
 export const DEFAULT_RATE_LIMIT: RateLimitPolicy = { burst: 30, perSecond: 1 };
 
+/** A registered client with no grant this long after registering is deleted. */
+const UNUSED_CLIENT_MS = 24 * 3600_000;
+/** How often a client in use has that written down: idleness is counted in days, so hours are precise enough. */
+const CLIENT_USE_STAMP_MS = 3600_000;
+
 export async function startBroker(config: BrokerConfig, options: BrokerOptions): Promise<RunningBroker> {
   const now = options.now ?? Date.now;
   const idleTimeoutS = options.idleTimeoutS ?? 30;
@@ -83,6 +92,11 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
       : new (await import("./observability/otlp-tracing.ts")).OtlpTracing({ endpoint: otlpEndpoint, serviceName, exportDelayMs: options.traceExportDelayMs });
   const metrics = childStartSpans(prometheus ?? noMetrics, tracing);
   const timers = untracedTimers(realTimers, tracing);
+  if (config.clients.insecureMetadataHosts.length > 0) {
+    logger.warn("client metadata documents may be fetched over http and from loopback on these hosts: for tests and local development only", {
+      hosts: config.clients.insecureMetadataHosts.join(","),
+    });
+  }
   ensurePrivateDir(config.dataDir);
   const openedStore = Store.open(join(config.dataDir, "broker.sqlite"));
   const store = tracing.enabled ? tracedStore(openedStore, tracing) : openedStore;
@@ -119,6 +133,16 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     credentials,
     logger,
     now,
+    clients: new ClientDirectory({
+      store,
+      now,
+      fetch: {
+        lookup: options.metadataFetch?.lookup ?? systemLookup,
+        connect: options.metadataFetch?.connect ?? directConnect(),
+        timers: options.metadataFetch?.timers ?? realTimers,
+        insecureHosts: new Set(config.clients.insecureMetadataHosts),
+      },
+    }),
     rateLimiter: new RateLimiter(options.rateLimit ?? DEFAULT_RATE_LIMIT, now),
     clientAddress: (request) => clientAddressOf(server?.requestIP(request)?.address, request.headers.get("x-forwarded-for"), config.trustedProxies),
     lifetimes: { ...DEFAULT_LIFETIMES, ...options.lifetimes },
@@ -214,6 +238,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     try {
       const removed = store.purgeExpired(now());
       if (removed > 0) logger.debug("purged expired rows", { removed });
+      const clients = store.reapClients(now(), { unusedMs: UNUSED_CLIENT_MS, idleMs: config.clients.idleMs, stampEveryMs: CLIENT_USE_STAMP_MS });
+      if (clients.unused + clients.idle > 0) logger.info("deleted clients nobody uses", clients);
     } catch (error) {
       logger.error("purge failed", { error: error instanceof Error ? error : String(error) });
     }

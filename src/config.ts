@@ -34,6 +34,7 @@ export interface BrokerConfig {
   /** Reverse proxies whose X-Forwarded-For is believed when keying rate limits; none by default. */
   trustedProxies: AddressBlock[];
   observability: ObservabilityConfig;
+  clients: ClientPolicy;
 }
 
 export interface ObservabilityConfig {
@@ -45,6 +46,13 @@ export interface ObservabilityConfig {
   otlpEndpoint: string | null;
   /** OTEL_SERVICE_NAME, the traces' service.name. */
   serviceName: string;
+}
+
+export interface ClientPolicy {
+  /** `host:port` entries whose client metadata documents may be fetched over http and from loopback: tests and local development only. */
+  insecureMetadataHosts: string[];
+  /** A client whose grants have all been revoked or expired this long is deleted. */
+  idleMs: number;
 }
 
 export interface InFlightLimits {
@@ -307,6 +315,11 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
     problem("BROKER_METRICS_TOKEN", "must be at least 16 printable characters without spaces (openssl rand -hex 24)", "3f9c…(48 hex characters)");
   }
   const otlpEndpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT") === undefined ? null : absoluteUrl("OTEL_EXPORTER_OTLP_ENDPOINT", undefined, "http://127.0.0.1:4318");
+  const insecureMetadataHosts = (get("BROKER_CIMD_INSECURE_HOSTS") ?? "").split(/[\s,]+/).filter(Boolean);
+  for (const entry of insecureMetadataHosts) {
+    if (!/^(\[[0-9a-f:.]+\]|[a-z0-9.-]+):\d{1,5}$/i.test(entry)) problem("BROKER_CIMD_INSECURE_HOSTS", `has ${JSON.stringify(entry)}, which is not host:port`, "localhost:8443");
+  }
+  const clientIdleDays = integer("BROKER_CLIENT_IDLE_DAYS", 90, 1, 36_500, "90");
 
   if (problems.length > 0) return { ok: false, problems };
 
@@ -337,6 +350,7 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
       inFlight,
       trustedProxies,
       observability: { metricsAddr, metricsToken, otlpEndpoint, serviceName: get("OTEL_SERVICE_NAME") ?? "forgejo-mcp-broker" },
+      clients: { insecureMetadataHosts: insecureMetadataHosts.map((entry) => entry.toLowerCase()), idleMs: clientIdleDays * 86_400_000 },
     },
   };
 }

@@ -238,3 +238,25 @@ describe("splitCommandLine", () => {
     expect(splitCommandLine(line)).toEqual(argv);
   });
 });
+
+describe("client policy: BROKER_CIMD_INSECURE_HOSTS and BROKER_CLIENT_IDLE_DAYS", () => {
+  test("none insecure and 90 idle days by default", () => {
+    const result = loadConfig(REQUIRED);
+    expect(result.ok && result.config.clients).toEqual({ insecureMetadataHosts: [], idleMs: 90 * 86_400_000 });
+  });
+
+  test("host:port entries are read (lower-cased), and the idle days", () => {
+    const result = loadConfig({ ...REQUIRED, BROKER_CIMD_INSECURE_HOSTS: "LocalHost:8443, 127.0.0.1:3000 [::1]:9000", BROKER_CLIENT_IDLE_DAYS: "7" });
+    expect(result.ok && result.config.clients).toEqual({ insecureMetadataHosts: ["localhost:8443", "127.0.0.1:3000", "[::1]:9000"], idleMs: 7 * 86_400_000 });
+  });
+
+  test("an entry without a port, a URL, or a bad day count is a problem", () => {
+    const result = loadConfig({ ...REQUIRED, BROKER_CIMD_INSECURE_HOSTS: "localhost,https://a.example:1", BROKER_CLIENT_IDLE_DAYS: "0" });
+    expect(result.ok).toBe(false);
+    expect(!result.ok && result.problems).toEqual([
+      'BROKER_CIMD_INSECURE_HOSTS: has "localhost", which is not host:port (example: BROKER_CIMD_INSECURE_HOSTS=localhost:8443)',
+      'BROKER_CIMD_INSECURE_HOSTS: has "https://a.example:1", which is not host:port (example: BROKER_CIMD_INSECURE_HOSTS=localhost:8443)',
+      'BROKER_CLIENT_IDLE_DAYS: must be a whole number from 1 to 36500, got "0" (example: BROKER_CLIENT_IDLE_DAYS=90)',
+    ]);
+  });
+});

@@ -46,6 +46,8 @@ function page(title: string, body: string): string {
 export interface ConsentView {
   clientName: string;
   clientId: string;
+  /** For a client known by its metadata document: the host that serves the document, which vouches for nothing but itself. */
+  metadataHost?: string;
   redirectTarget: { host: string; note?: string };
   forgejoHost: string;
   access: string[];
@@ -59,7 +61,7 @@ export function renderConsentPage(view: ConsentView): string {
   return page(
     `Allow ${view.clientName}?`,
     `<h1>Allow “${e(view.clientName)}” to use Forgejo as you?</h1>
-<div class="who"><p><strong>${e(view.clientName)}</strong> will be sent back to <strong>${e(view.redirectTarget.host)}</strong>${view.redirectTarget.note ? ` ${e(view.redirectTarget.note)}` : ""}.</p>
+<div class="who">${view.metadataHost ? `<p class="origin">The name “${e(view.clientName)}” is self-asserted: the application describes itself in a document published on <strong>${e(view.metadataHost)}</strong>.</p>\n` : ""}<p><strong>${e(view.clientName)}</strong> will be sent back to <strong>${e(view.redirectTarget.host)}</strong>${view.redirectTarget.note ? ` ${e(view.redirectTarget.note)}` : ""}.</p>
 <p>It wants to use the Forgejo MCP tools on <strong>${e(view.forgejoHost)}</strong> with your account. It will be able to:</p>
 <ul>${view.access.map((item) => `<li>${e(item)}</li>`).join("")}</ul>
 <p>It can never do more than your own Forgejo account may.</p></div>

@@ -5,6 +5,7 @@ import type { TokenSealer } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import type { Store } from "../store/store.ts";
 import type { UpstreamCredentials } from "../upstream/credentials.ts";
+import type { ClientDirectory } from "./client-directory.ts";
 import type { ForgejoClient } from "../upstream/forgejo.ts";
 import type { BrokerMetrics } from "../observability/metrics.ts";
 import type { RateLimiter } from "./rate-limit.ts";
@@ -12,6 +13,8 @@ import type { RateLimiter } from "./rate-limit.ts";
 export interface OAuthDeps {
   config: BrokerConfig;
   store: Store;
+  /** Registered clients and clients known by their metadata document's URL. */
+  clients: ClientDirectory;
   sealer: TokenSealer;
   forgejo: ForgejoClient;
   credentials: UpstreamCredentials;

@@ -16,6 +16,8 @@ export const clients = sqliteTable("clients", {
   /** The registered metadata as echoed back to the client (RFC 7591 §3.2.1). */
   metadata: text("metadata", { mode: "json" }).$type<Record<string, unknown>>().notNull(),
   createdAt: ms("created_at").notNull(),
+  /** When the client last held something live (a grant's token or code); null until its first grant. What client clean-up goes by. */
+  lastUsedAt: ms("last_used_at"),
 });
 
 /** A browser flow between the consent page and Forgejo's callback; ten minutes to live. */

@@ -11,6 +11,8 @@ import { narrowScope } from "../oauth/scope.ts";
 import * as schema from "./schema.ts";
 
 export type ClientRow = typeof schema.clients.$inferSelect;
+/** A client as created: when it was last used is the store's to track. */
+export type NewClientRow = Omit<ClientRow, "lastUsedAt">;
 export type AuthorizationRow = typeof schema.authorizations.$inferSelect;
 export type GrantRow = typeof schema.grants.$inferSelect;
 export type AuthCodeRow = typeof schema.authCodes.$inferSelect;
@@ -196,12 +198,29 @@ export class Store {
 
   // Clients
 
-  createClient(row: ClientRow): void {
+  createClient(row: NewClientRow): void {
     this.db.insert(schema.clients).values(row).run();
   }
 
   getClient(id: string): ClientRow | undefined {
     return this.db.select().from(schema.clients).where(eq(schema.clients.id, id)).get();
+  }
+
+  /**
+   * Keeps the client a metadata document describes, keyed by its URL: created on first sight, its
+   * name, redirect URIs and metadata replaced by each fresh document; when it was first seen stays.
+   */
+  putDocumentClient(row: NewClientRow): ClientRow {
+    const t = schema.clients;
+    return this.db
+      .insert(t)
+      .values(row)
+      .onConflictDoUpdate({
+        target: t.id,
+        set: { name: row.name, redirectUris: row.redirectUris, metadata: row.metadata, tokenEndpointAuthMethod: row.tokenEndpointAuthMethod, secretHash: null },
+      })
+      .returning()
+      .get();
   }
 
   // Browser flows
@@ -265,10 +284,11 @@ export class Store {
 
   // Grants
 
-  /** The active grant of (client, Forgejo user), created when there is none. */
+  /** The active grant of (client, Forgejo user), created when there is none; either way the client was used now. */
   findOrCreateGrant(input: { id: string; clientId: string; forgejoUserId: number; forgejoLogin: string; scope: string; now: number }): GrantRow {
     const t = schema.grants;
     return this.db.transaction((tx) => {
+      tx.update(schema.clients).set({ lastUsedAt: input.now }).where(eq(schema.clients.id, input.clientId)).run();
       const existing = tx
         .select()
         .from(t)
@@ -578,6 +598,41 @@ export class Store {
   }
 
   // Housekeeping
+
+  /**
+   * Deletes the clients nobody uses, with whatever they still hold: one that never got a grant within
+   * `unusedMs` of registering, and one with nothing live (no unexpired token or code) for `idleMs`.
+   * Neither while a sign-in of it is in progress. A client seen in use is stamped now, at most once per `stampEveryMs`.
+   */
+  reapClients(now: number, rules: { unusedMs: number; idleMs: number; stampEveryMs: number }): { unused: number; idle: number } {
+    const c = schema.clients;
+    const inUse = sql`(
+      EXISTS (SELECT 1 FROM access_tokens a JOIN grants g ON g.id = a.grant_id
+              WHERE g.client_id = ${c.id} AND g.revoked_at IS NULL AND a.revoked_at IS NULL AND a.expires_at > ${now})
+      OR EXISTS (SELECT 1 FROM refresh_tokens r JOIN grants g ON g.id = r.grant_id
+              WHERE g.client_id = ${c.id} AND g.revoked_at IS NULL AND r.revoked_at IS NULL AND r.rotated_at IS NULL AND r.expires_at > ${now})
+      OR EXISTS (SELECT 1 FROM auth_codes k JOIN grants g ON g.id = k.grant_id
+              WHERE g.client_id = ${c.id} AND g.revoked_at IS NULL AND k.used_at IS NULL AND k.expires_at > ${now}))`;
+    const signingIn = sql`EXISTS (SELECT 1 FROM authorizations z WHERE z.client_id = ${c.id} AND z.consumed_at IS NULL AND z.expires_at > ${now})`;
+    return this.db.transaction((tx) => {
+      tx.update(c)
+        .set({ lastUsedAt: now })
+        .where(and(sql`coalesce(${c.lastUsedAt}, 0) < ${now - rules.stampEveryMs}`, inUse))
+        .run();
+      const unused = tx
+        .delete(c)
+        .where(and(isNull(c.lastUsedAt), lt(c.createdAt, now - rules.unusedMs), sql`NOT EXISTS (SELECT 1 FROM grants g WHERE g.client_id = ${c.id})`, sql`NOT ${signingIn}`))
+        .returning({ id: c.id })
+        .all().length;
+      const idle = tx
+        .delete(c)
+        // A client from before last_used_at was kept counts from its registration.
+        .where(and(sql`coalesce(${c.lastUsedAt}, ${c.createdAt}) < ${now - rules.idleMs}`, sql`NOT ${inUse}`, sql`NOT ${signingIn}`))
+        .returning({ id: c.id })
+        .all().length;
+      return { unused, idle };
+    });
+  }
 
   /** Deletes rows past their life; rotated and revoked tokens are kept until they expire, for replay detection. */
   purgeExpired(now: number): number {

@@ -39,7 +39,7 @@ function guardedApp() {
   const app = new Elysia()
     .onError(({ error }) => (error instanceof OAuthError ? error.toResponse() : undefined))
     .use(bearerGuard({ config, store, now: () => 0 }).get("/mcp", ({ identity }) => identity.forgejoLogin));
-  return { app, store };
+  return { app, store, identity };
 }
 
 describe("the bearer guard", () => {
@@ -76,6 +76,25 @@ describe("the bearer guard", () => {
       expect(((await response.json()) as { error: string }).error).toBe(errorCode ?? "invalid_token");
     }
     expect(store.lookups).toBe(lookedUp ? 1 : 0);
+  });
+
+  test("a live token without the mcp scope gets 403 insufficient_scope naming every scope needed, never offline_access", async () => {
+    const { app, identity } = guardedApp();
+    identity.scopes = ["other"];
+    const response = await app.handle(new Request("http://broker.test/mcp", { headers: { authorization: `Bearer ${LIVE_TOKEN}` } }));
+    expect(response.status).toBe(403);
+    const challenge = response.headers.get("www-authenticate")!;
+    expect(challenge).toContain('error="insufficient_scope"');
+    expect(challenge).toContain('scope="mcp"');
+    expect(challenge).not.toContain("offline_access");
+    expect(((await response.json()) as { error: string }).error).toBe("insufficient_scope");
+  });
+
+  test("the 401 challenge asks for mcp and never offline_access", async () => {
+    const { app } = guardedApp();
+    const challenge = (await app.handle(new Request("http://broker.test/mcp"))).headers.get("www-authenticate")!;
+    expect(challenge).toContain('scope="mcp"');
+    expect(challenge).not.toContain("offline_access");
   });
 
   test("a token in the query string is refused without a lookup, even beside a good header", async () => {

@@ -7,6 +7,8 @@ import { existsSync } from "node:fs";
 import { chromium, type Browser, type BrowserContext, type Page, type Response as PwResponse } from "playwright-core";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { postForm } from "../helpers/oauth-client.ts";
+import { directConnect } from "../../src/oauth/metadata-fetch.ts";
+import { startClientMetadataServer, type ClientMetadataServer } from "../fixtures/client-metadata-server.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 // The machine has no outside network: without these Chromium keeps dialling Google's services.
@@ -34,11 +36,17 @@ const arrivals: URL[] = [];
 /** Serves the forging and framing pages; reached as attacker.test (cross-site) or 127.0.0.1 (same site, other origin). */
 let attackerServer: ReturnType<typeof Bun.serve>;
 let redirectUri: string;
+/** Where the client known by its metadata document publishes it (https, a certificate only the broker trusts). */
+let metadataDocs: ClientMetadataServer;
 let authorizeEndpoint: string;
 
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get update && apt-get install -y chromium (as .ci/run does)`);
-  t = await startTestBroker();
+  metadataDocs = startClientMetadataServer();
+  t = await startTestBroker({
+    env: { BROKER_CIMD_INSECURE_HOSTS: metadataDocs.hostPort },
+    broker: { metadataFetch: { connect: directConnect(metadataDocs.certificate.cert) } },
+  });
   authorizeEndpoint = `${t.config.publicUrl}/oauth/authorize`;
 
   clientServer = Bun.serve({
@@ -82,6 +90,7 @@ afterAll(async () => {
   await clientServer?.stop(true);
   await attackerServer?.stop(true);
   await t?.stop();
+  await metadataDocs?.stop();
 });
 
 interface Flow {
@@ -113,6 +122,26 @@ async function startFlow(clientName = "Notes Assistant"): Promise<Flow> {
     code_challenge_method: "S256",
     state,
     resource: t.mcpUrl,
+  }).toString();
+  return { clientId, verifier, state, url: url.href };
+}
+
+/** A client known by its metadata document, which this test publishes: an S256 PKCE authorization URL with its URL as client_id. */
+function startDocumentFlow(clientName: string): Flow {
+  const clientId = `${metadataDocs.origin}/clients/${randomBytes(4).toString("hex")}.json`;
+  metadataDocs.serve(new URL(clientId).pathname, () =>
+    Response.json({ client_id: clientId, client_name: clientName, redirect_uris: [redirectUri], token_endpoint_auth_method: "none" }),
+  );
+  const verifier = randomBytes(32).toString("base64url");
+  const state = `st ${randomBytes(6).toString("hex")}`;
+  const url = new URL(authorizeEndpoint);
+  url.search = new URLSearchParams({
+    client_id: clientId,
+    redirect_uri: redirectUri,
+    response_type: "code",
+    code_challenge: new Bun.CryptoHasher("sha256").update(verifier).digest("base64url"),
+    code_challenge_method: "S256",
+    state,
   }).toString();
   return { clientId, verifier, state, url: url.href };
 }
@@ -198,6 +227,32 @@ describe("the consent page in a real browser", () => {
       expect(problems).toEqual([]);
     });
     expect(arrivals.filter((a) => a.searchParams.get("state") === flow.state)).toEqual([]);
+  }, TEST_TIMEOUT);
+
+  test("for a client known by its metadata document: the name marked self-asserted, the document's host, where it returns; Allow gets a code", async () => {
+    const flow = startDocumentFlow("Doc Assistant");
+    await inBrowser(async (page) => {
+      await openConsent(page, flow);
+      expect(await page.title()).toBe("Allow Doc Assistant?");
+      const body = await page.locator("body").innerText();
+      expect(body).toContain(`The name “Doc Assistant” is self-asserted: the application describes itself in a document published on ${metadataDocs.hostPort}.`);
+      expect(body).toContain(`Doc Assistant will be sent back to 127.0.0.1:${clientServer.port} (an application on this computer).`);
+      expect(body).toContain(`Client id: ${flow.clientId}`);
+      await page.screenshot({ path: "/tmp/consent-cimd.png", fullPage: true });
+      const landing = await decide(page, "Allow");
+      expect(landing.searchParams.get("code")).toStartWith("fmb_code_");
+      expect(landing.searchParams.get("state")).toBe(flow.state);
+      expect(landing.searchParams.get("iss")).toBe(t.config.publicUrl);
+      const tokens = await postForm(`${t.config.publicUrl}/oauth/token`, {
+        grant_type: "authorization_code",
+        code: landing.searchParams.get("code")!,
+        code_verifier: flow.verifier,
+        redirect_uri: redirectUri,
+        client_id: flow.clientId,
+      });
+      expect(tokens.status).toBe(200);
+      expect(((await tokens.json()) as { scope: string }).scope).toBe("mcp");
+    });
   }, TEST_TIMEOUT);
 
   test("Allow goes through Forgejo and lands on the redirect URI with a code, the state and iss; the code buys tokens", async () => {

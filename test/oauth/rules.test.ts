@@ -7,7 +7,7 @@ import { bearerChallenge } from "../../src/oauth/errors.ts";
 import { bearerFromAuthorization } from "../../src/oauth/middleware/bearer-auth.ts";
 import { isValidS256Challenge, s256Challenge, verifyS256 } from "../../src/oauth/pkce.ts";
 import { checkRedirectUri, resolveRedirectUri, withQuery } from "../../src/oauth/redirect-uri.ts";
-import { narrowScope, resolveRequestedScope } from "../../src/oauth/scope.ts";
+import { grantedScope, narrowScope } from "../../src/oauth/scope.ts";
 import type { ClientRow } from "../../src/store/store.ts";
 
 describe("redirect URIs at registration", () => {
@@ -20,7 +20,8 @@ describe("redirect URIs at registration", () => {
     ["http://[::1]:9000/cb", true],
     ["com.example.app:/oauth2redirect", true],
     ["com.example.app://callback", true],
-    ["cursor://anysphere.cursor-retrieval/oauth/callback", false],
+    ["cursor://anysphere.cursor-mcp/oauth/callback", true],
+    ["vscode://vscode.github-authentication/did-authenticate", true],
     ["http://app.example.com/callback", false],
     ["http://localhost.evil.com/cb", false],
     ["http://127.0.0.2/cb", false],
@@ -31,7 +32,12 @@ describe("redirect URIs at registration", () => {
     ["https://*.example.com/cb", false],
     ["https://app.example.com/*", false],
     ["https://user:pass@app.example.com/cb", false],
-    ["myapp:/cb", false],
+    ["myapp:/cb", true],
+    ["c:/Users/me/cb", false],
+    ["mailto:me@example.com", false],
+    ["view-source:https://app.example.com/", false],
+    ["vbscript:msgbox(1)", false],
+    ["blob:https://app.example.com/uuid", false],
     ["/relative/callback", false],
     ["", false],
   ];
@@ -45,12 +51,20 @@ describe("redirect URIs at registration", () => {
   });
 });
 
-describe("redirect URIs at authorization: exact match only", () => {
+describe("redirect URIs at authorization: exact match, loopback on any port", () => {
   const registered = ["http://127.0.0.1:3000/cb", "https://app.example.com/cb"];
   const cases: [string | undefined, string[], string | null][] = [
     ["http://127.0.0.1:3000/cb", registered, "http://127.0.0.1:3000/cb"],
     ["http://127.0.0.1:3000/cb/", registered, null],
-    ["http://127.0.0.1:3001/cb", registered, null],
+    // RFC 8252 §7.3: a loopback redirect URI matches on any port, and on nothing else that differs.
+    ["http://127.0.0.1:3001/cb", registered, "http://127.0.0.1:3001/cb"],
+    ["http://127.0.0.1/cb", registered, "http://127.0.0.1/cb"],
+    ["http://[::1]:3000/cb", registered, null],
+    ["http://localhost:3000/cb", registered, null],
+    ["http://127.0.0.1:3001/CB", registered, null],
+    ["http://127.0.0.1:3001/./cb", registered, null],
+    ["http://127.0.0.1:3001/cb?x=1", registered, null],
+    ["https://app.example.com:8443/cb", registered, null],
     ["HTTPS://app.example.com/cb", registered, null],
     ["https://app.example.com/cb?extra=1", registered, null],
     [undefined, registered, null],
@@ -76,6 +90,7 @@ describe("the authorization request (RFC 9700 §4.11.2: no redirect before the u
     redirectUris: ["https://evil.example/cb"],
     metadata: {},
     createdAt: 0,
+    lastUsedAt: null,
   };
   const resourceUrl = "https://broker.example/mcp";
   const valid: AuthorizationRequest = {
@@ -96,7 +111,9 @@ describe("the authorization request (RFC 9700 §4.11.2: no redirect before the u
     ["no code_challenge", { code_challenge: undefined }, "client_error", "invalid_request", "st"],
     ["code_challenge_method=plain", { code_challenge_method: "plain" }, "client_error", "invalid_request", "st"],
     ["another resource", { resource: "https://other.example/mcp" }, "client_error", "invalid_target", "st"],
-    ["an unknown scope", { scope: "admin" }, "client_error", "invalid_scope", "st"],
+    ["an unknown scope, dropped", { scope: "openid admin offline_access" }, "consent", null, "st"],
+    ["our resource with a trailing slash", { resource: `${resourceUrl}/` }, "consent", null, "st"],
+    ["our resource with two trailing slashes", { resource: `${resourceUrl}//` }, "client_error", "invalid_target", "st"],
     ["a state of 1 KiB", { state: "s".repeat(MAX_STATE_LENGTH) }, "consent", null, "s".repeat(MAX_STATE_LENGTH)],
     ["a state over 1 KiB, not echoed", { state: "s".repeat(MAX_STATE_LENGTH + 1) }, "client_error", "invalid_request", undefined],
   ];
@@ -148,22 +165,26 @@ describe("PKCE S256", () => {
   });
 });
 
-describe("scopes", () => {
-  const requested: [string | undefined, ReturnType<typeof resolveRequestedScope>][] = [
-    [undefined, { ok: true, scope: "mcp" }],
-    ["", { ok: true, scope: "mcp" }],
-    ["mcp", { ok: true, scope: "mcp" }],
-    ["mcp mcp", { ok: true, scope: "mcp" }],
-    ["mcp admin", { ok: false, reason: "unknown scope admin; supported: mcp" }],
+describe("scopes: what the broker does not know is dropped, not refused", () => {
+  const requested: [string | undefined, string][] = [
+    [undefined, "mcp"],
+    ["", "mcp"],
+    ["mcp", "mcp"],
+    ["mcp mcp", "mcp"],
+    ["mcp admin", "mcp"],
+    ["openid profile email offline_access", "mcp"],
+    ["openid mcp offline_access", "mcp"],
   ];
-  test.each(requested)("request %p → %p", (scope, verdict) => {
-    expect(resolveRequestedScope(scope)).toEqual(verdict);
+  test.each(requested)("request %p → granted %p", (scope, granted) => {
+    expect(grantedScope(scope)).toBe(granted);
   });
 
-  test("a refresh may keep or narrow the scope, never widen it", () => {
+  test("a refresh may keep or narrow the scope, never widen it; unknown scopes are dropped first", () => {
     expect(narrowScope("mcp", undefined)).toEqual({ ok: true, scope: "mcp" });
     expect(narrowScope("mcp", "mcp")).toEqual({ ok: true, scope: "mcp" });
-    expect(narrowScope("mcp", "mcp admin")).toEqual({ ok: false, reason: "scope admin was not granted" });
+    expect(narrowScope("mcp", "mcp offline_access")).toEqual({ ok: true, scope: "mcp" });
+    expect(narrowScope("mcp", "offline_access")).toEqual({ ok: true, scope: "mcp" });
+    expect(narrowScope("", "mcp")).toEqual({ ok: false, reason: "scope mcp was not granted" });
   });
 });
 

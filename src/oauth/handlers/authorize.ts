@@ -7,9 +7,11 @@ import type { AuthorizationRow, ClientRow } from "../../store/store.ts";
 import { describeForgejoScopes, pageHeaders, renderConsentPage, renderErrorPage } from "../consent-page.ts";
 import type { OAuthDeps } from "../deps.ts";
 import { endpoints } from "../deps.ts";
+import { isMetadataDocumentId } from "../client-metadata-document.ts";
 import { isValidS256Challenge } from "../pkce.ts";
 import { isLoopbackHost, resolveRedirectUri, withQuery } from "../redirect-uri.ts";
-import { resolveRequestedScope } from "../scope.ts";
+import { canonicalResource } from "../resource.ts";
+import { grantedScope } from "../scope.ts";
 import { optionalParam } from "./params.ts";
 
 /** An error for the client at its (already verified) redirect URI: through a link before consent, by redirect after. */
@@ -83,16 +85,15 @@ export function checkAuthorizationRequest(
   if (!query.code_challenge) return fail("invalid_request", "code_challenge is required (PKCE with S256)");
   if (query.code_challenge_method !== "S256") return fail("invalid_request", "code_challenge_method must be S256");
   if (!isValidS256Challenge(query.code_challenge)) return fail("invalid_request", "code_challenge is not a base64url SHA-256 digest");
-  if (query.resource !== undefined && query.resource !== resourceUrl) {
+  const resource = canonicalResource(query.resource, resourceUrl);
+  if (resource !== undefined && resource !== resourceUrl) {
     return fail("invalid_target", `resource must be ${resourceUrl}`);
   }
-  const scope = resolveRequestedScope(query.scope);
-  if (!scope.ok) return fail("invalid_scope", scope.reason);
   return {
     kind: "consent",
     client,
     redirectUri,
-    scope: scope.scope,
+    scope: grantedScope(query.scope),
     resource: resourceUrl,
     codeChallenge: query.code_challenge,
     state: query.state,
@@ -189,8 +190,12 @@ export function authorizeRoutes(deps: OAuthDeps) {
   return new Elysia({ name: "oauth-authorize" })
     .get(
       "/oauth/authorize",
-      ({ query, request }) => {
-        const verdict = checkAuthorizationRequest(query, query.client_id ? store.getClient(query.client_id) : undefined, config.resourceUrl);
+      async ({ query, request }) => {
+        const found = query.client_id ? await deps.clients.find(query.client_id) : undefined;
+        if (found?.ok === false && found.kind === "document") {
+          return htmlPage(400, "This application cannot sign in", `It names itself by the URL ${query.client_id}, whose client metadata the broker cannot use: the URL ${found.reason}. Nothing was sent back to the application.`);
+        }
+        const verdict = checkAuthorizationRequest(query, found?.ok ? found.client : undefined, config.resourceUrl);
         if (verdict.kind === "page") return htmlPage(verdict.status, verdict.title, verdict.message);
         if (verdict.kind === "client_error") return clientErrorPage(verdict, config.publicUrl);
         // Each consent page writes a row: per address (the edge guard) and per client, before that.
@@ -225,6 +230,7 @@ export function authorizeRoutes(deps: OAuthDeps) {
         const html = renderConsentPage({
           clientName: verdict.client.name,
           clientId: verdict.client.id,
+          metadataHost: isMetadataDocumentId(verdict.client.id) ? new URL(verdict.client.id).host : undefined,
           redirectTarget: describeRedirectTarget(verdict.redirectUri),
           forgejoHost: new URL(config.forgejo.url).host,
           access: describeForgejoScopes(config.forgejo.scopes),
@@ -307,5 +313,5 @@ export function describeRedirectTarget(redirectUri: string): { host: string; not
       ? { host: url.host, note: "(an application on this computer)" }
       : { host: url.host };
   }
-  return { host: url.protocol, note: "(a native application)" };
+  return { host: "an app on your computer", note: `(${url.protocol})` };
 }

@@ -22,6 +22,7 @@ export function authorizationServerMetadata(config: BrokerConfig) {
     revocation_endpoint_auth_methods_supported: [...CLIENT_AUTH_METHODS],
     code_challenge_methods_supported: ["S256"],
     authorization_response_iss_parameter_supported: true,
+    client_id_metadata_document_supported: true,
   };
 }
 

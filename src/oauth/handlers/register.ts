@@ -5,9 +5,9 @@ import { hashToken, mintToken, randomBase64Url } from "../../crypto.ts";
 import { CLIENT_AUTH_METHODS, type ClientAuthMethod } from "../client-auth.ts";
 import type { OAuthDeps } from "../deps.ts";
 import { InvalidClientMetadataError, InvalidRedirectUriError } from "../errors.ts";
-import { checkRedirectUri } from "../redirect-uri.ts";
+import { applicationTypeProblem, checkRedirectUri } from "../redirect-uri.ts";
 import { oauthErrorHook } from "./json-errors.ts";
-import { resolveRequestedScope } from "../scope.ts";
+import { grantedScope } from "../scope.ts";
 
 const GRANT_TYPES = ["authorization_code", "refresh_token"];
 const MAX_REDIRECT_URIS = 20;
@@ -29,14 +29,25 @@ export const RegistrationRequest = t.Object(
     contacts: t.Optional(t.Array(t.String({ maxLength: 320 }), { maxItems: 10 })),
     software_id: optionalString,
     software_version: optionalString,
+    application_type: optionalString,
   },
   { additionalProperties: true },
 );
 
 export type RegistrationInput = typeof RegistrationRequest.static;
 
-/** The metadata to store and echo, or the RFC 7591 error that says what is wrong with it. */
+/** More top-level fields than any real client sends; a body past this is not client metadata. */
+export const MAX_METADATA_FIELDS = 50;
+
+/** An https URL is shown or linked safely; anything else (data:, javascript:, http:) is dropped, not refused. */
+const safeUrl = (value: string | undefined) => (value !== undefined && /^https:\/\/[^\s]+$/i.test(value) && URL.canParse(value) ? value : undefined);
+
+/**
+ * The metadata to store and echo, or the RFC 7591 error that says what is wrong with it. Liberal where
+ * the server may choose (RFC 7591 §3.2.1): grant types and scopes it does not serve are dropped, unsafe URLs ignored.
+ */
 export function validateRegistration(input: RegistrationInput) {
+  if (Object.keys(input).length > MAX_METADATA_FIELDS) throw new InvalidClientMetadataError(`at most ${MAX_METADATA_FIELDS} metadata fields`);
   const uris = input.redirect_uris;
   if (!Array.isArray(uris) || uris.length === 0 || !uris.every((u) => typeof u === "string")) {
     throw new InvalidRedirectUriError("redirect_uris must be a non-empty array of strings");
@@ -46,30 +57,29 @@ export function validateRegistration(input: RegistrationInput) {
     const verdict = checkRedirectUri(uri);
     if (!verdict.ok) throw new InvalidRedirectUriError(`redirect_uri ${JSON.stringify(uri.slice(0, 200))} ${verdict.reason}`);
   }
+  const applicationType = input.application_type;
+  if (applicationType !== undefined) {
+    if (applicationType !== "web" && applicationType !== "native") throw new InvalidClientMetadataError("application_type must be web or native");
+    const problem = applicationTypeProblem(applicationType, uris as string[]);
+    if (problem !== undefined) throw new InvalidRedirectUriError(problem);
+  }
 
   const method = input.token_endpoint_auth_method ?? "client_secret_basic";
   if (!(CLIENT_AUTH_METHODS as readonly string[]).includes(method)) {
     throw new InvalidClientMetadataError(`token_endpoint_auth_method must be one of ${CLIENT_AUTH_METHODS.join(", ")}`);
   }
 
-  const grantTypes = input.grant_types ?? ["authorization_code", "refresh_token"];
-  if (!Array.isArray(grantTypes) || grantTypes.length === 0 || !grantTypes.every((g) => GRANT_TYPES.includes(g))) {
-    throw new InvalidClientMetadataError(`grant_types may contain only ${GRANT_TYPES.join(", ")}`);
+  const requestedGrants = input.grant_types ?? ["authorization_code", "refresh_token"];
+  if (!Array.isArray(requestedGrants) || !requestedGrants.every((g) => typeof g === "string")) {
+    throw new InvalidClientMetadataError("grant_types must be an array of strings");
   }
-  if (!grantTypes.includes("authorization_code")) {
+  if (!requestedGrants.includes("authorization_code")) {
     throw new InvalidClientMetadataError("grant_types must include authorization_code");
   }
+  const grantTypes = GRANT_TYPES.filter((grant) => requestedGrants.includes(grant));
   const responseTypes = input.response_types ?? ["code"];
-  if (!Array.isArray(responseTypes) || responseTypes.length !== 1 || responseTypes[0] !== "code") {
-    throw new InvalidClientMetadataError('response_types must be ["code"]');
-  }
-  if (input.scope !== undefined) {
-    const scope = resolveRequestedScope(input.scope);
-    if (!scope.ok) throw new InvalidClientMetadataError(scope.reason);
-  }
-  for (const field of ["client_uri", "logo_uri", "tos_uri", "policy_uri"] as const) {
-    const value = input[field];
-    if (value !== undefined && !/^https?:\/\//.test(value)) throw new InvalidClientMetadataError(`${field} must be an http(s) URL`);
+  if (!Array.isArray(responseTypes) || !responseTypes.includes("code")) {
+    throw new InvalidClientMetadataError('response_types must include "code"');
   }
 
   const name = (input.client_name ?? "").trim();
@@ -78,14 +88,15 @@ export function validateRegistration(input: RegistrationInput) {
     metadata: {
       redirect_uris: uris as string[],
       token_endpoint_auth_method: method,
-      grant_types: grantTypes as string[],
+      grant_types: grantTypes,
       response_types: ["code"],
+      application_type: applicationType,
       client_name: name === "" ? undefined : name,
-      client_uri: input.client_uri,
-      logo_uri: input.logo_uri,
-      tos_uri: input.tos_uri,
-      policy_uri: input.policy_uri,
-      scope: input.scope,
+      client_uri: safeUrl(input.client_uri),
+      logo_uri: safeUrl(input.logo_uri),
+      tos_uri: safeUrl(input.tos_uri),
+      policy_uri: safeUrl(input.policy_uri),
+      scope: input.scope === undefined ? undefined : grantedScope(input.scope),
       contacts: input.contacts,
       software_id: input.software_id,
       software_version: input.software_version,

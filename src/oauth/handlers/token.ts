@@ -6,7 +6,9 @@ import type { ClientRow, Exchange, NewTokenHashes } from "../../store/store.ts";
 import { authenticateClient, presentedClientCredentials } from "../client-auth.ts";
 import type { GrantType } from "../../observability/metrics.ts";
 import type { OAuthDeps } from "../deps.ts";
-import { InvalidRequestError, OAuthError, UnsupportedGrantTypeError } from "../errors.ts";
+import { isMetadataDocumentId } from "../client-metadata-document.ts";
+import { InvalidClientError, InvalidRequestError, OAuthError, UnsupportedGrantTypeError } from "../errors.ts";
+import { canonicalResource } from "../resource.ts";
 import { oauthErrorHook, requireFormBody } from "./json-errors.ts";
 import { optionalParam } from "./params.ts";
 
@@ -43,6 +45,7 @@ const REPLAY_WARNINGS = {
 
 export function tokenRoutes(deps: OAuthDeps) {
   const { store, lifetimes, logger } = deps;
+  const resourceOf = (body: TokenInput) => canonicalResource(body.resource, deps.config.resourceUrl);
 
   /** Mints a pair, lets the store's exchange decide what of it is issued, and renders the answer. */
   const exchange = (client: ClientRow, grantType: GrantType, spend: (tokens: NewTokenHashes, now: number) => Exchange): TokenResponse => {
@@ -80,7 +83,7 @@ export function tokenRoutes(deps: OAuthDeps) {
     if (!code) throw new InvalidRequestError("code is required");
     if (!code_verifier) throw new InvalidRequestError("code_verifier is required (PKCE)");
     return exchange(client, "authorization_code", (tokens, now) =>
-      store.exchangeCode({ client, codeHash: hashToken(code), codeVerifier: code_verifier, redirectUri: body.redirect_uri, resource: body.resource, tokens, now }),
+      store.exchangeCode({ client, codeHash: hashToken(code), codeVerifier: code_verifier, redirectUri: body.redirect_uri, resource: resourceOf(body), tokens, now }),
     );
   };
 
@@ -92,7 +95,7 @@ export function tokenRoutes(deps: OAuthDeps) {
         client,
         refreshTokenHash: hashToken(refresh_token),
         scope: body.scope,
-        resource: body.resource,
+        resource: resourceOf(body),
         tokens,
         now,
         graceMs: lifetimes.refreshReuseGraceMs,
@@ -102,9 +105,19 @@ export function tokenRoutes(deps: OAuthDeps) {
 
   return new Elysia({ name: "oauth-token" }).post(
     "/oauth/token",
-    ({ body, request, set }) => {
+    async ({ body, request, set }) => {
       requireFormBody(request);
-      const client = authenticateClient(store, presentedClientCredentials(request.headers.get("authorization") ?? undefined, body));
+      const presented = presentedClientCredentials(request.headers.get("authorization") ?? undefined, body);
+      // A document client is looked up again (from the cache, mostly), so its row follows its document. When the
+      // document cannot be fetched, a client the broker already knows goes on with what it last said: a passing
+      // outage of the client's site must not end its users' sign-ins (the SDK drops its tokens on invalid_client).
+      if (isMetadataDocumentId(presented.clientId)) {
+        const found = await deps.clients.find(presented.clientId);
+        if (!found.ok && store.getClient(presented.clientId) === undefined) {
+          throw new InvalidClientError(found.kind === "document" ? `The client_id URL ${found.reason}` : "Client authentication failed");
+        }
+      }
+      const client = authenticateClient(store, presented);
       if (!body.grant_type) throw new InvalidRequestError("grant_type is required");
       let response: TokenResponse;
       if (body.grant_type === "authorization_code") {

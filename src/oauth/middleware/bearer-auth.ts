@@ -8,7 +8,7 @@ import type { Store, TokenIdentity } from "../../store/store.ts";
 import { endpoints } from "../deps.ts";
 import { BearerTokenError } from "../errors.ts";
 import { AccessIdentityCache } from "../identity-cache.ts";
-import { SUPPORTED_SCOPES } from "../scope.ts";
+import { REQUIRED_SCOPES } from "../scope.ts";
 
 /** RFC 6750 §2.1's credentials (scheme case-insensitive per RFC 9110 §11.1); undefined when malformed. */
 export function bearerFromAuthorization(header: string | undefined): string | undefined {
@@ -42,9 +42,9 @@ export interface BearerDeps {
   now: () => number;
 }
 
-/** What every refusal's WWW-Authenticate names: where to discover sign-in, and the scope to ask for. */
+/** What every refusal's WWW-Authenticate names: where to discover sign-in, and the scopes to ask for (never offline_access). */
 export function bearerChallengeFor(publicUrl: string) {
-  return { resourceMetadataUrl: endpoints(publicUrl).protectedResourceMetadata, scope: SUPPORTED_SCOPES.join(" ") };
+  return { resourceMetadataUrl: endpoints(publicUrl).protectedResourceMetadata, scope: REQUIRED_SCOPES.join(" ") };
 }
 
 export function authenticateBearer(
@@ -61,6 +61,13 @@ export function authenticateBearer(
   if (!identity) throw new BearerTokenError("invalid_token", "The access token is unknown, expired or revoked", challenge);
   if (identity.resource !== deps.config.resourceUrl) {
     throw new BearerTokenError("invalid_token", `The access token was not issued for ${deps.config.resourceUrl}`, challenge);
+  }
+  // RFC 6750 §3.1: one challenge naming every scope the request needs, so a client can ask for them all at once.
+  if (REQUIRED_SCOPES.some((scope) => !identity.scopes.includes(scope))) {
+    throw new BearerTokenError("insufficient_scope", `The access token lacks a scope this endpoint needs: ${REQUIRED_SCOPES.join(" ")}`, {
+      ...challenge,
+      scope: REQUIRED_SCOPES.join(" "),
+    });
   }
   return identity;
 }

@@ -1,0 +1,1 @@
+ALTER TABLE `clients` ADD `last_used_at` integer;
