@@ -108,8 +108,15 @@ describe("processRssBytes", () => {
       const childrenOfShell = () => readFileSync(`/proc/${shell.pid}/task/${shell.pid}/children`, "utf8").trim();
       await waitWhile(() => childrenOfShell() === "", 100, 20);
       sleeper = Number(childrenOfShell());
+      // Until the fork has become `sleep` its memory is still changing; sleeping, both processes hold still.
+      const comm = () => readFileSync(`/proc/${sleeper}/comm`, "utf8").trim();
+      await waitWhile(() => comm() !== "sleep", 100, 20);
+      expect(comm()).toBe("sleep");
       const own = (pid: number) => Number(/^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
+      // sleep may still be loading for a moment after its exec: the readings agree once it holds still.
+      await waitWhile(() => processRssBytes(shell.pid) !== own(shell.pid) + own(sleeper), 50, 20);
       expect(processRssBytes(shell.pid)).toBe(own(shell.pid) + own(sleeper));
+      expect(own(sleeper)).toBeGreaterThan(0);
     } finally {
       if (sleeper > 0) process.kill(sleeper, "SIGKILL");
       shell.kill("SIGKILL");
