@@ -4,8 +4,9 @@ import { describe, expect, test } from "bun:test";
 import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
-import { noMetrics, type BrokerMetrics, type ChildExitReason } from "../../src/observability/metrics.ts";
+import type { ChildExitReason } from "../../src/observability/metrics.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
+import { recordingMetrics } from "../helpers/recording-metrics.ts";
 import { FakeChild, FakeTimers, initializingChild, settle } from "../bridge/fakes.ts";
 
 const HOUR = 3_600_000;
@@ -15,13 +16,7 @@ const ALICE_ELSEWHERE = { grantId: "grant-b", forgejoUserId: 1, clientId: "other
 function setup(options: { maxSessionsPerUser?: number; expiresInMs?: number } = {}) {
   const timers = new FakeTimers();
   const children: FakeChild[] = [];
-  const recorded: string[] = [];
-  const metrics: BrokerMetrics = {
-    ...noMetrics,
-    childStarting: () => (result) => void recorded.push(`start:${result}`),
-    childExited: (reason) => void recorded.push(`exit:${reason}`),
-    sessionEvicted: (cap) => void recorded.push(`evicted:${cap}`),
-  };
+  const { metrics, recorded } = recordingMetrics();
   const config = {
     maxSessions: 10,
     maxSessionsPerUser: options.maxSessionsPerUser ?? 3,

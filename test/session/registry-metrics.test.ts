@@ -3,8 +3,9 @@
 import { describe, expect, test } from "bun:test";
 import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
 import { createMemoryLogger } from "../../src/log.ts";
-import { noMetrics, type BrokerMetrics, type ChildExitReason } from "../../src/observability/metrics.ts";
+import type { ChildExitReason } from "../../src/observability/metrics.ts";
 import { SessionRegistry, type SessionIdentity } from "../../src/session/registry.ts";
+import { recordingMetrics } from "../helpers/recording-metrics.ts";
 import { FakeChild, FakeTimers, initializingChild, settle } from "../bridge/fakes.ts";
 
 const alice: SessionIdentity = { grantId: "grant-alice", forgejoUserId: 1, clientId: "claude" };
@@ -15,13 +16,7 @@ const initialize: IncomingMessage = (() => {
 
 function setup(options: { maxSessionsPerUser?: number; failStarts?: boolean } = {}) {
   const timers = new FakeTimers();
-  const recorded: string[] = [];
-  const metrics: BrokerMetrics = {
-    ...noMetrics,
-    childStarting: () => (result) => void recorded.push(`start:${result}`),
-    childExited: (reason) => void recorded.push(`exit:${reason}`),
-    sessionEvicted: (cap) => void recorded.push(`evicted:${cap}`),
-  };
+  const { metrics, recorded } = recordingMetrics();
   const children: FakeChild[] = [];
   let revoked = false;
   const registry = new SessionRegistry({
