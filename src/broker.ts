@@ -92,6 +92,9 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
       : new (await import("./observability/otlp-tracing.ts")).OtlpTracing({ endpoint: otlpEndpoint, serviceName, exportDelayMs: options.traceExportDelayMs });
   const metrics = childStartSpans(prometheus ?? noMetrics, tracing);
   const timers = untracedTimers(realTimers, tracing);
+  const scrape = () => prometheus!.scrape();
+  // Before anything else is opened: an address it cannot listen on ends the start-up with nothing to undo.
+  const metricsServer = metricsAddr === null ? null : serveMetrics(metricsAddr, scrape);
   if (config.clients.insecureMetadataHosts.length > 0) {
     logger.warn("client metadata documents may be fetched over http and from loopback on these hosts: for tests and local development only", {
       hosts: config.clients.insecureMetadataHosts.join(","),
@@ -216,14 +219,12 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     tracing,
   });
   const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });
-  const scrape = () => prometheus!.scrape();
   const metricsOnMain = metricsToken === null ? null : metricsBehindToken(metricsToken, scrape);
   const handle = observeRequests(
     metricsOnMain === null ? (request) => app.handle(request) : (request) => (requestPath(request.url) === METRICS_PATH ? metricsOnMain(request) : app.handle(request)),
     prometheus === null ? null : metrics,
     tracing,
   );
-  const metricsServer = metricsAddr === null ? null : serveMetrics(metricsAddr, scrape);
   server = Bun.serve({
     hostname: config.host,
     port: config.port,

@@ -1,9 +1,10 @@
 // Entry point: configuration → child command check → sandbox probe → store → app → listen; SIGTERM/SIGINT stop accepting,
-// stop every child and wait for it, let in-flight requests finish, close the database, exit 0. Bad configuration, key file
-// or a sandbox that does not work here exits 2.
+// stop every child and wait for it, let in-flight requests finish, close the database, exit 0. Bad configuration, key file,
+// a metrics address it cannot listen on, or a sandbox that does not work here exits 2.
 import { startBroker } from "./broker.ts";
 import { hiddenFromChildren, loadConfig } from "./config.ts";
 import { SecretFileExposedError } from "./crypto.ts";
+import { MetricsListenerError } from "./observability/metrics-endpoint.ts";
 import { createLogger } from "./log.ts";
 import { checkChildCommand } from "./supervisor/child.ts";
 import { probeSandbox, SandboxUnavailableError } from "./supervisor/sandbox.ts";
@@ -27,7 +28,7 @@ if (sandbox.kind === "none") {
 }
 
 const broker = await startBroker(config, { logger, sandbox }).catch((error: unknown) => {
-  if (!(error instanceof SecretFileExposedError)) throw error;
+  if (!(error instanceof SecretFileExposedError || error instanceof MetricsListenerError)) throw error;
   console.error(`config: ${error.message}`);
   process.exit(2);
 });

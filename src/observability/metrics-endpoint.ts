@@ -29,8 +29,23 @@ export function metricsBehindToken(token: string, scrape: Scrape): (request: Req
   };
 }
 
+/** BROKER_METRICS_ADDR names an address the broker cannot listen on: a configuration problem, exit 2. */
+export class MetricsListenerError extends Error {
+  override readonly name = "MetricsListenerError";
+}
+
 /** The separate metrics listener: /metrics and nothing else, no token (it is meant for a loopback or private address). */
 export function serveMetrics(address: { host: string; port: number }, scrape: Scrape): ReturnType<typeof Bun.serve> {
+  try {
+    return listen(address, scrape);
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    const reason = code === "EADDRINUSE" ? "the port is in use" : typeof code === "string" ? code : error instanceof Error ? error.message : String(error);
+    throw new MetricsListenerError(`BROKER_METRICS_ADDR: cannot listen on ${address.host}:${address.port}: ${reason}`, { cause: error });
+  }
+}
+
+function listen(address: { host: string; port: number }, scrape: Scrape): ReturnType<typeof Bun.serve> {
   return Bun.serve({
     hostname: address.host,
     port: address.port,
