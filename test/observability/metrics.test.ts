@@ -1,13 +1,14 @@
 // The metrics' pure rules and their registry: method and endpoint labels from a closed set, one registry per
 // broker, and the children's memory read at scrape time.
 import { describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { mcpMethodLabel, oauthEndpointOf } from "../../src/observability/metrics.ts";
 import { PrometheusMetrics } from "../../src/observability/prometheus.ts";
 import { metricsBehindToken } from "../../src/observability/metrics-endpoint.ts";
 import { processRssBytes } from "../../src/supervisor/process-rss.ts";
 import { parseExposition, valueOf } from "../helpers/prometheus.ts";
-import { waitWhile } from "../helpers/promises.ts";
 
 describe("mcpMethodLabel", () => {
   test.each([
@@ -101,26 +102,24 @@ describe("processRssBytes", () => {
     expect(processRssBytes(2 ** 22 + 12345)).toBeNull();
   });
 
-  test("a process's figure includes what it started: a shell with a child sleeping counts more than the shell alone", async () => {
-    const shell = Bun.spawn(["sh", "-c", "sleep 30 & wait"]);
-    let sleeper = 0;
+  test("a process's figure includes what it started, all the way down; a child gone since the listing and a zombie add nothing", () => {
+    // A /proc of its own, so the figures hold still: 100 started 101 and 102 (gone), 101 started 103 (a zombie) and 104.
+    const root = mkdtempSync(join(tmpdir(), "fmb-proc-"));
     try {
-      const childrenOfShell = () => readFileSync(`/proc/${shell.pid}/task/${shell.pid}/children`, "utf8").trim();
-      await waitWhile(() => childrenOfShell() === "", 100, 20);
-      sleeper = Number(childrenOfShell());
-      // Until the fork has become `sleep` its memory is still changing; sleeping, both processes hold still.
-      const comm = () => readFileSync(`/proc/${sleeper}/comm`, "utf8").trim();
-      await waitWhile(() => comm() !== "sleep", 100, 20);
-      expect(comm()).toBe("sleep");
-      const own = (pid: number) => Number(/^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]) * 1024;
-      // sleep may still be loading for a moment after its exec: the readings agree once it holds still.
-      await waitWhile(() => processRssBytes(shell.pid) !== own(shell.pid) + own(sleeper), 50, 20);
-      expect(processRssBytes(shell.pid)).toBe(own(shell.pid) + own(sleeper));
-      expect(own(sleeper)).toBeGreaterThan(0);
+      const processFile = (pid: number, rssKb: number | null, children: number[]) => {
+        mkdirSync(join(root, String(pid), "task", String(pid)), { recursive: true });
+        writeFileSync(join(root, String(pid), "status"), `Name:\tx\n${rssKb === null ? "" : `VmRSS:\t   ${rssKb} kB\n`}Threads:\t1\n`);
+        writeFileSync(join(root, String(pid), "task", String(pid), "children"), children.map((child) => `${child} `).join(""));
+      };
+      processFile(100, 1000, [101, 102]);
+      processFile(101, 200, [103, 104]);
+      processFile(103, null, []);
+      processFile(104, 30, []);
+      expect(processRssBytes(100, root)).toBe((1000 + 200 + 30) * 1024);
+      expect(processRssBytes(101, root)).toBe((200 + 30) * 1024);
+      expect(processRssBytes(102, root)).toBeNull();
     } finally {
-      if (sleeper > 0) process.kill(sleeper, "SIGKILL");
-      shell.kill("SIGKILL");
-      await shell.exited;
+      rmSync(root, { recursive: true, force: true });
     }
   });
 });
