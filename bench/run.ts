@@ -11,6 +11,7 @@ import type { StdioSession } from "./lib/direct.ts";
 import { REPO_ROOT, stopAllGateways, Unavailable, type ChildSpec } from "./lib/gateways.ts";
 import { eraOf, measureChurn, measureLoad, measureModernScale, measureScale, startGateway, type MeasureContext } from "./lib/measure.ts";
 import { describeDescendants } from "./lib/proc.ts";
+import { exportBaseline, startOtlpSink, type Baseline, type OtlpSink } from "./lib/tracing-targets.ts";
 import { modernVerdicts, renderMarkdown, verdicts, type BenchData, type Machine } from "./lib/report.ts";
 
 const MAX_REQUESTS = 4096;
@@ -92,6 +93,8 @@ function machine(): Machine {
 
 const directSessions = new Set<StdioSession>();
 let forgejo: FakeForgejo | undefined;
+let baseline: Baseline | undefined;
+let otlpSink: OtlpSink | undefined;
 let cleaning = false;
 
 async function cleanup(): Promise<void> {
@@ -100,6 +103,8 @@ async function cleanup(): Promise<void> {
   for (const session of directSessions) session.kill();
   await stopAllGateways();
   await forgejo?.stop();
+  baseline?.remove();
+  otlpSink?.stop();
 }
 
 // SIGTERM too: the wrapper above forwards it, and a run stopped that way must not leave gateways behind.
@@ -151,12 +156,22 @@ data.childDescription =
     : `bench/child/echo.ts run by bun ${Bun.version} for the rows and the churn` + (cChild ? "; bench/child/echo.c (compiled, static) at the scale point" : "");
 
 forgejo = await startFakeForgejo();
+if (options.targets.includes("broker-previous")) {
+  try {
+    baseline = exportBaseline(options.baselineRef);
+  } catch (error) {
+    data.unavailable["broker-previous"] = error instanceof Error ? error.message : String(error);
+  }
+}
+if (options.targets.includes("broker-otel")) otlpSink = startOtlpSink();
 const ctx: MeasureContext = {
   forgejo,
   brokerLogLevel: options.brokerLogLevel,
   brokerFlags: options.brokerFlags,
   brokerWrapper: options.brokerWrapper,
   maxSessions: data.brokerCaps,
+  previousEntry: baseline?.entry,
+  otlpSinkUrl: otlpSink?.url,
   directSessions,
   directEnv: { PATH: process.env.PATH ?? "/usr/bin:/bin", FORGEJO_URL: forgejo.url, FORGEJO_ACCESS_TOKEN: "bench-token-unused" },
 };
@@ -164,7 +179,7 @@ const ctx: MeasureContext = {
 // Is each gateway measurable at all? One start, probe and stop; an unavailable target keeps its row
 // with the reason and the other targets still run.
 for (const target of options.targets) {
-  if (target === "direct") continue;
+  if (target === "direct" || data.unavailable[target] !== undefined) continue;
   try {
     const gateway = await startGateway(target, child, ctx);
     const progress = gateway.progressNotifications;
@@ -180,8 +195,11 @@ const measurable = options.targets.filter((t) => data.unavailable[t] === undefin
 
 const fmt = (v: number | null | undefined, d = 1) => (v === null || v === undefined ? "—" : v.toFixed(d));
 for (let round = 1; round <= options.rounds; round++) {
+  // Each round starts one target further on, so none always runs first (an A/A run showed the first ~10% ahead).
+  const shift = (round - 1) % measurable.length;
+  const order = [...measurable.slice(shift), ...measurable.slice(0, shift)];
   for (const s of options.sessions) {
-    for (const target of measurable) {
+    for (const target of order) {
       const outcome = await measureLoad(target, child, s, options.calls, options.warmup, ctx);
       ((data.loads[s] ??= {})[target] ??= []).push(outcome);
       if (outcome.ok) {
@@ -231,6 +249,9 @@ else {
   else log(`[modern scale] failed: ${o.reason}`);
 }
 
+if (baseline !== undefined || otlpSink !== undefined) {
+  data.tracing = { baselineRef: options.baselineRef, baselineCommit: baseline?.commit ?? null, sinkRequests: otlpSink?.received.requests ?? null, sinkBytes: otlpSink?.received.bytes ?? null };
+}
 data.wallSeconds = (performance.now() - started) / 1000;
 data.loadAverageAtEnd = loadAverage();
 await cleanup();

@@ -29,6 +29,15 @@ import { realTimers } from "./supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials } from "./upstream/credentials.ts";
 import { ForgejoClient, UpstreamUnavailableError } from "./upstream/forgejo.ts";
 import { MIN_REFRESH_INTERVAL_MS } from "./upstream/refresh-timing.ts";
+import { observeRequests } from "./observability/http-requests.ts";
+import { childStartSpans, LiveChildren } from "./observability/live-children.ts";
+import { METRICS_PATH, metricsBehindToken, serveMetrics } from "./observability/metrics-endpoint.ts";
+import { noMetrics } from "./observability/metrics.ts";
+import type { PrometheusMetrics } from "./observability/prometheus.ts";
+import { tracedStore } from "./observability/traced-store.ts";
+import { noTracing, untracedTimers, type Tracing } from "./observability/tracing.ts";
+import { observeForgejo } from "./observability/upstream-calls.ts";
+import { requestPath } from "./http/request-path.ts";
 
 export interface BrokerOptions {
   logger: Logger;
@@ -48,6 +57,8 @@ export interface BrokerOptions {
   continuationDeadlineMs?: number;
   /** The listener's idle timeout in seconds (Bun allows 1 to 255); 30 by default. */
   idleTimeoutS?: number;
+  /** How long finished spans wait to be sent in a batch (OTEL_EXPORTER_OTLP_ENDPOINT set); 5 s by default. */
+  traceExportDelayMs?: number;
 }
 
 export interface RunningBroker {
@@ -58,6 +69,11 @@ export interface RunningBroker {
   registry: SessionRegistry;
   /** The modern era's children, one per grant. */
   principals: PrincipalChildren;
+  /** This broker's metrics registry; null when neither BROKER_METRICS_ADDR nor BROKER_METRICS_TOKEN is set. */
+  metrics: PrometheusMetrics | null;
+  /** The metrics listener's base URL (BROKER_METRICS_ADDR); null without one. */
+  metricsUrl: string | null;
+  tracing: Tracing;
   /** Stops accepting, stops every child and waits for it, lets in-flight requests finish, closes the database. */
   stop(): Promise<void>;
 }
@@ -73,15 +89,28 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   const now = options.now ?? Date.now;
   const idleTimeoutS = options.idleTimeoutS ?? 30;
   const { logger } = options;
+  const { metricsAddr, metricsToken, otlpEndpoint, serviceName } = config.observability;
+  // prom-client and the OpenTelemetry SDK are loaded only when asked for: a broker without them carries neither.
+  const prometheus = metricsAddr !== null || metricsToken !== null ? new (await import("./observability/prometheus.ts")).PrometheusMetrics() : null;
+  const tracing: Tracing =
+    otlpEndpoint === null
+      ? noTracing
+      : new (await import("./observability/otlp-tracing.ts")).OtlpTracing({ endpoint: otlpEndpoint, serviceName, exportDelayMs: options.traceExportDelayMs });
+  const metrics = childStartSpans(prometheus ?? noMetrics, tracing);
+  const timers = untracedTimers(realTimers, tracing);
+  const scrape = () => prometheus!.scrape();
+  // Before anything else is opened: an address it cannot listen on ends the start-up with nothing to undo.
+  const metricsServer = metricsAddr === null ? null : serveMetrics(metricsAddr, scrape);
   if (config.clients.insecureMetadataHosts.length > 0) {
     logger.warn("client metadata documents may be fetched over http and from loopback on these hosts: for tests and local development only", {
       hosts: config.clients.insecureMetadataHosts.join(","),
     });
   }
   ensurePrivateDir(config.dataDir);
-  const store = Store.open(join(config.dataDir, "broker.sqlite"));
+  const openedStore = Store.open(join(config.dataDir, "broker.sqlite"));
+  const store = tracing.enabled ? tracedStore(openedStore, tracing) : openedStore;
   const sealer = await TokenSealer.fromRawKey(loadOrCreateSealingKey(config.dataDir, config.sealingKey));
-  const forgejo = new ForgejoClient({
+  const forgejoClient = new ForgejoClient({
     url: config.forgejo.url,
     clientId: config.forgejo.clientId,
     clientSecret: config.forgejo.clientSecret,
@@ -92,6 +121,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     timeoutMs: config.forgejo.timeoutMs,
     timers: realTimers,
   });
+  const forgejo = prometheus === null && !tracing.enabled ? forgejoClient : observeForgejo(forgejoClient, metrics, tracing);
   const credentials = new UpstreamCredentials({
     store,
     sealer,
@@ -125,9 +155,11 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     rateLimiter: new RateLimiter(options.rateLimit ?? DEFAULT_RATE_LIMIT, now),
     clientAddress: (request) => clientAddressOf(server?.requestIP(request)?.address, request.headers.get("x-forwarded-for"), config.trustedProxies),
     lifetimes: { ...DEFAULT_LIFETIMES, ...options.lifetimes },
+    metrics,
   };
   // Children take only PATH and the passthrough variables from the broker's environment.
-  const spawn = createSpawnChild({ config: config.child, sandbox: options.sandbox, forgejoUrl: config.forgejo.url, env: process.env, logger });
+  const liveChildren = new LiveChildren();
+  const spawn = liveChildren.track(createSpawnChild({ config: config.child, sandbox: options.sandbox, forgejoUrl: config.forgejo.url, env: process.env, logger }));
   const grantIsLive = (grantId: string) => store.grantHasLiveTokens(grantId, now());
   const upstreamToken = upstreamTokenFrom(credentials);
   const registry = new SessionRegistry({
@@ -137,8 +169,9 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     refresh: refresherFrom(credentials),
     grantIsLive,
     logger,
-    timers: realTimers,
+    timers,
     initializeTimeoutMs: options.initializeTimeoutMs,
+    metrics,
   });
   const principals = new PrincipalChildren({
     config: config.sessions,
@@ -150,11 +183,17 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     reserveSlot: (forgejoUserId) => registry.reserveSlot(forgejoUserId),
     grantIsLive,
     logger,
-    timers: realTimers,
+    timers,
     initializeTimeoutMs: options.initializeTimeoutMs,
     continuationDeadlineMs: options.continuationDeadlineMs,
+    metrics,
   });
   registry.countAlso(() => principals.capped());
+  prometheus?.sample({
+    sessions: () => ({ legacy: registry.size, modern: principals.size }),
+    childPids: () => liveChildren.pids(),
+    continuations: () => principals.continuations.size,
+  });
   // However a credential is lost (a refused refresh, an unreadable row), its grants are revoked: end the sessions too.
   const unsubscribe = credentials.onChange((event) => {
     if (event.type === "lost") void registry.endUser(event.forgejoUserId, "the sign-in to Forgejo has ended");
@@ -184,12 +223,20 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     inFlight: config.inFlight,
     streamTokens,
     heartbeatMs: options.heartbeatMs,
+    metrics,
+    tracing,
   });
   const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });
+  const metricsOnMain = metricsToken === null ? null : metricsBehindToken(metricsToken, scrape);
+  const handle = observeRequests(
+    metricsOnMain === null ? (request) => app.handle(request) : (request) => (requestPath(request.url) === METRICS_PATH ? metricsOnMain(request) : app.handle(request)),
+    prometheus === null ? null : metrics,
+    tracing,
+  );
   server = Bun.serve({
     hostname: config.host,
     port: config.port,
-    fetch: (request) => app.handle(request),
+    fetch: handle,
     idleTimeout: idleTimeoutS,
     // Bun's default is 128 MB. The largest body a route takes is one MCP message; the headroom lets
     // /mcp answer a slightly larger one with its own JSON-RPC error rather than Bun's bare 413.
@@ -226,6 +273,9 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     oauth,
     registry,
     principals,
+    metrics: prometheus,
+    metricsUrl: metricsServer === null ? null : `http://${metricsAddr!.host.includes(":") ? `[${metricsAddr!.host}]` : metricsAddr!.host}:${metricsServer.port}`,
+    tracing,
     stop: () =>
       (stopping ??= (async () => {
         clearInterval(purge);
@@ -236,6 +286,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
         const drained = server.stop();
         await Promise.all([registry.shutdown(), principals.shutdown()]);
         await drained;
+        await metricsServer?.stop();
+        await tracing.shutdown();
         store.close();
       })()),
   };

@@ -33,7 +33,19 @@ export interface BrokerConfig {
   inFlight: InFlightLimits;
   /** Reverse proxies whose X-Forwarded-For is believed when keying rate limits; none by default. */
   trustedProxies: AddressBlock[];
+  observability: ObservabilityConfig;
   clients: ClientPolicy;
+}
+
+export interface ObservabilityConfig {
+  /** BROKER_METRICS_ADDR: a listener of its own for /metrics; null: none. */
+  metricsAddr: { host: string; port: number } | null;
+  /** BROKER_METRICS_TOKEN: /metrics on the main listener for this bearer token; null: not there. */
+  metricsToken: string | null;
+  /** OTEL_EXPORTER_OTLP_ENDPOINT: where traces go over OTLP/HTTP; null: no tracing at all. */
+  otlpEndpoint: string | null;
+  /** OTEL_SERVICE_NAME, the traces' service.name. */
+  serviceName: string;
 }
 
 export interface ClientPolicy {
@@ -292,6 +304,19 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
     }
   }
 
+  const metricsAddrRaw = get("BROKER_METRICS_ADDR");
+  let metricsAddr: ObservabilityConfig["metricsAddr"] = null;
+  if (metricsAddrRaw !== undefined) {
+    const parts = /^(\[[0-9A-Fa-f:.]+\]|[^\s:[\]]+):(\d{1,5})$/.exec(metricsAddrRaw);
+    if (parts === null || Number(parts[2]) > 65535) problem("BROKER_METRICS_ADDR", `must be host:port, got ${JSON.stringify(metricsAddrRaw)}`, "127.0.0.1:9464");
+    else metricsAddr = { host: parts[1]!.replace(/^\[|\]$/g, ""), port: Number(parts[2]) };
+  }
+  // Sent by every scraper in a header: a short or guessable one would make the main listener's /metrics public.
+  const metricsToken = secret("BROKER_METRICS_TOKEN", "the metrics bearer token") ?? null;
+  if (metricsToken !== null && !/^[\x21-\x7e]{16,}$/.test(metricsToken)) {
+    problem("BROKER_METRICS_TOKEN", "must be at least 16 printable characters without spaces (openssl rand -hex 24)", "3f9c…(48 hex characters)");
+  }
+  const otlpEndpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT") === undefined ? null : absoluteUrl("OTEL_EXPORTER_OTLP_ENDPOINT", undefined, "http://127.0.0.1:4318");
   const insecureMetadataHosts = (get("BROKER_CIMD_INSECURE_HOSTS") ?? "").split(/[\s,]+/).filter(Boolean);
   for (const entry of insecureMetadataHosts) {
     if (!/^(\[[0-9a-f:.]+\]|[a-z0-9.-]+):\d{1,5}$/i.test(entry)) problem("BROKER_CIMD_INSECURE_HOSTS", `has ${JSON.stringify(entry)}, which is not host:port`, "localhost:8443");
@@ -327,6 +352,7 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
       logLevel: logLevel ?? "info",
       inFlight,
       trustedProxies,
+      observability: { metricsAddr, metricsToken, otlpEndpoint, serviceName: get("OTEL_SERVICE_NAME") ?? "forgejo-mcp-broker" },
       clients: { insecureMetadataHosts: insecureMetadataHosts.map((entry) => entry.toLowerCase()), idleMs: clientIdleDays * 86_400_000 },
     },
   };

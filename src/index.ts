@@ -1,10 +1,12 @@
 // Entry point: configuration → child command check → sandbox probe → store → app → listen; SIGTERM/SIGINT stop accepting,
 // stop every child and wait for it, let in-flight requests finish, close the database, exit 0. Bad configuration, key file,
-// a sandbox that does not work here, or a data directory another broker runs on (its admin socket answers) exits 2.
+// a metrics address it cannot listen on, a sandbox that does not work here, or a data directory another broker runs on
+// (its admin socket answers) exits 2.
 import { AdminSocketError } from "./admin/socket-server.ts";
 import { startBroker } from "./broker.ts";
 import { hiddenFromChildren, loadConfig } from "./config.ts";
 import { SecretFileExposedError } from "./crypto.ts";
+import { MetricsListenerError } from "./observability/metrics-endpoint.ts";
 import { createLogger } from "./log.ts";
 import { checkChildCommand } from "./supervisor/child.ts";
 import { probeSandbox, SandboxUnavailableError } from "./supervisor/sandbox.ts";
@@ -28,7 +30,7 @@ if (sandbox.kind === "none") {
 }
 
 const broker = await startBroker(config, { logger, sandbox }).catch((error: unknown) => {
-  if (!(error instanceof SecretFileExposedError || error instanceof AdminSocketError)) throw error;
+  if (!(error instanceof SecretFileExposedError || error instanceof AdminSocketError || error instanceof MetricsListenerError)) throw error;
   console.error(`config: ${error.message}`);
   process.exit(2);
 });

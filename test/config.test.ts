@@ -75,6 +75,28 @@ describe("loadConfig", () => {
     expect(result.ok && result.config.child.era).toBe(era);
   });
 
+  test("metrics and traces are off unless configured; BROKER_METRICS_ADDR takes IPv4 and [IPv6] hosts", () => {
+    const plain = loadConfig(REQUIRED);
+    if (!plain.ok) throw new Error(plain.problems.join("\n"));
+    expect(plain.config.observability).toEqual({ metricsAddr: null, metricsToken: null, otlpEndpoint: null, serviceName: "forgejo-mcp-broker" });
+    const set = loadConfig({
+      ...REQUIRED,
+      BROKER_METRICS_ADDR: "[::1]:9464",
+      BROKER_METRICS_TOKEN: "0123456789abcdef0123",
+      OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:4318/",
+      OTEL_SERVICE_NAME: "mcp-gw",
+    });
+    if (!set.ok) throw new Error(set.problems.join("\n"));
+    expect(set.config.observability).toEqual({
+      metricsAddr: { host: "::1", port: 9464 },
+      metricsToken: "0123456789abcdef0123",
+      otlpEndpoint: "http://127.0.0.1:4318",
+      serviceName: "mcp-gw",
+    });
+    const v4 = loadConfig({ ...REQUIRED, BROKER_METRICS_ADDR: "127.0.0.1:9464" });
+    expect(v4.ok && v4.config.observability.metricsAddr).toEqual({ host: "127.0.0.1", port: 9464 });
+  });
+
   const problems: [string, Record<string, string>, RegExp][] = [
     ["public URL with a query", { BROKER_PUBLIC_URL: "https://mcp.example.com/?x=1" }, /^BROKER_PUBLIC_URL: must not carry a query/],
     ["public URL of another scheme", { BROKER_PUBLIC_URL: "ftp://mcp.example.com" }, /^BROKER_PUBLIC_URL: must be an http or https URL/],
@@ -91,6 +113,11 @@ describe("loadConfig", () => {
     ["an origin with a path", { BROKER_ALLOWED_ORIGINS: "https://claude.ai/x" }, /^BROKER_ALLOWED_ORIGINS: has "https:\/\/claude.ai\/x", which is not an origin/],
     ["zero sessions", { BROKER_MAX_SESSIONS: "0" }, /^BROKER_MAX_SESSIONS: must be a whole number from 1/],
     ["no wait for Forgejo at all", { FORGEJO_TIMEOUT_S: "0" }, /^FORGEJO_TIMEOUT_S: must be a whole number from 1 to 600, got "0"/],
+    ["a metrics address without a port", { BROKER_METRICS_ADDR: "127.0.0.1" }, /^BROKER_METRICS_ADDR: must be host:port, got "127.0.0.1"/],
+    ["a metrics port out of range", { BROKER_METRICS_ADDR: "[::1]:70000" }, /^BROKER_METRICS_ADDR: must be host:port, got "\[::1\]:70000"/],
+    ["a short metrics token", { BROKER_METRICS_TOKEN: "secret" }, /^BROKER_METRICS_TOKEN: must be at least 16 printable characters without spaces/],
+    ["a metrics token with a space", { BROKER_METRICS_TOKEN: "0123456789abcdef 0123" }, /^BROKER_METRICS_TOKEN: must be at least 16 printable characters/],
+    ["an OTLP endpoint that is no URL", { OTEL_EXPORTER_OTLP_ENDPOINT: "collector:4318" }, /^OTEL_EXPORTER_OTLP_ENDPOINT: must be an http or https URL, got collector:/],
     ["an unknown log level", { BROKER_LOG_LEVEL: "verbose" }, /^BROKER_LOG_LEVEL: must be one of debug, info, warn, error, got "verbose" \(example: BROKER_LOG_LEVEL=info\)$/],
   ];
   test.each(problems)("%s", (_, env, expected) => {

@@ -2,8 +2,10 @@
 // targets; --quick for a check in a few minutes. A pure function, so it can be tested alone.
 import { parseArgs } from "node:util";
 
-export const TARGETS = ["direct", "relay", "broker", "broker-modern", "broker-unsandboxed", "supergateway"] as const;
+export const TARGETS = ["direct", "relay", "broker-previous", "broker", "broker-otel", "broker-modern", "broker-unsandboxed", "supergateway"] as const;
 export type TargetName = (typeof TARGETS)[number];
+/** Measured only when --targets names them: the broker of --baseline-ref, and the broker tracing to an OTLP sink. */
+export const DEFAULT_TARGETS: TargetName[] = TARGETS.filter((t) => t !== "broker-previous" && t !== "broker-otel");
 /** The scale point's default: the relay and the unsandboxed broker are references for the rows, allowed there only when asked for. */
 export const SCALE_TARGETS: TargetName[] = ["direct", "broker", "supergateway"];
 
@@ -27,6 +29,8 @@ export interface BenchOptions {
   brokerFlags: string[];
   /** A command the broker runs under (a profiler), split on whitespace. */
   brokerWrapper: string[];
+  /** The git ref whose src/ the broker-previous target runs. */
+  baselineRef: string;
   quick: boolean;
   out: string;
 }
@@ -46,9 +50,12 @@ export const USAGE = `usage: bun run bench [-- options]
   --modern-scale N    concurrent MCP 2026-07-28 callers over ${MODERN_SCALE_PRINCIPALS} tokens (grants) on one broker, one call each, the
                       rows' child (default 1000; 0 skips; needs the broker-modern target)
   --child ts|c        the child for the rows and the churn: the bun one (ts, default) or the C one
-  --targets LIST      default direct,relay,broker,broker-unsandboxed,supergateway (relay: the bare Bun relay, bench/relay;
+  --targets LIST      default direct,relay,broker,broker-modern,broker-unsandboxed,supergateway (relay: the bare Bun relay, bench/relay;
                       broker runs its children in the bubblewrap sandbox, broker-unsandboxed with BROKER_CHILD_SANDBOX=none;
-                      broker-modern: the sandboxed broker driven by MCP 2026-07-28 callers on one token, so one child)
+                      broker-modern: the sandboxed broker driven by MCP 2026-07-28 callers on one token, so one child;
+                      only when listed: broker-previous, the broker of --baseline-ref, and broker-otel, this broker with
+                      OTEL_EXPORTER_OTLP_ENDPOINT set to a sink the harness runs: the tracing cost, off and on)
+  --baseline-ref REF  the git ref broker-previous runs (its src/, exported to a temporary directory; default main)
   --broker-log-level  BROKER_LOG_LEVEL for the broker (default warn: supergateway runs with --logLevel none)
   --broker-flags F    extra bun flags for the broker, e.g. "--cpu-prof --cpu-prof-md --cpu-prof-dir=/tmp/prof"
   --broker-wrapper W  run the broker under command W (a profiler); the figures then describe W's process (valgrind cannot run bun 1.4.5: see bench/README.md)
@@ -93,6 +100,7 @@ export function parseBenchArgs(argv: string[]): Parsed {
         "broker-log-level": { type: "string" },
         "broker-flags": { type: "string" },
         "broker-wrapper": { type: "string" },
+        "baseline-ref": { type: "string" },
         quick: { type: "boolean" },
         out: { type: "string" },
         help: { type: "boolean" },
@@ -117,10 +125,11 @@ export function parseBenchArgs(argv: string[]): Parsed {
         scaleTargets: targetList("scale-targets", values["scale-targets"], [...SCALE_TARGETS]),
         modernScale: positive("modern-scale", values["modern-scale"], quick ? 0 : 1000, 0, 4000),
         child,
-        targets: targetList("targets", values.targets, [...TARGETS]),
+        targets: targetList("targets", values.targets, [...DEFAULT_TARGETS]),
         brokerLogLevel: level,
         brokerFlags: (values["broker-flags"] ?? "").split(/\s+/).filter(Boolean),
         brokerWrapper: (values["broker-wrapper"] ?? "").split(/\s+/).filter(Boolean),
+        baselineRef: values["baseline-ref"] ?? "main",
         quick,
         out: values.out ?? (quick ? "bench/results/quick.md" : "bench/results/latest.md"),
       },

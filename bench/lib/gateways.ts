@@ -153,6 +153,10 @@ export interface BrokerOptions {
   /** Extra bun flags (profiling) and a wrapper command (a profiler): measured figures then describe the profiled broker. */
   flags?: string[];
   wrapper?: string[];
+  /** The broker's entry point: this checkout's src/index.ts unless another (broker-previous) is given. */
+  entry?: string;
+  /** More variables for the broker (OTEL_EXPORTER_OTLP_ENDPOINT for broker-otel). */
+  env?: Record<string, string>;
 }
 
 export async function startBroker(options: BrokerOptions): Promise<Gateway> {
@@ -162,7 +166,7 @@ export async function startBroker(options: BrokerOptions): Promise<Gateway> {
   const publicUrl = `http://127.0.0.1:${port}`;
   // One append descriptor for both streams, so stdout and stderr lines interleave instead of overwriting.
   const logFd = openSync(log, "a");
-  const argv = [...(options.wrapper ?? []), process.execPath, ...(options.flags ?? []), join(REPO_ROOT, "src/index.ts")];
+  const argv = [...(options.wrapper ?? []), process.execPath, ...(options.flags ?? []), options.entry ?? join(REPO_ROOT, "src/index.ts")];
   const proc = Bun.spawn(argv, {
     cwd: REPO_ROOT,
     stdin: "ignore",
@@ -180,6 +184,7 @@ export async function startBroker(options: BrokerOptions): Promise<Gateway> {
       BROKER_MAX_IN_FLIGHT_PER_USER: String(options.maxSessions),
       BROKER_LOG_LEVEL: options.logLevel,
       BROKER_CHILD_SANDBOX: options.sandbox,
+      ...options.env,
     },
   });
   closeSync(logFd);

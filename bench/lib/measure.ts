@@ -8,7 +8,7 @@ import type { Era } from "../../src/loadtest/session.ts";
 import type { FakeForgejo } from "../../test/fixtures/forgejo.ts";
 import type { TargetName } from "./args.ts";
 import { runDirectChurn, runDirectLoad, StdioSession } from "./direct.ts";
-import { startBroker, startRelay, startSupergateway, type ChildSpec, type Gateway } from "./gateways.ts";
+import { startBroker, startRelay, startSupergateway, Unavailable, type ChildSpec, type Gateway } from "./gateways.ts";
 import { CLK_TCK, countByComm, cpuSeconds, describeDescendants, descendantsOf, procStat, rssKb, RssSampler, treePssKb, type ProcStat } from "./proc.ts";
 
 export interface LoadSample {
@@ -99,6 +99,10 @@ export interface MeasureContext {
   brokerFlags: string[];
   brokerWrapper: string[];
   maxSessions: number;
+  /** broker-previous's src/index.ts (exported from --baseline-ref), when that target runs. */
+  previousEntry?: string;
+  /** The OTLP/HTTP sink broker-otel sends its traces to, when that target runs. */
+  otlpSinkUrl?: string;
   /** Every direct session spawned, so Ctrl-C can kill them. */
   directSessions: Set<StdioSession>;
   /** Env for the direct children: what the broker would give its children (PATH and the two variables). */
@@ -110,8 +114,12 @@ const now = () => performance.now();
 export async function startGateway(target: Exclude<TargetName, "direct">, child: ChildSpec, ctx: MeasureContext): Promise<Gateway> {
   switch (target) {
     case "broker":
+    case "broker-previous":
+    case "broker-otel":
     case "broker-modern":
     case "broker-unsandboxed":
+      if (target === "broker-previous" && ctx.previousEntry === undefined) throw new Unavailable("no baseline checkout");
+      if (target === "broker-otel" && ctx.otlpSinkUrl === undefined) throw new Unavailable("no OTLP sink");
       return startBroker({
         child,
         forgejo: ctx.forgejo,
@@ -120,6 +128,8 @@ export async function startGateway(target: Exclude<TargetName, "direct">, child:
         sandbox: target === "broker-unsandboxed" ? "none" : "bwrap",
         flags: ctx.brokerFlags,
         wrapper: ctx.brokerWrapper,
+        entry: target === "broker-previous" ? ctx.previousEntry : undefined,
+        env: target === "broker-otel" ? { OTEL_EXPORTER_OTLP_ENDPOINT: ctx.otlpSinkUrl! } : undefined,
       });
     case "relay":
       return startRelay(child);

@@ -33,6 +33,8 @@ export interface BenchData {
   modernScaleSkipped: string | null;
   /** What every broker ran with as BROKER_MAX_SESSIONS, BROKER_MAX_SESSIONS_PER_USER and BROKER_MAX_IN_FLIGHT_PER_USER. */
   brokerCaps: number;
+  /** The tracing-cost targets: which commit broker-previous ran, and what broker-otel's sink received. */
+  tracing?: { baselineRef: string; baselineCommit: string | null; sinkRequests: number | null; sinkBytes: number | null };
   /** /proc/loadavg as the run ended. */
   loadAverageAtEnd: string;
   wallSeconds: number;
@@ -343,6 +345,31 @@ export function modernVerdicts(data: BenchData): Verdict[] {
 
 const ISSUE_SUPERGATEWAY: Record<number, number> = { 1: 0.1, 16: 0.18, 64: 0.23 };
 
+export interface TracingCostRow {
+  sessions: number;
+  previous: Medians | null;
+  off: Medians | null;
+  on: Medians | null;
+}
+
+export type TracingCost = { shown: false; reason: string } | { shown: true; rows: TracingCostRow[] };
+
+/** Informational: the broker of --baseline-ref, this broker with tracing off (the default) and with OTEL_EXPORTER_OTLP_ENDPOINT set, in this run. */
+export function tracingCost(data: BenchData): TracingCost {
+  const compared = (["broker-previous", "broker-otel"] as const).filter((t) => data.options.targets.includes(t));
+  if (compared.length === 0) return { shown: false, reason: "neither broker-previous nor broker-otel was measured in this run (--targets)" };
+  if (!data.options.targets.includes("broker")) return { shown: false, reason: "broker was not measured in this run (--targets)" };
+  return {
+    shown: true,
+    rows: data.options.sessions.map((s) => ({
+      sessions: s,
+      previous: loadMedians(data.loads[s]?.["broker-previous"]),
+      off: loadMedians(data.loads[s]?.broker),
+      on: loadMedians(data.loads[s]?.["broker-otel"]),
+    })),
+  };
+}
+
 export function renderMarkdown(data: BenchData): string {
   const { options, machine } = data;
   const lines: string[] = [];
@@ -484,6 +511,29 @@ export function renderMarkdown(data: BenchData): string {
       );
     }
     push("", `Churn cycles/s sandboxed ÷ unsandboxed: ${x(sandbox.churnRatio)}.`, "");
+  }
+
+  const tracing = tracingCost(data);
+  if (!tracing.shown) push(`_Tracing cost: not shown, ${tracing.reason}._`, "");
+  else {
+    const x = (a: number | null | undefined, b: number | null | undefined) => (a == null || b == null || b === 0 ? "—" : `${(a / b).toFixed(2)}×`);
+    const trio = (show: (m: Medians | null) => string, r: TracingCostRow) => `${show(r.previous)} / ${show(r.off)} / ${show(r.on)}`;
+    const t = data.tracing;
+    push(
+      "## Tracing cost",
+      "",
+      `Informational, not a target: \`broker-previous\` is the broker of ${t?.baselineCommit ? `\`${t.baselineRef}\` (${t.baselineCommit})` : `\`${t?.baselineRef ?? "?"}\``} (its src/, exported to a temporary directory), \`broker\` this checkout with tracing off (no OTEL_EXPORTER_OTLP_ENDPOINT, the default: no SDK is started), \`broker-otel\` the same with OTEL_EXPORTER_OTLP_ENDPOINT pointing at a sink in the harness${t?.sinkRequests != null ? ` (it received ${t.sinkRequests} export requests, ${((t.sinkBytes ?? 0) / 1024 / 1024).toFixed(1)} MiB of OTLP JSON)` : ""}; alternating within each round, medians over rounds. Off should cost nothing against the previous commit: ratios within the run-to-run noise of this machine.`,
+      "",
+      "| S | calls/s previous / off / on | off ÷ previous | on ÷ off | p50 ms previous / off / on | p99 ms previous / off / on | gateway CPU s / 1k calls previous / off / on | off ÷ previous | on ÷ off |",
+      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    );
+    const num = (d: number) => (v: number | null | undefined) => (v == null ? "—" : v.toFixed(d));
+    for (const r of tracing.rows) {
+      push(
+        `| ${r.sessions} | ${trio((m) => num(0)(m?.callsPerSecond), r)} | ${x(r.off?.callsPerSecond, r.previous?.callsPerSecond)} | ${x(r.on?.callsPerSecond, r.off?.callsPerSecond)} | ${trio((m) => num(3)(m?.p50Ms), r)} | ${trio((m) => num(3)(m?.p99Ms), r)} | ${trio((m) => num(3)(m?.cpuPer1k), r)} | ${x(r.off?.cpuPer1k, r.previous?.cpuPer1k)} | ${x(r.on?.cpuPer1k, r.off?.cpuPer1k)} |`,
+      );
+    }
+    push("");
   }
 
   const era = modernEra(data);

@@ -5,6 +5,9 @@ import { ErrorCode, isJsonRpcId, parseMessage, type IncomingMessage, type JsonRp
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { InFlightLimits, SessionConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
+import { noMetrics, type BrokerMetrics } from "../observability/metrics.ts";
+import { startRoundTrip, withTraceparent, type RoundTrip } from "../observability/round-trip.ts";
+import { noTracing, type Tracing } from "../observability/tracing.ts";
 import { classifyPost } from "../modern/classify.ts";
 import { MISSING_CAPABILITY } from "../modern/modern-call.ts";
 import type { PrincipalChildren } from "../modern/principals.ts";
@@ -52,6 +55,10 @@ export interface McpRoutesDeps {
   /** Ends each stream when the access token that opened it expires or is revoked. */
   streamTokens: StreamTokens;
   heartbeatMs?: number;
+  /** Each JSON-RPC request counted and timed; none without it. */
+  metrics?: BrokerMetrics;
+  /** A span per request's child round trip; none without it. */
+  tracing?: Tracing;
 }
 
 const SESSION_HEADER = "Mcp-Session-Id";
@@ -105,6 +112,8 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     unauthorized: (description) => new BearerTokenError("invalid_token", description, challenge).toResponse(),
   };
   const inFlight = new InFlightCounter(deps.inFlight);
+  const metrics = deps.metrics ?? noMetrics;
+  const tracing = deps.tracing ?? noTracing;
 
   const checkProtocolVersion = (request: Request) => {
     const version = request.headers.get("mcp-protocol-version");
@@ -213,6 +222,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     identity: TokenIdentity,
     incoming: IncomingMessage,
     id: JsonRpcId,
+    trip: RoundTrip,
   ): Promise<Response> => {
     const existing = request.headers.get(SESSION_HEADER);
     if (existing !== null) {
@@ -227,9 +237,9 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     const done = hold(request, identity, null);
     try {
       const { entry, events } = await registry.create(identity, incoming);
-      return await answer(request, identity, replies, fixedEvents(events), { [SESSION_HEADER]: entry.id }, done);
+      return await answer(request, identity, replies, trip.watch(fixedEvents(events)), { [SESSION_HEADER]: entry.id }, done);
     } catch (error) {
-      if (error instanceof InitializeRejectedError) return answer(request, identity, replies, fixedEvents(error.events), {}, done);
+      if (error instanceof InitializeRejectedError) return answer(request, identity, replies, trip.watch(fixedEvents(error.events)), {}, done);
       done();
       throw error;
     }
@@ -241,10 +251,11 @@ export function mcpRoutes(deps: McpRoutesDeps) {
     identity: TokenIdentity,
     entry: LegacySession,
     incoming: IncomingMessage,
+    trip: RoundTrip,
   ): Promise<Response> => {
     const done = hold(request, identity, entry.id);
     try {
-      const stream = entry.request(incoming, { jsonAnswer: replies.json, sse: replies.sse });
+      const stream = trip.watch(entry.request(incoming, { jsonAnswer: replies.json, sse: replies.sse }));
       return await answer(request, identity, replies, stream, { [SESSION_HEADER]: entry.id }, done);
     } catch (error) {
       done();
@@ -266,22 +277,31 @@ export function mcpRoutes(deps: McpRoutesDeps) {
   };
 
   /** A modern (2026-07-28) request: checked, then answered by the broker (server/discover) or its principal's child. */
-  const modern = async (request: Request, replies: AcceptedReplies, identity: TokenIdentity, incoming: IncomingMessage, version: string, id: JsonRpcId): Promise<Response> => {
+  const modern = async (request: Request, replies: AcceptedReplies, identity: TokenIdentity, incoming: IncomingMessage, version: string, id: JsonRpcId, trip: RoundTrip): Promise<Response> => {
     checkModernRequest(incoming.message, version, request.headers);
     const method = String(incoming.message.method);
     if (method === "server/discover") {
       const child = await deps.principals.childFor(identity);
       const body = JSON.stringify({ jsonrpc: "2.0", id, result: child.discoverResult });
+      trip.settle("ok");
       return new Response(body, { status: 200, headers: { "Content-Type": "application/json" } });
     }
-    if (method === "subscriptions/listen") return listen(request, replies, identity, incoming);
+    if (method === "subscriptions/listen") {
+      const opened = await listen(request, replies, identity, incoming);
+      // Open until the caller closes it: counted when opened, not timed as a round trip.
+      trip.settle("ok");
+      return opened;
+    }
     if (!MODERN_FORWARDED.has(method)) throw new McpRefusal(404, ErrorCode.MethodNotFound, `Method not found: ${method}`);
     const done = hold(request, identity, null);
     try {
       // An MRTR retry resumes the call its requestState names, on whichever child holds it.
-      const stream = isRetry(incoming)
-        ? await deps.principals.resume(identity, incoming, { sse: replies.sse })
-        : (await deps.principals.childFor(identity)).call(incoming, { sse: replies.sse });
+      const forwarded = withTraceparent(incoming, trip.traceparent);
+      const stream = trip.watch(
+        isRetry(incoming)
+          ? await deps.principals.resume(identity, forwarded, { sse: replies.sse })
+          : (await deps.principals.childFor(identity)).call(forwarded, { sse: replies.sse }),
+      );
       return await answer(request, identity, replies, stream, {}, done, missingCapability);
     } catch (error) {
       done();
@@ -292,6 +312,7 @@ export function mcpRoutes(deps: McpRoutesDeps) {
   const post = async (request: Request, identity: TokenIdentity): Promise<Response> => {
     let id: JsonRpcId | null = null;
     let sessionId: string | undefined;
+    let trip: RoundTrip | undefined;
     try {
       const contentType = (request.headers.get("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
       if (contentType !== "application/json") {
@@ -316,19 +337,22 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       const { incoming, kind } = parsed;
       if (kind === "request" && isJsonRpcId(incoming.message.id)) id = incoming.message.id;
       const era = classifyPost(incoming.message, kind, request.headers.get("mcp-protocol-version"));
+      if (kind === "request") trip = startRoundTrip(metrics, tracing, era.era, incoming.message.method, identity);
       if (era.era === "modern") {
         // 2026-07-28 has no client notifications over HTTP (a stream's end is its cancellation): nothing to forward.
         if (kind === "notification") return new Response(null, { status: 202 });
-        return await modern(request, replies, identity, incoming, era.version, id!);
+        return await modern(request, replies, identity, incoming, era.version, id!, trip!);
       }
       checkProtocolVersion(request);
-      if (kind === "request" && incoming.message.method === "initialize") return await initialize(request, replies, identity, incoming, id!);
+      if (kind === "request" && incoming.message.method === "initialize") return await initialize(request, replies, identity, incoming, id!, trip!);
       const entry = registry.get(sessionIdOf(request), identity);
       sessionId = entry.id;
-      if (kind === "request") return await forward(request, replies, identity, entry, incoming);
+      if (kind === "request") return await forward(request, replies, identity, entry, incoming, trip!);
       entry.send(incoming, kind);
       return new Response(null, { status: 202, headers: { [SESSION_HEADER]: entry.id } });
     } catch (error) {
+      // A request whose answer was under way is counted already; settle counts each request once.
+      trip?.settle("refused");
       return refusal(error, id, sessionId);
     }
   };

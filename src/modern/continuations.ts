@@ -1,6 +1,7 @@
 // The MRTR continuations waiting for their caller's retry: a bounded map from a random id to the call
 // kept open on a child, each abandoned (its child's requests refused, the call cancelled) at its deadline.
 import { randomHex } from "../crypto.ts";
+import type { MrtrResult } from "../observability/metrics.ts";
 import type { TimerHandle, Timers } from "../supervisor/timers.ts";
 
 /** A call parked until its caller retries with the answers it asked for. */
@@ -15,6 +16,8 @@ export interface ContinuationsOptions {
   deadlineMs: number;
   /** The most continuations waiting at once, over every grant; past it a child's request is refused. */
   maxEntries: number;
+  /** Told each park, each park refused for room, and each deadline passed. */
+  observe?: (result: Extract<MrtrResult, "input_required" | "full" | "expired">) => void;
 }
 
 interface Entry<T> {
@@ -33,14 +36,19 @@ export class Continuations<T extends Parked> {
 
   /** Parks `parked` until its deadline; its id and deadline, or null when maxEntries are already waiting. */
   park(parked: T): { id: string; deadline: number } | null {
-    if (this.entries.size >= this.options.maxEntries) return null;
+    if (this.entries.size >= this.options.maxEntries) {
+      this.options.observe?.("full");
+      return null;
+    }
     const id = randomHex(24);
     const timer = this.options.timers.setTimeout(() => {
       if (this.entries.get(id)?.parked !== parked) return;
       this.entries.delete(id);
+      this.options.observe?.("expired");
       parked.abandon("no retry came before the continuation's deadline");
     }, this.options.deadlineMs);
     this.entries.set(id, { parked, timer });
+    this.options.observe?.("input_required");
     return { id, deadline: this.options.timers.now() + this.options.deadlineMs };
   }
 

@@ -6,6 +6,7 @@ import type { MessageStream } from "../bridge/message-stream.ts";
 import type { ChildEraSetting, SessionConfig } from "../config.ts";
 import { randomHex } from "../crypto.ts";
 import type { Logger } from "../log.ts";
+import { noMetrics, type BrokerMetrics, type ChildExitReason } from "../observability/metrics.ts";
 import { McpRefusal, SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
 import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../session/registry.ts";
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
@@ -43,6 +44,8 @@ export interface PrincipalChildrenDeps {
   reapIntervalMs?: number;
   /** How long a caller has to retry after an input_required result; 10 minutes by default. */
   continuationDeadlineMs?: number;
+  /** Child starts and exits, MRTR; none recorded without it. */
+  metrics?: BrokerMetrics;
 }
 
 interface Principal {
@@ -58,6 +61,8 @@ interface Principal {
   /** Retires the child when its token is due for a refresh. */
   dueTimer: TimerHandle | null;
   startedAt: number;
+  /** Why it ended, once it has been told to (counted once, however many ways end it). */
+  ended: ChildExitReason | null;
 }
 
 /** A principal's child as the admin command lists it. */
@@ -96,10 +101,13 @@ export class PrincipalChildren {
   /** How often each user's token has rotated, to tell a child started with a token replaced meanwhile. */
   private readonly rotations = new Map<number, number>();
   private readonly eras: ChildEras;
+  private readonly metrics: BrokerMetrics;
 
   constructor(private readonly deps: PrincipalChildrenDeps) {
     this.eras = new ChildEras({ setting: deps.childEra, timers: deps.timers });
+    const metrics = (this.metrics = deps.metrics ?? noMetrics);
     this.continuations = new Continuations({
+      observe: (result) => metrics.mrtr(result),
       timers: deps.timers,
       deadlineMs: this.continuationDeadlineMs,
       maxEntries: MAX_CONTINUATIONS,
@@ -121,7 +129,7 @@ export class PrincipalChildren {
       lastActivity: principal.child.lastActivity,
       earliestRequestDeadline: principal.child.earliestRequestDeadline,
       exiting: this.live.get(grantId) === principal ? null : principal.exited,
-      evict: (reason) => this.stop(grantId, principal, reason),
+      evict: (reason) => this.stop(grantId, principal, reason, "evicted"),
     }));
   }
 
@@ -174,17 +182,18 @@ export class PrincipalChildren {
     const params = retry.message.params as Record<string, unknown>;
     const binding = { grantId: identity.grantId, method: String(retry.message.method), paramsHash: paramsHash(params) };
     const opened = typeof params.requestState === "string" ? this.sealer.open(params.requestState, binding, this.deps.timers.now()) : { ok: false as const, problem: "requestState must be a string" };
-    if (!opened.ok) throw new McpRefusal(400, ErrorCode.InvalidParams, `Invalid params: ${opened.problem}`);
+    if (!opened.ok) throw this.retryRefused(opened.problem);
     if (opened.state.childState !== undefined) {
       // A modern child's own state: the retry goes to the grant's child with it in place of the broker's seal.
       const message = { ...retry.message, params: { ...params, requestState: opened.state.childState } };
       return (await this.childFor(identity)).call({ raw: JSON.stringify(message), message }, options);
     }
     const call = this.continuations.peek(opened.state.continuationId);
-    if (call === null) throw new McpRefusal(400, ErrorCode.InvalidParams, "Invalid params: requestState names no call waiting for input (already resumed, abandoned, or from before a restart)");
+    if (call === null) throw this.retryRefused("requestState names no call waiting for input (already resumed, abandoned, or from before a restart)");
     const problem = call.responsesProblem(params.inputResponses);
-    if (problem !== null) throw new McpRefusal(400, ErrorCode.InvalidParams, `Invalid params: ${problem}`);
+    if (problem !== null) throw this.retryRefused(problem);
     this.continuations.take(opened.state.continuationId);
+    this.metrics.mrtr("resumed");
     return call.resume(retry, options.sse ?? true);
   }
 
@@ -200,14 +209,14 @@ export class PrincipalChildren {
   async grantRevoked(grantId: string): Promise<void> {
     const principal = this.live.get(grantId);
     if (principal === undefined || this.deps.grantIsLive?.(grantId) !== false) return;
-    await this.stop(grantId, principal, "every token of its sign-in was revoked");
+    await this.stop(grantId, principal, "every token of its sign-in was revoked", "revoked");
   }
 
   /** Children with no call in flight and no listen stream open for idleTimeoutMs stop; returns how many. */
   async reapIdle(): Promise<number> {
     const now = this.deps.timers.now();
     const idle = [...this.live].filter(([, principal]) => principal.child.inFlight === 0 && principal.child.listening === 0 && now - principal.child.lastActivity >= this.deps.config.idleTimeoutMs);
-    await Promise.all(idle.map(([grantId, principal]) => this.stop(grantId, principal, "the principal's child was idle for too long")));
+    await Promise.all(idle.map(([grantId, principal]) => this.stop(grantId, principal, "the principal's child was idle for too long", "idle")));
     return idle.length;
   }
 
@@ -218,7 +227,7 @@ export class PrincipalChildren {
     await Promise.allSettled([...this.starts.values(), ...this.replacements]);
     this.continuations.abandonAll("the broker is shutting down");
     // Retired children too: their calls in flight fail now rather than outlive the broker's stop.
-    await Promise.all([...this.running].map(([principal, grantId]) => this.stop(grantId, principal, "the broker is shutting down")));
+    await Promise.all([...this.running].map(([principal, grantId]) => this.stop(grantId, principal, "the broker is shutting down", "shutdown")));
   }
 
   /** A grant's first child (or the next after one went): it serves once started. */
@@ -245,14 +254,16 @@ export class PrincipalChildren {
     if (verdict.era === "unsupported") throw new SessionStartError(verdict.why, null);
     const id = randomHex(24);
     const logger = this.deps.logger.child({ principal_child: id });
+    const started = this.metrics.childStarting();
     let process;
     try {
       process = this.deps.spawn({ sessionId: id, token: upstream.token });
     } catch (error) {
+      started("failed");
       if (error instanceof ChildStartError) throw new SessionStartError(error.message, error.lastStderrLine);
       throw error;
     }
-    const principal: Principal = { child: null!, identity, forgejoUserId: identity.forgejoUserId, replacing: false, staleToken: false, dueTimer: null, exited: process.exited.then(() => {}), startedAt: this.deps.timers.now() };
+    const principal: Principal = { child: null!, identity, forgejoUserId: identity.forgejoUserId, replacing: false, staleToken: false, dueTimer: null, exited: process.exited.then(() => {}), startedAt: this.deps.timers.now(), ended: null };
     const ChildOfEra = verdict.era === "modern" ? ModernPrincipalChild : LegacyPrincipalChild;
     principal.child = new ChildOfEra(process, {
       logger,
@@ -266,20 +277,24 @@ export class PrincipalChildren {
       listenerCount: this.listenerCount,
       onExit: (exit) => {
         logger.warn("a principal's MCP server exited; the next call starts another", { exit_code: exit.code, signal: exit.signal });
+        this.ended(principal, "crashed");
         this.forget(identity.grantId, principal);
       },
     });
     const problem = await principal.child.start(this.initializeTimeoutMs);
+    started(problem === null ? "ok" : "failed");
     if (problem !== null) {
       await principal.child.close(problem);
       throw new SessionStartError(problem, (await process.exited).lastStderrLine);
     }
     if (this.shuttingDown) {
+      this.ended(principal, "shutdown");
       await principal.child.close("the broker is shutting down");
       throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
     }
     // A revocation during the start found no child to stop.
     if (this.deps.grantIsLive?.(identity.grantId) === false) {
+      this.ended(principal, "revoked");
       await principal.child.close("its sign-in was revoked while it started");
       throw new SessionRevokedError();
     }
@@ -329,7 +344,7 @@ export class PrincipalChildren {
     const current = this.live.get(grantId);
     // The old one went while the next started (stopped, evicted, crashed) and the grant has another child: that one serves.
     if (current !== old && (current !== undefined || this.starts.has(grantId))) {
-      void this.stop(grantId, next, "another child took the grant's place while it started");
+      void this.stop(grantId, next, "another child took the grant's place while it started", "rotated");
       return;
     }
     this.starts.set(grantId, Promise.resolve(next));
@@ -342,14 +357,29 @@ export class PrincipalChildren {
   /** No new calls reach it: the next one starts a new child, and this one stops once its calls are over. */
   private retire(grantId: string, principal: Principal, reason: string): void {
     this.forget(grantId, principal);
+    this.ended(principal, "rotated");
     this.deps.logger.info("principal child retiring", { reason, pid: principal.child.childPid });
     principal.child.retire(reason);
   }
 
-  private stop(grantId: string, principal: Principal, reason: string): Promise<void> {
+  private stop(grantId: string, principal: Principal, reason: string, exit: ChildExitReason): Promise<void> {
     this.forget(grantId, principal);
+    this.ended(principal, exit);
     this.deps.logger.info("principal child stopped", { reason, pid: principal.child.childPid });
     return principal.child.close(reason);
+  }
+
+  /** A retry that resumes nothing: 400 -32602, counted. */
+  private retryRefused(problem: string): McpRefusal {
+    this.metrics.mrtr("rejected");
+    return new McpRefusal(400, ErrorCode.InvalidParams, `Invalid params: ${problem}`);
+  }
+
+  /** Counts the child's end once, under the first reason it was given. */
+  private ended(principal: Principal, reason: ChildExitReason): void {
+    if (principal.ended !== null) return;
+    principal.ended = reason;
+    this.metrics.childExited(reason);
   }
 
   private forget(grantId: string, principal: Principal): void {

@@ -7,6 +7,7 @@ import type { Store } from "../store/store.ts";
 import type { UpstreamCredentials } from "../upstream/credentials.ts";
 import type { ClientDirectory } from "./client-directory.ts";
 import type { ForgejoClient } from "../upstream/forgejo.ts";
+import type { BrokerMetrics } from "../observability/metrics.ts";
 import type { RateLimiter } from "./rate-limit.ts";
 
 export interface OAuthDeps {
@@ -23,6 +24,8 @@ export interface OAuthDeps {
   /** The peer address a rate limit is keyed on. */
   clientAddress: (request: Request) => string;
   lifetimes: TokenLifetimes;
+  /** Tokens issued, replays detected, rate-limit refusals; none recorded without it. */
+  metrics?: BrokerMetrics;
 }
 
 export interface TokenLifetimes {

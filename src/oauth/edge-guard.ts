@@ -3,6 +3,7 @@
 import { Elysia } from "elysia";
 import { readAtMost } from "../http/bounded-body.ts";
 import { requestPath } from "../http/request-path.ts";
+import type { RateLimitedEndpoint } from "../observability/metrics.ts";
 import type { OAuthDeps } from "./deps.ts";
 import { TooManyRequestsError } from "./errors.ts";
 import { htmlPage, tooManySignIns } from "./handlers/authorize.ts";
@@ -28,7 +29,7 @@ const pageRefusals: Refusals = {
 };
 
 /** Each guarded endpoint: its own bucket (so token traffic cannot starve revocation) and its refusal format. */
-const GUARDED = new Map<string, { bucket: string; refusals: Refusals }>([
+const GUARDED = new Map<string, { bucket: RateLimitedEndpoint; refusals: Refusals }>([
   ["POST /oauth/register", { bucket: "register", refusals: jsonRefusals }],
   ["POST /oauth/token", { bucket: "token", refusals: jsonRefusals }],
   ["POST /oauth/revoke", { bucket: "revoke", refusals: jsonRefusals }],
@@ -41,7 +42,7 @@ const GUARDED = new Map<string, { bucket: string; refusals: Refusals }>([
  * before it parses a body (parse comes before transform and beforeHandle).
  */
 export function oauthEdgeGuard(
-  deps: Pick<OAuthDeps, "rateLimiter" | "clientAddress">,
+  deps: Pick<OAuthDeps, "rateLimiter" | "clientAddress" | "metrics">,
   /** Sees each refusal: onAfterResponse hooks (the request log) never run for an answer given here. */
   refused: (request: Request, response: Response) => Response,
 ) {
@@ -52,7 +53,10 @@ export function oauthEdgeGuard(
     const rule = GUARDED.get(`${request.method} ${path}`);
     if (rule === undefined) return;
     const rate = deps.rateLimiter.take(`${rule.bucket}:${deps.clientAddress(request)}`);
-    if (!rate.allowed) return refused(request, rule.refusals.tooMany(rate.retryAfterS));
+    if (!rate.allowed) {
+      deps.metrics?.rateLimited(rule.bucket);
+      return refused(request, rule.refusals.tooMany(rate.retryAfterS));
+    }
     if (request.body === null) return;
     const declared = request.headers.get("content-length");
     if (declared !== null) return Number(declared) > MAX_OAUTH_BODY_BYTES ? refused(request, rule.refusals.tooLarge()) : undefined;

@@ -5,6 +5,7 @@ import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { SessionConfig } from "../config.ts";
 import { randomHex } from "../crypto.ts";
 import type { Logger } from "../log.ts";
+import { noMetrics, type BrokerMetrics, type ChildExitReason } from "../observability/metrics.ts";
 import type { SpawnChild } from "../supervisor/child.ts";
 import { ChildStartError } from "../supervisor/child.ts";
 import { SpawnPacer } from "../supervisor/spawn-pacer.ts";
@@ -79,6 +80,8 @@ export interface SessionRegistryDeps {
   refreshRetryMs?: number;
   replayMaxEvents?: number;
   replayMaxBytes?: number;
+  /** Child starts and exits, evictions; none recorded without it. */
+  metrics?: BrokerMetrics;
 }
 
 const SESSION_ID = /^[0-9a-f]{48}$/;
@@ -256,7 +259,7 @@ export class SessionRegistry {
   delete(id: string, reason = "the session was deleted"): boolean {
     const entry = this.sessions.get(id);
     if (entry === undefined) return false;
-    void this.drop(entry, reason);
+    void this.drop(entry, reason, {}, "deleted");
     return true;
   }
 
@@ -275,7 +278,7 @@ export class SessionRegistry {
     await Promise.all(
       this.sessionsOf(forgejoUserId).map((id) => {
         const entry = this.sessions.get(id);
-        return entry === undefined ? undefined : this.drop(entry, reason);
+        return entry === undefined ? undefined : this.drop(entry, reason, {}, "revoked");
       }),
     );
   }
@@ -287,7 +290,7 @@ export class SessionRegistry {
   async grantRevoked(grantId: string): Promise<void> {
     if (!this.hasGrant(grantId) || this.deps.grantIsLive?.(grantId) !== false) return;
     const ended = [...this.sessions.values()].filter((entry) => entry.binding.grantId === grantId);
-    await Promise.all(ended.map((entry) => this.drop(entry, "every token of its sign-in was revoked")));
+    await Promise.all(ended.map((entry) => this.drop(entry, "every token of its sign-in was revoked", {}, "revoked")));
   }
 
   /** Whether any live session is bound to the grant. */
@@ -303,7 +306,7 @@ export class SessionRegistry {
       (entry) =>
         entry.activeStreams === 0 && now - entry.lastActivity >= this.deps.config.idleTimeoutMs,
     );
-    await Promise.all(idle.map((entry) => this.drop(entry, "the session was idle for too long")));
+    await Promise.all(idle.map((entry) => this.drop(entry, "the session was idle for too long", {}, "idle")));
     return idle.length;
   }
 
@@ -312,7 +315,7 @@ export class SessionRegistry {
     this.closed = true;
     this.stopReaping();
     this.scheduler?.close();
-    await Promise.all([...this.sessions.values()].map((entry) => this.drop(entry, "the broker is shutting down")));
+    await Promise.all([...this.sessions.values()].map((entry) => this.drop(entry, "the broker is shutting down", {}, "shutdown")));
     await Promise.all(this.stopping.values());
   }
 
@@ -323,10 +326,12 @@ export class SessionRegistry {
     await this.pacer.turn();
     // Shutdown may have begun while this start waited for its turn: no new child once it has.
     if (this.closed) throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
+    const started = this.metrics.childStarting();
     let child;
     try {
       child = this.deps.spawn({ sessionId: id, token: upstream.token });
     } catch (error) {
+      started("failed");
       if (error instanceof ChildStartError) throw new SessionStartError(error.message, error.lastStderrLine);
       throw error;
     }
@@ -343,7 +348,7 @@ export class SessionRegistry {
         const entry = this.sessions.get(id);
         if (entry !== session) return;
         logger.warn("the session's MCP server exited; session dropped", { exit_code: exit.code, signal: exit.signal });
-        void this.drop(session, "the MCP server exited");
+        void this.drop(session, "the MCP server exited", {}, "crashed");
       },
     });
 
@@ -351,6 +356,7 @@ export class SessionRegistry {
     ticket.deadline = this.deps.timers.now() + initializeTimeoutMs;
     const { events, timedOut } = await this.initialize(session, initialize, initializeTimeoutMs);
     const answer = events.at(-1);
+    started(answer === undefined || answer.origin === "broker" || "error" in answer.message ? "failed" : "ok");
     if (answer === undefined || answer.origin === "broker") {
       await session.close();
       const exit = await child.exited;
@@ -366,10 +372,12 @@ export class SessionRegistry {
       throw new InitializeRejectedError(events);
     }
     if (this.closed) {
+      this.metrics.childExited("shutdown");
       await session.close("the broker is shutting down");
       throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
     }
     if (this.deps.grantIsLive?.(identity.grantId) === false) {
+      this.metrics.childExited("revoked");
       await session.close("its sign-in was revoked while it started");
       throw new SessionRevokedError();
     }
@@ -411,12 +419,16 @@ export class SessionRegistry {
       await this.pacer.turn();
       const entry = this.sessions.get(id);
       if (entry === undefined) return false;
+      const started = this.metrics.childStarting();
       try {
         const child = this.deps.spawn({ sessionId: id, token });
         await entry.replaceChild(child, this.initializeTimeoutMs);
+        started("ok");
+        this.metrics.childExited("rotated");
         this.deps.logger.info("session moved to a child with the refreshed token", { session: id, pid: child.pid });
         return true;
       } catch (error) {
+        started("failed");
         this.deps.logger.error("could not move a session to a child with the refreshed token; it keeps the old one", {
           session: id,
           error: error instanceof Error ? error.message : String(error),
@@ -448,8 +460,9 @@ export class SessionRegistry {
     return null;
   }
 
-  private async drop(entry: LegacySession, reason: string, fields: Record<string, unknown> = {}): Promise<void> {
+  private async drop(entry: LegacySession, reason: string, fields: Record<string, unknown>, exit: ChildExitReason): Promise<void> {
     if (this.sessions.get(entry.id) === entry) {
+      this.metrics.childExited(exit);
       this.sessions.delete(entry.id);
       const ids = this.byUser.get(entry.binding.forgejoUserId);
       ids?.delete(entry.id);
@@ -464,6 +477,10 @@ export class SessionRegistry {
     const stopped = entry.close(reason).finally(() => this.stopping.delete(entry));
     this.stopping.set(entry, stopped);
     return stopped;
+  }
+
+  private get metrics(): BrokerMetrics {
+    return this.deps.metrics ?? noMetrics;
   }
 
   private get initializeTimeoutMs(): number {
@@ -498,6 +515,7 @@ export class SessionRegistry {
   /** Ends an idle session or other child to make room; resolves once its child has exited and its slot is free. */
   private evict(entry: LegacySession | CappedChild, cap: EvictionCap): Promise<void> {
     this.evicted[cap]++;
+    this.metrics.sessionEvicted(cap);
     const idleS = Math.round((this.deps.timers.now() - entry.lastActivity) / 1000);
     const limit = cap === "user" ? `the user's limit of ${this.deps.config.maxSessionsPerUser}` : `the broker's limit of ${this.deps.config.maxSessions}`;
     const reason = `evicted: a new session needed a slot at ${limit} sessions, and this was the least recently used one with no request in flight`;
@@ -505,7 +523,7 @@ export class SessionRegistry {
       this.deps.logger.info("a grant's child ended to make room", { reason, cap, forgejo_user_id: entry.forgejoUserId, idle_s: idleS });
       return entry.evict(reason);
     }
-    return this.drop(entry, reason, { cap, forgejo_user_id: entry.binding.forgejoUserId, idle_s: idleS });
+    return this.drop(entry, reason, { cap, forgejo_user_id: entry.binding.forgejoUserId, idle_s: idleS }, "evicted");
   }
 
   /**

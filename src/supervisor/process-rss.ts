@@ -2,26 +2,29 @@
 // so the pid the broker holds is bwrap's, and the MCP server's memory is in its descendants.
 import { readdirSync, readFileSync } from "node:fs";
 
-/** VmRSS of `pid` and its descendants in bytes, or null where /proc cannot say (the process is gone, or no /proc). */
-export function processRssBytes(pid: number): number | null {
-  const own = rssOf(pid);
+/**
+ * VmRSS of `pid` and its descendants in bytes, or null where /proc cannot say (the process is gone, or no
+ * /proc). Pages shared between them (a runtime's text) count once per process, as `ps` shows them.
+ */
+export function processRssBytes(pid: number, procRoot = "/proc"): number | null {
+  const own = rssOf(pid, procRoot);
   if (own === null) return null;
   let total = own;
-  const pending = childrenOf(pid);
+  const pending = childrenOf(pid, procRoot);
   // A pid can only appear once in a tree, but a racing exit and pid reuse must not make this loop forever.
   const seen = new Set<number>([pid]);
   while (pending.length > 0) {
     const next = pending.pop()!;
     if (seen.has(next)) continue;
     seen.add(next);
-    total += rssOf(next) ?? 0;
-    pending.push(...childrenOf(next));
+    total += rssOf(next, procRoot) ?? 0;
+    pending.push(...childrenOf(next, procRoot));
   }
   return total;
 }
 
-function rssOf(pid: number): number | null {
-  const status = readProc(`/proc/${pid}/status`);
+function rssOf(pid: number, procRoot: string): number | null {
+  const status = readProc(`${procRoot}/${pid}/status`);
   if (status === null) return null;
   // Kernel threads and zombies have no VmRSS line: they hold no user memory.
   const match = /^VmRSS:\s+(\d+) kB$/m.exec(status);
@@ -29,16 +32,16 @@ function rssOf(pid: number): number | null {
 }
 
 /** The direct children of every thread of `pid` (Linux lists them under the thread that forked them). */
-export function childrenOf(pid: number): number[] {
+export function childrenOf(pid: number, procRoot = "/proc"): number[] {
   let tasks: string[];
   try {
-    tasks = readdirSync(`/proc/${pid}/task`);
+    tasks = readdirSync(`${procRoot}/${pid}/task`);
   } catch {
     return [];
   }
   const children: number[] = [];
   for (const task of tasks) {
-    const listed = readProc(`/proc/${pid}/task/${task}/children`);
+    const listed = readProc(`${procRoot}/${pid}/task/${task}/children`);
     if (listed !== null) for (const child of listed.trim().split(/\s+/)) if (child !== "") children.push(Number(child));
   }
   return children;

@@ -21,6 +21,8 @@ const cases: { argv: string[]; targets: TargetName[]; scaleTargets: TargetName[]
   { argv: ["--targets", "broker,relay,direct"], targets: ["direct", "relay", "broker"], scaleTargets: ["direct", "broker", "supergateway"] },
   { argv: ["--targets", " relay , ,supergateway"], targets: ["relay", "supergateway"], scaleTargets: ["direct", "broker", "supergateway"] },
   { argv: ["--", "--targets", "relay"], targets: ["relay"], scaleTargets: ["direct", "broker", "supergateway"] },
+  // The tracing cost: the previous commit's broker, this one with tracing off and on, next to each other in every round.
+  { argv: ["--targets", "broker-otel,broker,broker-previous"], targets: ["broker-previous", "broker", "broker-otel"], scaleTargets: ["direct", "broker", "supergateway"] },
   // The relay and the unsandboxed broker are allowed at the scale point when asked for.
   { argv: ["--scale-targets", "supergateway,relay"], targets: ["direct", "relay", "broker", "broker-modern", "broker-unsandboxed", "supergateway"], scaleTargets: ["relay", "supergateway"] },
   { argv: ["--scale-targets", "broker-unsandboxed,broker"], targets: ["direct", "relay", "broker", "broker-modern", "broker-unsandboxed", "supergateway"], scaleTargets: ["broker", "broker-unsandboxed"] },
@@ -33,8 +35,18 @@ for (const { argv, targets, scaleTargets } of cases) {
 }
 
 test.each([
-  [["--targets", "relay,nginx"], '--targets: unknown target "nginx" (known: direct, relay, broker, broker-modern, broker-unsandboxed, supergateway)'],
-  [["--scale-targets", "Relay"], '--scale-targets: unknown target "Relay" (known: direct, relay, broker, broker-modern, broker-unsandboxed, supergateway)'],
+  [["--targets", "relay,nginx"], '--targets: unknown target "nginx" (known: direct, relay, broker-previous, broker, broker-otel, broker-modern, broker-unsandboxed, supergateway)'],
+  [["--scale-targets", "Relay"], '--scale-targets: unknown target "Relay" (known: direct, relay, broker-previous, broker, broker-otel, broker-modern, broker-unsandboxed, supergateway)'],
 ])("rejects %j", (argv, message) => {
   expect(targetsOf(argv)).toBe(message);
+});
+
+test("--baseline-ref names the commit broker-previous runs; main by default", () => {
+  const of = (argv: string[]) => {
+    const parsed = parseBenchArgs(argv);
+    if (parsed.kind !== "run") throw new Error(parsed.kind);
+    return parsed.options.baselineRef;
+  };
+  expect(of([])).toBe("main");
+  expect(of(["--baseline-ref", "HEAD~3"])).toBe("HEAD~3");
 });

@@ -3,7 +3,7 @@
 import { expect, test } from "bun:test";
 import { parseBenchArgs, type BenchOptions, type TargetName } from "../../bench/lib/args.ts";
 import type { ChurnSample, LoadSample, ModernScaleSample, Outcome } from "../../bench/lib/measure.ts";
-import { modernEra, modernVerdicts, relayFloor, renderMarkdown, sandboxCost, verdicts, type BenchData } from "../../bench/lib/report.ts";
+import { modernEra, modernVerdicts, relayFloor, renderMarkdown, sandboxCost, tracingCost, verdicts, type BenchData } from "../../bench/lib/report.ts";
 
 function options(argv: string[]): BenchOptions {
   const parsed = parseBenchArgs(["--rounds", "3", "--sessions", "1,16", "--scale", "0", ...argv]);
@@ -52,6 +52,8 @@ function data(targets: string): BenchData {
       relay: rounds(load(3000, 0.2, 0.04), load(4000, 0.25, 0.05), load(4100, 0.3, 0.06)),
       broker: rounds(sandboxed(1000, 0.1, 20, 90_000, 2), sandboxed(2000, 0.15, 24, 91_000, 2), sandboxed(2200, 0.2, 30, 92_000, 2)),
       "broker-unsandboxed": rounds(load(1900, 0.5, 0.12, { setupP50Ms: 15 }), load(2100, 0.6, 0.14, { setupP50Ms: 17 }), load(2500, 0.7, 0.21, { setupP50Ms: 40 })),
+      "broker-previous": rounds(load(1900, 0.55, 0.14), load(2050, 0.6, 0.16), load(2300, 0.65, 0.18)),
+      "broker-otel": rounds(load(1500, 0.7, 0.2), load(1600, 0.8, 0.24), load(1700, 0.9, 0.3)),
       supergateway: rounds(load(500, 1.0, 0.4), load(800, 1.2, 0.5), load(900, 1.4, 0.6)),
     },
     16: {
@@ -285,4 +287,20 @@ test("the modern era section: both eras' medians side by side, after the sandbox
 
 test("the issue's Targets table is the same with or without the modern broker", () => {
   expect(verdicts(eraData([5000, 5500], [4000, 4400], [2_000_000, 100_000], null))).toEqual(verdicts(eraData([5000, 5500], [4000, 4400], [2_000_000, 100_000], null, "broker")));
+});
+
+test("the tracing cost: the previous commit's broker, tracing off and on, side by side from each one's medians", () => {
+  const cost = tracingCost(data("broker-previous,broker,broker-otel"));
+  if (!cost.shown) throw new Error(cost.reason);
+  expect(cost.rows[0]!.previous?.callsPerSecond).toBe(2050);
+  expect(cost.rows[0]!.off?.callsPerSecond).toBe(2000);
+  expect(cost.rows[0]!.on?.callsPerSecond).toBe(1600);
+  // No round of the other two at S=16: unknown, not zero.
+  expect(cost.rows[1]!.previous).toBeNull();
+  const md = renderMarkdown({ ...data("broker-previous,broker,broker-otel"), tracing: { baselineRef: "main", baselineCommit: "abc1234", sinkRequests: 12, sinkBytes: 3 * 1024 * 1024 } });
+  expect(md).toContain("## Tracing cost");
+  expect(md).toContain("`main` (abc1234)");
+  expect(md).toContain("it received 12 export requests, 3.0 MiB of OTLP JSON");
+  expect(md).toContain("| 1 | 2050 / 2000 / 1600 | 0.98× | 0.80× | 0.600 / 0.600 / 0.800 |");
+  expect(tracingCost(data("direct,broker"))).toEqual({ shown: false, reason: "neither broker-previous nor broker-otel was measured in this run (--targets)" });
 });

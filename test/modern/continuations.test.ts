@@ -64,3 +64,17 @@ describe("Continuations", () => {
     expect(timers.pending).toBe(0);
   });
 });
+
+describe("Continuations' MRTR metrics", () => {
+  test("each park counts input_required, a park with no room full, a deadline passed expired; a take counts nothing here", () => {
+    const timers = new FakeTimers();
+    const seen: string[] = [];
+    const store = new Continuations<Waiting>({ timers, deadlineMs: 1000, maxEntries: 1, observe: (result) => void seen.push(result) });
+    const first = store.park(new Waiting())!;
+    expect(store.park(new Waiting())).toBeNull();
+    store.take(first.id);
+    store.park(new Waiting());
+    timers.advance(1000);
+    expect(seen).toEqual(["input_required", "full", "input_required", "expired"]);
+  });
+});

@@ -200,7 +200,10 @@ export function authorizeRoutes(deps: OAuthDeps) {
         if (verdict.kind === "client_error") return clientErrorPage(verdict, config.publicUrl);
         // Each consent page writes a row: per address (the edge guard) and per client, before that.
         const rate = deps.rateLimiter.take(`authorize-client:${verdict.client.id}`, CLIENT_RATE_SCALE);
-        if (!rate.allowed) return tooManySignIns(rate.retryAfterS);
+        if (!rate.allowed) {
+          deps.metrics?.rateLimited("authorize_client");
+          return tooManySignIns(rate.retryAfterS);
+        }
 
         const now = deps.now();
         const existing = readCookie(request.headers.get("cookie"), cookieName);

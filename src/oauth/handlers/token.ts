@@ -4,6 +4,7 @@ import { Elysia, t } from "elysia";
 import { hashToken, mintToken } from "../../crypto.ts";
 import type { ClientRow, Exchange, NewTokenHashes } from "../../store/store.ts";
 import { authenticateClient, presentedClientCredentials } from "../client-auth.ts";
+import type { GrantType } from "../../observability/metrics.ts";
 import type { OAuthDeps } from "../deps.ts";
 import { isMetadataDocumentId } from "../client-metadata-document.ts";
 import { InvalidClientError, InvalidRequestError, OAuthError, UnsupportedGrantTypeError } from "../errors.ts";
@@ -47,7 +48,7 @@ export function tokenRoutes(deps: OAuthDeps) {
   const resourceOf = (body: TokenInput) => canonicalResource(body.resource, deps.config.resourceUrl);
 
   /** Mints a pair, lets the store's exchange decide what of it is issued, and renders the answer. */
-  const exchange = (client: ClientRow, spend: (tokens: NewTokenHashes, now: number) => Exchange): TokenResponse => {
+  const exchange = (client: ClientRow, grantType: GrantType, spend: (tokens: NewTokenHashes, now: number) => Exchange): TokenResponse => {
     const now = deps.now();
     const accessToken = mintToken("at");
     const refreshToken = mintToken("rt");
@@ -61,9 +62,13 @@ export function tokenRoutes(deps: OAuthDeps) {
       now,
     );
     if (!outcome.ok) {
-      if (outcome.revoked) logger.warn(REPLAY_WARNINGS[outcome.revoked], { client_id: client.id });
+      if (outcome.revoked) {
+        logger.warn(REPLAY_WARNINGS[outcome.revoked], { client_id: client.id });
+        deps.metrics?.tokenReuseDetected(grantType);
+      }
       throw new OAuthError(outcome.error, outcome.description);
     }
+    deps.metrics?.tokenIssued(grantType);
     return {
       access_token: accessToken,
       token_type: "Bearer",
@@ -77,7 +82,7 @@ export function tokenRoutes(deps: OAuthDeps) {
     const { code, code_verifier } = body;
     if (!code) throw new InvalidRequestError("code is required");
     if (!code_verifier) throw new InvalidRequestError("code_verifier is required (PKCE)");
-    return exchange(client, (tokens, now) =>
+    return exchange(client, "authorization_code", (tokens, now) =>
       store.exchangeCode({ client, codeHash: hashToken(code), codeVerifier: code_verifier, redirectUri: body.redirect_uri, resource: resourceOf(body), tokens, now }),
     );
   };
@@ -85,7 +90,7 @@ export function tokenRoutes(deps: OAuthDeps) {
   const rotate = (client: ClientRow, body: TokenInput): TokenResponse => {
     const { refresh_token } = body;
     if (!refresh_token) throw new InvalidRequestError("refresh_token is required");
-    return exchange(client, (tokens, now) =>
+    return exchange(client, "refresh_token", (tokens, now) =>
       store.exchangeRefresh({
         client,
         refreshTokenHash: hashToken(refresh_token),

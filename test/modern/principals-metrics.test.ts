@@ -1,0 +1,87 @@
+// What the principal children tell the metrics, with fake children and time: each way a child ends is
+// counted once under its own reason, even when a retired child is later stopped by the shutdown.
+import { describe, expect, test } from "bun:test";
+import type { SessionConfig } from "../../src/config.ts";
+import { createMemoryLogger } from "../../src/log.ts";
+import { PrincipalChildren } from "../../src/modern/principals.ts";
+import type { ChildExitReason } from "../../src/observability/metrics.ts";
+import { SessionRegistry } from "../../src/session/registry.ts";
+import { recordingMetrics } from "../helpers/recording-metrics.ts";
+import { FakeChild, FakeTimers, initializingChild, settle } from "../bridge/fakes.ts";
+
+const HOUR = 3_600_000;
+const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
+const ALICE_ELSEWHERE = { grantId: "grant-b", forgejoUserId: 1, clientId: "other-client" };
+
+function setup(options: { maxSessionsPerUser?: number; expiresInMs?: number } = {}) {
+  const timers = new FakeTimers();
+  const children: FakeChild[] = [];
+  const { metrics, recorded } = recordingMetrics();
+  const config = {
+    maxSessions: 10,
+    maxSessionsPerUser: options.maxSessionsPerUser ?? 3,
+    idleTimeoutMs: 900_000,
+    refreshLeadMs: 300_000,
+    requestTimeoutMs: 300_000,
+    maxMessageBytes: 1_000_000,
+    allowedOrigins: [],
+  } as SessionConfig;
+  const spawn = () => {
+    const child = initializingChild();
+    children.push(child);
+    return child;
+  };
+  let live = true;
+  const upstreamToken = async () => ({ token: "t", expiresAt: timers.now() + (options.expiresInMs ?? 10 * HOUR) });
+  const logger = createMemoryLogger();
+  const registry = new SessionRegistry({ config, spawn, upstreamToken, logger, timers, reapIntervalMs: 10_000, metrics });
+  const principals = new PrincipalChildren({
+    config,
+    spawn,
+    upstreamToken,
+    reserveSlot: (user) => registry.reserveSlot(user),
+    grantIsLive: () => live,
+    logger,
+    timers,
+    reapIntervalMs: 10_000,
+    metrics,
+    childEra: "legacy",
+    childCommand: "fake",
+  });
+  registry.countAlso(() => principals.capped());
+  return { principals, registry, timers, children, recorded, revoke: () => void (live = false) };
+}
+
+describe("a principal's child ending, by reason", () => {
+  // Rotation starts the successor before the old child goes (make before break), so those cases leave the
+  // user room for two children: at a cap of one the successor's start would evict its predecessor.
+  const cases: { cause: string; end: (s: ReturnType<typeof setup>) => Promise<unknown> | unknown; reason: ChildExitReason; expiresInMs?: number; maxSessionsPerUser?: number }[] = [
+    { cause: "idle for the idle timeout", end: (s) => s.timers.advance(910_000), reason: "idle" },
+    { cause: "its process exited by itself", end: (s) => s.children[0]!.exit({ code: 1 }), reason: "crashed" },
+    { cause: "every token of its grant revoked", end: (s) => (s.revoke(), s.principals.grantRevoked(ALICE.grantId)), reason: "revoked" },
+    { cause: "the user's Forgejo token refreshed", end: (s) => s.principals.userTokenRotated(1), reason: "rotated", maxSessionsPerUser: 2 },
+    // Due 5 minutes before it expires, before the 15-minute idle reap.
+    { cause: "its token due for a refresh", end: (s) => s.timers.advance(300_000), reason: "rotated", expiresInMs: 600_000, maxSessionsPerUser: 2 },
+    { cause: "the broker shuts down", end: (s) => s.principals.shutdown(), reason: "shutdown" },
+    { cause: "another grant of the user at the per-user cap", end: (s) => s.principals.childFor(ALICE_ELSEWHERE), reason: "evicted" },
+  ];
+  for (const { cause, end, reason, expiresInMs, maxSessionsPerUser = 1 } of cases) {
+    test(`${cause}: one exit reason=${reason}`, async () => {
+      const s = setup({ maxSessionsPerUser, expiresInMs });
+      await s.principals.childFor(ALICE);
+      expect(s.recorded).toEqual(["start:ok"]);
+      await end(s);
+      await settle();
+      expect(s.recorded.filter((line) => line.startsWith("exit:"))).toEqual([`exit:${reason}`]);
+    });
+  }
+
+  test("a child retired for a new token while the broker shuts down counts once, as rotated; its successor once, as shutdown", async () => {
+    const s = setup();
+    await s.principals.childFor(ALICE);
+    s.principals.userTokenRotated(1);
+    await s.principals.shutdown();
+    expect(s.recorded.filter((line) => line.startsWith("start:"))).toEqual(["start:ok", "start:ok"]);
+    expect(s.recorded.filter((line) => line.startsWith("exit:")).sort()).toEqual(["exit:rotated", "exit:shutdown"]);
+  });
+});
