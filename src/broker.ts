@@ -1,5 +1,6 @@
 // Assembles a running broker from a validated configuration: store, sealing key, Forgejo client, the
 // session registry and its children, the app and its listener, the purge timer, and an orderly stop.
+import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { AdminService } from "./admin/service.ts";
@@ -15,9 +16,11 @@ import type { Logger } from "./log.ts";
 import { PrincipalChildren } from "./modern/principals.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
 import { ClientDirectory } from "./oauth/client-directory.ts";
+import { AccessIdentityCache } from "./oauth/identity-cache.ts";
 import { MAX_OAUTH_BODY_BYTES } from "./oauth/edge-guard.ts";
 import { directConnect, systemLookup, type MetadataFetchDeps } from "./oauth/metadata-fetch.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
+import { startReplicaLink } from "./replicas/replica-link.ts";
 import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
 import { AdminQueries } from "./store/admin-queries.ts";
@@ -48,6 +51,8 @@ export interface BrokerOptions {
   continuationDeadlineMs?: number;
   /** The listener's idle timeout in seconds (Bun allows 1 to 255); 30 by default. */
   idleTimeoutS?: number;
+  /** The SQLite file instead of broker.sqlite in the data directory: tests share one between two brokers, as replicas share PostgreSQL. */
+  storePath?: string;
 }
 
 export interface RunningBroker {
@@ -79,7 +84,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     });
   }
   ensurePrivateDir(config.dataDir);
-  const store = Store.open(join(config.dataDir, "broker.sqlite"));
+  const store = Store.open(options.storePath ?? join(config.dataDir, "broker.sqlite"));
   const sealer = await TokenSealer.fromRawKey(loadOrCreateSealingKey(config.dataDir, config.sealingKey));
   const forgejo = new ForgejoClient({
     url: config.forgejo.url,
@@ -123,6 +128,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
       },
     }),
     rateLimiter: new RateLimiter(options.rateLimit ?? DEFAULT_RATE_LIMIT, now),
+    identities: new AccessIdentityCache(store),
     clientAddress: (request) => clientAddressOf(server?.requestIP(request)?.address, request.headers.get("x-forwarded-for"), config.trustedProxies),
     lifetimes: { ...DEFAULT_LIFETIMES, ...options.lifetimes },
   };
@@ -163,10 +169,35 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     timers: { ...realTimers, now },
     isLive: (tokenHash) => store.findAccessIdentity(tokenHash, now()) !== undefined,
   });
-  const unwatchRevocations = store.onRevocation((grantId) => {
+  // One path for a revoked grant, whichever replica revoked it.
+  const grantRevoked = (grantId: string) => {
     streamTokens.grantRevoked(grantId);
     void registry.grantRevoked(grantId);
     void principals.grantRevoked(grantId);
+  };
+  const replicaId = randomUUID();
+  const replicas =
+    config.redis === undefined
+      ? undefined
+      : startReplicaLink({
+          config: config.redis,
+          replicaId,
+          logger,
+          timers: realTimers,
+          revokedElsewhere: (grantId) => {
+            oauth.identities?.forgetGrant(grantId);
+            grantRevoked(grantId);
+          },
+          rateLimit: options.rateLimit ?? DEFAULT_RATE_LIMIT,
+          localRateLimiter: oauth.rateLimiter,
+        });
+  if (replicas !== undefined) {
+    oauth.sharedRateLimiter = replicas.rateLimiter;
+    logger.info("replica linked to the others through Redis", { replica: replicaId, replica_url: config.redis?.replicaUrl, prefix: config.redis?.prefix });
+  }
+  const unwatchRevocations = store.onRevocation((grantId) => {
+    grantRevoked(grantId);
+    replicas?.announceRevocation(grantId);
   });
   const mcp = mcpRoutes({
     registry,
@@ -183,7 +214,9 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     streamTokens,
     heartbeatMs: options.heartbeatMs,
   });
-  const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });
+  const health = [{ name: "store", check: () => store.ping() }];
+  if (replicas !== undefined) health.push({ name: "redis", check: () => replicas.ping() });
+  const app = createApp({ oauth, logger, health, protectedRoutes: mcp });
   server = Bun.serve({
     hostname: config.host,
     port: config.port,
@@ -200,7 +233,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     logger,
   ).catch((error: unknown) => {
     void server?.stop(true);
-    void Promise.all([registry.shutdown(), principals.shutdown()]).finally(() => store.close());
+    void Promise.all([registry.shutdown(), principals.shutdown(), replicas?.stop()]).finally(() => store.close());
     throw error;
   });
 
@@ -234,6 +267,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
         const drained = server.stop();
         await Promise.all([registry.shutdown(), principals.shutdown()]);
         await drained;
+        // Its sessions are gone: the liveness key goes now, not at its expiry.
+        await replicas?.stop();
         store.close();
       })()),
   };

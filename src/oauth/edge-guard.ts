@@ -41,7 +41,7 @@ const GUARDED = new Map<string, { bucket: string; refusals: Refusals }>([
  * before it parses a body (parse comes before transform and beforeHandle).
  */
 export function oauthEdgeGuard(
-  deps: Pick<OAuthDeps, "rateLimiter" | "clientAddress">,
+  deps: Pick<OAuthDeps, "rateLimiter" | "sharedRateLimiter" | "clientAddress">,
   /** Sees each refusal: onAfterResponse hooks (the request log) never run for an answer given here. */
   refused: (request: Request, response: Response) => Response,
 ) {
@@ -51,7 +51,8 @@ export function oauthEdgeGuard(
     if (!path.startsWith("/oauth/")) return;
     const rule = GUARDED.get(`${request.method} ${path}`);
     if (rule === undefined) return;
-    const rate = deps.rateLimiter.take(`${rule.bucket}:${deps.clientAddress(request)}`);
+    const key = `${rule.bucket}:${deps.clientAddress(request)}`;
+    const rate = deps.sharedRateLimiter === undefined ? deps.rateLimiter.take(key) : await deps.sharedRateLimiter.take(key);
     if (!rate.allowed) return refused(request, rule.refusals.tooMany(rate.retryAfterS));
     if (request.body === null) return;
     const declared = request.headers.get("content-length");
