@@ -1,0 +1,151 @@
+// The replica link's rules with stand-ins: the reconnect backoff, the rate window's verdicts, the
+// revocation notice's format, and a connection that comes back (and subscribes again) after a loss.
+import { describe, expect, test } from "bun:test";
+import { createMemoryLogger } from "../../src/log.ts";
+import type { RateVerdict } from "../../src/oauth/rate-limit.ts";
+import { backoffDelayMs, REDIS_RECONNECT } from "../../src/replicas/backoff.ts";
+import { RedisConnection, RedisUnavailableError, type RedisCommands } from "../../src/replicas/redis-connection.ts";
+import { decodeRevocation, encodeRevocation } from "../../src/replicas/revocation-fanout.ts";
+import { windowOf, windowVerdict } from "../../src/replicas/shared-rate-limit.ts";
+import { FakeTimers, settle } from "../bridge/fakes.ts";
+import { rejection } from "../helpers/promises.ts";
+
+describe("backoffDelayMs", () => {
+  const cases: [number, number][] = [[0, 100], [1, 200], [2, 400], [5, 3_200], [6, 5_000], [50, 5_000], [10_000, 5_000]];
+  test.each(cases)("attempt %p waits %p ms", (attempt, delay) => {
+    expect(backoffDelayMs(attempt, REDIS_RECONNECT)).toBe(delay);
+  });
+});
+
+describe("the rate window", () => {
+  test.each([
+    [{ burst: 30, perSecond: 1 }, { limit: 30, windowMs: 30_000 }],
+    [{ burst: 6, perSecond: 0.5 }, { limit: 6, windowMs: 12_000 }],
+    [{ burst: 1, perSecond: 100 }, { limit: 1, windowMs: 1_000 }],
+  ])("policy %p is the window %p", (policy, window) => {
+    expect(windowOf(policy)).toEqual(window);
+  });
+
+  const window = { limit: 3, windowMs: 10_000 };
+  const verdicts: [number, number, RateVerdict][] = [
+    [1, 10_000, { allowed: true }],
+    [3, 1, { allowed: true }],
+    [4, 9_001, { allowed: false, retryAfterS: 10 }],
+    [4, 1_000, { allowed: false, retryAfterS: 1 }],
+    [9, 1, { allowed: false, retryAfterS: 1 }],
+    [9, 0, { allowed: false, retryAfterS: 1 }],
+  ];
+  test.each(verdicts)("request %p with %p ms left: %p", (count, leftMs, verdict) => {
+    expect(windowVerdict(count, leftMs, window)).toEqual(verdict);
+  });
+});
+
+describe("the revocation notice", () => {
+  test("round-trips", () => {
+    expect(decodeRevocation(encodeRevocation({ replica: "r1", grantId: "g1" }))).toEqual({ replica: "r1", grantId: "g1" });
+  });
+  test.each(["", "not json", "null", "[]", '{"replica":"r1"}', '{"replica":"r1","grant":""}', '{"replica":1,"grant":"g"}'])("%p is no notice", (message) => {
+    expect(decodeRevocation(message)).toBeUndefined();
+  });
+});
+
+/** A stand-in client whose connect succeeds or fails as the test says, and whose loss the test causes. */
+class FakeRedis {
+  onclose: ((error: Error) => void) | null = null;
+  closed = false;
+  constructor(private readonly reachable: boolean) {}
+  async connect(): Promise<void> {
+    if (!this.reachable) {
+      this.onclose?.(new Error("Connection closed"));
+      throw new Error("Connection closed");
+    }
+  }
+  close(): void {
+    this.closed = true;
+    this.onclose?.(new Error("Connection closed"));
+  }
+  async send(command: string): Promise<unknown> {
+    return command === "PING" ? "PONG" : new Promise(() => {});
+  }
+}
+
+function connectionOver(reachable: boolean[]) {
+  const timers = new FakeTimers();
+  const opened: FakeRedis[] = [];
+  let readied = 0;
+  const connection = new RedisConnection({
+    open: () => {
+      const client = new FakeRedis(reachable[opened.length] ?? true);
+      opened.push(client);
+      return client as unknown as RedisCommands;
+    },
+    timers,
+    logger: createMemoryLogger(),
+    backoff: REDIS_RECONNECT,
+    role: "test",
+    ready: async () => void readied++,
+  });
+  return { connection, timers, opened, readied: () => readied };
+}
+
+describe("RedisConnection", () => {
+  test("retries an unreachable Redis at the backoff's delays, then is up and ready", async () => {
+    const { connection, timers, opened, readied } = connectionOver([false, false, false, true]);
+    connection.start();
+    await settle();
+    expect(opened).toHaveLength(1);
+    expect(await rejection(connection.command((client) => client.send("PING", []), 1000))).toBeInstanceOf(RedisUnavailableError);
+    for (const [delay, attempts] of [[100, 2], [200, 3], [400, 4]] as const) {
+      timers.advance(delay - 1);
+      await settle();
+      expect(opened).toHaveLength(attempts - 1);
+      timers.advance(1);
+      await settle();
+      expect(opened).toHaveLength(attempts);
+    }
+    expect(connection.isUp).toBe(true);
+    expect(readied()).toBe(1);
+    expect(await connection.command((client) => client.send("PING", []), 1000)).toBe("PONG");
+  });
+
+  test("a lost connection is retried from the first delay again, and ready runs again (a subscriber subscribes anew)", async () => {
+    const { connection, timers, opened, readied } = connectionOver([false, true, false, true]);
+    connection.start();
+    await settle();
+    timers.advance(100);
+    await settle();
+    expect(connection.isUp).toBe(true);
+    expect(readied()).toBe(1);
+    opened[1]!.onclose?.(new Error("server restarted"));
+    expect(connection.isUp).toBe(false);
+    timers.advance(100);
+    await settle();
+    expect(opened).toHaveLength(3);
+    timers.advance(200);
+    await settle();
+    expect(opened).toHaveLength(4);
+    expect(connection.isUp).toBe(true);
+    expect(readied()).toBe(2);
+  });
+
+  test("a command Redis does not answer is refused after its timeout", async () => {
+    const { connection, timers } = connectionOver([true]);
+    connection.start();
+    await settle();
+    const pending = rejection(connection.command((client) => client.send("GET", ["k"]), 250));
+    timers.advance(250);
+    expect((await pending).message).toContain("did not answer within 250 ms");
+  });
+
+  test("after stop nothing reconnects", async () => {
+    const { connection, timers, opened } = connectionOver([true]);
+    connection.start();
+    await settle();
+    connection.stop();
+    expect(opened[0]!.closed).toBe(true);
+    timers.advance(60_000);
+    await settle();
+    expect(opened).toHaveLength(1);
+    expect(timers.pending).toBe(0);
+  });
+});
