@@ -1,12 +1,13 @@
-// The replica link's rules with stand-ins: the reconnect backoff, the rate window's verdicts, the
-// revocation notice's format, and a connection that comes back (and subscribes again) after a loss.
+// The replica link's parts with stand-ins: the reconnect backoff, the rate window and its fallback, the
+// revocation notice's format, the liveness refresh, and a connection that comes back (and subscribes again).
 import { describe, expect, test } from "bun:test";
 import { createMemoryLogger } from "../../src/log.ts";
 import type { RateVerdict } from "../../src/oauth/rate-limit.ts";
 import { backoffDelayMs, REDIS_RECONNECT } from "../../src/replicas/backoff.ts";
 import { RedisConnection, RedisUnavailableError, type RedisCommands } from "../../src/replicas/redis-connection.ts";
 import { decodeRevocation, encodeRevocation } from "../../src/replicas/revocation-fanout.ts";
-import { windowOf, windowVerdict } from "../../src/replicas/shared-rate-limit.ts";
+import { ReplicaLiveness } from "../../src/replicas/liveness.ts";
+import { SharedRateLimiter, windowOf, windowVerdict } from "../../src/replicas/shared-rate-limit.ts";
 import { FakeTimers, settle } from "../bridge/fakes.ts";
 import { rejection } from "../helpers/promises.ts";
 
@@ -146,6 +147,55 @@ describe("RedisConnection", () => {
     timers.advance(60_000);
     await settle();
     expect(opened).toHaveLength(1);
+    expect(timers.pending).toBe(0);
+  });
+});
+
+describe("SharedRateLimiter", () => {
+  const localVerdict: RateVerdict = { allowed: false, retryAfterS: 7 };
+  const limiterOver = (answer: () => Promise<unknown>) => {
+    const asked: string[] = [];
+    const limiter = new SharedRateLimiter({
+      redis: { command: (run) => run({ send: (_command: string, args: string[]) => (asked.push(args[2]!), answer()) } as unknown as RedisCommands) as never },
+      keyPrefix: "p:rate:",
+      window: { limit: 2, windowMs: 10_000 },
+      local: { take: () => localVerdict },
+      timeoutMs: 250,
+      logger: createMemoryLogger(),
+    });
+    return { limiter, asked };
+  };
+
+  test("counts under the prefixed key and judges Redis's count", async () => {
+    const { limiter, asked } = limiterOver(async () => [3, 4_500]);
+    expect(await limiter.take("register:198.51.100.1")).toEqual({ allowed: false, retryAfterS: 5 });
+    expect(asked).toEqual(["p:rate:register:198.51.100.1"]);
+  });
+
+  test("while Redis fails, the replica's own limiter decides", async () => {
+    const { limiter } = limiterOver(() => Promise.reject(new RedisUnavailableError("down")));
+    expect(await limiter.take("register:198.51.100.1")).toEqual(localVerdict);
+  });
+});
+
+describe("ReplicaLiveness", () => {
+  test("writes the key with its TTL every refresh period, and deletes it on stop", async () => {
+    const timers = new FakeTimers();
+    const sent: string[][] = [];
+    const redis = { command: (run: (client: RedisCommands) => Promise<unknown>) => run({ send: async (command: string, args: string[]) => void sent.push([command, ...args]) } as unknown as RedisCommands) };
+    const liveness = new ReplicaLiveness({ redis: redis as never, key: "p:replica:r1", replicaUrl: "http://10.0.0.5:8080", timing: { ttlMs: 15_000, refreshMs: 5_000 }, timers, timeoutMs: 1_000 });
+    liveness.start();
+    timers.advance(4_999);
+    expect(sent).toEqual([]);
+    timers.advance(1);
+    timers.advance(5_000);
+    expect(sent).toEqual([
+      ["SET", "p:replica:r1", "http://10.0.0.5:8080", "PX", "15000"],
+      ["SET", "p:replica:r1", "http://10.0.0.5:8080", "PX", "15000"],
+    ]);
+    await liveness.stop();
+    timers.advance(60_000);
+    expect(sent.slice(2)).toEqual([["DEL", "p:replica:r1"]]);
     expect(timers.pending).toBe(0);
   });
 });
