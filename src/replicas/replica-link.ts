@@ -41,24 +41,34 @@ export interface ReplicaLink {
 
 export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
   const { config, logger, timers } = deps;
-  // Bun's reconnection would not subscribe again; RedisConnection reconnects both the same way instead.
+  // Bun's own reconnection gives up after maxRetries; RedisConnection retries without end and subscribes again itself.
   const open = (): RedisCommands => new RedisClient(config.url, { autoReconnect: false, enableOfflineQueue: false, connectionTimeout: 2_000 });
   const revocationChannel = `${config.prefix}revocations`;
 
   const liveness = new ReplicaLiveness({
-    redis: { command: (run, timeoutMs) => commands.command(run, timeoutMs) }, // commands is made next: it writes the key on connecting
+    redis: { command: (run, timeoutMs) => commands.command(run, timeoutMs) }, // commands is made below: it writes the key on connecting
     key: livenessKey(config.prefix, deps.replicaId),
     replicaUrl: config.replicaUrl,
     timing: deps.liveness ?? DEFAULT_LIVENESS,
     timers,
     timeoutMs: COMMAND_TIMEOUT_MS,
   });
-  const commands = new RedisConnection({ open, timers, logger, backoff: REDIS_RECONNECT, role: "commands", ready: liveness.write });
   const fanout = new RevocationFanout({
     replicaId: deps.replicaId,
     publish: (message) => commands.command((client) => client.publish(revocationChannel, message), COMMAND_TIMEOUT_MS),
     revokedElsewhere: deps.revokedElsewhere,
     logger,
+  });
+  const commands = new RedisConnection({
+    open,
+    timers,
+    logger,
+    backoff: REDIS_RECONNECT,
+    role: "commands",
+    ready: async (client) => {
+      await liveness.write(client);
+      await fanout.announceMissed((message) => client.publish(revocationChannel, message));
+    },
   });
   const subscriber = new RedisConnection({
     open,

@@ -35,18 +35,38 @@ export interface RevocationFanoutDeps {
   logger: Logger;
 }
 
+/** Revocations kept for a Redis that is down; past this the oldest is given up (its tokens still fail every bearer check). */
+export const MAX_UNANNOUNCED = 1_000;
+
 export class RevocationFanout {
+  /** Grants revoked here while Redis could not take the notice: announced when it is back. */
+  private readonly unannounced = new Set<string>();
+
   constructor(private readonly deps: RevocationFanoutDeps) {}
 
   /** A grant was revoked on this replica (already handled here): tell the others. Never throws. */
   announce(grantId: string): void {
     this.deps.publish(encodeRevocation({ replica: this.deps.replicaId, grantId })).catch((error: unknown) => {
-      // The revocation holds in the database; other replicas' sessions of the grant run on until their own checks end them.
-      this.deps.logger.error("revocation not announced to other replicas: Redis unavailable", {
+      this.unannounced.add(grantId);
+      if (this.unannounced.size > MAX_UNANNOUNCED) this.unannounced.delete(this.unannounced.values().next().value!);
+      this.deps.logger.warn("revocation not yet announced to other replicas: Redis unavailable; announcing it when Redis is back", {
         grant_id: grantId,
         error: error instanceof Error ? error.message : String(error),
       });
     });
+  }
+
+  /** How many revocations wait for Redis. */
+  get waiting(): number {
+    return this.unannounced.size;
+  }
+
+  /** Runs on each (re)connection, with that connection's publish: the revocations Redis missed go out now. */
+  async announceMissed(publish: (message: string) => Promise<unknown>): Promise<void> {
+    for (const grantId of [...this.unannounced]) {
+      await publish(encodeRevocation({ replica: this.deps.replicaId, grantId }));
+      this.unannounced.delete(grantId);
+    }
   }
 
   /** The subscriber's listener: a notice from another replica is handled here; its own and malformed ones are not. */

@@ -5,7 +5,7 @@ import { createMemoryLogger } from "../../src/log.ts";
 import type { RateVerdict } from "../../src/oauth/rate-limit.ts";
 import { backoffDelayMs, REDIS_RECONNECT } from "../../src/replicas/backoff.ts";
 import { RedisConnection, RedisUnavailableError, type RedisCommands } from "../../src/replicas/redis-connection.ts";
-import { decodeRevocation, encodeRevocation } from "../../src/replicas/revocation-fanout.ts";
+import { decodeRevocation, encodeRevocation, MAX_UNANNOUNCED, RevocationFanout } from "../../src/replicas/revocation-fanout.ts";
 import { ReplicaLiveness } from "../../src/replicas/liveness.ts";
 import { SharedRateLimiter, windowOf, windowVerdict } from "../../src/replicas/shared-rate-limit.ts";
 import { FakeTimers, settle } from "../bridge/fakes.ts";
@@ -197,5 +197,32 @@ describe("ReplicaLiveness", () => {
     timers.advance(60_000);
     expect(sent.slice(2)).toEqual([["DEL", "p:replica:r1"]]);
     expect(timers.pending).toBe(0);
+  });
+});
+
+describe("RevocationFanout", () => {
+  const fanoutOver = (publish: (message: string) => Promise<unknown>, heard: string[] = []) =>
+    new RevocationFanout({ replicaId: "r1", publish, revokedElsewhere: (grantId) => heard.push(grantId), logger: createMemoryLogger() });
+
+  test("hands on other replicas' notices, not its own nor malformed ones", () => {
+    const heard: string[] = [];
+    const fanout = fanoutOver(async () => 1, heard);
+    fanout.heard(encodeRevocation({ replica: "r2", grantId: "g1" }));
+    fanout.heard(encodeRevocation({ replica: "r1", grantId: "g2" }));
+    fanout.heard("garbage");
+    expect(heard).toEqual(["g1"]);
+  });
+
+  test("keeps what Redis refused, at most MAX_UNANNOUNCED (oldest given up), and sends it on the next connection", async () => {
+    const fanout = fanoutOver(() => Promise.reject(new RedisUnavailableError("down")));
+    for (let i = 0; i <= MAX_UNANNOUNCED; i++) fanout.announce(`g${i}`);
+    await settle();
+    expect(fanout.waiting).toBe(MAX_UNANNOUNCED);
+    const sent: string[] = [];
+    await fanout.announceMissed(async (message) => sent.push(decodeRevocation(message)!.grantId));
+    expect(sent).toHaveLength(MAX_UNANNOUNCED);
+    expect(sent[0]).toBe("g1");
+    expect(sent.at(-1)).toBe(`g${MAX_UNANNOUNCED}`);
+    expect(fanout.waiting).toBe(0);
   });
 });
