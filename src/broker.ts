@@ -109,6 +109,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   });
 
   let server: ReturnType<typeof Bun.serve> | undefined;
+  const identities = new AccessIdentityCache(store);
   const oauth: OAuthDeps = {
     config,
     store,
@@ -128,7 +129,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
       },
     }),
     rateLimiter: new RateLimiter(options.rateLimit ?? DEFAULT_RATE_LIMIT, now),
-    identities: new AccessIdentityCache(store),
+    identities,
     clientAddress: (request) => clientAddressOf(server?.requestIP(request)?.address, request.headers.get("x-forwarded-for"), config.trustedProxies),
     lifetimes: { ...DEFAULT_LIFETIMES, ...options.lifetimes },
   };
@@ -185,7 +186,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
           logger,
           timers: realTimers,
           revokedElsewhere: (grantId) => {
-            oauth.identities?.forgetGrant(grantId);
+            identities.forgetGrant(grantId);
             grantRevoked(grantId);
           },
           rateLimit: options.rateLimit ?? DEFAULT_RATE_LIMIT,
