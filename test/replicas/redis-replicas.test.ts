@@ -13,6 +13,7 @@ import { probeSandbox } from "../../src/supervisor/sandbox.ts";
 import { brokerEnvFor, freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, connectAs, openSession, postMcp } from "../helpers/mcp.ts";
 import { postForm } from "../helpers/oauth-client.ts";
+import { waitWhile } from "../helpers/promises.ts";
 import { watchStandaloneStream } from "../helpers/watched-stream.ts";
 
 const REDIS_URL = "redis://127.0.0.1:6379";
@@ -64,6 +65,9 @@ describe("two replicas sharing Redis", () => {
     const sandbox = await probeSandbox(loaded.config.child.sandbox, hiddenFromChildren(loaded.config), { path: process.env.PATH ?? "" });
     b = await startBroker(loaded.config, { logger: createMemoryLogger(), sandbox, rateLimit, storePath: join(a.dataDir, "broker.sqlite") });
     bMcpUrl = `${b.url}/mcp`;
+    // Each replica connects to Redis in the background: wait until both say they are connected.
+    const healthy = async (url: string) => (await fetch(`${url}/healthz`)).status === 200;
+    await waitWhile(async () => !(await healthy(a.config.publicUrl)) || !(await healthy(b.url)), 100, 20);
   });
 
   afterAll(async () => {
