@@ -1,5 +1,6 @@
 // Assembles a running broker from a validated configuration: store, sealing key, Forgejo client, the
 // session registry and its children, the app and its listener, the purge timer, and an orderly stop.
+import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { AdminService } from "./admin/service.ts";
@@ -15,9 +16,11 @@ import type { Logger } from "./log.ts";
 import { PrincipalChildren } from "./modern/principals.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
 import { ClientDirectory } from "./oauth/client-directory.ts";
+import { AccessIdentityCache } from "./oauth/identity-cache.ts";
 import { MAX_OAUTH_BODY_BYTES } from "./oauth/edge-guard.ts";
 import { directConnect, systemLookup, type MetadataFetchDeps } from "./oauth/metadata-fetch.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
+import { startReplicaLink } from "./replicas/replica-link.ts";
 import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
 import { AdminQueries } from "./store/admin-queries.ts";
@@ -59,6 +62,8 @@ export interface BrokerOptions {
   idleTimeoutS?: number;
   /** How long finished spans wait to be sent in a batch (OTEL_EXPORTER_OTLP_ENDPOINT set); 5 s by default. */
   traceExportDelayMs?: number;
+  /** The SQLite file instead of broker.sqlite in the data directory: tests share one between two brokers, as replicas share PostgreSQL. */
+  storePath?: string;
 }
 
 export interface RunningBroker {
@@ -107,7 +112,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     });
   }
   ensurePrivateDir(config.dataDir);
-  const openedStore = Store.open(join(config.dataDir, "broker.sqlite"));
+  const openedStore = Store.open(options.storePath ?? join(config.dataDir, "broker.sqlite"));
   const store = tracing.enabled ? tracedStore(openedStore, tracing) : openedStore;
   const sealer = await TokenSealer.fromRawKey(loadOrCreateSealingKey(config.dataDir, config.sealingKey));
   const forgejoClient = new ForgejoClient({
@@ -134,6 +139,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   });
 
   let server: ReturnType<typeof Bun.serve> | undefined;
+  const identities = new AccessIdentityCache(store);
   const oauth: OAuthDeps = {
     config,
     store,
@@ -153,6 +159,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
       },
     }),
     rateLimiter: new RateLimiter(options.rateLimit ?? DEFAULT_RATE_LIMIT, now),
+    identities,
     clientAddress: (request) => clientAddressOf(server?.requestIP(request)?.address, request.headers.get("x-forwarded-for"), config.trustedProxies),
     lifetimes: { ...DEFAULT_LIFETIMES, ...options.lifetimes },
     metrics,
@@ -204,10 +211,35 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     timers: { ...realTimers, now },
     isLive: (tokenHash) => store.findAccessIdentity(tokenHash, now()) !== undefined,
   });
-  const unwatchRevocations = store.onRevocation((grantId) => {
+  // One path for a revoked grant, whichever replica revoked it.
+  const grantRevoked = (grantId: string) => {
     streamTokens.grantRevoked(grantId);
     void registry.grantRevoked(grantId);
     void principals.grantRevoked(grantId);
+  };
+  const replicaId = randomUUID();
+  const replicas =
+    config.redis === undefined
+      ? undefined
+      : startReplicaLink({
+          config: config.redis,
+          replicaId,
+          logger,
+          timers: realTimers,
+          revokedElsewhere: (grantId) => {
+            identities.forgetGrant(grantId);
+            grantRevoked(grantId);
+          },
+          rateLimit: options.rateLimit ?? DEFAULT_RATE_LIMIT,
+          localRateLimiter: oauth.rateLimiter,
+        });
+  if (replicas !== undefined) {
+    oauth.sharedRateLimiter = replicas.rateLimiter;
+    logger.info("replica linked to the others through Redis", { replica: replicaId, replica_url: config.redis?.replicaUrl, prefix: config.redis?.prefix });
+  }
+  const unwatchRevocations = store.onRevocation((grantId) => {
+    grantRevoked(grantId);
+    replicas?.announceRevocation(grantId);
   });
   const mcp = mcpRoutes({
     registry,
@@ -226,7 +258,9 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     metrics,
     tracing,
   });
-  const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });
+  const health = [{ name: "store", check: () => store.ping() }];
+  if (replicas !== undefined) health.push({ name: "redis", check: () => replicas.ping() });
+  const app = createApp({ oauth, logger, health, protectedRoutes: mcp });
   const metricsOnMain = metricsToken === null ? null : metricsBehindToken(metricsToken, scrape);
   const handle = observeRequests(
     metricsOnMain === null ? (request) => app.handle(request) : (request) => (requestPath(request.url) === METRICS_PATH ? metricsOnMain(request) : app.handle(request)),
@@ -249,7 +283,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     logger,
   ).catch((error: unknown) => {
     void server?.stop(true);
-    void Promise.all([registry.shutdown(), principals.shutdown()]).finally(() => store.close());
+    void Promise.all([registry.shutdown(), principals.shutdown(), replicas?.stop()]).finally(() => store.close());
     throw error;
   });
 
@@ -288,6 +322,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
         await drained;
         await metricsServer?.stop();
         await tracing.shutdown();
+        // Its sessions are gone: the liveness key goes now, not at its expiry.
+        await replicas?.stop();
         store.close();
       })()),
   };

@@ -35,6 +35,17 @@ export interface BrokerConfig {
   trustedProxies: AddressBlock[];
   observability: ObservabilityConfig;
   clients: ClientPolicy;
+  /** Shared with the other replicas through Redis; undefined when BROKER_REDIS_URL is unset (one box). */
+  redis: RedisConfig | undefined;
+}
+
+export interface RedisConfig {
+  /** redis:// or rediss://, credentials included: never logged. */
+  url: string;
+  /** Before every key and channel, so that several brokers (or test runs) share one Redis. */
+  prefix: string;
+  /** The address the other replicas use to reach this one. */
+  replicaUrl: string;
 }
 
 export interface ObservabilityConfig {
@@ -323,6 +334,17 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
   }
   const clientIdleDays = integer("BROKER_CLIENT_IDLE_DAYS", 90, 1, 36_500, "90");
 
+  const redisUrl = get("BROKER_REDIS_URL");
+  if (redisUrl !== undefined && !/^rediss?:\/\/[^\s/]+(\/\d*)?$/.test(redisUrl)) {
+    // Not echoed: the URL may carry a password.
+    problem("BROKER_REDIS_URL", "must be a redis:// or rediss:// URL naming a host (and at most a database number)", "redis://127.0.0.1:6379");
+  }
+  const redisPrefix = get("BROKER_REDIS_PREFIX") ?? "fmb:";
+  if (!/^[A-Za-z0-9:_.-]{1,64}$/.test(redisPrefix)) {
+    problem("BROKER_REDIS_PREFIX", `must be 1 to 64 letters, digits or ":_.-", got ${JSON.stringify(redisPrefix)}`, "fmb:");
+  }
+  const replicaUrl = absoluteUrl("BROKER_REPLICA_URL", `http://${host.includes(":") ? `[${host}]` : host}:${port}`, "http://10.0.0.5:8080");
+
   if (problems.length > 0) return { ok: false, problems };
 
   return {
@@ -354,6 +376,7 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
       trustedProxies,
       observability: { metricsAddr, metricsToken, otlpEndpoint, serviceName: get("OTEL_SERVICE_NAME") ?? "forgejo-mcp-broker" },
       clients: { insecureMetadataHosts: insecureMetadataHosts.map((entry) => entry.toLowerCase()), idleMs: clientIdleDays * 86_400_000 },
+      redis: redisUrl === undefined ? undefined : { url: redisUrl, prefix: redisPrefix, replicaUrl },
     },
   };
 }

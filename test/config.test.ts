@@ -265,3 +265,32 @@ describe("client policy: BROKER_CIMD_INSECURE_HOSTS and BROKER_CLIENT_IDLE_DAYS"
     ]);
   });
 });
+
+describe("many replicas: BROKER_REDIS_URL, BROKER_REDIS_PREFIX, BROKER_REPLICA_URL", () => {
+  test("no Redis by default: one box", () => {
+    const result = loadConfig(REQUIRED);
+    expect(result.ok && result.config.redis).toBeUndefined();
+  });
+
+  test("with a Redis URL the prefix is fmb: and this replica is reached at its host and port", () => {
+    const result = loadConfig({ ...REQUIRED, BROKER_REDIS_URL: "redis://:pw@10.0.0.9:6379/2", BROKER_HOST: "10.0.0.5", BROKER_PORT: "9000" });
+    expect(result.ok && result.config.redis).toEqual({ url: "redis://:pw@10.0.0.9:6379/2", prefix: "fmb:", replicaUrl: "http://10.0.0.5:9000" });
+  });
+
+  test("an IPv6 host is bracketed in the default replica URL; a given prefix and replica URL are kept", () => {
+    const result = loadConfig({ ...REQUIRED, BROKER_REDIS_URL: "rediss://cache.internal", BROKER_HOST: "::1", BROKER_REDIS_PREFIX: "team-a:", BROKER_REPLICA_URL: "http://replica-2.internal:8080/" });
+    expect(result.ok && result.config.redis).toEqual({ url: "rediss://cache.internal", prefix: "team-a:", replicaUrl: "http://replica-2.internal:8080" });
+    const defaulted = loadConfig({ ...REQUIRED, BROKER_REDIS_URL: "redis://127.0.0.1", BROKER_HOST: "::1" });
+    expect(defaulted.ok && defaulted.config.redis?.replicaUrl).toBe("http://[::1]:8080");
+  });
+
+  test("a bad URL, prefix or replica URL is a line each, and the Redis URL (which may hold a password) is not echoed", () => {
+    const result = loadConfig({ ...REQUIRED, BROKER_REDIS_URL: "hunter2@cache:6379", BROKER_REDIS_PREFIX: "has space", BROKER_REPLICA_URL: "ftp://x" });
+    expect(!result.ok && result.problems).toEqual([
+      "BROKER_REDIS_URL: must be a redis:// or rediss:// URL naming a host (and at most a database number) (example: BROKER_REDIS_URL=redis://127.0.0.1:6379)",
+      'BROKER_REDIS_PREFIX: must be 1 to 64 letters, digits or ":_.-", got "has space" (example: BROKER_REDIS_PREFIX=fmb:)',
+      "BROKER_REPLICA_URL: must be an http or https URL, got ftp: (example: BROKER_REPLICA_URL=http://10.0.0.5:8080)",
+    ]);
+    expect(JSON.stringify(!result.ok && result.problems)).not.toContain("hunter2");
+  });
+});

@@ -8,7 +8,8 @@ import type { UpstreamCredentials } from "../upstream/credentials.ts";
 import type { ClientDirectory } from "./client-directory.ts";
 import type { ForgejoClient } from "../upstream/forgejo.ts";
 import type { BrokerMetrics } from "../observability/metrics.ts";
-import type { RateLimiter } from "./rate-limit.ts";
+import type { AccessIdentityCache } from "./identity-cache.ts";
+import type { RateLimiter, RateVerdict } from "./rate-limit.ts";
 
 export interface OAuthDeps {
   config: BrokerConfig;
@@ -21,6 +22,10 @@ export interface OAuthDeps {
   logger: Logger;
   now: () => number;
   rateLimiter: RateLimiter;
+  /** The edge guard's per-address limits counted with the other replicas (Redis); `rateLimiter` alone when absent. */
+  sharedRateLimiter?: { take(key: string): Promise<RateVerdict> };
+  /** The bearer guard's identity cache, when the broker must also clear it of revocations made elsewhere. */
+  identities?: AccessIdentityCache;
   /** The peer address a rate limit is keyed on. */
   clientAddress: (request: Request) => string;
   lifetimes: TokenLifetimes;

@@ -42,7 +42,7 @@ const GUARDED = new Map<string, { bucket: RateLimitedEndpoint; refusals: Refusal
  * before it parses a body (parse comes before transform and beforeHandle).
  */
 export function oauthEdgeGuard(
-  deps: Pick<OAuthDeps, "rateLimiter" | "clientAddress" | "metrics">,
+  deps: Pick<OAuthDeps, "rateLimiter" | "sharedRateLimiter" | "clientAddress" | "metrics">,
   /** Sees each refusal: onAfterResponse hooks (the request log) never run for an answer given here. */
   refused: (request: Request, response: Response) => Response,
 ) {
@@ -52,7 +52,8 @@ export function oauthEdgeGuard(
     if (!path.startsWith("/oauth/")) return;
     const rule = GUARDED.get(`${request.method} ${path}`);
     if (rule === undefined) return;
-    const rate = deps.rateLimiter.take(`${rule.bucket}:${deps.clientAddress(request)}`);
+    const key = `${rule.bucket}:${deps.clientAddress(request)}`;
+    const rate = deps.sharedRateLimiter === undefined ? deps.rateLimiter.take(key) : await deps.sharedRateLimiter.take(key);
     if (!rate.allowed) {
       deps.metrics?.rateLimited(rule.bucket);
       return refused(request, rule.refusals.tooMany(rate.retryAfterS));

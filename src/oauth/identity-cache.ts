@@ -41,4 +41,9 @@ export class AccessIdentityCache {
     this.entries.set(tokenHash, { identity, validUntil: Math.min(now + this.options.ttlMs, identity.expiresAt), revocationCount });
     return identity;
   }
+
+  /** A grant was revoked by another replica, which this store's counter never sees: its tokens are looked up again. */
+  forgetGrant(grantId: string): void {
+    for (const [tokenHash, cached] of this.entries) if (cached.identity.grantId === grantId) this.entries.delete(tokenHash);
+  }
 }

@@ -1,5 +1,5 @@
 // A per-key token bucket for the unauthenticated OAuth endpoints (one bucket per endpoint): enough to
-// blunt a flood from one address without a shared store; multi-replica limits come later.
+// blunt a flood from one address without a shared store; replicas count in Redis (src/replicas/shared-rate-limit.ts).
 
 export interface RateLimitPolicy {
   /** Requests allowed in a burst. */

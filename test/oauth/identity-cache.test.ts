@@ -32,6 +32,20 @@ function storeWith(tokens: Record<string, TokenIdentity>) {
 }
 
 describe("AccessIdentityCache", () => {
+  test("a grant revoked on another replica (this store's counter unchanged) is looked up again; other grants stay cached", () => {
+    const tokens = { h1: identityOf(100_000), h2: { ...identityOf(100_000), grantId: "g2" } };
+    const store = storeWith(tokens);
+    const cache = new AccessIdentityCache(store, { ttlMs: 5_000, maxEntries: 10 });
+    cache.lookup("h1", 1_000);
+    cache.lookup("h2", 1_000);
+    // The other replica revoked g1 in the shared database.
+    delete (tokens as Record<string, TokenIdentity>).h1;
+    cache.forgetGrant("g1");
+    expect(cache.lookup("h1", 1_001)).toBeUndefined();
+    expect(cache.lookup("h2", 1_001)?.grantId).toBe("g2");
+    expect(store.queries).toBe(3);
+  });
+
   test("a token seen within the TTL is answered without a query", () => {
     const store = storeWith({ h1: identityOf(100_000) });
     const cache = new AccessIdentityCache(store, { ttlMs: 5_000, maxEntries: 10 });

@@ -40,6 +40,8 @@ export interface BearerDeps {
   /** Only what the guard asks: the identity behind a token hash, and whether anything was revoked since. */
   store: Pick<Store, "findAccessIdentity" | "revocationCount">;
   now: () => number;
+  /** The cache the broker also tells of revocations on other replicas; one of the guard's own otherwise. */
+  identities?: AccessIdentityCache;
 }
 
 /** What every refusal's WWW-Authenticate names: where to discover sign-in, and the scopes to ask for (never offline_access). */
@@ -75,7 +77,7 @@ export function authenticateBearer(
 /** Mount protected routes after this plugin; they receive `identity`. */
 export function bearerGuard(deps: BearerDeps) {
   const challenge = bearerChallengeFor(deps.config.publicUrl);
-  const checked = { config: deps.config, now: deps.now, identities: new AccessIdentityCache(deps.store) };
+  const checked = { config: deps.config, now: deps.now, identities: deps.identities ?? new AccessIdentityCache(deps.store) };
   return new Elysia({ name: "bearer-guard" }).resolve({ as: "scoped" }, ({ request, headers }) => ({
     identity: authenticateBearer(bearerCheckOf(request.url, headers.authorization), checked, challenge),
   }));

@@ -1,0 +1,103 @@
+// A replica's link to the others through Redis: two connections (commands, and the subscriber pub/sub
+// needs to itself), the revocation fan-out, the shared rate limits, the liveness key and the health check.
+import { RedisClient } from "bun";
+import type { RedisConfig } from "../config.ts";
+import type { Logger } from "../log.ts";
+import type { RateLimitPolicy, RateVerdict } from "../oauth/rate-limit.ts";
+import type { Timers } from "../supervisor/timers.ts";
+import { REDIS_RECONNECT } from "./backoff.ts";
+import { DEFAULT_LIVENESS, ReplicaLiveness, livenessKey, type LivenessTiming } from "./liveness.ts";
+import { RedisConnection, type RedisCommands } from "./redis-connection.ts";
+import { RevocationFanout } from "./revocation-fanout.ts";
+import { SharedRateLimiter, windowOf } from "./shared-rate-limit.ts";
+
+/** Long enough for a loaded Redis, short enough that /healthz and a sign-in never wait on a dead one. */
+const COMMAND_TIMEOUT_MS = 1_000;
+/** A rate-limit check sits in front of every OAuth request: past this it falls back to the local limiter. */
+const RATE_LIMIT_TIMEOUT_MS = 250;
+
+export interface ReplicaLinkDeps {
+  config: RedisConfig;
+  replicaId: string;
+  logger: Logger;
+  timers: Timers;
+  /** This replica's handling of a grant revoked on another replica. */
+  revokedElsewhere: (grantId: string) => void;
+  rateLimit: RateLimitPolicy;
+  /** The limiter used while Redis does not answer. */
+  localRateLimiter: { take(key: string): RateVerdict };
+  liveness?: LivenessTiming;
+}
+
+export interface ReplicaLink {
+  /** Tells the other replicas a grant was revoked here. */
+  announceRevocation(grantId: string): void;
+  rateLimiter: SharedRateLimiter;
+  /** Resolves when Redis answers a PING within the command timeout. */
+  ping(): Promise<void>;
+  /** Deletes the liveness key and closes both connections. */
+  stop(): Promise<void>;
+}
+
+export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
+  const { config, logger, timers } = deps;
+  // Bun's own reconnection gives up after maxRetries; RedisConnection retries without end and subscribes again itself.
+  const open = (): RedisCommands => new RedisClient(config.url, { autoReconnect: false, enableOfflineQueue: false, connectionTimeout: 2_000 });
+  const revocationChannel = `${config.prefix}revocations`;
+
+  const liveness = new ReplicaLiveness({
+    redis: { command: (run, timeoutMs) => commands.command(run, timeoutMs) }, // commands is made below: it writes the key on connecting
+    key: livenessKey(config.prefix, deps.replicaId),
+    replicaUrl: config.replicaUrl,
+    timing: deps.liveness ?? DEFAULT_LIVENESS,
+    timers,
+    timeoutMs: COMMAND_TIMEOUT_MS,
+  });
+  const fanout = new RevocationFanout({
+    replicaId: deps.replicaId,
+    publish: (message) => commands.command((client) => client.publish(revocationChannel, message), COMMAND_TIMEOUT_MS),
+    revokedElsewhere: deps.revokedElsewhere,
+    logger,
+  });
+  const commands = new RedisConnection({
+    open,
+    timers,
+    logger,
+    backoff: REDIS_RECONNECT,
+    role: "commands",
+    ready: async (client) => {
+      await liveness.write(client);
+      await fanout.announceMissed((message) => client.publish(revocationChannel, message));
+    },
+  });
+  const subscriber = new RedisConnection({
+    open,
+    timers,
+    logger,
+    backoff: REDIS_RECONNECT,
+    role: "revocations",
+    ready: (client) => client.subscribe(revocationChannel, fanout.heard),
+  });
+  const rateLimiter = new SharedRateLimiter({
+    redis: commands,
+    keyPrefix: `${config.prefix}rate:`,
+    window: windowOf(deps.rateLimit),
+    local: deps.localRateLimiter,
+    timeoutMs: RATE_LIMIT_TIMEOUT_MS,
+    logger,
+  });
+  commands.start();
+  subscriber.start();
+  liveness.start();
+
+  return {
+    announceRevocation: (grantId) => fanout.announce(grantId),
+    rateLimiter,
+    ping: async () => void (await commands.command((client) => client.send("PING", []), COMMAND_TIMEOUT_MS)),
+    async stop() {
+      await liveness.stop();
+      subscriber.stop();
+      commands.stop();
+    },
+  };
+}

@@ -1,0 +1,143 @@
+// Two brokers sharing one Redis (and one database file, standing in for PostgreSQL), as replicas behind
+// a load balancer: revocation reaches the other replica, rate limits count across both, liveness keys, health.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { RedisClient } from "bun";
+import { randomBytes, randomUUID } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startBroker, type RunningBroker } from "../../src/broker.ts";
+import { hiddenFromChildren, loadConfig } from "../../src/config.ts";
+import { createMemoryLogger } from "../../src/log.ts";
+import { probeSandbox } from "../../src/supervisor/sandbox.ts";
+import { brokerEnvFor, freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { childCommand, connectAs, openSession, postMcp } from "../helpers/mcp.ts";
+import { postForm } from "../helpers/oauth-client.ts";
+import { waitWhile } from "../helpers/promises.ts";
+import { watchStandaloneStream } from "../helpers/watched-stream.ts";
+
+const REDIS_URL = "redis://127.0.0.1:6379";
+const prefix = `fmb-test-${randomUUID()}:`;
+const redis = new RedisClient(REDIS_URL);
+
+async function keysUnder(pattern: string): Promise<string[]> {
+  return ((await redis.send("KEYS", [`${prefix}${pattern}`])) as string[]).sort();
+}
+
+function registerFrom(url: string, address: string): Promise<Response> {
+  return fetch(`${url}/oauth/register`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-forwarded-for": address },
+    body: JSON.stringify({ redirect_uris: ["http://127.0.0.1:9/cb"], client_name: "rate" }),
+  });
+}
+
+async function within<T>(ms: number, promise: Promise<T>): Promise<T | "timed out"> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"timed out">((resolve) => (timer = setTimeout(() => resolve("timed out"), ms)));
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+describe("two replicas sharing Redis", () => {
+  const shared = {
+    BROKER_REDIS_URL: REDIS_URL,
+    BROKER_REDIS_PREFIX: prefix,
+    BROKER_SEALING_KEY: randomBytes(32).toString("base64"),
+    BROKER_CHILD_COMMAND: childCommand(),
+    BROKER_TRUSTED_PROXIES: "127.0.0.1",
+  };
+  const rateLimit = { burst: 6, perSecond: 0.001 };
+  let a: TestBroker;
+  let b: RunningBroker;
+  let bDataDir: string;
+  let bMcpUrl: string;
+
+  beforeAll(async () => {
+    a = await startTestBroker({ env: shared, broker: { rateLimit } });
+    // B answers for the same public URL (the load balancer's) on a port of its own, over A's database file.
+    bDataDir = mkdtempSync(join(tmpdir(), "fmb-test-"));
+    const loaded = loadConfig({ ...brokerEnvFor(a.forgejo, await freePort(), bDataDir), ...shared, BROKER_PUBLIC_URL: a.config.publicUrl });
+    if (!loaded.ok) throw new Error(loaded.problems.join("\n"));
+    const sandbox = await probeSandbox(loaded.config.child.sandbox, hiddenFromChildren(loaded.config), { path: process.env.PATH ?? "" });
+    b = await startBroker(loaded.config, { logger: createMemoryLogger(), sandbox, rateLimit, storePath: join(a.dataDir, "broker.sqlite") });
+    bMcpUrl = `${b.url}/mcp`;
+    // Each replica connects to Redis in the background: wait until both say they are connected.
+    const healthy = async (url: string) => (await fetch(`${url}/healthz`)).status === 200;
+    await waitWhile(async () => !(await healthy(a.config.publicUrl)) || !(await healthy(b.url)), 100, 20);
+  });
+
+  afterAll(async () => {
+    await b?.stop();
+    await a?.stop();
+    rmSync(bDataDir, { recursive: true, force: true });
+    const left = await keysUnder("*");
+    if (left.length > 0) await redis.del(...left);
+    redis.close();
+  });
+
+  test("/healthz names redis as ok, and each replica holds a liveness key with its replica URL", async () => {
+    for (const url of [a.config.publicUrl, b.url]) {
+      expect(await (await fetch(`${url}/healthz`)).json()).toEqual({ status: "ok", store: "ok", redis: "ok" });
+    }
+    const keys = await keysUnder("replica:*");
+    expect(keys).toHaveLength(2);
+    expect((await Promise.all(keys.map((key) => redis.get(key)))).sort()).toEqual([a.config.publicUrl, b.url].sort());
+    expect(await redis.pttl(keys[0]!)).toBeGreaterThan(0);
+  });
+
+  test("a grant revoked on A ends its session on B within 1 s, and B refuses its token at once", async () => {
+    const signedIn = await connectAs(a, "alice");
+    try {
+      const token = signedIn.provider.savedTokens!.access_token;
+      const sessionId = await openSession(bMcpUrl, token);
+      const stream = await watchStandaloneStream(bMcpUrl, token, sessionId);
+      expect(stream.status).toBe(200);
+      expect(b.registry.sessionsOf(1)).toHaveLength(1);
+      // B has just answered this token: its identity cache holds it.
+      expect((await postMcp(bMcpUrl, token, { jsonrpc: "2.0", id: 1, method: "tools/list" }, { "mcp-session-id": sessionId })).status).toBe(200);
+
+      // Revoking the refresh token revokes the whole grant (RFC 7009 §2.1): every session of it ends.
+      const refreshToken = signedIn.provider.savedTokens!.refresh_token!;
+      const revoked = await postForm(`${a.config.publicUrl}/oauth/revoke`, { token: refreshToken, client_id: signedIn.provider.clientInformation()!.client_id });
+      expect(revoked.status).toBe(200);
+      expect(await within(1_000, stream.ended)).toBe("ended");
+      expect(b.registry.sessionsOf(1)).toEqual([]);
+      const after = await postMcp(bMcpUrl, token, { jsonrpc: "2.0", id: 2, method: "tools/list" });
+      expect(after.status).toBe(401);
+    } finally {
+      await signedIn.client.close().catch(() => {});
+    }
+  }, 30_000);
+
+  test("one address's registrations are counted across both replicas", async () => {
+    const address = "198.51.100.23";
+    const statuses: number[] = [];
+    for (let i = 0; i < rateLimit.burst + 1; i++) statuses.push((await registerFrom(i % 2 === 0 ? a.config.publicUrl : b.url, address)).status);
+    expect(statuses).toEqual([...Array(rateLimit.burst).fill(201), 429]);
+    // The count sits under the prefix, keyed on the address and the endpoint, nothing else.
+    expect(await keysUnder("rate:*")).toContain(`${prefix}rate:register:${address}`);
+  });
+
+  test("a stopped replica's liveness key is gone", async () => {
+    await b.stop();
+    expect((await Promise.all((await keysUnder("replica:*")).map((key) => redis.get(key))))).toEqual([a.config.publicUrl]);
+  });
+});
+
+test("with Redis unreachable the broker starts, /healthz is 503 naming redis, and sign-up limits fall back to the replica's own", async () => {
+  const closedPort = await freePort();
+  const t = await startTestBroker({ env: { BROKER_REDIS_URL: `redis://127.0.0.1:${closedPort}`, BROKER_REDIS_PREFIX: prefix }, broker: { rateLimit: { burst: 1, perSecond: 0.001 } } });
+  try {
+    const health = await fetch(`${t.config.publicUrl}/healthz`);
+    expect(health.status).toBe(503);
+    expect(await health.json()).toEqual({ status: "degraded", store: "ok", redis: "failed" });
+    expect((await registerFrom(t.config.publicUrl, "ignored")).status).toBe(201);
+    expect((await registerFrom(t.config.publicUrl, "ignored")).status).toBe(429);
+  } finally {
+    await t.stop();
+  }
+});
