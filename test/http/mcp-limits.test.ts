@@ -68,7 +68,8 @@ describe("caps", () => {
     expect((await fetch(t.mcpUrl, { method: "DELETE", headers: { authorization: `Bearer ${alice}`, "mcp-session-id": first! } })).status).toBe(204);
     expect(await openSession(t.mcpUrl, bob)).toMatch(/^[0-9a-f]{48}$/);
     held.abort();
-  });
+    // Two sign-ins and five sandboxed children: more than bun's 5 s default on a loaded 2-core machine.
+  }, 30_000);
 });
 
 describe("idle reaping", () => {
