@@ -20,8 +20,8 @@ import { directConnect, systemLookup, type MetadataFetchDeps } from "./oauth/met
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
 import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
-import { AdminQueries } from "./store/admin-queries.ts";
-import { Store } from "./store/store.ts";
+import { openStore } from "./store/open.ts";
+import type { Store } from "./store/store.ts";
 import { createSpawnChild } from "./supervisor/child.ts";
 import { processRssBytes } from "./supervisor/process-rss.ts";
 import type { SandboxPlan } from "./supervisor/sandbox.ts";
@@ -79,7 +79,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     });
   }
   ensurePrivateDir(config.dataDir);
-  const store = Store.open(join(config.dataDir, "broker.sqlite"));
+  const { store, queries } = await openStore(config);
   const sealer = await TokenSealer.fromRawKey(loadOrCreateSealingKey(config.dataDir, config.sealingKey));
   const forgejo = new ForgejoClient({
     url: config.forgejo.url,
@@ -161,10 +161,10 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   });
   const streamTokens = new StreamTokens({
     timers: { ...realTimers, now },
-    isLive: (tokenHash) => store.findAccessIdentity(tokenHash, now()) !== undefined,
+    isLive: async (tokenHash) => (await store.findAccessIdentity(tokenHash, now())) !== undefined,
   });
   const unwatchRevocations = store.onRevocation((grantId) => {
-    streamTokens.grantRevoked(grantId);
+    void streamTokens.grantRevoked(grantId);
     void registry.grantRevoked(grantId);
     void principals.grantRevoked(grantId);
   });
@@ -196,19 +196,19 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   // A broker that finds another one on its data directory (its admin socket answers) stops listening and refuses to start.
   const adminSocket = await listenAdminSocket(
     adminSocketPath(config.dataDir),
-    new AdminService({ registry, principals, queries: new AdminQueries(store), store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes }),
+    new AdminService({ registry, principals, queries, store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes }),
     logger,
   ).catch((error: unknown) => {
     void server?.stop(true);
-    void Promise.all([registry.shutdown(), principals.shutdown()]).finally(() => store.close());
+    void Promise.all([registry.shutdown(), principals.shutdown()]).finally(() => void store.close());
     throw error;
   });
 
-  const purge = setInterval(() => {
+  const purge = setInterval(async () => {
     try {
-      const removed = store.purgeExpired(now());
+      const removed = await store.purgeExpired(now());
       if (removed > 0) logger.debug("purged expired rows", { removed });
-      const clients = store.reapClients(now(), { unusedMs: UNUSED_CLIENT_MS, idleMs: config.clients.idleMs, stampEveryMs: CLIENT_USE_STAMP_MS });
+      const clients = await store.reapClients(now(), { unusedMs: UNUSED_CLIENT_MS, idleMs: config.clients.idleMs, stampEveryMs: CLIENT_USE_STAMP_MS });
       if (clients.unused + clients.idle > 0) logger.info("deleted clients nobody uses", clients);
     } catch (error) {
       logger.error("purge failed", { error: error instanceof Error ? error : String(error) });
@@ -234,7 +234,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
         const drained = server.stop();
         await Promise.all([registry.shutdown(), principals.shutdown()]);
         await drained;
-        store.close();
+        await store.close();
       })()),
   };
 }

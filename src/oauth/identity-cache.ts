@@ -1,5 +1,5 @@
 // Remembers, for a few seconds, which identity a live access token hash stands for, so that the
-// bearer guard does not ask SQLite again on every /mcp message of a busy session.
+// bearer guard does not ask the database again on every /mcp message of a busy session.
 import type { Store, TokenIdentity } from "../store/store.ts";
 
 export interface AccessIdentityCacheOptions {
@@ -30,12 +30,12 @@ export class AccessIdentityCache {
   ) {}
 
   /** The identity behind a live access token, or undefined for unknown, expired or revoked ones. */
-  lookup(tokenHash: string, now: number): TokenIdentity | undefined {
+  async lookup(tokenHash: string, now: number): Promise<TokenIdentity | undefined> {
     const cached = this.entries.get(tokenHash);
     if (cached !== undefined && now < cached.validUntil && cached.revocationCount === this.store.revocationCount) return cached.identity;
     if (cached !== undefined) this.entries.delete(tokenHash);
     const revocationCount = this.store.revocationCount;
-    const identity = this.store.findAccessIdentity(tokenHash, now);
+    const identity = await this.store.findAccessIdentity(tokenHash, now);
     if (identity === undefined) return undefined;
     if (this.entries.size >= this.options.maxEntries) this.entries.delete(this.entries.keys().next().value!);
     this.entries.set(tokenHash, { identity, validUntil: Math.min(now + this.options.ttlMs, identity.expiresAt), revocationCount });

@@ -2,7 +2,7 @@
 // grants and last use, and a client's removal. Revocations go through Store.revokeGrant, as /oauth/revoke's do.
 import { and, count, eq, inArray, isNull, max } from "drizzle-orm";
 import * as schema from "./schema.ts";
-import type { Store } from "./store.ts";
+import type { SqliteStore } from "./sqlite-store.ts";
 
 export interface GrantSummary {
   grantId: string;
@@ -31,11 +31,23 @@ export interface GrantFilter {
   grantId?: string;
 }
 
-export class AdminQueries {
-  constructor(private readonly store: Store) {}
+/** What the admin command reads and deletes beyond the Store's own methods. */
+export interface AdminQueries {
+  /** Active (not revoked) grants matching `filter`, oldest first. */
+  activeGrants(filter?: GrantFilter): Promise<GrantSummary[]>;
+  /** The grants of these ids, revoked or not (a session may outlive its grant by the moment its revocation takes). */
+  grantsById(grantIds: string[]): Promise<Map<string, GrantSummary>>;
+  /** Every registered client, with its active grants and when a token was last issued to it, newest first. */
+  clients(): Promise<ClientSummary[]>;
+  /** Revokes the client's active grants, then removes it with everything that references it. */
+  deleteClient(clientId: string, now: number): Promise<{ deleted: boolean; revokedGrants: string[] }>;
+}
+
+export class SqliteAdminQueries implements AdminQueries {
+  constructor(private readonly store: SqliteStore) {}
 
   /** Active (not revoked) grants matching `filter`, oldest first. */
-  activeGrants(filter: GrantFilter = {}): GrantSummary[] {
+  async activeGrants(filter: GrantFilter = {}): Promise<GrantSummary[]> {
     const g = schema.grants;
     return this.grantQuery()
       .where(
@@ -51,14 +63,14 @@ export class AdminQueries {
   }
 
   /** The grants of these ids, revoked or not (a session may outlive its grant by the moment its revocation takes). */
-  grantsById(grantIds: string[]): Map<string, GrantSummary> {
+  async grantsById(grantIds: string[]): Promise<Map<string, GrantSummary>> {
     if (grantIds.length === 0) return new Map();
     const rows = this.grantQuery().where(inArray(schema.grants.id, [...new Set(grantIds)])).all();
     return new Map(rows.map((row) => [row.grantId, row]));
   }
 
   /** Every registered client, with its active grants and when a token was last issued to it, newest first. */
-  clients(): ClientSummary[] {
+  async clients(): Promise<ClientSummary[]> {
     const c = schema.clients;
     const g = schema.grants;
     const a = schema.accessTokens;
@@ -95,10 +107,10 @@ export class AdminQueries {
    * Removes a client: its active grants are revoked first (so their sessions and children end as on
    * /oauth/revoke), then the row goes with everything that references it. False when there is no such client.
    */
-  deleteClient(clientId: string, now: number): { deleted: boolean; revokedGrants: string[] } {
-    if (this.store.getClient(clientId) === undefined) return { deleted: false, revokedGrants: [] };
-    const revokedGrants = this.activeGrants({ clientId }).map((grant) => grant.grantId);
-    for (const grantId of revokedGrants) this.store.revokeGrant(grantId, now);
+  async deleteClient(clientId: string, now: number): Promise<{ deleted: boolean; revokedGrants: string[] }> {
+    if ((await this.store.getClient(clientId)) === undefined) return { deleted: false, revokedGrants: [] };
+    const revokedGrants = (await this.activeGrants({ clientId })).map((grant) => grant.grantId);
+    for (const grantId of revokedGrants) await this.store.revokeGrant(grantId, now);
     this.store.db.delete(schema.clients).where(eq(schema.clients.id, clientId)).run();
     return { deleted: true, revokedGrants };
   }

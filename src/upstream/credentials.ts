@@ -64,7 +64,7 @@ export class UpstreamCredentials {
   /** After a code exchange: the new pair replaces the user's credential, which Forgejo has just retired. */
   async saveFromSignIn(user: ForgejoUser, tokens: UpstreamTokens): Promise<void> {
     const { sealer, store, now } = this.options;
-    store.putUpstreamCredential({
+    await store.putUpstreamCredential({
       forgejoUserId: user.id,
       forgejoLogin: user.login,
       accessTokenSealed: await sealer.sealUpstreamToken(tokens.accessToken, accessAad(user.id)),
@@ -77,7 +77,7 @@ export class UpstreamCredentials {
 
   /** The user's access token, refreshed first when its refresh is due (refresh-timing's rule). */
   async accessTokenFor(forgejoUserId: number): Promise<UpstreamAccess> {
-    const row = this.options.store.getUpstreamCredential(forgejoUserId);
+    const row = await this.options.store.getUpstreamCredential(forgejoUserId);
     if (row && !this.isDue(row, "when-due")) return this.unsealAccess(row);
     return this.waitFor(this.singleFlight(forgejoUserId, "when-due"));
   }
@@ -116,7 +116,7 @@ export class UpstreamCredentials {
 
   private async refresh(forgejoUserId: number, urgency: RefreshUrgency): Promise<UpstreamAccess> {
     const { store, sealer, forgejo, now, logger } = this.options;
-    const row = store.getUpstreamCredential(forgejoUserId);
+    const row = await store.getUpstreamCredential(forgejoUserId);
     if (!row) return this.lose(forgejoUserId, "missing");
     // Another writer may have stored a fresh pair between the caller's read and this flight.
     if (!this.isDue(row, urgency)) return this.unsealAccess(row);
@@ -135,13 +135,13 @@ export class UpstreamCredentials {
     } catch (error) {
       if (!(error instanceof UpstreamRefusedError)) throw error;
       // A sign-in during our request retires the token we sent: the newer row is good, keep it.
-      const current = store.getUpstreamCredential(forgejoUserId);
+      const current = await store.getUpstreamCredential(forgejoUserId);
       if (current && current.version !== row.version) return this.unsealAccess(current);
       return this.lose(forgejoUserId, "refused", error.code);
     }
 
     // Stored before anyone uses it: a new pair we failed to keep would leave only retired tokens behind.
-    const stored = store.replaceUpstreamCredential(forgejoUserId, row.version, {
+    const stored = await store.replaceUpstreamCredential(forgejoUserId, row.version, {
       accessTokenSealed: await sealer.sealUpstreamToken(tokens.accessToken, accessAad(forgejoUserId)),
       refreshTokenSealed:
         tokens.refreshToken === null ? row.refreshTokenSealed : await sealer.sealUpstreamToken(tokens.refreshToken, refreshAad(forgejoUserId)),
@@ -151,7 +151,7 @@ export class UpstreamCredentials {
     if (!stored) {
       // Someone stored a newer credential meanwhile (a sign-in); it supersedes ours, so use it.
       logger.info("upstream refresh superseded by a newer credential", { forgejo_user_id: forgejoUserId });
-      const current = store.getUpstreamCredential(forgejoUserId);
+      const current = await store.getUpstreamCredential(forgejoUserId);
       if (!current) return this.lose(forgejoUserId, "missing");
       return this.unsealAccess(current);
     }
@@ -178,10 +178,10 @@ export class UpstreamCredentials {
   }
 
   /** Without a usable credential the user's grants would only lead to failing sessions: revoke them, so the client re-authorizes. */
-  private lose(forgejoUserId: number, reason: CredentialLossReason, upstreamCode: string | null = null): never {
+  private async lose(forgejoUserId: number, reason: CredentialLossReason, upstreamCode: string | null = null): Promise<never> {
     const { store, now, logger } = this.options;
-    store.deleteUpstreamCredential(forgejoUserId);
-    const revokedGrantIds = store.revokeGrantsOfUser(forgejoUserId, now());
+    await store.deleteUpstreamCredential(forgejoUserId);
+    const revokedGrantIds = await store.revokeGrantsOfUser(forgejoUserId, now());
     logger.warn("upstream credential lost; grants revoked", {
       forgejo_user_id: forgejoUserId,
       reason,
