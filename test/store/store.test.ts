@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { s256Challenge } from "../../src/oauth/pkce.ts";
 import { SqliteStore } from "../../src/store/sqlite-store.ts";
 import type { ClientRow, NewTokenHashes, Store } from "../../src/store/store.ts";
+import { storeDialects } from "../helpers/store-dialects.ts";
 
 const VERIFIER = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const client = (id: string, metadata: Record<string, unknown> = {}): ClientRow => ({
@@ -61,10 +62,9 @@ describe("the SQLite store", () => {
   });
 });
 
-/** Each dialect's store, fresh per test: the same rules must hold on both. */
-const dialects: [string, () => Promise<Store>][] = [["SQLite", async () => SqliteStore.open(":memory:")]];
+const dialects = await storeDialects();
 
-describe.each(dialects)("Store on %s", (_dialect, open) => {
+describe.each(dialects)("Store on %s", (_dialect, { open }) => {
   test("one active grant per (client, user): a second sign-in reuses it; after revocation a new one is made", async () => {
     const { store, grant } = await seeded(open);
     expect((await store.findOrCreateGrant({ id: "g2", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice2", scope: "mcp", now: 1 })).id).toBe(grant.id);
