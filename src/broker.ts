@@ -79,7 +79,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     });
   }
   ensurePrivateDir(config.dataDir);
-  const { store, queries } = await openStore(config);
+  const { store, queries, health } = await openStore(config);
   const sealer = await TokenSealer.fromRawKey(loadOrCreateSealingKey(config.dataDir, config.sealingKey));
   const forgejo = new ForgejoClient({
     url: config.forgejo.url,
@@ -183,7 +183,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     streamTokens,
     heartbeatMs: options.heartbeatMs,
   });
-  const app = createApp({ oauth, logger, health: [{ name: "store", check: () => store.ping() }], protectedRoutes: mcp });
+  const app = createApp({ oauth, logger, health, protectedRoutes: mcp });
   server = Bun.serve({
     hostname: config.host,
     port: config.port,

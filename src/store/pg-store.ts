@@ -64,7 +64,8 @@ export class PgStore implements Store, ExchangeStatements {
   /** Connects, migrates under the advisory lock, and returns the store. */
   static async open(url: string, options: { maxConnections?: number } = {}): Promise<PgStore> {
     await migratePostgres(url);
-    const client = new SQL({ url, max: options.maxConnections ?? 10 });
+    // A database that stopped answering fails /healthz within seconds rather than Bun's default 30.
+    const client = new SQL({ url, max: options.maxConnections ?? 10, connectionTimeout: 5 });
     return new PgStore(client, drizzle({ client, schema }));
   }
 
