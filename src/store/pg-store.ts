@@ -18,6 +18,7 @@ import {
   type ExchangeStatements,
   type GrantRow,
   type IssuedTokenHashes,
+  type LockedCredentialWork,
   type NewClientRow,
   type RefreshExchangeRequest,
   type RefreshTokenRow,
@@ -345,6 +346,25 @@ export class PgStore implements Store, ExchangeStatements {
       .where(and(eq(t.forgejoUserId, forgejoUserId), eq(t.version, expectedVersion)))
       .returning();
     return stored;
+  }
+
+  /** The row lock (SELECT … FOR UPDATE) is held across `work`, Forgejo's answer included, and released by the commit. */
+  async withUpstreamCredentialLocked<T>(
+    forgejoUserId: number,
+    work: (row: UpstreamCredentialRow | undefined) => Promise<LockedCredentialWork<T>>,
+  ): Promise<{ result: T; stored: UpstreamCredentialRow | undefined }> {
+    const t = schema.upstreamCredentials;
+    return this.db.transaction(async (tx) => {
+      const [row] = await tx.select().from(t).where(eq(t.forgejoUserId, forgejoUserId)).for("update");
+      const { result, update } = await work(row);
+      if (row === undefined || update === undefined) return { result, stored: undefined };
+      const [stored] = await tx
+        .update(t)
+        .set({ ...update, version: sql`${t.version} + 1` })
+        .where(eq(t.forgejoUserId, forgejoUserId))
+        .returning();
+      return { result, stored };
+    });
   }
 
   async deleteUpstreamCredential(forgejoUserId: number): Promise<void> {

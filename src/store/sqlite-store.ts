@@ -18,6 +18,7 @@ import {
   type ExchangeStatements,
   type GrantRow,
   type IssuedTokenHashes,
+  type LockedCredentialWork,
   type NewClientRow,
   type RefreshExchangeRequest,
   type RefreshTokenRow,
@@ -455,6 +456,17 @@ export class SqliteStore implements Store, ExchangeStatements {
       .where(and(eq(t.forgejoUserId, forgejoUserId), eq(t.version, expectedVersion)))
       .returning()
       .get();
+  }
+
+  /** One process holds the file: the credentials' own single flight is the lock, and the version check catches a sign-in meanwhile. */
+  async withUpstreamCredentialLocked<T>(
+    forgejoUserId: number,
+    work: (row: UpstreamCredentialRow | undefined) => Promise<LockedCredentialWork<T>>,
+  ): Promise<{ result: T; stored: UpstreamCredentialRow | undefined }> {
+    const row = await this.getUpstreamCredential(forgejoUserId);
+    const { result, update } = await work(row);
+    const stored = row !== undefined && update !== undefined ? await this.replaceUpstreamCredential(forgejoUserId, row.version, update) : undefined;
+    return { result, stored };
   }
 
   async deleteUpstreamCredential(forgejoUserId: number): Promise<void> {

@@ -143,6 +143,12 @@ export interface Store {
   /** Stores a refreshed credential only if nobody else wrote since `expectedVersion` was read. */
   replaceUpstreamCredential(forgejoUserId: number, expectedVersion: number, next: UpstreamCredentialUpdate): Promise<UpstreamCredentialRow | undefined>;
   deleteUpstreamCredential(forgejoUserId: number): Promise<void>;
+  /**
+   * Runs `work` on the user's credential as it is once locked against every other replica's refresh of it,
+   * and stores the update `work` returns before the lock is released; `stored` is undefined when nothing was.
+   * Forgejo retires a refresh token when it is used, so two replicas refreshing one user would cost them their grant.
+   */
+  withUpstreamCredentialLocked<T>(forgejoUserId: number, work: (row: UpstreamCredentialRow | undefined) => Promise<LockedCredentialWork<T>>): Promise<{ result: T; stored: UpstreamCredentialRow | undefined }>;
 
   /** Deletes the clients nobody uses (see the SQLite implementation for the rules); a client in use is stamped. */
   reapClients(now: number, rules: { unusedMs: number; idleMs: number; stampEveryMs: number }): Promise<{ unused: number; idle: number }>;
@@ -169,6 +175,12 @@ export class RevocationNotices {
     this.committed++;
     for (const listener of this.listeners) listener(grantId);
   }
+}
+
+/** What work on a locked credential decided: its result, and the new pair to store, if any. */
+export interface LockedCredentialWork<T> {
+  result: T;
+  update?: UpstreamCredentialUpdate;
 }
 
 export type UpstreamCredentialUpdate = Pick<UpstreamCredentialRow, "accessTokenSealed" | "refreshTokenSealed" | "accessExpiresAt" | "updatedAt">;

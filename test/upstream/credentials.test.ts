@@ -7,7 +7,6 @@ import { createMemoryLogger } from "../../src/log.ts";
 import { eq } from "drizzle-orm";
 import * as schema from "../../src/store/schema.ts";
 import { SqliteStore } from "../../src/store/sqlite-store.ts";
-
 import { realTimers } from "../../src/supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials, type CredentialEvent } from "../../src/upstream/credentials.ts";
 import {
