@@ -5,6 +5,7 @@ import { and, desc, eq, gt, inArray, isNull, lt, notInArray, sql } from "drizzle
 import { drizzle, type BunSQLDatabase } from "drizzle-orm/bun-sql";
 import { migrate } from "drizzle-orm/bun-sql/migrator";
 import { join } from "node:path";
+import { clientInUse, clientSigningIn, grantIsLive, revokedGrantUnreferenced } from "./shared-sql.ts";
 import * as schema from "./pg-schema.ts";
 import {
   exchangeCode,
@@ -375,14 +376,8 @@ export class PgStore implements Store, ExchangeStatements {
 
   async reapClients(now: number, rules: { unusedMs: number; idleMs: number; stampEveryMs: number }): Promise<{ unused: number; idle: number }> {
     const c = schema.clients;
-    const inUse = sql`(
-      EXISTS (SELECT 1 FROM access_tokens a JOIN grants g ON g.id = a.grant_id
-              WHERE g.client_id = ${c.id} AND g.revoked_at IS NULL AND a.revoked_at IS NULL AND a.expires_at > ${now})
-      OR EXISTS (SELECT 1 FROM refresh_tokens r JOIN grants g ON g.id = r.grant_id
-              WHERE g.client_id = ${c.id} AND g.revoked_at IS NULL AND r.revoked_at IS NULL AND r.rotated_at IS NULL AND r.expires_at > ${now})
-      OR EXISTS (SELECT 1 FROM auth_codes k JOIN grants g ON g.id = k.grant_id
-              WHERE g.client_id = ${c.id} AND g.revoked_at IS NULL AND k.used_at IS NULL AND k.expires_at > ${now}))`;
-    const signingIn = sql`EXISTS (SELECT 1 FROM authorizations z WHERE z.client_id = ${c.id} AND z.consumed_at IS NULL AND z.expires_at > ${now})`;
+    const inUse = clientInUse(c.id, now);
+    const signingIn = clientSigningIn(c.id, now);
     return this.db.transaction(async (tx) => {
       await tx
         .update(c)
@@ -410,13 +405,7 @@ export class PgStore implements Store, ExchangeStatements {
         await tx.delete(rt).where(lt(rt.expiresAt, now)).returning({ id: rt.tokenHash }),
         await tx
           .delete(g)
-          .where(
-            and(
-              sql`${g.revokedAt} IS NOT NULL`,
-              sql`NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE refresh_tokens.grant_id = ${g.id})`,
-              sql`NOT EXISTS (SELECT 1 FROM auth_codes WHERE auth_codes.grant_id = ${g.id})`,
-            ),
-          )
+          .where(revokedGrantUnreferenced(g.revokedAt, g.id))
           .returning({ id: g.id }),
       ];
       return removed.reduce((sum, rows) => sum + rows.length, 0);
@@ -424,10 +413,6 @@ export class PgStore implements Store, ExchangeStatements {
   }
 }
 
-/** The condition, inside an exchange's UPDATE, that the code's or token's grant was not revoked meanwhile. */
-function grantIsLive(grantId: typeof schema.authCodes.grantId | typeof schema.refreshTokens.grantId) {
-  return sql`EXISTS (SELECT 1 FROM grants WHERE grants.id = ${grantId} AND grants.revoked_at IS NULL)`;
-}
 
 /** Revokes the active grants `which` selects, with every token under them; returns their ids. */
 async function revokeGrantsIn(tx: Tx, which: ReturnType<typeof eq>, now: number): Promise<string[]> {

@@ -6,6 +6,7 @@ import { drizzle, type BunSQLiteDatabase } from "drizzle-orm/bun-sqlite";
 import { migrate } from "drizzle-orm/bun-sqlite/migrator";
 import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
 import { join } from "node:path";
+import { clientInUse, clientSigningIn, grantIsLive, revokedGrantUnreferenced } from "./shared-sql.ts";
 import * as schema from "./schema.ts";
 import {
   exchangeCode,
@@ -482,14 +483,8 @@ export class SqliteStore implements Store, ExchangeStatements {
    */
   async reapClients(now: number, rules: { unusedMs: number; idleMs: number; stampEveryMs: number }): Promise<{ unused: number; idle: number }> {
     const c = schema.clients;
-    const inUse = sql`(
-      EXISTS (SELECT 1 FROM access_tokens a JOIN grants g ON g.id = a.grant_id
-              WHERE g.client_id = ${c.id} AND g.revoked_at IS NULL AND a.revoked_at IS NULL AND a.expires_at > ${now})
-      OR EXISTS (SELECT 1 FROM refresh_tokens r JOIN grants g ON g.id = r.grant_id
-              WHERE g.client_id = ${c.id} AND g.revoked_at IS NULL AND r.revoked_at IS NULL AND r.rotated_at IS NULL AND r.expires_at > ${now})
-      OR EXISTS (SELECT 1 FROM auth_codes k JOIN grants g ON g.id = k.grant_id
-              WHERE g.client_id = ${c.id} AND g.revoked_at IS NULL AND k.used_at IS NULL AND k.expires_at > ${now}))`;
-    const signingIn = sql`EXISTS (SELECT 1 FROM authorizations z WHERE z.client_id = ${c.id} AND z.consumed_at IS NULL AND z.expires_at > ${now})`;
+    const inUse = clientInUse(c.id, now);
+    const signingIn = clientSigningIn(c.id, now);
     return this.db.transaction((tx) => {
       tx.update(c)
         .set({ lastUsedAt: now })
@@ -520,22 +515,10 @@ export class SqliteStore implements Store, ExchangeStatements {
       removed += tx.delete(rt).where(lt(rt.expiresAt, now)).returning({ id: rt.tokenHash }).all().length;
       removed += tx
         .delete(g)
-        .where(
-          and(
-            sql`${g.revokedAt} IS NOT NULL`,
-            sql`NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE refresh_tokens.grant_id = ${g.id})`,
-            sql`NOT EXISTS (SELECT 1 FROM auth_codes WHERE auth_codes.grant_id = ${g.id})`,
-          ),
-        )
+        .where(revokedGrantUnreferenced(g.revokedAt, g.id))
         .returning({ id: g.id })
         .all().length;
       return removed;
     });
   }
 }
-
-/** The condition, inside an exchange's UPDATE, that the code's or token's grant was not revoked meanwhile. */
-function grantIsLive(grantId: typeof schema.authCodes.grantId | typeof schema.refreshTokens.grantId) {
-  return sql`EXISTS (SELECT 1 FROM grants WHERE grants.id = ${grantId} AND grants.revoked_at IS NULL)`;
-}
-
