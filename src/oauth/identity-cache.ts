@@ -4,8 +4,8 @@ import type { Store, TokenIdentity } from "../store/store.ts";
 
 export interface AccessIdentityCacheOptions {
   /**
-   * How long an answer is trusted. Revocations made through this process's store end it at once;
-   * this bound is only for a revocation written by another process to the same database.
+   * How long an answer is trusted. Revocations made through this process's store end it at once, and
+   * so do other replicas' on PostgreSQL (announced to the store); this bound is for any other writer.
    */
   ttlMs: number;
   /** Beyond this many tokens the oldest answer is forgotten, so memory stays bounded. */

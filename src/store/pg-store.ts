@@ -1,5 +1,6 @@
 // The shared store, over Drizzle and Bun's PostgreSQL client: the OAuth state every replica reads and
-// writes. Each single-use rule is one conditional UPDATE inside one transaction, so replicas racing on a row get one winner.
+// writes. Each single-use rule is one conditional UPDATE inside one transaction, so replicas racing on a row get one winner;
+// each revocation is announced to every replica's store through LISTEN/NOTIFY, on commit.
 import { SQL } from "bun";
 import { and, desc, eq, gt, inArray, isNull, lt, notInArray, sql } from "drizzle-orm";
 import { drizzle, type BunSQLDatabase } from "drizzle-orm/bun-sql";
@@ -33,6 +34,8 @@ import {
 const MIGRATIONS = join(import.meta.dir, "..", "..", "drizzle", "pg");
 /** The advisory lock every replica takes around its migration, so replicas starting at once on an empty database migrate one after another. */
 const MIGRATION_LOCK = 0x666d_6231; // "fmb1"
+/** Where revocations are announced: payload `<store tag>:<grant id>`, so a store skips its own. */
+const REVOCATIONS_CHANNEL = "fmb_revocations";
 
 type Db = BunSQLDatabase<typeof schema>;
 type Tx = Parameters<Parameters<Db["transaction"]>[0]>[0];
@@ -57,18 +60,35 @@ export async function migratePostgres(url: string): Promise<void> {
 
 export class PgStore implements Store, ExchangeStatements {
   private readonly revocations = new RevocationNotices();
+  /** Tells this store's own announcements from other replicas'. */
+  private readonly tag = crypto.randomUUID();
+  private subscription: SQL.ListenSubscription | undefined;
 
   private constructor(
     private readonly client: SQL,
     readonly db: Db,
   ) {}
 
-  /** Connects, migrates under the advisory lock, and returns the store. */
+  /** Connects, migrates under the advisory lock, listens for other replicas' revocations, and returns the store. */
   static async open(url: string, options: { maxConnections?: number } = {}): Promise<PgStore> {
     await migratePostgres(url);
     // A database that stopped answering fails /healthz within seconds rather than Bun's default 30.
     const client = new SQL({ url, max: options.maxConnections ?? 10, connectionTimeout: 5 });
-    return new PgStore(client, drizzle({ client, schema }));
+    const store = new PgStore(client, drizzle({ client, schema }));
+    store.subscription = await client.listen(REVOCATIONS_CHANNEL, (payload) => store.heard(payload));
+    return store;
+  }
+
+  /** Another replica committed a revocation: this replica's caches and sessions learn of it as of their own. */
+  private heard(payload: string): void {
+    const separator = payload.indexOf(":");
+    if (separator < 0 || payload.slice(0, separator) === this.tag) return;
+    this.revocations.committedFor(payload.slice(separator + 1));
+  }
+
+  /** Queued in the revoking transaction, so other replicas hear only what was committed. */
+  private async announce(tx: Tx, grantIds: string[]): Promise<void> {
+    for (const grantId of grantIds) await tx.execute(sql`SELECT pg_notify(${REVOCATIONS_CHANNEL}, ${`${this.tag}:${grantId}`})`);
   }
 
   get revocationCount(): number {
@@ -80,6 +100,7 @@ export class PgStore implements Store, ExchangeStatements {
   }
 
   async close(): Promise<void> {
+    await this.subscription?.unlisten();
     await this.client.close();
   }
 
@@ -180,7 +201,10 @@ export class PgStore implements Store, ExchangeStatements {
   }
 
   async revokeGrant(grantId: string, now: number): Promise<void> {
-    await this.db.transaction((tx) => revokeGrantsIn(tx, inArray(schema.grants.id, [grantId]), now));
+    await this.db.transaction(async (tx) => {
+      await revokeGrantsIn(tx, inArray(schema.grants.id, [grantId]), now);
+      await this.announce(tx, [grantId]);
+    });
     this.revocations.committedFor(grantId);
   }
 
@@ -194,7 +218,11 @@ export class PgStore implements Store, ExchangeStatements {
   }
 
   async revokeGrantsOfUser(forgejoUserId: number, now: number): Promise<string[]> {
-    const revoked = await this.db.transaction((tx) => revokeGrantsIn(tx, eq(schema.grants.forgejoUserId, forgejoUserId), now));
+    const revoked = await this.db.transaction(async (tx) => {
+      const grantIds = await revokeGrantsIn(tx, eq(schema.grants.forgejoUserId, forgejoUserId), now);
+      await this.announce(tx, grantIds);
+      return grantIds;
+    });
     for (const grantId of revoked) this.revocations.committedFor(grantId);
     return revoked;
   }
@@ -254,7 +282,10 @@ export class PgStore implements Store, ExchangeStatements {
   }
 
   async revokeFamily(familyId: string, grantId: string, now: number): Promise<void> {
-    await this.db.transaction((tx) => revokeFamilyIn(tx, familyId, now));
+    await this.db.transaction(async (tx) => {
+      await revokeFamilyIn(tx, familyId, now);
+      await this.announce(tx, [grantId]);
+    });
     this.revocations.committedFor(grantId);
   }
 
@@ -298,6 +329,7 @@ export class PgStore implements Store, ExchangeStatements {
         .returning({ familyId: r.familyId, grantId: r.grantId });
       if (refresh) {
         await revokeFamilyIn(tx, refresh.familyId, now);
+        await this.announce(tx, [refresh.grantId]);
         return { kind: "refresh" as const, grantId: refresh.grantId };
       }
       const [access] = await tx
@@ -305,7 +337,9 @@ export class PgStore implements Store, ExchangeStatements {
         .set({ revokedAt: now })
         .where(and(eq(at.tokenHash, tokenHash), eq(at.clientId, clientId)))
         .returning({ grantId: at.grantId });
-      return access ? { kind: "access" as const, grantId: access.grantId } : undefined;
+      if (!access) return undefined;
+      await this.announce(tx, [access.grantId]);
+      return { kind: "access" as const, grantId: access.grantId };
     });
     if (!revoked) return "unknown";
     this.revocations.committedFor(revoked.grantId);
