@@ -67,14 +67,18 @@ export class PgStore implements Store, ExchangeStatements {
   private constructor(
     private readonly client: SQL,
     readonly db: Db,
+    /** Connections of their own for credential locks, which stay open while Forgejo answers: /mcp's lookups never wait behind them. */
+    private readonly lockClient: SQL,
+    private readonly locks: Db,
   ) {}
 
   /** Connects, migrates under the advisory lock, listens for other replicas' revocations, and returns the store. */
-  static async open(url: string, options: { maxConnections?: number } = {}): Promise<PgStore> {
+  static async open(url: string, options: { maxConnections?: number; maxLockConnections?: number } = {}): Promise<PgStore> {
     await migratePostgres(url);
     // A database that stopped answering fails /healthz within seconds rather than Bun's default 30.
     const client = new SQL({ url, max: options.maxConnections ?? 10, connectionTimeout: 5 });
-    const store = new PgStore(client, drizzle({ client, schema }));
+    const lockClient = new SQL({ url, max: options.maxLockConnections ?? 4, connectionTimeout: 5 });
+    const store = new PgStore(client, drizzle({ client, schema }), lockClient, drizzle({ client: lockClient, schema }));
     store.subscription = await client.listen(REVOCATIONS_CHANNEL, (payload) => store.heard(payload));
     return store;
   }
@@ -101,7 +105,7 @@ export class PgStore implements Store, ExchangeStatements {
 
   async close(): Promise<void> {
     await this.subscription?.unlisten();
-    await this.client.close();
+    await Promise.all([this.client.close(), this.lockClient.close()]);
   }
 
   async ping(): Promise<void> {
@@ -389,7 +393,7 @@ export class PgStore implements Store, ExchangeStatements {
     work: (row: UpstreamCredentialRow | undefined) => Promise<LockedCredentialWork<T>>,
   ): Promise<{ result: T; stored: UpstreamCredentialRow | undefined }> {
     const t = schema.upstreamCredentials;
-    return this.db.transaction(async (tx) => {
+    return this.locks.transaction(async (tx) => {
       const [row] = await tx.select().from(t).where(eq(t.forgejoUserId, forgejoUserId)).for("update");
       const { result, update } = await work(row);
       if (row === undefined || update === undefined) return { result, stored: undefined };
