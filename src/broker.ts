@@ -23,8 +23,8 @@ import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
 import { startReplicaLink } from "./replicas/replica-link.ts";
 import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
-import { AdminQueries } from "./store/admin-queries.ts";
-import { Store } from "./store/store.ts";
+import { openStore } from "./store/open.ts";
+import type { Store } from "./store/store.ts";
 import { createSpawnChild } from "./supervisor/child.ts";
 import { processRssBytes } from "./supervisor/process-rss.ts";
 import type { SandboxPlan } from "./supervisor/sandbox.ts";
@@ -112,8 +112,9 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     });
   }
   ensurePrivateDir(config.dataDir);
-  const openedStore = Store.open(options.storePath ?? join(config.dataDir, "broker.sqlite"));
-  const store = tracing.enabled ? tracedStore(openedStore, tracing) : openedStore;
+  const opened = await openStore(config, options.storePath);
+  const store = tracing.enabled ? tracedStore(opened.store, tracing) : opened.store;
+  const { queries } = opened;
   const sealer = await TokenSealer.fromRawKey(loadOrCreateSealingKey(config.dataDir, config.sealingKey));
   const forgejoClient = new ForgejoClient({
     url: config.forgejo.url,
@@ -209,11 +210,11 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   });
   const streamTokens = new StreamTokens({
     timers: { ...realTimers, now },
-    isLive: (tokenHash) => store.findAccessIdentity(tokenHash, now()) !== undefined,
+    isLive: async (tokenHash) => (await store.findAccessIdentity(tokenHash, now())) !== undefined,
   });
   // One path for a revoked grant, whichever replica revoked it.
   const grantRevoked = (grantId: string) => {
-    streamTokens.grantRevoked(grantId);
+    void streamTokens.grantRevoked(grantId);
     void registry.grantRevoked(grantId);
     void principals.grantRevoked(grantId);
   };
@@ -258,7 +259,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     metrics,
     tracing,
   });
-  const health = [{ name: "store", check: () => store.ping() }];
+  const health = [...opened.health];
   if (replicas !== undefined) health.push({ name: "redis", check: () => replicas.ping() });
   const app = createApp({ oauth, logger, health, protectedRoutes: mcp });
   const metricsOnMain = metricsToken === null ? null : metricsBehindToken(metricsToken, scrape);
@@ -279,19 +280,19 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   // A broker that finds another one on its data directory (its admin socket answers) stops listening and refuses to start.
   const adminSocket = await listenAdminSocket(
     adminSocketPath(config.dataDir),
-    new AdminService({ registry, principals, queries: new AdminQueries(store), store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes }),
+    new AdminService({ registry, principals, queries, store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes }),
     logger,
   ).catch((error: unknown) => {
     void server?.stop(true);
-    void Promise.all([registry.shutdown(), principals.shutdown(), replicas?.stop()]).finally(() => store.close());
+    void Promise.all([registry.shutdown(), principals.shutdown(), replicas?.stop()]).finally(() => void store.close());
     throw error;
   });
 
-  const purge = setInterval(() => {
+  const purge = setInterval(async () => {
     try {
-      const removed = store.purgeExpired(now());
+      const removed = await store.purgeExpired(now());
       if (removed > 0) logger.debug("purged expired rows", { removed });
-      const clients = store.reapClients(now(), { unusedMs: UNUSED_CLIENT_MS, idleMs: config.clients.idleMs, stampEveryMs: CLIENT_USE_STAMP_MS });
+      const clients = await store.reapClients(now(), { unusedMs: UNUSED_CLIENT_MS, idleMs: config.clients.idleMs, stampEveryMs: CLIENT_USE_STAMP_MS });
       if (clients.unused + clients.idle > 0) logger.info("deleted clients nobody uses", clients);
     } catch (error) {
       logger.error("purge failed", { error: error instanceof Error ? error : String(error) });
@@ -324,7 +325,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
         await tracing.shutdown();
         // Its sessions are gone: the liveness key goes now, not at its expiry.
         await replicas?.stop();
-        store.close();
+        await store.close();
       })()),
   };
 }

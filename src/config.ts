@@ -19,6 +19,8 @@ export interface BrokerConfig {
   secretFiles: string[];
   /** 32 bytes when given by BROKER_SEALING_KEY or BROKER_SEALING_KEY_FILE; otherwise generated under dataDir. */
   sealingKey: Uint8Array | null;
+  /** postgres:// URL of the database replicas share (BROKER_DATABASE_URL); null: the SQLite file in dataDir. */
+  databaseUrl: string | null;
   forgejo: {
     url: string;
     clientId: string;
@@ -244,6 +246,15 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
     }
   }
 
+  // It may carry the database password, so it is read like a secret (or from BROKER_DATABASE_URL_FILE) and never echoed.
+  const databaseUrl = secret("BROKER_DATABASE_URL", "the database URL") ?? null;
+  if (databaseUrl !== null && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    problem("BROKER_DATABASE_URL", "must be a postgres:// URL", "postgres://broker@db.example.com/broker");
+  } else if (databaseUrl !== null && rawKey === undefined) {
+    // Every replica must unseal what another sealed, and a key generated in one replica's data directory is that replica's alone.
+    problem("BROKER_SEALING_KEY", "is required with BROKER_DATABASE_URL, the same on every replica", "q0S3…(44 characters)=");
+  }
+
   const forgejoUrl = absoluteUrl("FORGEJO_URL", undefined, "https://codeberg.org");
   const clientId = required("FORGEJO_CLIENT_ID", "3f2c…-uuid-of-the-oauth2-application");
   const clientSecret = secret("FORGEJO_CLIENT_SECRET", "the Forgejo client secret");
@@ -357,6 +368,7 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
       dataDir,
       secretFiles,
       sealingKey,
+      databaseUrl,
       forgejo: { url: forgejoUrl, clientId, clientSecret: clientSecret ?? "", scopes, timeoutMs: forgejoTimeoutMs },
       child: {
         command: command ?? [],

@@ -49,6 +49,13 @@ describe("loadConfig", () => {
     expect(result.ok && Buffer.from(result.config.sealingKey!).equals(Buffer.alloc(32, 7))).toBe(true);
   });
 
+  test("BROKER_DATABASE_URL with a sealing key selects PostgreSQL; unset, the SQLite file", () => {
+    const shared = loadConfig({ ...REQUIRED, BROKER_DATABASE_URL: "postgres://broker:pw@db:5432/broker", BROKER_SEALING_KEY: Buffer.alloc(32, 7).toString("base64") });
+    expect(shared.ok && shared.config.databaseUrl).toBe("postgres://broker:pw@db:5432/broker");
+    const alone = loadConfig(REQUIRED);
+    expect(alone.ok && alone.config.databaseUrl).toBeNull();
+  });
+
   test("BROKER_TRUSTED_PROXIES takes IPv4 and IPv6 addresses and CIDR blocks, and none by default", () => {
     const result = loadConfig({ ...REQUIRED, BROKER_TRUSTED_PROXIES: "127.0.0.1, 10.0.0.0/8 ::1,fd00::/8" });
     if (!result.ok) throw new Error(result.problems.join("\n"));
@@ -102,6 +109,8 @@ describe("loadConfig", () => {
     ["public URL of another scheme", { BROKER_PUBLIC_URL: "ftp://mcp.example.com" }, /^BROKER_PUBLIC_URL: must be an http or https URL/],
     ["port out of range", { BROKER_PORT: "70000" }, /^BROKER_PORT: must be a whole number from 0 to 65535, got "70000"/],
     ["key of the wrong length", { BROKER_SEALING_KEY: Buffer.alloc(16).toString("base64") }, /^BROKER_SEALING_KEY: must be 32 bytes/],
+    ["a database URL of another kind", { BROKER_DATABASE_URL: "mysql://db/broker", BROKER_SEALING_KEY: Buffer.alloc(32, 7).toString("base64") }, /^BROKER_DATABASE_URL: must be a postgres:\/\/ URL \(example: /],
+    ["a shared database without a sealing key", { BROKER_DATABASE_URL: "postgres://db/broker" }, /^BROKER_SEALING_KEY: is required with BROKER_DATABASE_URL, the same on every replica/],
     ["a bad env name for the token", { BROKER_CHILD_TOKEN_ENV: "MY-TOKEN" }, /^BROKER_CHILD_TOKEN_ENV: is not an environment variable name/],
     ["a bad passthrough name", { BROKER_CHILD_ENV_PASSTHROUGH: "HOME,BAD=1" }, /^BROKER_CHILD_ENV_PASSTHROUGH: has a bad variable name "BAD=1"/],
     ["the client secret passed through", { BROKER_CHILD_ENV_PASSTHROUGH: "HOME,FORGEJO_CLIENT_SECRET" }, /^BROKER_CHILD_ENV_PASSTHROUGH: must not hand the broker's own "FORGEJO_CLIENT_SECRET" to children/],

@@ -30,11 +30,11 @@ export class AdminService {
   constructor(private readonly deps: AdminServiceDeps) {}
 
   /** Every live legacy session and principal child, oldest first; only `user`'s (a Forgejo login) when given. */
-  sessions(user?: string): SessionsAnswer {
+  async sessions(user?: string): Promise<SessionsAnswer> {
     const now = this.deps.timers.now();
     const legacy = this.deps.registry.list();
     const modern = this.deps.principals.list();
-    const grants = this.deps.queries.grantsById([...legacy.map((s) => s.binding.grantId), ...modern.map((p) => p.grantId)]);
+    const grants = await this.deps.queries.grantsById([...legacy.map((s) => s.binding.grantId), ...modern.map((p) => p.grantId)]);
     const row = (era: SessionRow["era"], id: string, grantId: string, forgejoUserId: number, startedAt: number, lastActivity: number, busy: boolean, pid: number, serving: boolean): SessionRow => {
       const grant = grants.get(grantId);
       return {
@@ -64,23 +64,23 @@ export class AdminService {
   }
 
   /** Revokes every active grant the target names; their sessions and principal children end as on /oauth/revoke. Throws AdminNotFoundError. */
-  revoke(target: RevokeTarget): RevokeAnswer {
+  async revoke(target: RevokeTarget): Promise<RevokeAnswer> {
     const filter: GrantFilter = "user" in target ? { forgejoLogin: target.user } : "client" in target ? { clientId: target.client } : { grantId: target.grant };
-    const grants = this.deps.queries.activeGrants(filter).map((grant) => grant.grantId);
+    const grants = (await this.deps.queries.activeGrants(filter)).map((grant) => grant.grantId);
     if (grants.length === 0) throw new AdminNotFoundError(`no active grant for ${describe(target)}`);
     const endedSessions = this.liveOn(grants);
-    for (const grantId of grants) this.deps.store.revokeGrant(grantId, this.deps.now());
+    for (const grantId of grants) await this.deps.store.revokeGrant(grantId, this.deps.now());
     return { revokedGrants: grants, endedSessions };
   }
 
-  clients(): ClientsAnswer {
-    return { clients: this.deps.queries.clients() };
+  async clients(): Promise<ClientsAnswer> {
+    return { clients: await this.deps.queries.clients() };
   }
 
   /** Revokes the client's grants (ending their sessions), then removes it. Throws AdminNotFoundError. */
-  deleteClient(clientId: string): DeleteClientAnswer {
-    const endedSessions = this.liveOn(this.deps.queries.activeGrants({ clientId }).map((grant) => grant.grantId));
-    const { deleted, revokedGrants } = this.deps.queries.deleteClient(clientId, this.deps.now());
+  async deleteClient(clientId: string): Promise<DeleteClientAnswer> {
+    const endedSessions = this.liveOn((await this.deps.queries.activeGrants({ clientId })).map((grant) => grant.grantId));
+    const { deleted, revokedGrants } = await this.deps.queries.deleteClient(clientId, this.deps.now());
     if (!deleted) throw new AdminNotFoundError(`no client ${clientId}`);
     return { clientId, revokedGrants, endedSessions };
   }

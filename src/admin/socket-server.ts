@@ -97,18 +97,18 @@ function adminRoutes(service: AdminService, logger: Logger, keepOpen: (request: 
     .get(ADMIN_ROUTES.sessions, ({ query }) => service.sessions(query.user), { query: t.Object({ user: t.Optional(t.String()) }) })
     .post(
       ADMIN_ROUTES.revoke,
-      ({ body }) => {
+      async ({ body }) => {
         const target = revokeTarget(body);
         if (target === null) return refuse(400, "revoke takes exactly one of user, client, grant");
-        const answer = service.revoke(target);
+        const answer = await service.revoke(target);
         logger.info("revoked by the admin command", { target: Object.keys(target)[0], grants: answer.revokedGrants.length });
         return answer;
       },
       { body: RevokeBody },
     )
     .get(ADMIN_ROUTES.clients, () => service.clients())
-    .delete(`${ADMIN_ROUTES.clients}/:id`, ({ params }) => {
-      const answer = service.deleteClient(params.id);
+    .delete(`${ADMIN_ROUTES.clients}/:id`, async ({ params }) => {
+      const answer = await service.deleteClient(params.id);
       logger.info("client deleted by the admin command", { client_id: answer.clientId, grants: answer.revokedGrants.length });
       return answer;
     })

@@ -12,7 +12,7 @@ export interface StreamToken {
 export interface StreamTokensDeps {
   timers: Timers;
   /** Whether the token is still live (not revoked, not expired, its grant not revoked). */
-  isLive(tokenHash: string): boolean;
+  isLive(tokenHash: string): Promise<boolean>;
 }
 
 interface Watched {
@@ -41,9 +41,9 @@ export class StreamTokens {
   }
 
   /** A token of the grant was revoked: the streams opened with a token that is no longer live end; the others go on. */
-  grantRevoked(grantId: string): void {
+  async grantRevoked(grantId: string): Promise<void> {
     for (const watched of [...(this.byGrant.get(grantId) ?? [])]) {
-      if (!this.deps.isLive(watched.token.tokenHash)) this.finish(watched, "the access token that opened this stream was revoked");
+      if (!(await this.deps.isLive(watched.token.tokenHash))) this.finish(watched, "the access token that opened this stream was revoked");
     }
   }
 

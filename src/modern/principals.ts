@@ -39,7 +39,7 @@ export interface PrincipalChildrenDeps {
    */
   reserveSlot?: (forgejoUserId: number) => Promise<() => void>;
   /** Whether a client can still act under the grant; without it, every grant is live. */
-  grantIsLive?: (grantId: string) => boolean;
+  grantIsLive?: (grantId: string) => Promise<boolean>;
   initializeTimeoutMs?: number;
   reapIntervalMs?: number;
   /** How long a caller has to retry after an input_required result; 10 minutes by default. */
@@ -91,6 +91,8 @@ export class PrincipalChildren {
   private readonly running = new Map<Principal, string>();
   private readonly stopReaping: () => void;
   private shuttingDown = false;
+  /** Revocation notices so far: a start asks about its grant again when one arrived while it was asking. */
+  private revocationNotices = 0;
   /** Calls waiting for their callers' retries, whichever child (serving or retiring) holds them. */
   readonly continuations: Continuations<ModernCall>;
   private readonly sealer = new RequestStateSealer();
@@ -207,8 +209,9 @@ export class PrincipalChildren {
 
   /** A token of the grant was revoked: once none is left, its child stops now, failing the calls in flight. */
   async grantRevoked(grantId: string): Promise<void> {
+    this.revocationNotices++;
     const principal = this.live.get(grantId);
-    if (principal === undefined || this.deps.grantIsLive?.(grantId) !== false) return;
+    if (principal === undefined || this.deps.grantIsLive === undefined || (await this.deps.grantIsLive(grantId))) return;
     await this.stop(grantId, principal, "every token of its sign-in was revoked", "revoked");
   }
 
@@ -287,16 +290,20 @@ export class PrincipalChildren {
       await principal.child.close(problem);
       throw new SessionStartError(problem, (await process.exited).lastStderrLine);
     }
+    // A revocation during the start found no child to stop. Asked until no revocation arrived during the
+    // question, so none falls between the answer and the registration below.
+    for (let asked = -1; asked !== this.revocationNotices; ) {
+      asked = this.revocationNotices;
+      if (this.deps.grantIsLive !== undefined && !(await this.deps.grantIsLive(identity.grantId))) {
+        this.ended(principal, "revoked");
+        await principal.child.close("its sign-in was revoked while it started");
+        throw new SessionRevokedError();
+      }
+    }
     if (this.shuttingDown) {
       this.ended(principal, "shutdown");
       await principal.child.close("the broker is shutting down");
       throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
-    }
-    // A revocation during the start found no child to stop.
-    if (this.deps.grantIsLive?.(identity.grantId) === false) {
-      this.ended(principal, "revoked");
-      await principal.child.close("its sign-in was revoked while it started");
-      throw new SessionRevokedError();
     }
     if (upstream.expiresAt !== null) {
       // The scheduler's rule, so the next start finds the token due and gets a refreshed one.

@@ -59,8 +59,8 @@ function decodeFormComponent(value: string): string | null {
  * The registered client the credentials prove, or invalid_client. An unknown client, a wrong secret
  * and a wrong method get one answer, so the endpoint does not tell a stranger which client ids exist.
  */
-export function authenticateClient(store: Store, presented: PresentedClientCredentials): ClientRow {
-  const client = store.getClient(presented.clientId);
+export async function authenticateClient(store: Pick<Store, "getClient">, presented: PresentedClientCredentials): Promise<ClientRow> {
+  const client = await store.getClient(presented.clientId);
   const proven =
     client !== undefined &&
     client.tokenEndpointAuthMethod === presented.method &&

@@ -28,7 +28,7 @@ export class ClientDirectory {
   /** The client behind `clientId`; a document client's row is brought up to date with its document. */
   async find(clientId: string): Promise<ClientLookup> {
     if (!isMetadataDocumentId(clientId)) {
-      const client = this.deps.store.getClient(clientId);
+      const client = await this.deps.store.getClient(clientId);
       return client === undefined ? { ok: false, kind: "unknown" } : { ok: true, client };
     }
     const problem = clientIdUrlProblem(clientId);
@@ -36,7 +36,7 @@ export class ClientDirectory {
     const document = await this.documents.get(clientId);
     if (!document.ok) return { ok: false, kind: "document", reason: document.reason };
     const { name, redirectUris, metadata } = document.value;
-    const client = this.deps.store.putDocumentClient({
+    const client = await this.deps.store.putDocumentClient({
       id: clientId,
       secretHash: null,
       tokenEndpointAuthMethod: "none",

@@ -74,7 +74,7 @@ export interface SessionRegistryDeps {
    * Asked after a revocation, and once a start is about to register its session, because a
    * revocation during the start found no session to end. Without it, every grant is live.
    */
-  grantIsLive?: (grantId: string) => boolean;
+  grantIsLive?: (grantId: string) => Promise<boolean>;
   initializeTimeoutMs?: number;
   reapIntervalMs?: number;
   refreshRetryMs?: number;
@@ -113,6 +113,8 @@ export class SessionRegistry {
   private readonly pacer: SpawnPacer;
   private readonly stopReaping: () => void;
   private closed = false;
+  /** Revocation notices so far: a start asks about its grant again when one arrived while it was asking. */
+  private revocationNotices = 0;
   /** Set by drain(): no new session or other child starts, the live ones serve on. */
   private draining = false;
   private readonly evicted: Record<EvictionCap, number> = { user: 0, global: 0 };
@@ -288,7 +290,8 @@ export class SessionRegistry {
    * sign-in does not leave a child holding the user's Forgejo token until the idle reap.
    */
   async grantRevoked(grantId: string): Promise<void> {
-    if (!this.hasGrant(grantId) || this.deps.grantIsLive?.(grantId) !== false) return;
+    this.revocationNotices++;
+    if (!this.hasGrant(grantId) || this.deps.grantIsLive === undefined || (await this.deps.grantIsLive(grantId))) return;
     const ended = [...this.sessions.values()].filter((entry) => entry.binding.grantId === grantId);
     await Promise.all(ended.map((entry) => this.drop(entry, "every token of its sign-in was revoked", {}, "revoked")));
   }
@@ -371,15 +374,19 @@ export class SessionRegistry {
       await session.close();
       throw new InitializeRejectedError(events);
     }
+    // Asked until no revocation arrived during the question, so none falls between the answer and the registration below.
+    for (let asked = -1; asked !== this.revocationNotices; ) {
+      asked = this.revocationNotices;
+      if (this.deps.grantIsLive !== undefined && !(await this.deps.grantIsLive(identity.grantId))) {
+        this.metrics.childExited("revoked");
+        await session.close("its sign-in was revoked while it started");
+        throw new SessionRevokedError();
+      }
+    }
     if (this.closed) {
       this.metrics.childExited("shutdown");
       await session.close("the broker is shutting down");
       throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
-    }
-    if (this.deps.grantIsLive?.(identity.grantId) === false) {
-      this.metrics.childExited("revoked");
-      await session.close("its sign-in was revoked while it started");
-      throw new SessionRevokedError();
     }
 
     session.touch();

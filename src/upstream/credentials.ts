@@ -2,7 +2,7 @@
 // refreshed by one caller at a time and stored before use, dropped with the user's grants when Forgejo says no.
 import type { TokenSealer } from "../crypto.ts";
 import type { Logger } from "../log.ts";
-import type { Store, UpstreamCredentialRow } from "../store/store.ts";
+import type { LockedCredentialWork, Store, UpstreamCredentialRow } from "../store/store.ts";
 import type { Timers } from "../supervisor/timers.ts";
 import { waitAtMost } from "./deadline.ts";
 import { forgejoTimedOut, UpstreamRefusedError, type ForgejoClient, type ForgejoUser, type UpstreamTokens } from "./forgejo.ts";
@@ -36,6 +36,13 @@ export type CredentialEvent =
   | { type: "rotated"; forgejoUserId: number; accessExpiresAt: number | null }
   | { type: "lost"; forgejoUserId: number; reason: CredentialLossReason; revokedGrantIds: string[] };
 
+/** What a refresh under the credential's lock came to; its consequences are drawn once the lock is released. */
+type RefreshOutcome =
+  | { kind: "current"; row: UpstreamCredentialRow }
+  | { kind: "refreshed"; tokens: UpstreamTokens }
+  | { kind: "refused"; row: UpstreamCredentialRow; code: string }
+  | { kind: "lost"; reason: CredentialLossReason };
+
 export interface UpstreamCredentialsOptions {
   store: Store;
   sealer: TokenSealer;
@@ -64,7 +71,7 @@ export class UpstreamCredentials {
   /** After a code exchange: the new pair replaces the user's credential, which Forgejo has just retired. */
   async saveFromSignIn(user: ForgejoUser, tokens: UpstreamTokens): Promise<void> {
     const { sealer, store, now } = this.options;
-    store.putUpstreamCredential({
+    await store.putUpstreamCredential({
       forgejoUserId: user.id,
       forgejoLogin: user.login,
       accessTokenSealed: await sealer.sealUpstreamToken(tokens.accessToken, accessAad(user.id)),
@@ -77,7 +84,7 @@ export class UpstreamCredentials {
 
   /** The user's access token, refreshed first when its refresh is due (refresh-timing's rule). */
   async accessTokenFor(forgejoUserId: number): Promise<UpstreamAccess> {
-    const row = this.options.store.getUpstreamCredential(forgejoUserId);
+    const row = await this.options.store.getUpstreamCredential(forgejoUserId);
     if (row && !this.isDue(row, "when-due")) return this.unsealAccess(row);
     return this.waitFor(this.singleFlight(forgejoUserId, "when-due"));
   }
@@ -114,50 +121,66 @@ export class UpstreamCredentials {
     return flight;
   }
 
+  /**
+   * Refreshes with the user's credential locked against every other replica's refresh of it: the row is
+   * read again under the lock and refreshed only if still due, so a replica that lost the race uses the
+   * pair the winner stored. What follows from the outcome (a loss revokes grants) runs after the lock.
+   */
   private async refresh(forgejoUserId: number, urgency: RefreshUrgency): Promise<UpstreamAccess> {
     const { store, sealer, forgejo, now, logger } = this.options;
-    const row = store.getUpstreamCredential(forgejoUserId);
-    if (!row) return this.lose(forgejoUserId, "missing");
-    // Another writer may have stored a fresh pair between the caller's read and this flight.
-    if (!this.isDue(row, urgency)) return this.unsealAccess(row);
-    if (row.refreshTokenSealed === null) return this.lose(forgejoUserId, "missing");
-
-    let refreshToken: string;
-    try {
-      refreshToken = await sealer.unsealUpstreamToken(row.refreshTokenSealed, refreshAad(forgejoUserId));
-    } catch {
-      return this.lose(forgejoUserId, "unreadable");
-    }
-
-    let tokens: UpstreamTokens;
-    try {
-      tokens = await forgejo.refresh(refreshToken);
-    } catch (error) {
-      if (!(error instanceof UpstreamRefusedError)) throw error;
-      // A sign-in during our request retires the token we sent: the newer row is good, keep it.
-      const current = store.getUpstreamCredential(forgejoUserId);
-      if (current && current.version !== row.version) return this.unsealAccess(current);
-      return this.lose(forgejoUserId, "refused", error.code);
-    }
-
-    // Stored before anyone uses it: a new pair we failed to keep would leave only retired tokens behind.
-    const stored = store.replaceUpstreamCredential(forgejoUserId, row.version, {
-      accessTokenSealed: await sealer.sealUpstreamToken(tokens.accessToken, accessAad(forgejoUserId)),
-      refreshTokenSealed:
-        tokens.refreshToken === null ? row.refreshTokenSealed : await sealer.sealUpstreamToken(tokens.refreshToken, refreshAad(forgejoUserId)),
-      accessExpiresAt: tokens.accessExpiresAt,
-      updatedAt: now(),
+    const { result: outcome, stored } = await store.withUpstreamCredentialLocked(forgejoUserId, async (row): Promise<LockedCredentialWork<RefreshOutcome>> => {
+      if (!row) return { result: { kind: "lost", reason: "missing" } };
+      // Another writer (a replica, a sign-in) may have stored a fresh pair since the caller looked.
+      if (!this.isDue(row, urgency)) return { result: { kind: "current", row } };
+      if (row.refreshTokenSealed === null) return { result: { kind: "lost", reason: "missing" } };
+      let refreshToken: string;
+      try {
+        refreshToken = await sealer.unsealUpstreamToken(row.refreshTokenSealed, refreshAad(forgejoUserId));
+      } catch {
+        return { result: { kind: "lost", reason: "unreadable" } };
+      }
+      let tokens: UpstreamTokens;
+      try {
+        tokens = await forgejo.refresh(refreshToken);
+      } catch (error) {
+        if (!(error instanceof UpstreamRefusedError)) throw error;
+        return { result: { kind: "refused", row, code: error.code } };
+      }
+      // Stored before anyone uses it: a new pair we failed to keep would leave only retired tokens behind.
+      const update = {
+        accessTokenSealed: await sealer.sealUpstreamToken(tokens.accessToken, accessAad(forgejoUserId)),
+        refreshTokenSealed: tokens.refreshToken === null ? row.refreshTokenSealed : await sealer.sealUpstreamToken(tokens.refreshToken, refreshAad(forgejoUserId)),
+        accessExpiresAt: tokens.accessExpiresAt,
+        updatedAt: now(),
+      };
+      return { result: { kind: "refreshed", tokens }, update };
     });
-    if (!stored) {
-      // Someone stored a newer credential meanwhile (a sign-in); it supersedes ours, so use it.
-      logger.info("upstream refresh superseded by a newer credential", { forgejo_user_id: forgejoUserId });
-      const current = store.getUpstreamCredential(forgejoUserId);
-      if (!current) return this.lose(forgejoUserId, "missing");
-      return this.unsealAccess(current);
+
+    switch (outcome.kind) {
+      case "lost":
+        return this.lose(forgejoUserId, outcome.reason);
+      case "current":
+        return this.unsealAccess(outcome.row);
+      case "refused": {
+        // A sign-in during our request retires the token we sent: the newer row is good, keep it.
+        const current = await store.getUpstreamCredential(forgejoUserId);
+        if (current && current.version !== outcome.row.version) return this.unsealAccess(current);
+        return this.lose(forgejoUserId, "refused", outcome.code);
+      }
+      case "refreshed": {
+        const { tokens } = outcome;
+        if (!stored) {
+          // Someone stored a newer credential meanwhile (a sign-in); it supersedes ours, so use it.
+          logger.info("upstream refresh superseded by a newer credential", { forgejo_user_id: forgejoUserId });
+          const current = await store.getUpstreamCredential(forgejoUserId);
+          if (!current) return this.lose(forgejoUserId, "missing");
+          return this.unsealAccess(current);
+        }
+        logger.info("upstream credential refreshed", { forgejo_user_id: forgejoUserId, access_expires_at: tokens.accessExpiresAt });
+        this.emit({ type: "rotated", forgejoUserId, accessExpiresAt: tokens.accessExpiresAt });
+        return { accessToken: tokens.accessToken, accessExpiresAt: tokens.accessExpiresAt };
+      }
     }
-    logger.info("upstream credential refreshed", { forgejo_user_id: forgejoUserId, access_expires_at: tokens.accessExpiresAt });
-    this.emit({ type: "rotated", forgejoUserId, accessExpiresAt: tokens.accessExpiresAt });
-    return { accessToken: tokens.accessToken, accessExpiresAt: tokens.accessExpiresAt };
   }
 
   /** The pair was stored (issued) at updatedAt: that and its expiry give its lifetime, and the last refresh. */
@@ -178,10 +201,10 @@ export class UpstreamCredentials {
   }
 
   /** Without a usable credential the user's grants would only lead to failing sessions: revoke them, so the client re-authorizes. */
-  private lose(forgejoUserId: number, reason: CredentialLossReason, upstreamCode: string | null = null): never {
+  private async lose(forgejoUserId: number, reason: CredentialLossReason, upstreamCode: string | null = null): Promise<never> {
     const { store, now, logger } = this.options;
-    store.deleteUpstreamCredential(forgejoUserId);
-    const revokedGrantIds = store.revokeGrantsOfUser(forgejoUserId, now());
+    await store.deleteUpstreamCredential(forgejoUserId);
+    const revokedGrantIds = await store.revokeGrantsOfUser(forgejoUserId, now());
     logger.warn("upstream credential lost; grants revoked", {
       forgejo_user_id: forgejoUserId,
       reason,

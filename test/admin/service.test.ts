@@ -4,20 +4,20 @@ import { describe, expect, test } from "bun:test";
 import { AdminService } from "../../src/admin/service.ts";
 import type { PrincipalChildEntry } from "../../src/modern/principals.ts";
 import type { LegacySession } from "../../src/session/legacy-session.ts";
-import { AdminQueries } from "../../src/store/admin-queries.ts";
-import { Store } from "../../src/store/store.ts";
+import { SqliteAdminQueries } from "../../src/store/admin-queries.ts";
+import { SqliteStore } from "../../src/store/sqlite-store.ts";
 import { FakeTimers, settle } from "../bridge/fakes.ts";
 
-function setup() {
+async function setup() {
   const timers = new FakeTimers();
-  const store = Store.open(":memory:");
-  store.createClient({ id: "c1", secretHash: null, tokenEndpointAuthMethod: "none", name: "Claude", redirectUris: [], metadata: {}, createdAt: 0 });
-  const grant = store.findOrCreateGrant({ id: "g1", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice", scope: "", now: 0 });
+  const store = SqliteStore.open(":memory:");
+  await store.createClient({ id: "c1", secretHash: null, tokenEndpointAuthMethod: "none", name: "Claude", redirectUris: [], metadata: {}, createdAt: 0 });
+  const grant = await store.findOrCreateGrant({ id: "g1", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice", scope: "", now: 0 });
   const state = { legacy: [] as LegacySession[], modern: [] as PrincipalChildEntry[], holding: 0, drained: false };
   const service = new AdminService({
     registry: { list: () => state.legacy, drain: () => void (state.drained = true), get childrenHoldingSlots() { return state.holding; } },
     principals: { list: () => state.modern },
-    queries: new AdminQueries(store),
+    queries: new SqliteAdminQueries(store),
     store,
     timers,
     now: () => timers.now(),
@@ -37,25 +37,25 @@ describe("sessions", () => {
     ["one with a request in flight is idle 0 s", { lastActivity: 1_000_000 - 90_000, inFlight: 1 }, 0],
     ["one with a stream open is idle 0 s", { lastActivity: 1_000_000 - 90_000, activeStreams: 1 }, 0],
   ];
-  test.each(cases)("%s", (_, fields, idleS) => {
-    const { service, state } = setup();
+  test.each(cases)("%s", async (_, fields, idleS) => {
+    const { service, state } = await setup();
     state.legacy = [session({ startedAt: 1_000_000 - 3_600_000, ...fields })];
-    expect(service.sessions().sessions).toEqual([
+    expect((await service.sessions()).sessions).toEqual([
       { era: "legacy", id: "s1", user: "alice", forgejoUserId: 7, clientId: "c1", clientName: "Claude", grantId: "g1", ageS: 3600, idleS, replica: "here", pid: 42, rssBytes: 42 * 1024, state: "serving" },
     ]);
   });
 
-  test("a retiring principal child is listed as such; --user of someone else lists nothing", () => {
-    const { service, state, timers } = setup();
+  test("a retiring principal child is listed as such; --user of someone else lists nothing", async () => {
+    const { service, state, timers } = await setup();
     const child = { lastActivity: timers.now(), inFlight: 1, listening: 0, childPid: 9 } as PrincipalChildEntry["child"];
     state.modern = [{ grantId: "g1", forgejoUserId: 7, child, startedAt: timers.now(), serving: false }];
-    expect(service.sessions("alice").sessions.map((row) => [row.era, row.state, row.pid])).toEqual([["modern", "retiring", 9]]);
-    expect(service.sessions("bob").sessions).toEqual([]);
+    expect((await service.sessions("alice")).sessions.map((row) => [row.era, row.state, row.pid])).toEqual([["modern", "retiring", 9]]);
+    expect((await service.sessions("bob")).sessions).toEqual([]);
   });
 });
 
 test("drain: the count at once, again only when it changes, and done once none is left", async () => {
-  const { service, state, timers } = setup();
+  const { service, state, timers } = await setup();
   state.holding = 2;
   const progress = service.drain();
   expect((await progress.next()).value).toEqual({ children: 2, done: false });

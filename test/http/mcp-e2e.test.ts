@@ -10,13 +10,13 @@ import { waitWhile } from "../helpers/promises.ts";
 
 const textOf = (result: unknown) => ((result as { content: { type: string; text: string }[] }).content[0]!.text);
 
-function identityOf(t: TestBroker, signedIn: SignedInClient): SessionIdentity {
-  const identity = t.broker.store.findAccessIdentity(hashToken(signedIn.provider.savedTokens!.access_token), Date.now());
+async function identityOf(t: TestBroker, signedIn: SignedInClient): Promise<SessionIdentity> {
+  const identity = await t.broker.store.findAccessIdentity(hashToken(signedIn.provider.savedTokens!.access_token), Date.now());
   if (identity === null || identity === undefined) throw new Error("the client's token is not live");
   return identity;
 }
 
-const childPid = (t: TestBroker, signedIn: SignedInClient) => t.broker.registry.get(signedIn.transport.sessionId!, identityOf(t, signedIn)).childPid;
+const childPid = async (t: TestBroker, signedIn: SignedInClient) => t.broker.registry.get(signedIn.transport.sessionId!, await identityOf(t, signedIn)).childPid;
 
 describe("the official SDK client through the broker", () => {
   const marker = `--e2e-${crypto.randomUUID()}`;
@@ -38,7 +38,7 @@ describe("the official SDK client through the broker", () => {
     expect(alice.transport.sessionId).toMatch(/^[0-9a-f]{48}$/);
     expect(bob.transport.sessionId).not.toBe(alice.transport.sessionId);
     expect(alice.client.getServerVersion()).toMatchObject({ name: "forgejo-stand-in" });
-    expect(childPid(t, alice)).not.toBe(childPid(t, bob));
+    expect((await childPid(t, alice))).not.toBe((await childPid(t, bob)));
     const { tools } = await alice.client.listTools();
     expect(tools.map((tool) => tool.name).sort()).toEqual(["ask_model", "ask_two", "ask_user", "echo", "list_my_repos", "slow_count", "whoami"]);
   });
@@ -74,9 +74,9 @@ describe("the official SDK client through the broker", () => {
   test("DELETE ends the session at once (the old id answers 404) and its child is gone within a second", async () => {
     const signedIn = await connectAs(t, "alice");
     const sessionId = signedIn.transport.sessionId!;
-    const pid = childPid(t, signedIn);
+    const pid = (await childPid(t, signedIn));
     await signedIn.transport.terminateSession();
-    await waitWhile(() => isAlive(pid), 50, 20);
+    await waitWhile(async () => isAlive(pid), 50, 20);
     expect(isAlive(pid)).toBe(false);
     const later = await postMcp(t.mcpUrl, signedIn.provider.savedTokens!.access_token, { jsonrpc: "2.0", id: 9, method: "tools/list" }, {
       "mcp-session-id": sessionId,
@@ -88,7 +88,7 @@ describe("the official SDK client through the broker", () => {
 
   test("kill -9 of a child during a call: the waiting call fails within a second, the session is gone", async () => {
     const signedIn = await connectAs(t, "bob");
-    const pid = childPid(t, signedIn);
+    const pid = (await childPid(t, signedIn));
     let killedAt = 0;
     const call = signedIn.client.callTool({ name: "slow_count", arguments: { n: 1000, delay_ms: 50 } }, undefined, {
       onprogress: (progress) => {
@@ -117,8 +117,8 @@ describe("the official SDK client through the broker", () => {
   test("token rotation with a call in flight loses nothing: same session id, a new child, every progress and the answer", async () => {
     const signedIn = await connectAs(t, "alice");
     const sessionId = signedIn.transport.sessionId!;
-    const identity = identityOf(t, signedIn);
-    const oldPid = childPid(t, signedIn);
+    const identity = await identityOf(t, signedIn);
+    const oldPid = (await childPid(t, signedIn));
     const seen: number[] = [];
     let rotation: Promise<{ moved: number; failed: number }> | undefined;
     const result = await signedIn.client.callTool({ name: "slow_count", arguments: { n: 30, delay_ms: 30 } }, undefined, {
@@ -135,10 +135,10 @@ describe("the official SDK client through the broker", () => {
     expect(seen).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
     expect((await rotation!).failed).toBe(0);
     expect(signedIn.transport.sessionId).toBe(sessionId);
-    const newPid = childPid(t, signedIn);
+    const newPid = (await childPid(t, signedIn));
     expect(newPid).not.toBe(oldPid);
     // The old child finished its call, then was stopped.
-    await waitWhile(() => isAlive(oldPid), 50, 20);
+    await waitWhile(async () => isAlive(oldPid), 50, 20);
     expect(isAlive(oldPid)).toBe(false);
     // New calls go to the new child, which holds the refreshed token.
     expect(textOf(await signedIn.client.callTool({ name: "whoami", arguments: {} }))).toBe("alice");
@@ -159,7 +159,7 @@ describe("rotation driven by the upstream token's expiry", () => {
   test("the broker refreshes the user's Forgejo token and moves the session to a new child under the same id", async () => {
     const signedIn = await connectAs(t, "bob");
     const sessionId = signedIn.transport.sessionId!;
-    const firstPid = childPid(t, signedIn);
+    const firstPid = (await childPid(t, signedIn));
     const refreshesBefore = t.forgejo.stats.refreshes;
     const seen: number[] = [];
     const result = await signedIn.client.callTool({ name: "slow_count", arguments: { n: 80, delay_ms: 100 } }, undefined, {
@@ -169,7 +169,7 @@ describe("rotation driven by the upstream token's expiry", () => {
     expect(seen).toHaveLength(80);
     expect(t.forgejo.stats.refreshes).toBeGreaterThan(refreshesBefore);
     expect(signedIn.transport.sessionId).toBe(sessionId);
-    expect(childPid(t, signedIn)).not.toBe(firstPid);
+    expect((await childPid(t, signedIn))).not.toBe(firstPid);
     expect(textOf(await signedIn.client.callTool({ name: "whoami", arguments: {} }))).toBe("bob");
     await signedIn.client.close();
   }, 20_000);
@@ -177,11 +177,11 @@ describe("rotation driven by the upstream token's expiry", () => {
   test("when Forgejo refuses the refresh, the user's sessions end and the client's next request gets 401", async () => {
     const signedIn = await connectAs(t, "alice");
     const sessionId = signedIn.transport.sessionId!;
-    const pid = childPid(t, signedIn);
+    const pid = (await childPid(t, signedIn));
     const token = signedIn.provider.savedTokens!.access_token;
     // The user revokes the app on Forgejo: the next scheduled refresh (about 5 s away) is refused.
     t.forgejo.revokeUser("alice");
-    await waitWhile(() => isAlive(pid), 200, 50);
+    await waitWhile(async () => isAlive(pid), 200, 50);
     expect(isAlive(pid)).toBe(false);
     expect(t.broker.registry.sessionsOf(1)).toEqual([]);
     const after = await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", id: 1, method: "tools/list" }, { "mcp-session-id": sessionId });

@@ -29,7 +29,7 @@ function slowCall(session: string, id: string): Promise<Response> {
   });
 }
 
-const sessionOf = (session: string) => t.broker.registry.get(session, t.broker.store.findAccessIdentity(hashToken(token), Date.now())!);
+const sessionOf = async (session: string) => t.broker.registry.get(session, (await t.broker.store.findAccessIdentity(hashToken(token), Date.now()))!);
 
 describe("requests in flight", () => {
   test("ten concurrent slow calls on a session: four run, six get 429; the user's cap then holds across sessions and GET streams", async () => {
@@ -49,7 +49,7 @@ describe("requests in flight", () => {
       });
       expect(body.id).toMatch(/^a\d$/);
     }
-    expect(sessionOf(a).inFlight).toBe(4);
+    expect((await sessionOf(a)).inFlight).toBe(4);
 
     // The user holds 4 of 6: a GET stream and one call on the other session take the rest.
     const stream = await holdStandaloneStream(t.mcpUrl, token, b, controller.signal);
@@ -61,14 +61,14 @@ describe("requests in flight", () => {
         "Too Many Requests: you have 6 requests in flight and streams open, the most allowed; send more once one is answered",
       );
     }
-    expect(sessionOf(b).inFlight).toBe(1);
+    expect((await sessionOf(b)).inFlight).toBe(1);
     const refusedGet = await fetch(t.mcpUrl, { headers: { authorization: `Bearer ${token}`, accept: "text/event-stream", "mcp-session-id": a } });
     expect(refusedGet.status).toBe(429);
     await refusedGet.text();
 
     // Disconnecting gives every slot back.
     controller.abort();
-    await waitWhile(() => sessionOf(a).inFlight + sessionOf(b).inFlight > 0 || sessionOf(b).activeStreams > 0, 100, 20);
+    await waitWhile(async () => (await sessionOf(a)).inFlight + (await sessionOf(b)).inFlight > 0 || (await sessionOf(b)).activeStreams > 0, 100, 20);
     const again = await Promise.all(Array.from({ length: 6 }, (_, i) => postMcp(t.mcpUrl, token, { jsonrpc: "2.0", id: i, method: "tools/list" }, { "mcp-session-id": i < 3 ? a : b })));
     expect(again.map((response) => response.status)).toEqual([200, 200, 200, 200, 200, 200]);
   }, 20_000);

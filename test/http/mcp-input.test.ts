@@ -323,7 +323,7 @@ describe("the transport's answers", () => {
       { jsonrpc: "2.0", id: "gone", method: "tools/call", params: { name: "slow_count", arguments: { n: 1000, delay_ms: 20 }, _meta: { progressToken: "g" } } },
       { "mcp-session-id": session },
     );
-    const legacy = t.broker.registry.get(session, t.broker.store.findAccessIdentity(hashToken(token), Date.now())!);
+    const legacy = t.broker.registry.get(session, (await t.broker.store.findAccessIdentity(hashToken(token), Date.now()))!);
     expect(legacy.inFlight).toBe(1);
     const reader = response.body!.getReader();
     await reader.read();

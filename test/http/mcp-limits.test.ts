@@ -84,16 +84,16 @@ describe("idle reaping", () => {
 
   test("a session with no request and no stream is stopped after BROKER_IDLE_TIMEOUT_S; one with an open stream stays", async () => {
     const token = await tokenFor(t, "alice");
-    const identity = () => t.broker.store.findAccessIdentity(hashToken(token), Date.now())!;
+    const identity = async () => (await t.broker.store.findAccessIdentity(hashToken(token), Date.now()))!;
     const idle = await openSession(t.mcpUrl, token);
     const watched = await openSession(t.mcpUrl, token);
-    const idlePid = t.broker.registry.get(idle, identity()).childPid;
+    const idlePid = t.broker.registry.get(idle, (await identity())).childPid;
     const controller = new AbortController();
     const stream = await holdStandaloneStream(t.mcpUrl, token, watched, controller.signal);
     expect(stream.status).toBe(200);
 
     // The reaper looks once a second; 2 s idle plus up to 1 s until it looks, plus the child's stop.
-    await waitWhile(() => isAlive(idlePid), 200, 50);
+    await waitWhile(async () => isAlive(idlePid), 200, 50);
     expect(isAlive(idlePid)).toBe(false);
     const late = await postMcp(t.mcpUrl, token, { jsonrpc: "2.0", id: 3, method: "tools/list" }, { "mcp-session-id": idle });
     expect(late.status).toBe(404);
@@ -118,10 +118,10 @@ describe("a Forgejo that stops answering while a session start needs a refresh",
 
   test("initialize answers 503 with Retry-After after FORGEJO_TIMEOUT_S; the refresh runs on and its token serves the next start", async () => {
     const token = await tokenFor(t, "alice");
-    const { forgejoUserId } = t.broker.store.findAccessIdentity(hashToken(token), Date.now())!;
-    const stored = t.broker.store.getUpstreamCredential(forgejoUserId)!;
+    const { forgejoUserId } = (await t.broker.store.findAccessIdentity(hashToken(token), Date.now()))!;
+    const stored = (await t.broker.store.getUpstreamCredential(forgejoUserId))!;
     const due = refreshDueAt(stored.updatedAt, stored.accessExpiresAt!, { leadMs: t.config.sessions.refreshLeadMs, minIntervalMs: MIN_REFRESH_INTERVAL_MS });
-    await waitWhile(() => Date.now() < due, 200, 50);
+    await waitWhile(async () => Date.now() < due, 200, 50);
     t.forgejo.delayTokenEndpoint(2500);
     const refreshesBefore = t.forgejo.stats.refreshes;
 
@@ -139,7 +139,7 @@ describe("a Forgejo that stops answering while a session start needs a refresh",
     });
     expect(t.logs.some((line) => line.includes('"msg":"/mcp request failed"'))).toBe(false);
 
-    await waitWhile(() => !refreshed(), 80, 25);
+    await waitWhile(async () => !refreshed(), 80, 25);
     t.forgejo.delayTokenEndpoint(0);
     expect(await openSession(t.mcpUrl, token)).toMatch(/^[0-9a-f]{48}$/);
     expect(t.forgejo.stats.refreshes).toBe(refreshesBefore + 1);
@@ -158,10 +158,10 @@ describe("a Forgejo that refuses the refresh a session start needs", () => {
 
   test("initialize answers 401 with the bearer challenge: the sign-in is over, no child is started", async () => {
     const token = await tokenFor(t, "bob");
-    const { forgejoUserId } = t.broker.store.findAccessIdentity(hashToken(token), Date.now())!;
-    const stored = t.broker.store.getUpstreamCredential(forgejoUserId)!;
+    const { forgejoUserId } = (await t.broker.store.findAccessIdentity(hashToken(token), Date.now()))!;
+    const stored = (await t.broker.store.getUpstreamCredential(forgejoUserId))!;
     const due = refreshDueAt(stored.updatedAt, stored.accessExpiresAt!, { leadMs: t.config.sessions.refreshLeadMs, minIntervalMs: MIN_REFRESH_INTERVAL_MS });
-    await waitWhile(() => Date.now() < due, 200, 50);
+    await waitWhile(async () => Date.now() < due, 200, 50);
     t.forgejo.revokeUser("bob");
 
     const refused = await postMcp(t.mcpUrl, token, INITIALIZE);
@@ -191,7 +191,7 @@ describe("revocation", () => {
     t.forgejo.setCurrentUser("alice");
     const signedIn = await obtainTokens(t.config.publicUrl);
     const session = await openSession(t.mcpUrl, signedIn.accessToken);
-    const identity = t.broker.store.findAccessIdentity(hashToken(signedIn.accessToken), Date.now())!;
+    const identity = (await t.broker.store.findAccessIdentity(hashToken(signedIn.accessToken), Date.now()))!;
     const pid = t.broker.registry.get(session, identity).childPid;
 
     expect((await form("/oauth/revoke", { token: signedIn.accessToken, client_id: signedIn.clientId })).status).toBe(200);
@@ -205,7 +205,7 @@ describe("revocation", () => {
     expect(listed.status).toBe(200);
 
     expect((await form("/oauth/revoke", { token: refreshed.refresh_token, client_id: signedIn.clientId })).status).toBe(200);
-    await waitWhile(() => isAlive(pid), 40, 25);
+    await waitWhile(async () => isAlive(pid), 40, 25);
     expect(isAlive(pid)).toBe(false);
     expect(t.broker.registry.hasGrant(identity.grantId)).toBe(false);
     expect(t.logs.some((line) => line.includes('"reason":"every token of its sign-in was revoked"'))).toBe(true);
@@ -227,7 +227,7 @@ describe("revocation", () => {
       expect(answer.status).toBe(401);
       expect(answer.headers.get("www-authenticate")).toContain('error="invalid_token"');
       expect(answer.headers.get("mcp-session-id")).toBeNull();
-      await waitWhile(() => isAlive(child!.pid), 40, 25);
+      await waitWhile(async () => isAlive(child!.pid), 40, 25);
       expect(isAlive(child!.pid)).toBe(false);
       expect(t.broker.registry.size).toBe(0);
     } finally {

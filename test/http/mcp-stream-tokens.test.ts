@@ -32,7 +32,7 @@ describe("revocation", () => {
       { "mcp-session-id": first },
     );
     expect([revokedStream.status, liveStream.status, call.status]).toEqual([200, 200, 200]);
-    const identity = t.broker.store.findAccessIdentity(hashToken(signedIn.accessToken), Date.now())!;
+    const identity = (await t.broker.store.findAccessIdentity(hashToken(signedIn.accessToken), Date.now()))!;
     const session = t.broker.registry.get(first, identity);
     expect(session.inFlight).toBe(1);
 
@@ -64,7 +64,7 @@ describe("expiry", () => {
 
   test("a GET stream ends when the token that opened it expires; the session stays for the client's next token", async () => {
     const { accessToken } = await obtainTokens(t.config.publicUrl);
-    const { expiresAt } = t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now())!;
+    const { expiresAt } = (await t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now()))!;
     const session = await openSession(t.mcpUrl, accessToken);
     const controller = new AbortController();
     const stream = await holdStandaloneStream(t.mcpUrl, accessToken, session, controller.signal);

@@ -64,7 +64,7 @@ describe("sessions beyond BROKER_MAX_SESSIONS_PER_USER", () => {
   test("with a call in flight on every session: 429 whose Retry-After is when the first call times out; once a call ends, its session makes room", async () => {
     t.forgejo.setCurrentUser("bob");
     const { accessToken: token } = await obtainTokens(t.config.publicUrl);
-    const identity = () => t.broker.store.findAccessIdentity(hashToken(token), Date.now())!;
+    const identity = async () => (await t.broker.store.findAccessIdentity(hashToken(token), Date.now()))!;
     const sessions: string[] = [];
     for (let i = 0; i < CAP; i++) sessions.push(await openSession(t.mcpUrl, token));
     const calls = sessions.map((id, i) => {
@@ -100,9 +100,9 @@ describe("sessions beyond BROKER_MAX_SESSIONS_PER_USER", () => {
 
     // The client gives up on the second call: the broker cancels it, and that session is idle again.
     calls[1]!.cancel.abort();
-    await waitWhile(() => t.broker.registry.get(sessions[1]!, identity()).inFlight > 0, 100, 20);
+    await waitWhile(async () => t.broker.registry.get(sessions[1]!, (await identity())).inFlight > 0, 100, 20);
     const admitted = await openSession(t.mcpUrl, token);
-    expect(t.broker.registry.sessionsOf(identity().forgejoUserId).sort()).toEqual([sessions[0]!, sessions[2]!, admitted].sort());
+    expect(t.broker.registry.sessionsOf((await identity()).forgejoUserId).sort()).toEqual([sessions[0]!, sessions[2]!, admitted].sort());
     for (const call of [calls[0]!, calls[2]!]) call.cancel.abort();
   }, 60_000);
 });

@@ -6,7 +6,7 @@ import { FakeTimers } from "../bridge/fakes.ts";
 function setup() {
   const timers = new FakeTimers();
   const live = new Set<string>(["a1", "a2", "b1"]);
-  const tokens = new StreamTokens({ timers, isLive: (hash) => live.has(hash) });
+  const tokens = new StreamTokens({ timers, isLive: async (hash) => live.has(hash) });
   const ended: [string, string][] = [];
   const watch = (name: string, grantId: string, tokenHash: string, expiresInMs: number) =>
     tokens.watch({ grantId, tokenHash, expiresAt: timers.now() + expiresInMs }, (reason) => ended.push([name, reason]));
@@ -25,26 +25,26 @@ describe("StreamTokens", () => {
     expect(ended).toHaveLength(1);
   });
 
-  test("a revocation ends the streams of the grant whose token is no longer live, not those of its live tokens or of other grants", () => {
+  test("a revocation ends the streams of the grant whose token is no longer live, not those of its live tokens or of other grants", async () => {
     const { timers, live, tokens, ended, watch } = setup();
     watch("revoked", "a", "a1", 60_000);
     watch("other token", "a", "a2", 60_000);
     watch("other grant", "b", "b1", 60_000);
     live.delete("a1");
     live.delete("b1");
-    tokens.grantRevoked("a");
+    await tokens.grantRevoked("a");
     expect(ended).toEqual([["revoked", "the access token that opened this stream was revoked"]]);
     // Its expiry timer is gone with it.
     timers.advance(60_000);
     expect(ended.map(([name]) => name)).toEqual(["revoked", "other token", "other grant"]);
   });
 
-  test("a stream that ended on its own is no longer watched", () => {
+  test("a stream that ended on its own is no longer watched", async () => {
     const { timers, live, tokens, ended, watch } = setup();
     const unwatch = watch("s", "a", "a1", 1000);
     unwatch();
     live.clear();
-    tokens.grantRevoked("a");
+    await tokens.grantRevoked("a");
     timers.advance(1000);
     expect(ended).toEqual([]);
     expect(timers.pending).toBe(0);

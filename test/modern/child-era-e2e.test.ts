@@ -26,8 +26,8 @@ describe("a native 2026-07-28 child under BROKER_CHILD_ERA=auto", () => {
     expect(await processesMatching(marker)).toEqual([]);
   });
 
-  const identityOf = (accessToken: string) => t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now())!;
-  const childOf = (accessToken: string) => t.broker.principals.childOf(identityOf(accessToken).grantId)!;
+  const identityOf = async (accessToken: string) => (await t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now()))!;
+  const childOf = async (accessToken: string) => t.broker.principals.childOf((await identityOf(accessToken)).grantId)!;
 
   test("is probed once and found modern; the pinned SDK client discovers it through the broker and calls its tools", async () => {
     const alice = await connectModern(t, "alice");
@@ -69,7 +69,7 @@ describe("a native 2026-07-28 child under BROKER_CHILD_ERA=auto", () => {
       expect(messages.slice(0, -1)).toEqual(Array.from({ length: n }, (_, step) => ({ jsonrpc: "2.0", method: "notifications/progress", params: { progressToken: "p", progress: step + 1, total: n } })));
       expect(messages.at(-1)).toEqual({ jsonrpc: "2.0", id: 1, result: { content: [{ type: "text", text: `counted to ${n}` }], resultType: "complete" } });
     }
-    expect(childOf(accessToken).inFlight).toBe(0);
+    expect((await childOf(accessToken)).inFlight).toBe(0);
   });
 
   test("the child's own input_required passes through, its requestState sealed to the grant; the retry reaches the child with the child's own state", async () => {
@@ -131,7 +131,7 @@ describe("a native 2026-07-28 child under BROKER_CHILD_ERA=auto", () => {
     });
     const messages = answerMessages(response);
     expect((await messages.next()).value).toEqual({ jsonrpc: "2.0", method: "notifications/subscriptions/acknowledged", params: { _meta: { "io.modelcontextprotocol/subscriptionId": 7 }, notifications: { toolsListChanged: true } } });
-    const child = childOf(accessToken);
+    const child = await childOf(accessToken);
     expect(child.listening).toBe(1);
     await allMessages(await postModern(t, accessToken, modernRequest(1, "tools/call", { name: "add_tool", arguments: {} })));
     expect((await messages.next()).value).toEqual({ jsonrpc: "2.0", method: "notifications/tools/list_changed", params: { _meta: { "io.modelcontextprotocol/subscriptionId": 7 } } });
@@ -172,7 +172,7 @@ describe("BROKER_CHILD_ERA=auto with a 2025 child that exits on any request befo
     // A third grant, signed in later: its child starts with the cached verdict (and bob's sign-in replaces his first grant's child, unprobed too).
     const later = await connectModern(t, "bob");
     expect(textOf(await later.client.callTool({ name: "whoami", arguments: {} }))).toBe("bob");
-    const clientId = t.broker.store.findAccessIdentity(hashToken(later.accessToken), Date.now())!.clientId;
+    const clientId = (await t.broker.store.findAccessIdentity(hashToken(later.accessToken), Date.now()))!.clientId;
     expect(logged(t, "principal child started").filter((line) => line.client_id === clientId).map((line) => line.era)).toEqual(["legacy"]);
     expect(logged(t, "child era probe started")).toHaveLength(1);
     await Promise.all([legacy.client.close(), later.client.close()]);

@@ -22,8 +22,8 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect(await processesMatching(marker)).toEqual([]);
   });
 
-  const identityOf = (accessToken: string) => t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now())!;
-  const childOf = (accessToken: string) => t.broker.principals.childOf(identityOf(accessToken).grantId)!;
+  const identityOf = async (accessToken: string) => (await t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now()))!;
+  const childOf = async (accessToken: string) => t.broker.principals.childOf((await (await identityOf(accessToken))).grantId)!;
   const slowCount = (id: number | string, n: number, delayMs: number, token: string | number = "p") =>
     modernRequest(id, "tools/call", { name: "slow_count", arguments: { n, delay_ms: delayMs } }, { progressToken: token });
 
@@ -61,7 +61,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect(aliceTools.tools.map((tool) => tool.name).sort()).toEqual(["add_tool", "ask_model", "ask_two", "ask_user", "echo", "list_my_repos", "slow_count", "whoami"]);
     expect([textOf(aliceWho), textOf(bobWho)]).toEqual(["alice", "bob"]);
     expect([JSON.parse(textOf(aliceRepos)), JSON.parse(textOf(bobRepos))]).toEqual([["alice/notes"], ["bob/garden"]]);
-    expect(childOf(alice.accessToken).childPid).not.toBe(childOf(bob.accessToken).childPid);
+    expect((await childOf(alice.accessToken)).childPid).not.toBe((await childOf(bob.accessToken)).childPid);
     await Promise.all([alice.client.close(), bob.client.close()]);
   });
 
@@ -75,10 +75,10 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect(answers.map((messages) => (messages.at(-1)!.result as { content: { text: string }[] }).content[0]!.text)).toEqual(Array(10).fill("bob"));
     // Counted by the broker's own start lines for this grant's client, not the process table, where other
     // tests' children come and go (bob's sign-in here replaces his other grants' children meanwhile).
-    const clientId = identityOf(accessToken).clientId;
+    const clientId = (await identityOf(accessToken)).clientId;
     const started = t.logs.slice(from).filter((line) => JSON.parse(line).msg === "principal child started" && JSON.parse(line).client_id === clientId);
     expect(started).toHaveLength(1);
-    expect(JSON.parse(started[0]!).pid).toBe(childOf(accessToken).childPid);
+    expect(JSON.parse(started[0]!).pid).toBe((await childOf(accessToken)).childPid);
   });
 
   test("50 concurrent calls on one principal, all with id 1 and progress token \"p\": each gets its own progress and result", async () => {
@@ -93,7 +93,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
       );
       expect(messages.at(-1)).toEqual({ jsonrpc: "2.0", id: 1, result: { content: [{ type: "text", text: `counted to ${n}` }], resultType: "complete" } });
     }
-    expect(childOf(accessToken).inFlight).toBe(0);
+    expect((await childOf(accessToken)).inFlight).toBe(0);
   });
 
   /** Starts a long slow_count and resolves once its first progress arrived, with the rest of its messages to read. */
@@ -131,38 +131,38 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     const leaving = new AbortController();
     await longCall(accessToken, leaving.signal);
     const stays = postModern(t, accessToken, slowCount(1, 5, 20)).then(allMessages);
-    const child = childOf(accessToken);
-    await waitWhile(() => child.inFlight < 2, 500, 10);
+    const child = (await childOf(accessToken));
+    await waitWhile(async () => child.inFlight < 2, 500, 10);
     expect(child.inFlight).toBe(2);
     leaving.abort();
     expect((await stays).at(-1)!.result).toMatchObject({ content: [{ text: "counted to 5" }] });
-    await waitWhile(() => child.inFlight > 0, 250, 20);
+    await waitWhile(async () => child.inFlight > 0, 250, 20);
     expect(child.inFlight).toBe(0);
-    expect(childOf(accessToken)).toBe(child);
+    expect((await childOf(accessToken))).toBe(child);
   });
 
   test("the child killed mid-call: the call gets an error at once, the next request a new child", async () => {
     t.forgejo.setCurrentUser("bob");
     const { accessToken } = await obtainTokens(t.config.publicUrl);
     const call = await longCall(accessToken);
-    const pid = childOf(accessToken).childPid;
+    const pid = (await childOf(accessToken)).childPid;
     process.kill(pid, "SIGKILL");
     expect(await call.last()).toMatchObject({ id: 1, error: { code: -32000, message: expect.stringContaining("the MCP server exited") } });
     const [after] = await allMessages(await postModern(t, accessToken, modernRequest(2, "tools/call", { name: "whoami", arguments: {} })));
     expect(after!.result).toMatchObject({ content: [{ text: "bob" }] });
-    expect(childOf(accessToken).childPid).not.toBe(pid);
+    expect((await childOf(accessToken)).childPid).not.toBe(pid);
   });
 
   test("the grant revoked mid-call: the call's stream ends without a result, the child is stopped, the token is refused", async () => {
     t.forgejo.setCurrentUser("alice");
     const signedIn = await obtainTokens(t.config.publicUrl);
     const call = await longCall(signedIn.accessToken);
-    const pid = childOf(signedIn.accessToken).childPid;
+    const pid = (await childOf(signedIn.accessToken)).childPid;
     const revoked = await postForm(`${t.config.publicUrl}/oauth/revoke`, { token: signedIn.refreshToken, client_id: signedIn.clientId });
     expect(revoked.status).toBe(200);
     const last = await call.last();
     expect(last?.result).toBeUndefined();
-    await waitWhile(() => isAlive(pid), 250, 20);
+    await waitWhile(async () => isAlive(pid), 250, 20);
     expect(isAlive(pid)).toBe(false);
     expect((await postModern(t, signedIn.accessToken, modernRequest(2, "tools/list"))).status).toBe(401);
   });
@@ -171,8 +171,8 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     t.forgejo.setCurrentUser("bob");
     const { accessToken } = await obtainTokens(t.config.publicUrl);
     const running = postModern(t, accessToken, slowCount(1, 150, 20)).then(allMessages);
-    await waitWhile(() => t.broker.principals.childOf(identityOf(accessToken).grantId)?.inFlight !== 1, 500, 10);
-    const old = childOf(accessToken);
+    await waitWhile(async () => t.broker.principals.childOf((await identityOf(accessToken)).grantId)?.inFlight !== 1, 500, 10);
+    const old = (await childOf(accessToken));
     // bob signs in again from another client: Forgejo issues a new pair, which retires the old refresh token.
     await obtainTokens(t.config.publicUrl);
     const replaced = () => t.logs.some((line) => line.includes('"msg":"principal child replaced"') && line.includes(`"old_pid":${old.childPid}`));
@@ -181,9 +181,9 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect(old.inFlight).toBe(1);
     const [after] = await allMessages(await postModern(t, accessToken, modernRequest(2, "tools/call", { name: "whoami", arguments: {} })));
     expect(after!.result).toMatchObject({ content: [{ text: "bob" }] });
-    expect(childOf(accessToken).childPid).not.toBe(old.childPid);
+    expect((await childOf(accessToken)).childPid).not.toBe(old.childPid);
     expect((await running).at(-1)!.result).toMatchObject({ content: [{ text: "counted to 150" }] });
-    await waitWhile(() => isAlive(old.childPid), 250, 20);
+    await waitWhile(async () => isAlive(old.childPid), 250, 20);
     expect(isAlive(old.childPid)).toBe(false);
   });
 
@@ -202,10 +202,10 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     const [added] = await allMessages(await postModern(t, accessToken, modernRequest(2, "tools/call", { name: "add_tool", arguments: {} })));
     expect(added!.result).toMatchObject({ content: [{ text: "added added_1" }] });
     expect((await messages.next()).value).toMatchObject({ method: "notifications/tools/list_changed", params: { _meta: { "io.modelcontextprotocol/subscriptionId": "sub-1" } } });
-    const child = childOf(accessToken);
+    const child = (await childOf(accessToken));
     expect(child.listening).toBe(1);
     await messages.return(undefined);
-    await waitWhile(() => child.listening > 0, 250, 20);
+    await waitWhile(async () => child.listening > 0, 250, 20);
     expect(child.listening).toBe(0);
   });
 
@@ -228,7 +228,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect(answers.map(textOf)).toEqual(["alice", "counted to 3", "alice", "counted to 3", "alice", "counted to 3"]);
     // The legacy client has a session (and a child) of its own; the other two share the grant's child.
     expect(t.broker.registry.size).toBe(sessionsBefore + 1);
-    expect(t.broker.principals.childOf(identityOf(accessToken).grantId)).not.toBeNull();
+    expect(t.broker.principals.childOf((await identityOf(accessToken)).grantId)).not.toBeNull();
     await Promise.all([legacy.close(), auto.close(), pinned.close()]);
   });
 });

@@ -44,7 +44,7 @@ describe("MRTR through the broker", () => {
     await t.stop();
   });
 
-  const childOf = (accessToken: string) => t.broker.principals.childOf(t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now())!.grantId)!;
+  const childOf = async (accessToken: string) => t.broker.principals.childOf((await t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now()))!.grantId)!;
 
   test("the SDK client declaring elicitation: its handler gets the child's question and the tool returns its answer", async () => {
     const client = await sdkClient(t, token, ELICITATION);
@@ -85,7 +85,7 @@ describe("MRTR through the broker", () => {
       },
     });
     // The child's call stays open while the caller is asked.
-    expect(childOf(token).inFlight).toBe(1);
+    expect((await childOf(token)).inFlight).toBe(1);
     const final = await onlyMessage(await postModern(t, token, retryOf(original, 2, { "elicitation-1": { action: "accept", content: { answer: "teal" } } }, interim.result.requestState)));
     expect(final.id).toBe(2);
     expect(final.result.resultType).toBe("complete");
@@ -110,7 +110,7 @@ describe("MRTR through the broker", () => {
       id: 3,
       error: { code: -32021, message: expect.any(String), data: { requiredCapabilities: { elicitation: {} } } },
     });
-    expect(childOf(token).inFlight).toBe(0);
+    expect((await childOf(token)).inFlight).toBe(0);
     const next = await onlyMessage(await postModern(t, token, modernRequest(4, "tools/call", { name: "whoami", arguments: {} })));
     expect(next.result.resultType).toBe("complete");
   });
@@ -162,10 +162,10 @@ describe("a continuation nobody retries", () => {
   test("past its deadline: the child's call is cancelled, nothing stays parked, and a late retry gets 400 -32602", async () => {
     const original = askUser(1, "Colour?");
     const interim = await onlyMessage(await postModern(t, token, original));
-    const child = t.broker.principals.childOf(t.broker.store.findAccessIdentity(hashToken(token), Date.now())!.grantId)!;
+    const child = t.broker.principals.childOf((await t.broker.store.findAccessIdentity(hashToken(token), Date.now()))!.grantId)!;
     expect(child.inFlight).toBe(1);
     expect(t.broker.principals.continuations.size).toBe(1);
-    await waitWhile(() => child.inFlight > 0, 100, 50);
+    await waitWhile(async () => child.inFlight > 0, 100, 50);
     expect(t.broker.principals.continuations.size).toBe(0);
     const late = await postModern(t, token, retryOf(original, 2, { "elicitation-1": { action: "accept", content: { answer: "late" } } }, interim.result.requestState));
     expect(late.status).toBe(400);

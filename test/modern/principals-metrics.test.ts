@@ -40,7 +40,7 @@ function setup(options: { maxSessionsPerUser?: number; expiresInMs?: number } = 
     spawn,
     upstreamToken,
     reserveSlot: (user) => registry.reserveSlot(user),
-    grantIsLive: () => live,
+    grantIsLive: async () => live,
     logger,
     timers,
     reapIntervalMs: 10_000,

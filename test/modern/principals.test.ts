@@ -31,7 +31,7 @@ function heldChild(answer: (message: Json, child: FakeChild) => void = () => {})
 
 function setup(
   options: {
-    grantIsLive?: (grantId: string) => boolean;
+    grantIsLive?: (grantId: string) => Promise<boolean>;
     expiresInMs?: number | null;
     answer?: (message: Json, child: FakeChild) => void;
     maxSessionsPerUser?: number;
@@ -117,7 +117,7 @@ describe("a principal's child", () => {
 
   test("its grant revoked: the call in flight fails now and the child stops; while a token of the grant lives, it stays", async () => {
     let live = true;
-    const { principals, children } = setup({ grantIsLive: () => live });
+    const { principals, children } = setup({ grantIsLive: async () => live });
     const stream = (await principals.childFor(ALICE)).call(request(1));
     await principals.grantRevoked(ALICE.grantId);
     expect(children[0]!.stopCalls).toBe(0);
@@ -388,7 +388,7 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
   for (const [name, end] of endings) {
     test(`${name} while the call waits: the retry gets the error at once, not a hang`, async () => {
       let live = true;
-      const fixture = await parkedCall({ grantIsLive: () => live });
+      const fixture = await parkedCall({ grantIsLive: async () => live });
       live = false;
       await end(fixture);
       expect(await readMessages(await fixture.principals.resume(ALICE, retry(2, fixture.interim.result.requestState)))).toEqual([

@@ -28,7 +28,7 @@ describe("subscriptions/listen over HTTP", () => {
     const refused = await postModern(t, token, modernRequest(3, "tools/call", { name: "whoami", arguments: {} }));
     expect(refused.status).toBe(429);
     expect(await refused.json()).toMatchObject({ id: 3, error: { code: -32000, message: expect.stringContaining("you have 2 requests in flight and streams open") } });
-    const child = t.broker.principals.childOf(t.broker.store.findAccessIdentity(hashToken(token), Date.now())!.grantId)!;
+    const child = t.broker.principals.childOf((await t.broker.store.findAccessIdentity(hashToken(token), Date.now()))!.grantId)!;
     expect(child.listening).toBe(2);
     await first.return(undefined);
     await second.return(undefined);

@@ -5,6 +5,7 @@ import { count } from "drizzle-orm";
 import { s256Challenge } from "../../src/oauth/pkce.ts";
 import { MAX_PENDING_PER_BROWSER } from "../../src/oauth/handlers/authorize.ts";
 import { authorizations } from "../../src/store/schema.ts";
+import type { SqliteStore } from "../../src/store/sqlite-store.ts";
 import type { RateLimitPolicy } from "../../src/oauth/rate-limit.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { parseConsentForm } from "../helpers/oauth-client.ts";
@@ -33,7 +34,7 @@ async function brokerWithClient(rateLimit: RateLimitPolicy, env: Record<string, 
     code_challenge_method: "S256",
     state: "st",
   })) url.searchParams.set(name, value);
-  const store = t.broker.store;
+  const store = t.broker.store as SqliteStore;
   return { url, rows: () => store.db.select({ n: count() }).from(authorizations).get()!.n };
 }
 

@@ -31,7 +31,7 @@ function guardedApp() {
   const store = {
     lookups: 0,
     revocationCount: 0,
-    findAccessIdentity(hash: string) {
+    async findAccessIdentity(hash: string) {
       store.lookups++;
       return hash === hashToken(LIVE_TOKEN) ? identity : undefined;
     },

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { auth, type OAuthClientProvider, type OAuthDiscoveryState } from "@modelcontextprotocol/client";
 import { hashToken } from "../../src/crypto.ts";
 import { clients } from "../../src/store/schema.ts";
+import type { SqliteStore } from "../../src/store/sqlite-store.ts";
 import { directConnect, METADATA_MAX_BYTES } from "../../src/oauth/metadata-fetch.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { FakeTimers } from "../bridge/fakes.ts";
@@ -35,7 +36,7 @@ afterAll(async () => {
   await docs.stop();
 });
 
-const clientCount = () => t.broker.store.db.select().from(clients).all().length;
+const clientCount = () => (t.broker.store as SqliteStore).db.select().from(clients).all().length;
 
 /** A document as a client would publish it for `url`. */
 const documentFor = (url: string, extra: Record<string, unknown> = {}) => ({
@@ -131,8 +132,8 @@ describe("a client known by its metadata document, through the SDK 2.4.0 client"
     expect(tokens.scope).toBe("mcp");
     // Exactly one client row appeared: the document's, keyed by its URL.
     expect(clientCount()).toBe(before + 1);
-    expect(t.broker.store.getClient(url)).toMatchObject({ id: url, name: "Doc Client", tokenEndpointAuthMethod: "none", secretHash: null, redirectUris: [REDIRECT_URI] });
-    expect(t.broker.store.findAccessIdentity(hashToken(tokens.access_token), Date.now())).toMatchObject({ clientId: url, forgejoLogin: "alice" });
+    expect(await t.broker.store.getClient(url)).toMatchObject({ id: url, name: "Doc Client", tokenEndpointAuthMethod: "none", secretHash: null, redirectUris: [REDIRECT_URI] });
+    expect(await t.broker.store.findAccessIdentity(hashToken(tokens.access_token), Date.now())).toMatchObject({ clientId: url, forgejoLogin: "alice" });
 
     const client = await modernClientWith(t, tokens.access_token);
     expect((await client.listTools()).tools.length).toBeGreaterThan(0);
@@ -144,7 +145,7 @@ describe("a client known by its metadata document, through the SDK 2.4.0 client"
 
     const revoke = await postForm(`${t.config.publicUrl}/oauth/revoke`, { token: refreshed.refresh_token!, client_id: url });
     expect(revoke.status).toBe(200);
-    expect(t.broker.store.findAccessIdentity(hashToken(refreshed.access_token), Date.now())).toBeUndefined();
+    expect(await t.broker.store.findAccessIdentity(hashToken(refreshed.access_token), Date.now())).toBeUndefined();
     expect(docs.hits("/sdk-client.json")).toBe(1);
   });
 
@@ -285,7 +286,7 @@ describe("the document cache, through the broker", () => {
     offsetMs += 61_000;
     expect(await (await authorize(url)).text()).toContain("New Name");
     expect(docs.hits("/renamed.json")).toBe(2);
-    expect(t.broker.store.getClient(url)!.name).toBe("New Name");
+    expect((await t.broker.store.getClient(url))!.name).toBe("New Name");
   });
 
   test("a failed fetch is not repeated at once", async () => {

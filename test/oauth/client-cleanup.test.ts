@@ -27,7 +27,7 @@ const register = async () =>
   ).json()) as { client_id: string }).client_id;
 
 /** Waits (bounded) for the purge timer to have deleted the client, or gives up and lets the test assert. */
-const purged = (clientId: string) => waitWhile(() => t.broker.store.getClient(clientId) !== undefined, 100, 20);
+const purged = (clientId: string) => waitWhile(async () => (await t.broker.store.getClient(clientId)) !== undefined, 100, 20);
 
 describe("client clean-up in a running broker", () => {
   test("a registration never used is deleted 24 h later, one that signed in is kept", async () => {
@@ -35,8 +35,8 @@ describe("client clean-up in a running broker", () => {
     const used = await obtainTokens(t.config.publicUrl);
     offsetMs += DAY + 60_000;
     await purged(unused);
-    expect(t.broker.store.getClient(unused)).toBeUndefined();
-    expect(t.broker.store.getClient(used.clientId)).toBeDefined();
+    expect(await t.broker.store.getClient(unused)).toBeUndefined();
+    expect(await t.broker.store.getClient(used.clientId)).toBeDefined();
     expect(t.logs.some((line) => line.includes("deleted clients nobody uses"))).toBe(true);
   });
 
@@ -46,7 +46,7 @@ describe("client clean-up in a running broker", () => {
     // The day-by-day boundary is the store's test (test/store/client-reaping.test.ts); here, the timer does it.
     offsetMs += 2 * DAY + 60_000;
     await purged(tokens.clientId);
-    expect(t.broker.store.getClient(tokens.clientId)).toBeUndefined();
+    expect(await t.broker.store.getClient(tokens.clientId)).toBeUndefined();
     const refresh = await postForm(`${t.config.publicUrl}/oauth/token`, { grant_type: "refresh_token", refresh_token: tokens.refreshToken, client_id: tokens.clientId });
     expect(refresh.status).toBe(401);
   });

@@ -123,7 +123,7 @@ describe("metadata and scopes meant for other servers are accepted and what the 
     expect(body).toMatchObject({ grant_types: ["authorization_code", "refresh_token"], response_types: ["code"], scope: "mcp", policy_uri: "https://app.example.com/privacy" });
     expect(body.logo_uri).toBeUndefined();
     expect(body.tos_uri).toBeUndefined();
-    expect(t.broker.store.getClient(body.client_id)!.metadata).not.toHaveProperty("jwks_uri");
+    expect((await t.broker.store.getClient(body.client_id))!.metadata).not.toHaveProperty("jwks_uri");
   });
 
   test("registration is bounded: more than 50 fields or 20 redirect URIs are refused", async () => {

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { s256Challenge } from "../../src/oauth/pkce.ts";
-import { Store } from "../../src/store/store.ts";
+import { SqliteStore } from "../../src/store/sqlite-store.ts";
 import { RACED_CODE_VERIFIER, raceExchanges, type RacedKind } from "../fixtures/exchange-racer.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { postForm } from "../helpers/oauth-client.ts";
@@ -26,24 +26,24 @@ describe("single use under real concurrency: processes racing on one SQLite file
   const TOKENS = 100;
 
   /** A store file with one client, one grant, and TOKENS unspent codes or refresh tokens. */
-  function seeded(kind: RacedKind) {
+  async function seeded(kind: RacedKind) {
     const dir = mkdtempSync(join(tmpdir(), "fmb-race-"));
     const path = join(dir, "broker.sqlite");
-    const store = Store.open(path);
-    store.createClient({ id: "c1", secretHash: null, tokenEndpointAuthMethod: "none", name: "C", redirectUris: ["http://localhost/cb"], metadata: {}, createdAt: 0 });
-    const grant = store.findOrCreateGrant({ id: "g1", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice", scope: "mcp", now: 0 });
+    const store = SqliteStore.open(path);
+    await store.createClient({ id: "c1", secretHash: null, tokenEndpointAuthMethod: "none", name: "C", redirectUris: ["http://localhost/cb"], metadata: {}, createdAt: 0 });
+    const grant = await store.findOrCreateGrant({ id: "g1", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice", scope: "mcp", now: 0 });
     const far = Date.now() + 3600_000;
     const hashes = Array.from({ length: TOKENS }, (_, i) => `${kind}-${i}`);
     for (const [i, hash] of hashes.entries()) {
       const row = { grantId: grant.id, familyId: `f${i}`, clientId: "c1", resource: "r", scope: "mcp" };
-      if (kind === "code") store.createAuthCode({ ...row, codeHash: hash, redirectUri: "u", codeChallenge: s256Challenge(RACED_CODE_VERIFIER), expiresAt: far, usedAt: null });
-      else store.insertTokenPair({ ...row, accessTokenHash: `a-${hash}`, accessExpiresAt: far, refreshTokenHash: hash, refreshExpiresAt: far }, 0);
+      if (kind === "code") await store.createAuthCode({ ...row, codeHash: hash, redirectUri: "u", codeChallenge: s256Challenge(RACED_CODE_VERIFIER), expiresAt: far, usedAt: null });
+      else await store.insertTokenPair({ ...row, accessTokenHash: `a-${hash}`, accessExpiresAt: far, refreshTokenHash: hash, refreshExpiresAt: far }, 0);
     }
     return { store, path, hashes, cleanUp: () => (store.close(), rmSync(dir, { recursive: true, force: true })) };
   }
 
   test.each(["refresh", "code"] as const)("%s: each of 100, released to 4 processes at once, is won exactly once", async (kind) => {
-    const { store, path, hashes, cleanUp } = seeded(kind);
+    const { store, path, hashes, cleanUp } = await seeded(kind);
     try {
       const reports = await raceExchanges({ path, clientId: "c1", kind, hashes, racers: RACERS });
       // Each hash was released to every racer at once, and not always the same one got there first.
@@ -57,7 +57,8 @@ describe("single use under real concurrency: processes racing on one SQLite file
       const alreadyUsed = kind === "code" ? "invalid_grant: The authorization code was already used" : "invalid_grant: The refresh token was already used";
       expect(refusals.filter((refusal) => refusal !== alreadyUsed)).toEqual([]);
       // Each winner's pair was committed with its win; a code's losers are replays, which revoke it again.
-      const live = hashes.filter((hash) => store.findAccessIdentity(`at:${winners.get(hash)![0]}:${hash}`, Date.now()) !== undefined);
+      const live: string[] = [];
+      for (const hash of hashes) if ((await store.findAccessIdentity(`at:${winners.get(hash)![0]}:${hash}`, Date.now())) !== undefined) live.push(hash);
       expect(live).toHaveLength(kind === "refresh" ? TOKENS : 0);
     } finally {
       cleanUp();

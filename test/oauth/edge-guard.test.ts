@@ -3,6 +3,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { count } from "drizzle-orm";
 import { clients } from "../../src/store/schema.ts";
+import type { SqliteStore } from "../../src/store/sqlite-store.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { openRaw, rawRequest, type RawConnection } from "../helpers/raw-http.ts";
 
@@ -101,7 +102,7 @@ describe("rate limits before bodies", () => {
     expect(answers.map((answer) => answer.status)).toEqual(Array(20).fill(429));
     expect(JSON.parse(answers[0]!.body).error).toBe("too_many_requests");
     expect(Number(answers[0]!.headers["retry-after"])).toBeGreaterThanOrEqual(1);
-    expect(broker.broker.store.db.select({ n: count() }).from(clients).get()).toEqual({ n: 3 });
+    expect((broker.broker.store as SqliteStore).db.select({ n: count() }).from(clients).get()).toEqual({ n: 3 });
     // Refused before routing, and still one log line each.
     const logged = broker.logs.map((line) => JSON.parse(line)).filter((line) => line.msg === "request" && line.path === "/oauth/register");
     expect(logged.map((line) => line.status).sort()).toEqual([...Array(3).fill(201), ...Array(20).fill(429)]);

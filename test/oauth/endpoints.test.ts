@@ -112,7 +112,7 @@ describe("registration (RFC 7591)", () => {
     const body = await response.json();
     expect(body.client_secret).toStartWith("fmb_cs_");
     expect(body.client_secret_expires_at).toBe(0);
-    const row = t.broker.store.getClient(body.client_id)!;
+    const row = (await t.broker.store.getClient(body.client_id))!;
     expect(row.secretHash).toBe(hashToken(body.client_secret));
     expect(JSON.stringify(row)).not.toContain(body.client_secret);
   });
@@ -386,8 +386,8 @@ describe("token endpoint", () => {
     const body = await response.json();
     expect(Object.keys(body).sort()).toEqual(["access_token", "expires_in", "scope", "token_type"]);
     // With no refresh token behind it, the grant is live only as long as the access token is.
-    const { grantId } = t.broker.store.findAccessIdentity(hashToken(body.access_token), Date.now() + offsetMs)!;
-    expect(t.broker.store.grantHasLiveTokens(grantId, Date.now() + offsetMs + 3_601_000)).toBe(false);
+    const { grantId } = (await t.broker.store.findAccessIdentity(hashToken(body.access_token), Date.now() + offsetMs))!;
+    expect(await t.broker.store.grantHasLiveTokens(grantId, Date.now() + offsetMs + 3_601_000)).toBe(false);
   });
 
   test("a code is single-use; replaying it revokes the tokens it was exchanged for", async () => {
@@ -548,8 +548,8 @@ describe("bearer guard on /mcp", () => {
     await expectOAuthError(await mcp({ authorization: `Bearer ${tokens.accessToken}` }), 401, "invalid_token");
 
     const foreign = await obtainTokens(base);
-    const identity = t.broker.store.findAccessIdentity(hashToken(foreign.accessToken), Date.now() + offsetMs)!;
-    t.broker.store.insertTokenPair(
+    const identity = (await t.broker.store.findAccessIdentity(hashToken(foreign.accessToken), Date.now() + offsetMs))!;
+    await t.broker.store.insertTokenPair(
       {
         grantId: identity.grantId,
         familyId: "foreign",

@@ -47,7 +47,7 @@ describe("an MCP client following the 2025-11-25 authorization spec", () => {
     expect(tokens.scope).toBe("mcp");
     expect(await guardAccepts(tokens.access_token)).toBe(true);
 
-    const identity = t.broker.store.findAccessIdentity(new Bun.CryptoHasher("sha256").update(tokens.access_token).digest("hex"), Date.now());
+    const identity = await t.broker.store.findAccessIdentity(new Bun.CryptoHasher("sha256").update(tokens.access_token).digest("hex"), Date.now());
     expect(identity).toMatchObject({ forgejoLogin: "alice", forgejoUserId: 1, clientId: provider.client!.client_id, resource: t.mcpUrl });
   });
 

@@ -96,7 +96,7 @@ describe("traces over OTLP/HTTP", () => {
     expect(server.attributes["http.response.status_code"]).toBe(200);
     const roundTrip = one(spans, "mcp tools/call");
     expect(roundTrip.parentSpanId).toBe(server.spanId);
-    const identity = t.broker.store.findAccessIdentity(hashToken(signIn.accessToken), Date.now())!;
+    const identity = (await t.broker.store.findAccessIdentity(hashToken(signIn.accessToken), Date.now()))!;
     // Who called, to find one user's slow calls: the Forgejo user id and the client's public id, no token.
     expect(roundTrip.attributes).toMatchObject({
       "rpc.method": "tools/call",

@@ -36,7 +36,7 @@ function setup(options: { maxSessionsPerUser?: number; failStarts?: boolean } = 
       return child;
     },
     upstreamToken: async () => ({ token: "upstream", expiresAt: null }),
-    grantIsLive: () => !revoked,
+    grantIsLive: async () => !revoked,
     logger: createMemoryLogger(),
     timers,
     reapIntervalMs: 1000,

@@ -54,7 +54,7 @@ function setup(
     refresh?: UpstreamRefresher;
     makeChild?: (spec: ChildSpec) => FakeChild;
     spawnPacer?: SpawnPacer;
-    grantIsLive?: (grantId: string) => boolean;
+    grantIsLive?: (grantId: string) => Promise<boolean>;
   } = {},
 ) {
   const timers = new FakeTimers();
@@ -188,7 +188,7 @@ describe("create", () => {
   });
   test("after a revocation a grant's sessions end only once no token of it is left, and no other grant's", async () => {
     const revoked = new Set<string>();
-    const { registry, children, logger } = setup({}, { grantIsLive: (grantId) => !revoked.has(grantId) });
+    const { registry, children, logger } = setup({}, { grantIsLive: async (grantId) => !revoked.has(grantId) });
     const [first, second, other] = [await registry.create(alice, initialize), await registry.create(alice, initialize), await registry.create(bob, initialize)];
 
     await registry.grantRevoked(alice.grantId);
@@ -205,7 +205,7 @@ describe("create", () => {
 
   test("a start whose sign-in is revoked before its child answers stops that child and is refused (401), with no session", async () => {
     const revoked = new Set<string>();
-    const { registry, setChild, children } = setup({}, { grantIsLive: (grantId) => !revoked.has(grantId) });
+    const { registry, setChild, children } = setup({}, { grantIsLive: async (grantId) => !revoked.has(grantId) });
     const held: (() => void)[] = [];
     setChild(() => initializingChildHeldBy(held));
     const pending = registry.create(alice, initialize).catch((e: unknown) => e);

@@ -6,7 +6,7 @@ import { randomBase64Url, TokenSealer } from "../../src/crypto.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { eq } from "drizzle-orm";
 import * as schema from "../../src/store/schema.ts";
-import { Store } from "../../src/store/store.ts";
+import { SqliteStore } from "../../src/store/sqlite-store.ts";
 import { realTimers } from "../../src/supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials, type CredentialEvent } from "../../src/upstream/credentials.ts";
 import {
@@ -33,7 +33,7 @@ const BOB: ForgejoUser = { id: 2, login: "bob" };
 let clock: number;
 let forgejo: FakeForgejo;
 let client: ForgejoClient;
-let store: Store;
+let store: SqliteStore;
 let sealer: TokenSealer;
 let logger: ReturnType<typeof createMemoryLogger>;
 let credentials: UpstreamCredentials;
@@ -75,7 +75,7 @@ async function useForgejo(options: FakeForgejoOptions = {}): Promise<void> {
 
 beforeEach(async () => {
   clock = 1_700_000_000_000;
-  store = Store.open(":memory:");
+  store = SqliteStore.open(":memory:");
   sealer = await TokenSealer.fromRawKey(new Uint8Array(32));
   logger = createMemoryLogger();
   await useForgejo();
@@ -100,9 +100,9 @@ async function signIn(user: ForgejoUser): Promise<UpstreamTokens> {
   return tokens;
 }
 
-function grantFor(user: ForgejoUser): string {
+async function grantFor(user: ForgejoUser): Promise<string> {
   const clientId = `client-${randomBase64Url(6)}`;
-  store.createClient({
+  await store.createClient({
     id: clientId,
     secretHash: null,
     tokenEndpointAuthMethod: "none",
@@ -111,7 +111,7 @@ function grantFor(user: ForgejoUser): string {
     metadata: {},
     createdAt: clock,
   });
-  return store.findOrCreateGrant({ id: randomBase64Url(12), clientId, forgejoUserId: user.id, forgejoLogin: user.login, scope: "mcp", now: clock }).id;
+  return (await store.findOrCreateGrant({ id: randomBase64Url(12), clientId, forgejoUserId: user.id, forgejoLogin: user.login, scope: "mcp", now: clock })).id;
 }
 
 const userAnswer = async (accessToken: string) =>
@@ -120,7 +120,7 @@ const userAnswer = async (accessToken: string) =>
 describe("at rest", () => {
   test("the stored row holds neither token in plaintext, and unseals to the signed-in pair", async () => {
     const tokens = await signIn(ALICE);
-    const row = store.getUpstreamCredential(ALICE.id)!;
+    const row = (await store.getUpstreamCredential(ALICE.id))!;
     const raw = JSON.stringify(row);
     expect(raw).not.toContain(tokens.accessToken);
     expect(raw).not.toContain(tokens.refreshToken!);
@@ -135,9 +135,9 @@ describe("at rest", () => {
   test("a sealed token moved to another user's row does not unseal there", async () => {
     await signIn(ALICE);
     await signIn(BOB);
-    const alice = store.getUpstreamCredential(ALICE.id)!;
-    const bob = store.getUpstreamCredential(BOB.id)!;
-    store.replaceUpstreamCredential(BOB.id, bob.version, { ...bob, accessTokenSealed: alice.accessTokenSealed });
+    const alice = (await store.getUpstreamCredential(ALICE.id))!;
+    const bob = (await store.getUpstreamCredential(BOB.id))!;
+    await store.replaceUpstreamCredential(BOB.id, bob.version, { ...bob, accessTokenSealed: alice.accessTokenSealed });
     const error = await rejection(credentials.accessTokenFor(BOB.id));
     expect(error).toBeInstanceOf(UpstreamCredentialLostError);
     expect((error as UpstreamCredentialLostError).reason).toBe("unreadable");
@@ -147,7 +147,7 @@ describe("at rest", () => {
   test("a second sign-in replaces the user's one credential", async () => {
     await signIn(ALICE);
     const second = await signIn(ALICE);
-    expect(store.getUpstreamCredential(ALICE.id)!.version).toBe(2);
+    expect((await store.getUpstreamCredential(ALICE.id))!.version).toBe(2);
     expect((await credentials.accessTokenFor(ALICE.id)).accessToken).toBe(second.accessToken);
   });
 });
@@ -162,7 +162,7 @@ describe("refresh", () => {
     expect(await userAnswer(access.accessToken)).toBe(200);
     expect(forgejo.stats.refreshes).toBe(1);
 
-    const row = store.getUpstreamCredential(ALICE.id)!;
+    const row = (await store.getUpstreamCredential(ALICE.id))!;
     expect(row.version).toBe(2);
     const fresh = makeCredentials(client);
     expect((await fresh.accessTokenFor(ALICE.id)).accessToken).toBe(access.accessToken);
@@ -229,7 +229,7 @@ describe("refresh", () => {
   test("when a sign-in retires the refresh token in flight, the refusal costs nothing: the newer credential is used", async () => {
     await signIn(ALICE);
     clock += SPACING;
-    const grantId = grantFor(ALICE);
+    const grantId = await grantFor(ALICE);
     let newer: UpstreamTokens | undefined;
     const racing = makeCredentials({
       refresh: async (refreshToken) => {
@@ -302,15 +302,15 @@ describe("refusal and unavailability", () => {
   test("a refused refresh deletes the credential, revokes the user's grants and says why", async () => {
     await signIn(ALICE);
     await signIn(BOB);
-    const aliceGrant = grantFor(ALICE);
-    const bobGrant = grantFor(BOB);
+    const aliceGrant = await grantFor(ALICE);
+    const bobGrant = await grantFor(BOB);
     forgejo.revokeUser("alice");
     clock += HOUR;
 
     const error = await rejection(credentials.accessTokenFor(ALICE.id));
     expect(error).toBeInstanceOf(UpstreamCredentialLostError);
     expect(error).toMatchObject({ forgejoUserId: 1, reason: "refused", upstreamCode: "invalid_grant", revokedGrantIds: [aliceGrant] });
-    expect(store.getUpstreamCredential(ALICE.id)).toBeUndefined();
+    expect(await store.getUpstreamCredential(ALICE.id)).toBeUndefined();
     expect(grantRevokedAt(aliceGrant)).toBe(clock);
     expect(grantRevokedAt(bobGrant)).toBeNull();
     expect(events.at(-1)).toEqual({ type: "lost", forgejoUserId: 1, reason: "refused", revokedGrantIds: [aliceGrant] });
@@ -325,12 +325,12 @@ describe("refusal and unavailability", () => {
     clock += SPACING;
     const error = await rejection(credentials.refreshNow(ALICE.id));
     expect(error).toMatchObject({ reason: "refused", upstreamCode: "unauthorized_client" });
-    expect(store.getUpstreamCredential(ALICE.id)).toBeUndefined();
+    expect(await store.getUpstreamCredential(ALICE.id)).toBeUndefined();
   });
 
   test("a 503 keeps the credential and the grants, and every waiting caller hears it", async () => {
     const tokens = await signIn(ALICE);
-    const grantId = grantFor(ALICE);
+    const grantId = await grantFor(ALICE);
     forgejo.failTokenEndpoint(503);
     clock += HOUR;
     const outcomes = await Promise.allSettled(
@@ -338,7 +338,7 @@ describe("refusal and unavailability", () => {
     );
     expect(outcomes.every((o) => o.status === "rejected" && o.reason instanceof UpstreamUnavailableError)).toBe(true);
     expect(forgejo.stats.refreshes).toBe(1);
-    expect(store.getUpstreamCredential(ALICE.id)!.version).toBe(1);
+    expect((await store.getUpstreamCredential(ALICE.id))!.version).toBe(1);
     expect(grantRevokedAt(grantId)).toBeNull();
 
     forgejo.failTokenEndpoint(null);
@@ -349,7 +349,7 @@ describe("refusal and unavailability", () => {
 
   test("a refresh Forgejo answers only after the wait: callers hear a timeout, no second refresh is sent, the late pair is kept", async () => {
     const tokens = await signIn(ALICE);
-    const grantId = grantFor(ALICE);
+    const grantId = await grantFor(ALICE);
     const impatient = makeCredentials(client, 200);
     const rotated: CredentialEvent[] = [];
     impatient.onChange((event) => rotated.push(event));
@@ -363,12 +363,12 @@ describe("refusal and unavailability", () => {
     // Still in flight: this caller waits for the same refresh instead of spending the refresh token a second time.
     expect(await rejection(impatient.refreshNow(ALICE.id))).toBeInstanceOf(UpstreamUnavailableError);
 
-    await waitWhile(() => store.getUpstreamCredential(ALICE.id)!.version === 1, 80, 25);
+    await waitWhile(async () => (await store.getUpstreamCredential(ALICE.id))!.version === 1, 80, 25);
     // Long enough for a second refresh, had one been sent at the second caller's time, to have arrived too.
     await Bun.sleep(400);
     forgejo.delayTokenEndpoint(0);
     expect(forgejo.stats.refreshes).toBe(1);
-    expect(store.getUpstreamCredential(ALICE.id)!.version).toBe(2);
+    expect((await store.getUpstreamCredential(ALICE.id))!.version).toBe(2);
     expect(rotated.map((event) => event.type)).toEqual(["rotated"]);
     const access = await impatient.accessTokenFor(ALICE.id);
     expect(access.accessToken).not.toBe(tokens.accessToken);
@@ -379,12 +379,12 @@ describe("refusal and unavailability", () => {
 
   test("a wrong client secret keeps the user's credential: it works again once the broker is fixed", async () => {
     await signIn(ALICE);
-    const grantId = grantFor(ALICE);
+    const grantId = await grantFor(ALICE);
     const misconfigured = makeCredentials(makeClient("not-the-secret"));
     clock += SPACING;
     const error = await rejection(misconfigured.refreshNow(ALICE.id));
     expect(error).toBeInstanceOf(UpstreamUnavailableError);
-    expect(store.getUpstreamCredential(ALICE.id)).toBeDefined();
+    expect(await store.getUpstreamCredential(ALICE.id)).toBeDefined();
     expect(grantRevokedAt(grantId)).toBeNull();
     expect(await userAnswer((await credentials.refreshNow(ALICE.id)).accessToken)).toBe(200);
   });

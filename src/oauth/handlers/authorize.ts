@@ -225,7 +225,7 @@ export function authorizeRoutes(deps: OAuthDeps) {
           expiresAt: now + deps.lifetimes.authorizationMs,
           consumedAt: null,
         };
-        store.createAuthorization(authorization, MAX_PENDING_PER_BROWSER);
+        await store.createAuthorization(authorization, MAX_PENDING_PER_BROWSER);
 
         const html = renderConsentPage({
           clientName: verdict.client.name,
@@ -261,7 +261,7 @@ export function authorizeRoutes(deps: OAuthDeps) {
           return htmlPage(403, "Request refused", "This form was submitted from another site.");
         }
         const now = deps.now();
-        const authorization = store.getAuthorization(body.authorization_id, now);
+        const authorization = await store.getAuthorization(body.authorization_id, now);
         if (!authorization) {
           return htmlPage(400, "This request has expired", "The sign-in request is no longer valid (it expired or was already answered). Start again from your MCP client.");
         }
@@ -273,7 +273,7 @@ export function authorizeRoutes(deps: OAuthDeps) {
         }
 
         if (body.decision === "deny") {
-          const denied = store.consumeAuthorization(authorization.id, now);
+          const denied = await store.consumeAuthorization(authorization.id, now);
           if (!denied) return htmlPage(400, "This request has expired", "The sign-in request was already answered.");
           logger.info("consent denied", { client_id: denied.clientId });
           return redirectToClient(denied.redirectUri, config.publicUrl, {
@@ -286,7 +286,7 @@ export function authorizeRoutes(deps: OAuthDeps) {
         const upstreamState = mintToken("state");
         const verifier = generateCodeVerifier();
         const sealedVerifier = await deps.sealer.sealUpstreamToken(verifier, `pkce:${authorization.id}`);
-        if (!store.allowAuthorization(authorization.id, hashToken(upstreamState), sealedVerifier, now)) {
+        if (!(await store.allowAuthorization(authorization.id, hashToken(upstreamState), sealedVerifier, now))) {
           return htmlPage(400, "This request has expired", "The sign-in request was already answered.");
         }
         logger.info("consent given", { client_id: authorization.clientId });

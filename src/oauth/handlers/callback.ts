@@ -22,7 +22,7 @@ export function callbackRoutes(deps: OAuthDeps) {
     async ({ query, request }) => {
       if (!query.state) return htmlPage(400, "Invalid sign-in response", `Forgejo's response has no state. ${restart}`);
       const now = deps.now();
-      const authorization = store.consumeAuthorizationByUpstreamState(hashToken(query.state), now);
+      const authorization = await store.consumeAuthorizationByUpstreamState(hashToken(query.state), now);
       if (!authorization) {
         return htmlPage(400, "This sign-in has expired", `This sign-in link has expired or was already used. ${restart}`);
       }
@@ -48,7 +48,7 @@ export function callbackRoutes(deps: OAuthDeps) {
         const tokens = await deps.forgejo.exchangeCode(query.code, verifier);
         const user = await deps.forgejo.fetchUser(tokens.accessToken);
         await deps.credentials.saveFromSignIn(user, tokens);
-        const grant = store.findOrCreateGrant({
+        const grant = await store.findOrCreateGrant({
           id: randomBase64Url(18),
           clientId: authorization.clientId,
           forgejoUserId: user.id,
@@ -57,7 +57,7 @@ export function callbackRoutes(deps: OAuthDeps) {
           now,
         });
         const code = mintToken("code");
-        store.createAuthCode({
+        await store.createAuthCode({
           codeHash: hashToken(code),
           grantId: grant.id,
           clientId: authorization.clientId,

@@ -107,12 +107,12 @@ export function validateRegistration(input: RegistrationInput) {
 export function registerRoutes(deps: OAuthDeps) {
   return new Elysia({ name: "oauth-register" }).post(
     "/oauth/register",
-    ({ body, set }) => {
+    async ({ body, set }) => {
       const { method, metadata } = validateRegistration(body);
       const now = deps.now();
       const clientId = `fmb_client_${randomBase64Url(18)}`;
       const clientSecret = method === "none" ? undefined : mintToken("cs");
-      deps.store.createClient({
+      await deps.store.createClient({
         id: clientId,
         secretHash: clientSecret === undefined ? null : hashToken(clientSecret),
         tokenEndpointAuthMethod: method,

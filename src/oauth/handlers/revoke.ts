@@ -16,11 +16,11 @@ export const RevocationRequest = t.Object(
 export function revokeRoutes(deps: OAuthDeps) {
   return new Elysia({ name: "oauth-revoke" }).post(
     "/oauth/revoke",
-    ({ body, request }) => {
+    async ({ body, request }) => {
       requireFormBody(request);
-      const client = authenticateClient(deps.store, presentedClientCredentials(request.headers.get("authorization") ?? undefined, body));
+      const client = await authenticateClient(deps.store, presentedClientCredentials(request.headers.get("authorization") ?? undefined, body));
       if (!body.token) throw new InvalidRequestError("token is required");
-      const revoked = deps.store.revokeToken(hashToken(body.token), client.id, deps.now());
+      const revoked = await deps.store.revokeToken(hashToken(body.token), client.id, deps.now());
       if (revoked !== "unknown") deps.logger.info("token revoked", { client_id: client.id, kind: revoked });
       return new Response(null, { status: 200, headers: { "Cache-Control": "no-store" } });
     },

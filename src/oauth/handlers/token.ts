@@ -48,11 +48,11 @@ export function tokenRoutes(deps: OAuthDeps) {
   const resourceOf = (body: TokenInput) => canonicalResource(body.resource, deps.config.resourceUrl);
 
   /** Mints a pair, lets the store's exchange decide what of it is issued, and renders the answer. */
-  const exchange = (client: ClientRow, grantType: GrantType, spend: (tokens: NewTokenHashes, now: number) => Exchange): TokenResponse => {
+  const exchange = async (client: ClientRow, grantType: GrantType, spend: (tokens: NewTokenHashes, now: number) => Promise<Exchange>): Promise<TokenResponse> => {
     const now = deps.now();
     const accessToken = mintToken("at");
     const refreshToken = mintToken("rt");
-    const outcome = spend(
+    const outcome = await spend(
       {
         accessTokenHash: hashToken(accessToken),
         accessExpiresAt: now + lifetimes.accessTokenMs,
@@ -78,7 +78,7 @@ export function tokenRoutes(deps: OAuthDeps) {
     };
   };
 
-  const redeemCode = (client: ClientRow, body: TokenInput): TokenResponse => {
+  const redeemCode = (client: ClientRow, body: TokenInput): Promise<TokenResponse> => {
     const { code, code_verifier } = body;
     if (!code) throw new InvalidRequestError("code is required");
     if (!code_verifier) throw new InvalidRequestError("code_verifier is required (PKCE)");
@@ -87,7 +87,7 @@ export function tokenRoutes(deps: OAuthDeps) {
     );
   };
 
-  const rotate = (client: ClientRow, body: TokenInput): TokenResponse => {
+  const rotate = (client: ClientRow, body: TokenInput): Promise<TokenResponse> => {
     const { refresh_token } = body;
     if (!refresh_token) throw new InvalidRequestError("refresh_token is required");
     return exchange(client, "refresh_token", (tokens, now) =>
@@ -113,17 +113,17 @@ export function tokenRoutes(deps: OAuthDeps) {
       // outage of the client's site must not end its users' sign-ins (the SDK drops its tokens on invalid_client).
       if (isMetadataDocumentId(presented.clientId)) {
         const found = await deps.clients.find(presented.clientId);
-        if (!found.ok && store.getClient(presented.clientId) === undefined) {
+        if (!found.ok && (await store.getClient(presented.clientId)) === undefined) {
           throw new InvalidClientError(found.kind === "document" ? `The client_id URL ${found.reason}` : "Client authentication failed");
         }
       }
-      const client = authenticateClient(store, presented);
+      const client = await authenticateClient(store, presented);
       if (!body.grant_type) throw new InvalidRequestError("grant_type is required");
       let response: TokenResponse;
       if (body.grant_type === "authorization_code") {
-        response = redeemCode(client, body);
+        response = await redeemCode(client, body);
       } else if (body.grant_type === "refresh_token") {
-        response = rotate(client, body);
+        response = await rotate(client, body);
       } else {
         throw new UnsupportedGrantTypeError(`grant_type ${body.grant_type} is not supported`);
       }

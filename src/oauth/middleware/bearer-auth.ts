@@ -49,17 +49,17 @@ export function bearerChallengeFor(publicUrl: string) {
   return { resourceMetadataUrl: endpoints(publicUrl).protectedResourceMetadata, scope: REQUIRED_SCOPES.join(" ") };
 }
 
-export function authenticateBearer(
+export async function authenticateBearer(
   check: BearerCheck,
   deps: Pick<BearerDeps, "config" | "now"> & { identities: Pick<AccessIdentityCache, "lookup"> },
   challenge: ReturnType<typeof bearerChallengeFor>,
-): TokenIdentity {
+): Promise<TokenIdentity> {
   if (check.tokenInQuery) {
     throw new BearerTokenError("invalid_request", "Access tokens are accepted only in the Authorization header, never in the query string", challenge);
   }
   if (check.malformed) throw new BearerTokenError("invalid_request", "The Authorization header is not a Bearer token", challenge);
   if (check.token === undefined) throw new BearerTokenError(null, "Sign-in required: send an access token in the Authorization header", challenge);
-  const identity = deps.identities.lookup(hashToken(check.token), deps.now());
+  const identity = await deps.identities.lookup(hashToken(check.token), deps.now());
   if (!identity) throw new BearerTokenError("invalid_token", "The access token is unknown, expired or revoked", challenge);
   if (identity.resource !== deps.config.resourceUrl) {
     throw new BearerTokenError("invalid_token", `The access token was not issued for ${deps.config.resourceUrl}`, challenge);
@@ -78,7 +78,7 @@ export function authenticateBearer(
 export function bearerGuard(deps: BearerDeps) {
   const challenge = bearerChallengeFor(deps.config.publicUrl);
   const checked = { config: deps.config, now: deps.now, identities: deps.identities ?? new AccessIdentityCache(deps.store) };
-  return new Elysia({ name: "bearer-guard" }).resolve({ as: "scoped" }, ({ request, headers }) => ({
-    identity: authenticateBearer(bearerCheckOf(request.url, headers.authorization), checked, challenge),
+  return new Elysia({ name: "bearer-guard" }).resolve({ as: "scoped" }, async ({ request, headers }) => ({
+    identity: await authenticateBearer(bearerCheckOf(request.url, headers.authorization), checked, challenge),
   }));
 }
