@@ -7,7 +7,7 @@ import { startBroker, type BrokerOptions, type RunningBroker } from "../../src/b
 import { hiddenFromChildren, loadConfig, type BrokerConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { probeSandbox } from "../../src/supervisor/sandbox.ts";
-import { startFakeForgejo, type FakeForgejo, type FakeForgejoOptions } from "../fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo, type FakeForgejoOptions } from "../../src/testing/forgejo-stand-in.ts";
 
 export interface TestBroker {
   broker: RunningBroker;

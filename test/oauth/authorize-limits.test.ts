@@ -7,7 +7,7 @@ import { MAX_PENDING_PER_BROWSER } from "../../src/oauth/handlers/authorize.ts";
 import { authorizations } from "../../src/store/schema.ts";
 import type { RateLimitPolicy } from "../../src/oauth/rate-limit.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { parseConsentForm } from "../helpers/oauth-client.ts";
+import { parseConsentForm } from "../../src/testing/oauth-client.ts";
 
 let t: TestBroker | undefined;
 afterEach(async () => {
