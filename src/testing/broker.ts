@@ -6,6 +6,7 @@ import { dirname, join } from "node:path";
 import { startBroker as startRunningBroker, type BrokerOptions, type RunningBroker } from "../broker.ts";
 import { hiddenFromChildren, loadConfig, type BrokerConfig } from "../config.ts";
 import { createMemoryLogger } from "../log.ts";
+import type { RateLimitPolicy } from "../oauth/rate-limit.ts";
 import { probeSandbox } from "../supervisor/sandbox.ts";
 
 /** The Forgejo the broker signs users in with: a stand-in from startForgejoStandIn, or a real one's OAuth2 app. */
@@ -64,6 +65,11 @@ export interface StartBrokerOptions extends BrokerSettings {
   port?: number;
   /** Any other environment variable, verbatim; the typed options win. */
   env?: Record<string, string>;
+  /**
+   * The per-address limit on the OAuth endpoints: production's (a burst of 30, then 1 a second) by default, which
+   * a suite signing in more often than that meets as a 429 at registration.
+   */
+  rateLimit?: RateLimitPolicy;
 }
 
 export interface TestingBroker {
@@ -139,7 +145,7 @@ export async function startConfiguredBroker(config: BrokerConfig, options: Parti
 }
 
 export async function startBroker(options: StartBrokerOptions): Promise<TestingBroker> {
-  const { forgejo, child, port: askedPort, env: extraEnv, childSandboxBind, ...settings } = options;
+  const { forgejo, child, port: askedPort, env: extraEnv, childSandboxBind, rateLimit, ...settings } = options;
   const port = askedPort ?? (await freePort());
   const dataDir = mkdtempSync(join(tmpdir(), "forgejo-mcp-broker-"));
   try {
@@ -148,7 +154,7 @@ export async function startBroker(options: StartBrokerOptions): Promise<TestingB
     const loaded = configFromEnv({ ...base, ...extraEnv, ...settingsEnv(settings), BROKER_CHILD_SANDBOX_BIND: bind });
     const config: BrokerConfig = { ...loaded, child: { ...loaded.child, command: child ?? [process.execPath, STAND_IN_CHILD_SCRIPT] } };
     const logger = createMemoryLogger();
-    const running = await startConfiguredBroker(config, { logger });
+    const running = await startConfiguredBroker(config, { logger, ...(rateLimit === undefined ? {} : { rateLimit }) });
     return {
       url: running.url,
       issuer: config.publicUrl,

@@ -90,6 +90,21 @@ describe("the testing API", () => {
     await expect(signIn(broker, { user: "alice" })).rejects.toThrow(/^sign-in failed at registration/);
   }, 30_000);
 
+  test("rateLimit: a suite that signs in often raises the OAuth endpoints' limit; past it, registration is the step named", async () => {
+    const forgejo = await startForgejoStandIn({ users: ["alice"] });
+    started.push(forgejo);
+    const [strict, generous] = await Promise.all([
+      startBroker({ forgejo, rateLimit: { burst: 2, perSecond: 0.001 } }),
+      startBroker({ forgejo, rateLimit: { burst: 100, perSecond: 100 } }),
+    ]);
+    started.push(strict!, generous!);
+    const attempts = (broker: TestingBroker) => Promise.allSettled(Array.from({ length: 4 }, () => signIn(broker, { user: "alice" })));
+    const refused = (await attempts(strict!)).filter((outcome) => outcome.status === "rejected");
+    expect(refused.length).toBeGreaterThan(0);
+    for (const outcome of refused) expect((outcome.reason as SignInError).message).toMatch(/^sign-in failed at registration: .* 429/);
+    expect((await attempts(generous!)).every((outcome) => outcome.status === "fulfilled")).toBe(true);
+  }, 30_000);
+
   test("stop() ends every child and listener and removes the data directory", async () => {
     const forgejo = await startForgejoStandIn({ users: ["alice"] });
     started.push(forgejo);
