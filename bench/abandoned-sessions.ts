@@ -3,7 +3,7 @@
 // started and answered, the most children alive at once, and the broker's RSS along the way.
 import { parseArgs } from "node:util";
 import { CHILD_SCRIPT } from "../test/helpers/mcp.ts";
-import { startFakeForgejo, type FakeForgejo } from "../test/fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo } from "../src/testing/forgejo-stand-in.ts";
 import { startBroker, stopAllGateways, type Gateway } from "./lib/gateways.ts";
 import { childrenOf, describeDescendants, isAlive, rssKb } from "./lib/proc.ts";
 

@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { startTestBroker, type TestBroker } from "../test/helpers/broker.ts";
-import { obtainTokens } from "../test/helpers/oauth-client.ts";
+import { obtainTokens } from "../src/testing/oauth-client.ts";
 import { startBearerProxy, type BearerProxy } from "./lib/bearer-proxy.ts";
 import { REPO_ROOT } from "./lib/gateways.ts";
 import { describeDescendants } from "./lib/proc.ts";

@@ -4,7 +4,7 @@
 // bench/results/. Every process it starts is stopped at the end (and on Ctrl-C), and checked.
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { startFakeForgejo, type FakeForgejo } from "../test/fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo } from "../src/testing/forgejo-stand-in.ts";
 import { MODERN_SCALE_PRINCIPALS, parseBenchArgs, USAGE } from "./lib/args.ts";
 import { buildCChild, NoCompiler, TS_CHILD } from "./lib/build.ts";
 import type { StdioSession } from "./lib/direct.ts";

@@ -6,7 +6,7 @@ import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { startTestBroker } from "../test/helpers/broker.ts";
 import { childCommand, processesMatching } from "../test/helpers/mcp.ts";
-import { obtainTokens } from "../test/helpers/oauth-client.ts";
+import { obtainTokens } from "../src/testing/oauth-client.ts";
 
 const USAGE = `usage: bun run bench/short-tokens.ts [--seconds 120] [--ttl 20] [--sessions 3] [--every-ms 1000]
   --seconds    how long the sessions keep calling

@@ -7,8 +7,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
 import { brokerEnvFor, freePort } from "../../test/helpers/broker.ts";
-import { obtainTokens } from "../../test/helpers/oauth-client.ts";
-import type { FakeForgejo } from "../../test/fixtures/forgejo.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
+import type { FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { probeMcp } from "./mcp-probe.ts";
 import { descendantsOf, procStat } from "./proc.ts";
 

@@ -5,7 +5,7 @@
 import { basename } from "node:path";
 import { runChurn, runLoad, type LoadResult } from "../../src/loadtest/run.ts";
 import type { Era } from "../../src/loadtest/session.ts";
-import type { FakeForgejo } from "../../test/fixtures/forgejo.ts";
+import type { FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import type { TargetName } from "./args.ts";
 import { runDirectChurn, runDirectLoad, StdioSession } from "./direct.ts";
 import { startBroker, startRelay, startSupergateway, Unavailable, type ChildSpec, type Gateway } from "./gateways.ts";

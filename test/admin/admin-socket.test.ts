@@ -10,7 +10,7 @@ import { createMemoryLogger } from "../../src/log.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
 import { connectModern, modernRequest, postModern } from "../helpers/modern-client.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { rejection } from "../helpers/promises.ts";
 
 let t: TestBroker;

@@ -9,7 +9,7 @@ import { ExitCode, type SessionsAnswer } from "../../src/admin/protocol.ts";
 import { realTimers, type Timers } from "../../src/supervisor/timers.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, openSession } from "../helpers/mcp.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 
 let t: TestBroker;
 let sessionId: string;

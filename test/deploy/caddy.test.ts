@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, postMcp } from "../helpers/mcp.ts";
 import { answerMessages } from "../helpers/modern-client.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { outputLines } from "../helpers/output.ts";
 
 const DEPLOY = join(import.meta.dir, "..", "..", "deploy");

@@ -2,7 +2,7 @@
 // the process itself: its output line by line as it comes, its resident memory, its exit code.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import type { FakeForgejo } from "../fixtures/forgejo.ts";
+import type { FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { brokerEnvFor, freePort } from "./broker.ts";
 import { outputLines, type OutputLines } from "./output.ts";
 

@@ -6,9 +6,9 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { UnauthorizedError } from "@modelcontextprotocol/sdk/client/auth.js";
 import { ElicitRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 import type { TestBroker } from "./broker.ts";
-import { TestOAuthProvider } from "./oauth-client.ts";
+import { TestOAuthProvider } from "../../src/testing/oauth-client.ts";
 
-export const CHILD_SCRIPT = join(import.meta.dir, "..", "fixtures", "mcp-child.ts");
+export const CHILD_SCRIPT = join(import.meta.dir, "..", "..", "src", "testing", "mcp-child.ts");
 
 /** The stand-in child; `marker` is an ignored argument that makes its processes findable in `ps`. */
 export function childCommand(marker = ""): string {

@@ -3,7 +3,7 @@
 import { Client, StreamableHTTPClientTransport, type VersionNegotiationMode } from "@modelcontextprotocol/client";
 import type { TestBroker } from "./broker.ts";
 import { postMcp } from "./mcp.ts";
-import { obtainTokens } from "./oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 
 export const MODERN_VERSION = "2026-07-28";
 

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { CORS_ALLOWED_HEADERS, CORS_EXPOSED_HEADERS, corsAnswer } from "../../src/http/cors.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, openSession, postMcp } from "../helpers/mcp.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 
 const INSPECTOR = "http://localhost:6274";
 

@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, openSession } from "../helpers/mcp.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 let t: TestBroker;

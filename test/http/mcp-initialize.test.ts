@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { INITIALIZE, isAlive, postMcp } from "../helpers/mcp.ts";
 import { failureRef, loggedUnder } from "../helpers/failure-report.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 
 /** A child that answers every request with the JSON-RPC error a server gives an unsupported protocol version. */
 const REFUSING_CHILD = `for await (const line of console) { const m = JSON.parse(line); console.log(JSON.stringify({ jsonrpc: "2.0", id: m.id, error: { code: -32602, message: "Unsupported protocol version" } })); }`;

@@ -5,7 +5,7 @@ import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { failureRef, loggedUnder } from "../helpers/failure-report.ts";
 import { childCommand, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 let t: TestBroker;

@@ -5,7 +5,7 @@ import { hashToken } from "../../src/crypto.ts";
 import { MIN_REFRESH_INTERVAL_MS, refreshDueAt } from "../../src/upstream/refresh-timing.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, holdStandaloneStream, INITIALIZE, isAlive, openSession, postMcp, processesMatching } from "../helpers/mcp.ts";
-import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
+import { obtainTokens, postForm } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 async function tokenFor(t: TestBroker, login: string): Promise<string> {

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, holdStandaloneStream, openSession, postMcp } from "../helpers/mcp.ts";
-import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
+import { obtainTokens, postForm } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 describe("revocation", () => {

@@ -6,7 +6,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { MIN_REFRESH_INTERVAL_MS } from "../../src/upstream/refresh-timing.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, processesMatching } from "../helpers/mcp.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 const TOKEN_TTL_S = 10;

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { runLoad, type RunDeps } from "../../src/loadtest/run.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, outermost, processesMatching } from "../helpers/mcp.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 
 const deps: RunDeps = { fetch, now: () => performance.now() };
 const marker = `--loadtest-${crypto.randomUUID()}`;

@@ -5,7 +5,7 @@ import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, isAlive, processesMatching } from "../helpers/mcp.ts";
 import { allMessages, answerMessages, connectModern, modernClientWith, modernRequest, postModern } from "../helpers/modern-client.ts";
-import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
+import { obtainTokens, postForm } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 const textOf = (result: unknown) => (result as { content: { type: string; text: string }[] }).content[0]!.text;

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, openSession, postMcp } from "../helpers/mcp.ts";
 import { MODERN_VERSION, modernRequest, postModern } from "../helpers/modern-client.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 
 let t: TestBroker;
 let token: string;

@@ -6,7 +6,7 @@ import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand } from "../helpers/mcp.ts";
 import { allMessages, MODERN_VERSION, modernRequest, postModern } from "../helpers/modern-client.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 type Json = Record<string, any>;

@@ -5,7 +5,7 @@ import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand } from "../helpers/mcp.ts";
 import { allMessages, answerMessages, modernRequest, postModern } from "../helpers/modern-client.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 let t: TestBroker;

@@ -8,7 +8,7 @@ import { authorizations } from "../../src/store/schema.ts";
 import type { SqliteStore } from "../../src/store/sqlite-store.ts";
 import type { RateLimitPolicy } from "../../src/oauth/rate-limit.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { parseConsentForm } from "../helpers/oauth-client.ts";
+import { parseConsentForm } from "../../src/testing/oauth-client.ts";
 
 let t: TestBroker | undefined;
 afterEach(async () => {

@@ -12,7 +12,7 @@ import { FakeTimers } from "../bridge/fakes.ts";
 import { childCommand } from "../helpers/mcp.ts";
 import { waitWhile } from "../helpers/promises.ts";
 import { modernClientWith } from "../helpers/modern-client.ts";
-import { CookieJar, postForm, walkBrowserFlow } from "../helpers/oauth-client.ts";
+import { CookieJar, postForm, walkBrowserFlow } from "../../src/testing/oauth-client.ts";
 import { startClientMetadataServer, type ClientMetadataServer } from "../fixtures/client-metadata-server.ts";
 
 let t: TestBroker;

@@ -2,7 +2,7 @@
 // registration is gone a day later, a client idle for BROKER_CLIENT_IDLE_DAYS is gone with its grants.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
+import { obtainTokens, postForm } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 const DAY = 86_400_000;

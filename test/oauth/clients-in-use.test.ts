@@ -3,7 +3,7 @@
 // with a trailing slash, and loopback redirects on whatever port the client got.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { CookieJar, parseConsentForm, postForm, walkBrowserFlow } from "../helpers/oauth-client.ts";
+import { CookieJar, parseConsentForm, postForm, walkBrowserFlow } from "../../src/testing/oauth-client.ts";
 
 let t: TestBroker;
 let base: string;

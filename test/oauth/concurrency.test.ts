@@ -8,7 +8,7 @@ import { s256Challenge } from "../../src/oauth/pkce.ts";
 import { SqliteStore } from "../../src/store/sqlite-store.ts";
 import { RACED_CODE_VERIFIER, raceExchanges, type RacedKind } from "../fixtures/exchange-racer.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { postForm } from "../helpers/oauth-client.ts";
+import { postForm } from "../../src/testing/oauth-client.ts";
 
 let t: TestBroker;
 beforeAll(async () => {

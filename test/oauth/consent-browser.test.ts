@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { chromium, type Browser, type BrowserContext, type Page, type Response as PwResponse } from "playwright-core";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { postForm } from "../helpers/oauth-client.ts";
+import { postForm } from "../../src/testing/oauth-client.ts";
 import { directConnect } from "../../src/oauth/metadata-fetch.ts";
 import { startClientMetadataServer, type ClientMetadataServer } from "../fixtures/client-metadata-server.ts";
 

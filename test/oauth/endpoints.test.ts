@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { CookieJar, obtainTokens, parseConsentForm, postForm, walkBrowserFlow } from "../helpers/oauth-client.ts";
+import { CookieJar, obtainTokens, parseConsentForm, postForm, walkBrowserFlow } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 let t: TestBroker;

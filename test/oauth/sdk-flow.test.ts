@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { auth } from "@modelcontextprotocol/sdk/client/auth.js";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { TestOAuthProvider } from "../helpers/oauth-client.ts";
+import { TestOAuthProvider } from "../../src/testing/oauth-client.ts";
 
 let t: TestBroker;
 beforeAll(async () => {

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, openSession, postMcp } from "../helpers/mcp.ts";
 import { modernRequest, postModern } from "../helpers/modern-client.ts";
-import { obtainTokens, postForm, type ObtainedTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens, postForm, type ObtainedTokens } from "../../src/testing/oauth-client.ts";
 import { labelValues, parseExposition, valueOf, type Sample } from "../helpers/prometheus.ts";
 import { waitWhile } from "../helpers/promises.ts";
 

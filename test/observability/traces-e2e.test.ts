@@ -8,7 +8,7 @@ import { hashToken } from "../../src/crypto.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { openSession, postMcp } from "../helpers/mcp.ts";
 import { modernRequest, postModern } from "../helpers/modern-client.ts";
-import { obtainTokens, type ObtainedTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens, type ObtainedTokens } from "../../src/testing/oauth-client.ts";
 
 interface ReceivedSpan {
   name: string;

@@ -5,10 +5,10 @@ import { lstatSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { adminSocketPath, ExitCode, type SessionsAnswer } from "../../src/admin/protocol.ts";
-import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { startBrokerProcess, type BrokerProcess } from "../helpers/broker-process.ts";
 import { childCommand, openSession, postMcp } from "../helpers/mcp.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { outputLines } from "../helpers/output.ts";
 
 const REPO_ROOT = join(import.meta.dir, "..", "..");

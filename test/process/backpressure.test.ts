@@ -6,10 +6,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { UNREAD_LIMIT_MESSAGES } from "../../src/bridge/message-stream.ts";
 import { SSE_BUFFER_BYTES } from "../../src/http/sse-response.ts";
-import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { startBrokerProcess, type BrokerProcess } from "../helpers/broker-process.ts";
 import { openSession, postMcp } from "../helpers/mcp.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 const FLOOD_CHILD = join(import.meta.dir, "..", "fixtures", "flood-child.ts");

@@ -4,9 +4,9 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { childCommand, openSession, outermost, postMcp, processesMatching } from "../helpers/mcp.ts";
-import { CookieJar, obtainTokens, parseConsentForm } from "../helpers/oauth-client.ts";
+import { CookieJar, obtainTokens, parseConsentForm } from "../../src/testing/oauth-client.ts";
 import { spawnBroker, startBrokerProcess, type SpawnedBroker } from "../helpers/broker-process.ts";
 import { waitWhile } from "../helpers/promises.ts";
 import { watchStandaloneStream } from "../helpers/watched-stream.ts";

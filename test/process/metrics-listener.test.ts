@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { brokerEnvFor, freePort } from "../helpers/broker.ts";
 import { listening, spawnBroker } from "../helpers/broker-process.ts";
 import { childCommand } from "../helpers/mcp.ts";

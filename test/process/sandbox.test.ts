@@ -5,10 +5,10 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { startBrokerProcess, type BrokerProcess } from "../helpers/broker-process.ts";
 import { isAlive, openSession, postMcp, processesMatching, type ProcessRow } from "../helpers/mcp.ts";
-import { obtainTokens } from "../helpers/oauth-client.ts";
+import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 const EVIL_CHILD = join(import.meta.dir, "..", "fixtures", "evil-child.ts");

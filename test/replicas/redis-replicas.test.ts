@@ -12,7 +12,7 @@ import { createMemoryLogger } from "../../src/log.ts";
 import { probeSandbox } from "../../src/supervisor/sandbox.ts";
 import { brokerEnvFor, freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, connectAs, openSession, postMcp } from "../helpers/mcp.ts";
-import { postForm } from "../helpers/oauth-client.ts";
+import { postForm } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 import { watchStandaloneStream } from "../helpers/watched-stream.ts";
 

@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startFakeForgejo } from "../fixtures/forgejo.ts";
+import { startFakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { startBrokerProcess } from "../helpers/broker-process.ts";
 import { childCommand } from "../helpers/mcp.ts";
 import { waitWhile } from "../helpers/promises.ts";

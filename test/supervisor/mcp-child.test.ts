@@ -9,7 +9,7 @@ import { SessionStartError } from "../../src/session/errors.ts";
 import { SessionRegistry, type SessionIdentity } from "../../src/session/registry.ts";
 import { createSpawnChild } from "../../src/supervisor/child.ts";
 import { realTimers } from "../../src/supervisor/timers.ts";
-import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 let forgejo: FakeForgejo;
@@ -86,7 +86,7 @@ function registry(token: (user: number) => string = (user) => tokens.get(user)!)
   const logger = createMemoryLogger();
   const spawn = createSpawnChild({
     config: {
-      command: [process.execPath, join(import.meta.dir, "../fixtures/mcp-child.ts")],
+      command: [process.execPath, join(import.meta.dir, "../../src/testing/mcp-child.ts")],
       urlEnv: "FORGEJO_URL",
       tokenEnv: "FORGEJO_ACCESS_TOKEN",
       passthroughEnv: [],

@@ -16,7 +16,7 @@ import {
   type UpstreamTokens,
 } from "../../src/upstream/forgejo.ts";
 import { MIN_REFRESH_INTERVAL_MS } from "../../src/upstream/refresh-timing.ts";
-import { startFakeForgejo, type FakeForgejo, type FakeForgejoOptions } from "../fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo, type FakeForgejoOptions } from "../../src/testing/forgejo-stand-in.ts";
 import { rejection, waitWhile } from "../helpers/promises.ts";
 
 /** When the grant was revoked (null: live), read straight from the table: the broker itself never asks. */

@@ -6,7 +6,7 @@ import { DEFAULT_FORGEJO_SCOPES } from "../../src/config.ts";
 import { randomBase64Url } from "../../src/crypto.ts";
 import { realTimers } from "../../src/supervisor/timers.ts";
 import { ForgejoClient, UpstreamRefusedError, UpstreamUnavailableError, type UpstreamTokens } from "../../src/upstream/forgejo.ts";
-import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { rejection, waitWhile } from "../helpers/promises.ts";
 
 const REDIRECT = "http://127.0.0.1:9/oauth/callback";
