@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { SQL } from "bun";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, connectAs, processesMatching } from "../helpers/mcp.ts";
-import { obtainTokens, postForm } from "../helpers/oauth-client.ts";
+import { obtainTokens, postForm } from "../../src/testing/oauth-client.ts";
 import { createTestDatabase, type TestDatabase } from "../helpers/postgres.ts";
 
 const textOf = (result: unknown) => (result as { content: { type: string; text: string }[] }).content[0]!.text;

@@ -9,7 +9,7 @@ import { realTimers } from "../../src/supervisor/timers.ts";
 import { UpstreamCredentials, type CredentialEvent } from "../../src/upstream/credentials.ts";
 import { ForgejoClient } from "../../src/upstream/forgejo.ts";
 import { MIN_REFRESH_INTERVAL_MS } from "../../src/upstream/refresh-timing.ts";
-import { startFakeForgejo, type FakeForgejo } from "../fixtures/forgejo.ts";
+import { startFakeForgejo, type FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { createTestDatabase, type TestDatabase } from "../helpers/postgres.ts";
 
 const REDIRECT = "http://127.0.0.1:9/oauth/callback";
