@@ -10,10 +10,10 @@ const REPO_ROOT = join(import.meta.dir, "..", "..");
 const work = mkdtempSync(join(tmpdir(), "fmb-pack-"));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-/** The first ts block under the README's "Testing your MCP client with bun test" heading. */
+/** The first ts block under the README's "Testing your MCP client with the broker" heading. */
 async function readmeExample(): Promise<string> {
   const readme = await Bun.file(join(REPO_ROOT, "README.md")).text();
-  const section = readme.split("\n## Testing your MCP client with bun test\n")[1]?.split("\n## ")[0];
+  const section = readme.split("\n## Testing your MCP client with the broker\n")[1]?.split("\n## ")[0];
   const example = section === undefined ? undefined : /```ts\n([\s\S]*?)```/.exec(section)?.[1];
   if (example === undefined) throw new Error("the README has no ts example under its testing section");
   return example;
