@@ -235,6 +235,11 @@ export class SessionRegistry {
     this.draining = true;
   }
 
+  /** Whether drain() was called: /healthz then tells the load balancer to send no more requests here. */
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
   /** Children holding a slot now: sessions, other children (see countAlso), starts under way and children still exiting. */
   get childrenHoldingSlots(): number {
     return this.holdingSlots(null);
