@@ -124,16 +124,17 @@ export class PrincipalChildren {
 
   /**
    * Every child with a process as the caps see them: a serving one may be evicted (stopped now); one on its way out holds its slot until it has exited.
-   * One being replaced is not among them: its successor takes over its slot, so a rotation at a cap of one evicts nobody.
+   * One being replaced has handed its slot over to its successor, so a rotation at a cap of one evicts nobody.
    */
   capped(): CappedChild[] {
-    return [...this.running].filter(([principal]) => !principal.replacing).map(([principal, grantId]) => ({
+    return [...this.running].map(([principal, grantId]) => ({
       forgejoUserId: principal.forgejoUserId,
       // A child with listeners is not idle, so not the one to make room.
       inFlight: principal.child.inFlight + principal.child.listening,
       lastActivity: principal.child.lastActivity,
       earliestRequestDeadline: principal.child.earliestRequestDeadline,
       exiting: this.live.get(grantId) === principal ? null : principal.exited,
+      handedOver: principal.replacing,
       evict: (reason) => this.stop(grantId, principal, reason, "evicted"),
     }));
   }

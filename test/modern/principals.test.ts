@@ -248,6 +248,8 @@ describe("one set of caps over sessions and grants' children", () => {
     expect(children).toHaveLength(2);
     expect((await principals.childFor(ALICE)).childPid).toBe(children[1]!.pid);
     expect(children[0]!.stopCalls).toBe(0);
+    // Out of the caps' count, but still a running child for the drain's.
+    expect(registry.childrenHoldingSlots).toBe(2);
     children[0]!.send({ jsonrpc: "2.0", id: (children[0]!.messages[2] as { id: string }).id, result: { content: [] } });
     expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, result: { resultType: "complete" } });
     await settle();
