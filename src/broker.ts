@@ -261,7 +261,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   });
   const health = [...opened.health];
   if (replicas !== undefined) health.push({ name: "redis", check: () => replicas.ping() });
-  const app = createApp({ oauth, logger, health, protectedRoutes: mcp });
+  const app = createApp({ oauth, logger, health, protectedRoutes: mcp, draining: () => registry.isDraining });
   const metricsOnMain = metricsToken === null ? null : metricsBehindToken(metricsToken, scrape);
   const handle = observeRequests(
     metricsOnMain === null ? (request) => app.handle(request) : (request) => (requestPath(request.url) === METRICS_PATH ? metricsOnMain(request) : app.handle(request)),

@@ -26,6 +26,8 @@ export interface AppDeps {
   oauth: OAuthDeps;
   logger: Logger;
   health: HealthCheck[];
+  /** Whether the admin command drained this broker: /healthz then answers 503, so the load balancer takes it out of rotation. */
+  draining?: () => boolean;
   /** Routes mounted behind the bearer guard (the /mcp endpoint); they receive the guard to mount after their own early checks. */
   protectedRoutes: (guarded: ReturnType<typeof bearerGuard>) => Elysia<any, any, any, any, any, any, any>;
 }
@@ -112,7 +114,8 @@ export function createApp(deps: AppDeps) {
           healthy = false;
         }
       }
-      return Response.json({ status: healthy ? "ok" : "degraded", ...parts }, { status: healthy ? 200 : 503, headers: { "Cache-Control": "no-store" } });
+      const status = deps.draining?.() ? "draining" : healthy ? "ok" : "degraded";
+      return Response.json({ status, ...parts }, { status: status === "ok" ? 200 : 503, headers: { "Cache-Control": "no-store" } });
     })
     .use(oauthEdgeGuard(deps.oauth, logEarly))
     .use(metadataRoutes(deps.oauth.config))

@@ -122,7 +122,10 @@ export class PrincipalChildren {
     return this.live.size;
   }
 
-  /** Every child with a process as the caps see them: a serving one may be evicted (stopped now); one on its way out holds its slot until it has exited. */
+  /**
+   * Every child with a process as the caps see them: a serving one may be evicted (stopped now); one on its way out holds its slot until it has exited.
+   * One being replaced has handed its slot over to its successor, so a rotation at a cap of one evicts nobody.
+   */
   capped(): CappedChild[] {
     return [...this.running].map(([principal, grantId]) => ({
       forgejoUserId: principal.forgejoUserId,
@@ -131,6 +134,7 @@ export class PrincipalChildren {
       lastActivity: principal.child.lastActivity,
       earliestRequestDeadline: principal.child.earliestRequestDeadline,
       exiting: this.live.get(grantId) === principal ? null : principal.exited,
+      handedOver: principal.replacing,
       evict: (reason) => this.stop(grantId, principal, reason, "evicted"),
     }));
   }

@@ -49,6 +49,8 @@ export interface CappedChild {
   readonly earliestRequestDeadline: number | null;
   /** Set while the child is on its way out (retired or stopped): it holds its slot until this resolves, and is no candidate for eviction. */
   readonly exiting: Promise<void> | null;
+  /** Its successor took over its slot (a rotation): it runs on until its calls are over, but counts under no cap and is no candidate for eviction. */
+  readonly handedOver?: boolean;
   /** Resolves once the child has exited and its slot is free. */
   evict(reason: string): Promise<void>;
 }
@@ -199,7 +201,7 @@ export class SessionRegistry {
         await this.evict(victim, cap);
         continue;
       }
-      const exiting = [...this.stopping.values(), ...this.otherChildren().flatMap((other) => other.exiting ?? [])];
+      const exiting = [...this.stopping.values(), ...this.otherChildren().flatMap((other) => (other.handedOver ? [] : (other.exiting ?? [])))];
       if (!waited && exiting.length > 0) {
         waited = true;
         await Promise.all(exiting);
@@ -235,9 +237,14 @@ export class SessionRegistry {
     this.draining = true;
   }
 
-  /** Children holding a slot now: sessions, other children (see countAlso), starts under way and children still exiting. */
+  /** Whether drain() was called: /healthz then tells the load balancer to send no more requests here. */
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /** Children running or about to: sessions, other children (see countAlso, handed-over ones too), starts under way and children still exiting. */
   get childrenHoldingSlots(): number {
-    return this.holdingSlots(null);
+    return this.holdingSlots(null, true);
   }
 
   /** Sessions ended to make room for a new one, by the cap that was reached (read-only copy). */
@@ -495,10 +502,10 @@ export class SessionRegistry {
   }
 
   /** Slots taken by the user's (null: everyone's) sessions and other children, starts under way and children still exiting. */
-  private holdingSlots(forgejoUserId: number | null): number {
+  private holdingSlots(forgejoUserId: number | null, withHandedOver = false): number {
     const mine = (owner: number) => forgejoUserId === null || owner === forgejoUserId;
     let count = forgejoUserId === null ? this.sessions.size : (this.byUser.get(forgejoUserId)?.size ?? 0);
-    for (const other of this.otherChildren()) if (mine(other.forgejoUserId)) count++;
+    for (const other of this.otherChildren()) if (mine(other.forgejoUserId) && (withHandedOver || !other.handedOver)) count++;
     for (const ticket of this.starting) if (mine(ticket.forgejoUserId)) count++;
     for (const entry of this.stopping.keys()) if (mine(entry.binding.forgejoUserId)) count++;
     return count;
@@ -512,7 +519,7 @@ export class SessionRegistry {
     let oldest: LegacySession | CappedChild | null = null;
     let oldestUse = Infinity;
     for (const entry of candidates) {
-      if (entry.inFlight > 0 || ("exiting" in entry && entry.exiting !== null)) continue;
+      if (entry.inFlight > 0 || ("exiting" in entry && (entry.exiting !== null || entry.handedOver))) continue;
       const lastUse = entry.lastActivity;
       if (lastUse < oldestUse) [oldest, oldestUse] = [entry, lastUse];
     }
@@ -547,7 +554,7 @@ export class SessionRegistry {
       if (deadline !== null) earliest = Math.min(earliest, deadline);
     }
     for (const other of this.otherChildren()) {
-      if (!mine(other.forgejoUserId)) continue;
+      if (!mine(other.forgejoUserId) || other.handedOver) continue;
       if (other.exiting !== null) earliest = now;
       else if (other.earliestRequestDeadline !== null) earliest = Math.min(earliest, other.earliestRequestDeadline);
     }

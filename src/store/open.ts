@@ -15,9 +15,10 @@ export interface OpenedStore {
 }
 
 /** `sqlitePath` replaces broker.sqlite in the data directory: tests share one file between two brokers, as replicas share PostgreSQL. */
-export async function openStore(config: Pick<BrokerConfig, "dataDir" | "databaseUrl">, sqlitePath?: string): Promise<OpenedStore> {
+export async function openStore(config: Pick<BrokerConfig, "dataDir" | "databaseUrl" | "redis">, sqlitePath?: string): Promise<OpenedStore> {
   if (config.databaseUrl !== null) {
-    const store = await PgStore.open(config.databaseUrl);
+    // Redis's channel carries revocations between replicas when it is configured; PostgreSQL's NOTIFY only when it is not.
+    const store = await PgStore.open(config.databaseUrl, { notifyRevocations: config.redis === undefined });
     const ping = () => store.ping();
     return { store, queries: new PgAdminQueries(store), health: [{ name: "store", check: ping }, { name: "database", check: ping }] };
   }

@@ -70,16 +70,22 @@ export class PgStore implements Store, ExchangeStatements {
     /** Connections of their own for credential locks, which stay open while Forgejo answers: /mcp's lookups never wait behind them. */
     private readonly lockClient: SQL,
     private readonly locks: Db,
+    /** False when Redis carries revocations between replicas: a second fan-out would make each replica hear each one twice. */
+    private readonly notifies: boolean,
   ) {}
 
-  /** Connects, migrates under the advisory lock, listens for other replicas' revocations, and returns the store. */
-  static async open(url: string, options: { maxConnections?: number; maxLockConnections?: number } = {}): Promise<PgStore> {
+  /**
+   * Connects, migrates under the advisory lock, and returns the store; with `notifyRevocations` (the default, for
+   * replicas without Redis) it announces its revocations through NOTIFY and listens for other replicas'.
+   */
+  static async open(url: string, options: { maxConnections?: number; maxLockConnections?: number; notifyRevocations?: boolean } = {}): Promise<PgStore> {
     await migratePostgres(url);
     // A database that stopped answering fails /healthz within seconds rather than Bun's default 30.
     const client = new SQL({ url, max: options.maxConnections ?? 10, connectionTimeout: 5 });
     const lockClient = new SQL({ url, max: options.maxLockConnections ?? 4, connectionTimeout: 5 });
-    const store = new PgStore(client, drizzle({ client, schema }), lockClient, drizzle({ client: lockClient, schema }));
-    store.subscription = await client.listen(REVOCATIONS_CHANNEL, (payload) => store.heard(payload));
+    const notifies = options.notifyRevocations ?? true;
+    const store = new PgStore(client, drizzle({ client, schema }), lockClient, drizzle({ client: lockClient, schema }), notifies);
+    if (notifies) store.subscription = await client.listen(REVOCATIONS_CHANNEL, (payload) => store.heard(payload));
     return store;
   }
 
@@ -92,6 +98,7 @@ export class PgStore implements Store, ExchangeStatements {
 
   /** Queued in the revoking transaction, so other replicas hear only what was committed. */
   private async announce(tx: Tx, grantIds: string[]): Promise<void> {
+    if (!this.notifies) return;
     for (const grantId of grantIds) await tx.execute(sql`SELECT pg_notify(${REVOCATIONS_CHANNEL}, ${`${this.tag}:${grantId}`})`);
   }
 

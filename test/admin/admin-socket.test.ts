@@ -113,13 +113,19 @@ describe("admin clients", () => {
 });
 
 describe("admin drain", () => {
-  test("new sessions and principal children get 503 with Retry-After; live ones serve on; the drain reports when the last child is gone", async () => {
+  test("new sessions and principal children get 503 with Retry-After; /healthz says draining; live ones serve on; the drain reports when the last child is gone", async () => {
     const alice = await signIn("alice");
     const sessionId = await openSession(t.mcpUrl, alice.accessToken);
     const bob = await signIn("bob");
 
+    const healthz = () => fetch(`${t.config.publicUrl}/healthz`);
+    expect((await healthz()).status).toBe(200);
     const progress = admin.drain();
     expect((await progress.next()).value).toEqual({ children: 1, done: false });
+    // What the load balancer's health check sees: this replica leaves the rotation.
+    const health = await healthz();
+    expect(health.status).toBe(503);
+    expect(await health.json()).toEqual({ status: "draining", store: "ok" });
 
     const refused = await postMcp(t.mcpUrl, alice.accessToken, INITIALIZE);
     expect(refused.status).toBe(503);

@@ -53,26 +53,26 @@ function setup(options: { maxSessionsPerUser?: number; expiresInMs?: number } = 
 }
 
 describe("a principal's child ending, by reason", () => {
-  // Rotation starts the successor before the old child goes (make before break), so those cases leave the
-  // user room for two children: at a cap of one the successor's start would evict its predecessor.
-  const cases: { cause: string; end: (s: ReturnType<typeof setup>) => Promise<unknown> | unknown; reason: ChildExitReason; expiresInMs?: number; maxSessionsPerUser?: number }[] = [
+  // At the per-user cap of one: a rotation's successor takes over its predecessor's slot, evicting nobody.
+  const cases: { cause: string; end: (s: ReturnType<typeof setup>) => Promise<unknown> | unknown; reason: ChildExitReason; expiresInMs?: number }[] = [
     { cause: "idle for the idle timeout", end: (s) => s.timers.advance(910_000), reason: "idle" },
     { cause: "its process exited by itself", end: (s) => s.children[0]!.exit({ code: 1 }), reason: "crashed" },
     { cause: "every token of its grant revoked", end: (s) => (s.revoke(), s.principals.grantRevoked(ALICE.grantId)), reason: "revoked" },
-    { cause: "the user's Forgejo token refreshed", end: (s) => s.principals.userTokenRotated(1), reason: "rotated", maxSessionsPerUser: 2 },
+    { cause: "the user's Forgejo token refreshed", end: (s) => s.principals.userTokenRotated(1), reason: "rotated" },
     // Due 5 minutes before it expires, before the 15-minute idle reap.
-    { cause: "its token due for a refresh", end: (s) => s.timers.advance(300_000), reason: "rotated", expiresInMs: 600_000, maxSessionsPerUser: 2 },
+    { cause: "its token due for a refresh", end: (s) => s.timers.advance(300_000), reason: "rotated", expiresInMs: 600_000 },
     { cause: "the broker shuts down", end: (s) => s.principals.shutdown(), reason: "shutdown" },
     { cause: "another grant of the user at the per-user cap", end: (s) => s.principals.childFor(ALICE_ELSEWHERE), reason: "evicted" },
   ];
-  for (const { cause, end, reason, expiresInMs, maxSessionsPerUser = 1 } of cases) {
+  for (const { cause, end, reason, expiresInMs } of cases) {
     test(`${cause}: one exit reason=${reason}`, async () => {
-      const s = setup({ maxSessionsPerUser, expiresInMs });
+      const s = setup({ maxSessionsPerUser: 1, expiresInMs });
       await s.principals.childFor(ALICE);
       expect(s.recorded).toEqual(["start:ok"]);
       await end(s);
       await settle();
       expect(s.recorded.filter((line) => line.startsWith("exit:"))).toEqual([`exit:${reason}`]);
+      expect(s.recorded.filter((line) => line.startsWith("evicted:"))).toEqual(reason === "evicted" ? ["evicted:user"] : []);
     });
   }
 

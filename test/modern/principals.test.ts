@@ -240,26 +240,25 @@ describe("one set of caps over sessions and grants' children", () => {
     expect(children.length).toBe(1);
   });
 
-  test("rotated at the cap with a call in flight: no next child beside it; the old retires and holds its slot until it has exited, and a new session waits for it", async () => {
-    const { principals, registry, children } = setup({ maxSessionsPerUser: 1, slowStop: true });
+  test("rotated at the cap with a call in flight: the successor takes its slot and serves; the old finishes its call, then stops; nobody is evicted", async () => {
+    const { principals, registry, children } = setup({ maxSessionsPerUser: 1 });
     const stream = (await principals.childFor(ALICE)).call(request(1));
     principals.userTokenRotated(ALICE.forgejoUserId);
     await settle();
-    expect(children).toHaveLength(1);
-    const created = registry.create(ALICE, INITIALIZE);
+    expect(children).toHaveLength(2);
+    expect((await principals.childFor(ALICE)).childPid).toBe(children[1]!.pid);
+    expect(children[0]!.stopCalls).toBe(0);
+    // Out of the caps' count, but still a running child for the drain's.
+    expect(registry.childrenHoldingSlots).toBe(2);
     children[0]!.send({ jsonrpc: "2.0", id: (children[0]!.messages[2] as { id: string }).id, result: { content: [] } });
     expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, result: { resultType: "complete" } });
     await settle();
     expect(children[0]!.stopCalls).toBe(1);
-    expect(children).toHaveLength(1);
-    children[0]!.exit();
-    await created;
-    expect(children).toHaveLength(2);
     expect(registry.evictions).toEqual({ user: 0, global: 0 });
   });
 
-  test("rotated at the cap while idle: the old child makes room for its successor, which then serves", async () => {
-    const { principals, children } = setup({ maxSessionsPerUser: 1 });
+  test("rotated at the cap while idle: its successor takes its slot and serves, the old one stops, and nobody is evicted", async () => {
+    const { principals, registry, children } = setup({ maxSessionsPerUser: 1 });
     const child = await principals.childFor(ALICE);
     principals.userTokenRotated(ALICE.forgejoUserId);
     await settle();
@@ -268,6 +267,20 @@ describe("one set of caps over sessions and grants' children", () => {
     const next = await principals.childFor(ALICE);
     expect(next).not.toBe(child);
     expect(next.childPid).toBe(children[1]!.pid);
+    expect(registry.evictions).toEqual({ user: 0, global: 0 });
+  });
+
+  test("the successor holds the slot it took over: a new session at the cap ends it once idle, not the retiring child", async () => {
+    const { principals, registry, children } = setup({ maxSessionsPerUser: 1 });
+    const stream = (await principals.childFor(ALICE)).call(request(1));
+    principals.userTokenRotated(ALICE.forgejoUserId);
+    await settle();
+    await registry.create(ALICE, INITIALIZE);
+    expect(children[1]!.stopCalls).toBe(1);
+    expect(children[0]!.stopCalls).toBe(0);
+    expect(registry.evictions).toEqual({ user: 1, global: 0 });
+    children[0]!.send({ jsonrpc: "2.0", id: (children[0]!.messages[2] as { id: string }).id, result: { content: [] } });
+    expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, result: { resultType: "complete" } });
   });
 
   test("shutdown stops a retired child whose call is still in flight too, and waits for it", async () => {

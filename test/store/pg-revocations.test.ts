@@ -1,8 +1,12 @@
 // A revocation committed by one replica reaches every other replica's store (LISTEN/NOTIFY) within a
-// second: its listeners hear the grant, and its identity cache refuses the token on its next use.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+// second: its listeners hear the grant, and its identity cache refuses the token on its next use; with
+// Redis configured, NOTIFY stays silent, since Redis's channel already carries it.
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { SQL } from "bun";
 import { AccessIdentityCache } from "../../src/oauth/identity-cache.ts";
+import { openStore, type OpenedStore } from "../../src/store/open.ts";
 import { PgStore } from "../../src/store/pg-store.ts";
+import type { Store } from "../../src/store/store.ts";
 import { createTestDatabase, type TestDatabase } from "../helpers/postgres.ts";
 
 let database: TestDatabase;
@@ -53,4 +57,56 @@ test("a token revoked on one replica is refused by another's identity cache with
   await there.revokeGrantsOfUser(7, now);
   expect(await heardHere).toBe(grant.id);
   expect(await cacheHere.lookup("a2", now)).toBeUndefined();
+});
+
+describe("the fan-out the configuration picks", () => {
+  const redis = { url: "redis://127.0.0.1:6379", prefix: "fmb:", replicaUrl: "http://127.0.0.1:1" };
+  const opened: OpenedStore[] = [];
+  beforeEach(() => database.truncate());
+  afterEach(async () => {
+    await Promise.all(opened.splice(0).map(({ store }) => store.close()));
+  });
+
+  async function replicaStores(config: { redis: typeof redis | undefined }): Promise<[Store, Store]> {
+    const open = () => openStore({ dataDir: "/nonexistent", databaseUrl: database.url, ...config });
+    opened.push(await open(), await open());
+    return [opened[0]!.store, opened[1]!.store];
+  }
+
+  async function grantOf(store: Store): Promise<string> {
+    await store.createClient({ id: "c1", secretHash: null, tokenEndpointAuthMethod: "none", name: "C", redirectUris: [], metadata: {}, createdAt: 0 });
+    return (await store.findOrCreateGrant({ id: "g1", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice", scope: "mcp", now: Date.now() })).id;
+  }
+
+  test("with Redis configured, a revocation goes out on Redis alone: nothing on NOTIFY, so the other replica's revocation path runs once", async () => {
+    const [here, there] = await replicaStores({ redis });
+    const heardThere: string[] = [];
+    there.onRevocation((grantId) => heardThere.push(grantId));
+    // An observer of the channel: what it hears before its own marker is everything the revocation announced.
+    const observer = new SQL({ url: database.url, max: 1 });
+    const announced: string[] = [];
+    let markerHeard!: () => void;
+    const marker = new Promise<void>((resolve) => (markerHeard = resolve));
+    const subscription = await observer.listen("fmb_revocations", (payload) => (payload === "marker" ? markerHeard() : announced.push(payload)));
+    try {
+      const grantId = await grantOf(here);
+      await here.revokeGrant(grantId, Date.now());
+      await observer`SELECT pg_notify('fmb_revocations', 'marker')`;
+      await marker;
+      expect(announced).toEqual([]);
+      expect(heardThere).toEqual([]);
+      expect(there.revocationCount).toBe(0);
+    } finally {
+      await subscription.unlisten();
+      await observer.close();
+    }
+  });
+
+  test("without Redis, the other replica hears the revocation through NOTIFY", async () => {
+    const [here, there] = await replicaStores({ redis: undefined });
+    const grantId = await grantOf(here);
+    const heardThere = nextRevocation(there as PgStore, 1000);
+    await here.revokeGrant(grantId, Date.now());
+    expect(await heardThere).toBe(grantId);
+  });
 });
