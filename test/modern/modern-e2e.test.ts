@@ -185,7 +185,8 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect((await running).at(-1)!.result).toMatchObject({ content: [{ text: "counted to 150" }] });
     await waitWhile(async () => isAlive(old.childPid), 250, 20);
     expect(isAlive(old.childPid)).toBe(false);
-  });
+    // A second sign-in and a second sandboxed child: more than bun's 5 s default on a loaded 2-core machine.
+  }, 30_000);
 
   test("subscriptions/listen: acknowledged first (what the child can send), then the child's tools/list_changed tagged with the listen's id; closing the stream ends the listener", async () => {
     t.forgejo.setCurrentUser("alice");
