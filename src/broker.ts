@@ -180,6 +180,12 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     timers,
     initializeTimeoutMs: options.initializeTimeoutMs,
     metrics,
+    // The replica link is made below; a session only starts once the broker serves.
+    lifecycle: config.redis === undefined ? undefined : {
+      started: (sessionId, session) => void replicas?.sessions.started(sessionId, session),
+      ended: (sessionId) => void replicas?.sessions.ended(sessionId),
+      left: (sessionId) => void replicas?.sessions.left(sessionId),
+    },
   });
   const principals = new PrincipalChildren({
     config: config.sessions,
@@ -233,6 +239,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
           },
           rateLimit: options.rateLimit ?? DEFAULT_RATE_LIMIT,
           localRateLimiter: oauth.rateLimiter,
+          sessionIdleMs: config.sessions.idleTimeoutMs,
         });
   if (replicas !== undefined) {
     oauth.sharedRateLimiter = replicas.rateLimiter;

@@ -1,5 +1,5 @@
 // A replica's link to the others through Redis: two connections (commands, and the subscriber pub/sub
-// needs to itself), the revocation fan-out, the shared rate limits, the liveness key and the health check.
+// needs to itself), the revocation fan-out, the shared rate limits, the session directory, the liveness key and the health check.
 import { RedisClient } from "bun";
 import type { RedisConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
@@ -9,6 +9,7 @@ import { REDIS_RECONNECT } from "./backoff.ts";
 import { DEFAULT_LIVENESS, ReplicaLiveness, livenessKey, type LivenessTiming } from "./liveness.ts";
 import { RedisConnection, type RedisCommands } from "./redis-connection.ts";
 import { RevocationFanout } from "./revocation-fanout.ts";
+import { SessionDirectory } from "./session-directory.ts";
 import { SharedRateLimiter, windowOf } from "./shared-rate-limit.ts";
 
 /** Long enough for a loaded Redis, short enough that /healthz and a sign-in never wait on a dead one. */
@@ -27,12 +28,16 @@ export interface ReplicaLinkDeps {
   /** The limiter used while Redis does not answer. */
   localRateLimiter: { take(key: string): RateVerdict };
   liveness?: LivenessTiming;
+  /** How long a session may go unused before its replica ends it: how long a stopped replica's sessions stay restorable. */
+  sessionIdleMs: number;
 }
 
 export interface ReplicaLink {
   /** Tells the other replicas a grant was revoked here. */
   announceRevocation(grantId: string): void;
   rateLimiter: SharedRateLimiter;
+  /** Where each legacy session lives, shared by all replicas. */
+  sessions: SessionDirectory;
   /** Resolves when Redis answers a PING within the command timeout. */
   ping(): Promise<void>;
   /** Deletes the liveness key and closes both connections. */
@@ -86,6 +91,7 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
     timeoutMs: RATE_LIMIT_TIMEOUT_MS,
     logger,
   });
+  const sessions = new SessionDirectory({ redis: commands, prefix: config.prefix, replicaId: deps.replicaId, timeoutMs: COMMAND_TIMEOUT_MS, logger, unclaimedMs: deps.sessionIdleMs });
   commands.start();
   subscriber.start();
   liveness.start();
@@ -93,6 +99,7 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
   return {
     announceRevocation: (grantId) => fanout.announce(grantId),
     rateLimiter,
+    sessions,
     ping: async () => void (await commands.command((client) => client.send("PING", []), COMMAND_TIMEOUT_MS)),
     async stop() {
       await liveness.stop();

@@ -1,6 +1,6 @@
 // The session registry: Mcp-Session-Id → legacy session (bound to its grant); enforces the caps over its
 // sessions and other children it is told of (making room by ending the least recently used idle one), reaps idle sessions, and rotates tokens.
-import type { IncomingMessage } from "../bridge/jsonrpc.ts";
+import type { IncomingMessage, JsonRpcMessage } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { SessionConfig } from "../config.ts";
 import { randomHex } from "../crypto.ts";
@@ -82,6 +82,24 @@ export interface SessionRegistryDeps {
   replayMaxBytes?: number;
   /** Child starts and exits, evictions; none recorded without it. */
   metrics?: BrokerMetrics;
+  /** Told of each session's start and end (the replicas' session directory); nobody is without it. */
+  lifecycle?: SessionLifecycle;
+}
+
+/** What another replica needs to forward to a session or restore it. */
+export interface StartedSession {
+  grantId: string;
+  /** The client's initialize request as it sent it. */
+  initialize: string;
+  protocolVersion: string;
+}
+
+export interface SessionLifecycle {
+  started(sessionId: string, session: StartedSession): void;
+  /** The session is over: a client ended it, it idled out, its child died or its grant was revoked. */
+  ended(sessionId: string): void;
+  /** This broker shut down under the session: another replica may restore it on its next request. */
+  left(sessionId: string): void;
 }
 
 const SESSION_ID = /^[0-9a-f]{48}$/;
@@ -395,6 +413,7 @@ export class SessionRegistry {
     if (ids === undefined) this.byUser.set(identity.forgejoUserId, (ids = new Set()));
     ids.add(id);
     this.scheduler?.watch(identity.forgejoUserId, upstream.expiresAt);
+    this.deps.lifecycle?.started(id, { grantId: identity.grantId, initialize: initialize.raw, protocolVersion: negotiatedVersion(answer.message) });
     logger.info("session started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: child.pid });
     return { entry: session, events };
   }
@@ -477,6 +496,8 @@ export class SessionRegistry {
         this.byUser.delete(entry.binding.forgejoUserId);
         this.scheduler?.unwatch(entry.binding.forgejoUserId);
       }
+      if (exit === "shutdown") this.deps.lifecycle?.left(entry.id);
+      else this.deps.lifecycle?.ended(entry.id);
       this.deps.logger.info("session ended", { session: entry.id, reason, ...fields });
     }
     const known = this.stopping.get(entry);
@@ -555,4 +576,11 @@ export class SessionRegistry {
     return Math.max(1, Math.ceil((earliest - now) / 1000));
   }
 
+}
+
+/** The protocol version the child's InitializeResult names ("" when it names none). */
+function negotiatedVersion(answer: JsonRpcMessage): string {
+  const result = "result" in answer ? answer.result : undefined;
+  const version = typeof result === "object" && result !== null ? (result as { protocolVersion?: unknown }).protocolVersion : undefined;
+  return typeof version === "string" ? version : "";
 }

@@ -11,7 +11,7 @@ import { hiddenFromChildren, loadConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { probeSandbox } from "../../src/supervisor/sandbox.ts";
 import { brokerEnvFor, freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, connectAs, openSession, postMcp } from "../helpers/mcp.ts";
+import { childCommand, connectAs, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
 import { postForm } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 import { watchStandaloneStream } from "../helpers/watched-stream.ts";
@@ -122,9 +122,36 @@ describe("two replicas sharing Redis", () => {
     expect(await keysUnder("rate:*")).toContain(`${prefix}rate:register:${address}`);
   });
 
-  test("a stopped replica's liveness key is gone", async () => {
+  let leftOnB: string;
+
+  test("a session started on B is in the directory under B, with its grant, the initialize as sent and the negotiated version; a deleted one is not", async () => {
+    const signedIn = await connectAs(a, "bob");
+    try {
+      const token = signedIn.provider.savedTokens!.access_token;
+      const deleted = await openSession(bMcpUrl, token);
+      leftOnB = await openSession(bMcpUrl, token);
+      const stored = (id: string) => redis.get(`${prefix}session:${id}`);
+      const entry = JSON.parse((await stored(leftOnB))!);
+      expect(JSON.parse(entry.initialize)).toEqual(INITIALIZE);
+      expect(entry.protocolVersion).toBe("2025-11-25");
+      expect(await redis.get(`${prefix}replica:${entry.owner}`)).toBe(b.url);
+      expect(entry.grantId).toBe(JSON.parse((await stored(deleted))!).grantId);
+      expect(await redis.pttl(`${prefix}session:${leftOnB}`)).toBe(-1);
+      const ended = await fetch(bMcpUrl, { method: "DELETE", headers: { authorization: `Bearer ${token}`, "mcp-session-id": deleted } });
+      expect(ended.status).toBe(204);
+      await waitWhile(async () => (await stored(deleted)) !== null, 20, 50);
+      expect(await stored(deleted)).toBeNull();
+    } finally {
+      await signedIn.client.close().catch(() => {});
+    }
+  }, 30_000);
+
+  test("a stopped replica's liveness key is gone; its sessions stay in the directory for a restore elsewhere, until the idle timeout", async () => {
     await b.stop();
     expect((await Promise.all((await keysUnder("replica:*")).map((key) => redis.get(key))))).toEqual([a.config.publicUrl]);
+    const ttl = await redis.pttl(`${prefix}session:${leftOnB}`);
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(a.config.sessions.idleTimeoutMs); // both replicas run the same configuration
   });
 });
 
