@@ -20,7 +20,9 @@ import { AccessIdentityCache } from "./oauth/identity-cache.ts";
 import { MAX_OAUTH_BODY_BYTES } from "./oauth/edge-guard.ts";
 import { directConnect, systemLookup, type MetadataFetchDeps } from "./oauth/metadata-fetch.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
+import { hopKeyFrom } from "./replicas/internal-hop.ts";
 import { startReplicaLink } from "./replicas/replica-link.ts";
+import { sessionForwarding } from "./replicas/session-forwarding.ts";
 import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
 import { openStore } from "./store/open.ts";
@@ -115,7 +117,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   const opened = await openStore(config, options.storePath);
   const store = tracing.enabled ? tracedStore(opened.store, tracing) : opened.store;
   const { queries } = opened;
-  const sealer = await TokenSealer.fromRawKey(loadOrCreateSealingKey(config.dataDir, config.sealingKey));
+  const sealingKey = loadOrCreateSealingKey(config.dataDir, config.sealingKey);
+  const sealer = await TokenSealer.fromRawKey(sealingKey);
   const forgejoClient = new ForgejoClient({
     url: config.forgejo.url,
     clientId: config.forgejo.clientId,
@@ -251,6 +254,19 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   });
   const mcp = mcpRoutes({
     registry,
+    elsewhere:
+      replicas === undefined
+        ? undefined
+        : sessionForwarding({
+            directory: replicas.sessions,
+            holds: (sessionId) => registry.holds(sessionId),
+            replicaId,
+            hopKey: hopKeyFrom(sealingKey),
+            now,
+            fetch: (url, init) => fetch(url, init),
+            logger,
+            metrics,
+          }),
     principals,
     sessions: config.sessions,
     publicUrl: config.publicUrl,

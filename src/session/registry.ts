@@ -158,6 +158,11 @@ export class SessionRegistry {
     return this.sessions.size;
   }
 
+  /** Whether this registry holds the session (whoever it belongs to). */
+  holds(id: string): boolean {
+    return this.sessions.has(id);
+  }
+
   sessionsOf(forgejoUserId: number): string[] {
     return [...(this.byUser.get(forgejoUserId) ?? [])];
   }

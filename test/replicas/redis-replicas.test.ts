@@ -10,6 +10,7 @@ import { startBroker, type RunningBroker } from "../../src/broker.ts";
 import { hiddenFromChildren, loadConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { probeSandbox } from "../../src/supervisor/sandbox.ts";
+import { HOP_HEADER, hopKeyFrom, signHop } from "../../src/replicas/internal-hop.ts";
 import { brokerEnvFor, freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, connectAs, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
 import { postForm } from "../../src/testing/oauth-client.ts";
@@ -121,6 +122,59 @@ describe("two replicas sharing Redis", () => {
     // The count sits under the prefix, keyed on the address and the endpoint, nothing else.
     expect(await keysUnder("rate:*")).toContain(`${prefix}rate:register:${address}`);
   });
+
+  test("a session opened on A is used through B as if B held it: a tool call with progress over SSE, a resumed stream, the GET stream, DELETE", async () => {
+    const signedIn = await connectAs(a, "bob");
+    try {
+      const token = signedIn.provider.savedTokens!.access_token;
+      const sessionId = await openSession(a.mcpUrl, token);
+      const counting = { jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "slow_count", arguments: { n: 3 }, _meta: { progressToken: "p" } } };
+      const called = await postMcp(bMcpUrl, token, counting, { "mcp-session-id": sessionId, accept: "text/event-stream, application/json" });
+      expect(called.status).toBe(200);
+      expect(called.headers.get("content-type")).toStartWith("text/event-stream");
+      expect(called.headers.get("mcp-session-id")).toBe(sessionId);
+      const events = (await called.text()).split("\n\n").filter((event) => event.includes("data:"));
+      const messages = events.map((event) => JSON.parse(/^data: (.*)$/m.exec(event)![1]!));
+      expect(messages.map((message) => message.params?.progress ?? message.result.content[0].text)).toEqual([1, 2, 3, "counted to 3"]);
+      // Resuming after the first event, through B, replays the rest from A.
+      const firstId = /^id: (.*)$/m.exec(events[0]!)![1]!;
+      const resumed = await fetch(bMcpUrl, { headers: { authorization: `Bearer ${token}`, accept: "text/event-stream", "mcp-session-id": sessionId, "last-event-id": firstId } });
+      expect(resumed.status).toBe(200);
+      const replayed = await resumed.text();
+      expect(replayed).toContain('"progress":2');
+      expect(replayed).toContain("counted to 3");
+      expect(replayed).not.toContain('"progress":1,');
+
+      const stream = await watchStandaloneStream(bMcpUrl, token, sessionId);
+      expect(stream.status).toBe(200);
+      expect(b.registry.holds(sessionId)).toBe(false);
+      const ended = await fetch(bMcpUrl, { method: "DELETE", headers: { authorization: `Bearer ${token}`, "mcp-session-id": sessionId } });
+      expect(ended.status).toBe(204);
+      expect(await within(2_000, stream.ended)).toBe("ended");
+      expect(a.broker.registry.holds(sessionId)).toBe(false);
+      expect((await postMcp(bMcpUrl, token, { jsonrpc: "2.0", id: 8, method: "tools/list" }, { "mcp-session-id": sessionId })).status).toBe(404);
+    } finally {
+      await signedIn.client.close().catch(() => {});
+    }
+  }, 30_000);
+
+  test("a request claiming to be forwarded is served only with a fresh hop HMAC under the shared key; a forged or stale one is refused", async () => {
+    const signedIn = await connectAs(a, "bob");
+    try {
+      const token = signedIn.provider.savedTokens!.access_token;
+      const sessionId = await openSession(a.mcpUrl, token);
+      const hopKey = hopKeyFrom(Buffer.from(shared.BROKER_SEALING_KEY, "base64"));
+      const target = { method: "POST", path: "/mcp", sessionId };
+      const list = (hop: string) => postMcp(a.mcpUrl, token, { jsonrpc: "2.0", id: 9, method: "tools/list" }, { "mcp-session-id": sessionId, [HOP_HEADER]: hop });
+      expect((await list(signHop(hopKey, target, Date.now()))).status).toBe(200);
+      expect((await list(signHop(hopKeyFrom(randomBytes(32)), target, Date.now()))).status).toBe(403);
+      expect((await list(signHop(hopKey, target, Date.now() - 60_000))).status).toBe(403);
+      expect((await list(signHop(hopKey, { ...target, method: "DELETE" }, Date.now()))).status).toBe(403);
+      expect((await list("t=1, sig=forged")).status).toBe(403);
+    } finally {
+      await signedIn.client.close().catch(() => {});
+    }
+  }, 30_000);
 
   let leftOnB: string;
 

@@ -1,0 +1,121 @@
+// The replica hop's HMAC (table-driven) and the forwarding rule with stand-ins: what is passed on, to whom,
+// with which headers; what never leaves the replica (no open relay); and how a dead owner is counted.
+import { describe, expect, test } from "bun:test";
+import { createMemoryLogger } from "../../src/log.ts";
+import { HOP_HEADER, HOP_MAX_SKEW_MS, hopKeyFrom, signHop, verifyHop, type HopVerdict } from "../../src/replicas/internal-hop.ts";
+import type { SessionWhereabouts } from "../../src/replicas/session-directory.ts";
+import { sessionForwarding } from "../../src/replicas/session-forwarding.ts";
+
+const key = hopKeyFrom(new Uint8Array(32).fill(7));
+const target = { method: "POST", path: "/mcp", sessionId: "a".repeat(48) };
+const NOW = 1_800_000_000_000;
+
+describe("the hop HMAC", () => {
+  test("is keyed by a key derived from the sealing key, not the sealing key itself", () => {
+    expect(Buffer.from(key).equals(Buffer.from(new Uint8Array(32).fill(7)))).toBe(false);
+    expect(Buffer.from(hopKeyFrom(new Uint8Array(32).fill(7))).equals(Buffer.from(key))).toBe(true);
+  });
+
+  const cases: [string, string, HopVerdict][] = [
+    ["signed now", signHop(key, target, NOW), "ok"],
+    ["signed at the edge of the skew", signHop(key, target, NOW - HOP_MAX_SKEW_MS), "ok"],
+    ["signed too long ago", signHop(key, target, NOW - HOP_MAX_SKEW_MS - 1), "stale"],
+    ["signed too far ahead", signHop(key, target, NOW + HOP_MAX_SKEW_MS + 1), "stale"],
+    ["with another key", signHop(hopKeyFrom(new Uint8Array(32).fill(8)), target, NOW), "invalid"],
+    ["for another method", signHop(key, { ...target, method: "DELETE" }, NOW), "invalid"],
+    ["for another path", signHop(key, { ...target, path: "/oauth/token" }, NOW), "invalid"],
+    ["for another session", signHop(key, { ...target, sessionId: "b".repeat(48) }, NOW), "invalid"],
+    ["with its timestamp changed", signHop(key, target, NOW - 60_000).replace(`t=${NOW - 60_000}`, `t=${NOW}`), "invalid"],
+    ["malformed", "t=1, sig=x", "invalid"],
+    ["empty", "", "invalid"],
+  ];
+  test.each(cases)("a header %s is %p", (_what, header, verdict) => {
+    expect(verifyHop(key, header, target, NOW)).toBe(verdict);
+  });
+});
+
+const OWNED = "c".repeat(48);
+const entry = { owner: "replica-a", grantId: "g", initialize: "{}", protocolVersion: "2025-11-25" };
+
+function forwardingWith(options: { ownerUrl?: string | null; refused?: boolean; held?: boolean } = {}) {
+  const fetched: { url: string; init: RequestInit }[] = [];
+  const counted: string[] = [];
+  const route = sessionForwarding({
+    directory: {
+      find: async (sessionId): Promise<SessionWhereabouts | undefined> =>
+        sessionId === OWNED ? { entry, ownerUrl: options.ownerUrl === undefined ? "http://10.0.0.5:8080" : options.ownerUrl } : undefined,
+    },
+    holds: () => options.held ?? false,
+    replicaId: "replica-b",
+    hopKey: key,
+    now: () => NOW,
+    fetch: async (url, init) => {
+      fetched.push({ url, init });
+      if (options.refused) throw new Error("Unable to connect");
+      return new Response("event: message\ndata: {}\n\n", { headers: { "content-type": "text/event-stream", "mcp-session-id": OWNED, connection: "keep-alive" } });
+    },
+    logger: createMemoryLogger(),
+    metrics: { forwardedRequest: (result) => void counted.push(result) },
+  });
+  return { route, fetched, counted };
+}
+
+const mcpRequest = (sessionId: string | null, extra: Record<string, string> = {}) =>
+  new Request("http://lb.example/mcp", {
+    method: "POST",
+    headers: { authorization: "Bearer at_x", accept: "text/event-stream", "last-event-id": "e1", ...(sessionId === null ? {} : { "mcp-session-id": sessionId }), ...extra },
+    body: "{}",
+  });
+
+describe("forwarding", () => {
+  test("a session the directory names under a live replica goes there, with the caller's headers and a hop HMAC; the answer streams back", async () => {
+    const { route, fetched, counted } = forwardingWith();
+    const answer = await route(mcpRequest(OWNED));
+    expect(answer!.status).toBe(200);
+    expect(answer!.headers.get("content-type")).toBe("text/event-stream");
+    expect(answer!.headers.get("connection")).toBeNull();
+    expect(await answer!.text()).toBe("event: message\ndata: {}\n\n");
+    expect(fetched).toHaveLength(1);
+    expect(fetched[0]!.url).toBe("http://10.0.0.5:8080/mcp");
+    const headers = fetched[0]!.init.headers as Headers;
+    expect(headers.get("authorization")).toBe("Bearer at_x");
+    expect(headers.get("last-event-id")).toBe("e1");
+    expect(headers.get("host")).toBeNull();
+    expect(verifyHop(key, headers.get(HOP_HEADER)!, { method: "POST", path: "/mcp", sessionId: OWNED }, NOW)).toBe("ok");
+    expect(counted).toEqual(["ok"]);
+  });
+
+  test.each([
+    ["no session id", null, {}],
+    ["a malformed session id", "../../oauth/token", {}],
+    ["a session the directory does not name", "d".repeat(48), {}],
+  ] as const)("%s is served here: nothing leaves the replica", async (_what, sessionId, extra) => {
+    const { route, fetched } = forwardingWith();
+    expect(await route(mcpRequest(sessionId, extra))).toBeUndefined();
+    expect(fetched).toEqual([]);
+  });
+
+  test("a session this replica holds, or whose owner is gone, is served (or refused) here", async () => {
+    for (const options of [{ held: true }, { ownerUrl: null }]) {
+      const { route, fetched } = forwardingWith(options);
+      expect(await route(mcpRequest(OWNED))).toBeUndefined();
+      expect(fetched).toEqual([]);
+    }
+  });
+
+  test("an owner that refuses the connection is counted as failed, and the request is served here", async () => {
+    const { route, counted } = forwardingWith({ refused: true });
+    expect(await route(mcpRequest(OWNED))).toBeUndefined();
+    expect(counted).toEqual(["failed"]);
+  });
+
+  test("a request already forwarded is never passed on again; one with a bad hop header is refused with 403", async () => {
+    const { route, fetched } = forwardingWith();
+    expect(await route(mcpRequest(OWNED, { [HOP_HEADER]: signHop(key, { ...target, sessionId: OWNED }, NOW) }))).toBeUndefined();
+    const refused = await route(mcpRequest(OWNED, { [HOP_HEADER]: "t=1, sig=forged" }));
+    expect(refused!.status).toBe(403);
+    expect((await refused!.json()).error.code).toBe(-32000);
+    expect((await route(mcpRequest(null, { [HOP_HEADER]: signHop(key, target, NOW) })))!.status).toBe(403);
+    expect(fetched).toEqual([]);
+  });
+});
