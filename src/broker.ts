@@ -23,6 +23,7 @@ import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
 import { hopKeyFrom } from "./replicas/internal-hop.ts";
 import { startReplicaLink } from "./replicas/replica-link.ts";
 import { sessionForwarding } from "./replicas/session-forwarding.ts";
+import { sessionRestore } from "./replicas/session-restore.ts";
 import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
 import { openStore } from "./store/open.ts";
@@ -259,6 +260,13 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
         ? undefined
         : sessionForwarding({
             directory: replicas.sessions,
+            restore: sessionRestore({
+              directory: replicas.sessions,
+              restore: (sessionId, identity, initialize) => registry.restore(sessionId, identity, initialize),
+              claimMs: options.initializeTimeoutMs ?? 30_000,
+              logger,
+              metrics,
+            }),
             holds: (sessionId) => registry.holds(sessionId),
             replicaId,
             hopKey: hopKeyFrom(sealingKey),

@@ -43,7 +43,7 @@ const MODERN_FORWARDED = new Set([
 export interface McpRoutesDeps {
   registry: SessionRegistry;
   /** Answers a request for a session held elsewhere (another replica) before this replica would; undefined: serve it here. */
-  elsewhere?: (request: Request) => Promise<Response | undefined>;
+  elsewhere?: (request: Request, identity: TokenIdentity) => Promise<Response | undefined>;
   principals: PrincipalChildren;
   sessions: SessionConfig;
   publicUrl: string;
@@ -404,8 +404,8 @@ export function mcpRoutes(deps: McpRoutesDeps) {
         }
       })
       .use(guarded)
-      .post("/mcp", async ({ request, identity }) => (await deps.elsewhere?.(request)) ?? post(request, identity), { parse: "none" })
-      .get("/mcp", async ({ request, identity }) => (await deps.elsewhere?.(request)) ?? get(request, identity))
-      .delete("/mcp", async ({ request, identity }) => (await deps.elsewhere?.(request)) ?? del(request, identity))
+      .post("/mcp", async ({ request, identity }) => (await deps.elsewhere?.(request, identity)) ?? post(request, identity), { parse: "none" })
+      .get("/mcp", async ({ request, identity }) => (await deps.elsewhere?.(request, identity)) ?? get(request, identity))
+      .delete("/mcp", async ({ request, identity }) => (await deps.elsewhere?.(request, identity)) ?? del(request, identity))
       .all("/mcp", () => rpcErrorResponse(405, null, TRANSPORT_ERROR, "Method Not Allowed: use POST, GET or DELETE", { Allow: "GET, POST, DELETE" }));
 }

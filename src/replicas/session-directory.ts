@@ -90,6 +90,16 @@ export class SessionDirectory {
     await this.run((client) => client.send("EVAL", expiry), "expire", sessionId);
   }
 
+  /**
+   * Claims the restore of a session whose owner is gone: true for exactly one replica until `ttlMs`
+   * passes (by then the restorer's entry names it, alive, so nobody needs to claim again).
+   */
+  async claim(sessionId: string, ttlMs: number): Promise<boolean> {
+    const key = `${this.deps.prefix}claim:${sessionId}`;
+    const taken = await this.deps.redis.command((client) => client.send("SET", [key, this.deps.replicaId, "NX", "PX", String(ttlMs)]), this.deps.timeoutMs);
+    return taken === "OK";
+  }
+
   /** Where the session lives, or undefined when the directory does not name it. Throws when Redis does not answer. */
   async find(sessionId: string): Promise<SessionWhereabouts | undefined> {
     const entry = decodeEntry(await this.deps.redis.command((client) => client.send("GET", [sessionKey(this.deps.prefix, sessionId)]), this.deps.timeoutMs));

@@ -179,13 +179,25 @@ export class SessionRegistry {
    * broker-wide one). Throws SessionLimitError, UserSessionLimitError (each when every session in
    * the way is busy), SessionStartError, InitializeRejectedError, or what the token provider throws.
    */
-  async create(identity: SessionIdentity, initialize: IncomingMessage): Promise<CreatedSession> {
+  async create(identity: SessionIdentity, initialize: IncomingMessage, restoredId?: string): Promise<CreatedSession> {
     const ticket = await this.takeSlot(identity.forgejoUserId);
     try {
-      return await this.start(identity, initialize, ticket);
+      return await this.start(identity, initialize, ticket, restoredId);
     } finally {
       this.starting.delete(ticket);
     }
+  }
+
+  /**
+   * Starts again, under its id, a session whose replica is gone: a child with the token of `identity`
+   * (the live request's user), the client's stored initialize, then the notifications/initialized the
+   * client sent back then. Throws as create does.
+   */
+  async restore(id: string, identity: SessionIdentity, initialize: IncomingMessage): Promise<LegacySession> {
+    const { entry } = await this.create(identity, initialize, id);
+    const initialized = { jsonrpc: "2.0", method: "notifications/initialized" } as const;
+    entry.send({ raw: JSON.stringify(initialized), message: initialized }, "notification");
+    return entry;
   }
 
   /** The caps count these children too (and may end an idle one), besides the registry's sessions. */
@@ -345,9 +357,9 @@ export class SessionRegistry {
     await Promise.all(this.stopping.values());
   }
 
-  private async start(identity: SessionIdentity, initialize: IncomingMessage, ticket: StartTicket): Promise<CreatedSession> {
+  private async start(identity: SessionIdentity, initialize: IncomingMessage, ticket: StartTicket, restoredId?: string): Promise<CreatedSession> {
     const upstream = await this.deps.upstreamToken(identity.forgejoUserId);
-    const id = randomHex(24);
+    const id = restoredId ?? randomHex(24);
     const logger = this.deps.logger.child({ session: id });
     await this.pacer.turn();
     // Shutdown may have begun while this start waited for its turn: no new child once it has.

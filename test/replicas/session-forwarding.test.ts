@@ -1,10 +1,11 @@
 // The replica hop's HMAC (table-driven) and the forwarding rule with stand-ins: what is passed on, to whom,
-// with which headers; what never leaves the replica (no open relay); and how a dead owner is counted.
+// with which headers; what never leaves the replica (no open relay); a dead owner's session restored by one claimant.
 import { describe, expect, test } from "bun:test";
 import { createMemoryLogger } from "../../src/log.ts";
 import { HOP_HEADER, HOP_MAX_SKEW_MS, hopKeyFrom, signHop, verifyHop, type HopVerdict } from "../../src/replicas/internal-hop.ts";
 import type { SessionWhereabouts } from "../../src/replicas/session-directory.ts";
 import { sessionForwarding } from "../../src/replicas/session-forwarding.ts";
+import { sessionRestore } from "../../src/replicas/session-restore.ts";
 
 const key = hopKeyFrom(new Uint8Array(32).fill(7));
 const target = { method: "POST", path: "/mcp", sessionId: "a".repeat(48) };
@@ -35,12 +36,15 @@ describe("the hop HMAC", () => {
 });
 
 const OWNED = "c".repeat(48);
+const caller = { grantId: "g", forgejoUserId: 1, clientId: "claude" };
 const entry = { owner: "replica-a", grantId: "g", initialize: "{}", protocolVersion: "2025-11-25" };
 
 function forwardingWith(options: { ownerUrl?: string | null; refused?: boolean; held?: boolean } = {}) {
   const fetched: { url: string; init: RequestInit }[] = [];
   const counted: string[] = [];
-  const route = sessionForwarding({
+  const restored: string[] = [];
+  const forward = sessionForwarding({
+    restore: async (sessionId, stored, identity) => void restored.push(`${sessionId} ${stored.owner} ${identity.grantId}`),
     directory: {
       find: async (sessionId): Promise<SessionWhereabouts | undefined> =>
         sessionId === OWNED ? { entry, ownerUrl: options.ownerUrl === undefined ? "http://10.0.0.5:8080" : options.ownerUrl } : undefined,
@@ -57,7 +61,8 @@ function forwardingWith(options: { ownerUrl?: string | null; refused?: boolean; 
     logger: createMemoryLogger(),
     metrics: { forwardedRequest: (result) => void counted.push(result) },
   });
-  return { route, fetched, counted };
+  const route = (request: Request) => forward(request, caller);
+  return { route, fetched, counted, restored };
 }
 
 const mcpRequest = (sessionId: string | null, extra: Record<string, string> = {}) =>
@@ -95,18 +100,27 @@ describe("forwarding", () => {
     expect(fetched).toEqual([]);
   });
 
-  test("a session this replica holds, or whose owner is gone, is served (or refused) here", async () => {
-    for (const options of [{ held: true }, { ownerUrl: null }]) {
-      const { route, fetched } = forwardingWith(options);
-      expect(await route(mcpRequest(OWNED))).toBeUndefined();
-      expect(fetched).toEqual([]);
-    }
+  test("a session this replica holds is served here", async () => {
+    const { route, fetched, restored } = forwardingWith({ held: true });
+    expect(await route(mcpRequest(OWNED))).toBeUndefined();
+    expect(fetched).toEqual([]);
+    expect(restored).toEqual([]);
   });
 
-  test("an owner that refuses the connection is counted as failed, and the request is served here", async () => {
-    const { route, counted } = forwardingWith({ refused: true });
+  test("a session whose owner's liveness key is gone is restored here, for the caller's identity", async () => {
+    const { route, fetched, restored } = forwardingWith({ ownerUrl: null });
     expect(await route(mcpRequest(OWNED))).toBeUndefined();
+    expect(fetched).toEqual([]);
+    expect(restored).toEqual([`${OWNED} replica-a g`]);
+  });
+
+  test("an owner that refuses the connection is counted as failed and the session restored here, the request's body still unread", async () => {
+    const { route, counted, restored } = forwardingWith({ refused: true });
+    const request = mcpRequest(OWNED);
+    expect(await route(request)).toBeUndefined();
     expect(counted).toEqual(["failed"]);
+    expect(restored).toEqual([`${OWNED} replica-a g`]);
+    expect(await request.text()).toBe("{}");
   });
 
   test("a request already forwarded is never passed on again; one with a bad hop header is refused with 403", async () => {
@@ -117,5 +131,63 @@ describe("forwarding", () => {
     expect((await refused!.json()).error.code).toBe(-32000);
     expect((await route(mcpRequest(null, { [HOP_HEADER]: signHop(key, target, NOW) })))!.status).toBe(403);
     expect(fetched).toEqual([]);
+  });
+});
+
+describe("restoring a session whose replica is gone", () => {
+  const initialize = JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "c", version: "1" } } });
+  const stored = { owner: "replica-a", grantId: "g", initialize, protocolVersion: "2025-11-25" };
+
+  function restoreWith(options: { claims?: boolean; fails?: boolean } = {}) {
+    const claimed: string[] = [];
+    const started: string[] = [];
+    const counted: string[] = [];
+    const restore = sessionRestore({
+      directory: { claim: async (sessionId) => (claimed.push(sessionId), options.claims ?? true) },
+      restore: async (sessionId, identity, message) => {
+        if (options.fails) throw new Error("the MCP server exited before answering initialize");
+        started.push(`${sessionId} user ${identity.forgejoUserId} ${message.raw}`);
+        return undefined as never;
+      },
+      claimMs: 30_000,
+      logger: createMemoryLogger(),
+      metrics: { sessionRestored: (result) => void counted.push(result) },
+    });
+    return { restore, claimed, started, counted };
+  }
+
+  test("the replica that wins the claim starts it for the caller's user with the stored initialize, then serves the request", async () => {
+    const { restore, claimed, started, counted } = restoreWith();
+    expect(await restore(OWNED, stored, caller)).toBeUndefined();
+    expect(claimed).toEqual([OWNED]);
+    expect(started).toEqual([`${OWNED} user 1 ${initialize}`]);
+    expect(counted).toEqual(["ok"]);
+  });
+
+  test("a request of another grant neither claims nor restores it (the session is unknown to it: 404)", async () => {
+    const { restore, claimed, started } = restoreWith();
+    expect(await restore(OWNED, stored, { ...caller, grantId: "another" })).toBeUndefined();
+    expect(claimed).toEqual([]);
+    expect(started).toEqual([]);
+  });
+
+  test.each(["{", "null", JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list" })])("a stored initialize %p is not one: nothing is restored", async (damaged) => {
+    const { restore, claimed } = restoreWith();
+    expect(await restore(OWNED, { ...stored, initialize: damaged }, caller)).toBeUndefined();
+    expect(claimed).toEqual([]);
+  });
+
+  test("a replica that loses the claim starts nothing and answers 503 with Retry-After", async () => {
+    const { restore, started } = restoreWith({ claims: false });
+    const answer = await restore(OWNED, stored, caller);
+    expect(answer!.status).toBe(503);
+    expect(answer!.headers.get("retry-after")).toBe("1");
+    expect(started).toEqual([]);
+  });
+
+  test("a restore whose child does not start is counted as failed (the request then finds no session: 404)", async () => {
+    const { restore, counted } = restoreWith({ fails: true });
+    expect(await restore(OWNED, stored, caller)).toBeUndefined();
+    expect(counted).toEqual(["failed"]);
   });
 });

@@ -544,6 +544,18 @@ describe("the session lifecycle (the replicas' directory)", () => {
     expect(told).toHaveLength(1);
   });
 
+  test("a restored session runs under its old id with the stored initialize, then notifications/initialized, for the given user", async () => {
+    const { told, lifecycle } = recorded();
+    const { registry, children, spawned } = setup({}, { lifecycle });
+    const id = "e".repeat(48);
+    const entry = await registry.restore(id, bob, initialize);
+    expect(entry.id).toBe(id);
+    expect(spawned).toEqual([{ sessionId: id, token: "token-of-2" }]);
+    expect(children[0]!.messages.map((message) => message.method)).toEqual(["initialize", "notifications/initialized"]);
+    expect(registry.get(id, bob)).toBe(entry);
+    expect(told).toEqual([`started ${id} grant-bob 2025-11-25 ${initialize.raw}`]);
+  });
+
   test("a deleted session and one whose child died have ended; a shutdown leaves its sessions for a restore elsewhere", async () => {
     const { told, lifecycle } = recorded();
     const { registry, children } = setup({}, { lifecycle });
