@@ -3,18 +3,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { RedisClient } from "bun";
 import { randomBytes, randomUUID } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { startBroker, type RunningBroker } from "../../src/broker.ts";
-import { hiddenFromChildren, loadConfig } from "../../src/config.ts";
-import { createMemoryLogger } from "../../src/log.ts";
-import { probeSandbox } from "../../src/supervisor/sandbox.ts";
+import type { RunningBroker } from "../../src/broker.ts";
 import { HOP_HEADER, hopKeyFrom, signHop } from "../../src/replicas/internal-hop.ts";
-import { brokerEnvFor, freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, connectAs, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
 import { postForm } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
+import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
 import { watchStandaloneStream } from "../helpers/watched-stream.ts";
 
 const REDIS_URL = "redis://127.0.0.1:6379";
@@ -54,27 +49,20 @@ describe("two replicas sharing Redis", () => {
   const rateLimit = { burst: 6, perSecond: 0.001 };
   let a: TestBroker;
   let b: RunningBroker;
-  let bDataDir: string;
+  let second: SecondReplica;
   let bMcpUrl: string;
 
   beforeAll(async () => {
     a = await startTestBroker({ env: shared, broker: { rateLimit } });
     // B answers for the same public URL (the load balancer's) on a port of its own, over A's database file.
-    bDataDir = mkdtempSync(join(tmpdir(), "fmb-test-"));
-    const loaded = loadConfig({ ...brokerEnvFor(a.forgejo, await freePort(), bDataDir), ...shared, BROKER_PUBLIC_URL: a.config.publicUrl });
-    if (!loaded.ok) throw new Error(loaded.problems.join("\n"));
-    const sandbox = await probeSandbox(loaded.config.child.sandbox, hiddenFromChildren(loaded.config), { path: process.env.PATH ?? "" });
-    b = await startBroker(loaded.config, { logger: createMemoryLogger(), sandbox, rateLimit, storePath: join(a.dataDir, "broker.sqlite") });
+    second = await startSecondReplica(a, shared, { rateLimit });
+    b = second.broker;
     bMcpUrl = `${b.url}/mcp`;
-    // Each replica connects to Redis in the background: wait until both say they are connected.
-    const healthy = async (url: string) => (await fetch(`${url}/healthz`)).status === 200;
-    await waitWhile(async () => !(await healthy(a.config.publicUrl)) || !(await healthy(b.url)), 100, 20);
   });
 
   afterAll(async () => {
-    await b?.stop();
+    await second?.stop();
     await a?.stop();
-    rmSync(bDataDir, { recursive: true, force: true });
     const left = await keysUnder("*");
     if (left.length > 0) await redis.del(...left);
     redis.close();

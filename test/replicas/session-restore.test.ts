@@ -3,16 +3,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { RedisClient } from "bun";
 import { randomBytes, randomUUID } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { startBroker, type RunningBroker } from "../../src/broker.ts";
-import { hiddenFromChildren, loadConfig } from "../../src/config.ts";
-import { createMemoryLogger } from "../../src/log.ts";
-import { probeSandbox } from "../../src/supervisor/sandbox.ts";
-import { brokerEnvFor, freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import type { RunningBroker } from "../../src/broker.ts";
+import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, connectAs, openSession, postMcp } from "../helpers/mcp.ts";
-import { waitWhile } from "../helpers/promises.ts";
+import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
 
 const REDIS_URL = "redis://127.0.0.1:6379";
 const prefix = `fmb-test-${randomUUID()}:`;
@@ -29,23 +23,17 @@ describe("a session whose replica is gone", () => {
   };
   let a: TestBroker;
   let b: RunningBroker;
-  let bDataDir: string;
+  let second: SecondReplica;
 
   beforeAll(async () => {
     a = await startTestBroker({ env: shared });
-    bDataDir = mkdtempSync(join(tmpdir(), "fmb-test-"));
-    const loaded = loadConfig({ ...brokerEnvFor(a.forgejo, await freePort(), bDataDir), ...shared, BROKER_PUBLIC_URL: a.config.publicUrl });
-    if (!loaded.ok) throw new Error(loaded.problems.join("\n"));
-    const sandbox = await probeSandbox(loaded.config.child.sandbox, hiddenFromChildren(loaded.config), { path: process.env.PATH ?? "" });
-    b = await startBroker(loaded.config, { logger: createMemoryLogger(), sandbox, storePath: join(a.dataDir, "broker.sqlite") });
-    const healthy = async (url: string) => (await fetch(`${url}/healthz`)).status === 200;
-    await waitWhile(async () => !(await healthy(a.config.publicUrl)) || !(await healthy(b.url)), 100, 20);
+    second = await startSecondReplica(a, shared);
+    b = second.broker;
   });
 
   afterAll(async () => {
-    await b?.stop();
+    await second?.stop();
     await a?.stop();
-    rmSync(bDataDir, { recursive: true, force: true });
     const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
     if (left.length > 0) await redis.del(...left);
     redis.close();
