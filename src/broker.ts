@@ -274,6 +274,10 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
             fetch: (url, init) => fetch(url, init),
             logger,
             metrics,
+            keepOpen: (request) => {
+              server?.timeout(request, 0);
+              return () => server?.timeout(request, idleTimeoutS);
+            },
           }),
     principals,
     sessions: config.sessions,

@@ -27,6 +27,8 @@ export interface SessionForwardingDeps {
   fetch: (url: string, init: RequestInit) => Promise<Response>;
   logger: Logger;
   metrics: Pick<BrokerMetrics, "forwardedRequest">;
+  /** Lifts the server's idle timeout for the request (a call may be silent for minutes); call what it returns once the answer is over. */
+  keepOpen: (request: Request) => () => void;
 }
 
 /**
@@ -61,6 +63,7 @@ export function sessionForwarding(deps: SessionForwardingDeps): (request: Reques
     });
     headers.set(HOP_HEADER, signHop(deps.hopKey, target, deps.now()));
     let answer: Response;
+    const release = deps.keepOpen(request);
     try {
       answer = await deps.fetch(new URL(target.path, whereabouts.ownerUrl).href, {
         method: request.method,
@@ -72,6 +75,7 @@ export function sessionForwarding(deps: SessionForwardingDeps): (request: Reques
         signal: request.signal,
       });
     } catch (error) {
+      release();
       deps.metrics.forwardedRequest("failed");
       deps.logger.warn("the session's replica did not answer; restoring the session here", { session: sessionId, owner_url: whereabouts.ownerUrl, error: error instanceof Error ? error.message : String(error) });
       // A replica that refuses connections is gone, whatever its liveness key still says.
@@ -82,6 +86,12 @@ export function sessionForwarding(deps: SessionForwardingDeps): (request: Reques
     answer.headers.forEach((value, name) => {
       if (!HOP_BY_HOP.has(name.toLowerCase()) && name.toLowerCase() !== "content-encoding") passed.set(name, value);
     });
-    return new Response(answer.body, { status: answer.status, headers: passed });
+    if (answer.body === null) {
+      release();
+      return new Response(null, { status: answer.status, headers: passed });
+    }
+    // The owner ending its answer ends the hold; a caller who leaves closes the connection anyway.
+    const body = answer.body.pipeThrough(new TransformStream({ flush: release }));
+    return new Response(body, { status: answer.status, headers: passed });
   };
 }

@@ -60,6 +60,10 @@ function forwardingWith(options: { ownerUrl?: string | null; refused?: boolean; 
     },
     logger: createMemoryLogger(),
     metrics: { forwardedRequest: (result) => void counted.push(result) },
+    keepOpen: () => {
+      counted.push("held");
+      return () => void counted.push("released");
+    },
   });
   const route = (request: Request) => forward(request, caller);
   return { route, fetched, counted, restored };
@@ -87,7 +91,8 @@ describe("forwarding", () => {
     expect(headers.get("last-event-id")).toBe("e1");
     expect(headers.get("host")).toBeNull();
     expect(verifyHop(key, headers.get(HOP_HEADER)!, { method: "POST", path: "/mcp", sessionId: OWNED }, NOW)).toBe("ok");
-    expect(counted).toEqual(["ok"]);
+    // The idle timeout is lifted while the answer streams, and put back once the owner ended it.
+    expect(counted).toEqual(["held", "ok", "released"]);
   });
 
   test.each([
@@ -118,7 +123,7 @@ describe("forwarding", () => {
     const { route, counted, restored } = forwardingWith({ refused: true });
     const request = mcpRequest(OWNED);
     expect(await route(request)).toBeUndefined();
-    expect(counted).toEqual(["failed"]);
+    expect(counted).toEqual(["held", "released", "failed"]);
     expect(restored).toEqual([`${OWNED} replica-a g`]);
     expect(await request.text()).toBe("{}");
   });
