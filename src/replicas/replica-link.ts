@@ -4,7 +4,7 @@ import { RedisClient } from "bun";
 import type { RedisConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
 import type { RateLimitPolicy, RateVerdict } from "../oauth/rate-limit.ts";
-import type { Timers } from "../supervisor/timers.ts";
+import { every, type Timers } from "../supervisor/timers.ts";
 import { REDIS_RECONNECT } from "./backoff.ts";
 import { DEFAULT_LIVENESS, ReplicaLiveness, livenessKey, type LivenessTiming } from "./liveness.ts";
 import { RedisConnection, type RedisCommands } from "./redis-connection.ts";
@@ -16,6 +16,8 @@ import { SharedRateLimiter, windowOf } from "./shared-rate-limit.ts";
 const COMMAND_TIMEOUT_MS = 1_000;
 /** A rate-limit check sits in front of every OAuth request: past this it falls back to the local limiter. */
 const RATE_LIMIT_TIMEOUT_MS = 250;
+/** How often each replica looks for the session entries of replicas that died: a few reads per session, rarely. */
+const ORPHAN_SWEEP_MS = 5 * 60_000;
 
 export interface ReplicaLinkDeps {
   config: RedisConfig;
@@ -95,6 +97,9 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
   commands.start();
   subscriber.start();
   liveness.start();
+  const stopSweeping = every(timers, ORPHAN_SWEEP_MS, () => {
+    sessions.expireOrphans().catch((error: unknown) => logger.warn("could not sweep the session directory", { error: error instanceof Error ? error.message : String(error) }));
+  });
 
   return {
     announceRevocation: (grantId) => fanout.announce(grantId),
@@ -102,6 +107,7 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
     sessions,
     ping: async () => void (await commands.command((client) => client.send("PING", []), COMMAND_TIMEOUT_MS)),
     async stop() {
+      stopSweeping();
       await liveness.stop();
       subscriber.stop();
       commands.stop();

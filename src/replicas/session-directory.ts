@@ -100,6 +100,28 @@ export class SessionDirectory {
     return taken === "OK";
   }
 
+  /**
+   * Gives the entries of replicas that died (no liveness key, never stopped in order) the expiry a
+   * stopping replica gives its own, so sessions nobody asks for again do not stay in Redis forever.
+   * Entries with an expiry already keep it (NX). Returns how many it gave one.
+   */
+  async expireOrphans(): Promise<number> {
+    const { prefix } = this.deps;
+    let cursor = "0";
+    let expired = 0;
+    const command = <T>(name: string, args: string[]) => this.deps.redis.command((client) => client.send(name, args) as Promise<T>, this.deps.timeoutMs);
+    do {
+      const [next, keys] = await command<[string, string[]]>("SCAN", [cursor, "MATCH", `${prefix}session:*`, "COUNT", "200"]);
+      cursor = next;
+      for (const key of keys) {
+        const entry = decodeEntry(await command<unknown>("GET", [key]));
+        if (entry === undefined || (await command<number>("EXISTS", [livenessKey(prefix, entry.owner)])) === 1) continue;
+        expired += await command<number>("PEXPIRE", [key, String(this.deps.unclaimedMs), "NX"]);
+      }
+    } while (cursor !== "0");
+    return expired;
+  }
+
   /** Where the session lives, or undefined when the directory does not name it. Throws when Redis does not answer. */
   async find(sessionId: string): Promise<SessionWhereabouts | undefined> {
     const entry = decodeEntry(await this.deps.redis.command((client) => client.send("GET", [sessionKey(this.deps.prefix, sessionId)]), this.deps.timeoutMs));

@@ -122,4 +122,20 @@ describe("SessionDirectory against Redis", () => {
     await on("replica-b", 1).left("live");
     expect(await ttl("live")).toBe(-1);
   });
+
+  test("the entries of a replica that died without stopping get the idle timeout as their expiry; a live replica's keep none", async () => {
+    const earlier = (await client.send("KEYS", [`${prefix}session:*`])) as string[];
+    if (earlier.length > 0) await client.del(...earlier);
+    await client.set(`${prefix}replica:alive`, "http://10.0.0.6:8080");
+    const alive = on("alive");
+    const dead = on("dead", 60_000);
+    await alive.started("kept", started);
+    await dead.started("orphan", started);
+    const ttl = (key: string) => client.send("PTTL", [sessionKey(prefix, key)]) as Promise<number>;
+    expect(await dead.expireOrphans()).toBe(1);
+    expect(await ttl("kept")).toBe(-1);
+    expect(await ttl("orphan")).toBeGreaterThan(50_000);
+    // A second sweep leaves the expiry it gave alone.
+    expect(await dead.expireOrphans()).toBe(0);
+  });
 });
