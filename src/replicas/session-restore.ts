@@ -33,22 +33,17 @@ export function storedInitialize(entry: DirectoryEntry): IncomingMessage | undef
 
 /** Undefined: serve the request here (restored, or refused as an unknown session); a Response: answered already. */
 export function sessionRestore(deps: SessionRestoreDeps): RestoreSession {
-  return async (sessionId, entry, identity) => {
-    // The identity is the live request's, never the stored one: another grant's request learns nothing (404 here).
-    if (entry.grantId !== identity.grantId) return undefined;
-    const initialize = storedInitialize(entry);
-    if (initialize === undefined) return undefined;
+  /** Restores under way here: a second request for the same session (a client's GET beside its POST) waits for the first. */
+  const underWay = new Map<string, Promise<"here" | "elsewhere">>();
+  /** "elsewhere": another replica holds the claim. */
+  const claimAndStart = async (sessionId: string, identity: SessionIdentity, initialize: IncomingMessage): Promise<"here" | "elsewhere"> => {
     let claimed: boolean;
     try {
       claimed = await deps.directory.claim(sessionId, deps.claimMs);
     } catch {
-      return undefined;
+      return "here";
     }
-    if (!claimed) {
-      return rpcErrorResponse(503, null, TRANSPORT_ERROR, "Service Unavailable: the session is being restored on another replica; retry", {
-        "Retry-After": String(CLAIM_RETRY_AFTER_S),
-      });
-    }
+    if (!claimed) return "elsewhere";
     try {
       await deps.restore(sessionId, identity, initialize);
       deps.metrics.sessionRestored("ok");
@@ -57,6 +52,21 @@ export function sessionRestore(deps: SessionRestoreDeps): RestoreSession {
       deps.metrics.sessionRestored("failed");
       deps.logger.warn("could not restore a session whose replica is gone", { session: sessionId, error: error instanceof Error ? error.message : String(error) });
     }
-    return undefined;
+    return "here";
+  };
+  return async (sessionId, entry, identity) => {
+    // The identity is the live request's, never the stored one: another grant's request learns nothing (404 here).
+    if (entry.grantId !== identity.grantId) return undefined;
+    const initialize = storedInitialize(entry);
+    if (initialize === undefined) return undefined;
+    let restoring = underWay.get(sessionId);
+    if (restoring === undefined) {
+      restoring = claimAndStart(sessionId, identity, initialize).finally(() => underWay.delete(sessionId));
+      underWay.set(sessionId, restoring);
+    }
+    if ((await restoring) === "here") return undefined;
+    return rpcErrorResponse(503, null, TRANSPORT_ERROR, "Service Unavailable: the session is being restored on another replica; retry", {
+      "Retry-After": String(CLAIM_RETRY_AFTER_S),
+    });
   };
 }

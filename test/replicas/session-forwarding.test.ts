@@ -182,11 +182,22 @@ describe("restoring a session whose replica is gone", () => {
     expect(claimed).toEqual([]);
   });
 
+  test("concurrent requests on one replica for the same session restore it once, and both are served here", async () => {
+    const { restore, claimed, started } = restoreWith();
+    expect(await Promise.all([restore(OWNED, stored, caller), restore(OWNED, stored, caller)])).toEqual([undefined, undefined]);
+    expect(claimed).toEqual([OWNED]);
+    expect(started).toHaveLength(1);
+  });
+
   test("a replica that loses the claim starts nothing and answers 503 with Retry-After", async () => {
-    const { restore, started } = restoreWith({ claims: false });
-    const answer = await restore(OWNED, stored, caller);
-    expect(answer!.status).toBe(503);
-    expect(answer!.headers.get("retry-after")).toBe("1");
+    const { restore, started, claimed } = restoreWith({ claims: false });
+    const answers = await Promise.all([restore(OWNED, stored, caller), restore(OWNED, stored, caller)]);
+    for (const answer of answers) {
+      expect(answer!.status).toBe(503);
+      expect(answer!.headers.get("retry-after")).toBe("1");
+      expect((await answer!.json()).error.code).toBe(-32000);
+    }
+    expect(claimed).toEqual([OWNED]);
     expect(started).toEqual([]);
   });
 
