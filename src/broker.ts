@@ -253,6 +253,11 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     grantRevoked(grantId);
     replicas?.announceRevocation(grantId);
   });
+  const keepOpen = (request: Request) => {
+    server?.timeout(request, 0);
+    // Bun keeps a request's timeout on its keep-alive socket: without this an ended stream's connection stays open forever.
+    return () => server?.timeout(request, idleTimeoutS);
+  };
   const mcp = mcpRoutes({
     registry,
     elsewhere:
@@ -274,20 +279,13 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
             fetch: (url, init) => fetch(url, init),
             logger,
             metrics,
-            keepOpen: (request) => {
-              server?.timeout(request, 0);
-              return () => server?.timeout(request, idleTimeoutS);
-            },
+            keepOpen,
           }),
     principals,
     sessions: config.sessions,
     publicUrl: config.publicUrl,
     logger,
-    keepOpen: (request) => {
-      server?.timeout(request, 0);
-      // Bun keeps a request's timeout on its keep-alive socket: without this an ended stream's connection stays open forever.
-      return () => server?.timeout(request, idleTimeoutS);
-    },
+    keepOpen,
     inFlight: config.inFlight,
     streamTokens,
     heartbeatMs: options.heartbeatMs,
