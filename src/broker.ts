@@ -20,7 +20,10 @@ import { AccessIdentityCache } from "./oauth/identity-cache.ts";
 import { MAX_OAUTH_BODY_BYTES } from "./oauth/edge-guard.ts";
 import { directConnect, systemLookup, type MetadataFetchDeps } from "./oauth/metadata-fetch.ts";
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
+import { hopKeyFrom } from "./replicas/internal-hop.ts";
 import { startReplicaLink } from "./replicas/replica-link.ts";
+import { sessionForwarding } from "./replicas/session-forwarding.ts";
+import { sessionRestore } from "./replicas/session-restore.ts";
 import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
 import { SessionRegistry, type UpstreamRefresher, type UpstreamTokenProvider } from "./session/registry.ts";
 import { openStore } from "./store/open.ts";
@@ -115,7 +118,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   const opened = await openStore(config, options.storePath);
   const store = tracing.enabled ? tracedStore(opened.store, tracing) : opened.store;
   const { queries } = opened;
-  const sealer = await TokenSealer.fromRawKey(loadOrCreateSealingKey(config.dataDir, config.sealingKey));
+  const sealingKey = loadOrCreateSealingKey(config.dataDir, config.sealingKey);
+  const sealer = await TokenSealer.fromRawKey(sealingKey);
   const forgejoClient = new ForgejoClient({
     url: config.forgejo.url,
     clientId: config.forgejo.clientId,
@@ -180,6 +184,12 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     timers,
     initializeTimeoutMs: options.initializeTimeoutMs,
     metrics,
+    // The replica link is made below; a session only starts once the broker serves.
+    lifecycle: config.redis === undefined ? undefined : {
+      started: (sessionId, session) => void replicas?.sessions.started(sessionId, session),
+      ended: (sessionId) => void replicas?.sessions.ended(sessionId),
+      left: (sessionId) => void replicas?.sessions.left(sessionId),
+    },
   });
   const principals = new PrincipalChildren({
     config: config.sessions,
@@ -233,6 +243,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
           },
           rateLimit: options.rateLimit ?? DEFAULT_RATE_LIMIT,
           localRateLimiter: oauth.rateLimiter,
+          sessionIdleMs: config.sessions.idleTimeoutMs,
         });
   if (replicas !== undefined) {
     oauth.sharedRateLimiter = replicas.rateLimiter;
@@ -242,17 +253,39 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     grantRevoked(grantId);
     replicas?.announceRevocation(grantId);
   });
+  const keepOpen = (request: Request) => {
+    server?.timeout(request, 0);
+    // Bun keeps a request's timeout on its keep-alive socket: without this an ended stream's connection stays open forever.
+    return () => server?.timeout(request, idleTimeoutS);
+  };
   const mcp = mcpRoutes({
     registry,
+    elsewhere:
+      replicas === undefined
+        ? undefined
+        : sessionForwarding({
+            directory: replicas.sessions,
+            restore: sessionRestore({
+              directory: replicas.sessions,
+              restore: (sessionId, identity, initialize) => registry.restore(sessionId, identity, initialize),
+              claimMs: options.initializeTimeoutMs ?? 30_000,
+              logger,
+              metrics,
+            }),
+            holds: (sessionId) => registry.holds(sessionId),
+            replicaId,
+            hopKey: hopKeyFrom(sealingKey),
+            now,
+            fetch: (url, init) => fetch(url, init),
+            logger,
+            metrics,
+            keepOpen,
+          }),
     principals,
     sessions: config.sessions,
     publicUrl: config.publicUrl,
     logger,
-    keepOpen: (request) => {
-      server?.timeout(request, 0);
-      // Bun keeps a request's timeout on its keep-alive socket: without this an ended stream's connection stays open forever.
-      return () => server?.timeout(request, idleTimeoutS);
-    },
+    keepOpen,
     inFlight: config.inFlight,
     streamTokens,
     heartbeatMs: options.heartbeatMs,

@@ -42,6 +42,8 @@ const MODERN_FORWARDED = new Set([
 
 export interface McpRoutesDeps {
   registry: SessionRegistry;
+  /** Answers a request for a session held elsewhere (another replica) before this replica would; undefined: serve it here. */
+  elsewhere?: (request: Request, identity: TokenIdentity) => Promise<Response | undefined>;
   principals: PrincipalChildren;
   sessions: SessionConfig;
   publicUrl: string;
@@ -402,8 +404,8 @@ export function mcpRoutes(deps: McpRoutesDeps) {
         }
       })
       .use(guarded)
-      .post("/mcp", ({ request, identity }) => post(request, identity), { parse: "none" })
-      .get("/mcp", ({ request, identity }) => get(request, identity))
-      .delete("/mcp", ({ request, identity }) => del(request, identity))
+      .post("/mcp", async ({ request, identity }) => (await deps.elsewhere?.(request, identity)) ?? post(request, identity), { parse: "none" })
+      .get("/mcp", async ({ request, identity }) => (await deps.elsewhere?.(request, identity)) ?? get(request, identity))
+      .delete("/mcp", async ({ request, identity }) => (await deps.elsewhere?.(request, identity)) ?? del(request, identity))
       .all("/mcp", () => rpcErrorResponse(405, null, TRANSPORT_ERROR, "Method Not Allowed: use POST, GET or DELETE", { Allow: "GET, POST, DELETE" }));
 }

@@ -30,7 +30,13 @@ export interface BrokerMetrics {
   rateLimited(endpoint: RateLimitedEndpoint): void;
   upstreamRefresh(result: UpstreamResult): void;
   upstreamRequest(call: UpstreamCall, result: UpstreamResult, seconds: number): void;
+  /** A /mcp request for a session another replica owns, passed on to it ("failed": the owner did not answer). */
+  forwardedRequest(result: ForwardResult): void;
+  /** A session whose replica was gone, started again here under its id ("failed": its child did not start). */
+  sessionRestored(result: ForwardResult): void;
 }
+
+export type ForwardResult = "ok" | "failed";
 
 const ignore = () => {};
 export const noMetrics: BrokerMetrics = {
@@ -45,6 +51,8 @@ export const noMetrics: BrokerMetrics = {
   rateLimited: ignore,
   upstreamRefresh: ignore,
   upstreamRequest: ignore,
+  forwardedRequest: ignore,
+  sessionRestored: ignore,
 };
 
 /** The client→server methods of both MCP eras: any other method is labelled `other`, so a caller cannot grow the label set. */

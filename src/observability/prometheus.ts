@@ -12,6 +12,7 @@ import {
   type McpOutcome,
   type MrtrResult,
   type OAuthEndpoint,
+  type ForwardResult,
   type RateLimitedEndpoint,
   type ScrapeSources,
   type UpstreamCall,
@@ -34,6 +35,8 @@ export class PrometheusMetrics implements BrokerMetrics {
   private readonly tokensIssued: Counter<"grant_type">;
   private readonly reuseDetected: Counter<"grant_type">;
   private readonly rateLimitedTotal: Counter<"endpoint">;
+  private readonly forwardedRequests: Counter<"result">;
+  private readonly sessionRestores: Counter<"result">;
   private readonly upstreamRefreshes: Counter<"result">;
   private readonly upstreamSeconds: Histogram<"call" | "result">;
 
@@ -107,6 +110,8 @@ export class PrometheusMetrics implements BrokerMetrics {
       labelNames: ["grant_type"],
       registers,
     });
+    this.forwardedRequests = new Counter({ name: "fmb_forwarded_requests_total", help: "/mcp requests passed on to the replica owning their session, by result", labelNames: ["result"], registers });
+    this.sessionRestores = new Counter({ name: "fmb_session_restores_total", help: "Sessions of a replica that was gone, started again on this one under their id, by result", labelNames: ["result"], registers });
     this.rateLimitedTotal = new Counter({ name: "fmb_rate_limited_total", help: "OAuth requests refused by a rate limit, by bucket", labelNames: ["endpoint"], registers });
     this.upstreamRefreshes = new Counter({ name: "fmb_upstream_refresh_total", help: "Refreshes of users' Forgejo tokens, by result", labelNames: ["result"], registers });
     this.upstreamSeconds = new Histogram({
@@ -164,6 +169,14 @@ export class PrometheusMetrics implements BrokerMetrics {
 
   tokenReuseDetected(grantType: GrantType): void {
     this.reuseDetected.inc({ grant_type: grantType });
+  }
+
+  forwardedRequest(result: ForwardResult): void {
+    this.forwardedRequests.inc({ result });
+  }
+
+  sessionRestored(result: ForwardResult): void {
+    this.sessionRestores.inc({ result });
   }
 
   rateLimited(endpoint: RateLimitedEndpoint): void {

@@ -1,20 +1,23 @@
 // A replica's link to the others through Redis: two connections (commands, and the subscriber pub/sub
-// needs to itself), the revocation fan-out, the shared rate limits, the liveness key and the health check.
+// needs to itself), the revocation fan-out, the shared rate limits, the session directory, the liveness key and the health check.
 import { RedisClient } from "bun";
 import type { RedisConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
 import type { RateLimitPolicy, RateVerdict } from "../oauth/rate-limit.ts";
-import type { Timers } from "../supervisor/timers.ts";
+import { every, type Timers } from "../supervisor/timers.ts";
 import { REDIS_RECONNECT } from "./backoff.ts";
 import { DEFAULT_LIVENESS, ReplicaLiveness, livenessKey, type LivenessTiming } from "./liveness.ts";
 import { RedisConnection, type RedisCommands } from "./redis-connection.ts";
 import { RevocationFanout } from "./revocation-fanout.ts";
+import { SessionDirectory } from "./session-directory.ts";
 import { SharedRateLimiter, windowOf } from "./shared-rate-limit.ts";
 
 /** Long enough for a loaded Redis, short enough that /healthz and a sign-in never wait on a dead one. */
 const COMMAND_TIMEOUT_MS = 1_000;
 /** A rate-limit check sits in front of every OAuth request: past this it falls back to the local limiter. */
 const RATE_LIMIT_TIMEOUT_MS = 250;
+/** How often each replica looks for the session entries of replicas that died: a few reads per session, rarely. */
+const ORPHAN_SWEEP_MS = 5 * 60_000;
 
 export interface ReplicaLinkDeps {
   config: RedisConfig;
@@ -27,12 +30,16 @@ export interface ReplicaLinkDeps {
   /** The limiter used while Redis does not answer. */
   localRateLimiter: { take(key: string): RateVerdict };
   liveness?: LivenessTiming;
+  /** How long a session may go unused before its replica ends it: how long a stopped replica's sessions stay restorable. */
+  sessionIdleMs: number;
 }
 
 export interface ReplicaLink {
   /** Tells the other replicas a grant was revoked here. */
   announceRevocation(grantId: string): void;
   rateLimiter: SharedRateLimiter;
+  /** Where each legacy session lives, shared by all replicas. */
+  sessions: SessionDirectory;
   /** Resolves when Redis answers a PING within the command timeout. */
   ping(): Promise<void>;
   /** Deletes the liveness key and closes both connections. */
@@ -86,15 +93,21 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
     timeoutMs: RATE_LIMIT_TIMEOUT_MS,
     logger,
   });
+  const sessions = new SessionDirectory({ redis: commands, prefix: config.prefix, replicaId: deps.replicaId, timeoutMs: COMMAND_TIMEOUT_MS, logger, unclaimedMs: deps.sessionIdleMs });
   commands.start();
   subscriber.start();
   liveness.start();
+  const stopSweeping = every(timers, ORPHAN_SWEEP_MS, () => {
+    sessions.expireOrphans().catch((error: unknown) => logger.warn("could not sweep the session directory", { error: error instanceof Error ? error.message : String(error) }));
+  });
 
   return {
     announceRevocation: (grantId) => fanout.announce(grantId),
     rateLimiter,
+    sessions,
     ping: async () => void (await commands.command((client) => client.send("PING", []), COMMAND_TIMEOUT_MS)),
     async stop() {
+      stopSweeping();
       await liveness.stop();
       subscriber.stop();
       commands.stop();

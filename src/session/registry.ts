@@ -1,6 +1,6 @@
 // The session registry: Mcp-Session-Id → legacy session (bound to its grant); enforces the caps over its
 // sessions and other children it is told of (making room by ending the least recently used idle one), reaps idle sessions, and rotates tokens.
-import type { IncomingMessage } from "../bridge/jsonrpc.ts";
+import type { IncomingMessage, JsonRpcMessage } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { SessionConfig } from "../config.ts";
 import { randomHex } from "../crypto.ts";
@@ -84,6 +84,24 @@ export interface SessionRegistryDeps {
   replayMaxBytes?: number;
   /** Child starts and exits, evictions; none recorded without it. */
   metrics?: BrokerMetrics;
+  /** Told of each session's start and end (the replicas' session directory); nobody is without it. */
+  lifecycle?: SessionLifecycle;
+}
+
+/** What another replica needs to forward to a session or restore it. */
+export interface StartedSession {
+  grantId: string;
+  /** The client's initialize request as it sent it. */
+  initialize: string;
+  protocolVersion: string;
+}
+
+export interface SessionLifecycle {
+  started(sessionId: string, session: StartedSession): void;
+  /** The session is over: a client ended it, it idled out, its child died or its grant was revoked. */
+  ended(sessionId: string): void;
+  /** This broker shut down under the session: another replica may restore it on its next request. */
+  left(sessionId: string): void;
 }
 
 const SESSION_ID = /^[0-9a-f]{48}$/;
@@ -142,6 +160,11 @@ export class SessionRegistry {
     return this.sessions.size;
   }
 
+  /** Whether this registry holds the session (whoever it belongs to). */
+  holds(id: string): boolean {
+    return this.sessions.has(id);
+  }
+
   sessionsOf(forgejoUserId: number): string[] {
     return [...(this.byUser.get(forgejoUserId) ?? [])];
   }
@@ -158,13 +181,25 @@ export class SessionRegistry {
    * broker-wide one). Throws SessionLimitError, UserSessionLimitError (each when every session in
    * the way is busy), SessionStartError, InitializeRejectedError, or what the token provider throws.
    */
-  async create(identity: SessionIdentity, initialize: IncomingMessage): Promise<CreatedSession> {
+  async create(identity: SessionIdentity, initialize: IncomingMessage, restoredId?: string): Promise<CreatedSession> {
     const ticket = await this.takeSlot(identity.forgejoUserId);
     try {
-      return await this.start(identity, initialize, ticket);
+      return await this.start(identity, initialize, ticket, restoredId);
     } finally {
       this.starting.delete(ticket);
     }
+  }
+
+  /**
+   * Starts again, under its id, a session whose replica is gone: a child with the token of `identity`
+   * (the live request's user), the client's stored initialize, then the notifications/initialized the
+   * client sent back then. Throws as create does.
+   */
+  async restore(id: string, identity: SessionIdentity, initialize: IncomingMessage): Promise<LegacySession> {
+    const { entry } = await this.create(identity, initialize, id);
+    const initialized = { jsonrpc: "2.0", method: "notifications/initialized" } as const;
+    entry.send({ raw: JSON.stringify(initialized), message: initialized }, "notification");
+    return entry;
   }
 
   /** The caps count these children too (and may end an idle one), besides the registry's sessions. */
@@ -329,9 +364,9 @@ export class SessionRegistry {
     await Promise.all(this.stopping.values());
   }
 
-  private async start(identity: SessionIdentity, initialize: IncomingMessage, ticket: StartTicket): Promise<CreatedSession> {
+  private async start(identity: SessionIdentity, initialize: IncomingMessage, ticket: StartTicket, restoredId?: string): Promise<CreatedSession> {
     const upstream = await this.deps.upstreamToken(identity.forgejoUserId);
-    const id = randomHex(24);
+    const id = restoredId ?? randomHex(24);
     const logger = this.deps.logger.child({ session: id });
     await this.pacer.turn();
     // Shutdown may have begun while this start waited for its turn: no new child once it has.
@@ -402,6 +437,7 @@ export class SessionRegistry {
     if (ids === undefined) this.byUser.set(identity.forgejoUserId, (ids = new Set()));
     ids.add(id);
     this.scheduler?.watch(identity.forgejoUserId, upstream.expiresAt);
+    this.deps.lifecycle?.started(id, { grantId: identity.grantId, initialize: initialize.raw, protocolVersion: negotiatedVersion(answer.message) });
     logger.info("session started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: child.pid });
     return { entry: session, events };
   }
@@ -484,6 +520,8 @@ export class SessionRegistry {
         this.byUser.delete(entry.binding.forgejoUserId);
         this.scheduler?.unwatch(entry.binding.forgejoUserId);
       }
+      if (exit === "shutdown") this.deps.lifecycle?.left(entry.id);
+      else this.deps.lifecycle?.ended(entry.id);
       this.deps.logger.info("session ended", { session: entry.id, reason, ...fields });
     }
     const known = this.stopping.get(entry);
@@ -562,4 +600,11 @@ export class SessionRegistry {
     return Math.max(1, Math.ceil((earliest - now) / 1000));
   }
 
+}
+
+/** The protocol version the child's InitializeResult names ("" when it names none). */
+function negotiatedVersion(answer: JsonRpcMessage): string {
+  const result = "result" in answer ? answer.result : undefined;
+  const version = typeof result === "object" && result !== null ? (result as { protocolVersion?: unknown }).protocolVersion : undefined;
+  return typeof version === "string" ? version : "";
 }

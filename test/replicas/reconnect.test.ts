@@ -82,6 +82,7 @@ function linkVia(url: string, replicaId: string, heard: string[]) {
     revokedElsewhere: (grantId) => heard.push(grantId),
     rateLimit: { burst: 5, perSecond: 1 },
     localRateLimiter: new RateLimiter({ burst: 5, perSecond: 1 }, Date.now),
+    sessionIdleMs: 900_000,
   });
   links.push(link);
   return link;

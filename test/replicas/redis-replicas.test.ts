@@ -3,17 +3,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { RedisClient } from "bun";
 import { randomBytes, randomUUID } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { startBroker, type RunningBroker } from "../../src/broker.ts";
-import { hiddenFromChildren, loadConfig } from "../../src/config.ts";
-import { createMemoryLogger } from "../../src/log.ts";
-import { probeSandbox } from "../../src/supervisor/sandbox.ts";
-import { brokerEnvFor, freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, connectAs, openSession, postMcp } from "../helpers/mcp.ts";
+import type { RunningBroker } from "../../src/broker.ts";
+import { HOP_HEADER, hopKeyFrom, signHop } from "../../src/replicas/internal-hop.ts";
+import { freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { childCommand, connectAs, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
 import { postForm } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
+import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
 import { watchStandaloneStream } from "../helpers/watched-stream.ts";
 
 const REDIS_URL = "redis://127.0.0.1:6379";
@@ -53,27 +49,20 @@ describe("two replicas sharing Redis", () => {
   const rateLimit = { burst: 6, perSecond: 0.001 };
   let a: TestBroker;
   let b: RunningBroker;
-  let bDataDir: string;
+  let second: SecondReplica;
   let bMcpUrl: string;
 
   beforeAll(async () => {
     a = await startTestBroker({ env: shared, broker: { rateLimit } });
     // B answers for the same public URL (the load balancer's) on a port of its own, over A's database file.
-    bDataDir = mkdtempSync(join(tmpdir(), "fmb-test-"));
-    const loaded = loadConfig({ ...brokerEnvFor(a.forgejo, await freePort(), bDataDir), ...shared, BROKER_PUBLIC_URL: a.config.publicUrl });
-    if (!loaded.ok) throw new Error(loaded.problems.join("\n"));
-    const sandbox = await probeSandbox(loaded.config.child.sandbox, hiddenFromChildren(loaded.config), { path: process.env.PATH ?? "" });
-    b = await startBroker(loaded.config, { logger: createMemoryLogger(), sandbox, rateLimit, storePath: join(a.dataDir, "broker.sqlite") });
+    second = await startSecondReplica(a, shared, { rateLimit });
+    b = second.broker;
     bMcpUrl = `${b.url}/mcp`;
-    // Each replica connects to Redis in the background: wait until both say they are connected.
-    const healthy = async (url: string) => (await fetch(`${url}/healthz`)).status === 200;
-    await waitWhile(async () => !(await healthy(a.config.publicUrl)) || !(await healthy(b.url)), 100, 20);
   });
 
   afterAll(async () => {
-    await b?.stop();
+    await second?.stop();
     await a?.stop();
-    rmSync(bDataDir, { recursive: true, force: true });
     const left = await keysUnder("*");
     if (left.length > 0) await redis.del(...left);
     redis.close();
@@ -122,9 +111,89 @@ describe("two replicas sharing Redis", () => {
     expect(await keysUnder("rate:*")).toContain(`${prefix}rate:register:${address}`);
   });
 
-  test("a stopped replica's liveness key is gone", async () => {
+  test("a session opened on A is used through B as if B held it: a tool call with progress over SSE, a resumed stream, the GET stream, DELETE", async () => {
+    const signedIn = await connectAs(a, "bob");
+    try {
+      const token = signedIn.provider.savedTokens!.access_token;
+      const sessionId = await openSession(a.mcpUrl, token);
+      const counting = { jsonrpc: "2.0", id: 7, method: "tools/call", params: { name: "slow_count", arguments: { n: 3 }, _meta: { progressToken: "p" } } };
+      const called = await postMcp(bMcpUrl, token, counting, { "mcp-session-id": sessionId, accept: "text/event-stream, application/json" });
+      expect(called.status).toBe(200);
+      expect(called.headers.get("content-type")).toStartWith("text/event-stream");
+      expect(called.headers.get("mcp-session-id")).toBe(sessionId);
+      const events = (await called.text()).split("\n\n").filter((event) => event.includes("data:"));
+      const messages = events.map((event) => JSON.parse(/^data: (.*)$/m.exec(event)![1]!));
+      expect(messages.map((message) => message.params?.progress ?? message.result.content[0].text)).toEqual([1, 2, 3, "counted to 3"]);
+      // Resuming after the first event, through B, replays the rest from A.
+      const firstId = /^id: (.*)$/m.exec(events[0]!)![1]!;
+      const resumed = await fetch(bMcpUrl, { headers: { authorization: `Bearer ${token}`, accept: "text/event-stream", "mcp-session-id": sessionId, "last-event-id": firstId } });
+      expect(resumed.status).toBe(200);
+      const replayed = await resumed.text();
+      expect(replayed).toContain('"progress":2');
+      expect(replayed).toContain("counted to 3");
+      expect(replayed).not.toContain('"progress":1,');
+
+      const stream = await watchStandaloneStream(bMcpUrl, token, sessionId);
+      expect(stream.status).toBe(200);
+      expect(b.registry.holds(sessionId)).toBe(false);
+      const ended = await fetch(bMcpUrl, { method: "DELETE", headers: { authorization: `Bearer ${token}`, "mcp-session-id": sessionId } });
+      expect(ended.status).toBe(204);
+      expect(await within(2_000, stream.ended)).toBe("ended");
+      expect(a.broker.registry.holds(sessionId)).toBe(false);
+      expect((await postMcp(bMcpUrl, token, { jsonrpc: "2.0", id: 8, method: "tools/list" }, { "mcp-session-id": sessionId })).status).toBe(404);
+    } finally {
+      await signedIn.client.close().catch(() => {});
+    }
+  }, 30_000);
+
+  test("a request claiming to be forwarded is served only with a fresh hop HMAC under the shared key; a forged or stale one is refused", async () => {
+    const signedIn = await connectAs(a, "bob");
+    try {
+      const token = signedIn.provider.savedTokens!.access_token;
+      const sessionId = await openSession(a.mcpUrl, token);
+      const hopKey = hopKeyFrom(Buffer.from(shared.BROKER_SEALING_KEY, "base64"));
+      const target = { method: "POST", path: "/mcp", sessionId };
+      const list = (hop: string) => postMcp(a.mcpUrl, token, { jsonrpc: "2.0", id: 9, method: "tools/list" }, { "mcp-session-id": sessionId, [HOP_HEADER]: hop });
+      expect((await list(signHop(hopKey, target, Date.now()))).status).toBe(200);
+      expect((await list(signHop(hopKeyFrom(randomBytes(32)), target, Date.now()))).status).toBe(403);
+      expect((await list(signHop(hopKey, target, Date.now() - 60_000))).status).toBe(403);
+      expect((await list(signHop(hopKey, { ...target, method: "DELETE" }, Date.now()))).status).toBe(403);
+      expect((await list("t=1, sig=forged")).status).toBe(403);
+    } finally {
+      await signedIn.client.close().catch(() => {});
+    }
+  }, 30_000);
+
+  let leftOnB: string;
+
+  test("a session started on B is in the directory under B, with its grant, the initialize as sent and the negotiated version; a deleted one is not", async () => {
+    const signedIn = await connectAs(a, "bob");
+    try {
+      const token = signedIn.provider.savedTokens!.access_token;
+      const deleted = await openSession(bMcpUrl, token);
+      leftOnB = await openSession(bMcpUrl, token);
+      const stored = (id: string) => redis.get(`${prefix}session:${id}`);
+      const entry = JSON.parse((await stored(leftOnB))!);
+      expect(JSON.parse(entry.initialize)).toEqual(INITIALIZE);
+      expect(entry.protocolVersion).toBe("2025-11-25");
+      expect(await redis.get(`${prefix}replica:${entry.owner}`)).toBe(b.url);
+      expect(entry.grantId).toBe(JSON.parse((await stored(deleted))!).grantId);
+      expect(await redis.pttl(`${prefix}session:${leftOnB}`)).toBe(-1);
+      const ended = await fetch(bMcpUrl, { method: "DELETE", headers: { authorization: `Bearer ${token}`, "mcp-session-id": deleted } });
+      expect(ended.status).toBe(204);
+      await waitWhile(async () => (await stored(deleted)) !== null, 20, 50);
+      expect(await stored(deleted)).toBeNull();
+    } finally {
+      await signedIn.client.close().catch(() => {});
+    }
+  }, 30_000);
+
+  test("a stopped replica's liveness key is gone; its sessions stay in the directory for a restore elsewhere, until the idle timeout", async () => {
     await b.stop();
     expect((await Promise.all((await keysUnder("replica:*")).map((key) => redis.get(key))))).toEqual([a.config.publicUrl]);
+    const ttl = await redis.pttl(`${prefix}session:${leftOnB}`);
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(a.config.sessions.idleTimeoutMs); // both replicas run the same configuration
   });
 });
 

@@ -15,7 +15,7 @@ import {
   UserSessionLimitError,
 } from "../../src/session/errors.ts";
 import type { LegacySession } from "../../src/session/legacy-session.ts";
-import { SessionRegistry, type SessionIdentity, type UpstreamRefresher } from "../../src/session/registry.ts";
+import { SessionRegistry, type SessionIdentity, type SessionLifecycle, type UpstreamRefresher } from "../../src/session/registry.ts";
 import { ChildStartError, type ChildSpec } from "../../src/supervisor/child.ts";
 import { SpawnPacer } from "../../src/supervisor/spawn-pacer.ts";
 import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, initializingChild, manualTurns, settle, type Json } from "../bridge/fakes.ts";
@@ -55,6 +55,7 @@ function setup(
     makeChild?: (spec: ChildSpec) => FakeChild;
     spawnPacer?: SpawnPacer;
     grantIsLive?: (grantId: string) => Promise<boolean>;
+    lifecycle?: SessionLifecycle;
   } = {},
 ) {
   const timers = new FakeTimers();
@@ -84,6 +85,7 @@ function setup(
     refresh: options.refresh,
     spawnPacer: options.spawnPacer,
     grantIsLive: options.grantIsLive,
+    lifecycle: options.lifecycle,
     logger,
     timers,
     reapIntervalMs: 10_000,
@@ -518,6 +520,55 @@ describe("get", () => {
     expect(children[0]!.stopCalls).toBe(1);
     expect(() => registry.get(entry.id, alice)).toThrow(SessionNotFoundError);
     expect(registry.delete(entry.id)).toBe(false);
+  });
+});
+
+describe("the session lifecycle (the replicas' directory)", () => {
+  function recorded() {
+    const told: string[] = [];
+    const lifecycle: SessionLifecycle = {
+      started: (id, session) => void told.push(`started ${id} ${session.grantId} ${session.protocolVersion} ${session.initialize}`),
+      ended: (id) => void told.push(`ended ${id}`),
+      left: (id) => void told.push(`left ${id}`),
+    };
+    return { told, lifecycle };
+  }
+
+  test("a started session is told with its grant, the client's initialize as sent and the negotiated version; a refused start is not", async () => {
+    const { told, lifecycle } = recorded();
+    const { registry, setChild } = setup({}, { lifecycle });
+    const { entry } = await registry.create(alice, initialize);
+    expect(told).toEqual([`started ${entry.id} grant-alice-claude 2025-11-25 ${initialize.raw}`]);
+    setChild(() => new FakeChild({ onMessage: (message, child) => child.send({ jsonrpc: "2.0", id: message.id, error: { code: -32602, message: "no" } }) }));
+    await expect(registry.create(bob, initialize)).rejects.toBeInstanceOf(InitializeRejectedError);
+    expect(told).toHaveLength(1);
+  });
+
+  test("a restored session runs under its old id with the stored initialize, then notifications/initialized, for the given user", async () => {
+    const { told, lifecycle } = recorded();
+    const { registry, children, spawned } = setup({}, { lifecycle });
+    const id = "e".repeat(48);
+    const entry = await registry.restore(id, bob, initialize);
+    expect(entry.id).toBe(id);
+    expect(spawned).toEqual([{ sessionId: id, token: "token-of-2" }]);
+    expect(children[0]!.messages.map((message) => message.method)).toEqual(["initialize", "notifications/initialized"]);
+    expect(registry.get(id, bob)).toBe(entry);
+    expect(told).toEqual([`started ${id} grant-bob 2025-11-25 ${initialize.raw}`]);
+  });
+
+  test("a deleted session and one whose child died have ended; a shutdown leaves its sessions for a restore elsewhere", async () => {
+    const { told, lifecycle } = recorded();
+    const { registry, children } = setup({}, { lifecycle });
+    const deleted = (await registry.create(alice, initialize)).entry.id;
+    const crashed = (await registry.create(alice, initialize)).entry.id;
+    const kept = (await registry.create(bob, initialize)).entry.id;
+    told.length = 0;
+    registry.delete(deleted);
+    children[1]!.exit({ code: 1 });
+    await settle();
+    expect(told).toEqual([`ended ${deleted}`, `ended ${crashed}`]);
+    await registry.shutdown();
+    expect(told).toEqual([`ended ${deleted}`, `ended ${crashed}`, `left ${kept}`]);
   });
 });
 

@@ -1,0 +1,83 @@
+// Two brokers sharing Redis and a database file: when the replica owning a legacy session is gone (its
+// liveness key expired, or it refuses connections), the next request on the other replica restores the session.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { RedisClient } from "bun";
+import { randomBytes, randomUUID } from "node:crypto";
+import type { RunningBroker } from "../../src/broker.ts";
+import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { childCommand, connectAs, openSession, postMcp } from "../helpers/mcp.ts";
+import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
+
+const REDIS_URL = "redis://127.0.0.1:6379";
+const prefix = `fmb-test-${randomUUID()}:`;
+const redis = new RedisClient(REDIS_URL);
+
+const echo = (id: number) => ({ jsonrpc: "2.0", id, method: "tools/call", params: { name: "slow_count", arguments: { n: 2 }, _meta: { progressToken: id } } });
+
+describe("a session whose replica is gone", () => {
+  const shared = {
+    BROKER_REDIS_URL: REDIS_URL,
+    BROKER_REDIS_PREFIX: prefix,
+    BROKER_SEALING_KEY: randomBytes(32).toString("base64"),
+    BROKER_CHILD_COMMAND: childCommand(),
+  };
+  let a: TestBroker;
+  let b: RunningBroker;
+  let second: SecondReplica;
+
+  beforeAll(async () => {
+    a = await startTestBroker({ env: shared });
+    second = await startSecondReplica(a, shared);
+    b = second.broker;
+  });
+
+  afterAll(async () => {
+    await second?.stop();
+    await a?.stop();
+    const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
+    if (left.length > 0) await redis.del(...left);
+    redis.close();
+  });
+
+  test("is restored on the next request to another replica, without a new initialize; another grant's request gets 404; a restarted owner's address refusing connections counts as gone", async () => {
+    const bob = await connectAs(a, "bob");
+    const alice = await connectAs(a, "alice");
+    try {
+      const token = bob.provider.savedTokens!.access_token;
+      const aliceToken = alice.provider.savedTokens!.access_token;
+      const idle = await openSession(a.mcpUrl, token);
+      const refusing = await openSession(a.mcpUrl, token);
+      expect((await postMcp(a.mcpUrl, token, echo(1), { "mcp-session-id": idle })).status).toBe(200);
+      const aUrl = await redis.get(`${prefix}replica:${JSON.parse((await redis.get(`${prefix}session:${idle}`))!).owner}`);
+      expect(aUrl).toBe(a.config.publicUrl);
+
+      // A goes away: its liveness key is gone, the directory still names it as the owner.
+      await a.broker.stop();
+      expect(await redis.get(`${prefix}session:${idle}`)).not.toBeNull();
+      expect(b.registry.holds(idle)).toBe(false);
+
+      // Another user's token never gets the session, nor restores it.
+      expect((await postMcp(b.url + "/mcp", aliceToken, echo(2), { "mcp-session-id": idle })).status).toBe(404);
+      expect(b.registry.holds(idle)).toBe(false);
+
+      const called = await postMcp(b.url + "/mcp", token, echo(3), { "mcp-session-id": idle });
+      expect(called.status).toBe(200);
+      expect(called.headers.get("mcp-session-id")).toBe(idle);
+      expect(await called.text()).toContain("counted to 2");
+      expect(b.registry.holds(idle)).toBe(true);
+      const entry = JSON.parse((await redis.get(`${prefix}session:${idle}`))!);
+      expect(await redis.get(`${prefix}replica:${entry.owner}`)).toBe(b.url);
+
+      // A's address comes back in the directory (a crash leaves its key for up to 15 s) but nobody answers there.
+      const aId = JSON.parse((await redis.get(`${prefix}session:${refusing}`))!).owner;
+      await redis.set(`${prefix}replica:${aId}`, aUrl!, "PX", "15000");
+      const again = await postMcp(b.url + "/mcp", token, echo(4), { "mcp-session-id": refusing });
+      expect(again.status).toBe(200);
+      expect(await again.text()).toContain("counted to 2");
+      expect(b.registry.holds(refusing)).toBe(true);
+    } finally {
+      await bob.client.close().catch(() => {});
+      await alice.client.close().catch(() => {});
+    }
+  }, 60_000);
+});
