@@ -25,11 +25,14 @@ function when(epochMs: number | null): string {
   return epochMs === null ? "never" : new Date(epochMs).toISOString().replace(/\.\d{3}Z$/, "Z");
 }
 
+/** What a cell shows where another replica's session does not say. */
+const UNKNOWN = "—";
+
 export function sessionsTable(rows: SessionRow[]): string {
   if (rows.length === 0) return "no live sessions";
   return table(
     ["ERA", "USER", "CLIENT", "AGE", "IDLE", "REPLICA", "PID", "RSS", "STATE", "ID"],
-    rows.map((r) => [r.era, r.user, r.clientName || r.clientId, duration(r.ageS), duration(r.idleS), r.replica, String(r.pid), mebibytes(r.rssBytes), r.state, r.id]),
+    rows.map((r) => [r.era, r.user, r.clientName || r.clientId, r.ageS === null ? UNKNOWN : duration(r.ageS), r.idleS === null ? UNKNOWN : duration(r.idleS), r.replica, r.pid === null ? UNKNOWN : String(r.pid), r.pid === null ? UNKNOWN : mebibytes(r.rssBytes), r.state, r.id]),
   );
 }
 

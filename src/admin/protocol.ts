@@ -22,11 +22,14 @@ export interface SessionRow {
   clientId: string;
   clientName: string;
   grantId: string;
-  ageS: number;
-  idleS: number;
-  /** Which broker runs the child: this one until replicas share a directory. */
+  /** Null for another replica's session whose directory entry does not say when it started. */
+  ageS: number | null;
+  /** Null for another replica's session: only its owner knows. */
+  idleS: number | null;
+  /** Which broker runs the child: this one's name, or another replica's URL (from the Redis session directory). */
   replica: string;
-  pid: number;
+  /** Null (as is rssBytes) for another replica's session. */
+  pid: number | null;
   /** Of the child and everything it started (the sandbox and the MCP server); null when /proc cannot say. */
   rssBytes: number | null;
   /** "retiring": a principal's child that ends its calls and exits (its user's token was refreshed, or it was stopped). */

@@ -1,6 +1,7 @@
 // What the admin command asks of a running broker, answered from its registry, its principals' children and
 // the store: the live sessions and children, revocation (through the store's revocation path, as on
 // /oauth/revoke), the clients and their removal, and drain.
+import type { SessionDirectory } from "../replicas/session-directory.ts";
 import type { PrincipalChildren } from "../modern/principals.ts";
 import type { SessionRegistry } from "../session/registry.ts";
 import type { AdminQueries, GrantFilter } from "../store/admin-queries.ts";
@@ -19,6 +20,8 @@ export interface AdminServiceDeps {
   /** What the listing calls this broker. */
   replica: string;
   rssOf: (pid: number) => number | null;
+  /** With Redis: the other live replicas' legacy sessions, listed beside this one's. */
+  directory?: Pick<SessionDirectory, "othersLive">;
   /** How often a drain looks at the children left; 250 ms by default. */
   drainPollMs?: number;
 }
@@ -29,12 +32,16 @@ export class AdminNotFoundError extends Error {}
 export class AdminService {
   constructor(private readonly deps: AdminServiceDeps) {}
 
-  /** Every live legacy session and principal child, oldest first; only `user`'s (a Forgejo login) when given. */
+  /**
+   * Every live legacy session and principal child, oldest first (those of unknown age last); only `user`'s (a
+   * Forgejo login) when given. With Redis, also the other live replicas' legacy sessions from the directory.
+   */
   async sessions(user?: string): Promise<SessionsAnswer> {
     const now = this.deps.timers.now();
     const legacy = this.deps.registry.list();
     const modern = this.deps.principals.list();
-    const grants = await this.deps.queries.grantsById([...legacy.map((s) => s.binding.grantId), ...modern.map((p) => p.grantId)]);
+    const remote = (await this.deps.directory?.othersLive()) ?? [];
+    const grants = await this.deps.queries.grantsById([...legacy.map((s) => s.binding.grantId), ...modern.map((p) => p.grantId), ...remote.map((s) => s.entry.grantId)]);
     const row = (era: SessionRow["era"], id: string, grantId: string, forgejoUserId: number, startedAt: number, lastActivity: number, busy: boolean, pid: number, serving: boolean): SessionRow => {
       const grant = grants.get(grantId);
       return {
@@ -59,8 +66,26 @@ export class AdminService {
       ...modern.map((p) =>
         row("modern", p.grantId, p.grantId, p.forgejoUserId, p.startedAt, p.child.lastActivity, p.child.inFlight + p.child.listening > 0, p.child.childPid, p.serving),
       ),
+      ...remote.map(({ sessionId, entry, ownerUrl }): SessionRow => {
+        const grant = grants.get(entry.grantId);
+        return {
+          era: "legacy",
+          id: sessionId,
+          user: grant?.forgejoLogin ?? "",
+          forgejoUserId: grant?.forgejoUserId ?? 0,
+          clientId: grant?.clientId ?? "",
+          clientName: grant?.clientName ?? "",
+          grantId: entry.grantId,
+          ageS: entry.startedAt === undefined ? null : seconds(now - entry.startedAt),
+          idleS: null,
+          replica: ownerUrl,
+          pid: null,
+          rssBytes: null,
+          state: "serving",
+        };
+      }),
     ];
-    return { sessions: rows.filter((r) => user === undefined || r.user === user).sort((a, b) => b.ageS - a.ageS) };
+    return { sessions: rows.filter((r) => user === undefined || r.user === user).sort((a, b) => (b.ageS ?? -1) - (a.ageS ?? -1)) };
   }
 
   /** Revokes every active grant the target names; their sessions and principal children end as on /oauth/revoke. Throws AdminNotFoundError. */

@@ -16,12 +16,21 @@ export interface DirectoryEntry {
   /** The client's initialize request exactly as it sent it (one JSON-RPC message). */
   initialize: string;
   protocolVersion: string;
+  /** When the session started (epoch ms), for the admin listing's age; absent in entries written before it was kept. */
+  startedAt?: number;
 }
 
 /** Where a session lives now: its owner's URL while the owner's liveness key exists, null once it is gone. */
 export interface SessionWhereabouts {
   entry: DirectoryEntry;
   ownerUrl: string | null;
+}
+
+/** A session another replica owns, while that replica is alive. */
+export interface ListedSession {
+  sessionId: string;
+  entry: DirectoryEntry;
+  ownerUrl: string;
 }
 
 export function sessionKey(prefix: string, sessionId: string): string {
@@ -38,10 +47,11 @@ export function decodeEntry(stored: unknown): DirectoryEntry | undefined {
     return undefined;
   }
   if (typeof value !== "object" || value === null) return undefined;
-  const { owner, grantId, initialize, protocolVersion } = value as Record<string, unknown>;
+  const { owner, grantId, initialize, protocolVersion, startedAt } = value as Record<string, unknown>;
   const fields = [owner, grantId, initialize, protocolVersion];
   if (!fields.every((field) => typeof field === "string" && field !== "")) return undefined;
-  return { owner, grantId, initialize, protocolVersion } as DirectoryEntry;
+  const entry = { owner, grantId, initialize, protocolVersion } as DirectoryEntry;
+  return typeof startedAt === "number" ? { ...entry, startedAt } : entry;
 }
 
 /**
@@ -120,6 +130,33 @@ export class SessionDirectory {
       }
     } while (cursor !== "0");
     return expired;
+  }
+
+  /**
+   * The sessions of the other replicas that are alive now, for the admin listing (this replica lists its own
+   * from its registry). Entries of dead owners wait for a restore and are not listed. Throws when Redis does not answer.
+   */
+  async othersLive(): Promise<ListedSession[]> {
+    const { prefix } = this.deps;
+    const command = <T>(name: string, args: string[]) => this.deps.redis.command((client) => client.send(name, args) as Promise<T>, this.deps.timeoutMs);
+    const ownerUrls = new Map<string, string | null>();
+    const listed: ListedSession[] = [];
+    let cursor = "0";
+    do {
+      const [next, keys] = await command<[string, string[]]>("SCAN", [cursor, "MATCH", `${prefix}session:*`, "COUNT", "200"]);
+      cursor = next;
+      for (const key of keys) {
+        const entry = decodeEntry(await command<unknown>("GET", [key]));
+        if (entry === undefined || entry.owner === this.deps.replicaId) continue;
+        if (!ownerUrls.has(entry.owner)) {
+          const url = await command<unknown>("GET", [livenessKey(prefix, entry.owner)]);
+          ownerUrls.set(entry.owner, typeof url === "string" && url !== "" ? url : null);
+        }
+        const ownerUrl = ownerUrls.get(entry.owner);
+        if (ownerUrl) listed.push({ sessionId: key.slice(sessionKey(prefix, "").length), entry, ownerUrl });
+      }
+    } while (cursor !== "0");
+    return listed;
   }
 
   /** Where the session lives, or undefined when the directory does not name it. Throws when Redis does not answer. */

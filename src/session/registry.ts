@@ -94,6 +94,8 @@ export interface StartedSession {
   /** The client's initialize request as it sent it. */
   initialize: string;
   protocolVersion: string;
+  /** Epoch ms, so the other replicas' admin listing can show the session's age. */
+  startedAt: number;
 }
 
 export interface SessionLifecycle {
@@ -437,7 +439,7 @@ export class SessionRegistry {
     if (ids === undefined) this.byUser.set(identity.forgejoUserId, (ids = new Set()));
     ids.add(id);
     this.scheduler?.watch(identity.forgejoUserId, upstream.expiresAt);
-    this.deps.lifecycle?.started(id, { grantId: identity.grantId, initialize: initialize.raw, protocolVersion: negotiatedVersion(answer.message) });
+    this.deps.lifecycle?.started(id, { grantId: identity.grantId, initialize: initialize.raw, protocolVersion: negotiatedVersion(answer.message), startedAt: session.startedAt });
     logger.info("session started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: child.pid });
     return { entry: session, events };
   }

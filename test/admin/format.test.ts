@@ -1,6 +1,7 @@
 // The admin command's plain output: durations an operator reads at a glance, and columns that line up.
 import { describe, expect, test } from "bun:test";
-import { duration, mebibytes, table } from "../../src/admin/format.ts";
+import type { SessionRow } from "../../src/admin/protocol.ts";
+import { duration, mebibytes, sessionsTable, table } from "../../src/admin/format.ts";
 
 describe("duration", () => {
   const cases: [number, string][] = [
@@ -26,4 +27,9 @@ test("table: each column as wide as its widest cell, the last one unpadded", () 
     "legacy  al          x",
     "modern  bernadette  yz",
   ]);
+});
+
+test("sessionsTable: another replica's session shows its URL, and a dash where only its owner knows (age, idle, pid, memory)", () => {
+  const row: SessionRow = { era: "legacy", id: "s2", user: "bob", forgejoUserId: 8, clientId: "c1", clientName: "Claude", grantId: "g2", ageS: null, idleS: null, replica: "http://b", pid: null, rssBytes: null, state: "serving" };
+  expect(sessionsTable([row]).split("\n")[1]!.split(/ {2,}/)).toEqual(["legacy", "bob", "Claude", "—", "—", "http://b", "—", "—", "serving", "s2"]);
 });

@@ -3,16 +3,18 @@
 import { describe, expect, test } from "bun:test";
 import { AdminService } from "../../src/admin/service.ts";
 import type { PrincipalChildEntry } from "../../src/modern/principals.ts";
+import type { ListedSession } from "../../src/replicas/session-directory.ts";
 import type { LegacySession } from "../../src/session/legacy-session.ts";
 import { SqliteAdminQueries } from "../../src/store/admin-queries.ts";
 import { SqliteStore } from "../../src/store/sqlite-store.ts";
 import { FakeTimers, settle } from "../bridge/fakes.ts";
 
-async function setup() {
+async function setup(othersLive?: () => Promise<ListedSession[]>) {
   const timers = new FakeTimers();
   const store = SqliteStore.open(":memory:");
   await store.createClient({ id: "c1", secretHash: null, tokenEndpointAuthMethod: "none", name: "Claude", redirectUris: [], metadata: {}, createdAt: 0 });
   const grant = await store.findOrCreateGrant({ id: "g1", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice", scope: "", now: 0 });
+  await store.findOrCreateGrant({ id: "g2", clientId: "c1", forgejoUserId: 8, forgejoLogin: "bob", scope: "", now: 0 });
   const state = { legacy: [] as LegacySession[], modern: [] as PrincipalChildEntry[], holding: 0, drained: false };
   const service = new AdminService({
     registry: { list: () => state.legacy, drain: () => void (state.drained = true), get childrenHoldingSlots() { return state.holding; } },
@@ -24,6 +26,7 @@ async function setup() {
     replica: "here",
     rssOf: (pid) => pid * 1024,
     drainPollMs: 100,
+    directory: othersLive === undefined ? undefined : { othersLive },
   });
   return { service, timers, state, grant };
 }
@@ -51,6 +54,33 @@ describe("sessions", () => {
     state.modern = [{ grantId: "g1", forgejoUserId: 7, child, startedAt: timers.now(), serving: false }];
     expect((await service.sessions("alice")).sessions.map((row) => [row.era, row.state, row.pid])).toEqual([["modern", "retiring", 9]]);
     expect((await service.sessions("bob")).sessions).toEqual([]);
+  });
+});
+
+describe("sessions with other replicas in the Redis directory", () => {
+  const NOW = 1_000_000;
+  const remote = (sessionId: string, grantId: string, ownerUrl: string, startedAt?: number): ListedSession => ({
+    sessionId,
+    entry: { owner: `id-${ownerUrl}`, grantId, initialize: "{}", protocolVersion: "2025-03-26", ...(startedAt === undefined ? {} : { startedAt }) },
+    ownerUrl,
+  });
+  const local = { era: "legacy", id: "s1", user: "alice", forgejoUserId: 7, clientId: "c1", clientName: "Claude", grantId: "g1", ageS: 60, idleS: 60, replica: "here", pid: 42, rssBytes: 42 * 1024, state: "serving" };
+  const onB = { era: "legacy", id: "s2", user: "bob", forgejoUserId: 8, clientId: "c1", clientName: "Claude", grantId: "g2", ageS: 120, idleS: null, replica: "http://b", pid: null, rssBytes: null, state: "serving" };
+  const onC = { ...onB, id: "s3", user: "alice", forgejoUserId: 7, grantId: "g1", ageS: null, replica: "http://c" };
+  // The fake directory lists what the real one does: other replicas' sessions whose owner is alive (a dead owner's are not in it).
+  const cases: [string, ListedSession[] | undefined, string | undefined, unknown[]][] = [
+    ["without Redis: this replica's sessions only", undefined, undefined, [local]],
+    ["no other replica holds a session: this replica's only", [], undefined, [local]],
+    ["another live replica's session, with its URL, its age from the entry and the rest unknown", [remote("s2", "g2", "http://b", NOW - 120_000)], undefined, [onB, local]],
+    ["an entry without a start time: age unknown too, listed last", [remote("s3", "g1", "http://c"), remote("s2", "g2", "http://b", NOW - 120_000)], undefined, [onB, local, onC]],
+    ["--user filters across both", [remote("s3", "g1", "http://c"), remote("s2", "g2", "http://b", NOW - 120_000)], "alice", [local, onC]],
+    ["--user of someone only elsewhere", [remote("s2", "g2", "http://b", NOW - 120_000)], "bob", [onB]],
+  ];
+  test.each(cases)("%s", async (_, others, user, expected) => {
+    const { service, state, timers } = await setup(others === undefined ? undefined : async () => others);
+    timers.advance(NOW - timers.now());
+    state.legacy = [session({ startedAt: NOW - 60_000, lastActivity: NOW - 60_000 })];
+    expect((await service.sessions(user)).sessions).toEqual(expected as never);
   });
 });
 

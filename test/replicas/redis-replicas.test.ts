@@ -3,6 +3,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { RedisClient } from "bun";
 import { randomBytes, randomUUID } from "node:crypto";
+import { AdminClient } from "../../src/admin/client.ts";
+import { adminSocketPath } from "../../src/admin/protocol.ts";
 import type { RunningBroker } from "../../src/broker.ts";
 import { HOP_HEADER, hopKeyFrom, signHop } from "../../src/replicas/internal-hop.ts";
 import { freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
@@ -188,12 +190,37 @@ describe("two replicas sharing Redis", () => {
     }
   }, 30_000);
 
+  test("A's admin sessions lists a session opened on B with B's URL, its user, client and age, and A's own session once", async () => {
+    const signedIn = await connectAs(a, "alice");
+    try {
+      const token = signedIn.provider.savedTokens!.access_token;
+      const onB = await openSession(bMcpUrl, token);
+      const onA = await openSession(a.mcpUrl, token);
+      const { sessions } = await new AdminClient(adminSocketPath(a.dataDir)).sessions("alice");
+      const byId = new Map(sessions.map((row) => [row.id, row]));
+      // The signed-in client holds a session of its own on A, besides the two opened here; none is listed twice.
+      expect(byId.size).toBe(3);
+      expect(sessions).toHaveLength(3);
+      expect(sessions.filter((row) => row.replica === b.url).map((row) => row.id)).toEqual([onB]);
+      expect(byId.get(onB)).toMatchObject({ era: "legacy", user: "alice", replica: b.url, idleS: null, pid: null, rssBytes: null, state: "serving" });
+      expect(byId.get(onB)!.clientName).toBe(byId.get(onA)!.clientName);
+      expect(byId.get(onB)!.ageS).toBeGreaterThanOrEqual(0);
+      expect(byId.get(onA)).toMatchObject({ era: "legacy", user: "alice", pid: expect.any(Number) });
+      expect(byId.get(onA)!.replica).not.toBe(b.url);
+    } finally {
+      await signedIn.client.close().catch(() => {});
+    }
+  }, 30_000);
+
   test("a stopped replica's liveness key is gone; its sessions stay in the directory for a restore elsewhere, until the idle timeout", async () => {
     await b.stop();
     expect((await Promise.all((await keysUnder("replica:*")).map((key) => redis.get(key))))).toEqual([a.config.publicUrl]);
     const ttl = await redis.pttl(`${prefix}session:${leftOnB}`);
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(a.config.sessions.idleTimeoutMs); // both replicas run the same configuration
+    // A's admin no longer lists them: their owner is gone.
+    const listed = (await new AdminClient(adminSocketPath(a.dataDir)).sessions()).sessions;
+    expect(listed.filter((row) => row.replica === b.url)).toEqual([]);
   });
 });
 

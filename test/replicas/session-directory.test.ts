@@ -123,6 +123,17 @@ describe("SessionDirectory against Redis", () => {
     expect(await ttl("live")).toBe(-1);
   });
 
+  test("othersLive lists the live other replicas' sessions with their owner's URL and start time: not this replica's, not a dead owner's", async () => {
+    const earlier = (await client.send("KEYS", [`${prefix}session:*`])) as string[];
+    if (earlier.length > 0) await client.del(...earlier);
+    await client.set(`${prefix}replica:here`, "http://10.0.0.7:8080");
+    await client.set(`${prefix}replica:there`, "http://10.0.0.8:8080");
+    await on("here").started("mine", started);
+    await on("there").started("theirs", { ...started, startedAt: 1_234 });
+    await on("gone").started("orphan", started);
+    expect(await on("here").othersLive()).toEqual([{ sessionId: "theirs", entry: { owner: "there", ...started, startedAt: 1_234 }, ownerUrl: "http://10.0.0.8:8080" }]);
+  });
+
   test("the entries of a replica that died without stopping get the idle timeout as their expiry; a live replica's keep none", async () => {
     const earlier = (await client.send("KEYS", [`${prefix}session:*`])) as string[];
     if (earlier.length > 0) await client.del(...earlier);
