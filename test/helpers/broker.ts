@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { BrokerOptions, RunningBroker } from "../../src/broker.ts";
 import type { BrokerConfig } from "../../src/config.ts";
+import { hashToken } from "../../src/crypto.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { brokerEnv as brokerEnvFor, configFromEnv, freePort, standInChildBinds, startConfiguredBroker } from "../../src/testing/broker.ts";
 import { startFakeForgejo, type FakeForgejo, type FakeForgejoOptions } from "../../src/testing/forgejo-stand-in.ts";
@@ -54,4 +55,14 @@ export async function startTestBroker(
     },
   };
   return handle;
+}
+
+/** Who an access token stands for, as the broker's store says (it must be live). */
+export async function identityOf(t: TestBroker, accessToken: string) {
+  return (await t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now()))!;
+}
+
+/** The principal child serving the grant an access token belongs to (one must be serving). */
+export async function principalChildOf(t: TestBroker, accessToken: string) {
+  return t.broker.principals.childOf((await identityOf(t, accessToken)).grantId)!;
 }

@@ -148,3 +148,6 @@ export function isAlive(pid: number): boolean {
     return false;
   }
 }
+
+/** The text of a tool result's first content item. */
+export const textOf = (result: unknown) => (result as { content: { type: string; text: string }[] }).content[0]!.text;

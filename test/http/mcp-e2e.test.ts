@@ -5,10 +5,9 @@ import { StreamableHTTPError } from "@modelcontextprotocol/sdk/client/streamable
 import { hashToken } from "../../src/crypto.ts";
 import type { SessionIdentity } from "../../src/session/registry.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, connectAs, isAlive, postMcp, processesMatching, type SignedInClient } from "../helpers/mcp.ts";
+import { childCommand, connectAs, isAlive, postMcp, processesMatching, type SignedInClient, textOf } from "../helpers/mcp.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
-const textOf = (result: unknown) => ((result as { content: { type: string; text: string }[] }).content[0]!.text);
 
 async function identityOf(t: TestBroker, signedIn: SignedInClient): Promise<SessionIdentity> {
   const identity = await t.broker.store.findAccessIdentity(hashToken(signedIn.provider.savedTokens!.access_token), Date.now());

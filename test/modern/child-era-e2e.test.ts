@@ -2,14 +2,12 @@
 // found by the probe and spoken to natively (discover, calls, colliding ids, its own input_required, listen), and a probe-intolerant 2025 child under auto.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Client, StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
-import { hashToken } from "../../src/crypto.ts";
-import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, connectAs, processesMatching } from "../helpers/mcp.ts";
+import { startTestBroker, type TestBroker, identityOf, principalChildOf } from "../helpers/broker.ts";
+import { childCommand, connectAs, processesMatching, textOf } from "../helpers/mcp.ts";
 import { allMessages, answerMessages, connectModern, modernRequest, postModern } from "../helpers/modern-client.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
-const textOf = (result: unknown) => (result as { content: { type: string; text: string }[] }).content[0]!.text;
 const logged = (t: TestBroker, msg: string) => t.logs.map((line) => JSON.parse(line) as Record<string, unknown>).filter((line) => line.msg === msg);
 const ELICITATION = { "io.modelcontextprotocol/clientCapabilities": { elicitation: {} } };
 const askUser = (id: string, question: string, extra: Record<string, unknown> = {}) => modernRequest(id, "tools/call", { name: "ask_user", arguments: { question }, ...extra }, ELICITATION);
@@ -26,8 +24,7 @@ describe("a native 2026-07-28 child under BROKER_CHILD_ERA=auto", () => {
     expect(await processesMatching(marker)).toEqual([]);
   });
 
-  const identityOf = async (accessToken: string) => (await t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now()))!;
-  const childOf = async (accessToken: string) => t.broker.principals.childOf((await identityOf(accessToken)).grantId)!;
+  const childOf = (accessToken: string) => principalChildOf(t, accessToken);
 
   test("is probed once and found modern; the pinned SDK client discovers it through the broker and calls its tools", async () => {
     const alice = await connectModern(t, "alice");
@@ -172,7 +169,7 @@ describe("BROKER_CHILD_ERA=auto with a 2025 child that exits on any request befo
     // A third grant, signed in later: its child starts with the cached verdict (and bob's sign-in replaces his first grant's child, unprobed too).
     const later = await connectModern(t, "bob");
     expect(textOf(await later.client.callTool({ name: "whoami", arguments: {} }))).toBe("bob");
-    const clientId = (await t.broker.store.findAccessIdentity(hashToken(later.accessToken), Date.now()))!.clientId;
+    const clientId = (await identityOf(t, later.accessToken)).clientId;
     expect(logged(t, "principal child started").filter((line) => line.client_id === clientId).map((line) => line.era)).toEqual(["legacy"]);
     expect(logged(t, "child era probe started")).toHaveLength(1);
     await Promise.all([legacy.client.close(), later.client.close()]);

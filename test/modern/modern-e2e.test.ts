@@ -1,14 +1,12 @@
 // MCP 2026-07-28 end to end: the official SDK 2.x client pinned to 2026-07-28 through the broker with
 // the stand-in child — discovery, two users at once, one child per grant shared by 50 colliding callers, and the faults.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { hashToken } from "../../src/crypto.ts";
-import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, isAlive, processesMatching } from "../helpers/mcp.ts";
+import { startTestBroker, type TestBroker, identityOf, principalChildOf } from "../helpers/broker.ts";
+import { childCommand, isAlive, processesMatching, textOf } from "../helpers/mcp.ts";
 import { allMessages, answerMessages, connectModern, modernClientWith, modernRequest, postModern } from "../helpers/modern-client.ts";
 import { obtainTokens, postForm } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
-const textOf = (result: unknown) => (result as { content: { type: string; text: string }[] }).content[0]!.text;
 
 describe("the SDK client pinned to 2026-07-28 through the broker", () => {
   const marker = `--modern-${crypto.randomUUID()}`;
@@ -22,8 +20,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect(await processesMatching(marker)).toEqual([]);
   });
 
-  const identityOf = async (accessToken: string) => (await t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now()))!;
-  const childOf = async (accessToken: string) => t.broker.principals.childOf((await (await identityOf(accessToken))).grantId)!;
+  const childOf = (accessToken: string) => principalChildOf(t, accessToken);
   const slowCount = (id: number | string, n: number, delayMs: number, token: string | number = "p") =>
     modernRequest(id, "tools/call", { name: "slow_count", arguments: { n, delay_ms: delayMs } }, { progressToken: token });
 
@@ -75,7 +72,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect(answers.map((messages) => (messages.at(-1)!.result as { content: { text: string }[] }).content[0]!.text)).toEqual(Array(10).fill("bob"));
     // Counted by the broker's own start lines for this grant's client, not the process table, where other
     // tests' children come and go (bob's sign-in here replaces his other grants' children meanwhile).
-    const clientId = (await identityOf(accessToken)).clientId;
+    const clientId = (await identityOf(t, accessToken)).clientId;
     const started = t.logs.slice(from).filter((line) => JSON.parse(line).msg === "principal child started" && JSON.parse(line).client_id === clientId);
     expect(started).toHaveLength(1);
     expect(JSON.parse(started[0]!).pid).toBe((await childOf(accessToken)).childPid);
@@ -131,14 +128,14 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     const leaving = new AbortController();
     await longCall(accessToken, leaving.signal);
     const stays = postModern(t, accessToken, slowCount(1, 5, 20)).then(allMessages);
-    const child = (await childOf(accessToken));
+    const child = await childOf(accessToken);
     await waitWhile(async () => child.inFlight < 2, 500, 10);
     expect(child.inFlight).toBe(2);
     leaving.abort();
     expect((await stays).at(-1)!.result).toMatchObject({ content: [{ text: "counted to 5" }] });
     await waitWhile(async () => child.inFlight > 0, 250, 20);
     expect(child.inFlight).toBe(0);
-    expect((await childOf(accessToken))).toBe(child);
+    expect(await childOf(accessToken)).toBe(child);
   });
 
   test("the child killed mid-call: the call gets an error at once, the next request a new child", async () => {
@@ -171,8 +168,8 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     t.forgejo.setCurrentUser("bob");
     const { accessToken } = await obtainTokens(t.config.publicUrl);
     const running = postModern(t, accessToken, slowCount(1, 150, 20)).then(allMessages);
-    await waitWhile(async () => t.broker.principals.childOf((await identityOf(accessToken)).grantId)?.inFlight !== 1, 500, 10);
-    const old = (await childOf(accessToken));
+    await waitWhile(async () => t.broker.principals.childOf((await identityOf(t, accessToken)).grantId)?.inFlight !== 1, 500, 10);
+    const old = await childOf(accessToken);
     // bob signs in again from another client: Forgejo issues a new pair, which retires the old refresh token.
     await obtainTokens(t.config.publicUrl);
     const replaced = () => t.logs.some((line) => line.includes('"msg":"principal child replaced"') && line.includes(`"old_pid":${old.childPid}`));
@@ -203,7 +200,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     const [added] = await allMessages(await postModern(t, accessToken, modernRequest(2, "tools/call", { name: "add_tool", arguments: {} })));
     expect(added!.result).toMatchObject({ content: [{ text: "added added_1" }] });
     expect((await messages.next()).value).toMatchObject({ method: "notifications/tools/list_changed", params: { _meta: { "io.modelcontextprotocol/subscriptionId": "sub-1" } } });
-    const child = (await childOf(accessToken));
+    const child = await childOf(accessToken);
     expect(child.listening).toBe(1);
     await messages.return(undefined);
     await waitWhile(async () => child.listening > 0, 250, 20);
@@ -229,7 +226,7 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect(answers.map(textOf)).toEqual(["alice", "counted to 3", "alice", "counted to 3", "alice", "counted to 3"]);
     // The legacy client has a session (and a child) of its own; the other two share the grant's child.
     expect(t.broker.registry.size).toBe(sessionsBefore + 1);
-    expect(t.broker.principals.childOf((await identityOf(accessToken)).grantId)).not.toBeNull();
+    expect(t.broker.principals.childOf((await identityOf(t, accessToken)).grantId)).not.toBeNull();
     await Promise.all([legacy.close(), auto.close(), pinned.close()]);
   });
 });

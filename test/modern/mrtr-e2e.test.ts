@@ -2,15 +2,13 @@
 // and its retry answers them — with the SDK client's own driver and raw — and every bad retry is refused with nothing reaching the child.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Client, StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
-import { hashToken } from "../../src/crypto.ts";
-import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand } from "../helpers/mcp.ts";
+import { startTestBroker, type TestBroker, principalChildOf } from "../helpers/broker.ts";
+import { childCommand, textOf } from "../helpers/mcp.ts";
 import { allMessages, MODERN_VERSION, modernRequest, postModern } from "../helpers/modern-client.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
 type Json = Record<string, any>;
-const textOf = (result: unknown) => (result as { content: { type: string; text: string }[] }).content[0]!.text;
 const ELICITATION = { elicitation: {} };
 const askUser = (id: number, question: string, capabilities: Json = ELICITATION) =>
   modernRequest(id, "tools/call", { name: "ask_user", arguments: { question } }, { "io.modelcontextprotocol/clientCapabilities": capabilities });
@@ -44,7 +42,7 @@ describe("MRTR through the broker", () => {
     await t.stop();
   });
 
-  const childOf = async (accessToken: string) => t.broker.principals.childOf((await t.broker.store.findAccessIdentity(hashToken(accessToken), Date.now()))!.grantId)!;
+  const childOf = (accessToken: string) => principalChildOf(t, accessToken);
 
   test("the SDK client declaring elicitation: its handler gets the child's question and the tool returns its answer", async () => {
     const client = await sdkClient(t, token, ELICITATION);
@@ -162,7 +160,7 @@ describe("a continuation nobody retries", () => {
   test("past its deadline: the child's call is cancelled, nothing stays parked, and a late retry gets 400 -32602", async () => {
     const original = askUser(1, "Colour?");
     const interim = await onlyMessage(await postModern(t, token, original));
-    const child = t.broker.principals.childOf((await t.broker.store.findAccessIdentity(hashToken(token), Date.now()))!.grantId)!;
+    const child = await principalChildOf(t, token);
     expect(child.inFlight).toBe(1);
     expect(t.broker.principals.continuations.size).toBe(1);
     await waitWhile(async () => child.inFlight > 0, 100, 50);

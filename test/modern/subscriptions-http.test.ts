@@ -1,8 +1,7 @@
 // subscriptions/listen seen from HTTP with the stand-in child: a listen stream counts under the user's
 // in-flight cap like a GET stream, and a listen the broker cannot serve gets its precise error.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { hashToken } from "../../src/crypto.ts";
-import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { startTestBroker, type TestBroker, principalChildOf } from "../helpers/broker.ts";
 import { childCommand } from "../helpers/mcp.ts";
 import { allMessages, answerMessages, modernRequest, postModern } from "../helpers/modern-client.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
@@ -28,7 +27,7 @@ describe("subscriptions/listen over HTTP", () => {
     const refused = await postModern(t, token, modernRequest(3, "tools/call", { name: "whoami", arguments: {} }));
     expect(refused.status).toBe(429);
     expect(await refused.json()).toMatchObject({ id: 3, error: { code: -32000, message: expect.stringContaining("you have 2 requests in flight and streams open") } });
-    const child = t.broker.principals.childOf((await t.broker.store.findAccessIdentity(hashToken(token), Date.now()))!.grantId)!;
+    const child = await principalChildOf(t, token);
     expect(child.listening).toBe(2);
     await first.return(undefined);
     await second.return(undefined);

@@ -3,11 +3,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { SQL } from "bun";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, connectAs, processesMatching } from "../helpers/mcp.ts";
+import { childCommand, connectAs, processesMatching, textOf } from "../helpers/mcp.ts";
 import { obtainTokens, postForm } from "../../src/testing/oauth-client.ts";
 import { createTestDatabase, type TestDatabase } from "../helpers/postgres.ts";
 
-const textOf = (result: unknown) => (result as { content: { type: string; text: string }[] }).content[0]!.text;
 
 describe("the broker on PostgreSQL", () => {
   const marker = `--pg-e2e-${crypto.randomUUID()}`;
