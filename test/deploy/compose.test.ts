@@ -239,6 +239,13 @@ describe("deploy/compose.replicas.yaml", () => {
   });
 });
 
+test("PostgreSQL's health check passes against a PostgreSQL that accepts connections (the test server on 127.0.0.1:5432)", async () => {
+  const [kind, ...command] = services.find(([, service]) => service.image.includes("/postgres:"))![1].healthcheck!.test;
+  expect(kind).toBe("CMD");
+  const check = Bun.spawn(command, { stdout: "ignore", stderr: "ignore" });
+  expect(await check.exited).toBe(0);
+});
+
 describe("the replicas' health check, run as the container runs it", () => {
   let t: TestBroker;
   let running = false;
