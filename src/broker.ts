@@ -205,6 +205,11 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     initializeTimeoutMs: options.initializeTimeoutMs,
     continuationDeadlineMs: options.continuationDeadlineMs,
     metrics,
+    // The replica link is made below; a child only starts once the broker serves.
+    lifecycle: config.redis === undefined ? undefined : {
+      running: (entry) => replicas?.principals.running(entry),
+      exited: (entry) => replicas?.principals.exited(entry),
+    },
   });
   registry.countAlso(() => principals.capped());
   prometheus?.sample({
@@ -244,6 +249,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
           rateLimit: options.rateLimit ?? DEFAULT_RATE_LIMIT,
           localRateLimiter: oauth.rateLimiter,
           sessionIdleMs: config.sessions.idleTimeoutMs,
+          principalChildren: () => principals.list(),
+          rssOf: processRssBytes,
         });
   if (replicas !== undefined) {
     oauth.sharedRateLimiter = replicas.rateLimiter;

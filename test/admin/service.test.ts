@@ -51,7 +51,7 @@ describe("sessions", () => {
   test("a retiring principal child is listed as such; --user of someone else lists nothing", async () => {
     const { service, state, timers } = await setup();
     const child = { lastActivity: timers.now(), inFlight: 1, listening: 0, childPid: 9 } as PrincipalChildEntry["child"];
-    state.modern = [{ grantId: "g1", forgejoUserId: 7, child, startedAt: timers.now(), serving: false }];
+    state.modern = [{ grantId: "g1", forgejoUserId: 7, clientId: "c1", childEra: "legacy", child, startedAt: timers.now(), serving: false }];
     expect((await service.sessions("alice")).sessions.map((row) => [row.era, row.state, row.pid])).toEqual([["modern", "retiring", 9]]);
     expect((await service.sessions("bob")).sessions).toEqual([]);
   });
