@@ -320,7 +320,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   // A broker that finds another one on its data directory (its admin socket answers) stops listening and refuses to start.
   const adminSocket = await listenAdminSocket(
     adminSocketPath(config.dataDir),
-    new AdminService({ registry, principals, queries, store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes, directory: replicas?.sessions }),
+    new AdminService({ registry, principals, queries, store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes, directory: replicas?.sessions, principalDirectory: replicas?.principals }),
     logger,
   ).catch((error: unknown) => {
     void server?.stop(true);
