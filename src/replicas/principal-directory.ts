@@ -99,13 +99,15 @@ export class PrincipalDirectory {
    * order, so a removal is never overtaken by an older write); a lost one is put right by the next refresh.
    */
   running(entry: PrincipalChildEntry): void {
-    const record = recordOf(entry, this.deps.rssOf(entry.child.childPid));
-    this.send("EVAL", [RECORD, "1", this.key, String(record.pid), JSON.stringify(record), String(this.deps.timing.ttlMs)]);
+    this.send(() => {
+      const record = recordOf(entry, this.deps.rssOf(entry.child.childPid));
+      return ["EVAL", RECORD, "1", this.key, String(record.pid), JSON.stringify(record), String(this.deps.timing.ttlMs)];
+    });
   }
 
   /** A child's process has exited, for whatever reason. */
   exited(entry: PrincipalChildEntry): void {
-    this.send("HDEL", [this.key, String(entry.child.childPid)]);
+    this.send(() => ["HDEL", this.key, String(entry.child.childPid)]);
   }
 
   /** Refreshes the hash on the liveness rhythm: one write per interval for all the children, none per request. */
@@ -164,8 +166,13 @@ export class PrincipalDirectory {
     return listed;
   }
 
-  private send(name: string, args: string[]): void {
-    // Redis down: dropped, as in refresh; the first refresh after it is back writes it.
-    this.deps.redis.command((client) => client.send(name, args), this.deps.timeoutMs).catch(() => {});
+  /** Sends the command `made` makes, made only when Redis is up; while it is down the write is dropped, as in refresh. */
+  private send(made: () => [string, ...string[]]): void {
+    this.deps.redis
+      .command((client) => {
+        const [name, ...args] = made();
+        return client.send(name, args);
+      }, this.deps.timeoutMs)
+      .catch(() => {});
   }
 }

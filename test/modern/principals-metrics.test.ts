@@ -89,6 +89,7 @@ describe("a principal's child ending, by reason", () => {
 
 describe("the lifecycle watcher (the principal directory)", () => {
   const ends: [string, (s: ReturnType<typeof setup>) => Promise<unknown> | unknown][] = [
+    ["reaped, idle for the idle timeout", (s) => s.timers.advance(910_000)],
     ["its process exited by itself", (s) => s.children[0]!.exit({ code: 1 })],
     ["every token of its grant revoked", (s) => (s.revoke(), s.principals.grantRevoked(ALICE.grantId))],
     ["retired for a new token: its successor is told as it serves", (s) => s.principals.userTokenRotated(1)],

@@ -79,7 +79,7 @@ describe("PrincipalDirectory with a stand-in Redis", () => {
     ]);
   });
 
-  test("refreshes the whole hash once per liveness interval, whatever the children do in between; nothing while Redis is down", async () => {
+  test("refreshes the whole hash once per liveness interval, whatever the children do in between; nothing read or sent while Redis is down", async () => {
     const { directory, sent, timers, children, state, rssReads } = setup();
     directory.start();
     children.push(entry(), entry({ grantId: "g2", pid: 77, busy: true }));
@@ -92,6 +92,7 @@ describe("PrincipalDirectory with a stand-in Redis", () => {
     state.down = true;
     const reads = rssReads();
     timers.advance(TIMING.refreshMs);
+    directory.running(entry({ pid: 78 }));
     await settle();
     expect(sent).toHaveLength(1);
     // Nothing read from /proc for a write that cannot be sent.
