@@ -205,6 +205,11 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     initializeTimeoutMs: options.initializeTimeoutMs,
     continuationDeadlineMs: options.continuationDeadlineMs,
     metrics,
+    // The replica link is made below; a child only starts once the broker serves.
+    lifecycle: config.redis === undefined ? undefined : {
+      running: (entry) => replicas?.principals.running(entry),
+      exited: (entry) => replicas?.principals.exited(entry),
+    },
   });
   registry.countAlso(() => principals.capped());
   prometheus?.sample({
@@ -244,6 +249,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
           rateLimit: options.rateLimit ?? DEFAULT_RATE_LIMIT,
           localRateLimiter: oauth.rateLimiter,
           sessionIdleMs: config.sessions.idleTimeoutMs,
+          principalChildren: () => principals.list(),
+          rssOf: processRssBytes,
         });
   if (replicas !== undefined) {
     oauth.sharedRateLimiter = replicas.rateLimiter;
@@ -313,7 +320,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   // A broker that finds another one on its data directory (its admin socket answers) stops listening and refuses to start.
   const adminSocket = await listenAdminSocket(
     adminSocketPath(config.dataDir),
-    new AdminService({ registry, principals, queries, store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes, directory: replicas?.sessions }),
+    new AdminService({ registry, principals, queries, store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes, directory: replicas?.sessions, principalDirectory: replicas?.principals }),
     logger,
   ).catch((error: unknown) => {
     void server?.stop(true);

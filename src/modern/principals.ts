@@ -12,7 +12,7 @@ import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../ses
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
 import { every, reapIntervalFor, type TimerHandle, type Timers } from "../supervisor/timers.ts";
 import { MIN_REFRESH_INTERVAL_MS, refreshDueAt } from "../upstream/refresh-timing.ts";
-import { ChildEras, PROBE_TIMEOUT_MS, probeVerdict, runProbe, type ProbeOutcome } from "./child-era.ts";
+import { ChildEras, PROBE_TIMEOUT_MS, type ChildEra, probeVerdict, runProbe, type ProbeOutcome } from "./child-era.ts";
 import { Continuations } from "./continuations.ts";
 import { LegacyPrincipalChild } from "./legacy-child.ts";
 import type { ModernCall } from "./modern-call.ts";
@@ -46,6 +46,8 @@ export interface PrincipalChildrenDeps {
   continuationDeadlineMs?: number;
   /** Child starts and exits, MRTR; none recorded without it. */
   metrics?: BrokerMetrics;
+  /** Told when a child starts serving and once its process has exited, for whatever reason (the Redis principal directory). */
+  lifecycle?: { running(entry: PrincipalChildEntry): void; exited(entry: PrincipalChildEntry): void };
 }
 
 interface Principal {
@@ -69,6 +71,9 @@ interface Principal {
 export interface PrincipalChildEntry {
   grantId: string;
   forgejoUserId: number;
+  clientId: string;
+  /** The era the child itself speaks. */
+  childEra: ChildEra;
   child: PrincipalChild;
   startedAt: number;
   /** False once retired or stopped: it ends its calls and exits. */
@@ -141,13 +146,12 @@ export class PrincipalChildren {
 
   /** Every child with a process, serving or on its way out (for the admin command's listing). */
   list(): PrincipalChildEntry[] {
-    return [...this.running].map(([principal, grantId]) => ({
-      grantId,
-      forgejoUserId: principal.forgejoUserId,
-      child: principal.child,
-      startedAt: principal.startedAt,
-      serving: this.live.get(grantId) === principal,
-    }));
+    return [...this.running].map(([principal, grantId]) => this.entryOf(principal, grantId));
+  }
+
+  private entryOf(principal: Principal, grantId: string): PrincipalChildEntry {
+    const { forgejoUserId, identity, child, startedAt } = principal;
+    return { grantId, forgejoUserId, clientId: identity.clientId, childEra: child instanceof ModernPrincipalChild ? "modern" : "legacy", child, startedAt, serving: this.live.get(grantId) === principal };
   }
 
   /** The grant's child serving now, if any (for tests and logs). */
@@ -318,7 +322,10 @@ export class PrincipalChildren {
     }
     principal.staleToken = (this.rotations.get(identity.forgejoUserId) ?? 0) !== rotationsBefore;
     this.running.set(principal, identity.grantId);
-    void principal.exited.then(() => this.running.delete(principal));
+    void principal.exited.then(() => {
+      this.running.delete(principal);
+      this.deps.lifecycle?.exited(this.entryOf(principal, identity.grantId));
+    });
     logger.info("principal child started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: process.pid, era: verdict.era });
     return principal;
   }
@@ -326,6 +333,7 @@ export class PrincipalChildren {
   /** New calls go to `principal`; one whose token was replaced while it started is replaced in turn. */
   private serve(grantId: string, principal: Principal): void {
     this.live.set(grantId, principal);
+    if (this.running.has(principal)) this.deps.lifecycle?.running(this.entryOf(principal, grantId));
     if (principal.staleToken) this.replace(grantId, principal, "the user's Forgejo token was refreshed while the child started");
   }
 
