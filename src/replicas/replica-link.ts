@@ -40,6 +40,8 @@ export interface ReplicaLink {
   rateLimiter: SharedRateLimiter;
   /** Where each legacy session lives, shared by all replicas. */
   sessions: SessionDirectory;
+  /** The address a replica publishes while it lives; null once its liveness key is gone. Throws when Redis does not answer. */
+  replicaUrl(replicaId: string): Promise<string | null>;
   /** Resolves when Redis answers a PING within the command timeout. */
   ping(): Promise<void>;
   /** Deletes the liveness key and closes both connections. */
@@ -105,6 +107,10 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
     announceRevocation: (grantId) => fanout.announce(grantId),
     rateLimiter,
     sessions,
+    replicaUrl: async (replicaId) => {
+      const url = await commands.command((client) => client.send("GET", [livenessKey(config.prefix, replicaId)]), COMMAND_TIMEOUT_MS);
+      return typeof url === "string" && url !== "" ? url : null;
+    },
     ping: async () => void (await commands.command((client) => client.send("PING", []), COMMAND_TIMEOUT_MS)),
     async stop() {
       stopSweeping();
