@@ -192,6 +192,10 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
       ended: (sessionId) => void replicas?.sessions.ended(sessionId),
       left: (sessionId) => void replicas?.sessions.left(sessionId),
     },
+    userSlots: config.redis === undefined ? undefined : {
+      take: (forgejoUserId, holding, cap) => replicas!.userSlots.take(forgejoUserId, holding, cap),
+      update: (forgejoUserId, holding) => replicas?.userSlots.update(forgejoUserId, holding),
+    },
   });
   const replicaId = randomUUID();
   const principals = new PrincipalChildren({
@@ -202,6 +206,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     upstreamToken,
     // One set of caps over both eras' children.
     reserveSlot: (forgejoUserId) => registry.reserveSlot(forgejoUserId),
+    slotFreed: (forgejoUserId) => registry.otherChildExited(forgejoUserId),
     grantIsLive,
     logger,
     timers,

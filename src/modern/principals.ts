@@ -38,6 +38,8 @@ export interface PrincipalChildrenDeps {
    * registry's, which counts `capped()` too); the function it gives frees it. Without it, no cap.
    */
   reserveSlot?: (forgejoUserId: number) => Promise<() => void>;
+  /** A child's process exited, freeing the slot it held (the per-user count across replicas goes down). */
+  slotFreed?: (forgejoUserId: number) => void;
   /** Whether a client can still act under the grant; without it, every grant is live. */
   grantIsLive?: (grantId: string) => Promise<boolean>;
   initializeTimeoutMs?: number;
@@ -330,7 +332,10 @@ export class PrincipalChildren {
     }
     principal.staleToken = (this.rotations.get(identity.forgejoUserId) ?? 0) !== rotationsBefore;
     this.running.set(principal, identity.grantId);
-    void principal.exited.then(() => this.running.delete(principal));
+    void principal.exited.then(() => {
+      this.running.delete(principal);
+      this.deps.slotFreed?.(identity.forgejoUserId);
+    });
     logger.info("principal child started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: process.pid, era: verdict.era });
     return principal;
   }

@@ -11,6 +11,7 @@ import { RedisConnection, type RedisCommands } from "./redis-connection.ts";
 import { RevocationFanout } from "./revocation-fanout.ts";
 import { SessionDirectory } from "./session-directory.ts";
 import { SharedRateLimiter, windowOf } from "./shared-rate-limit.ts";
+import { UserSlots } from "./user-slots.ts";
 
 /** Long enough for a loaded Redis, short enough that /healthz and a sign-in never wait on a dead one. */
 const COMMAND_TIMEOUT_MS = 1_000;
@@ -40,6 +41,8 @@ export interface ReplicaLink {
   rateLimiter: SharedRateLimiter;
   /** Where each legacy session lives, shared by all replicas. */
   sessions: SessionDirectory;
+  /** Each user's slots on every replica, for BROKER_MAX_SESSIONS_PER_USER across them. */
+  userSlots: UserSlots;
   /** The address a replica publishes while it lives; null once its liveness key is gone. Throws when Redis does not answer. */
   replicaUrl(replicaId: string): Promise<string | null>;
   /** Resolves when Redis answers a PING within the command timeout. */
@@ -96,6 +99,7 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
     logger,
   });
   const sessions = new SessionDirectory({ redis: commands, prefix: config.prefix, replicaId: deps.replicaId, timeoutMs: COMMAND_TIMEOUT_MS, logger, unclaimedMs: deps.sessionIdleMs });
+  const userSlots = new UserSlots({ redis: commands, prefix: config.prefix, replicaId: deps.replicaId, timeoutMs: COMMAND_TIMEOUT_MS, logger });
   commands.start();
   subscriber.start();
   liveness.start();
@@ -107,6 +111,7 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
     announceRevocation: (grantId) => fanout.announce(grantId),
     rateLimiter,
     sessions,
+    userSlots,
     replicaUrl: async (replicaId) => {
       const url = await commands.command((client) => client.send("GET", [livenessKey(config.prefix, replicaId)]), COMMAND_TIMEOUT_MS);
       return typeof url === "string" && url !== "" ? url : null;
