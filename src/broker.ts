@@ -280,6 +280,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
               directory: replicas.sessions,
               restore: (sessionId, identity, initialize) => registry.restore(sessionId, identity, initialize),
               claimMs: options.initializeTimeoutMs ?? 30_000,
+              timers: realTimers,
               logger,
               metrics,
             }),

@@ -11,8 +11,11 @@ const SESSION_HEADER = "mcp-session-id";
 /** Only what the registry mints: anything else is no session anywhere, and never leaves this replica. */
 const SESSION_ID = /^[0-9a-f]{48}$/;
 
-/** Restores a session whose owner is gone, here under its id, for the live request's identity. */
-export type RestoreSession = (sessionId: string, entry: DirectoryEntry, identity: SessionIdentity) => Promise<Response | undefined>;
+/**
+ * Restores a session whose owner is gone, here under its id, for the live request's identity: undefined to
+ * serve the request here, "moved" when another replica restored it (forward there), or the answer itself.
+ */
+export type RestoreSession = (sessionId: string, entry: DirectoryEntry, identity: SessionIdentity, request: Request) => Promise<Response | undefined | "moved">;
 
 export interface SessionForwardingDeps extends RelayDeps {
   directory: Pick<SessionDirectory, "find">;
@@ -42,20 +45,26 @@ export function sessionForwarding(deps: SessionForwardingDeps): (request: Reques
       return rpcErrorResponse(403, null, TRANSPORT_ERROR, "Forbidden: the replica hop could not be verified");
     }
     if (sessionId === null || !SESSION_ID.test(sessionId) || deps.holds(sessionId)) return undefined;
-    let whereabouts;
-    try {
-      whereabouts = await deps.directory.find(sessionId);
-    } catch (error) {
-      deps.logger.warn("could not ask the session directory", { error: error instanceof Error ? error.message : String(error) });
-      return undefined;
+    // A second look, after another replica won the restore: it owns the session now.
+    for (let look = 0; look < 2; look++) {
+      let whereabouts;
+      try {
+        whereabouts = await deps.directory.find(sessionId);
+      } catch (error) {
+        deps.logger.warn("could not ask the session directory", { error: error instanceof Error ? error.message : String(error) });
+        return undefined;
+      }
+      if (whereabouts === undefined || whereabouts.entry.owner === deps.replicaId) return undefined;
+      if (whereabouts.ownerUrl !== null) {
+        // A copy (Bun's body limit bounds what it holds): a refused connection leaves the body intact for a restore here.
+        const answer = await relayToReplica(deps, request, whereabouts.ownerUrl, target, request.body === null ? null : request.clone().body);
+        if (answer !== null) return answer;
+        // A replica that refuses connections is gone, whatever its liveness key still says.
+        deps.logger.warn("the session's replica did not answer; restoring the session here", { session: sessionId, owner_url: whereabouts.ownerUrl });
+      }
+      const restored = await deps.restore(sessionId, whereabouts.entry, identity, request);
+      if (restored !== "moved") return restored;
     }
-    if (whereabouts === undefined || whereabouts.entry.owner === deps.replicaId) return undefined;
-    if (whereabouts.ownerUrl === null) return deps.restore(sessionId, whereabouts.entry, identity);
-    // A copy (Bun's body limit bounds what it holds): a refused connection leaves the body intact for a restore here.
-    const answer = await relayToReplica(deps, request, whereabouts.ownerUrl, target, request.body === null ? null : request.clone().body);
-    if (answer !== null) return answer;
-    deps.logger.warn("the session's replica did not answer; restoring the session here", { session: sessionId, owner_url: whereabouts.ownerUrl });
-    // A replica that refuses connections is gone, whatever its liveness key still says.
-    return deps.restore(sessionId, whereabouts.entry, identity);
+    return undefined;
   };
 }
