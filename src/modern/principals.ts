@@ -186,7 +186,7 @@ export class PrincipalChildren {
 
   /**
    * A caller's MRTR retry (params.requestState set): its call resumes on the child that holds it, with
-   * the child's requests answered from inputResponses. Throws McpRefusal 400 -32602, with nothing sent to
+   * the child's requests answered from inputResponses; a call held by another replica that is gone runs again here. Throws McpRefusal 400 -32602, with nothing sent to
    * the child, for a state that is forged, another grant's, expired, already used or for other method or params.
    */
   async resume(identity: SessionIdentity, retry: IncomingMessage, options: { sse?: boolean } = {}): Promise<MessageStream> {
