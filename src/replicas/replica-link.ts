@@ -13,6 +13,7 @@ import { RedisConnection, type RedisCommands } from "./redis-connection.ts";
 import { RevocationFanout } from "./revocation-fanout.ts";
 import { SessionDirectory } from "./session-directory.ts";
 import { SharedRateLimiter, windowOf } from "./shared-rate-limit.ts";
+import { UserSlots } from "./user-slots.ts";
 
 /** Long enough for a loaded Redis, short enough that /healthz and a sign-in never wait on a dead one. */
 const COMMAND_TIMEOUT_MS = 1_000;
@@ -48,6 +49,10 @@ export interface ReplicaLink {
   sessions: SessionDirectory;
   /** Which principal children each replica runs, shared by all replicas. */
   principals: PrincipalDirectory;
+  /** Each user's slots on every replica, for BROKER_MAX_SESSIONS_PER_USER across them. */
+  userSlots: UserSlots;
+  /** The address a replica publishes while it lives; null once its liveness key is gone. Throws when Redis does not answer. */
+  replicaUrl(replicaId: string): Promise<string | null>;
   /** Resolves when Redis answers a PING within the command timeout. */
   ping(): Promise<void>;
   /** Deletes the principal directory's hash and the liveness key, and closes both connections. */
@@ -113,6 +118,7 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
     children: deps.principalChildren,
     rssOf: deps.rssOf,
   });
+  const userSlots = new UserSlots({ redis: commands, prefix: config.prefix, replicaId: deps.replicaId, timeoutMs: COMMAND_TIMEOUT_MS, logger });
   commands.start();
   subscriber.start();
   liveness.start();
@@ -126,6 +132,11 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
     rateLimiter,
     sessions,
     principals,
+    userSlots,
+    replicaUrl: async (replicaId) => {
+      const url = await commands.command((client) => client.send("GET", [livenessKey(config.prefix, replicaId)]), COMMAND_TIMEOUT_MS);
+      return typeof url === "string" && url !== "" ? url : null;
+    },
     ping: async () => void (await commands.command((client) => client.send("PING", []), COMMAND_TIMEOUT_MS)),
     async stop() {
       stopSweeping();
