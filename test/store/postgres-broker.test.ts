@@ -6,6 +6,7 @@ import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, connectAs, processesMatching, textOf } from "../helpers/mcp.ts";
 import { obtainTokens, postForm } from "../../src/testing/oauth-client.ts";
 import { createTestDatabase, type TestDatabase } from "../helpers/postgres.ts";
+import { waitWhile } from "../helpers/promises.ts";
 
 
 describe("the broker on PostgreSQL", () => {
@@ -63,6 +64,8 @@ describe("the broker on PostgreSQL", () => {
       await admin.unsafe(`ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
       await admin.close();
     }
+    // The pool reconnects on its next query: the first check after the database is back may still find the old connection dead.
+    await waitWhile(async () => (await fetch(`${t.config.publicUrl}/healthz`)).status !== 200, 50, 100);
     expect((await fetch(`${t.config.publicUrl}/healthz`)).status).toBe(200);
   });
 });
