@@ -186,7 +186,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     metrics,
     // The replica link is made below; a session only starts once the broker serves.
     lifecycle: config.redis === undefined ? undefined : {
-      started: (sessionId, session) => void replicas?.sessions.started(sessionId, session),
+      started: (sessionId, session) => replicas?.sessions.started(sessionId, session),
       ended: (sessionId) => void replicas?.sessions.ended(sessionId),
       left: (sessionId) => void replicas?.sessions.left(sessionId),
     },

@@ -556,6 +556,18 @@ describe("the session lifecycle (the replicas' directory)", () => {
     expect(told).toEqual([`started ${id} grant-bob 2025-11-25 ${initialize.raw}`]);
   });
 
+  test("a start is over only once the directory has recorded it: the client's next request may reach another replica", async () => {
+    let recorded!: () => void;
+    const lifecycle: SessionLifecycle = { started: () => new Promise<void>((resolve) => (recorded = resolve)), ended: () => {}, left: () => {} };
+    const { registry } = setup({}, { lifecycle });
+    let created = false;
+    const creating = registry.create(alice, initialize).then((session) => ((created = true), session));
+    await settle();
+    expect(created).toBe(false);
+    recorded();
+    expect((await creating).entry.id).toMatch(/^[0-9a-f]{48}$/);
+  });
+
   test("a deleted session and one whose child died have ended; a shutdown leaves its sessions for a restore elsewhere", async () => {
     const { told, lifecycle } = recorded();
     const { registry, children } = setup({}, { lifecycle });
