@@ -361,6 +361,15 @@ export class SessionRegistry {
     return idle.length;
   }
 
+  /**
+   * Resolves once no session has a request in flight: a stopping broker waits for this (within a bound)
+   * before it stops the children, so the calls they were answering complete.
+   */
+  async callsSettled(): Promise<void> {
+    const busy = () => [...this.sessions.values()].filter((entry) => entry.inFlight > 0);
+    for (let waiting = busy(); waiting.length > 0; waiting = busy()) await Promise.all(waiting.map((entry) => entry.callsSettled()));
+  }
+
   /** Stops every child and waits until all have exited; later creates are refused. */
   async shutdown(): Promise<void> {
     this.closed = true;
