@@ -6,9 +6,9 @@ import { openSession, postMcp } from "../helpers/mcp.ts";
 import { answerMessages } from "../helpers/modern-client.ts";
 import { startReplicaCluster, type ReplicaCluster } from "../helpers/replica-cluster.ts";
 
-/** Forgejo's access tokens live this long here, and are refreshed this long before they expire: due 8 s after sign-in. */
-const ACCESS_TTL_S = 30;
-const REFRESH_LEAD_S = 22;
+/** Forgejo's access tokens live this long here, and are refreshed this long before they expire (at most half the life): due 10 s after sign-in. */
+const ACCESS_TTL_S = 20;
+const REFRESH_LEAD_S = 10;
 
 let cluster: ReplicaCluster;
 
