@@ -16,6 +16,8 @@ import { waitWhile } from "./promises.ts";
 const CADDYFILE = join(import.meta.dir, "..", "..", "deploy", "Caddyfile");
 const CADDY = "/usr/bin/caddy";
 const REDIS_URL = "redis://127.0.0.1:6379";
+/** A broker's SIGTERM takes at most its two drain graces (10 s each) and its children's stop grace (5 s). */
+const STOP_BOUND_MS = 30_000;
 
 export interface ClusterReplica {
   index: number;
@@ -122,8 +124,9 @@ export async function startReplicaCluster(options: ReplicaClusterOptions = {}): 
     ];
   };
   const stop = async () => {
-    // An orderly stop first (children get their SIGTERM); what is still alive after it is killed.
-    await Promise.all(processes.map((broker) => broker.stop("SIGTERM")));
+    // An orderly stop first (children get their SIGTERM, a broker drains within its grace); a broker still running
+    // past that bound is killed, and so is anything left: reported below all the same.
+    await Promise.all(processes.map((broker) => Promise.race([broker.stop("SIGTERM"), Bun.sleep(STOP_BOUND_MS).then(() => broker.stop("SIGKILL"))])));
     caddy?.kill("SIGTERM");
     await caddy?.exited;
     await waitWhile(async () => (await leftovers()).length > 0, 50, 100);
