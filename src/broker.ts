@@ -14,6 +14,7 @@ import { mcpRoutes } from "./http/mcp-routes.ts";
 import { StreamTokens } from "./http/stream-tokens.ts";
 import type { Logger } from "./log.ts";
 import { PrincipalChildren } from "./modern/principals.ts";
+import { requestStateKeyFrom } from "./modern/request-state.ts";
 import { DEFAULT_LIFETIMES, endpoints, type OAuthDeps, type TokenLifetimes } from "./oauth/deps.ts";
 import { ClientDirectory } from "./oauth/client-directory.ts";
 import { AccessIdentityCache } from "./oauth/identity-cache.ts";
@@ -22,6 +23,7 @@ import { directConnect, systemLookup, type MetadataFetchDeps } from "./oauth/met
 import { RateLimiter, type RateLimitPolicy } from "./oauth/rate-limit.ts";
 import { hopKeyFrom } from "./replicas/internal-hop.ts";
 import { startReplicaLink } from "./replicas/replica-link.ts";
+import { retryForwarding } from "./replicas/retry-forwarding.ts";
 import { sessionForwarding } from "./replicas/session-forwarding.ts";
 import { sessionRestore } from "./replicas/session-restore.ts";
 import { ForgejoUnreachableError, SignInEndedError } from "./session/errors.ts";
@@ -213,7 +215,12 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
       ended: (sessionId) => void replicas?.sessions.ended(sessionId),
       left: (sessionId) => void replicas?.sessions.left(sessionId),
     },
+    userSlots: config.redis === undefined ? undefined : {
+      take: (forgejoUserId, holding, cap) => replicas!.userSlots.take(forgejoUserId, holding, cap),
+      update: (forgejoUserId, holding) => replicas?.userSlots.update(forgejoUserId, holding),
+    },
   });
+  const replicaId = randomUUID();
   const principals = new PrincipalChildren({
     config: config.sessions,
     spawn,
@@ -222,12 +229,20 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     upstreamToken,
     // One set of caps over both eras' children.
     reserveSlot: (forgejoUserId) => registry.reserveSlot(forgejoUserId),
+    slotFreed: (forgejoUserId) => registry.otherChildExited(forgejoUserId),
     grantIsLive,
     logger,
     timers,
     initializeTimeoutMs: options.initializeTimeoutMs,
     continuationDeadlineMs: options.continuationDeadlineMs,
     metrics,
+    // The replica link is made below; a child only starts once the broker serves.
+    lifecycle: config.redis === undefined ? undefined : {
+      running: (entry) => replicas?.principals.running(entry),
+      exited: (entry) => replicas?.principals.exited(entry),
+    },
+    // Among replicas an MRTR retry may reach any of them: its state must open everywhere and name where its call is held.
+    sharedStates: config.redis === undefined ? undefined : { key: requestStateKeyFrom(sealingKey), replicaId },
   });
   registry.countAlso(() => principals.capped());
   prometheus?.sample({
@@ -251,7 +266,6 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     void registry.grantRevoked(grantId);
     void principals.grantRevoked(grantId);
   };
-  const replicaId = randomUUID();
   const replicas =
     config.redis === undefined
       ? undefined
@@ -267,6 +281,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
           rateLimit: options.rateLimit ?? DEFAULT_RATE_LIMIT,
           localRateLimiter: oauth.rateLimiter,
           sessionIdleMs: config.sessions.idleTimeoutMs,
+          principalChildren: () => principals.list(),
+          rssOf: processRssBytes,
         });
   if (replicas !== undefined) {
     oauth.sharedRateLimiter = replicas.rateLimiter;
@@ -281,8 +297,10 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     // Bun keeps a request's timeout on its keep-alive socket: without this an ended stream's connection stays open forever.
     return () => server?.timeout(request, idleTimeoutS);
   };
+  const hopKey = hopKeyFrom(sealingKey);
   const mcp = mcpRoutes({
     registry,
+    retryElsewhere: replicas === undefined ? undefined : retryForwarding({ replicaUrl: (id) => replicas.replicaUrl(id), hopKey, now, fetch: (url, init) => fetch(url, init), metrics, keepOpen, logger }),
     elsewhere:
       replicas === undefined
         ? undefined
@@ -292,12 +310,13 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
               directory: replicas.sessions,
               restore: (sessionId, identity, initialize) => registry.restore(sessionId, identity, initialize),
               claimMs: options.initializeTimeoutMs ?? 30_000,
+              timers: realTimers,
               logger,
               metrics,
             }),
             holds: (sessionId) => registry.holds(sessionId),
             replicaId,
-            hopKey: hopKeyFrom(sealingKey),
+            hopKey,
             now,
             fetch: (url, init) => fetch(url, init),
             logger,
@@ -336,7 +355,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   // A broker that finds another one on its data directory (its admin socket answers) stops listening and refuses to start.
   const adminSocket = await listenAdminSocket(
     adminSocketPath(config.dataDir),
-    new AdminService({ registry, principals, queries, store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes, directory: replicas?.sessions }),
+    new AdminService({ registry, principals, queries, store, timers: realTimers, now, replica: `${hostname()}:${process.pid}`, rssOf: processRssBytes, directory: replicas?.sessions, principalDirectory: replicas?.principals }),
     logger,
   ).catch((error: unknown) => {
     void server?.stop(true);

@@ -345,7 +345,8 @@ export function loadConfig(env: Env, readSecret: SecretFileReader = readSecretFi
   }
   const clientIdleDays = integer("BROKER_CLIENT_IDLE_DAYS", 90, 1, 36_500, "90");
 
-  const redisUrl = get("BROKER_REDIS_URL");
+  // It may carry Redis's password, so it is read like a secret (or from BROKER_REDIS_URL_FILE) and never echoed.
+  const redisUrl = secret("BROKER_REDIS_URL", "the Redis URL");
   if (redisUrl !== undefined && !/^rediss?:\/\/[^\s/]+(\/\d*)?$/.test(redisUrl)) {
     // Not echoed: the URL may carry a password.
     problem("BROKER_REDIS_URL", "must be a redis:// or rediss:// URL naming a host (and at most a database number)", "redis://127.0.0.1:6379");

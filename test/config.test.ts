@@ -140,7 +140,7 @@ describe("loadConfig", () => {
   });
 });
 
-describe("secrets from files (FORGEJO_CLIENT_SECRET_FILE, BROKER_SEALING_KEY_FILE)", () => {
+describe("secrets from files (the _FILE variables)", () => {
   const { FORGEJO_CLIENT_SECRET: _, ...WITHOUT_SECRET } = REQUIRED;
   const SECRET = "gto_secretfromafile";
   const KEY = Buffer.alloc(32, 9);
@@ -153,6 +153,9 @@ describe("secrets from files (FORGEJO_CLIENT_SECRET_FILE, BROKER_SEALING_KEY_FIL
     "/etc/fmb/world_readable_key": { text: KEY.toString("base64"), mode: 0o100644 },
     "/etc/fmb/blank": { text: " \n", mode: 0o100600 },
     "/etc/fmb/short_key": { text: "c2hvcnRrZXljb250ZW50", mode: 0o100600 },
+    "/etc/fmb/database_url": { text: "postgres://broker:dbpassword@db:5432/broker\n", mode: 0o100400 },
+    "/etc/fmb/redis_url": { text: "redis://:redispassword@redis:6379\n", mode: 0o100400 },
+    "/etc/fmb/world_readable_redis_url": { text: "redis://:redispassword2@redis:6379", mode: 0o100644 },
     [`${CREDENTIALS}/forgejo_client_secret`]: { text: SECRET, mode: 0o100440 },
     [`${CREDENTIALS}-other/forgejo_client_secret`]: { text: SECRET, mode: 0o100440 },
     [`${CREDENTIALS}/../elsewhere/forgejo_client_secret`]: { text: SECRET, mode: 0o100440 },
@@ -168,6 +171,13 @@ describe("secrets from files (FORGEJO_CLIENT_SECRET_FILE, BROKER_SEALING_KEY_FIL
     if (!result.ok) throw new Error(result.problems.join("\n"));
     expect(result.config.forgejo.clientSecret).toBe(SECRET);
     expect(Buffer.from(result.config.sealingKey!).equals(KEY)).toBe(true);
+  });
+
+  test("the database and Redis URLs, which carry their passwords, are read from files like the other secrets", () => {
+    const result = loadConfig({ ...REQUIRED, BROKER_SEALING_KEY_FILE: "/etc/fmb/sealing_key", BROKER_DATABASE_URL_FILE: "/etc/fmb/database_url", BROKER_REDIS_URL_FILE: "/etc/fmb/redis_url" }, readFake);
+    if (!result.ok) throw new Error(result.problems.join("\n"));
+    expect([result.config.databaseUrl, result.config.redis?.url]).toEqual(["postgres://broker:dbpassword@db:5432/broker", "redis://:redispassword@redis:6379"]);
+    expect(hiddenFromChildren(result.config)).toEqual(expect.arrayContaining(["/etc/fmb/database_url", "/etc/fmb/redis_url"]));
   });
 
   test("the files a secret came from are hidden from children, with the data directory", () => {
@@ -189,6 +199,8 @@ describe("secrets from files (FORGEJO_CLIENT_SECRET_FILE, BROKER_SEALING_KEY_FIL
     ["a file of blanks", { ...WITHOUT_SECRET, FORGEJO_CLIENT_SECRET_FILE: "/etc/fmb/blank" }, /^FORGEJO_CLIENT_SECRET_FILE: \/etc\/fmb\/blank is empty; it must hold the Forgejo client secret/],
     ["a secret file its group may read", { ...WITHOUT_SECRET, FORGEJO_CLIENT_SECRET_FILE: "/etc/fmb/group_readable" }, /^FORGEJO_CLIENT_SECRET_FILE: \/etc\/fmb\/group_readable has mode 0640, so other users may read the Forgejo client secret; run chmod 600 '\/etc\/fmb\/group_readable' and start again/],
     ["a key file anyone may read", { ...REQUIRED, BROKER_SEALING_KEY_FILE: "/etc/fmb/world_readable_key" }, /^BROKER_SEALING_KEY_FILE: \/etc\/fmb\/world_readable_key has mode 0644, so other users may read the sealing key; run chmod 600/],
+    ["a Redis URL both in the environment and in a file", { ...REQUIRED, BROKER_REDIS_URL: "redis://127.0.0.1:6379", BROKER_REDIS_URL_FILE: "/etc/fmb/redis_url" }, /^BROKER_REDIS_URL_FILE: and BROKER_REDIS_URL are both set; keep only one/],
+    ["a Redis URL file anyone may read", { ...REQUIRED, BROKER_REDIS_URL_FILE: "/etc/fmb/world_readable_redis_url" }, /^BROKER_REDIS_URL_FILE: \/etc\/fmb\/world_readable_redis_url has mode 0644, so other users may read the Redis URL; run chmod 600/],
     ["a key file that is not 32 bytes of base64", { ...REQUIRED, BROKER_SEALING_KEY_FILE: "/etc/fmb/short_key" }, /^BROKER_SEALING_KEY_FILE: \/etc\/fmb\/short_key must hold 32 bytes in base64/],
     ["0440 beside the credentials directory, in one whose name starts like it", { ...WITHOUT_SECRET, CREDENTIALS_DIRECTORY: CREDENTIALS, FORGEJO_CLIENT_SECRET_FILE: `${CREDENTIALS}-other/forgejo_client_secret` }, /^FORGEJO_CLIENT_SECRET_FILE: .* has mode 0440/],
     ["0440 reached from the credentials directory by ..", { ...WITHOUT_SECRET, CREDENTIALS_DIRECTORY: CREDENTIALS, FORGEJO_CLIENT_SECRET_FILE: `${CREDENTIALS}/../elsewhere/forgejo_client_secret` }, /^FORGEJO_CLIENT_SECRET_FILE: .* has mode 0440/],

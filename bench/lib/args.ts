@@ -2,10 +2,13 @@
 // targets; --quick for a check in a few minutes. A pure function, so it can be tested alone.
 import { parseArgs } from "node:util";
 
-export const TARGETS = ["direct", "relay", "broker-previous", "broker", "broker-otel", "broker-modern", "broker-unsandboxed", "supergateway"] as const;
+export const TARGETS = ["direct", "relay", "broker-previous", "broker", "broker-otel", "broker-modern", "broker-unsandboxed", "broker-replicas-1", "broker-replicas-3", "supergateway"] as const;
 export type TargetName = (typeof TARGETS)[number];
-/** Measured only when --targets names them: the broker of --baseline-ref, and the broker tracing to an OTLP sink. */
-export const DEFAULT_TARGETS: TargetName[] = TARGETS.filter((t) => t !== "broker-previous" && t !== "broker-otel");
+/** Measured only when --targets names them: the broker of --baseline-ref, the broker tracing to an OTLP sink, and the brokers behind Caddy on PostgreSQL and Redis. */
+const ONLY_WHEN_NAMED: readonly TargetName[] = ["broker-previous", "broker-otel", "broker-replicas-1", "broker-replicas-3"];
+export const DEFAULT_TARGETS: TargetName[] = TARGETS.filter((t) => !ONLY_WHEN_NAMED.includes(t));
+/** The replicated targets: how many broker processes each runs behind Caddy. */
+export const REPLICA_TARGETS = { "broker-replicas-1": 1, "broker-replicas-3": 3 } as const satisfies Partial<Record<TargetName, number>>;
 /** The scale point's default: the relay and the unsandboxed broker are references for the rows, allowed there only when asked for. */
 export const SCALE_TARGETS: TargetName[] = ["direct", "broker", "supergateway"];
 
@@ -54,7 +57,9 @@ export const USAGE = `usage: bun run bench [-- options]
                       broker runs its children in the bubblewrap sandbox, broker-unsandboxed with BROKER_CHILD_SANDBOX=none;
                       broker-modern: the sandboxed broker driven by MCP 2026-07-28 callers on one token, so one child;
                       only when listed: broker-previous, the broker of --baseline-ref, and broker-otel, this broker with
-                      OTEL_EXPORTER_OTLP_ENDPOINT set to a sink the harness runs: the tracing cost, off and on)
+                      OTEL_EXPORTER_OTLP_ENDPOINT set to a sink the harness runs: the tracing cost, off and on; and
+                      broker-replicas-1, broker-replicas-3: 1 or 3 broker processes on one PostgreSQL database and one
+                      Redis (127.0.0.1:5432 and :6379) behind Caddy with deploy/Caddyfile, measured through Caddy)
   --baseline-ref REF  the git ref broker-previous runs (its src/, exported to a temporary directory; default main)
   --broker-log-level  BROKER_LOG_LEVEL for the broker (default warn: supergateway runs with --logLevel none)
   --broker-flags F    extra bun flags for the broker, e.g. "--cpu-prof --cpu-prof-md --cpu-prof-dir=/tmp/prof"

@@ -37,7 +37,13 @@ export class Unavailable extends Error {}
 
 const live = new Set<Subprocess>();
 
-async function waitFor(check: () => Promise<boolean>, proc: Subprocess, ms: number, what: string, log?: string): Promise<void> {
+/** A process the bench started besides a gateway (a proxy in front of brokers): stopped by stopAllGateways on Ctrl-C too. */
+export function trackProcess(proc: Subprocess): Subprocess {
+  live.add(proc);
+  return proc;
+}
+
+export async function waitFor(check: () => Promise<boolean>, proc: Subprocess, ms: number, what: string, log?: string): Promise<void> {
   const deadline = performance.now() + ms;
   while (performance.now() < deadline) {
     if (proc.exitCode !== null || proc.signalCode !== null) {
@@ -58,7 +64,7 @@ function tail(path: string): string {
 }
 
 /** SIGTERM, up to `graceMs` to exit, SIGKILL; then SIGKILL any descendant that outlived it. */
-async function stopProcess(proc: Subprocess, graceMs: number): Promise<StopReport> {
+export async function stopProcess(proc: Subprocess, graceMs: number): Promise<StopReport> {
   const snapshot = descendantsOf(proc.pid).map((pid) => procStat(pid)).filter((s) => s !== null);
   let ended = "SIGTERM";
   if (proc.exitCode === null && proc.signalCode === null) {
@@ -157,13 +163,24 @@ export interface BrokerOptions {
   entry?: string;
   /** More variables for the broker (OTEL_EXPORTER_OTLP_ENDPOINT for broker-otel). */
   env?: Record<string, string>;
+  /** Where it listens: a free port unless given (a replica names its own address in its environment first). */
+  port?: number;
 }
 
-export async function startBroker(options: BrokerOptions): Promise<Gateway> {
-  const port = await freePort();
+/** A broker process as the bench starts it, not yet known to answer: its log, and a stop that removes its data directory. */
+export interface SpawnedBroker {
+  proc: Subprocess;
+  /** Where it listens itself (not through any proxy). */
+  directUrl: string;
+  log: string;
+  stop(): Promise<StopReport>;
+}
+
+/** `bun src/index.ts` on a free port with a data directory of its own; `env` adds to (and overrides) the bench's settings. */
+export async function spawnBroker(options: BrokerOptions): Promise<SpawnedBroker> {
+  const port = options.port ?? (await freePort());
   const dataDir = mkdtempSync(join(tmpdir(), "fmb-bench-"));
   const log = join(dataDir, "broker.log");
-  const publicUrl = `http://127.0.0.1:${port}`;
   // One append descriptor for both streams, so stdout and stderr lines interleave instead of overwriting.
   const logFd = openSync(log, "a");
   const argv = [...(options.wrapper ?? []), process.execPath, ...(options.flags ?? []), options.entry ?? join(REPO_ROOT, "src/index.ts")];
@@ -195,23 +212,38 @@ export async function startBroker(options: BrokerOptions): Promise<Gateway> {
     rmSync(dataDir, { recursive: true, force: true });
     return report;
   };
+  return { proc, directUrl: `http://127.0.0.1:${port}`, log, stop };
+}
+
+/** Until the broker's own /healthz answers 200 (or it exits, or the time is up: Unavailable with its log's tail). */
+export async function brokerReady(broker: SpawnedBroker, options: Pick<BrokerOptions, "wrapper">): Promise<void> {
+  const startMs = (options.wrapper?.length ?? 0) > 0 ? 120_000 : 15_000;
+  await waitFor(async () => (await fetch(`${broker.directUrl}/healthz`, { signal: AbortSignal.timeout(1000) })).ok, broker.proc, startMs, "the broker", broker.log);
+}
+
+/** A token minted through the OAuth flow at `publicUrl` and one probed session on its /mcp: the gateway as the load generator gets it. */
+export async function signedInGateway(publicUrl: string, pid: number, stop: () => Promise<StopReport>): Promise<Gateway> {
+  let token: string;
   try {
-    const startMs = (options.wrapper?.length ?? 0) > 0 ? 120_000 : 15_000;
-    await waitFor(async () => (await fetch(`${publicUrl}/healthz`, { signal: AbortSignal.timeout(1000) })).ok, proc, startMs, "the broker", log);
-    let token: string;
-    try {
-      token = (await obtainTokens(publicUrl)).accessToken;
-    } catch (error) {
-      throw new Unavailable(`the OAuth flow failed: ${error instanceof Error ? error.message : String(error)}`);
-    }
-    if (!token) throw new Unavailable("the OAuth flow returned no access token");
-    const url = `${publicUrl}/mcp`;
-    const probe = await probeMcp(url, token);
-    if (!probe.ok) throw new Unavailable(probe.reason);
-    const newToken = async () => (await obtainTokens(publicUrl)).accessToken;
-    return { pid: proc.pid, url, token, newToken, progressNotifications: probe.progressNotifications, stop };
+    token = (await obtainTokens(publicUrl)).accessToken;
   } catch (error) {
-    await stop();
+    throw new Unavailable(`the OAuth flow failed: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  if (!token) throw new Unavailable("the OAuth flow returned no access token");
+  const url = `${publicUrl}/mcp`;
+  const probe = await probeMcp(url, token);
+  if (!probe.ok) throw new Unavailable(probe.reason);
+  const newToken = async () => (await obtainTokens(publicUrl)).accessToken;
+  return { pid, url, token, newToken, progressNotifications: probe.progressNotifications, stop };
+}
+
+export async function startBroker(options: BrokerOptions): Promise<Gateway> {
+  const broker = await spawnBroker(options);
+  try {
+    await brokerReady(broker, options);
+    return await signedInGateway(broker.directUrl, broker.proc.pid, broker.stop);
+  } catch (error) {
+    await broker.stop();
     throw error instanceof Unavailable ? error : new Unavailable(error instanceof Error ? error.message : String(error));
   }
 }

@@ -6,9 +6,10 @@ import { basename } from "node:path";
 import { runChurn, runLoad, type LoadResult } from "../../src/loadtest/run.ts";
 import type { Era } from "../../src/loadtest/session.ts";
 import type { FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
-import type { TargetName } from "./args.ts";
+import { REPLICA_TARGETS, type TargetName } from "./args.ts";
 import { runDirectChurn, runDirectLoad, StdioSession } from "./direct.ts";
 import { startBroker, startRelay, startSupergateway, Unavailable, type ChildSpec, type Gateway } from "./gateways.ts";
+import { startReplicas } from "./replica-targets.ts";
 import { CLK_TCK, countByComm, cpuSeconds, describeDescendants, descendantsOf, procStat, rssKb, RssSampler, treePssKb, type ProcStat } from "./proc.ts";
 
 export interface LoadSample {
@@ -130,6 +131,17 @@ export async function startGateway(target: Exclude<TargetName, "direct">, child:
         wrapper: ctx.brokerWrapper,
         entry: target === "broker-previous" ? ctx.previousEntry : undefined,
         env: target === "broker-otel" ? { OTEL_EXPORTER_OTLP_ENDPOINT: ctx.otlpSinkUrl! } : undefined,
+      });
+    case "broker-replicas-1":
+    case "broker-replicas-3":
+      return startReplicas(REPLICA_TARGETS[target], {
+        child,
+        forgejo: ctx.forgejo,
+        maxSessions: ctx.maxSessions,
+        logLevel: ctx.brokerLogLevel,
+        sandbox: "bwrap",
+        flags: ctx.brokerFlags,
+        wrapper: ctx.brokerWrapper,
       });
     case "relay":
       return startRelay(child);

@@ -370,6 +370,37 @@ export function tracingCost(data: BenchData): TracingCost {
   };
 }
 
+export interface ReplicaScalingRow {
+  sessions: number;
+  one: Medians | null;
+  three: Medians | null;
+  /** broker-replicas-3 ÷ broker-replicas-1 calls/s. */
+  callsRatio: number | null;
+}
+
+export type ReplicaScaling =
+  | { shown: false; reason: string }
+  | { shown: true; rows: ReplicaScalingRow[]; churnOne: ChurnMedians | null; churnThree: ChurnMedians | null; churnRatio: number | null };
+
+/** Informational (issue 16): calls/s and sessions/s through Caddy with one replica and with three, from this run's medians. */
+export function replicaScaling(data: BenchData): ReplicaScaling {
+  const missing = (["broker-replicas-1", "broker-replicas-3"] as const).filter((t) => !data.options.targets.includes(t));
+  if (missing.length > 0) return { shown: false, reason: `${missing.join(" and ")} not measured in this run (--targets)` };
+  const churnOne = churnMedians(data.churn["broker-replicas-1"]);
+  const churnThree = churnMedians(data.churn["broker-replicas-3"]);
+  return {
+    shown: true,
+    rows: data.options.sessions.map((s) => {
+      const one = loadMedians(data.loads[s]?.["broker-replicas-1"]);
+      const three = loadMedians(data.loads[s]?.["broker-replicas-3"]);
+      return { sessions: s, one, three, callsRatio: ratio(three?.callsPerSecond ?? null, one?.callsPerSecond ?? null) };
+    }),
+    churnOne,
+    churnThree,
+    churnRatio: ratio(churnThree?.cyclesPerSecond ?? null, churnOne?.cyclesPerSecond ?? null),
+  };
+}
+
 export function renderMarkdown(data: BenchData): string {
   const { options, machine } = data;
   const lines: string[] = [];
@@ -534,6 +565,31 @@ export function renderMarkdown(data: BenchData): string {
       );
     }
     push("");
+  }
+
+  const replicas = replicaScaling(data);
+  if (!replicas.shown) push(`_Replicas through Caddy: not shown, ${replicas.reason}._`, "");
+  else {
+    const pair = (a: number | null | undefined, b: number | null | undefined, show: (v: number | null | undefined) => string) => `${show(a)} / ${show(b)}`;
+    const x = (v: number | null) => (v === null ? "—" : `${v.toFixed(2)}×`);
+    push(
+      "## Replicas through Caddy (issue 16)",
+      "",
+      `Informational, not a target: \`broker-replicas-1\` is one broker and \`broker-replicas-3\` three broker processes, each on one fresh PostgreSQL database (BROKER_DATABASE_URL) and one Redis prefix (BROKER_REDIS_URL), behind Caddy running deploy/Caddyfile (round robin, \`flush_interval -1\`); the load generator speaks to Caddy only, so three replicas share the sessions between them and a session's requests that reach a replica other than its owner are forwarded to the owner. Everything — the replicas, their children, Caddy, PostgreSQL, Redis and the load generator — shares this machine's ${data.machine.nproc} cores: three replicas add processes and a forwarding hop, not CPU, so they are not expected to be faster here; the ratio shows what the hop and the shared state cost when nothing is gained from more hardware. In the Calls table, these targets' RSS and CPU columns are the first replica's alone (its tree: its own children), not the cluster's.`,
+      "",
+      "| S | calls/s 1 / 3 replicas | 3 ÷ 1 | p50 ms 1 / 3 | p99 ms 1 / 3 | set-up p50 ms 1 / 3 |",
+      "|---:|---:|---:|---:|---:|---:|",
+    );
+    for (const r of replicas.rows) {
+      push(
+        `| ${r.sessions} | ${pair(r.one?.callsPerSecond, r.three?.callsPerSecond, (v) => f(v, 0))} | ${x(r.callsRatio)} | ${pair(r.one?.p50Ms, r.three?.p50Ms, ms)} | ${pair(r.one?.p99Ms, r.three?.p99Ms, ms)} | ${pair(r.one?.setupP50Ms, r.three?.setupP50Ms, ms)} |`,
+      );
+    }
+    push(
+      "",
+      `Sessions/s (churn: initialize → one call → DELETE, one after another) 1 / 3 replicas: ${pair(replicas.churnOne?.cyclesPerSecond, replicas.churnThree?.cyclesPerSecond, (v) => f(v, 1))}, 3 ÷ 1: ${x(replicas.churnRatio)}.`,
+      "",
+    );
   }
 
   const era = modernEra(data);

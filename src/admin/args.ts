@@ -19,7 +19,8 @@ export const USAGE = `usage: bun run admin -- <command> [--json]
   clients [--delete ID]                        registered clients; --delete revokes its grants, then removes it
   drain [--timeout SECONDS]                    start no new sessions here; wait until the children are gone
 
-exit codes: 0 ok, 1 nothing matched, 2 usage, 3 broker not running, 4 drain timed out, 5 broker error`;
+exit codes: 0 ok, 1 nothing matched, 2 usage, 3 broker not running, 4 drain timed out, 5 broker error,
+            6 sessions listed this replica's only (Redis unreachable)`;
 
 /** Options each command takes, and whether they carry a value. */
 const OPTIONS: Record<Exclude<AdminCommand["kind"], "help" | "delete-client">, Record<string, boolean>> = {

@@ -47,7 +47,9 @@ async function run(command: Exclude<AdminCommand, { kind: "help" }>, client: Adm
     case "sessions": {
       const answer = await client.sessions(command.user);
       print(answer, sessionsTable(answer.sessions));
-      return ExitCode.ok;
+      if (!answer.partial) return ExitCode.ok;
+      io.err(`admin: ${answer.warning}; this replica's own are listed`);
+      return ExitCode.partial;
     }
     case "revoke": {
       const answer = await client.revoke(command.target);

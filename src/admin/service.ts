@@ -1,7 +1,10 @@
-// What the admin command asks of a running broker, answered from its registry, its principals' children and
-// the store: the live sessions and children, revocation (through the store's revocation path, as on
-// /oauth/revoke), the clients and their removal, and drain.
-import type { SessionDirectory } from "../replicas/session-directory.ts";
+// What the admin command asks of a running broker, answered from its registry, its principals' children, the Redis
+// directories and the store: the live sessions and children (this replica's and the others'), revocation (through the
+// store's revocation path, as on /oauth/revoke), the clients and their removal, and drain.
+import type { ChildEra } from "../modern/child-era.ts";
+import { recordOf, type ListedPrincipal, type PrincipalDirectory, type PrincipalRecord } from "../replicas/principal-directory.ts";
+import { RedisUnavailableError } from "../replicas/redis-connection.ts";
+import type { ListedSession, SessionDirectory } from "../replicas/session-directory.ts";
 import type { PrincipalChildren } from "../modern/principals.ts";
 import type { SessionRegistry } from "../session/registry.ts";
 import type { AdminQueries, GrantFilter } from "../store/admin-queries.ts";
@@ -22,6 +25,8 @@ export interface AdminServiceDeps {
   rssOf: (pid: number) => number | null;
   /** With Redis: the other live replicas' legacy sessions, listed beside this one's. */
   directory?: Pick<SessionDirectory, "othersLive">;
+  /** With Redis: the other live replicas' principal children. */
+  principalDirectory?: Pick<PrincipalDirectory, "othersLive">;
   /** How often a drain looks at the children left; 250 ms by default. */
   drainPollMs?: number;
 }
@@ -34,39 +39,44 @@ export class AdminService {
 
   /**
    * Every live legacy session and principal child, oldest first (those of unknown age last); only `user`'s (a
-   * Forgejo login) when given. With Redis, also the other live replicas' legacy sessions from the directory.
+   * Forgejo login) when given. With Redis, also the other live replicas' legacy sessions and principal children
+   * from the directories; while Redis does not answer, this replica's own only, marked partial.
    */
   async sessions(user?: string): Promise<SessionsAnswer> {
     const now = this.deps.timers.now();
     const legacy = this.deps.registry.list();
     const modern = this.deps.principals.list();
-    const remote = (await this.deps.directory?.othersLive()) ?? [];
-    const grants = await this.deps.queries.grantsById([...legacy.map((s) => s.binding.grantId), ...modern.map((p) => p.grantId), ...remote.map((s) => s.entry.grantId)]);
-    const row = (era: SessionRow["era"], id: string, grantId: string, forgejoUserId: number, startedAt: number, lastActivity: number, busy: boolean, pid: number, serving: boolean): SessionRow => {
-      const grant = grants.get(grantId);
+    const others = await this.otherReplicas();
+    const grantIds = [...legacy.map((s) => s.binding.grantId), ...modern.map((p) => p.grantId), ...others.sessions.map((s) => s.entry.grantId), ...others.principals.map((p) => p.record.grantId)];
+    const grants = await this.deps.queries.grantsById(grantIds);
+    const row = (listed: Listed): SessionRow => {
+      const grant = grants.get(listed.grantId);
       return {
-        era,
-        id,
-        user: grant?.forgejoLogin ?? `#${forgejoUserId}`,
-        forgejoUserId,
+        era: listed.era,
+        id: listed.id,
+        user: grant?.forgejoLogin ?? `#${listed.forgejoUserId}`,
+        forgejoUserId: listed.forgejoUserId,
         clientId: grant?.clientId ?? "",
         clientName: grant?.clientName ?? "",
-        grantId,
-        ageS: seconds(now - startedAt),
+        grantId: listed.grantId,
+        ...(listed.childEra === undefined ? {} : { childEra: listed.childEra }),
+        ageS: seconds(now - listed.startedAt),
         // A session with a request in flight or a stream open is in use, however long ago it last heard from its client.
-        idleS: busy ? 0 : seconds(now - lastActivity),
-        replica: this.deps.replica,
-        pid,
-        rssBytes: this.deps.rssOf(pid),
-        state: serving ? "serving" : "retiring",
+        idleS: listed.busy ? 0 : seconds(now - listed.lastActivity),
+        replica: listed.replica,
+        pid: listed.pid,
+        rssBytes: listed.rssBytes,
+        state: listed.serving ? "serving" : "retiring",
       };
     };
+    const here = this.deps.replica;
     const rows = [
-      ...legacy.map((s) => row("legacy", s.id, s.binding.grantId, s.binding.forgejoUserId, s.startedAt, s.lastActivity, s.inFlight + s.activeStreams > 0, s.childPid, true)),
-      ...modern.map((p) =>
-        row("modern", p.grantId, p.grantId, p.forgejoUserId, p.startedAt, p.child.lastActivity, p.child.inFlight + p.child.listening > 0, p.child.childPid, p.serving),
+      ...legacy.map((s) =>
+        row({ era: "legacy", id: s.id, grantId: s.binding.grantId, forgejoUserId: s.binding.forgejoUserId, startedAt: s.startedAt, lastActivity: s.lastActivity, busy: s.inFlight + s.activeStreams > 0, pid: s.childPid, rssBytes: this.deps.rssOf(s.childPid), serving: true, replica: here }),
       ),
-      ...remote.map(({ sessionId, entry, ownerUrl }): SessionRow => {
+      ...modern.map((p) => row({ ...principalListed(recordOf(p, this.deps.rssOf(p.child.childPid))), replica: here })),
+      ...others.principals.map(({ record, ownerUrl }) => row({ ...principalListed(record), replica: ownerUrl })),
+      ...others.sessions.map(({ sessionId, entry, ownerUrl }): SessionRow => {
         const grant = grants.get(entry.grantId);
         return {
           era: "legacy",
@@ -85,7 +95,18 @@ export class AdminService {
         };
       }),
     ];
-    return { sessions: rows.filter((r) => user === undefined || r.user === user).sort((a, b) => (b.ageS ?? -1) - (a.ageS ?? -1)) };
+    const sessions = rows.filter((r) => user === undefined || r.user === user).sort((a, b) => (b.ageS ?? -1) - (a.ageS ?? -1));
+    return others.warning === null ? { sessions, partial: false } : { sessions, partial: true, warning: others.warning };
+  }
+
+  /** The other replicas' sessions and principal children from Redis, or nothing and why, when Redis does not answer. */
+  private async otherReplicas(): Promise<{ sessions: ListedSession[]; principals: ListedPrincipal[]; warning: string | null }> {
+    try {
+      const [sessions, principals] = await Promise.all([this.deps.directory?.othersLive() ?? [], this.deps.principalDirectory?.othersLive() ?? []]);
+      return { sessions, principals, warning: null };
+    } catch (error) {
+      return { sessions: [], principals: [], warning: `other replicas not listed: ${redisProblem(error)}` };
+    }
   }
 
   /** Revokes every active grant the target names; their sessions and principal children end as on /oauth/revoke. Throws AdminNotFoundError. */
@@ -136,6 +157,36 @@ export class AdminService {
     const modern = this.deps.principals.list().filter((p) => p.serving && grants.has(p.grantId)).length;
     return legacy + modern;
   }
+}
+
+/** What a listing row is made from, wherever the session or child runs. */
+interface Listed {
+  era: SessionRow["era"];
+  id: string;
+  grantId: string;
+  forgejoUserId: number;
+  childEra?: ChildEra;
+  startedAt: number;
+  lastActivity: number;
+  busy: boolean;
+  pid: number;
+  rssBytes: number | null;
+  serving: boolean;
+  replica: string;
+}
+
+/** A principal child, here or elsewhere, by what the principal directory records of it. */
+function principalListed(record: PrincipalRecord): Omit<Listed, "replica"> {
+  return { era: "modern", id: record.grantId, ...record };
+}
+
+/** Why Redis gave no listing: not reached (down, too slow, the connection lost mid-way), or an error it answered. */
+function redisProblem(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  // Bun's RedisClient names a lost connection ERR_REDIS_CONNECTION_CLOSED (and its kin); a reply error is ERR_REDIS_SERVER_ERROR.
+  const code = (error as { code?: unknown } | null)?.code;
+  const unreachable = error instanceof RedisUnavailableError || (typeof code === "string" && code.startsWith("ERR_REDIS_CONNECTION"));
+  return `${unreachable ? "Redis unreachable" : "Redis failed"} (${message})`;
 }
 
 function seconds(ms: number): number {

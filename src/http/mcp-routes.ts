@@ -11,6 +11,7 @@ import { noTracing, type Tracing } from "../observability/tracing.ts";
 import { classifyPost } from "../modern/classify.ts";
 import { MISSING_CAPABILITY } from "../modern/modern-call.ts";
 import type { PrincipalChildren } from "../modern/principals.ts";
+import type { RetryElsewhere } from "../replicas/retry-forwarding.ts";
 import { checkModernRequest } from "../modern/request-rules.ts";
 import { LEGACY_PROTOCOL_VERSIONS } from "../modern/versions.ts";
 import { BearerTokenError } from "../oauth/errors.ts";
@@ -44,6 +45,8 @@ export interface McpRoutesDeps {
   registry: SessionRegistry;
   /** Answers a request for a session held elsewhere (another replica) before this replica would; undefined: serve it here. */
   elsewhere?: (request: Request, identity: TokenIdentity) => Promise<Response | undefined>;
+  /** Passes an MRTR retry to the replica `holder` holding its call; undefined: that replica is gone, the retry is served here. */
+  retryElsewhere?: RetryElsewhere;
   principals: PrincipalChildren;
   sessions: SessionConfig;
   publicUrl: string;
@@ -295,6 +298,15 @@ export function mcpRoutes(deps: McpRoutesDeps) {
       return opened;
     }
     if (!MODERN_FORWARDED.has(method)) throw new McpRefusal(404, ErrorCode.MethodNotFound, `Method not found: ${method}`);
+    const holder = isRetry(incoming) && deps.retryElsewhere !== undefined ? deps.principals.holderElsewhere(identity, incoming) : null;
+    if (holder !== null) {
+      const relayed = await deps.retryElsewhere!(request, incoming.raw, holder);
+      if (relayed !== undefined) {
+        // The holder counts the call itself.
+        trip.settle("ok");
+        return relayed;
+      }
+    }
     const done = hold(request, identity, null);
     try {
       // An MRTR retry resumes the call its requestState names, on whichever child holds it.

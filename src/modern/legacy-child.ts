@@ -6,7 +6,7 @@ import type { MessageStream } from "../bridge/message-stream.ts";
 import type { ChildProcess } from "../supervisor/child.ts";
 import { discoverResult } from "./discover.ts";
 import { ModernCall } from "./modern-call.ts";
-import { PrincipalChild, type Caller, type PrincipalChildOptions } from "./principal-child.ts";
+import { PrincipalChild, type CallOptions, type Caller, type PrincipalChildOptions } from "./principal-child.ts";
 import { logWanted } from "./results.ts";
 import { honoredFilter, listenFilter, Listeners } from "./subscriptions.ts";
 
@@ -68,14 +68,19 @@ export class LegacyPrincipalChild extends PrincipalChild<LegacyCaller> {
   }
 
   /** The call's answer, or an input_required its retry resumes (ModernCall). */
-  call(incoming: IncomingMessage, options: { sse?: boolean } = {}): MessageStream {
+  call(incoming: IncomingMessage, options: CallOptions = {}): MessageStream {
     this.touch();
-    const call = new ModernCall(incoming, options.sse ?? true, {
-      ...this.options,
-      cancel: (handle, reason) => this.channel.cancel(handle, reason),
-      restartTimeout: (handle, ms) => this.channel.restartTimeout(handle, ms),
-      over: () => this.over(() => {}),
-    });
+    const call = new ModernCall(
+      incoming,
+      options.sse ?? true,
+      {
+        ...this.options,
+        cancel: (handle, reason) => this.channel.cancel(handle, reason),
+        restartTimeout: (handle, ms) => this.channel.restartTimeout(handle, ms),
+        over: () => this.over(() => {}),
+      },
+      options.given,
+    );
     call.handle = this.channel.call(incoming, call);
     return call.current;
   }

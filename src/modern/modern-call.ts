@@ -68,12 +68,16 @@ export class ModernCall implements Parked {
   private flushTimer: TimerHandle | null = null;
   /** The call on the child is over (answered, failed, cancelled or abandoned). */
   private ended = false;
+  /** Answers the caller already gave, by key: a re-run of its call (its holder is gone) answers the child's requests from them. */
+  private readonly given: Map<string, unknown>;
 
   constructor(
     incoming: IncomingMessage,
     sse: boolean,
     private readonly deps: ModernCallDeps,
+    given: Record<string, unknown> = {},
   ) {
+    this.given = new Map(Object.entries(given));
     this.method = String(incoming.message.method);
     this.callerId = incoming.message.id as JsonRpcId;
     this.sse = sse;
@@ -132,7 +136,15 @@ export class ModernCall implements Parked {
       request.refuse(ErrorCode.Undeliverable, `${request.method} cannot be relayed: ${MAX_INPUT_REQUESTS} requests of this call already wait for the client`);
       return;
     }
-    this.unsent.set(`${capability}-${this.nextKey++}`, request);
+    // Keys follow the order of the child's requests, so a re-run's child asking the same things finds the caller's answers under them.
+    const key = `${capability}-${this.nextKey++}`;
+    if (this.given.has(key)) {
+      const answer = this.given.get(key);
+      this.given.delete(key);
+      request.reply(answer);
+      return;
+    }
+    this.unsent.set(key, request);
     this.scheduleFlush();
   }
 
@@ -250,7 +262,7 @@ export class ModernCall implements Parked {
     this.unsent.clear();
     // Parked, the call outlives its deadline only by a full timeout: the deadline's abandonment ends it first.
     if (this.handle !== null) this.deps.restartTimeout(this.handle, parked.deadline - this.deps.timers.now() + this.deps.requestTimeoutMs);
-    const requestState = this.deps.sealer.seal({ continuationId: parked.id, deadline: parked.deadline }, this.binding);
+    const requestState = this.deps.sealer.seal({ continuationId: parked.id, deadline: parked.deadline, asked: Object.keys(inputRequests) }, this.binding);
     this.push(JSON.stringify({ jsonrpc: "2.0", id: this.callerId, result: { resultType: "input_required", inputRequests, requestState } }), "response", "broker");
   }
 }

@@ -28,6 +28,12 @@ export interface Caller {
   readonly logLevel: unknown;
 }
 
+/** How a caller's request is sent: `sse` whether its answer may stream; `given` answers (by key) its caller already gave to a run of it elsewhere. */
+export interface CallOptions {
+  sse?: boolean;
+  given?: Record<string, unknown>;
+}
+
 /** `C`: what the era's subclass knows of each call on its child. */
 export abstract class PrincipalChild<C extends Caller = Caller> {
   protected readonly channel: ChildChannel<C>;
@@ -66,7 +72,7 @@ export abstract class PrincipalChild<C extends Caller = Caller> {
    * Sends a caller's request; the stream yields its progress and the log notifications it asked for —
    * unless the caller takes no SSE (`sse` false) — then its answer. Closing the stream cancels the call.
    */
-  abstract call(incoming: IncomingMessage, options?: { sse?: boolean }): MessageStream;
+  abstract call(incoming: IncomingMessage, options?: CallOptions): MessageStream;
 
   /**
    * A subscriptions/listen: its stream starts with the acknowledgement, then carries the notifications its

@@ -12,7 +12,7 @@ import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../ses
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
 import { every, reapIntervalFor, type TimerHandle, type Timers } from "../supervisor/timers.ts";
 import { MIN_REFRESH_INTERVAL_MS, refreshDueAt } from "../upstream/refresh-timing.ts";
-import { ChildEras, PROBE_TIMEOUT_MS, probeVerdict, runProbe, type ProbeOutcome } from "./child-era.ts";
+import { ChildEras, PROBE_TIMEOUT_MS, type ChildEra, probeVerdict, runProbe, type ProbeOutcome } from "./child-era.ts";
 import { Continuations } from "./continuations.ts";
 import { LegacyPrincipalChild } from "./legacy-child.ts";
 import type { ModernCall } from "./modern-call.ts";
@@ -38,6 +38,8 @@ export interface PrincipalChildrenDeps {
    * registry's, which counts `capped()` too); the function it gives frees it. Without it, no cap.
    */
   reserveSlot?: (forgejoUserId: number) => Promise<() => void>;
+  /** A child's process exited, freeing the slot it held (the per-user count across replicas goes down). */
+  slotFreed?: (forgejoUserId: number) => void;
   /** Whether a client can still act under the grant; without it, every grant is live. */
   grantIsLive?: (grantId: string) => Promise<boolean>;
   initializeTimeoutMs?: number;
@@ -46,6 +48,10 @@ export interface PrincipalChildrenDeps {
   continuationDeadlineMs?: number;
   /** Child starts and exits, MRTR; none recorded without it. */
   metrics?: BrokerMetrics;
+  /** Told when a child starts serving and once its process has exited, for whatever reason (the Redis principal directory). */
+  lifecycle?: { running(entry: PrincipalChildEntry): void; exited(entry: PrincipalChildEntry): void };
+  /** Among replicas: the requestState key they share and this replica's id, which each continuation's state names. */
+  sharedStates?: { key: Uint8Array; replicaId: string };
 }
 
 interface Principal {
@@ -69,6 +75,9 @@ interface Principal {
 export interface PrincipalChildEntry {
   grantId: string;
   forgejoUserId: number;
+  clientId: string;
+  /** The era the child itself speaks. */
+  childEra: ChildEra;
   child: PrincipalChild;
   startedAt: number;
   /** False once retired or stopped: it ends its calls and exits. */
@@ -95,7 +104,7 @@ export class PrincipalChildren {
   private revocationNotices = 0;
   /** Calls waiting for their callers' retries, whichever child (serving or retiring) holds them. */
   readonly continuations: Continuations<ModernCall>;
-  private readonly sealer = new RequestStateSealer();
+  private readonly sealer: RequestStateSealer;
   /** The listen streams open on every child. */
   private readonly listenerCount = new ListenerCount();
   /** Children starting to replace a serving one: shutdown waits for them too. */
@@ -107,6 +116,7 @@ export class PrincipalChildren {
 
   constructor(private readonly deps: PrincipalChildrenDeps) {
     this.eras = new ChildEras({ setting: deps.childEra, timers: deps.timers });
+    this.sealer = deps.sharedStates === undefined ? new RequestStateSealer() : new RequestStateSealer(deps.sharedStates.key, deps.sharedStates.replicaId);
     const metrics = (this.metrics = deps.metrics ?? noMetrics);
     this.continuations = new Continuations({
       observe: (result) => metrics.mrtr(result),
@@ -141,13 +151,12 @@ export class PrincipalChildren {
 
   /** Every child with a process, serving or on its way out (for the admin command's listing). */
   list(): PrincipalChildEntry[] {
-    return [...this.running].map(([principal, grantId]) => ({
-      grantId,
-      forgejoUserId: principal.forgejoUserId,
-      child: principal.child,
-      startedAt: principal.startedAt,
-      serving: this.live.get(grantId) === principal,
-    }));
+    return [...this.running].map(([principal, grantId]) => this.entryOf(principal, grantId));
+  }
+
+  private entryOf(principal: Principal, grantId: string): PrincipalChildEntry {
+    const { forgejoUserId, identity, child, startedAt } = principal;
+    return { grantId, forgejoUserId, clientId: identity.clientId, childEra: child instanceof ModernPrincipalChild ? "modern" : "legacy", child, startedAt, serving: this.live.get(grantId) === principal };
   }
 
   /** The grant's child serving now, if any (for tests and logs). */
@@ -181,19 +190,19 @@ export class PrincipalChildren {
 
   /**
    * A caller's MRTR retry (params.requestState set): its call resumes on the child that holds it, with
-   * the child's requests answered from inputResponses. Throws McpRefusal 400 -32602, with nothing sent to
+   * the child's requests answered from inputResponses; a call held by another replica that is gone runs again here. Throws McpRefusal 400 -32602, with nothing sent to
    * the child, for a state that is forged, another grant's, expired, already used or for other method or params.
    */
   async resume(identity: SessionIdentity, retry: IncomingMessage, options: { sse?: boolean } = {}): Promise<MessageStream> {
     const params = retry.message.params as Record<string, unknown>;
-    const binding = { grantId: identity.grantId, method: String(retry.message.method), paramsHash: paramsHash(params) };
-    const opened = typeof params.requestState === "string" ? this.sealer.open(params.requestState, binding, this.deps.timers.now()) : { ok: false as const, problem: "requestState must be a string" };
+    const opened = this.openRetry(identity, retry);
     if (!opened.ok) throw this.retryRefused(opened.problem);
     if (opened.state.childState !== undefined) {
       // A modern child's own state: the retry goes to the grant's child with it in place of the broker's seal.
       const message = { ...retry.message, params: { ...params, requestState: opened.state.childState } };
       return (await this.childFor(identity)).call({ raw: JSON.stringify(message), message }, options);
     }
+    if (this.heldElsewhere(opened.state.holder)) return this.rerun(identity, retry, opened.state.asked ?? [], options);
     const call = this.continuations.peek(opened.state.continuationId);
     if (call === null) throw this.retryRefused("requestState names no call waiting for input (already resumed, abandoned, or from before a restart)");
     const problem = call.responsesProblem(params.inputResponses);
@@ -201,6 +210,15 @@ export class PrincipalChildren {
     this.continuations.take(opened.state.continuationId);
     this.metrics.mrtr("resumed");
     return call.resume(retry, options.sse ?? true);
+  }
+
+  /**
+   * The replica holding the continuation a retry's requestState names, when that is another replica (to
+   * forward the retry to); null when it is this one, or the state is a child's own, or not genuine (resume refuses it).
+   */
+  holderElsewhere(identity: SessionIdentity, retry: IncomingMessage): string | null {
+    const opened = this.openRetry(identity, retry);
+    return opened.ok && opened.state.childState === undefined && this.heldElsewhere(opened.state.holder) ? opened.state.holder! : null;
   }
 
   /** The user's upstream token changed: each of their children is replaced by one with the new token (make before break). */
@@ -318,7 +336,11 @@ export class PrincipalChildren {
     }
     principal.staleToken = (this.rotations.get(identity.forgejoUserId) ?? 0) !== rotationsBefore;
     this.running.set(principal, identity.grantId);
-    void principal.exited.then(() => this.running.delete(principal));
+    void principal.exited.then(() => {
+      this.running.delete(principal);
+      this.deps.lifecycle?.exited(this.entryOf(principal, identity.grantId));
+      this.deps.slotFreed?.(identity.forgejoUserId);
+    });
     logger.info("principal child started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: process.pid, era: verdict.era });
     return principal;
   }
@@ -326,6 +348,7 @@ export class PrincipalChildren {
   /** New calls go to `principal`; one whose token was replaced while it started is replaced in turn. */
   private serve(grantId: string, principal: Principal): void {
     this.live.set(grantId, principal);
+    if (this.running.has(principal)) this.deps.lifecycle?.running(this.entryOf(principal, grantId));
     if (principal.staleToken) this.replace(grantId, principal, "the user's Forgejo token was refreshed while the child started");
   }
 
@@ -378,6 +401,34 @@ export class PrincipalChildren {
     this.ended(principal, exit);
     this.deps.logger.info("principal child stopped", { reason, pid: principal.child.childPid });
     return principal.child.close(reason);
+  }
+
+  private openRetry(identity: SessionIdentity, retry: IncomingMessage): ReturnType<RequestStateSealer["open"]> {
+    const params = retry.message.params as Record<string, unknown>;
+    const binding = { grantId: identity.grantId, method: String(retry.message.method), paramsHash: paramsHash(params) };
+    return typeof params.requestState === "string" ? this.sealer.open(params.requestState, binding, this.deps.timers.now()) : { ok: false, problem: "requestState must be a string" };
+  }
+
+  private heldElsewhere(holder: string | undefined): boolean {
+    return holder !== undefined && holder !== this.deps.sharedStates?.replicaId;
+  }
+
+  /**
+   * The retry of a call whose replica is gone: the original call (the retry's params without the retry's
+   * own, which the state's MAC binds) runs again on this grant's child, whose requests are answered from
+   * the retry's inputResponses under the keys the caller was asked; anything else it asks goes to the caller anew.
+   */
+  private async rerun(identity: SessionIdentity, retry: IncomingMessage, asked: string[], options: { sse?: boolean }): Promise<MessageStream> {
+    const { inputResponses, requestState: _state, ...original } = retry.message.params as Record<string, unknown>;
+    const given: Record<string, unknown> = {};
+    for (const key of asked) {
+      const response = (inputResponses as Record<string, unknown> | null | undefined)?.[key];
+      if (response === null || typeof response !== "object" || Array.isArray(response)) throw this.retryRefused(`inputResponses[${JSON.stringify(key)}] must be the answer object`);
+      given[key] = response;
+    }
+    const message = { ...retry.message, params: original };
+    this.deps.logger.info("re-running a call whose replica is gone, with its caller's answers", { method: String(retry.message.method), answers: asked.length });
+    return (await this.childFor(identity)).call({ raw: JSON.stringify(message), message }, { ...options, given });
   }
 
   /** A retry that resumes nothing: 400 -32602, counted. */

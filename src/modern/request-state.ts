@@ -1,12 +1,24 @@
 // The MRTR requestState a modern caller echoes on its retry: HMAC-sealed, bound to the grant, the original
 // method and params (a hash) and a deadline; it points to the broker's continuation, or wraps a modern child's own requestState.
-import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual } from "node:crypto";
 
 /**
  * What a requestState stands for, as the broker sealed it: the continuation (a legacy child's call kept
  * open) the retry resumes, or a modern child's own requestState, handed back to it on the retry.
  */
-export type SealedState = { continuationId: string; childState?: undefined; deadline: number } | { childState: string; continuationId?: undefined; deadline: number };
+export type SealedState = ContinuationState | { childState: string; continuationId?: undefined; deadline: number };
+
+/**
+ * A continuation, with what a replica other than its holder needs: which replica holds it (set when states
+ * are shared by replicas) and the keys its caller was asked, so a re-run of the call can match its child's requests to the answers.
+ */
+export interface ContinuationState {
+  continuationId: string;
+  childState?: undefined;
+  deadline: number;
+  holder?: string;
+  asked?: string[];
+}
 
 /** What a retry must match: who sends it, and the request it repeats. */
 export interface StateBinding {
@@ -16,6 +28,12 @@ export interface StateBinding {
 }
 
 const VERSION = "m1";
+const SHARED_KEY_PURPOSE = "forgejo-mcp-broker mrtr request state v1";
+
+/** The key replicas share for requestStates: derived from the sealing key under its own label, so it unseals nothing else. */
+export function requestStateKeyFrom(sealingKey: Uint8Array): Uint8Array {
+  return new Uint8Array(hkdfSync("sha256", sealingKey, new Uint8Array(0), SHARED_KEY_PURPOSE, 32));
+}
 /** The params a retry adds or may change: the rest must equal the original request's. */
 const RETRY_ONLY_PARAMS = new Set(["_meta", "inputResponses", "requestState"]);
 
@@ -37,15 +55,19 @@ function canonicalJson(value: unknown): string {
 }
 
 /**
- * Seals and opens requestStates. The key is random per process: a continuation is a call held open on
- * one broker's child, so a state from before a restart (or from another replica) has nothing to resume
- * and is refused like a forged one.
+ * Seals and opens requestStates. Alone, the key is random per process: a continuation is a call held open on
+ * one broker's child, so a state from before a restart has nothing to resume and is refused like a forged
+ * one. Among replicas the key is shared and each continuation names its `holder`, where the retry is routed.
  */
 export class RequestStateSealer {
-  constructor(private readonly key: Uint8Array = randomBytes(32)) {}
+  constructor(
+    private readonly key: Uint8Array = randomBytes(32),
+    private readonly holder?: string,
+  ) {}
 
   seal(state: SealedState, binding: StateBinding): string {
-    const body = Buffer.from(JSON.stringify({ c: state.continuationId, s: state.childState, d: state.deadline })).toString("base64url");
+    const continuation = state.continuationId === undefined ? {} : { r: this.holder, k: state.asked };
+    const body = Buffer.from(JSON.stringify({ c: state.continuationId, s: state.childState, d: state.deadline, ...continuation })).toString("base64url");
     return `${VERSION}.${body}.${this.mac(body, binding)}`;
   }
 
@@ -59,9 +81,9 @@ export class RequestStateSealer {
     if (expected.length !== given.length || !timingSafeEqual(expected, given)) {
       return { ok: false, problem: "requestState does not belong to this request (tampered, another sign-in's, or the method or params differ)" };
     }
-    const { c, s, d } = JSON.parse(Buffer.from(body, "base64url").toString()) as { c?: string; s?: string; d: number };
+    const { c, s, d, r, k } = JSON.parse(Buffer.from(body, "base64url").toString()) as { c?: string; s?: string; d: number; r?: string; k?: string[] };
     if (now > d) return { ok: false, problem: "requestState has expired" };
-    return { ok: true, state: s !== undefined ? { childState: s, deadline: d } : { continuationId: c!, deadline: d } };
+    return { ok: true, state: s !== undefined ? { childState: s, deadline: d } : { continuationId: c!, deadline: d, holder: r, asked: k } };
   }
 
   private mac(body: string, binding: StateBinding): string {

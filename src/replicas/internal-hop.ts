@@ -1,6 +1,6 @@
 // The replica-to-replica hop's proof: an HMAC over method, path, session id and a timestamp, keyed by a key
 // derived from the sealing key (HKDF, its own purpose label), so only a replica can mark a request as forwarded.
-import { createHmac, hkdfSync } from "node:crypto";
+import { createHash, createHmac, hkdfSync } from "node:crypto";
 import { constantTimeEqual } from "../crypto.ts";
 
 export const HOP_HEADER = "x-fmb-replica-hop";
@@ -16,7 +16,13 @@ export function hopKeyFrom(sealingKey: Uint8Array): Uint8Array {
 export interface HopTarget {
   method: string;
   path: string;
+  /** The session the request is for, or for a request of no session (an MRTR retry) its bodySubject. */
   sessionId: string;
+}
+
+/** What a hop of no session is bound to: its body, so a captured header carries no other request. */
+export function bodySubject(body: string): string {
+  return `body:${createHash("sha256").update(body).digest("base64url")}`;
 }
 
 function mac(key: Uint8Array, target: HopTarget, timestampMs: number): string {

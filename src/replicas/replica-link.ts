@@ -1,16 +1,19 @@
 // A replica's link to the others through Redis: two connections (commands, and the subscriber pub/sub
-// needs to itself), the revocation fan-out, the shared rate limits, the session directory, the liveness key and the health check.
+// needs to itself), the revocation fan-out, the shared rate limits, the session and principal directories, the liveness key and the health check.
 import { RedisClient } from "bun";
 import type { RedisConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
+import type { PrincipalChildEntry } from "../modern/principals.ts";
 import type { RateLimitPolicy, RateVerdict } from "../oauth/rate-limit.ts";
 import { every, type Timers } from "../supervisor/timers.ts";
 import { REDIS_RECONNECT } from "./backoff.ts";
 import { DEFAULT_LIVENESS, ReplicaLiveness, livenessKey, type LivenessTiming } from "./liveness.ts";
+import { PrincipalDirectory } from "./principal-directory.ts";
 import { RedisConnection, type RedisCommands } from "./redis-connection.ts";
 import { RevocationFanout } from "./revocation-fanout.ts";
 import { SessionDirectory } from "./session-directory.ts";
 import { SharedRateLimiter, windowOf } from "./shared-rate-limit.ts";
+import { UserSlots } from "./user-slots.ts";
 
 /** Long enough for a loaded Redis, short enough that /healthz and a sign-in never wait on a dead one. */
 const COMMAND_TIMEOUT_MS = 1_000;
@@ -32,6 +35,10 @@ export interface ReplicaLinkDeps {
   liveness?: LivenessTiming;
   /** How long a session may go unused before its replica ends it: how long a stopped replica's sessions stay restorable. */
   sessionIdleMs: number;
+  /** This replica's running principal children, which the principal directory refreshes. */
+  principalChildren: () => PrincipalChildEntry[];
+  /** Memory of a child's processes, recorded with it. */
+  rssOf: (pid: number) => number | null;
 }
 
 export interface ReplicaLink {
@@ -40,6 +47,12 @@ export interface ReplicaLink {
   rateLimiter: SharedRateLimiter;
   /** Where each legacy session lives, shared by all replicas. */
   sessions: SessionDirectory;
+  /** Which principal children each replica runs, shared by all replicas. */
+  principals: PrincipalDirectory;
+  /** Each user's slots on every replica, for BROKER_MAX_SESSIONS_PER_USER across them. */
+  userSlots: UserSlots;
+  /** The address a replica publishes while it lives; null once its liveness key is gone. Throws when Redis does not answer. */
+  replicaUrl(replicaId: string): Promise<string | null>;
   /** Resolves when Redis answers a PING within the command timeout. */
   ping(): Promise<void>;
   /**
@@ -47,7 +60,7 @@ export interface ReplicaLink {
    * sessions on their next request instead of forwarding it here, while revocations still reach it.
    */
   leave(): Promise<void>;
-  /** Deletes the liveness key and closes both connections. */
+  /** Deletes the principal directory's hash and the liveness key, and closes both connections. */
   stop(): Promise<void>;
 }
 
@@ -56,12 +69,13 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
   // Bun's own reconnection gives up after maxRetries; RedisConnection retries without end and subscribes again itself.
   const open = (): RedisCommands => new RedisClient(config.url, { autoReconnect: false, enableOfflineQueue: false, connectionTimeout: 2_000 });
   const revocationChannel = `${config.prefix}revocations`;
+  const timing = deps.liveness ?? DEFAULT_LIVENESS;
 
   const liveness = new ReplicaLiveness({
     redis: { command: (run, timeoutMs) => commands.command(run, timeoutMs) }, // commands is made below: it writes the key on connecting
     key: livenessKey(config.prefix, deps.replicaId),
     replicaUrl: config.replicaUrl,
-    timing: deps.liveness ?? DEFAULT_LIVENESS,
+    timing,
     timers,
     timeoutMs: COMMAND_TIMEOUT_MS,
   });
@@ -99,9 +113,21 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
     logger,
   });
   const sessions = new SessionDirectory({ redis: commands, prefix: config.prefix, replicaId: deps.replicaId, timeoutMs: COMMAND_TIMEOUT_MS, logger, unclaimedMs: deps.sessionIdleMs });
+  const principals = new PrincipalDirectory({
+    redis: commands,
+    prefix: config.prefix,
+    replicaId: deps.replicaId,
+    timing,
+    timers,
+    timeoutMs: COMMAND_TIMEOUT_MS,
+    children: deps.principalChildren,
+    rssOf: deps.rssOf,
+  });
+  const userSlots = new UserSlots({ redis: commands, prefix: config.prefix, replicaId: deps.replicaId, timeoutMs: COMMAND_TIMEOUT_MS, logger });
   commands.start();
   subscriber.start();
   liveness.start();
+  principals.start();
   const stopSweeping = every(timers, ORPHAN_SWEEP_MS, () => {
     sessions.expireOrphans().catch((error: unknown) => logger.warn("could not sweep the session directory", { error: error instanceof Error ? error.message : String(error) }));
   });
@@ -110,10 +136,17 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
     announceRevocation: (grantId) => fanout.announce(grantId),
     rateLimiter,
     sessions,
+    principals,
+    userSlots,
+    replicaUrl: async (replicaId) => {
+      const url = await commands.command((client) => client.send("GET", [livenessKey(config.prefix, replicaId)]), COMMAND_TIMEOUT_MS);
+      return typeof url === "string" && url !== "" ? url : null;
+    },
     ping: async () => void (await commands.command((client) => client.send("PING", []), COMMAND_TIMEOUT_MS)),
     leave: () => liveness.stop(),
     async stop() {
       stopSweeping();
+      await principals.stop();
       await liveness.stop();
       subscriber.stop();
       commands.stop();

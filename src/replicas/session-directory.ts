@@ -94,6 +94,11 @@ export class SessionDirectory {
     await this.run((client) => client.send("EVAL", [DELETE_IF_OWNER, "1", sessionKey(this.deps.prefix, sessionId), this.deps.replicaId]), "remove", sessionId);
   }
 
+  /** Removes the entry of a session whose owner `owner` is gone (its client deleted it), unless another replica restored it meanwhile. */
+  async forget(sessionId: string, owner: string): Promise<void> {
+    await this.run((client) => client.send("EVAL", [DELETE_IF_OWNER, "1", sessionKey(this.deps.prefix, sessionId), owner]), "remove", sessionId);
+  }
+
   /** This replica stopped under the session: the entry stays for a restore elsewhere, but not past the idle timeout. */
   async left(sessionId: string): Promise<void> {
     const expiry = [EXPIRE_IF_OWNER, "1", sessionKey(this.deps.prefix, sessionId), this.deps.replicaId, String(this.deps.unclaimedMs)];

@@ -1,34 +1,29 @@
 // Passes a /mcp request for a session another live replica owns on to that replica, streaming both ways,
 // marked with the hop's HMAC; and refuses a request that claims to be forwarded but cannot prove it.
 import type { Logger } from "../log.ts";
-import type { BrokerMetrics } from "../observability/metrics.ts";
 import { rpcErrorResponse, TRANSPORT_ERROR } from "../session/errors.ts";
-import { HOP_HEADER, signHop, verifyHop } from "./internal-hop.ts";
+import { bodySubject, HOP_HEADER, verifyHop } from "./internal-hop.ts";
+import { relayToReplica, type RelayDeps } from "./replica-relay.ts";
 import type { SessionIdentity } from "../session/legacy-session.ts";
 import type { DirectoryEntry, SessionDirectory } from "./session-directory.ts";
 
 const SESSION_HEADER = "mcp-session-id";
 /** Only what the registry mints: anything else is no session anywhere, and never leaves this replica. */
 const SESSION_ID = /^[0-9a-f]{48}$/;
-/** Connection-level headers are this hop's own; the rest (Authorization, Accept, Last-Event-ID, …) go through unchanged. */
-const HOP_BY_HOP = new Set(["host", "connection", "keep-alive", "transfer-encoding", "content-length", "upgrade", "te", "trailer", HOP_HEADER]);
 
-/** Restores a session whose owner is gone, here under its id, for the live request's identity. */
-export type RestoreSession = (sessionId: string, entry: DirectoryEntry, identity: SessionIdentity) => Promise<Response | undefined>;
+/**
+ * Restores a session whose owner is gone, here under its id, for the live request's identity: undefined to
+ * serve the request here, "moved" when another replica restored it (forward there), or the answer itself.
+ */
+export type RestoreSession = (sessionId: string, entry: DirectoryEntry, identity: SessionIdentity, request: Request) => Promise<Response | undefined | "moved">;
 
-export interface SessionForwardingDeps {
+export interface SessionForwardingDeps extends RelayDeps {
   directory: Pick<SessionDirectory, "find">;
   restore: RestoreSession;
   /** Whether this replica holds the session itself. */
   holds: (sessionId: string) => boolean;
   replicaId: string;
-  hopKey: Uint8Array;
-  now: () => number;
-  fetch: (url: string, init: RequestInit) => Promise<Response>;
   logger: Logger;
-  metrics: Pick<BrokerMetrics, "forwardedRequest">;
-  /** Lifts the server's idle timeout for the request (a call may be silent for minutes); call what it returns once the answer is over. */
-  keepOpen: (request: Request) => () => void;
 }
 
 /**
@@ -41,57 +36,35 @@ export function sessionForwarding(deps: SessionForwardingDeps): (request: Reques
     const target = { method: request.method, path: new URL(request.url).pathname, sessionId: sessionId ?? "" };
     const hop = request.headers.get(HOP_HEADER);
     if (hop !== null) {
-      // Forwarded by a replica that found this one named as the owner: served here, never passed on again.
-      const verdict = sessionId === null ? "invalid" : verifyHop(deps.hopKey, hop, target, deps.now());
+      // Forwarded by a replica that found this one named as the owner (of the session, or of the MRTR
+      // continuation the body's requestState names): served here, never passed on again.
+      const bound = sessionId === null ? { ...target, sessionId: bodySubject(await request.clone().text()) } : target;
+      const verdict = verifyHop(deps.hopKey, hop, bound, deps.now());
       if (verdict === "ok") return undefined;
       deps.logger.warn("refused a request claiming to come from another replica", { verdict });
       return rpcErrorResponse(403, null, TRANSPORT_ERROR, "Forbidden: the replica hop could not be verified");
     }
     if (sessionId === null || !SESSION_ID.test(sessionId) || deps.holds(sessionId)) return undefined;
-    let whereabouts;
-    try {
-      whereabouts = await deps.directory.find(sessionId);
-    } catch (error) {
-      deps.logger.warn("could not ask the session directory", { error: error instanceof Error ? error.message : String(error) });
-      return undefined;
-    }
-    if (whereabouts === undefined || whereabouts.entry.owner === deps.replicaId) return undefined;
-    if (whereabouts.ownerUrl === null) return deps.restore(sessionId, whereabouts.entry, identity);
-    const headers = new Headers();
-    request.headers.forEach((value, name) => {
-      if (!HOP_BY_HOP.has(name.toLowerCase())) headers.set(name, value);
-    });
-    headers.set(HOP_HEADER, signHop(deps.hopKey, target, deps.now()));
-    let answer: Response;
-    const release = deps.keepOpen(request);
-    try {
-      answer = await deps.fetch(new URL(target.path, whereabouts.ownerUrl).href, {
-        method: request.method,
-        headers,
+    // A second look, after another replica won the restore: it owns the session now.
+    for (let look = 0; look < 2; look++) {
+      let whereabouts;
+      try {
+        whereabouts = await deps.directory.find(sessionId);
+      } catch (error) {
+        deps.logger.warn("could not ask the session directory", { error: error instanceof Error ? error.message : String(error) });
+        return undefined;
+      }
+      if (whereabouts === undefined || whereabouts.entry.owner === deps.replicaId) return undefined;
+      if (whereabouts.ownerUrl !== null) {
         // A copy (Bun's body limit bounds what it holds): a refused connection leaves the body intact for a restore here.
-        body: request.body === null ? null : request.clone().body,
-        redirect: "manual",
-        // The caller going away ends the owner's side too (a GET stream's listener, a POST's wait).
-        signal: request.signal,
-      });
-    } catch (error) {
-      release();
-      deps.metrics.forwardedRequest("failed");
-      deps.logger.warn("the session's replica did not answer; restoring the session here", { session: sessionId, owner_url: whereabouts.ownerUrl, error: error instanceof Error ? error.message : String(error) });
-      // A replica that refuses connections is gone, whatever its liveness key still says.
-      return deps.restore(sessionId, whereabouts.entry, identity);
+        const answer = await relayToReplica(deps, request, whereabouts.ownerUrl, target, request.body === null ? null : request.clone().body);
+        if (answer !== null) return answer;
+        // A replica that refuses connections is gone, whatever its liveness key still says.
+        deps.logger.warn("the session's replica did not answer; restoring the session here", { session: sessionId, owner_url: whereabouts.ownerUrl });
+      }
+      const restored = await deps.restore(sessionId, whereabouts.entry, identity, request);
+      if (restored !== "moved") return restored;
     }
-    deps.metrics.forwardedRequest("ok");
-    const passed = new Headers();
-    answer.headers.forEach((value, name) => {
-      if (!HOP_BY_HOP.has(name.toLowerCase()) && name.toLowerCase() !== "content-encoding") passed.set(name, value);
-    });
-    if (answer.body === null) {
-      release();
-      return new Response(null, { status: answer.status, headers: passed });
-    }
-    // The owner ending its answer ends the hold; a caller who leaves closes the connection anyway.
-    const body = answer.body.pipeThrough(new TransformStream({ flush: release }));
-    return new Response(body, { status: answer.status, headers: passed });
+    return undefined;
   };
 }

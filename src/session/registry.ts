@@ -6,6 +6,7 @@ import type { SessionConfig } from "../config.ts";
 import { randomHex } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import { noMetrics, type BrokerMetrics, type ChildExitReason } from "../observability/metrics.ts";
+import type { SharedUserSlots, UserSlotVerdict } from "../replicas/user-slots.ts";
 import type { SpawnChild } from "../supervisor/child.ts";
 import { ChildStartError } from "../supervisor/child.ts";
 import { SpawnPacer } from "../supervisor/spawn-pacer.ts";
@@ -86,6 +87,8 @@ export interface SessionRegistryDeps {
   metrics?: BrokerMetrics;
   /** Told of each session's start and end (the replicas' session directory); nobody is without it. */
   lifecycle?: SessionLifecycle;
+  /** Among replicas: the per-user cap counts the user's slots on the others too. Without it, this replica's alone. */
+  userSlots?: SharedUserSlots;
 }
 
 /** What another replica needs to forward to a session or restore it. */
@@ -193,6 +196,7 @@ export class SessionRegistry {
       return await this.start(identity, initialize, ticket, restoredId);
     } finally {
       this.starting.delete(ticket);
+      this.slotsChanged(identity.forgejoUserId);
     }
   }
 
@@ -220,7 +224,15 @@ export class SessionRegistry {
    */
   async reserveSlot(forgejoUserId: number): Promise<() => void> {
     const ticket = await this.takeSlot(forgejoUserId);
-    return () => void this.starting.delete(ticket);
+    return () => {
+      this.starting.delete(ticket);
+      this.slotsChanged(forgejoUserId);
+    };
+  }
+
+  /** A child counted through countAlso has exited: the user's count across replicas goes down with it. */
+  otherChildExited(forgejoUserId: number): void {
+    this.slotsChanged(forgejoUserId);
   }
 
   /** Waits for, or makes, room under both caps and holds it with a start ticket. */
@@ -232,9 +244,20 @@ export class SessionRegistry {
     for (;;) {
       if (this.closed) throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
       if (this.draining) throw new SessionLimitError("this broker is draining and starts no new sessions; retry later", DRAIN_RETRY_AFTER_S);
-      const ofUser = this.holdingSlots(user) >= maxSessionsPerUser;
+      let ofUser = this.holdingSlots(user) >= maxSessionsPerUser;
       const overall = this.holdingSlots(null) >= maxSessions;
-      if (!overall && !ofUser) break;
+      /** The user's slots on other replicas, when they are what the user's cap is reached by. */
+      let elsewhere = 0;
+      if (!overall && !ofUser) {
+        const ticket: StartTicket = { forgejoUserId: user, deadline: this.deps.timers.now() + this.initializeTimeoutMs };
+        this.starting.add(ticket);
+        const shared = await this.takeShared(user);
+        if (shared.taken) return ticket;
+        this.starting.delete(ticket);
+        // Over the cap only with the others' slots: this replica makes room among its own, or refuses.
+        ofUser = true;
+        elsewhere = shared.elsewhere;
+      }
       // Checked and taken in one synchronous step, so two concurrent creates never pick the same one.
       const cap: EvictionCap = ofUser ? "user" : "global";
       const victim = this.leastRecentlyUsedIdle(ofUser ? user : null);
@@ -249,6 +272,12 @@ export class SessionRegistry {
         continue;
       }
       const retryAfterS = this.secondsUntilASlotFrees(ofUser ? user : null);
+      if (ofUser && elsewhere > 0) {
+        throw new UserSessionLimitError(
+          `you have ${maxSessionsPerUser} open sessions, the most allowed, ${elsewhere} of them on other replicas of this broker, and none here can be ended to make room; one frees within ${retryAfterS} s at the latest`,
+          retryAfterS,
+        );
+      }
       if (ofUser) {
         throw new UserSessionLimitError(
           `you have ${maxSessionsPerUser} open sessions, the most allowed, and each has a request in flight; one frees within ${retryAfterS} s at the latest`,
@@ -260,9 +289,28 @@ export class SessionRegistry {
         retryAfterS,
       );
     }
-    const ticket: StartTicket = { forgejoUserId: user, deadline: this.deps.timers.now() + this.initializeTimeoutMs };
-    this.starting.add(ticket);
-    return ticket;
+  }
+
+  /**
+   * The user's slot across replicas, this replica's count (the new start's ticket included) written with it.
+   * Redis not answering never refuses a start: the cap falls back to this replica's count, and that is logged.
+   */
+  private async takeShared(user: number): Promise<UserSlotVerdict> {
+    if (this.deps.userSlots === undefined) return { taken: true };
+    try {
+      return await this.deps.userSlots.take(user, this.holdingSlots(user), this.deps.config.maxSessionsPerUser);
+    } catch (error) {
+      this.deps.logger.warn("could not count the user's sessions on other replicas; the per-user cap counts this replica's only", {
+        forgejo_user_id: user,
+        error: error instanceof Error ? error.message : String(error),
+      });
+      return { taken: true };
+    }
+  }
+
+  /** The user's count on this replica changed (a start over, a session or child gone): the other replicas see it. */
+  private slotsChanged(user: number): void {
+    this.deps.userSlots?.update(user, this.holdingSlots(user));
   }
 
   /** Every live session (for the admin command's listing). */
@@ -541,7 +589,10 @@ export class SessionRegistry {
     }
     const known = this.stopping.get(entry);
     if (known !== undefined) return known;
-    const stopped = entry.close(reason).finally(() => this.stopping.delete(entry));
+    const stopped = entry.close(reason).finally(() => {
+      this.stopping.delete(entry);
+      this.slotsChanged(entry.binding.forgejoUserId);
+    });
     this.stopping.set(entry, stopped);
     return stopped;
   }

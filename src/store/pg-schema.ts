@@ -36,7 +36,7 @@ export const authorizations = pgTable(
     expiresAt: ms("expires_at").notNull(),
     consumedAt: ms("consumed_at"),
   },
-  (table) => [uniqueIndex("authorizations_upstream_state").on(table.upstreamStateHash), index("authorizations_expires").on(table.expiresAt)],
+  (table) => [uniqueIndex("authorizations_upstream_state").on(table.upstreamStateHash), index("authorizations_expires").on(table.expiresAt), index("authorizations_browser").on(table.browserHash)],
 );
 
 export const grants = pgTable(

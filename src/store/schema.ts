@@ -45,7 +45,7 @@ export const authorizations = sqliteTable(
     expiresAt: ms("expires_at").notNull(),
     consumedAt: ms("consumed_at"),
   },
-  (table) => [uniqueIndex("authorizations_upstream_state").on(table.upstreamStateHash), index("authorizations_expires").on(table.expiresAt)],
+  (table) => [uniqueIndex("authorizations_upstream_state").on(table.upstreamStateHash), index("authorizations_expires").on(table.expiresAt), index("authorizations_browser").on(table.browserHash)],
 );
 
 /** One per (client, Forgejo user) while active: what token families and MCP sessions belong to. */

@@ -1,5 +1,5 @@
 // `bun run admin` as runAdmin, in-process against an in-process broker: what the operator reads, what a script
-// parses (--json), and the exit codes (0 ok, 1 nothing matched, 2 usage, 3 no broker, 4 drain timed out).
+// parses (--json), and the exit codes (0 ok, 1 nothing matched, 2 usage, 3 no broker, 4 drain timed out, 6 partial listing).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -7,8 +7,10 @@ import { join } from "node:path";
 import { runAdmin } from "../../src/admin/cli.ts";
 import { ExitCode, type SessionsAnswer } from "../../src/admin/protocol.ts";
 import { realTimers, type Timers } from "../../src/supervisor/timers.ts";
-import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { randomUUID } from "node:crypto";
+import { freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, openSession } from "../helpers/mcp.ts";
+import { connectModern } from "../helpers/modern-client.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
 
 let t: TestBroker;
@@ -49,6 +51,7 @@ describe("admin command output", () => {
     const { code, out } = await admin(["sessions", "--json"]);
     expect(code).toBe(ExitCode.ok);
     const answer = JSON.parse(out) as SessionsAnswer;
+    expect(answer.partial).toBe(false);
     expect(answer.sessions.map((row) => [row.era, row.user, row.id])).toEqual([["legacy", "alice", sessionId]]);
   });
 
@@ -91,5 +94,33 @@ describe("admin command exit codes", () => {
     expect(out).toBe("draining: 1 child left");
     expect(code).toBe(ExitCode.drainTimedOut);
     expect(err).toContain("after 30 s, children left: 1");
+  });
+});
+
+describe("sessions while Redis does not answer", () => {
+  let offline: TestBroker;
+  beforeAll(async () => {
+    // BROKER_REDIS_URL names a port nobody listens on: the broker starts and serves, its link to the other replicas down.
+    offline = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(), BROKER_REDIS_URL: `redis://127.0.0.1:${await freePort()}`, BROKER_REDIS_PREFIX: `fmb-test-${randomUUID()}:` } });
+    offline.forgejo.setCurrentUser("alice");
+    await openSession(offline.mcpUrl, (await obtainTokens(offline.config.publicUrl)).accessToken);
+    await (await connectModern(offline, "bob")).client.listTools();
+  }, 30_000); // a broker, a sign-in, a session and a principal child's start (with its era probe) on a loaded machine
+
+  afterAll(() => offline.stop());
+
+  test("this replica's own rows, a warning on stderr and exit 6; --json says partial", async () => {
+    const table = await admin(["sessions"], { dataDir: offline.dataDir });
+    expect(table.code).toBe(ExitCode.partial);
+    expect(table.err).toStartWith("admin: other replicas not listed: Redis unreachable (");
+    expect(table.out.split("\n").slice(1).map((row) => row.split(/\s{2,}/).slice(0, 2))).toEqual([["legacy", "alice"], ["modern", "bob"]]);
+
+    const json = await admin(["sessions", "--json"], { dataDir: offline.dataDir });
+    expect(json.code).toBe(ExitCode.partial);
+    expect(json.err).toContain("other replicas not listed: Redis unreachable");
+    const answer = JSON.parse(json.out) as SessionsAnswer;
+    expect(answer.partial).toBe(true);
+    expect(answer.warning).toStartWith("other replicas not listed: Redis unreachable (");
+    expect(answer.sessions.map((row) => [row.era, row.user])).toEqual([["legacy", "alice"], ["modern", "bob"]]);
   });
 });

@@ -3,13 +3,15 @@
 import { describe, expect, test } from "bun:test";
 import { AdminService } from "../../src/admin/service.ts";
 import type { PrincipalChildEntry } from "../../src/modern/principals.ts";
+import type { ListedPrincipal } from "../../src/replicas/principal-directory.ts";
+import { RedisUnavailableError } from "../../src/replicas/redis-connection.ts";
 import type { ListedSession } from "../../src/replicas/session-directory.ts";
 import type { LegacySession } from "../../src/session/legacy-session.ts";
 import { SqliteAdminQueries } from "../../src/store/admin-queries.ts";
 import { SqliteStore } from "../../src/store/sqlite-store.ts";
 import { FakeTimers, settle } from "../bridge/fakes.ts";
 
-async function setup(othersLive?: () => Promise<ListedSession[]>) {
+async function setup(othersLive?: () => Promise<ListedSession[]>, principalsElsewhere?: () => Promise<ListedPrincipal[]>) {
   const timers = new FakeTimers();
   const store = SqliteStore.open(":memory:");
   await store.createClient({ id: "c1", secretHash: null, tokenEndpointAuthMethod: "none", name: "Claude", redirectUris: [], metadata: {}, createdAt: 0 });
@@ -27,6 +29,7 @@ async function setup(othersLive?: () => Promise<ListedSession[]>) {
     rssOf: (pid) => pid * 1024,
     drainPollMs: 100,
     directory: othersLive === undefined ? undefined : { othersLive },
+    principalDirectory: principalsElsewhere === undefined ? undefined : { othersLive: principalsElsewhere },
   });
   return { service, timers, state, grant };
 }
@@ -51,7 +54,7 @@ describe("sessions", () => {
   test("a retiring principal child is listed as such; --user of someone else lists nothing", async () => {
     const { service, state, timers } = await setup();
     const child = { lastActivity: timers.now(), inFlight: 1, listening: 0, childPid: 9 } as PrincipalChildEntry["child"];
-    state.modern = [{ grantId: "g1", forgejoUserId: 7, child, startedAt: timers.now(), serving: false }];
+    state.modern = [{ grantId: "g1", forgejoUserId: 7, clientId: "c1", childEra: "legacy", child, startedAt: timers.now(), serving: false }];
     expect((await service.sessions("alice")).sessions.map((row) => [row.era, row.state, row.pid])).toEqual([["modern", "retiring", 9]]);
     expect((await service.sessions("bob")).sessions).toEqual([]);
   });
@@ -81,6 +84,45 @@ describe("sessions with other replicas in the Redis directory", () => {
     timers.advance(NOW - timers.now());
     state.legacy = [session({ startedAt: NOW - 60_000, lastActivity: NOW - 60_000 })];
     expect((await service.sessions(user)).sessions).toEqual(expected as never);
+  });
+});
+
+describe("sessions with other replicas' principal children in the Redis directory", () => {
+  const NOW = 1_000_000;
+  const child = (grantId: string, forgejoUserId: number, fields: Partial<ListedPrincipal["record"]>, ownerUrl = "http://b"): ListedPrincipal => ({
+    record: { grantId, forgejoUserId, clientId: "c1", childEra: "legacy", pid: 4242, startedAt: NOW - 300_000, lastActivity: NOW - 30_000, busy: false, rssBytes: 40 << 20, serving: true, ...fields },
+    ownerUrl,
+  });
+  const row = { era: "modern", id: "g2", user: "bob", forgejoUserId: 8, clientId: "c1", clientName: "Claude", grantId: "g2", childEra: "legacy", ageS: 300, idleS: 30, replica: "http://b", pid: 4242, rssBytes: 40 << 20, state: "serving" };
+  const cases: [string, ListedPrincipal[], string | undefined, unknown[]][] = [
+    ["another replica's child: its owner's URL, pid, memory and idle time as its owner last recorded them", [child("g2", 8, {})], undefined, [row]],
+    ["a busy one is idle 0 s; a retiring one says so; a 2026 child says its era", [child("g2", 8, { busy: true, serving: false, childEra: "modern" })], undefined, [{ ...row, idleS: 0, state: "retiring", childEra: "modern" }]],
+    ["a clock ahead of this one gives no negative age", [child("g2", 8, { startedAt: NOW + 5_000, lastActivity: NOW + 5_000 })], undefined, [{ ...row, ageS: 0, idleS: 0 }]],
+    ["--user filters them", [child("g2", 8, {}), child("g1", 7, { pid: 99 }, "http://c")], "alice", [{ ...row, id: "g1", grantId: "g1", user: "alice", forgejoUserId: 7, pid: 99, replica: "http://c" }]],
+  ];
+  test.each(cases)("%s", async (_, listed, user, expected) => {
+    const { service, timers } = await setup(async () => [], async () => listed);
+    timers.advance(NOW - timers.now());
+    expect(await service.sessions(user)).toEqual({ sessions: expected as never, partial: false });
+  });
+});
+
+describe("sessions while Redis does not answer", () => {
+  const failures: [string, Error, string][] = [
+    ["unreachable", new RedisUnavailableError("Redis (commands) is not connected"), "other replicas not listed: Redis unreachable (Redis (commands) is not connected)"],
+    ["losing the connection mid-way", Object.assign(new Error("Connection closed"), { code: "ERR_REDIS_CONNECTION_CLOSED" }), "other replicas not listed: Redis unreachable (Connection closed)"],
+    ["answering with an error", new Error("WRONGTYPE Operation against a key holding the wrong kind of value"), "other replicas not listed: Redis failed (WRONGTYPE Operation against a key holding the wrong kind of value)"],
+  ];
+  test.each(failures)("Redis %s: this replica's own rows, marked partial, with why", async (_, error, warning) => {
+    const fail = async (): Promise<never> => {
+      throw error;
+    };
+    for (const [sessions, principals] of [[fail, async () => []], [async () => [], fail]] as const) {
+      const { service, state, timers } = await setup(sessions, principals);
+      state.legacy = [session({ startedAt: timers.now(), lastActivity: timers.now() })];
+      const answer = await service.sessions();
+      expect(answer).toEqual({ sessions: [expect.objectContaining({ id: "s1", replica: "here" })], partial: true, warning });
+    }
   });
 });
 

@@ -23,6 +23,8 @@ const cases: { argv: string[]; targets: TargetName[]; scaleTargets: TargetName[]
   { argv: ["--", "--targets", "relay"], targets: ["relay"], scaleTargets: ["direct", "broker", "supergateway"] },
   // The tracing cost: the previous commit's broker, this one with tracing off and on, next to each other in every round.
   { argv: ["--targets", "broker-otel,broker,broker-previous"], targets: ["broker-previous", "broker", "broker-otel"], scaleTargets: ["direct", "broker", "supergateway"] },
+  // One and three replicas behind Caddy: only when named, next to each other in every round.
+  { argv: ["--targets", "broker-replicas-3,broker-replicas-1"], targets: ["broker-replicas-1", "broker-replicas-3"], scaleTargets: ["direct", "broker", "supergateway"] },
   // The relay and the unsandboxed broker are allowed at the scale point when asked for.
   { argv: ["--scale-targets", "supergateway,relay"], targets: ["direct", "relay", "broker", "broker-modern", "broker-unsandboxed", "supergateway"], scaleTargets: ["relay", "supergateway"] },
   { argv: ["--scale-targets", "broker-unsandboxed,broker"], targets: ["direct", "relay", "broker", "broker-modern", "broker-unsandboxed", "supergateway"], scaleTargets: ["broker", "broker-unsandboxed"] },
@@ -35,8 +37,8 @@ for (const { argv, targets, scaleTargets } of cases) {
 }
 
 test.each([
-  [["--targets", "relay,nginx"], '--targets: unknown target "nginx" (known: direct, relay, broker-previous, broker, broker-otel, broker-modern, broker-unsandboxed, supergateway)'],
-  [["--scale-targets", "Relay"], '--scale-targets: unknown target "Relay" (known: direct, relay, broker-previous, broker, broker-otel, broker-modern, broker-unsandboxed, supergateway)'],
+  [["--targets", "relay,nginx"], '--targets: unknown target "nginx" (known: direct, relay, broker-previous, broker, broker-otel, broker-modern, broker-unsandboxed, broker-replicas-1, broker-replicas-3, supergateway)'],
+  [["--scale-targets", "Relay"], '--scale-targets: unknown target "Relay" (known: direct, relay, broker-previous, broker, broker-otel, broker-modern, broker-unsandboxed, broker-replicas-1, broker-replicas-3, supergateway)'],
 ])("rejects %j", (argv, message) => {
   expect(targetsOf(argv)).toBe(message);
 });

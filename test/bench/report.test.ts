@@ -3,7 +3,7 @@
 import { expect, test } from "bun:test";
 import { parseBenchArgs, type BenchOptions, type TargetName } from "../../bench/lib/args.ts";
 import type { ChurnSample, LoadSample, ModernScaleSample, Outcome } from "../../bench/lib/measure.ts";
-import { modernEra, modernVerdicts, relayFloor, renderMarkdown, sandboxCost, tracingCost, verdicts, type BenchData } from "../../bench/lib/report.ts";
+import { modernEra, modernVerdicts, relayFloor, renderMarkdown, replicaScaling, sandboxCost, tracingCost, verdicts, type BenchData } from "../../bench/lib/report.ts";
 
 function options(argv: string[]): BenchOptions {
   const parsed = parseBenchArgs(["--rounds", "3", "--sessions", "1,16", "--scale", "0", ...argv]);
@@ -54,6 +54,8 @@ function data(targets: string): BenchData {
       "broker-unsandboxed": rounds(load(1900, 0.5, 0.12, { setupP50Ms: 15 }), load(2100, 0.6, 0.14, { setupP50Ms: 17 }), load(2500, 0.7, 0.21, { setupP50Ms: 40 })),
       "broker-previous": rounds(load(1900, 0.55, 0.14), load(2050, 0.6, 0.16), load(2300, 0.65, 0.18)),
       "broker-otel": rounds(load(1500, 0.7, 0.2), load(1600, 0.8, 0.24), load(1700, 0.9, 0.3)),
+      "broker-replicas-1": rounds(load(1000, 0.8, 0.1), load(1200, 0.9, 0.1), load(1300, 1.0, 0.1)),
+      "broker-replicas-3": rounds(load(700, 1.2, 0.1), load(900, 1.4, 0.1), load(950, 1.6, 0.1)),
       supergateway: rounds(load(500, 1.0, 0.4), load(800, 1.2, 0.5), load(900, 1.4, 0.6)),
     },
     16: {
@@ -61,6 +63,9 @@ function data(targets: string): BenchData {
       // Every relay round at S=16 failed: its ratios are unknown, not zero.
       relay: [{ ok: false, reason: "timeout" }],
       broker: rounds(load(5000, 3, 0.1), load(6000, 3, 0.1), load(7000, 3, 0.1)),
+      "broker-replicas-1": rounds(load(1500, 4, 0.1), load(1600, 4, 0.1), load(1700, 4, 0.1)),
+      // Every three-replica round at S=16 failed: that ratio is unknown, not zero.
+      "broker-replicas-3": [{ ok: false, reason: "timeout" }],
       // Every unsandboxed round at S=16 failed: the sandbox's cost there is unknown, not zero.
       "broker-unsandboxed": [{ ok: false, reason: "timeout" }],
       supergateway: rounds(load(2000, 8, 0.5), load(2000, 8, 0.5), load(2000, 8, 0.5)),
@@ -74,7 +79,7 @@ function data(targets: string): BenchData {
     childDescription: "test",
     unavailable: {},
     loads: { 1: only(loads[1]!), 16: only(loads[16]!) },
-    churn: only({ direct: [churn(60)], relay: [churn(40), churn(50), churn(45)], broker: [churn(30), churn(36), churn(40)], "broker-unsandboxed": [churn(48)] }),
+    churn: only({ direct: [churn(60)], relay: [churn(40), churn(50), churn(45)], broker: [churn(30), churn(36), churn(40)], "broker-unsandboxed": [churn(48)], "broker-replicas-1": [churn(20), churn(25), churn(30)], "broker-replicas-3": [churn(27), churn(28), churn(29)] }),
     scale: {},
     scaleSkipped: "--scale 0",
     modernScale: null,
@@ -303,4 +308,27 @@ test("the tracing cost: the previous commit's broker, tracing off and on, side b
   expect(md).toContain("it received 12 export requests, 3.0 MiB of OTLP JSON");
   expect(md).toContain("| 1 | 2050 / 2000 / 1600 | 0.98× | 0.80× | 0.600 / 0.600 / 0.800 |");
   expect(tracingCost(data("direct,broker"))).toEqual({ shown: false, reason: "neither broker-previous nor broker-otel was measured in this run (--targets)" });
+});
+
+test("replicas through Caddy: one and three replicas side by side from each one's medians, calls/s and sessions/s", () => {
+  const scaling = replicaScaling(data("broker-replicas-1,broker-replicas-3"));
+  if (!scaling.shown) throw new Error(scaling.reason);
+  expect(scaling.rows.map((r) => [r.sessions, r.one?.callsPerSecond, r.three?.callsPerSecond ?? null, r.callsRatio])).toEqual([
+    [1, 1200, 900, 0.75],
+    [16, 1600, null, null],
+  ]);
+  expect([scaling.churnOne?.cyclesPerSecond, scaling.churnThree?.cyclesPerSecond, scaling.churnRatio]).toEqual([25, 28, 1.12]);
+  const md = renderMarkdown(data("broker-replicas-1,broker-replicas-3"));
+  expect(md).toContain("## Replicas through Caddy (issue 16)");
+  expect(md).toContain("| 1 | 1200 / 900 | 0.75× | 0.900 / 1.400 | 2.700 / 4.200 | 20.0 / 20.0 |");
+  expect(md).toContain("| 16 | 1600 / — | — |");
+  expect(md).toContain("1 / 3 replicas: 25.0 / 28.0, 3 ÷ 1: 1.12×.");
+});
+
+test.each([
+  ["broker,broker-replicas-1", "broker-replicas-3 not measured in this run (--targets)"],
+  ["direct,broker", "broker-replicas-1 and broker-replicas-3 not measured in this run (--targets)"],
+])("replicas through Caddy with --targets %s: not shown, and says why", (targets, reason) => {
+  expect(replicaScaling(data(targets))).toEqual({ shown: false, reason });
+  expect(renderMarkdown(data(targets))).toContain(`_Replicas through Caddy: not shown, ${reason}._`);
 });

@@ -86,3 +86,15 @@ export async function allMessages(response: Response): Promise<Record<string, un
   for await (const message of answerMessages(response)) messages.push(message);
   return messages;
 }
+
+/** The one message of an answer (JSON, or an SSE stream carrying only the answer); throws when there are more or none. */
+export async function onlyMessage(response: Response): Promise<Record<string, any>> {
+  const messages = await allMessages(response);
+  if (messages.length !== 1) throw new Error(`expected one message, got ${messages.length}: ${JSON.stringify(messages)}`);
+  return messages[0]!;
+}
+
+/** The MRTR retry of `original` under a new id: the same method and params, with the answers and the state. */
+export function retryOf(original: ReturnType<typeof modernRequest>, id: number, inputResponses: Record<string, unknown>, requestState: string) {
+  return { ...original, id, params: { ...original.params, inputResponses, requestState } };
+}

@@ -12,6 +12,8 @@ export interface StoreDialect {
   open(): Promise<Store>;
   /** How many rows a table holds, read past the store's interface. */
   rowCount(store: Store, table: string): Promise<number>;
+  /** The columns of each index on a table, as the migrations made them. */
+  indexedColumns(store: Store, table: string): Promise<string[][]>;
 }
 
 /** Call at the top level of a test file: [name, dialect] rows for describe.each. */
@@ -29,6 +31,11 @@ export async function storeDialects(): Promise<[string, StoreDialect][]> {
       {
         open: async () => track(SqliteStore.open(":memory:")),
         rowCount: async (store, table) => (store as SqliteStore).db.all<{ n: number }>(sql.raw(`SELECT count(*) AS n FROM ${table}`))[0]!.n,
+        indexedColumns: async (store, table) => {
+          const { db } = store as SqliteStore;
+          const indexes = db.all<{ name: string }>(sql`SELECT name FROM pragma_index_list(${table})`);
+          return indexes.map(({ name }) => db.all<{ name: string }>(sql`SELECT name FROM pragma_index_info(${name}) ORDER BY seqno`).map((column) => column.name));
+        },
       },
     ],
     [
@@ -42,6 +49,14 @@ export async function storeDialects(): Promise<[string, StoreDialect][]> {
         rowCount: async (store, table) => {
           const [row] = await (store as PgStore).db.execute<{ n: number }>(sql.raw(`SELECT count(*)::int AS n FROM ${table}`));
           return row!.n;
+        },
+        indexedColumns: async (store, table) => {
+          const rows = await (store as PgStore).db.execute<{ columns: string[] }>(sql`
+            SELECT array_agg(a.attname ORDER BY k.n) AS columns
+            FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+            WHERE i.indrelid = ${table}::regclass GROUP BY i.indexrelid`);
+          return rows.map((row) => row.columns);
         },
       },
     ],

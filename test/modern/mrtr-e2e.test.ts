@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Client, StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
 import { startTestBroker, type TestBroker, principalChildOf } from "../helpers/broker.ts";
 import { childCommand, textOf } from "../helpers/mcp.ts";
-import { allMessages, MODERN_VERSION, modernRequest, postModern } from "../helpers/modern-client.ts";
+import { MODERN_VERSION, modernRequest, onlyMessage, postModern, retryOf } from "../helpers/modern-client.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 
@@ -12,17 +12,6 @@ type Json = Record<string, any>;
 const ELICITATION = { elicitation: {} };
 const askUser = (id: number, question: string, capabilities: Json = ELICITATION) =>
   modernRequest(id, "tools/call", { name: "ask_user", arguments: { question } }, { "io.modelcontextprotocol/clientCapabilities": capabilities });
-
-/** The retry of `original` under a new id: the same method and params, with the answers and the state. */
-function retryOf(original: ReturnType<typeof modernRequest>, id: number, inputResponses: Json, requestState: string) {
-  return { ...original, id, params: { ...original.params, inputResponses, requestState } };
-}
-
-async function onlyMessage(response: Response): Promise<Json> {
-  const messages = await allMessages(response);
-  expect(messages).toHaveLength(1);
-  return messages[0]!;
-}
 
 async function sdkClient(t: TestBroker, accessToken: string, capabilities: Json): Promise<Client> {
   const client = new Client({ name: "mrtr-e2e", version: "1.0.0" }, { capabilities, versionNegotiation: { mode: { pin: MODERN_VERSION } } });

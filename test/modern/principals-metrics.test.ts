@@ -1,9 +1,9 @@
-// What the principal children tell the metrics, with fake children and time: each way a child ends is
-// counted once under its own reason, even when a retired child is later stopped by the shutdown.
+// What the principal children tell the metrics and their lifecycle watcher, with fake children and time: each way a
+// child ends is counted once under its own reason, even when a retired child is later stopped by the shutdown.
 import { describe, expect, test } from "bun:test";
 import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
-import { PrincipalChildren } from "../../src/modern/principals.ts";
+import { PrincipalChildren, type PrincipalChildEntry, type PrincipalChildrenDeps } from "../../src/modern/principals.ts";
 import type { ChildExitReason } from "../../src/observability/metrics.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
 import { recordingMetrics } from "../helpers/recording-metrics.ts";
@@ -13,7 +13,7 @@ const HOUR = 3_600_000;
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
 const ALICE_ELSEWHERE = { grantId: "grant-b", forgejoUserId: 1, clientId: "other-client" };
 
-function setup(options: { maxSessionsPerUser?: number; expiresInMs?: number } = {}) {
+function setup(options: { maxSessionsPerUser?: number; expiresInMs?: number; lifecycle?: PrincipalChildrenDeps["lifecycle"] } = {}) {
   const timers = new FakeTimers();
   const children: FakeChild[] = [];
   const { metrics, recorded } = recordingMetrics();
@@ -47,6 +47,7 @@ function setup(options: { maxSessionsPerUser?: number; expiresInMs?: number } = 
     metrics,
     childEra: "legacy",
     childCommand: "fake",
+    lifecycle: options.lifecycle,
   });
   registry.countAlso(() => principals.capped());
   return { principals, registry, timers, children, recorded, revoke: () => void (live = false) };
@@ -83,5 +84,27 @@ describe("a principal's child ending, by reason", () => {
     await s.principals.shutdown();
     expect(s.recorded.filter((line) => line.startsWith("start:"))).toEqual(["start:ok", "start:ok"]);
     expect(s.recorded.filter((line) => line.startsWith("exit:")).sort()).toEqual(["exit:rotated", "exit:shutdown"]);
+  });
+});
+
+describe("the lifecycle watcher (the principal directory)", () => {
+  const ends: [string, (s: ReturnType<typeof setup>) => Promise<unknown> | unknown][] = [
+    ["reaped, idle for the idle timeout", (s) => s.timers.advance(910_000)],
+    ["its process exited by itself", (s) => s.children[0]!.exit({ code: 1 })],
+    ["every token of its grant revoked", (s) => (s.revoke(), s.principals.grantRevoked(ALICE.grantId))],
+    ["retired for a new token: its successor is told as it serves", (s) => s.principals.userTokenRotated(1)],
+    ["the broker shuts down", (s) => s.principals.shutdown()],
+  ];
+  test.each(ends)("%s: told once the child serves, and once its process has exited", async (_, end) => {
+    const told: string[] = [];
+    const said = (what: string, entry: PrincipalChildEntry) => `${what} ${entry.child.childPid} ${entry.grantId} ${entry.clientId} ${entry.childEra} ${entry.serving ? "serving" : "not serving"}`;
+    const s = setup({ lifecycle: { running: (entry) => told.push(said("running", entry)), exited: (entry) => told.push(said("exited", entry)) } });
+    await s.principals.childFor(ALICE);
+    const first = s.children[0]!.pid;
+    expect(told).toEqual([`running ${first} grant-a client legacy serving`]);
+    await end(s);
+    await settle();
+    const successors = s.principals.list().map((entry) => said("running", entry));
+    expect(told).toEqual([`running ${first} grant-a client legacy serving`, ...successors, `exited ${first} grant-a client legacy not serving`]);
   });
 });

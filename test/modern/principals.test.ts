@@ -6,6 +6,7 @@ import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { ASKED_TOGETHER_MS, MAX_INPUT_REQUESTS } from "../../src/modern/modern-call.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
+import type { SharedUserSlots } from "../../src/replicas/user-slots.ts";
 import { UserSessionLimitError } from "../../src/session/errors.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
 import { rejection } from "../helpers/promises.ts";
@@ -40,6 +41,8 @@ function setup(
     continuationDeadlineMs?: number;
     /** Children answer initialize only when the test calls answerInitialize(). */
     holdInitialize?: boolean;
+    /** The per-user count across replicas. */
+    userSlots?: SharedUserSlots;
   } = {},
 ) {
   const timers = new FakeTimers();
@@ -60,7 +63,7 @@ function setup(
   };
   const upstreamToken = async () => ({ token: "t", expiresAt: options.expiresInMs === null ? null : timers.now() + (options.expiresInMs ?? HOUR) });
   const logger = createMemoryLogger();
-  const registry = new SessionRegistry({ config, spawn, upstreamToken, logger, timers, reapIntervalMs: 10_000 });
+  const registry = new SessionRegistry({ config, spawn, upstreamToken, logger, timers, reapIntervalMs: 10_000, userSlots: options.userSlots });
   const principals = new PrincipalChildren({
     config,
     spawn,
@@ -68,6 +71,7 @@ function setup(
     childCommand: "fake",
     upstreamToken,
     reserveSlot: (user) => registry.reserveSlot(user),
+    slotFreed: (user) => registry.otherChildExited(user),
     grantIsLive: options.grantIsLive,
     logger,
     timers,
@@ -230,6 +234,17 @@ describe("one set of caps over sessions and grants' children", () => {
     expect(registry.sessionsOf(ALICE.forgejoUserId)).toEqual([]);
     expect(entry.closed).not.toBeNull();
     expect(registry.evictions).toEqual({ user: 2, global: 0 });
+  });
+
+  test("among replicas, a grant's child counts in the user's count from its start until its process has exited", async () => {
+    const holding: number[] = [];
+    const userSlots: SharedUserSlots = { take: async (_user, count) => (holding.push(count), { taken: true }), update: (_user, count) => void holding.push(count) };
+    const { principals, children } = setup({ userSlots });
+    await principals.childFor(ALICE);
+    expect(holding).toEqual([1, 1]);
+    children[0]!.exit({ code: 137 });
+    await settle();
+    expect(holding.at(-1)).toBe(0);
   });
 
   test("a grant's child with a call in flight is not ended: the new session is refused with 429", async () => {

@@ -1,7 +1,9 @@
 // The sealed MRTR requestState: it opens only for the grant, method and params it was sealed for, before
 // its deadline, with this broker's key; and the params hash ignores exactly what a retry adds.
 import { describe, expect, test } from "bun:test";
-import { paramsHash, RequestStateSealer, type StateBinding } from "../../src/modern/request-state.ts";
+import { randomBytes } from "node:crypto";
+import { paramsHash, RequestStateSealer, requestStateKeyFrom, type StateBinding } from "../../src/modern/request-state.ts";
+import { hopKeyFrom } from "../../src/replicas/internal-hop.ts";
 
 const BINDING: StateBinding = { grantId: "grant-a", method: "tools/call", paramsHash: paramsHash({ name: "ask_user", arguments: { question: "Colour?" } }) };
 const STATE = { continuationId: "c0ffee", deadline: 1_000_000 };
@@ -33,6 +35,25 @@ describe("RequestStateSealer.open", () => {
       if (opened.ok) expect(opened.state).toEqual(STATE);
     });
   }
+});
+
+describe("requestStates shared by replicas", () => {
+  const sealingKey = randomBytes(32);
+  const asked = { ...STATE, asked: ["elicitation-2", "sampling-3"] };
+  test("a state sealed on one replica opens on another with the same sealing key, naming the holder and the keys asked", () => {
+    const token = new RequestStateSealer(requestStateKeyFrom(sealingKey), "replica-1").seal(asked, BINDING);
+    const opened = new RequestStateSealer(requestStateKeyFrom(sealingKey), "replica-2").open(token, BINDING, 0);
+    expect(opened).toEqual({ ok: true, state: { ...asked, holder: "replica-1" } });
+  });
+  test("nor with another sealing key, nor with the hop key derived from the same one", () => {
+    const token = new RequestStateSealer(requestStateKeyFrom(sealingKey), "replica-1").seal(asked, BINDING);
+    expect(new RequestStateSealer(requestStateKeyFrom(randomBytes(32))).open(token, BINDING, 0).ok).toBe(false);
+    expect(new RequestStateSealer(hopKeyFrom(sealingKey)).open(token, BINDING, 0).ok).toBe(false);
+  });
+  test("a modern child's own state names no holder: any replica hands it to its own child", () => {
+    const token = new RequestStateSealer(requestStateKeyFrom(sealingKey), "replica-1").seal({ childState: "theirs", deadline: 5 }, BINDING);
+    expect(new RequestStateSealer(requestStateKeyFrom(sealingKey), "replica-2").open(token, BINDING, 0)).toEqual({ ok: true, state: { childState: "theirs", deadline: 5 } });
+  });
 });
 
 describe("paramsHash", () => {

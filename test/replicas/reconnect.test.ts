@@ -83,6 +83,8 @@ function linkVia(url: string, replicaId: string, heard: string[]) {
     rateLimit: { burst: 5, perSecond: 1 },
     localRateLimiter: new RateLimiter({ burst: 5, perSecond: 1 }, Date.now),
     sessionIdleMs: 900_000,
+    principalChildren: () => [],
+    rssOf: () => null,
   });
   links.push(link);
   return link;

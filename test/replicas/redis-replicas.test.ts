@@ -4,12 +4,15 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { RedisClient } from "bun";
 import { randomBytes, randomUUID } from "node:crypto";
 import { AdminClient } from "../../src/admin/client.ts";
-import { adminSocketPath } from "../../src/admin/protocol.ts";
+import { runAdmin } from "../../src/admin/cli.ts";
+import { adminSocketPath, ExitCode, type SessionsAnswer } from "../../src/admin/protocol.ts";
 import type { RunningBroker } from "../../src/broker.ts";
 import { HOP_HEADER, hopKeyFrom, signHop } from "../../src/replicas/internal-hop.ts";
-import { freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, connectAs, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
-import { postForm } from "../../src/testing/oauth-client.ts";
+import { realTimers } from "../../src/supervisor/timers.ts";
+import { freePort, identityOf, startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { childCommand, connectAs, INITIALIZE, isAlive, openSession, postMcp } from "../helpers/mcp.ts";
+import { modernHeaders, modernRequest } from "../helpers/modern-client.ts";
+import { obtainTokens, postForm } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
 import { watchStandaloneStream } from "../helpers/watched-stream.ts";
@@ -212,6 +215,38 @@ describe("two replicas sharing Redis", () => {
     }
   }, 30_000);
 
+  test("A's admin sessions lists a principal child started on B with B's URL, the child's pid and memory, once; --user and --json too; it goes once the grant is revoked", async () => {
+    a.forgejo.setCurrentUser("bob");
+    const { accessToken } = await obtainTokens(a.config.publicUrl);
+    const body = modernRequest(1, "tools/list");
+    expect((await postMcp(bMcpUrl, accessToken, body, modernHeaders(body))).status).toBe(200);
+    const { grantId } = await identityOf(a, accessToken);
+    const child = b.principals.childOf(grantId)!;
+    const adminOnA = new AdminClient(adminSocketPath(a.dataDir));
+
+    // Bob's legacy sessions from the tests before are listed too: his principal children are what this test is about.
+    const principalsOf = async (user: string) => (await adminOnA.sessions(user)).sessions.filter((r) => r.era === "modern");
+    const answer = await adminOnA.sessions("bob");
+    expect(answer.partial).toBe(false);
+    expect(answer.sessions.filter((r) => r.era === "modern")).toEqual([expect.objectContaining({ era: "modern", id: grantId, grantId, user: "bob", clientName: "Test", childEra: "legacy", replica: b.url, pid: child.childPid, state: "serving" })]);
+    const row = answer.sessions.find((r) => r.era === "modern");
+    // Memory and idle time as B last recorded them: the stand-in child is a bun process, tens of MiB.
+    expect(row!.rssBytes).toBeGreaterThan(10 * 1024 * 1024);
+    expect(row!.idleS).toBeGreaterThanOrEqual(0);
+    expect(row!.ageS).toBeGreaterThanOrEqual(0);
+    expect(await principalsOf("alice")).toEqual([]);
+    const out: string[] = [];
+    const code = await runAdmin(["sessions", "--user", "bob", "--json"], { env: { BROKER_DATA_DIR: a.dataDir }, out: (line) => out.push(line), err: () => {}, timers: realTimers });
+    expect(code).toBe(ExitCode.ok);
+    expect((JSON.parse(out.join("")) as SessionsAnswer).sessions.filter((r) => r.era === "modern").map((r) => [r.era, r.replica, r.pid])).toEqual([["modern", b.url, child.childPid]]);
+
+    // Revoked on A: B hears it, stops the child, and its record goes when the process has exited.
+    await adminOnA.revoke({ grant: grantId });
+    await waitWhile(async () => (await principalsOf("bob")).length > 0, 50, 100);
+    expect(await principalsOf("bob")).toEqual([]);
+    expect(isAlive(child.childPid)).toBe(false);
+  }, 30_000);
+
   test("a stopped replica's liveness key is gone; its sessions stay in the directory for a restore elsewhere, until the idle timeout", async () => {
     await b.stop();
     expect((await Promise.all((await keysUnder("replica:*")).map((key) => redis.get(key))))).toEqual([a.config.publicUrl]);
@@ -221,6 +256,8 @@ describe("two replicas sharing Redis", () => {
     // A's admin no longer lists them: their owner is gone.
     const listed = (await new AdminClient(adminSocketPath(a.dataDir)).sessions()).sessions;
     expect(listed.filter((row) => row.replica === b.url)).toEqual([]);
+    // Its principal directory's hash is gone with it.
+    expect(await keysUnder("principals:*")).toEqual([]);
   });
 });
 

@@ -2,10 +2,11 @@
 // with which headers; what never leaves the replica (no open relay); a dead owner's session restored by one claimant.
 import { describe, expect, test } from "bun:test";
 import { createMemoryLogger } from "../../src/log.ts";
-import { HOP_HEADER, HOP_MAX_SKEW_MS, hopKeyFrom, signHop, verifyHop, type HopVerdict } from "../../src/replicas/internal-hop.ts";
+import { bodySubject, HOP_HEADER, HOP_MAX_SKEW_MS, hopKeyFrom, signHop, verifyHop, type HopVerdict } from "../../src/replicas/internal-hop.ts";
 import type { SessionWhereabouts } from "../../src/replicas/session-directory.ts";
 import { sessionForwarding } from "../../src/replicas/session-forwarding.ts";
 import { sessionRestore } from "../../src/replicas/session-restore.ts";
+import { FakeTimers, settle } from "../bridge/fakes.ts";
 
 const key = hopKeyFrom(new Uint8Array(32).fill(7));
 const target = { method: "POST", path: "/mcp", sessionId: "a".repeat(48) };
@@ -39,15 +40,22 @@ const OWNED = "c".repeat(48);
 const caller = { grantId: "g", forgejoUserId: 1, clientId: "claude" };
 const entry = { owner: "replica-a", grantId: "g", initialize: "{}", protocolVersion: "2025-11-25" };
 
-function forwardingWith(options: { ownerUrl?: string | null; refused?: boolean; held?: boolean } = {}) {
+function forwardingWith(options: { ownerUrl?: string | null; refused?: boolean; held?: boolean; restoredBy?: string } = {}) {
   const fetched: { url: string; init: RequestInit }[] = [];
   const counted: string[] = [];
   const restored: string[] = [];
   const forward = sessionForwarding({
-    restore: async (sessionId, stored, identity) => void restored.push(`${sessionId} ${stored.owner} ${identity.grantId}`),
+    restore: async (sessionId, stored, identity) => {
+      restored.push(`${sessionId} ${stored.owner} ${identity.grantId}`);
+      return options.restoredBy === undefined ? undefined : "moved";
+    },
     directory: {
-      find: async (sessionId): Promise<SessionWhereabouts | undefined> =>
-        sessionId === OWNED ? { entry, ownerUrl: options.ownerUrl === undefined ? "http://10.0.0.5:8080" : options.ownerUrl } : undefined,
+      find: async (sessionId): Promise<SessionWhereabouts | undefined> => {
+        if (sessionId !== OWNED) return undefined;
+        // Once restored by another replica, the directory names that one.
+        if (options.restoredBy !== undefined && restored.length > 0) return { entry: { ...entry, owner: "replica-c" }, ownerUrl: options.restoredBy };
+        return { entry, ownerUrl: options.ownerUrl === undefined ? "http://10.0.0.5:8080" : options.ownerUrl };
+      },
     },
     holds: () => options.held ?? false,
     replicaId: "replica-b",
@@ -128,6 +136,22 @@ describe("forwarding", () => {
     expect(await request.text()).toBe("{}");
   });
 
+  test("a session another replica restored meanwhile (this one lost the claim) is forwarded to that replica", async () => {
+    const { route, fetched, restored } = forwardingWith({ ownerUrl: null, restoredBy: "http://10.0.0.7:8080" });
+    expect((await route(mcpRequest(OWNED)))!.status).toBe(200);
+    expect(restored).toEqual([`${OWNED} replica-a g`]);
+    expect(fetched.map(({ url }) => url)).toEqual(["http://10.0.0.7:8080/mcp"]);
+  });
+
+  test("a hop of no session (an MRTR retry) is served here when its HMAC binds its body, and refused with 403 for another body", async () => {
+    const { route, fetched } = forwardingWith();
+    const signed = { [HOP_HEADER]: signHop(key, { ...target, sessionId: bodySubject("{}") }, NOW) };
+    expect(await route(mcpRequest(null, signed))).toBeUndefined();
+    const other = new Request("http://lb.example/mcp", { method: "POST", headers: signed, body: "{\"other\":1}" });
+    expect((await route(other))!.status).toBe(403);
+    expect(fetched).toEqual([]);
+  });
+
   test("a request already forwarded is never passed on again; one with a bad hop header is refused with 403", async () => {
     const { route, fetched } = forwardingWith();
     expect(await route(mcpRequest(OWNED, { [HOP_HEADER]: signHop(key, { ...target, sessionId: OWNED }, NOW) }))).toBeUndefined();
@@ -142,28 +166,52 @@ describe("forwarding", () => {
 describe("restoring a session whose replica is gone", () => {
   const initialize = JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "c", version: "1" } } });
   const stored = { owner: "replica-a", grantId: "g", initialize, protocolVersion: "2025-11-25" };
+  const CLAIM_MS = 30_000;
+  const post = (headers: Record<string, string> = { "mcp-protocol-version": "2025-11-25" }, method = "POST") => new Request("http://lb.example/mcp", { method, headers });
 
-  function restoreWith(options: { claims?: boolean; fails?: boolean } = {}) {
+  /** `winner`: what the directory names once the claim is lost (another replica's entry, none, or the dead owner's still). */
+  function restoreWith(options: { claims?: boolean; fails?: boolean; winner?: "restored" | "gone" | "never" } = {}) {
     const claimed: string[] = [];
     const started: string[] = [];
     const counted: string[] = [];
+    const forgotten: string[] = [];
+    const timers = new FakeTimers();
     const restore = sessionRestore({
-      directory: { claim: async (sessionId) => (claimed.push(sessionId), options.claims ?? true) },
+      directory: {
+        claim: async (sessionId) => (claimed.push(sessionId), options.claims ?? true),
+        find: async (): Promise<SessionWhereabouts | undefined> => {
+          if (options.winner === "gone") return undefined;
+          if (options.winner === "restored") return { entry: { ...stored, owner: "replica-c" }, ownerUrl: "http://10.0.0.7:8080" };
+          return { entry: stored, ownerUrl: null };
+        },
+        forget: async (sessionId, owner) => void forgotten.push(`${sessionId} ${owner}`),
+      },
       restore: async (sessionId, identity, message) => {
         if (options.fails) throw new Error("the MCP server exited before answering initialize");
         started.push(`${sessionId} user ${identity.forgejoUserId} ${message.raw}`);
         return undefined as never;
       },
-      claimMs: 30_000,
+      claimMs: CLAIM_MS,
+      timers,
       logger: createMemoryLogger(),
       metrics: { sessionRestored: (result) => void counted.push(result) },
     });
-    return { restore, claimed, started, counted };
+    /** Runs `pending` while the clock moves in the claim loser's polling steps. */
+    const awaitWithClock = async <T>(pending: Promise<T>): Promise<T> => {
+      let done = false;
+      void pending.finally(() => (done = true));
+      for (let elapsed = 0; !done && elapsed <= CLAIM_MS + 1_000; elapsed += 100) {
+        await settle();
+        timers.advance(100);
+      }
+      return pending;
+    };
+    return { restore, claimed, started, counted, forgotten, awaitWithClock };
   }
 
   test("the replica that wins the claim starts it for the caller's user with the stored initialize, then serves the request", async () => {
     const { restore, claimed, started, counted } = restoreWith();
-    expect(await restore(OWNED, stored, caller)).toBeUndefined();
+    expect(await restore(OWNED, stored, caller, post())).toBeUndefined();
     expect(claimed).toEqual([OWNED]);
     expect(started).toEqual([`${OWNED} user 1 ${initialize}`]);
     expect(counted).toEqual(["ok"]);
@@ -171,39 +219,67 @@ describe("restoring a session whose replica is gone", () => {
 
   test("a request of another grant neither claims nor restores it (the session is unknown to it: 404)", async () => {
     const { restore, claimed, started } = restoreWith();
-    expect(await restore(OWNED, stored, { ...caller, grantId: "another" })).toBeUndefined();
+    expect(await restore(OWNED, stored, { ...caller, grantId: "another" }, post())).toBeUndefined();
     expect(claimed).toEqual([]);
     expect(started).toEqual([]);
   });
 
   test.each(["{", "null", JSON.stringify({ jsonrpc: "2.0", id: 1, method: "tools/list" })])("a stored initialize %p is not one: nothing is restored", async (damaged) => {
     const { restore, claimed } = restoreWith();
-    expect(await restore(OWNED, { ...stored, initialize: damaged }, caller)).toBeUndefined();
+    expect(await restore(OWNED, { ...stored, initialize: damaged }, caller, post())).toBeUndefined();
     expect(claimed).toEqual([]);
   });
 
   test("concurrent requests on one replica for the same session restore it once, and both are served here", async () => {
     const { restore, claimed, started } = restoreWith();
-    expect(await Promise.all([restore(OWNED, stored, caller), restore(OWNED, stored, caller)])).toEqual([undefined, undefined]);
+    expect(await Promise.all([restore(OWNED, stored, caller, post()), restore(OWNED, stored, caller, post())])).toEqual([undefined, undefined]);
     expect(claimed).toEqual([OWNED]);
     expect(started).toHaveLength(1);
   });
 
-  test("a replica that loses the claim starts nothing and answers 503 with Retry-After", async () => {
-    const { restore, started, claimed } = restoreWith({ claims: false });
-    const answers = await Promise.all([restore(OWNED, stored, caller), restore(OWNED, stored, caller)]);
-    for (const answer of answers) {
-      expect(answer!.status).toBe(503);
-      expect(answer!.headers.get("retry-after")).toBe("1");
-      expect((await answer!.json()).error.code).toBe(-32000);
-    }
+  test("a replica that loses the claim starts nothing, waits for the winner's entry and forwards there", async () => {
+    const { restore, started, claimed, awaitWithClock } = restoreWith({ claims: false, winner: "restored" });
+    expect(await awaitWithClock(Promise.all([restore(OWNED, stored, caller, post()), restore(OWNED, stored, caller, post())]))).toEqual(["moved", "moved"]);
     expect(claimed).toEqual([OWNED]);
     expect(started).toEqual([]);
   });
 
+  test("a lost claim whose winner never records the session: 503 with Retry-After once the claim's life is over; a session gone meanwhile is served here (404)", async () => {
+    const never = restoreWith({ claims: false, winner: "never" });
+    const answer = await never.awaitWithClock(never.restore(OWNED, stored, caller, post()));
+    expect(answer).toBeInstanceOf(Response);
+    expect((answer as Response).status).toBe(503);
+    expect((answer as Response).headers.get("retry-after")).toBe("1");
+    expect(((await (answer as Response).json()) as { error: { code: number } }).error.code).toBe(-32000);
+    const gone = restoreWith({ claims: false, winner: "gone" });
+    expect(await gone.awaitWithClock(gone.restore(OWNED, stored, caller, post()))).toBeUndefined();
+  });
+
   test("a restore whose child does not start is counted as failed (the request then finds no session: 404)", async () => {
     const { restore, counted } = restoreWith({ fails: true });
-    expect(await restore(OWNED, stored, caller)).toBeUndefined();
+    expect(await restore(OWNED, stored, caller, post())).toBeUndefined();
     expect(counted).toEqual(["failed"]);
+  });
+
+  test("a DELETE starts no child: the claim's winner removes the entry (if the dead owner still has it) and answers 204", async () => {
+    const { restore, started, forgotten } = restoreWith();
+    const answer = (await restore(OWNED, stored, caller, post(undefined, "DELETE"))) as Response;
+    expect(answer.status).toBe(204);
+    expect(answer.headers.get("mcp-session-id")).toBe(OWNED);
+    expect(forgotten).toEqual([`${OWNED} replica-a`]);
+    expect(started).toEqual([]);
+    const lost = restoreWith({ claims: false, winner: "restored" });
+    expect(await lost.awaitWithClock(lost.restore(OWNED, stored, caller, post(undefined, "DELETE")))).toBe("moved");
+    expect(lost.forgotten).toEqual([]);
+  });
+
+  test("an MCP-Protocol-Version other than the session's negotiated one: 400, nothing claimed; none sent is the owner's default and restores", async () => {
+    const { restore, claimed, started } = restoreWith();
+    const answer = (await restore(OWNED, stored, caller, post({ "mcp-protocol-version": "2025-06-18" }))) as Response;
+    expect(answer.status).toBe(400);
+    expect(await answer.json()).toEqual({ jsonrpc: "2.0", id: null, error: { code: -32000, message: `Bad Request: MCP-Protocol-Version "2025-06-18" is not the session's negotiated version 2025-11-25` } });
+    expect(claimed).toEqual([]);
+    expect(await restore(OWNED, stored, caller, post({}))).toBeUndefined();
+    expect(started).toHaveLength(1);
   });
 });

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { RedisClient } from "bun";
 import { randomBytes, randomUUID } from "node:crypto";
 import type { RunningBroker } from "../../src/broker.ts";
+import { createMemoryLogger } from "../../src/log.ts";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, connectAs, openSession, postMcp } from "../helpers/mcp.ts";
 import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
@@ -24,10 +25,11 @@ describe("a session whose replica is gone", () => {
   let a: TestBroker;
   let b: RunningBroker;
   let second: SecondReplica;
+  const bLogger = createMemoryLogger();
 
   beforeAll(async () => {
     a = await startTestBroker({ env: shared });
-    second = await startSecondReplica(a, shared);
+    second = await startSecondReplica(a, shared, { logger: bLogger });
     b = second.broker;
   });
 
@@ -47,6 +49,7 @@ describe("a session whose replica is gone", () => {
       const aliceToken = alice.provider.savedTokens!.access_token;
       const idle = await openSession(a.mcpUrl, token);
       const refusing = await openSession(a.mcpUrl, token);
+      const deleted = await openSession(a.mcpUrl, token);
       expect((await postMcp(a.mcpUrl, token, echo(1), { "mcp-session-id": idle })).status).toBe(200);
       const aUrl = await redis.get(`${prefix}replica:${JSON.parse((await redis.get(`${prefix}session:${idle}`))!).owner}`);
       expect(aUrl).toBe(a.config.publicUrl);
@@ -59,6 +62,13 @@ describe("a session whose replica is gone", () => {
       // Another user's token never gets the session, nor restores it.
       expect((await postMcp(b.url + "/mcp", aliceToken, echo(2), { "mcp-session-id": idle })).status).toBe(404);
       expect(b.registry.holds(idle)).toBe(false);
+
+      // A DELETE starts nothing: the session's entry goes, and it is unknown everywhere from then on.
+      const deleting = await fetch(b.url + "/mcp", { method: "DELETE", headers: { authorization: `Bearer ${token}`, "mcp-session-id": deleted } });
+      expect(deleting.status).toBe(204);
+      expect(bLogger.lines.filter((line) => line.includes('"msg":"session started"'))).toEqual([]);
+      expect(await redis.get(`${prefix}session:${deleted}`)).toBeNull();
+      expect((await postMcp(b.url + "/mcp", token, echo(5), { "mcp-session-id": deleted })).status).toBe(404);
 
       const called = await postMcp(b.url + "/mcp", token, echo(3), { "mcp-session-id": idle });
       expect(called.status).toBe(200);

@@ -5,6 +5,7 @@ import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
 import type { MessageStream, OutboundEvent } from "../../src/bridge/message-stream.ts";
 import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
+import type { SharedUserSlots, UserSlotVerdict } from "../../src/replicas/user-slots.ts";
 import {
   InitializeRejectedError,
   SessionForbiddenError,
@@ -56,6 +57,7 @@ function setup(
     spawnPacer?: SpawnPacer;
     grantIsLive?: (grantId: string) => Promise<boolean>;
     lifecycle?: SessionLifecycle;
+    userSlots?: SharedUserSlots;
   } = {},
 ) {
   const timers = new FakeTimers();
@@ -86,6 +88,7 @@ function setup(
     spawnPacer: options.spawnPacer,
     grantIsLive: options.grantIsLive,
     lifecycle: options.lifecycle,
+    userSlots: options.userSlots,
     logger,
     timers,
     reapIntervalMs: 10_000,
@@ -597,6 +600,76 @@ describe("the session lifecycle (the replicas' directory)", () => {
     expect(told).toEqual([`ended ${deleted}`, `ended ${crashed}`]);
     await registry.shutdown();
     expect(told).toEqual([`ended ${deleted}`, `ended ${crashed}`, `left ${kept}`]);
+  });
+});
+
+describe("the per-user count across replicas", () => {
+  /** Other replicas holding `elsewhere[user]` of each user's slots; what this replica last said it holds, by user. */
+  function sharedSlots(elsewhere: Record<number, number> = {}) {
+    const holding = new Map<number, number>();
+    const userSlots: SharedUserSlots = {
+      take: async (user, count, cap): Promise<UserSlotVerdict> => {
+        const others = elsewhere[user] ?? 0;
+        if (others + count > cap) return { taken: false, elsewhere: others };
+        holding.set(user, count);
+        return { taken: true };
+      },
+      update: (user, count) => void holding.set(user, count),
+    };
+    return { holding, userSlots };
+  }
+
+  test("over the cap only with the other replicas' sessions: this replica's idle one makes room; none idle, 429 naming the others", async () => {
+    const { userSlots } = sharedSlots({ 1: 2 });
+    const { registry } = setup({ maxSessionsPerUser: 3 }, { userSlots });
+    const { entry: first } = await registry.create(alice, initialize);
+    expect(registry.sessionsOf(1)).toEqual([first.id]);
+    const { entry: second } = await registry.create(alice, initialize);
+    expect(registry.sessionsOf(1)).toEqual([second.id]);
+    expect(registry.evictions).toEqual({ user: 1, global: 0 });
+    second.request(call(1, "slow"));
+    const refused = registry.create(alice, initialize);
+    await expect(refused).rejects.toBeInstanceOf(UserSessionLimitError);
+    await expect(refused).rejects.toThrow("you have 3 open sessions, the most allowed, 2 of them on other replicas of this broker, and none here can be ended to make room");
+  });
+
+  test("Redis not answering: the start goes ahead under this replica's own count, and that is logged", async () => {
+    const userSlots: SharedUserSlots = { take: async () => Promise.reject(new Error("Redis is down")), update: () => {} };
+    const { registry, logger } = setup({ maxSessionsPerUser: 1 }, { userSlots });
+    await registry.create(alice, initialize);
+    await registry.create(bob, initialize);
+    expect(registry.size).toBe(2);
+    expect(logger.lines.filter((line) => line.includes("the per-user cap counts this replica's only"))).toHaveLength(2);
+  });
+
+  test("whichever way a session ends (delete, crash, reap, eviction, revocation), the others are told the user's count once its child has exited", async () => {
+    const { holding, userSlots } = sharedSlots();
+    let live = true;
+    const { registry, children, timers } = setup({ maxSessionsPerUser: 3, idleTimeoutMs: 60_000 }, { userSlots, grantIsLive: async (grantId) => live || grantId !== alice.grantId });
+    const created = [];
+    for (let i = 0; i < 3; i++) created.push((await registry.create(alice, initialize)).entry);
+    expect(holding.get(1)).toBe(3);
+    const counted = async () => {
+      await settle();
+      return holding.get(1);
+    };
+    registry.delete(created[0]!.id);
+    expect(await counted()).toBe(2);
+    children[1]!.exit({ code: 1 });
+    expect(await counted()).toBe(1);
+    // At the cap again, the next start evicts the oldest idle one: still 3 with it, and the count settles on 3.
+    created.push((await registry.create(alice, initialize)).entry, (await registry.create(alice, initialize)).entry);
+    expect(await counted()).toBe(3);
+    created.push((await registry.create(alice, initialize)).entry);
+    expect(registry.evictions.user).toBe(1);
+    expect(await counted()).toBe(3);
+    live = false;
+    await registry.grantRevoked(alice.grantId);
+    expect(await counted()).toBe(0);
+    await registry.create(bob, initialize);
+    timers.advance(70_000);
+    expect(await counted()).toBe(0);
+    expect(holding.get(2)).toBe(0);
   });
 });
 

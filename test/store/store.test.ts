@@ -64,7 +64,12 @@ describe("the SQLite store", () => {
 
 const dialects = await storeDialects();
 
-describe.each(dialects)("Store on %s", (_dialect, { open }) => {
+describe.each(dialects)("Store on %s", (_dialect, { open, indexedColumns }) => {
+  // Every /oauth/authorize looks up the browser's unfinished flows to keep only its newest few.
+  test("a browser's flows are found through an index, not a scan of every flow in progress", async () => {
+    expect(await indexedColumns(await open(), "authorizations")).toContainEqual(["browser_hash"]);
+  });
+
   test("one active grant per (client, user): a second sign-in reuses it; after revocation a new one is made", async () => {
     const { store, grant } = await seeded(open);
     expect((await store.findOrCreateGrant({ id: "g2", clientId: "c1", forgejoUserId: 7, forgejoLogin: "alice2", scope: "mcp", now: 1 })).id).toBe(grant.id);

@@ -1,0 +1,1 @@
+CREATE INDEX "authorizations_browser" ON "authorizations" USING btree ("browser_hash");
