@@ -33,7 +33,7 @@ import type { Store } from "./store/store.ts";
 import { createSpawnChild } from "./supervisor/child.ts";
 import { processRssBytes } from "./supervisor/process-rss.ts";
 import type { SandboxPlan } from "./supervisor/sandbox.ts";
-import { realTimers } from "./supervisor/timers.ts";
+import { realTimers, type TimerHandle, type Timers } from "./supervisor/timers.ts";
 import { UpstreamCredentialLostError, UpstreamCredentials } from "./upstream/credentials.ts";
 import { ForgejoClient, UpstreamUnavailableError } from "./upstream/forgejo.ts";
 import { MIN_REFRESH_INTERVAL_MS } from "./upstream/refresh-timing.ts";
@@ -69,6 +69,8 @@ export interface BrokerOptions {
   traceExportDelayMs?: number;
   /** The SQLite file instead of broker.sqlite in the data directory: tests share one between two brokers, as replicas share PostgreSQL. */
   storePath?: string;
+  /** How long a stop waits for the calls in flight, then for the streams left open; 10 s each by default (DRAIN_GRACE_MS). */
+  drainGraceMs?: number;
 }
 
 export interface RunningBroker {
@@ -84,11 +86,31 @@ export interface RunningBroker {
   /** The metrics listener's base URL (BROKER_METRICS_ADDR); null without one. */
   metricsUrl: string | null;
   tracing: Tracing;
-  /** Stops accepting, stops every child and waits for it, lets in-flight requests finish, closes the database. */
+  /**
+   * Starts no new session (/healthz says draining), removes the liveness key (the other replicas restore its sessions
+   * from then on), stops accepting, lets the calls in flight finish, stops every child and waits for it, closes the database.
+   */
   stop(): Promise<void>;
 }
 
 export const DEFAULT_RATE_LIMIT: RateLimitPolicy = { burst: 30, perSecond: 1 };
+
+/**
+ * How long a stopping broker waits for its calls in flight, and again for the streams left open: with the
+ * children's 5 s stop grace within the 30 s TimeoutStopSec of deploy/'s units.
+ */
+const DRAIN_GRACE_MS = 10_000;
+
+/** Waits for `promise`, at most `ms`; false when the time ran out first. */
+async function within(timers: Timers, ms: number, promise: Promise<unknown>): Promise<boolean> {
+  let timer: TimerHandle | undefined;
+  const timedOut = new Promise<false>((resolve) => (timer = timers.setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([promise.then(() => true), timedOut]);
+  } finally {
+    timers.clearTimeout(timer!);
+  }
+}
 
 /** A registered client with no grant this long after registering is deleted. */
 const UNUSED_CLIENT_MS = 24 * 3600_000;
@@ -98,6 +120,7 @@ const CLIENT_USE_STAMP_MS = 3600_000;
 export async function startBroker(config: BrokerConfig, options: BrokerOptions): Promise<RunningBroker> {
   const now = options.now ?? Date.now;
   const idleTimeoutS = options.idleTimeoutS ?? 30;
+  const drainGraceMs = options.drainGraceMs ?? DRAIN_GRACE_MS;
   const { logger } = options;
   const { metricsAddr, metricsToken, otlpEndpoint, serviceName } = config.observability;
   // prom-client and the OpenTelemetry SDK are loaded only when asked for: a broker without them carries neither.
@@ -188,7 +211,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     metrics,
     // The replica link is made below; a session only starts once the broker serves.
     lifecycle: config.redis === undefined ? undefined : {
-      started: (sessionId, session) => void replicas?.sessions.started(sessionId, session),
+      started: (sessionId, session) => replicas?.sessions.started(sessionId, session),
       ended: (sessionId) => void replicas?.sessions.ended(sessionId),
       left: (sessionId) => void replicas?.sessions.left(sessionId),
     },
@@ -369,13 +392,19 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
         adminSocket.close();
         unsubscribe();
         unwatchRevocations();
-        // Stop listening first; open SSE streams end when their sessions do, so the drain can finish.
+        // No new session from here on, and /healthz says "draining": the load balancer takes this replica out.
+        registry.drain();
+        // From now on the others restore this replica's sessions on their next request instead of forwarding it here.
+        await replicas?.leave();
+        // Stop listening: the requests in flight go on. The calls among them complete before their children stop.
         const drained = server.stop();
+        await within(timers, drainGraceMs, registry.callsSettled());
         await Promise.all([registry.shutdown(), principals.shutdown()]);
-        await drained;
+        // Open SSE streams end with their sessions; a stream forwarded to another replica or a modern subscription
+        // ends only when its caller leaves, so what is still open after the grace is cut.
+        if (!(await within(timers, drainGraceMs, drained))) await server.stop(true);
         await metricsServer?.stop();
         await tracing.shutdown();
-        // Its sessions are gone: the liveness key goes now, not at its expiry.
         await replicas?.stop();
         await store.close();
       })()),

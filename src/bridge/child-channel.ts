@@ -118,6 +118,8 @@ export class ChildChannel<C> {
   private readonly serverRequests = new Map<string, PendingServerRequest>();
   private readonly internal = new Map<string, InternalWaiter>();
   private nextBrokerId = 1;
+  /** Told once no call is in flight (see callsSettled). */
+  private settledWaiters: (() => void)[] = [];
   private closedReason: string | null = null;
   private closing = false;
   private readonly closingOnce = new Once();
@@ -135,6 +137,12 @@ export class ChildChannel<C> {
 
   get inFlight(): number {
     return this.pending.size;
+  }
+
+  /** Resolves once no call is in flight: at once when none is, else when the last one is answered, fails or times out. */
+  callsSettled(): Promise<void> {
+    if (this.pending.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.settledWaiters.push(resolve));
   }
 
   /** By when at the latest the first call now in flight is over (its timeout); null when none is. */
@@ -435,6 +443,7 @@ export class ChildChannel<C> {
     if (this.pending.get(pending.key) !== pending) return;
     if (pending.timer !== null) this.options.timers.clearTimeout(pending.timer);
     this.pending.delete(pending.key);
+    if (this.pending.size === 0) for (const settled of this.settledWaiters.splice(0)) settled();
     if (pending.progressKey !== null && this.progressOwners.get(pending.progressKey) === pending) this.progressOwners.delete(pending.progressKey);
     this.stopIfDrained(pending.link);
   }

@@ -27,12 +27,16 @@ export interface ReplicaLivenessDeps {
 
 export class ReplicaLiveness {
   private stopRefresh: (() => void) | undefined;
+  private stopped = false;
 
   constructor(private readonly deps: ReplicaLivenessDeps) {}
 
-  /** Writes the key on `client`; also what the connection runs on each (re)connection, so a Redis restart loses it only briefly. */
-  readonly write = (client: Pick<RedisCommands, "send">): Promise<unknown> =>
-    client.send("SET", [this.deps.key, this.deps.replicaUrl, "PX", String(this.deps.timing.ttlMs)]);
+  /**
+   * Writes the key on `client`; also what the connection runs on each (re)connection, so a Redis restart loses it
+   * only briefly. Once stopped, never again: a reconnection during the drain must not make this replica live again.
+   */
+  readonly write = async (client: Pick<RedisCommands, "send">): Promise<unknown> =>
+    this.stopped ? undefined : client.send("SET", [this.deps.key, this.deps.replicaUrl, "PX", String(this.deps.timing.ttlMs)]);
 
   start(): void {
     this.stopRefresh = every(this.deps.timers, this.deps.timing.refreshMs, () => {
@@ -43,6 +47,7 @@ export class ReplicaLiveness {
 
   /** Stops refreshing and deletes the key, so the others stop counting on this replica at once. */
   async stop(): Promise<void> {
+    this.stopped = true;
     this.stopRefresh?.();
     await this.deps.redis.command((client) => client.send("DEL", [this.deps.key]), this.deps.timeoutMs).catch(() => {});
   }

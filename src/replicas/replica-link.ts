@@ -55,6 +55,11 @@ export interface ReplicaLink {
   replicaUrl(replicaId: string): Promise<string | null>;
   /** Resolves when Redis answers a PING within the command timeout. */
   ping(): Promise<void>;
+  /**
+   * Deletes the liveness key for good, the connections stay: from now on the others restore this replica's
+   * sessions on their next request instead of forwarding it here, while revocations still reach it.
+   */
+  leave(): Promise<void>;
   /** Deletes the principal directory's hash and the liveness key, and closes both connections. */
   stop(): Promise<void>;
 }
@@ -138,6 +143,7 @@ export function startReplicaLink(deps: ReplicaLinkDeps): ReplicaLink {
       return typeof url === "string" && url !== "" ? url : null;
     },
     ping: async () => void (await commands.command((client) => client.send("PING", []), COMMAND_TIMEOUT_MS)),
+    leave: () => liveness.stop(),
     async stop() {
       stopSweeping();
       await principals.stop();

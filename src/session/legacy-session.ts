@@ -119,6 +119,11 @@ export class LegacySession {
     return this.channel.inFlight;
   }
 
+  /** Resolves once the session has no request in flight (at once when it has none). */
+  callsSettled(): Promise<void> {
+    return this.channel.callsSettled();
+  }
+
   /** By when at the latest the first request now in flight is over (its timeout); null when none is. */
   get earliestRequestDeadline(): number | null {
     return this.channel.earliestRequestDeadline;

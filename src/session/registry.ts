@@ -102,7 +102,11 @@ export interface StartedSession {
 }
 
 export interface SessionLifecycle {
-  started(sessionId: string, session: StartedSession): void;
+  /**
+   * Awaited before the initialize answer goes out: the client's next request may reach another replica at
+   * once, which must find the session in the directory or it answers 404 and the client starts over.
+   */
+  started(sessionId: string, session: StartedSession): Promise<void> | void;
   /** The session is over: a client ended it, it idled out, its child died or its grant was revoked. */
   ended(sessionId: string): void;
   /** This broker shut down under the session: another replica may restore it on its next request. */
@@ -405,6 +409,15 @@ export class SessionRegistry {
     return idle.length;
   }
 
+  /**
+   * Resolves once no session has a request in flight: a stopping broker waits for this (within a bound)
+   * before it stops the children, so the calls they were answering complete.
+   */
+  async callsSettled(): Promise<void> {
+    const busy = () => [...this.sessions.values()].filter((entry) => entry.inFlight > 0);
+    for (let waiting = busy(); waiting.length > 0; waiting = busy()) await Promise.all(waiting.map((entry) => entry.callsSettled()));
+  }
+
   /** Stops every child and waits until all have exited; later creates are refused. */
   async shutdown(): Promise<void> {
     this.closed = true;
@@ -487,7 +500,7 @@ export class SessionRegistry {
     if (ids === undefined) this.byUser.set(identity.forgejoUserId, (ids = new Set()));
     ids.add(id);
     this.scheduler?.watch(identity.forgejoUserId, upstream.expiresAt);
-    this.deps.lifecycle?.started(id, { grantId: identity.grantId, initialize: initialize.raw, protocolVersion: negotiatedVersion(answer.message), startedAt: session.startedAt });
+    await this.deps.lifecycle?.started(id, { grantId: identity.grantId, initialize: initialize.raw, protocolVersion: negotiatedVersion(answer.message), startedAt: session.startedAt });
     logger.info("session started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: child.pid });
     return { entry: session, events };
   }

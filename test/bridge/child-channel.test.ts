@@ -93,6 +93,21 @@ describe("calls", () => {
     expect(channel.inFlight).toBe(0);
   });
 
+  test("callsSettled resolves at once with no call in flight, else once the last one is over, answered or timed out", async () => {
+    const { channel, child, timers } = setup();
+    let settled = false;
+    await channel.callsSettled();
+    channel.call(call(1), "answered");
+    channel.call(call(2), "timing out");
+    void channel.callsSettled().then(() => (settled = true));
+    child.send({ jsonrpc: "2.0", id: 1, result: {} });
+    await settle();
+    expect(settled).toBe(false);
+    timers.advance(30_000);
+    await settle();
+    expect(settled).toBe(true);
+  });
+
   test("the client's own notifications/cancelled reaches the child as sent and reports the call cancelled", () => {
     const { channel, child, reports } = setup();
     channel.call(call(4), "cancelled");

@@ -6,6 +6,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { UnauthorizedError } from "@modelcontextprotocol/sdk/client/auth.js";
 import { ElicitRequestSchema } from "@modelcontextprotocol/sdk/types.js";
 import type { TestBroker } from "./broker.ts";
+import type { FakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { TestOAuthProvider } from "../../src/testing/oauth-client.ts";
 
 export const CHILD_SCRIPT = join(import.meta.dir, "..", "..", "src", "testing", "mcp-child.ts");
@@ -27,7 +28,7 @@ export interface SignedInClient {
  * Connects the SDK client as `login`: the first connect meets 401, the SDK runs discovery, registration
  * and the browser flow (walked headlessly), then finishAuth and a fresh transport connect for real.
  */
-export async function connectAs(t: TestBroker, login: string, answer = "blue"): Promise<SignedInClient> {
+export async function connectAs(t: Pick<TestBroker, "mcpUrl"> & { forgejo: Pick<FakeForgejo, "setCurrentUser"> }, login: string, answer = "blue"): Promise<SignedInClient> {
   t.forgejo.setCurrentUser(login);
   const provider = new TestOAuthProvider();
   const elicitations: string[] = [];

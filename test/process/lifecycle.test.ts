@@ -166,7 +166,7 @@ describe("a running broker", () => {
     expect(streams.map((stream) => stream.isOver)).toEqual([false, false, false, false, false]);
 
     expect(await broker.stop()).toBe(0);
-    // The waiting call was answered with an error rather than left hanging.
+    // The waiting call, longer than the drain grace, was answered with an error once the grace was over rather than left hanging.
     expect(await call).toContain('"error"');
     expect(await processesMatching(marker)).toEqual([]);
     // The open streams were ended by the broker: each response finished cleanly, not cut off with the connection.

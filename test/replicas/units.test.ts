@@ -197,6 +197,9 @@ describe("ReplicaLiveness", () => {
     timers.advance(60_000);
     expect(sent.slice(2)).toEqual([["DEL", "p:replica:r1"]]);
     expect(timers.pending).toBe(0);
+    // A reconnection to Redis during the drain writes the key on the new connection: not once stopped.
+    await liveness.write({ send: async (command: string, args: string[]) => void sent.push([command, ...args]) } as unknown as RedisCommands);
+    expect(sent.slice(3)).toEqual([]);
   });
 });
 

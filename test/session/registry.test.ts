@@ -559,6 +559,34 @@ describe("the session lifecycle (the replicas' directory)", () => {
     expect(told).toEqual([`started ${id} grant-bob 2025-11-25 ${initialize.raw}`]);
   });
 
+  test("a start is over only once the directory has recorded it: the client's next request may reach another replica", async () => {
+    let recorded!: () => void;
+    const lifecycle: SessionLifecycle = { started: () => new Promise<void>((resolve) => (recorded = resolve)), ended: () => {}, left: () => {} };
+    const { registry } = setup({}, { lifecycle });
+    let created = false;
+    const creating = registry.create(alice, initialize).then((session) => ((created = true), session));
+    await settle();
+    expect(created).toBe(false);
+    recorded();
+    expect((await creating).entry.id).toMatch(/^[0-9a-f]{48}$/);
+  });
+
+  test("callsSettled waits for the calls in flight of every session, for a stop to let them complete", async () => {
+    const { registry, children } = setup();
+    const [first, second] = [(await registry.create(alice, initialize)).entry, (await registry.create(bob, initialize)).entry];
+    await registry.callsSettled();
+    const calls = [all(first.request(call(1, "slow"))), all(second.request(call(2, "slow")))];
+    let settled = false;
+    void registry.callsSettled().then(() => (settled = true));
+    children[0]!.send({ jsonrpc: "2.0", id: 1, result: { content: [] } });
+    await settle();
+    expect(settled).toBe(false);
+    children[1]!.send({ jsonrpc: "2.0", id: 2, result: { content: [] } });
+    await Promise.all(calls);
+    await settle();
+    expect(settled).toBe(true);
+  });
+
   test("a deleted session and one whose child died have ended; a shutdown leaves its sessions for a restore elsewhere", async () => {
     const { told, lifecycle } = recorded();
     const { registry, children } = setup({}, { lifecycle });
