@@ -1,16 +1,17 @@
-// Modern (2026-07-28) POSTs that meet every rule, answered by a real stand-in child over loopback; the
-// refusals, which need no child, are one table in modern-refusals.test.ts through the app in process.
+// Modern (2026-07-28) POSTs that meet every rule, answered by a real stand-in child (a 2025-era one that
+// declares instructions) over loopback; the refusals, which need no child, are one table in modern-refusals.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, openSession, postMcp } from "../helpers/mcp.ts";
-import { modernRequest, postModern } from "../helpers/modern-client.ts";
+import { allMessages, modernClientWith, modernRequest, postModern } from "../helpers/modern-client.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
 
 let t: TestBroker;
 let token: string;
+const INSTRUCTIONS = "Call whoami first; repositories are listed by list_my_repos.";
 
 beforeAll(async () => {
-  t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand() } });
+  t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: `${childCommand()} '--instructions=${INSTRUCTIONS}'` } });
   token = (await obtainTokens(t.config.publicUrl)).accessToken;
 });
 afterAll(async () => {
@@ -21,6 +22,14 @@ const WHOAMI = modernRequest(7, "tools/call", { name: "whoami", arguments: {} })
 const base64 = (text: string) => `=?base64?${Buffer.from(text).toString("base64")}?=`;
 
 describe("accepted", () => {
+  test("server/discover relays the legacy child's instructions from its InitializeResult, and the pinned SDK client reads them", async () => {
+    const [discovered] = await allMessages(await postModern(t, token, modernRequest("d", "server/discover")));
+    expect((discovered as { result: { instructions?: unknown } }).result.instructions).toBe(INSTRUCTIONS);
+    const client = await modernClientWith(t, token);
+    expect(client.getInstructions()).toBe(INSTRUCTIONS);
+    await client.close();
+  });
+
   test("headers agreeing with the body, Mcp-Name in base64 form: the call is answered, complete", async () => {
     const response = await postModern(t, token, WHOAMI, { "mcp-name": base64("whoami"), accept: "application/json" });
     expect(response.status).toBe(200);
