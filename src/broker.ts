@@ -76,6 +76,8 @@ export interface BrokerOptions {
 export interface RunningBroker {
   url: string;
   server: ReturnType<typeof Bun.serve>;
+  /** The broker's Elysia app, which the server hands every request but /metrics: tests call its handle in-process. */
+  app: { handle(request: Request): Promise<Response> };
   store: Store;
   oauth: OAuthDeps;
   registry: SessionRegistry;
@@ -379,6 +381,7 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
   return {
     url: `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${server.port}`,
     server,
+    app,
     store,
     oauth,
     registry,

@@ -64,19 +64,24 @@ export const INITIALIZE = {
   params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } },
 };
 
-/** POSTs one message (or any body) to /mcp with the usual headers, which `headers` can override or drop (null). */
-export function postMcp(url: string, token: string, body: unknown, headers: Record<string, string | null> = {}): Promise<Response> {
+/** A POST of one message (or any body) to /mcp with the usual headers, which `headers` can override or drop (null). */
+export function mcpPost(url: string, token: string, body: unknown, headers: Record<string, string | null> = {}): Request {
   const merged: Record<string, string | null> = {
     authorization: `Bearer ${token}`,
     "content-type": "application/json",
     accept: "application/json, text/event-stream",
     ...headers,
   };
-  return fetch(url, {
+  return new Request(url, {
     method: "POST",
     headers: Object.fromEntries(Object.entries(merged).filter((entry): entry is [string, string] => entry[1] !== null)),
     body: typeof body === "string" ? body : JSON.stringify(body),
   });
+}
+
+/** Sends mcpPost's request over the network. */
+export function postMcp(url: string, token: string, body: unknown, headers: Record<string, string | null> = {}): Promise<Response> {
+  return fetch(mcpPost(url, token, body, headers));
 }
 
 /** initialize + notifications/initialized with plain fetch; returns the session id. */

@@ -2,7 +2,7 @@
 // signed in as a Forgejo user, and raw modern requests with the envelope and headers the spec requires.
 import { Client, StreamableHTTPClientTransport, type VersionNegotiationMode } from "@modelcontextprotocol/client";
 import type { TestBroker } from "./broker.ts";
-import { postMcp } from "./mcp.ts";
+import { mcpPost } from "./mcp.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
 
 export const MODERN_VERSION = "2026-07-28";
@@ -51,9 +51,14 @@ export function modernHeaders(body: ReturnType<typeof modernRequest>): Record<st
   return { "mcp-protocol-version": MODERN_VERSION, "mcp-method": body.method, ...(typeof name === "string" ? { "mcp-name": name } : {}) };
 }
 
-/** POSTs a modern request with its headers (which `headers` can override or drop with null). */
+/** A POST of a modern request with its headers (which `headers` can override or drop with null). */
+export function modernPost(t: TestBroker, token: string, body: ReturnType<typeof modernRequest>, headers: Record<string, string | null> = {}): Request {
+  return mcpPost(t.mcpUrl, token, body, { ...modernHeaders(body), ...headers });
+}
+
+/** Sends modernPost's request over the network. */
 export function postModern(t: TestBroker, token: string, body: ReturnType<typeof modernRequest>, headers: Record<string, string | null> = {}): Promise<Response> {
-  return postMcp(t.mcpUrl, token, body, { ...modernHeaders(body), ...headers });
+  return fetch(modernPost(t, token, body, headers));
 }
 
 /** The JSON-RPC messages of an SSE answer as they arrive (a JSON answer yields its one message). */

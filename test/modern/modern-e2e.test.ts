@@ -24,9 +24,10 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
   const slowCount = (id: number | string, n: number, delayMs: number, token: string | number = "p") =>
     modernRequest(id, "tools/call", { name: "slow_count", arguments: { n, delay_ms: delayMs } }, { progressToken: token });
 
-  test("server/discover: the broker's versions, the child's capabilities, serverInfo in _meta; the pinned client connects on it", async () => {
+  test("server/discover: the broker's versions, the child's capabilities, serverInfo in _meta, no instructions from a child without them; the pinned client connects on it", async () => {
     const { client, accessToken } = await connectModern(t, "alice");
     expect(client.getServerVersion()).toMatchObject({ name: "forgejo-stand-in" });
+    expect(client.getInstructions()).toBeUndefined();
     expect(client.getServerCapabilities()).toMatchObject({ tools: {} });
     const [discovered] = await allMessages(await postModern(t, accessToken, modernRequest("d", "server/discover")));
     expect(discovered).toEqual({
