@@ -5,9 +5,9 @@ import { RedisClient } from "bun";
 import { freePort } from "../../test/helpers/broker.ts";
 import { CADDY, sharedReplicaEnv, startCaddy as startShippedCaddy } from "../../test/helpers/caddy.ts";
 import { createTestDatabase, type TestDatabase } from "../../test/helpers/postgres.ts";
+import { deleteKeys, REDIS_URL } from "../../test/helpers/redis.ts";
 import { brokerReady, signedInGateway, spawnBroker, stopProcess, trackProcess, Unavailable, waitFor, type BrokerOptions, type Gateway, type SpawnedBroker, type StopReport } from "./gateways.ts";
 
-const REDIS_URL = "redis://127.0.0.1:6379";
 
 /**
  * `replicas` brokers as an operator runs them for scale-out (BROKER_DATABASE_URL, BROKER_REDIS_URL, one
@@ -80,8 +80,7 @@ async function startCaddy(publicUrl: string, upstreams: string[]): Promise<{ sto
 async function deleteRedisKeys(prefix: string): Promise<void> {
   const redis = new RedisClient(REDIS_URL);
   try {
-    const keys = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-    if (keys.length > 0) await redis.del(...keys);
+    await deleteKeys(redis, `${prefix}*`);
   } finally {
     redis.close();
   }

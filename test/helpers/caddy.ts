@@ -6,11 +6,11 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { outputLines, type OutputLines } from "./output.ts";
+import { REDIS_URL } from "./redis.ts";
 
 export const CADDY = "/usr/bin/caddy";
 export const DEPLOY_DIR = join(import.meta.dir, "..", "..", "deploy");
 const CADDYFILE = join(DEPLOY_DIR, "Caddyfile");
-const REDIS_URL = "redis://127.0.0.1:6379";
 
 /** Caddy's environment: its own state (certificates, autosaved config) goes under `home`, then the Caddyfile's placeholders. */
 export function caddyEnv(home: string, placeholders: Record<string, string> = {}): Record<string, string> {

@@ -13,8 +13,8 @@ import { childCommand, isAlive, processesMatching, type ProcessRow } from "./mcp
 import type { OutputLines } from "./output.ts";
 import { createTestDatabase, type TestDatabase } from "./postgres.ts";
 import { waitWhile } from "./promises.ts";
+import { deleteKeys, REDIS_URL } from "./redis.ts";
 
-const REDIS_URL = "redis://127.0.0.1:6379";
 /** A broker's SIGTERM takes at most its two drain graces (10 s each) and its children's stop grace (5 s). */
 const STOP_BOUND_MS = 30_000;
 
@@ -99,8 +99,7 @@ export async function startReplicaCluster(options: ReplicaClusterOptions = {}): 
   const cleanups: (() => Promise<unknown> | unknown)[] = [];
   const redis = new RedisClient(REDIS_URL);
   cleanups.push(async () => {
-    const left = (await redis.send("KEYS", [`${redisPrefix}*`])) as string[];
-    if (left.length > 0) await redis.del(...left);
+    await deleteKeys(redis, `${redisPrefix}*`);
     redis.close();
   });
   const replicas: ClusterReplica[] = [];

@@ -12,8 +12,7 @@ import { probeSandbox } from "../../src/supervisor/sandbox.ts";
 import { brokerEnvFor, freePort, startTestBroker, type TestBroker } from "./broker.ts";
 import { childCommand } from "./mcp.ts";
 import { waitWhile } from "./promises.ts";
-
-const REDIS_URL = "redis://127.0.0.1:6379";
+import { deleteKeys, REDIS_URL } from "./redis.ts";
 
 export interface ReplicaPair {
   a: TestBroker;
@@ -48,8 +47,7 @@ export async function startReplicaPair(options: ReplicaPairOptions = {}): Promis
   const redis = new RedisClient(REDIS_URL);
   const cleanups: (() => Promise<unknown> | unknown)[] = [
     async () => {
-      const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-      if (left.length > 0) await redis.del(...left);
+      await deleteKeys(redis, `${prefix}*`);
       redis.close();
     },
   ];
