@@ -1,34 +1,25 @@
 // BROKER_MAX_SESSIONS_PER_USER over two brokers sharing Redis and a database file: a user's sessions on the
 // other replica count, a dead replica's count is dropped, and concurrent starts on both never pass the cap.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { RedisClient } from "bun";
-import { randomBytes, randomUUID } from "node:crypto";
+import type { RedisClient } from "bun";
+import { randomUUID } from "node:crypto";
 import type { RunningBroker } from "../../src/broker.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
-import { identityOf, startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
+import { identityOf, type TestBroker } from "../helpers/broker.ts";
+import { INITIALIZE, openSession, postMcp } from "../helpers/mcp.ts";
 import { waitWhile } from "../helpers/promises.ts";
-import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
+import { startReplicaPair, type ReplicaPair } from "../helpers/replica-pair.ts";
 import { watchStream } from "../helpers/watched-stream.ts";
 
-const REDIS_URL = "redis://127.0.0.1:6379";
-const prefix = `fmb-test-${randomUUID()}:`;
-const redis = new RedisClient(REDIS_URL);
 const CAP = 2;
 const REQUEST_TIMEOUT_S = 120;
 
 describe("the per-user cap across replicas", () => {
-  const shared = {
-    BROKER_REDIS_URL: REDIS_URL,
-    BROKER_REDIS_PREFIX: prefix,
-    BROKER_SEALING_KEY: randomBytes(32).toString("base64"),
-    BROKER_CHILD_COMMAND: childCommand(),
-    BROKER_MAX_SESSIONS_PER_USER: String(CAP),
-    BROKER_REQUEST_TIMEOUT_S: String(REQUEST_TIMEOUT_S),
-  };
+  let pair: ReplicaPair;
   let a: TestBroker;
   let b: RunningBroker;
-  let second: SecondReplica;
+  let prefix: string;
+  let redis: RedisClient;
   const bUrl = () => `${b.url}/mcp`;
   /** A new sign-in as `login`: its token and Forgejo user id. */
   const signIn = async (login: string) => {
@@ -40,18 +31,11 @@ describe("the per-user cap across replicas", () => {
   const slotsKey = (user: number) => `${prefix}user-slots:${user}`;
 
   beforeAll(async () => {
-    a = await startTestBroker({ env: shared });
-    second = await startSecondReplica(a, shared);
-    b = second.broker;
+    const env = { BROKER_MAX_SESSIONS_PER_USER: String(CAP), BROKER_REQUEST_TIMEOUT_S: String(REQUEST_TIMEOUT_S) };
+    ({ a, b, prefix, redis } = pair = await startReplicaPair({ env }));
   });
 
-  afterAll(async () => {
-    await second?.stop();
-    await a?.stop();
-    const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-    if (left.length > 0) await redis.del(...left);
-    redis.close();
-  });
+  afterAll(() => pair?.stop());
 
   test("one session on each replica at a cap of 2: a third on either ends that replica's idle one; with it busy, 429", async () => {
     const { token, user } = await signIn("alice");
