@@ -302,7 +302,7 @@ describe("an MRTR round in the metrics", () => {
   });
 
   const scrape = async (): Promise<Sample[]> => parseExposition(await (await fetch(`${t.broker.metricsUrl}/metrics`)).text());
-  const figures = (samples: Sample[]) => ({
+  const figures = (samples: Sample[]): Record<string, number> => ({
     parked: valueOf(samples, "fmb_mrtr_continuations"),
     ...Object.fromEntries(["input_required", "resumed", "rejected", "expired", "full"].map((result) => [result, valueOf(samples, "fmb_mrtr_total", { result })])),
   });
