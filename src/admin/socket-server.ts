@@ -1,5 +1,6 @@
 // The running broker's end of the admin command: HTTP on a Unix socket in BROKER_DATA_DIR, mode 0600, that only
 // the broker's user can reach. A stale socket a dead broker left is replaced; one a live broker answers on is not taken.
+import { DrizzleQueryError } from "drizzle-orm/errors";
 import { Elysia, t } from "elysia";
 import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import type { Logger } from "../log.ts";
@@ -74,6 +75,12 @@ async function answers(path: string): Promise<boolean> {
   }
 }
 
+/** Why a command failed, as the operator reads it: a failed query's own message is its SQL and parameters; its cause says why. */
+function failureReason(error: unknown): string {
+  if (error instanceof DrizzleQueryError) return `the broker's database failed: ${error.cause?.message ?? "no reason given"}`;
+  return error instanceof Error ? error.message : String(error);
+}
+
 const RevokeBody = t.Object({ user: t.Optional(t.String({ minLength: 1 })), client: t.Optional(t.String({ minLength: 1 })), grant: t.Optional(t.String({ minLength: 1 })) });
 
 /** Exactly one target, or null: a body naming two must not quietly revoke one of them. */
@@ -92,7 +99,7 @@ function adminRoutes(service: AdminService, logger: Logger, keepOpen: (request: 
       if (code === "VALIDATION" || code === "PARSE") return refuse(400, "the request does not match the admin protocol");
       if (code === "NOT_FOUND") return refuse(404, "no such admin command");
       logger.error("admin command failed", { error: error instanceof Error ? error : String(error) });
-      return refuse(500, error instanceof Error ? error.message : String(error));
+      return refuse(500, failureReason(error));
     })
     .get(ADMIN_ROUTES.sessions, ({ query }) => service.sessions(query.user), { query: t.Object({ user: t.Optional(t.String()) }) })
     .post(

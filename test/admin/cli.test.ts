@@ -1,5 +1,5 @@
 // `bun run admin` as runAdmin, in-process against an in-process broker: what the operator reads, what a script
-// parses (--json), and the exit codes (0 ok, 1 nothing matched, 2 usage, 3 no broker, 4 drain timed out, 6 partial listing).
+// parses (--json), and the exit codes (0 ok, 1 nothing matched, 2 usage, 3 no broker, 4 drain timed out, 5 broker error, 6 partial listing).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -12,6 +12,9 @@ import { freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts
 import { childCommand, openSession } from "../helpers/mcp.ts";
 import { connectModern } from "../helpers/modern-client.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
+import { SQL } from "bun";
+import { createTestDatabase, type TestDatabase } from "../helpers/postgres.ts";
+import { waitWhile } from "../helpers/promises.ts";
 
 let t: TestBroker;
 let sessionId: string;
@@ -123,4 +126,41 @@ describe("sessions while Redis does not answer", () => {
     expect(answer.warning).toStartWith("other replicas not listed: Redis unreachable (");
     expect(answer.sessions.map((row) => [row.era, row.user])).toEqual([["legacy", "alice"], ["modern", "bob"]]);
   });
+});
+
+describe("the broker's database does not answer", () => {
+  let database: TestDatabase;
+  let onPostgres: TestBroker;
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    onPostgres = await startTestBroker({ env: { BROKER_DATABASE_URL: database.url, BROKER_SEALING_KEY: Buffer.alloc(32, 5).toString("base64") } });
+  });
+  afterAll(async () => {
+    await onPostgres.stop();
+    await database.drop();
+  });
+
+  test("clients, revoke: 5 (broker error), the broker's reason on stderr, nothing on stdout; 0 again once it is back", async () => {
+    expect((await admin(["clients"], { dataDir: onPostgres.dataDir })).code).toBe(ExitCode.ok);
+    const name = new URL(database.url).pathname.slice(1);
+    const server = new SQL({ url: database.url.replace(/\/[^/]+$/, "/test"), max: 1 });
+    try {
+      // As when the database server is stopped: no new connection, and the broker's open ones cut.
+      await server.unsafe(`ALTER DATABASE ${name} ALLOW_CONNECTIONS false`);
+      await server`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ${name}`;
+      for (const argv of [["clients"], ["revoke", "--user", "alice"]]) {
+        const { code, out, err } = await admin(argv, { dataDir: onPostgres.dataDir });
+        expect({ argv, code, out }).toEqual({ argv, code: ExitCode.brokerError, out: "" });
+        // The reason, not the query the store ran.
+        expect(err).toMatch(/^admin: the broker's database failed: .*(connection|connections)/);
+        expect(err).not.toMatch(/select|params/i);
+      }
+    } finally {
+      await server.unsafe(`ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
+      await server.close();
+    }
+    // The pool reconnects on its next query: the first after the database is back may still find its old connection dead.
+    await waitWhile(async () => (await admin(["clients"], { dataDir: onPostgres.dataDir })).code !== ExitCode.ok, 50, 100);
+    expect((await admin(["clients"], { dataDir: onPostgres.dataDir })).code).toBe(ExitCode.ok);
+  }, 30_000); // a broker on PostgreSQL with its migrations, and seven admin commands, on a loaded machine
 });

@@ -2,7 +2,7 @@
 // its environment placeholders set for the test (plain HTTP on a loopback port, no admin endpoint, a temporary
 // access log): SSE events pass one by one, the OAuth flow works with the issuer unchanged, the log keeps no code.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
@@ -10,6 +10,8 @@ import { CADDY, caddyEnv, DEPLOY_DIR, startCaddy, type RunningCaddy } from "../h
 import { childCommand, postMcp } from "../helpers/mcp.ts";
 import { answerMessages } from "../helpers/modern-client.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
+import { outputLines } from "../helpers/output.ts";
+import { rejection } from "../helpers/promises.ts";
 
 describe("caddy validate", () => {
   const caddyfiles = readdirSync(DEPLOY_DIR).filter((name) => name === "Caddyfile" || name.endsWith(".Caddyfile"));
@@ -120,5 +122,67 @@ describe("the broker behind deploy/Caddyfile", () => {
     const result = (await events.next()).value as { id: number; result: { content: { text: string }[] } };
     expect(result.id).toBe(2);
     expect(result.result.content[0]!.text).toContain("teal");
+  });
+});
+
+describe("deploy/Caddyfile's TLS, on a localhost site (a certificate from Caddy's internal CA: no ACME, no network)", () => {
+  let t: TestBroker;
+  let caddy: ReturnType<typeof Bun.spawn>;
+  let home: string;
+  let port: number;
+  let publicUrl: string;
+  let ca: string;
+
+  beforeAll(async () => {
+    home = mkdtempSync(join(tmpdir(), "fmb-caddy-tls-"));
+    port = await freePort();
+    publicUrl = `https://localhost:${port}`;
+    t = await startTestBroker({ env: { BROKER_PUBLIC_URL: publicUrl, BROKER_TRUSTED_PROXIES: "127.0.0.1,::1" } });
+    const env = caddyEnv(home, { BROKER_SITE: `localhost:${port}`, BROKER_UPSTREAMS: new URL(t.broker.url).host, CADDY_ACCESS_LOG: join(home, "access.log"), CADDY_ADMIN: "off" });
+    const adapt = Bun.spawn([CADDY, "adapt", "--config", join(DEPLOY_DIR, "Caddyfile"), "--adapter", "caddyfile"], { env, stdout: "pipe", stderr: "pipe" });
+    const [adapted, json] = await Promise.all([adapt.exited, new Response(adapt.stdout).text()]);
+    expect(adapted).toBe(0);
+    // The Caddyfile as adapted, with two changes that belong to this machine, not the recipe: Caddy (run as root here)
+    // must not add its CA to the system's trust store, and its HTTP→HTTPS redirect listens on a free port, not :80.
+    const config = JSON.parse(json);
+    config.apps.pki = { certificate_authorities: { local: { install_trust: false } } };
+    config.apps.http.http_port = await freePort();
+    const configPath = join(home, "caddy.json");
+    writeFileSync(configPath, JSON.stringify(config));
+    caddy = Bun.spawn([CADDY, "run", "--config", configPath], { env, stdout: "pipe", stderr: "pipe" });
+    const log = outputLines(caddy.stderr as ReadableStream<Uint8Array>);
+    outputLines(caddy.stdout as ReadableStream<Uint8Array>);
+    if ((await log.waitFor((line) => line.includes("certificate obtained successfully") && line.includes('"localhost"'))) === null) {
+      throw new Error(`caddy exited before it had its certificate: ${log.lines.join("\n")}`);
+    }
+    ca = readFileSync(join(home, "data", "caddy", "pki", "authorities", "local", "root.crt"), "utf8");
+  }, 30_000); // a broker, and Caddy generating its CA and a certificate, on a loaded machine
+
+  afterAll(async () => {
+    caddy?.kill("SIGTERM");
+    await caddy?.exited;
+    await t?.stop();
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  const metadataUrl = () => `${publicUrl}/.well-known/oauth-authorization-server`;
+
+  test("over https with Caddy's root as the CA: the broker's metadata, its issuer the public URL unchanged", async () => {
+    const response = await fetch(metadataUrl(), { tls: { ca } });
+    expect(response.status).toBe(200);
+    const metadata = (await response.json()) as Record<string, string>;
+    expect(metadata.issuer).toBe(publicUrl);
+    expect(metadata.token_endpoint).toBe(`${publicUrl}/oauth/token`);
+  });
+
+  test("the same URL with a client that does not know Caddy's CA fails: no metadata without a trusted certificate", async () => {
+    const error = await rejection(fetch(metadataUrl()));
+    expect(error.message + String((error as { code?: string }).code)).toMatch(/certificate|CERT|self.signed|issuer/i);
+  });
+
+  test("plain HTTP on the TLS port gets no metadata: Caddy answers 400, that the client spoke HTTP to an HTTPS server", async () => {
+    const response = await fetch(`http://localhost:${port}/.well-known/oauth-authorization-server`);
+    expect(response.status).toBe(400);
+    expect(await response.text()).toContain("HTTP request to an HTTPS server");
   });
 });

@@ -3,7 +3,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { childCommand, openSession, postMcp } from "../helpers/mcp.ts";
-import { modernRequest, postModern } from "../helpers/modern-client.ts";
+import { modernRequest, onlyMessage, postModern, retryOf } from "../helpers/modern-client.ts";
+import { textOf } from "../helpers/mcp.ts";
 import { obtainTokens, postForm, type ObtainedTokens } from "../../src/testing/oauth-client.ts";
 import { labelValues, parseExposition, valueOf, type Sample } from "../helpers/prometheus.ts";
 import { waitWhile } from "../helpers/promises.ts";
@@ -220,5 +221,124 @@ describe("without BROKER_METRICS_ADDR, BROKER_METRICS_TOKEN and OTEL_EXPORTER_OT
     } finally {
       await t.stop();
     }
+  });
+});
+
+describe("rate limits in the metrics", () => {
+  let t: TestBroker;
+  beforeAll(async () => {
+    // Buckets of 2 that do not refill during the test; X-Forwarded-For from the test believed, so each request can come from its own address.
+    t = await startTestBroker({
+      env: { BROKER_METRICS_ADDR: "127.0.0.1:0", BROKER_TRUSTED_PROXIES: "127.0.0.1,::1" },
+      broker: { rateLimit: { burst: 2, perSecond: 0.0001 } },
+    });
+  });
+  afterAll(async () => {
+    await t.stop();
+  });
+
+  const scrape = async (): Promise<Sample[]> => parseExposition(await (await fetch(`${t.broker.metricsUrl}/metrics`)).text());
+  const limited = (samples: Sample[]) =>
+    Object.fromEntries(["register", "token", "revoke", "authorize", "consent", "authorize_client"].map((endpoint) => [endpoint, valueOf(samples, "fmb_rate_limited_total", { endpoint })]));
+  const register = (address: string) =>
+    fetch(`${t.config.publicUrl}/oauth/register`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "x-forwarded-for": address },
+      body: JSON.stringify({ redirect_uris: ["http://127.0.0.1:40000/cb"], token_endpoint_auth_method: "none" }),
+    });
+  /** Each refused answer's status, in order: the figures must match what the callers saw. */
+  const statuses = async (requests: (() => Promise<Response>)[]) => {
+    const seen: number[] = [];
+    for (const request of requests) {
+      const response = await request();
+      await response.arrayBuffer();
+      seen.push(response.status);
+    }
+    return seen;
+  };
+
+  test("five registrations from one address: three refused 429, counted under endpoint=register and nowhere else", async () => {
+    const before = limited(await scrape());
+    expect(await statuses(Array.from({ length: 5 }, () => () => register("198.51.100.7")))).toEqual([201, 201, 429, 429, 429]);
+    const after = limited(await scrape());
+    expect(after).toEqual({ ...before, register: before.register! + 3 });
+  });
+
+  test("three token requests from one address: the third refused, counted under endpoint=token", async () => {
+    const before = limited(await scrape());
+    const token = () => postForm(`${t.config.publicUrl}/oauth/token`, { grant_type: "authorization_code", code: "none", client_id: "none" }, { "x-forwarded-for": "198.51.100.8" });
+    const seen = await statuses([token, token, token]);
+    expect(seen.slice(0, 2)).not.toContain(429);
+    expect(seen[2]).toBe(429);
+    expect(limited(await scrape())).toEqual({ ...before, token: before.token! + 1 });
+  });
+
+  test("one client's consent pages from 25 addresses: the client's bucket (ten addresses' worth) refuses five, counted under endpoint=authorize_client", async () => {
+    const { client_id } = (await (await register("198.51.100.9")).json()) as { client_id: string };
+    const url = new URL(`${t.config.publicUrl}/oauth/authorize`);
+    for (const [name, value] of Object.entries({
+      client_id,
+      redirect_uri: "http://127.0.0.1:40000/cb",
+      response_type: "code",
+      code_challenge: "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+      code_challenge_method: "S256",
+    })) url.searchParams.set(name, value);
+    const before = limited(await scrape());
+    const seen = await statuses(Array.from({ length: 25 }, (_, i) => () => fetch(url, { headers: { "x-forwarded-for": `203.0.113.${i + 1}` } })));
+    expect(seen).toEqual([...Array(20).fill(200), ...Array(5).fill(429)]);
+    expect(limited(await scrape())).toEqual({ ...before, authorize_client: before.authorize_client! + 5 });
+  });
+});
+
+describe("an MRTR round in the metrics", () => {
+  let t: TestBroker;
+  let token: string;
+  beforeAll(async () => {
+    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(`--metrics-mrtr-${crypto.randomUUID()}`), BROKER_METRICS_ADDR: "127.0.0.1:0" } });
+    token = (await obtainTokens(t.config.publicUrl)).accessToken;
+  });
+  afterAll(async () => {
+    await t.stop();
+  });
+
+  const scrape = async (): Promise<Sample[]> => parseExposition(await (await fetch(`${t.broker.metricsUrl}/metrics`)).text());
+  const figures = (samples: Sample[]): Record<string, number> => ({
+    parked: valueOf(samples, "fmb_mrtr_continuations"),
+    ...Object.fromEntries(["input_required", "resumed", "rejected", "expired", "full"].map((result) => [result, valueOf(samples, "fmb_mrtr_total", { result })])),
+  });
+  /** The child's ask_user tool asks the caller a question: the broker answers input_required and parks the call. */
+  const ask = async (question: string) => {
+    const original = modernRequest(1, "tools/call", { name: "ask_user", arguments: { question } }, { "io.modelcontextprotocol/clientCapabilities": { elicitation: {} } });
+    const interim = await onlyMessage(await postModern(t, token, original));
+    expect(interim.result.resultType).toBe("input_required");
+    return { original, state: interim.result.requestState as string };
+  };
+  const answer = (original: ReturnType<typeof modernRequest>, state: string, text: string) =>
+    postModern(t, token, retryOf(original, 2, { "elicitation-1": { action: "accept", content: { answer: text } } }, state));
+
+  test("a question parks one continuation (gauge 1); the retry that answers it counts one resumed and the gauge goes back to 0", async () => {
+    const start = figures(await scrape());
+    expect(start.parked).toBe(0);
+    const { original, state } = await ask("Colour?");
+    expect(figures(await scrape())).toEqual({ ...start, parked: 1, input_required: start.input_required! + 1 });
+
+    const final = await onlyMessage(await answer(original, state, "teal"));
+    expect(JSON.parse(textOf(final.result))).toEqual({ action: "accept", content: { answer: "teal" } });
+    expect(figures(await scrape())).toEqual({ ...start, parked: 0, input_required: start.input_required! + 1, resumed: start.resumed! + 1 });
+  });
+
+  test("a retry with its requestState tampered with counts one rejected, resumes nothing, and the call stays parked", async () => {
+    const { original, state } = await ask("Shape?");
+    const before = figures(await scrape());
+    expect(before.parked).toBe(1);
+    const tampered = state.slice(0, 10) + (state[10] === "A" ? "B" : "A") + state.slice(11);
+    const refused = await answer(original, tampered, "square");
+    expect(refused.status).toBe(400);
+    expect(((await refused.json()) as { error: { code: number } }).error.code).toBe(-32602);
+    expect(figures(await scrape())).toEqual({ ...before, rejected: before.rejected! + 1 });
+
+    // The genuine retry still resumes it: the parked call ends, the gauge with it.
+    expect((await onlyMessage(await answer(original, state, "round"))).result.resultType).toBe("complete");
+    expect(figures(await scrape())).toEqual({ ...before, parked: 0, rejected: before.rejected! + 1, resumed: before.resumed! + 1 });
   });
 });
