@@ -1,5 +1,6 @@
 // Structured JSON logging, one object per line on stdout; the logger masks anything that
 // looks like a credential so that no token, code, secret or cookie reaches a log line.
+import { DrizzleQueryError } from "drizzle-orm/errors";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 export type LogFields = Record<string, unknown>;
@@ -30,6 +31,9 @@ function scrub(fields: LogFields): LogFields {
       out[key] = "***";
     } else if (typeof value === "string") {
       out[key] = maskSecrets(value);
+    } else if (value instanceof DrizzleQueryError) {
+      // Its message holds the statement's parameters (token hashes, sealed tokens): only the database's own reason is logged.
+      out[key] = maskSecrets(`database query failed: ${value.cause?.message ?? "no reason given"}`);
     } else if (value instanceof Error) {
       out[key] = maskSecrets(value.message);
     } else {

@@ -1,5 +1,6 @@
 // Log hygiene: whatever a caller passes, no credential reaches a log line.
 import { describe, expect, test } from "bun:test";
+import { DrizzleQueryError } from "drizzle-orm/errors";
 import { createLogger, createMemoryLogger, maskSecrets } from "../src/log.ts";
 
 describe("logging", () => {
@@ -40,6 +41,15 @@ describe("logging", () => {
       expect(line).not.toContain(secret);
     }
     expect(JSON.parse(line).client_id).toBe("fmb_client_public123456");
+  });
+
+  test("a failed database query is logged by its reason, without the statement's parameters", () => {
+    const logger = createMemoryLogger();
+    const sealed = `v1.${"i".repeat(16)}.${"c".repeat(40)}`;
+    const cause = new Error("terminating connection due to administrator command");
+    logger.error("admin command failed", { error: new DrizzleQueryError("select * from upstream_credentials where token = $1", [sealed, "hash-of-a-token"], cause) });
+    const line = JSON.parse(logger.lines[0]!) as { error: string };
+    expect(line.error).toBe("database query failed: terminating connection due to administrator command");
   });
 
   test("maskSecrets keeps the surrounding text readable", () => {
