@@ -89,8 +89,9 @@ export interface RunningBroker {
   metricsUrl: string | null;
   tracing: Tracing;
   /**
-   * Starts no new session (/healthz says draining), removes the liveness key (the other replicas restore its sessions
-   * from then on), stops accepting, lets the calls in flight finish, stops every child and waits for it, closes the database.
+   * Starts no new session nor modern call (/healthz says draining), removes the liveness key (the other replicas restore its
+   * sessions from then on), stops accepting, lets the calls in flight of both eras finish (drainGraceMs at most), stops every
+   * child and waits for it, closes the database.
    */
   stop(): Promise<void>;
 }
@@ -232,6 +233,8 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     // One set of caps over both eras' children.
     reserveSlot: (forgejoUserId) => registry.reserveSlot(forgejoUserId),
     slotFreed: (forgejoUserId) => registry.otherChildExited(forgejoUserId),
+    // One drain over both eras: no new session, no new modern call.
+    draining: () => registry.isDraining,
     grantIsLive,
     logger,
     timers,
@@ -395,13 +398,14 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
         adminSocket.close();
         unsubscribe();
         unwatchRevocations();
-        // No new session from here on, and /healthz says "draining": the load balancer takes this replica out.
+        // No new session nor modern call from here on (503, Retry-After), and /healthz says "draining": the load balancer takes this replica out.
         registry.drain();
         // From now on the others restore this replica's sessions on their next request instead of forwarding it here.
         await replicas?.leave();
-        // Stop listening: the requests in flight go on. The calls among them complete before their children stop.
+        // Stop listening: the requests in flight go on. The calls among them, of both eras, complete before their children stop;
+        // a modern call parked for its caller's retry is not waited for: that retry now reaches another replica (which re-runs it, with Redis).
         const drained = server.stop();
-        await within(timers, drainGraceMs, registry.callsSettled());
+        await within(timers, drainGraceMs, Promise.all([registry.callsSettled(), principals.callsSettled()]));
         await Promise.all([registry.shutdown(), principals.shutdown()]);
         // Open SSE streams end with their sessions; a stream forwarded to another replica or a modern subscription
         // ends only when its caller leaves, so what is still open after the grace is cut.

@@ -1,6 +1,6 @@
 // Entry point: configuration → child command check → sandbox probe → store → app → listen; SIGTERM/SIGINT start no new session
-// (/healthz 503), leave the replicas' directory, stop accepting, let the calls in flight finish, stop every child and wait
-// for it, close the database, exit 0. Bad configuration, key file,
+// nor modern call (/healthz 503), leave the replicas' directory, stop accepting, let the calls in flight of both eras finish
+// (10 s at most), stop every child and wait for it, close the database, exit 0. Bad configuration, key file,
 // a metrics address it cannot listen on, a sandbox that does not work here, or a data directory another broker runs on
 // (its admin socket answers) exits 2.
 import { AdminSocketError } from "./admin/socket-server.ts";

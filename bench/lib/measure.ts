@@ -113,6 +113,8 @@ export interface MeasureContext {
 const now = () => performance.now();
 
 export async function startGateway(target: Exclude<TargetName, "direct">, child: ChildSpec, ctx: MeasureContext): Promise<Gateway> {
+  // The run's broker settings, the same for every broker target so that their figures compare.
+  const broker = { child, forgejo: ctx.forgejo, maxSessions: ctx.maxSessions, logLevel: ctx.brokerLogLevel, flags: ctx.brokerFlags, wrapper: ctx.brokerWrapper };
   switch (target) {
     case "broker":
     case "broker-previous":
@@ -122,27 +124,14 @@ export async function startGateway(target: Exclude<TargetName, "direct">, child:
       if (target === "broker-previous" && ctx.previousEntry === undefined) throw new Unavailable("no baseline checkout");
       if (target === "broker-otel" && ctx.otlpSinkUrl === undefined) throw new Unavailable("no OTLP sink");
       return startBroker({
-        child,
-        forgejo: ctx.forgejo,
-        maxSessions: ctx.maxSessions,
-        logLevel: ctx.brokerLogLevel,
+        ...broker,
         sandbox: target === "broker-unsandboxed" ? "none" : "bwrap",
-        flags: ctx.brokerFlags,
-        wrapper: ctx.brokerWrapper,
         entry: target === "broker-previous" ? ctx.previousEntry : undefined,
         env: target === "broker-otel" ? { OTEL_EXPORTER_OTLP_ENDPOINT: ctx.otlpSinkUrl! } : undefined,
       });
     case "broker-replicas-1":
     case "broker-replicas-3":
-      return startReplicas(REPLICA_TARGETS[target], {
-        child,
-        forgejo: ctx.forgejo,
-        maxSessions: ctx.maxSessions,
-        logLevel: ctx.brokerLogLevel,
-        sandbox: "bwrap",
-        flags: ctx.brokerFlags,
-        wrapper: ctx.brokerWrapper,
-      });
+      return startReplicas(REPLICA_TARGETS[target], { ...broker, sandbox: "bwrap" });
     case "relay":
       return startRelay(child);
     case "supergateway":

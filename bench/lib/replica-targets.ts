@@ -1,16 +1,13 @@
 // The replicated targets: N broker processes sharing one fresh PostgreSQL database and one Redis prefix,
 // behind real Caddy running deploy/Caddyfile as shipped (round robin, no sticky sessions), measured through Caddy.
-import { randomBytes, randomUUID } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { randomUUID } from "node:crypto";
 import { RedisClient } from "bun";
 import { freePort } from "../../test/helpers/broker.ts";
+import { CADDY, sharedReplicaEnv, startCaddy as startShippedCaddy } from "../../test/helpers/caddy.ts";
 import { createTestDatabase, type TestDatabase } from "../../test/helpers/postgres.ts";
-import { brokerReady, REPO_ROOT, signedInGateway, spawnBroker, stopProcess, trackProcess, Unavailable, waitFor, type BrokerOptions, type Gateway, type SpawnedBroker, type StopReport } from "./gateways.ts";
+import { deleteKeys, REDIS_URL } from "../../test/helpers/redis.ts";
+import { brokerReady, signedInGateway, spawnBroker, stopProcess, trackProcess, Unavailable, waitFor, type BrokerOptions, type Gateway, type SpawnedBroker, type StopReport } from "./gateways.ts";
 
-const CADDY = "/usr/bin/caddy";
-const REDIS_URL = "redis://127.0.0.1:6379";
 
 /**
  * `replicas` brokers as an operator runs them for scale-out (BROKER_DATABASE_URL, BROKER_REDIS_URL, one
@@ -39,14 +36,7 @@ export async function startReplicas(replicas: number, options: BrokerOptions): P
 
     const caddyPort = await freePort();
     const publicUrl = `http://127.0.0.1:${caddyPort}`;
-    const shared = {
-      BROKER_PUBLIC_URL: publicUrl,
-      BROKER_DATABASE_URL: database.url,
-      BROKER_SEALING_KEY: randomBytes(32).toString("base64"),
-      BROKER_REDIS_URL: REDIS_URL,
-      BROKER_REDIS_PREFIX: prefix,
-      BROKER_TRUSTED_PROXIES: "127.0.0.1",
-    };
+    const shared = sharedReplicaEnv({ publicUrl, databaseUrl: database.url, redisPrefix: prefix });
     const brokers: SpawnedBroker[] = [];
     for (let i = 0; i < replicas; i++) {
       const broker = await spawnReplica(options, shared);
@@ -70,33 +60,16 @@ async function spawnReplica(options: BrokerOptions, shared: Record<string, strin
   return spawnBroker({ ...options, port, env: { ...options.env, ...shared, BROKER_REPLICA_URL: `http://127.0.0.1:${port}` } });
 }
 
-/** Caddy with deploy/Caddyfile, plain HTTP on `publicUrl`, no admin endpoint, its state and log in a directory of its own. */
+/** The shipped Caddy, tracked from its spawn on, stopped as the brokers are; ready once it reaches a healthy broker. */
 async function startCaddy(publicUrl: string, upstreams: string[]): Promise<{ stop(): Promise<StopReport> }> {
-  const home = mkdtempSync(join(tmpdir(), "fmb-bench-caddy-"));
-  const proc = trackProcess(
-    Bun.spawn([CADDY, "run", "--config", join(REPO_ROOT, "deploy/Caddyfile"), "--adapter", "caddyfile"], {
-      stdin: "ignore",
-      stdout: "ignore",
-      stderr: "ignore",
-      env: {
-        PATH: process.env.PATH ?? "/usr/bin:/bin",
-        HOME: home,
-        XDG_DATA_HOME: join(home, "data"),
-        XDG_CONFIG_HOME: join(home, "config"),
-        BROKER_SITE: publicUrl,
-        BROKER_UPSTREAMS: upstreams.join(" "),
-        CADDY_ACCESS_LOG: join(home, "access.log"),
-        CADDY_ADMIN: "off",
-      },
-    }),
-  );
+  const caddy = await startShippedCaddy({ publicUrl, upstreams, spawned: trackProcess });
   const stop = async () => {
-    const report = await stopProcess(proc, 5000);
-    rmSync(home, { recursive: true, force: true });
+    const report = await stopProcess(caddy.proc, 5000);
+    await caddy.stop();
     return report;
   };
   try {
-    await waitFor(async () => (await fetch(`${publicUrl}/healthz`, { signal: AbortSignal.timeout(1000) })).ok, proc, 15_000, "caddy");
+    await waitFor(async () => (await fetch(`${publicUrl}/healthz`, { signal: AbortSignal.timeout(1000) })).ok, caddy.proc, 15_000, "caddy");
     return { stop };
   } catch (error) {
     await stop();
@@ -107,8 +80,7 @@ async function startCaddy(publicUrl: string, upstreams: string[]): Promise<{ sto
 async function deleteRedisKeys(prefix: string): Promise<void> {
   const redis = new RedisClient(REDIS_URL);
   try {
-    const keys = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-    if (keys.length > 0) await redis.del(...keys);
+    await deleteKeys(redis, `${prefix}*`);
   } finally {
     redis.close();
   }

@@ -17,7 +17,7 @@ export const USAGE = `usage: bun run admin -- <command> [--json]
   revoke (--user LOGIN | --client ID | --grant ID)
                                                revoke the grants, ending their sessions and children
   clients [--delete ID]                        registered clients; --delete revokes its grants, then removes it
-  drain [--timeout SECONDS]                    start no new sessions here; wait until the children are gone
+  drain [--timeout SECONDS]                    start no new session or modern call here; wait until the children are gone
 
 exit codes: 0 ok, 1 nothing matched, 2 usage, 3 broker not running, 4 drain timed out, 5 broker error,
             6 sessions listed this replica's only (Redis unreachable)`;

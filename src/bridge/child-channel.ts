@@ -139,6 +139,11 @@ export class ChildChannel<C> {
     return this.pending.size;
   }
 
+  /** What the caller gave with each call in flight, on every child. */
+  get calls(): C[] {
+    return [...this.pending.values()].map((pending) => pending.context);
+  }
+
   /** Resolves once no call is in flight: at once when none is, else when the last one is answered, fails or times out. */
   callsSettled(): Promise<void> {
     if (this.pending.size === 0) return Promise.resolve();

@@ -51,6 +51,11 @@ export class LegacyPrincipalChild extends PrincipalChild<LegacyCaller> {
     return this.listeners.size;
   }
 
+  /** The callers' calls not parked for a retry (the broker's own resource subscriptions count as parked: they ask no caller). */
+  get runningCalls(): number {
+    return this.channel.calls.filter((call) => !call.waitingForRetry).length;
+  }
+
   /** Initializes the child as its only client, declaring what the broker translates, and tells it initialized. */
   async start(timeoutMs: number): Promise<string | null> {
     const params = { protocolVersion: CHILD_PROTOCOL_VERSION, capabilities: BROKER_CLIENT_CAPABILITIES, clientInfo: { name: "forgejo-mcp-broker", version: "1" } };
@@ -78,6 +83,7 @@ export class LegacyPrincipalChild extends PrincipalChild<LegacyCaller> {
         cancel: (handle, reason) => this.channel.cancel(handle, reason),
         restartTimeout: (handle, ms) => this.channel.restartTimeout(handle, ms),
         over: () => this.over(() => {}),
+        waiting: () => this.callsChanged(),
       },
       options.given,
     );

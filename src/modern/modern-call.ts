@@ -43,6 +43,8 @@ export interface ModernCallDeps extends ModernCallSettings {
   restartTimeout(handle: ChannelCall, ms: number): void;
   /** The call is over without an answer from the child (cancelled): the principal child counts it. */
   over(): void;
+  /** Its input_required went out: it now waits for its caller's retry. */
+  waiting(): void;
 }
 
 /** What a caller gets for a call: its id is filled in by whichever request carries the call when it comes. */
@@ -264,5 +266,6 @@ export class ModernCall implements Parked {
     if (this.handle !== null) this.deps.restartTimeout(this.handle, parked.deadline - this.deps.timers.now() + this.deps.requestTimeoutMs);
     const requestState = this.deps.sealer.seal({ continuationId: parked.id, deadline: parked.deadline, asked: Object.keys(inputRequests) }, this.binding);
     this.push(JSON.stringify({ jsonrpc: "2.0", id: this.callerId, result: { resultType: "input_required", inputRequests, requestState } }), "response", "broker");
+    this.deps.waiting();
   }
 }

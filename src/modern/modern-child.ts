@@ -35,6 +35,11 @@ export class ModernPrincipalChild extends PrincipalChild {
     return this.listens.size;
   }
 
+  /** The callers' calls: a listen, or the broker's own discover, is none (an input_required ended its call on the child). */
+  get runningCalls(): number {
+    return this.channel.calls.filter((call) => call instanceof NativeCall).length;
+  }
+
   /** Asks the child server/discover: its capabilities, instructions and serverInfo for this principal (never shared with another). */
   async start(timeoutMs: number): Promise<string | null> {
     const answer = await this.brokerRequest("server/discover", { _meta: BROKER_ENVELOPE }, timeoutMs, (caller) => caller);

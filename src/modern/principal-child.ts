@@ -39,6 +39,8 @@ export abstract class PrincipalChild<C extends Caller = Caller> {
   protected readonly channel: ChildChannel<C>;
   private lastActive: number;
   private retiring = false;
+  /** Told once no call runs on it (see callsSettled). */
+  private settledWaiters: (() => void)[] = [];
 
   constructor(
     child: ChildProcess,
@@ -55,6 +57,7 @@ export abstract class PrincipalChild<C extends Caller = Caller> {
       childExited: (exit) => {
         this.endListeners("the MCP server exited");
         options.onExit(exit);
+        this.callsChanged();
       },
     });
   }
@@ -92,6 +95,12 @@ export abstract class PrincipalChild<C extends Caller = Caller> {
   /** Its listen streams end (their callers listen again, on the next child). */
   protected abstract endListeners(reason: string): void;
 
+  /**
+   * How many callers' calls run on it: in flight and not waiting for their caller's MRTR retry (such a call
+   * runs again only if that retry comes back here); listen streams and the broker's own requests are not calls.
+   */
+  abstract get runningCalls(): number;
+
   /** The child's own request (the channel has rewritten nothing in it). */
   protected abstract childRequest(request: ChildRequest, callsOfChild: () => C[]): void;
 
@@ -100,6 +109,15 @@ export abstract class PrincipalChild<C extends Caller = Caller> {
 
   get inFlight(): number {
     return this.channel.inFlight;
+  }
+
+  /**
+   * Resolves once no caller's call runs on it (at once when none does): a stopping broker waits for this,
+   * within its grace, before it stops the child. A call parked for its caller's retry does not hold it up.
+   */
+  callsSettled(): Promise<void> {
+    if (this.runningCalls === 0) return Promise.resolve();
+    return new Promise((resolve) => this.settledWaiters.push(resolve));
   }
 
   /** By when at the latest the first call now in flight is over (its timeout); null when none is. */
@@ -145,6 +163,12 @@ export abstract class PrincipalChild<C extends Caller = Caller> {
     report();
     // Not while the channel closes (its failing of every call lands here too).
     if (this.retiring && this.channel.inFlight === 0 && this.channel.closed === null) void this.close("the child retired");
+    this.callsChanged();
+  }
+
+  /** A call ended or went to wait for its caller's retry: those waiting for no call to run are told once none does. */
+  protected callsChanged(): void {
+    if (this.runningCalls === 0) for (const settled of this.settledWaiters.splice(0)) settled();
   }
 
   /**

@@ -7,7 +7,7 @@ import type { ChildEraSetting, SessionConfig } from "../config.ts";
 import { randomHex } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import { noMetrics, type BrokerMetrics, type ChildExitReason } from "../observability/metrics.ts";
-import { McpRefusal, SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
+import { drainingRefusal, McpRefusal, SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
 import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../session/registry.ts";
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
 import { every, reapIntervalFor, type TimerHandle, type Timers } from "../supervisor/timers.ts";
@@ -40,6 +40,11 @@ export interface PrincipalChildrenDeps {
   reserveSlot?: (forgejoUserId: number) => Promise<() => void>;
   /** A child's process exited, freeing the slot it held (the per-user count across replicas goes down). */
   slotFreed?: (forgejoUserId: number) => void;
+  /**
+   * Whether the broker drains (the admin command's drain, or a stop under way): no new call starts, neither
+   * here nor on a new child; the calls in flight go on, and so does a caller's retry of a call parked here.
+   */
+  draining?: () => boolean;
   /** Whether a client can still act under the grant; without it, every grant is live. */
   grantIsLive?: (grantId: string) => Promise<boolean>;
   initializeTimeoutMs?: number;
@@ -166,11 +171,13 @@ export class PrincipalChildren {
 
   /**
    * The grant's serving child, started with the user's upstream token and initialized on the first call.
-   * Throws SessionStartError, SessionRevokedError, SessionLimitError (shutting down), or what the token provider throws.
+   * Throws SessionStartError, SessionRevokedError, SessionLimitError (shutting down or draining: a new call
+   * belongs on another replica), or what the token provider throws.
    */
   async childFor(identity: SessionIdentity): Promise<PrincipalChild> {
     for (;;) {
       if (this.shuttingDown) throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
+      if (this.deps.draining?.() === true) throw drainingRefusal("calls");
       let start = this.starts.get(identity.grantId);
       if (start === undefined) {
         start = this.start(identity);
@@ -243,6 +250,18 @@ export class PrincipalChildren {
     const idle = [...this.live].filter(([, principal]) => principal.child.inFlight === 0 && principal.child.listening === 0 && now - principal.child.lastActivity >= this.deps.config.idleTimeoutMs);
     await Promise.all(idle.map(([grantId, principal]) => this.stop(grantId, principal, "the principal's child was idle for too long", "idle")));
     return idle.length;
+  }
+
+  /**
+   * Resolves once no caller's call runs on any child (calls parked for their caller's retry and listen
+   * streams aside): a stopping broker waits for this, within its grace, before shutdown cuts what is left.
+   */
+  async callsSettled(): Promise<void> {
+    // A child starting now is about to take the call that started it.
+    await Promise.allSettled([...this.starts.values(), ...this.replacements]);
+    // A retry that resumes a parked call makes it run again: asked until no child has a call running.
+    const busy = () => [...this.running.keys()].filter((principal) => principal.child.runningCalls > 0);
+    for (let waiting = busy(); waiting.length > 0; waiting = busy()) await Promise.all(waiting.map((principal) => principal.child.callsSettled()));
   }
 
   /** Stops every child and waits until all have exited; later calls are refused. */

@@ -4,6 +4,7 @@ import type { ChildEra } from "../modern/child-era.ts";
 import type { PrincipalChildEntry } from "../modern/principals.ts";
 import type { Timers } from "../supervisor/timers.ts";
 import { every } from "../supervisor/timers.ts";
+import { parseJsonObject } from "./json-object.ts";
 import { livenessKey, type LivenessTiming } from "./liveness.ts";
 import type { RedisConnection } from "./redis-connection.ts";
 
@@ -44,19 +45,12 @@ export function recordOf(entry: PrincipalChildEntry, rssBytes: number | null): P
 
 /** A record as stored, or undefined for anything else (a foreign or damaged value is no child). */
 export function decodeRecord(stored: unknown): PrincipalRecord | undefined {
-  if (typeof stored !== "string") return undefined;
-  let value: unknown;
-  try {
-    value = JSON.parse(stored);
-  } catch {
-    return undefined;
-  }
-  if (typeof value !== "object" || value === null) return undefined;
-  const r = value as Record<string, unknown>;
+  const r = parseJsonObject(stored);
+  if (r === undefined) return undefined;
   const strings = [r.grantId, r.clientId].every((field) => typeof field === "string" && field !== "");
   const numbers = [r.forgejoUserId, r.pid, r.startedAt, r.lastActivity].every((field) => Number.isSafeInteger(field));
   const valid = strings && numbers && (r.childEra === "legacy" || r.childEra === "modern") && typeof r.busy === "boolean" && typeof r.serving === "boolean" && (r.rssBytes === null || Number.isSafeInteger(r.rssBytes));
-  return valid ? (value as PrincipalRecord) : undefined;
+  return valid ? (r as unknown as PrincipalRecord) : undefined;
 }
 
 /** Adds or replaces one child's field and gives the hash its expiry (a hash written only at a start must expire too). */

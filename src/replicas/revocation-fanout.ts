@@ -1,6 +1,7 @@
 // Revocation across replicas: a grant revoked here is announced on one Redis channel, and an
 // announcement from another replica is handed to this replica's own revocation path.
 import type { Logger } from "../log.ts";
+import { parseJsonObject } from "./json-object.ts";
 
 /** What travels on the channel: the grant (an id, never a token) and who revoked it, so a replica skips its own. */
 export interface RevocationNotice {
@@ -14,14 +15,9 @@ export function encodeRevocation(notice: RevocationNotice): string {
 
 /** The notice in a channel message; undefined for anything else (another version, a stray publish). */
 export function decodeRevocation(message: string): RevocationNotice | undefined {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(message);
-  } catch {
-    return undefined;
-  }
-  if (typeof parsed !== "object" || parsed === null) return undefined;
-  const { replica, grant } = parsed as Record<string, unknown>;
+  const parsed = parseJsonObject(message);
+  if (parsed === undefined) return undefined;
+  const { replica, grant } = parsed;
   if (typeof replica !== "string" || typeof grant !== "string" || grant === "") return undefined;
   return { replica, grantId: grant };
 }

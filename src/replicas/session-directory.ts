@@ -1,6 +1,7 @@
 // The legacy session directory in Redis: session id → owning replica, grant, the client's original
 // initialize and the negotiated version, so another replica can forward to the owner or restore the session.
 import type { Logger } from "../log.ts";
+import { parseJsonObject } from "./json-object.ts";
 import type { RedisCommands, RedisConnection } from "./redis-connection.ts";
 import { livenessKey } from "./liveness.ts";
 
@@ -39,15 +40,9 @@ export function sessionKey(prefix: string, sessionId: string): string {
 
 /** An entry as stored, or undefined for anything else (a foreign or damaged value is no session). */
 export function decodeEntry(stored: unknown): DirectoryEntry | undefined {
-  if (typeof stored !== "string") return undefined;
-  let value: unknown;
-  try {
-    value = JSON.parse(stored);
-  } catch {
-    return undefined;
-  }
-  if (typeof value !== "object" || value === null) return undefined;
-  const { owner, grantId, initialize, protocolVersion, startedAt } = value as Record<string, unknown>;
+  const value = parseJsonObject(stored);
+  if (value === undefined) return undefined;
+  const { owner, grantId, initialize, protocolVersion, startedAt } = value;
   const fields = [owner, grantId, initialize, protocolVersion];
   if (!fields.every((field) => typeof field === "string" && field !== "")) return undefined;
   const entry = { owner, grantId, initialize, protocolVersion } as DirectoryEntry;

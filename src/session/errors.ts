@@ -68,6 +68,17 @@ export class SessionLimitError extends McpRefusal {
   }
 }
 
+/** A draining broker is usually stopped and replaced within this long; the load balancer sends a retry elsewhere meanwhile. */
+const DRAIN_RETRY_AFTER_S = 30;
+
+/**
+ * The broker drains (the admin command's drain, or a stop under way) and starts nothing new, neither a session
+ * nor a modern call (`what`): 503 with Retry-After, which another replica can take.
+ */
+export function drainingRefusal(what: "sessions" | "calls"): SessionLimitError {
+  return new SessionLimitError(`this broker is draining and starts no new ${what}; retry later`, DRAIN_RETRY_AFTER_S);
+}
+
 /** BROKER_MAX_SESSIONS_PER_USER reached with every session of the user busy (none to evict) → 429 with Retry-After. */
 export class UserSessionLimitError extends McpRefusal {
   constructor(

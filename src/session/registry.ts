@@ -12,6 +12,7 @@ import { ChildStartError } from "../supervisor/child.ts";
 import { SpawnPacer } from "../supervisor/spawn-pacer.ts";
 import { every, reapIntervalFor, type Timers } from "../supervisor/timers.ts";
 import {
+  drainingRefusal,
   InitializeRejectedError,
   SessionForbiddenError,
   SessionLimitError,
@@ -116,9 +117,6 @@ export interface SessionLifecycle {
 const SESSION_ID = /^[0-9a-f]{48}$/;
 /** A broker that is shutting down is usually back, restarted, within this long. */
 const SHUTDOWN_RETRY_AFTER_S = 30;
-
-/** A draining broker is usually stopped and replaced within this long. */
-const DRAIN_RETRY_AFTER_S = 30;
 
 /** Which cap made room for a new session by ending an idle one. */
 export type EvictionCap = "user" | "global";
@@ -243,7 +241,7 @@ export class SessionRegistry {
     let waited = false;
     for (;;) {
       if (this.closed) throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
-      if (this.draining) throw new SessionLimitError("this broker is draining and starts no new sessions; retry later", DRAIN_RETRY_AFTER_S);
+      if (this.draining) throw drainingRefusal("sessions");
       let ofUser = this.holdingSlots(user) >= maxSessionsPerUser;
       const overall = this.holdingSlots(null) >= maxSessions;
       /** The user's slots on other replicas, when they are what the user's cap is reached by. */

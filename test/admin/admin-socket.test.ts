@@ -143,6 +143,18 @@ describe("admin drain", () => {
     expect(last).toEqual({ children: 0, done: true });
     expect((await progress.next()).done).toBe(true);
   });
+
+  test("a grant whose principal child serves gets 503 with Retry-After for a new modern call too: stateless, it belongs on another replica", async () => {
+    const bob = await signIn("bob");
+    expect((await postModern(t, bob.accessToken, modernRequest(1, "tools/list"))).status).toBe(200);
+    const progress = admin.drain();
+    expect((await progress.next()).value).toEqual({ children: 1, done: false });
+    const refused = await postModern(t, bob.accessToken, modernRequest(2, "tools/list"));
+    expect(refused.status).toBe(503);
+    expect(Number(refused.headers.get("retry-after"))).toBeGreaterThan(0);
+    expect(await refused.json()).toMatchObject({ id: 2, error: { message: expect.stringContaining("draining") } });
+    await progress.return(undefined);
+  });
 });
 
 describe("the admin protocol", () => {

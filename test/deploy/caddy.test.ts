@@ -6,26 +6,18 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts";
+import { CADDY, caddyEnv, DEPLOY_DIR, startCaddy, type RunningCaddy } from "../helpers/caddy.ts";
 import { childCommand, postMcp } from "../helpers/mcp.ts";
 import { answerMessages } from "../helpers/modern-client.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
-import { outputLines } from "../helpers/output.ts";
-
-const DEPLOY = join(import.meta.dir, "..", "..", "deploy");
-const CADDY = "/usr/bin/caddy";
-
-/** Caddy's own state (certificates, autosaved config) and the access log go to a directory of the test's. */
-function caddyEnv(home: string, extra: Record<string, string> = {}): Record<string, string> {
-  return { PATH: process.env.PATH ?? "", HOME: home, XDG_DATA_HOME: join(home, "data"), XDG_CONFIG_HOME: join(home, "config"), ...extra };
-}
 
 describe("caddy validate", () => {
-  const caddyfiles = readdirSync(DEPLOY).filter((name) => name === "Caddyfile" || name.endsWith(".Caddyfile"));
+  const caddyfiles = readdirSync(DEPLOY_DIR).filter((name) => name === "Caddyfile" || name.endsWith(".Caddyfile"));
   test("there is a Caddyfile in deploy/", () => expect(caddyfiles).toContain("Caddyfile"));
   test.each(caddyfiles)("%s is valid with its defaults", async (name) => {
     const home = mkdtempSync(join(tmpdir(), "fmb-caddy-"));
     try {
-      const validate = Bun.spawn([CADDY, "validate", "--config", join(DEPLOY, name), "--adapter", "caddyfile"], { env: caddyEnv(home), stdout: "pipe", stderr: "pipe" });
+      const validate = Bun.spawn([CADDY, "validate", "--config", join(DEPLOY_DIR, name), "--adapter", "caddyfile"], { env: caddyEnv(home), stdout: "pipe", stderr: "pipe" });
       const [code, stdout, stderr] = await Promise.all([validate.exited, new Response(validate.stdout).text(), new Response(validate.stderr).text()]);
       expect({ code, valid: `${stdout}${stderr}`.includes("Valid configuration") }).toEqual({ code: 0, valid: true });
     } finally {
@@ -37,7 +29,7 @@ describe("caddy validate", () => {
 test("several replicas in BROKER_UPSTREAMS become one load-balanced, health-checked reverse proxy that never buffers", async () => {
   const home = mkdtempSync(join(tmpdir(), "fmb-caddy-"));
   try {
-    const adapt = Bun.spawn([CADDY, "adapt", "--config", join(DEPLOY, "Caddyfile"), "--adapter", "caddyfile"], {
+    const adapt = Bun.spawn([CADDY, "adapt", "--config", join(DEPLOY_DIR, "Caddyfile"), "--adapter", "caddyfile"], {
       env: caddyEnv(home, { BROKER_UPSTREAMS: "10.0.0.11:8080 10.0.0.12:8080 10.0.0.13:8080" }),
       stdout: "pipe",
       stderr: "pipe",
@@ -66,33 +58,18 @@ test("several replicas in BROKER_UPSTREAMS become one load-balanced, health-chec
 
 describe("the broker behind deploy/Caddyfile", () => {
   let t: TestBroker;
-  let caddy: ReturnType<typeof Bun.spawn>;
-  let home: string;
+  let caddy: RunningCaddy;
   let publicUrl: string;
-  const accessLog = () => join(home, "access.log");
 
   beforeAll(async () => {
-    home = mkdtempSync(join(tmpdir(), "fmb-caddy-"));
     const port = await freePort();
     publicUrl = `http://127.0.0.1:${port}`;
     t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: childCommand(), BROKER_PUBLIC_URL: publicUrl, BROKER_TRUSTED_PROXIES: "127.0.0.1" } });
-    const upstream = new URL(t.broker.url).host;
-    caddy = Bun.spawn([CADDY, "run", "--config", join(DEPLOY, "Caddyfile"), "--adapter", "caddyfile"], {
-      env: caddyEnv(home, { BROKER_SITE: publicUrl, BROKER_UPSTREAMS: upstream, CADDY_ACCESS_LOG: accessLog(), CADDY_ADMIN: "off" }),
-      stdout: "pipe",
-      stderr: "pipe",
-    });
-    const log = outputLines(caddy.stderr as ReadableStream<Uint8Array>);
-    outputLines(caddy.stdout as ReadableStream<Uint8Array>);
-    if ((await log.waitFor((line) => line.includes("serving initial configuration"))) === null) {
-      throw new Error(`caddy exited before it served: ${log.lines.join("\n")}`);
-    }
+    caddy = await startCaddy({ publicUrl, upstreams: [new URL(t.broker.url).host] });
   });
   afterAll(async () => {
-    caddy?.kill("SIGTERM");
-    await caddy?.exited;
+    await caddy?.stop();
     await t?.stop();
-    rmSync(home, { recursive: true, force: true });
   });
 
   test("the OAuth flow works through Caddy, and the issuer is the public URL, through Caddy and directly alike", async () => {
@@ -109,7 +86,7 @@ describe("the broker behind deploy/Caddyfile", () => {
     expect(resource.resource).toBe(`${publicUrl}/mcp`);
 
     // The access log has the callback, with Forgejo's code and the state cut from it, and no code or token of the broker's.
-    const log = readFileSync(accessLog(), "utf8");
+    const log = readFileSync(caddy.accessLog, "utf8");
     const callback = log.split("\n").find((line) => line.includes("/oauth/callback"))!;
     expect(JSON.parse(callback).request.uri).toMatch(/^\/oauth\/callback\?code=REDACTED&state=REDACTED$/);
     expect(log).not.toContain(tokens.accessToken);

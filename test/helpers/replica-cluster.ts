@@ -8,14 +8,13 @@ import { join } from "node:path";
 import { startFakeForgejo, type FakeForgejo, type FakeForgejoOptions } from "../../src/testing/forgejo-stand-in.ts";
 import { startBrokerProcess, type BrokerProcess } from "./broker-process.ts";
 import { freePort } from "./broker.ts";
+import { sharedReplicaEnv, startCaddy, type RunningCaddy } from "./caddy.ts";
 import { childCommand, isAlive, processesMatching, type ProcessRow } from "./mcp.ts";
-import { outputLines, type OutputLines } from "./output.ts";
+import type { OutputLines } from "./output.ts";
 import { createTestDatabase, type TestDatabase } from "./postgres.ts";
 import { waitWhile } from "./promises.ts";
+import { deleteKeys, REDIS_URL } from "./redis.ts";
 
-const CADDYFILE = join(import.meta.dir, "..", "..", "deploy", "Caddyfile");
-const CADDY = "/usr/bin/caddy";
-const REDIS_URL = "redis://127.0.0.1:6379";
 /** A broker's SIGTERM takes at most its two drain graces (10 s each) and its children's stop grace (5 s). */
 const STOP_BOUND_MS = 30_000;
 
@@ -64,10 +63,6 @@ function runMarker(): string {
   return `fmb-cluster-${randomBytes(6).toString("hex")}`;
 }
 
-function caddyEnv(home: string, extra: Record<string, string>): Record<string, string> {
-  return { PATH: process.env.PATH ?? "", HOME: home, XDG_DATA_HOME: join(home, "data"), XDG_CONFIG_HOME: join(home, "config"), ...extra };
-}
-
 /** Every live descendant of `pid` (from /proc), which a replica's orderly stop or a kill must leave none of. */
 export function descendantsOf(pid: number): number[] {
   const parents = new Map<number, number[]>();
@@ -101,21 +96,19 @@ export async function startReplicaCluster(options: ReplicaClusterOptions = {}): 
   const count = options.replicas ?? 3;
   const marker = runMarker();
   const redisPrefix = `${marker}:`;
-  const home = mkdtempSync(join(tmpdir(), "fmb-cluster-"));
-  const cleanups: (() => Promise<unknown> | unknown)[] = [() => rmSync(home, { recursive: true, force: true })];
+  const cleanups: (() => Promise<unknown> | unknown)[] = [];
   const redis = new RedisClient(REDIS_URL);
   cleanups.push(async () => {
-    const left = (await redis.send("KEYS", [`${redisPrefix}*`])) as string[];
-    if (left.length > 0) await redis.del(...left);
+    await deleteKeys(redis, `${redisPrefix}*`);
     redis.close();
   });
   const replicas: ClusterReplica[] = [];
   /** Every replica process as soon as it is spawned, so a failed start still stops the ones that did start. */
   const processes: BrokerProcess[] = [];
-  let caddy: ReturnType<typeof Bun.spawn> | undefined;
+  let caddy: RunningCaddy | undefined;
 
   const leftovers = async (): Promise<string[]> => {
-    const pids = [...processes.map((broker) => broker.pid), ...(caddy === undefined ? [] : [caddy.pid])];
+    const pids = [...processes.map((broker) => broker.pid), ...(caddy === undefined ? [] : [caddy.proc.pid])];
     const rows = await processesMatching(marker);
     return [
       ...pids.filter(isAlive).map((pid) => `process ${pid}`),
@@ -127,8 +120,7 @@ export async function startReplicaCluster(options: ReplicaClusterOptions = {}): 
     // An orderly stop first (children get their SIGTERM, a broker drains within its grace); a broker still running
     // past that bound is killed, and so is anything left: reported below all the same.
     await Promise.all(processes.map((broker) => Promise.race([broker.stop("SIGTERM"), Bun.sleep(STOP_BOUND_MS).then(() => broker.stop("SIGKILL"))])));
-    caddy?.kill("SIGTERM");
-    await caddy?.exited;
+    await caddy?.stop();
     await waitWhile(async () => (await leftovers()).length > 0, 50, 100);
     const left = await leftovers();
     for (const row of await processesMatching(marker)) {
@@ -146,16 +138,7 @@ export async function startReplicaCluster(options: ReplicaClusterOptions = {}): 
     const database = await createTestDatabase();
     cleanups.push(() => database.drop());
     const publicUrl = `http://127.0.0.1:${await freePort()}`;
-    const shared = {
-      BROKER_PUBLIC_URL: publicUrl,
-      BROKER_DATABASE_URL: database.url,
-      BROKER_SEALING_KEY: randomBytes(32).toString("base64"),
-      BROKER_REDIS_URL: REDIS_URL,
-      BROKER_REDIS_PREFIX: redisPrefix,
-      // Caddy is the client address each replica sees: the real one is in X-Forwarded-For.
-      BROKER_TRUSTED_PROXIES: "127.0.0.1",
-      ...options.env,
-    };
+    const shared = { ...sharedReplicaEnv({ publicUrl, databaseUrl: database.url, redisPrefix }), ...options.env };
     // All at once, as operators start them: the migrations must be safe when every replica runs them together.
     const started = await Promise.all(
       Array.from({ length: count }, async (_, index) => {
@@ -177,22 +160,11 @@ export async function startReplicaCluster(options: ReplicaClusterOptions = {}): 
     const healthy = async (url: string) => (await fetch(`${url}/healthz`).catch(() => null))?.status === 200;
     await waitWhile(async () => !(await Promise.all(replicas.map((replica) => healthy(replica.url)))).every(Boolean), 100, 50);
 
-    caddy = Bun.spawn([CADDY, "run", "--config", CADDYFILE, "--adapter", "caddyfile"], {
-      env: caddyEnv(home, {
-        BROKER_SITE: publicUrl,
-        BROKER_UPSTREAMS: replicas.map((replica) => new URL(replica.url).host).join(" "),
-        CADDY_ACCESS_LOG: join(home, "access.log"),
-        CADDY_ADMIN: "off",
-        ...(options.healthInterval === undefined ? {} : { CADDY_HEALTH_INTERVAL: options.healthInterval }),
-      }),
-      stdout: "pipe",
-      stderr: "pipe",
+    caddy = await startCaddy({
+      publicUrl,
+      upstreams: replicas.map((replica) => new URL(replica.url).host),
+      placeholders: options.healthInterval === undefined ? {} : { CADDY_HEALTH_INTERVAL: options.healthInterval },
     });
-    const caddyLog = outputLines(caddy.stderr as ReadableStream<Uint8Array>);
-    outputLines(caddy.stdout as ReadableStream<Uint8Array>);
-    if ((await caddyLog.waitFor((line) => line.includes("serving initial configuration"))) === null) {
-      throw new Error(`caddy exited before it served: ${caddyLog.lines.join("\n")}`);
-    }
     const byId = new Map(replicas.map((replica) => [replica.replicaId, replica]));
     return {
       publicUrl,
@@ -202,7 +174,7 @@ export async function startReplicaCluster(options: ReplicaClusterOptions = {}): 
       redisPrefix,
       redis,
       replicas,
-      caddyLog,
+      caddyLog: caddy.log,
       async ownerOf(sessionId) {
         const stored = await redis.get(`${redisPrefix}session:${sessionId}`);
         return stored === null ? undefined : byId.get((JSON.parse(stored) as { owner: string }).owner);

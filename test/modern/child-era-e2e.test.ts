@@ -174,5 +174,6 @@ describe("BROKER_CHILD_ERA=auto with a 2025 child that exits on any request befo
     expect(logged(t, "principal child started").filter((line) => line.client_id === clientId).map((line) => line.era)).toEqual(["legacy"]);
     expect(logged(t, "child era probe started")).toHaveLength(1);
     await Promise.all([legacy.client.close(), later.client.close()]);
-  });
+    // A probe and three sandboxed children starting at once: past bun's 5 s default on a loaded 2-core machine.
+  }, 30_000);
 });

@@ -145,4 +145,22 @@ describe("a 2026-07-28 child of a principal", () => {
     expect(children[1]!.messages.at(-1)).toEqual({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: again.id, reason: expect.any(String) } });
     expect(next.listening).toBe(0);
   });
+
+  test("a stop waits for its calls in flight, not for a listen (which only its caller ends): callsSettled resolves once the call is answered", async () => {
+    const { principals, children } = setup();
+    const child = await principals.childFor(ALICE);
+    child.listen(request("l", "subscriptions/listen", { notifications: { toolsListChanged: true } }));
+    await principals.callsSettled();
+    const stream = child.call(request(1, "tools/call", { name: "slow" }));
+    const sent = children[0]!.messages.at(-1) as { id: string };
+    let settled = false;
+    void principals.callsSettled().then(() => (settled = true));
+    await settle();
+    expect(settled).toBe(false);
+    children[0]!.send({ jsonrpc: "2.0", id: sent.id, result: { content: [], resultType: "complete" } });
+    expect(await readMessages(stream)).toEqual([{ jsonrpc: "2.0", id: 1, result: { content: [], resultType: "complete" } }]);
+    await settle();
+    expect(settled).toBe(true);
+    expect(child.listening).toBe(1);
+  });
 });

@@ -229,5 +229,6 @@ describe("the SDK client pinned to 2026-07-28 through the broker", () => {
     expect(t.broker.registry.size).toBe(sessionsBefore + 1);
     expect(t.broker.principals.childOf((await identityOf(t, accessToken)).grantId)).not.toBeNull();
     await Promise.all([legacy.close(), auto.close(), pinned.close()]);
-  });
+    // Three SDK clients start their children at once, sandboxed: past bun's 5 s default on a loaded 2-core machine.
+  }, 30_000);
 });

@@ -7,7 +7,7 @@ import { createMemoryLogger } from "../../src/log.ts";
 import { ASKED_TOGETHER_MS, MAX_INPUT_REQUESTS } from "../../src/modern/modern-call.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
 import type { SharedUserSlots } from "../../src/replicas/user-slots.ts";
-import { UserSessionLimitError } from "../../src/session/errors.ts";
+import { McpRefusal, UserSessionLimitError } from "../../src/session/errors.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
 import { rejection } from "../helpers/promises.ts";
 import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, initializingChild, readMessages, settle, type Json } from "../bridge/fakes.ts";
@@ -72,6 +72,7 @@ function setup(
     upstreamToken,
     reserveSlot: (user) => registry.reserveSlot(user),
     slotFreed: (user) => registry.otherChildExited(user),
+    draining: () => registry.isDraining,
     grantIsLive: options.grantIsLive,
     logger,
     timers,
@@ -309,6 +310,50 @@ describe("one set of caps over sessions and grants' children", () => {
   });
 });
 
+describe("a draining broker (a stop under way: its calls in flight finish, then its children stop)", () => {
+  const BOB = { grantId: "grant-b", forgejoUserId: 2, clientId: "client" };
+  /** Whether `promise` has resolved by now. */
+  const resolvedYet = async (promise: Promise<unknown>) => {
+    let resolved = false;
+    void promise.then(() => (resolved = true));
+    await settle();
+    return resolved;
+  };
+
+  test("a call in flight when the drain starts completes, and callsSettled waits for it; a new call is refused with 503 and Retry-After, no child starts", async () => {
+    const { principals, registry, children } = setup();
+    const stream = (await principals.childFor(ALICE)).call(request(1));
+    const callId = (children[0]!.messages.at(-1) as { id: string }).id;
+    registry.drain();
+    const settled = principals.callsSettled();
+    expect(await resolvedYet(settled)).toBe(false);
+
+    for (const identity of [ALICE, BOB]) {
+      const refused = await rejection(principals.childFor(identity));
+      expect(refused).toBeInstanceOf(McpRefusal);
+      expect(refused).toMatchObject({ status: 503, headers: { "Retry-After": "30" }, message: expect.stringContaining("draining") });
+    }
+    expect(children.length).toBe(1);
+
+    children[0]!.send({ jsonrpc: "2.0", id: callId, result: { content: [] } });
+    expect(await readMessages(stream)).toEqual([{ jsonrpc: "2.0", id: 1, result: { content: [], resultType: "complete" } }]);
+    expect(await resolvedYet(settled)).toBe(true);
+    expect(children[0]!.stopCalls).toBe(0);
+  });
+
+  test("after the grace, shutdown cuts the call still in flight: its caller gets an error, callsSettled resolves, the child is stopped", async () => {
+    const { principals, registry, children } = setup();
+    const stream = (await principals.childFor(ALICE)).call(request(1));
+    registry.drain();
+    const settled = principals.callsSettled();
+    expect(await resolvedYet(settled)).toBe(false);
+    await principals.shutdown();
+    expect((await readMessages(stream)).at(-1)).toMatchObject({ id: 1, error: { code: -32000 } });
+    expect(await resolvedYet(settled)).toBe(true);
+    expect(children[0]!.stopCalls).toBe(1);
+  });
+});
+
 describe("a child's elicitation while a modern caller's call is in flight (MRTR)", () => {
   const ELICIT = { jsonrpc: "2.0", id: "e1", method: "elicitation/create", params: { message: "Colour?", requestedSchema: { type: "object" } } };
   const asking = (id: number) => request(id, "tools/call", { name: "ask", _meta: { "io.modelcontextprotocol/clientCapabilities": { elicitation: {} } } });
@@ -392,6 +437,21 @@ describe("a child's elicitation while a modern caller's call is in flight (MRTR)
     ]);
     expect(child.inFlight).toBe(0);
     expect(principals.continuations.size).toBe(0);
+  });
+
+  test("a drain does not wait for a call parked for its caller's retry; that retry, reaching this broker still, resumes it, and the drain waits for it again", async () => {
+    const { principals, registry, children, callId, interim } = await parkedCall();
+    registry.drain();
+    let settled = false;
+    await principals.callsSettled();
+    const resumed = await principals.resume(ALICE, retry(2, interim.result.requestState));
+    void principals.callsSettled().then(() => (settled = true));
+    await settle();
+    expect(settled).toBe(false);
+    children[0]!.send({ jsonrpc: "2.0", id: callId, result: { content: [] } });
+    expect(await readMessages(resumed)).toEqual([{ jsonrpc: "2.0", id: 2, result: { content: [], resultType: "complete" } }]);
+    await settle();
+    expect(settled).toBe(true);
   });
 
   test("a retry whose params differ is refused with -32602 and nothing reaches the child", async () => {

@@ -8,6 +8,7 @@ import { startFakeForgejo, type FakeForgejo } from "../../src/testing/forgejo-st
 import { childCommand, openSession, outermost, postMcp, processesMatching } from "../helpers/mcp.ts";
 import { CookieJar, obtainTokens, parseConsentForm } from "../../src/testing/oauth-client.ts";
 import { spawnBroker, startBrokerProcess, type SpawnedBroker } from "../helpers/broker-process.ts";
+import { answerMessages, modernHeaders, modernRequest } from "../helpers/modern-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
 import { watchStandaloneStream } from "../helpers/watched-stream.ts";
 
@@ -176,4 +177,26 @@ describe("a running broker", () => {
     }
     expect(broker.log().match(/"msg":"session ended"/g)).toHaveLength(50);
   }, 60_000);
+
+  test("a modern (2026-07-28) call in flight at SIGTERM completes, then the broker exits 0 with no child left", async () => {
+    const marker = `--sigterm-modern-${crypto.randomUUID()}`;
+    const { broker, url } = await startBroker({ BROKER_CHILD_COMMAND: childCommand(marker) });
+    const { accessToken } = await obtainTokens(url);
+    // About 2 s of counting: well within the stop's 10 s grace for the calls in flight.
+    const body = modernRequest(7, "tools/call", { name: "slow_count", arguments: { n: 20, delay_ms: 100 } }, { progressToken: "p" });
+    const response = await postMcp(`${url}/mcp`, accessToken, body, modernHeaders(body));
+    expect(response.headers.get("content-type")).toBe("text/event-stream");
+    const messages = answerMessages(response);
+    // Its first progress has come: the call runs on the principal's child.
+    expect((await messages.next()).value).toMatchObject({ method: "notifications/progress", params: { progressToken: "p", progress: 1 } });
+    expect(outermost(await processesMatching(marker))).toHaveLength(1);
+
+    const stopped = broker.stop();
+    let answer: Record<string, unknown> | undefined;
+    for await (const message of messages) if ("id" in message) answer = message;
+    expect(answer).toEqual({ jsonrpc: "2.0", id: 7, result: { content: [{ type: "text", text: "counted to 20" }], resultType: "complete" } });
+    expect(await stopped).toBe(0);
+    expect(await processesMatching(marker)).toEqual([]);
+    // The process start, the sign-in and a 2 s call under the noise of a shared 2-core machine.
+  }, 30_000);
 });

@@ -1,46 +1,27 @@
 // A request for a session another live replica owns, with no, an unknown or a revoked bearer token: the
 // receiving replica refuses it itself (401 with its RFC 6750 challenge), and the owner never sees it.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { RedisClient } from "bun";
-import { randomBytes, randomUUID } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import type { RunningBroker } from "../../src/broker.ts";
 import { obtainTokens, postForm } from "../../src/testing/oauth-client.ts";
-import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, openSession, postMcp } from "../helpers/mcp.ts";
+import type { TestBroker } from "../helpers/broker.ts";
+import { openSession, postMcp } from "../helpers/mcp.ts";
 import { parseExposition, valueOf } from "../helpers/prometheus.ts";
 import { waitWhile } from "../helpers/promises.ts";
-import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
+import { startReplicaPair, type ReplicaPair } from "../helpers/replica-pair.ts";
 
-const REDIS_URL = "redis://127.0.0.1:6379";
-const prefix = `fmb-test-${randomUUID()}:`;
 const METRICS_TOKEN = randomBytes(24).toString("base64url");
 
 describe("the receiving replica checks the bearer token before it forwards", () => {
-  const shared = {
-    BROKER_REDIS_URL: REDIS_URL,
-    BROKER_REDIS_PREFIX: prefix,
-    BROKER_SEALING_KEY: randomBytes(32).toString("base64"),
-    BROKER_CHILD_COMMAND: childCommand(),
-    BROKER_METRICS_TOKEN: METRICS_TOKEN,
-  };
+  let pair: ReplicaPair;
   let a: TestBroker;
   let b: RunningBroker;
-  let second: SecondReplica;
 
   beforeAll(async () => {
-    a = await startTestBroker({ env: shared });
-    second = await startSecondReplica(a, shared);
-    b = second.broker;
+    ({ a, b } = pair = await startReplicaPair({ env: { BROKER_METRICS_TOKEN: METRICS_TOKEN } }));
   });
 
-  afterAll(async () => {
-    await second?.stop();
-    await a?.stop();
-    const redis = new RedisClient(REDIS_URL);
-    const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-    if (left.length > 0) await redis.del(...left);
-    redis.close();
-  });
+  afterAll(() => pair?.stop());
 
   /** B's fmb_forwarded_requests_total, whatever the result: every request B passed on to another replica. */
   const forwardedByB = async () => {

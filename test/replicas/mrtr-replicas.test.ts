@@ -1,18 +1,13 @@
 // Two brokers sharing Redis and a database file: a modern caller's MRTR retry reaching the replica that did
 // not ask is forwarded to the one holding the call while it lives, and re-run with the caller's answers once it is gone.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { RedisClient } from "bun";
-import { randomBytes, randomUUID } from "node:crypto";
+import type { RedisClient } from "bun";
 import type { RunningBroker } from "../../src/broker.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
-import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, postMcp, textOf } from "../helpers/mcp.ts";
+import type { TestBroker } from "../helpers/broker.ts";
+import { postMcp, textOf } from "../helpers/mcp.ts";
 import { modernHeaders, modernRequest, onlyMessage, postModern, retryOf } from "../helpers/modern-client.ts";
-import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
-
-const REDIS_URL = "redis://127.0.0.1:6379";
-const prefix = `fmb-test-${randomUUID()}:`;
-const redis = new RedisClient(REDIS_URL);
+import { startReplicaPair, type ReplicaPair } from "../helpers/replica-pair.ts";
 
 type Json = Record<string, any>;
 const ELICITATION = { "io.modelcontextprotocol/clientCapabilities": { elicitation: {} } };
@@ -23,35 +18,23 @@ const accept = (answer: string) => ({ action: "accept", content: { answer } });
 const tampered = (state: string) => state.slice(0, -1) + (state.endsWith("A") ? "B" : "A");
 
 describe("an MRTR retry on another replica", () => {
-  const shared = {
-    BROKER_REDIS_URL: REDIS_URL,
-    BROKER_REDIS_PREFIX: prefix,
-    BROKER_SEALING_KEY: randomBytes(32).toString("base64"),
-    BROKER_CHILD_COMMAND: childCommand(),
-  };
+  let pair: ReplicaPair;
   let a: TestBroker;
   let b: RunningBroker;
-  let second: SecondReplica;
+  let prefix: string;
+  let redis: RedisClient;
   let token: string;
   let otherToken: string;
   const onA = (body: ReturnType<typeof modernRequest>, bearer = token) => postModern(a, bearer, body);
   const onB = (body: ReturnType<typeof modernRequest>, bearer = token) => postMcp(`${b.url}/mcp`, bearer, body, modernHeaders(body));
 
   beforeAll(async () => {
-    a = await startTestBroker({ env: shared });
-    second = await startSecondReplica(a, shared);
-    b = second.broker;
+    ({ a, b, prefix, redis } = pair = await startReplicaPair());
     token = (await obtainTokens(a.config.publicUrl)).accessToken;
     otherToken = (await obtainTokens(a.config.publicUrl)).accessToken;
   });
 
-  afterAll(async () => {
-    await second?.stop();
-    await a?.stop();
-    const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-    if (left.length > 0) await redis.del(...left);
-    redis.close();
-  });
+  afterAll(() => pair?.stop());
 
   test("while the replica holding the call lives: the retry is forwarded there and completes, and the other replica starts no child", async () => {
     const original = askUser(1, "Colour?");

@@ -8,8 +8,8 @@ import { freePort, startTestBroker, type TestBroker } from "../helpers/broker.ts
 import { childCommand, connectAs, processesMatching, textOf } from "../helpers/mcp.ts";
 import { createTestDatabase, type TestDatabase } from "../helpers/postgres.ts";
 import { waitWhile } from "../helpers/promises.ts";
+import { deleteKeys, REDIS_URL } from "../helpers/redis.ts";
 
-const REDIS_URL = "redis://127.0.0.1:6379";
 const prefix = `fmb-test-${randomUUID()}:`;
 
 /** Every text-like or binary value of every column of every table outside PostgreSQL's own schemas, named `table.column`. */
@@ -63,8 +63,7 @@ describe("a broker on PostgreSQL and Redis", () => {
     await t?.stop();
     await database?.drop();
     const redis = new RedisClient(REDIS_URL);
-    const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-    if (left.length > 0) await redis.del(...left);
+    await deleteKeys(redis, `${prefix}*`);
     redis.close();
     expect(await processesMatching(marker)).toEqual([]);
   });

@@ -8,6 +8,7 @@ import { livenessKey, type LivenessTiming } from "../../src/replicas/liveness.ts
 import { decodeRecord, PrincipalDirectory, principalsKey, recordOf, type PrincipalRecord } from "../../src/replicas/principal-directory.ts";
 import { RedisUnavailableError, type RedisCommands } from "../../src/replicas/redis-connection.ts";
 import { FakeTimers, settle } from "../bridge/fakes.ts";
+import { deleteKeys, REDIS_URL } from "../helpers/redis.ts";
 
 const record: PrincipalRecord = { grantId: "g1", forgejoUserId: 7, clientId: "c1", childEra: "legacy", pid: 4242, startedAt: 1_000, lastActivity: 2_000, busy: false, rssBytes: 1 << 20, serving: true };
 
@@ -111,7 +112,6 @@ describe("PrincipalDirectory with a stand-in Redis", () => {
 });
 
 describe("PrincipalDirectory against real Redis", () => {
-  const REDIS_URL = "redis://127.0.0.1:6379";
   const prefix = `fmb-test-${randomUUID()}:`;
   const redis = new RedisClient(REDIS_URL);
   // One connection for every directory and the test itself: Redis runs their commands in the order they were sent.
@@ -134,15 +134,11 @@ describe("PrincipalDirectory against real Redis", () => {
   });
 
   // Each test starts with no replica in the directory.
-  beforeEach(async () => {
-    const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-    if (left.length > 0) await redis.del(...left);
-  });
+  beforeEach(() => deleteKeys(redis, `${prefix}*`));
 
   afterAll(async () => {
     await redis.send("CONFIG", ["SET", "notify-keyspace-events", notifyBefore]);
-    const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-    if (left.length > 0) await redis.del(...left);
+    await deleteKeys(redis, `${prefix}*`);
     redis.close();
   });
 

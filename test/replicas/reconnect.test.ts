@@ -8,6 +8,7 @@ import { RateLimiter } from "../../src/oauth/rate-limit.ts";
 import { startReplicaLink, type ReplicaLink } from "../../src/replicas/replica-link.ts";
 import { realTimers } from "../../src/supervisor/timers.ts";
 import { rejection, waitWhile } from "../helpers/promises.ts";
+import { deleteKeys, REDIS_URL } from "../helpers/redis.ts";
 
 interface RelayedPair {
   client: Socket<undefined>;
@@ -63,13 +64,12 @@ function startRelay(target: { hostname: string; port: number }, port = 0) {
 }
 
 const prefix = `fmb-test-${randomUUID()}:`;
-const redis = new RedisClient("redis://127.0.0.1:6379");
+const redis = new RedisClient(REDIS_URL);
 const links: ReplicaLink[] = [];
 
 afterAll(async () => {
   await Promise.all(links.map((link) => link.stop()));
-  const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-  if (left.length > 0) await redis.del(...left);
+  await deleteKeys(redis, `${prefix}*`);
   redis.close();
 });
 
@@ -100,7 +100,7 @@ test("while Redis is away the link answers 'down' at once; once back it reconnec
     const heardByA: string[] = [];
     const a = linkVia(`redis://127.0.0.1:${port}`, "replica-a", heardByA);
     const heardByB: string[] = [];
-    const b = linkVia("redis://127.0.0.1:6379", "replica-b", heardByB);
+    const b = linkVia(REDIS_URL, "replica-b", heardByB);
     await waitWhile(async () => (await subscribers()) < 2 || !(await pingOk(a)), 100, 20);
     expect(await subscribers()).toBe(2);
 

@@ -1,7 +1,7 @@
 // Two brokers sharing one Redis (and one database file, standing in for PostgreSQL), as replicas behind
 // a load balancer: revocation reaches the other replica, rate limits count across both, liveness keys, health.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { RedisClient } from "bun";
+import type { RedisClient } from "bun";
 import { randomBytes, randomUUID } from "node:crypto";
 import { AdminClient } from "../../src/admin/client.ts";
 import { runAdmin } from "../../src/admin/cli.ts";
@@ -10,16 +10,16 @@ import type { RunningBroker } from "../../src/broker.ts";
 import { HOP_HEADER, hopKeyFrom, signHop } from "../../src/replicas/internal-hop.ts";
 import { realTimers } from "../../src/supervisor/timers.ts";
 import { freePort, identityOf, startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, connectAs, INITIALIZE, isAlive, openSession, postMcp } from "../helpers/mcp.ts";
+import { connectAs, INITIALIZE, isAlive, openSession, postMcp } from "../helpers/mcp.ts";
 import { modernHeaders, modernRequest } from "../helpers/modern-client.ts";
 import { obtainTokens, postForm } from "../../src/testing/oauth-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
-import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
+import { startReplicaPair, type ReplicaPair } from "../helpers/replica-pair.ts";
 import { watchStandaloneStream } from "../helpers/watched-stream.ts";
 
-const REDIS_URL = "redis://127.0.0.1:6379";
-const prefix = `fmb-test-${randomUUID()}:`;
-const redis = new RedisClient(REDIS_URL);
+// The pair's, once started.
+let prefix: string;
+let redis: RedisClient;
 
 async function keysUnder(pattern: string): Promise<string[]> {
   return ((await redis.send("KEYS", [`${prefix}${pattern}`])) as string[]).sort();
@@ -44,34 +44,19 @@ async function within<T>(ms: number, promise: Promise<T>): Promise<T | "timed ou
 }
 
 describe("two replicas sharing Redis", () => {
-  const shared = {
-    BROKER_REDIS_URL: REDIS_URL,
-    BROKER_REDIS_PREFIX: prefix,
-    BROKER_SEALING_KEY: randomBytes(32).toString("base64"),
-    BROKER_CHILD_COMMAND: childCommand(),
-    BROKER_TRUSTED_PROXIES: "127.0.0.1",
-  };
   const rateLimit = { burst: 6, perSecond: 0.001 };
+  let pair: ReplicaPair;
   let a: TestBroker;
   let b: RunningBroker;
-  let second: SecondReplica;
   let bMcpUrl: string;
 
   beforeAll(async () => {
-    a = await startTestBroker({ env: shared, broker: { rateLimit } });
     // B answers for the same public URL (the load balancer's) on a port of its own, over A's database file.
-    second = await startSecondReplica(a, shared, { rateLimit });
-    b = second.broker;
+    ({ a, b, prefix, redis } = pair = await startReplicaPair({ env: { BROKER_TRUSTED_PROXIES: "127.0.0.1" }, broker: { rateLimit } }));
     bMcpUrl = `${b.url}/mcp`;
   });
 
-  afterAll(async () => {
-    await second?.stop();
-    await a?.stop();
-    const left = await keysUnder("*");
-    if (left.length > 0) await redis.del(...left);
-    redis.close();
-  });
+  afterAll(() => pair?.stop());
 
   test("/healthz names redis as ok, and each replica holds a liveness key with its replica URL", async () => {
     for (const url of [a.config.publicUrl, b.url]) {
@@ -156,7 +141,7 @@ describe("two replicas sharing Redis", () => {
     try {
       const token = signedIn.provider.savedTokens!.access_token;
       const sessionId = await openSession(a.mcpUrl, token);
-      const hopKey = hopKeyFrom(Buffer.from(shared.BROKER_SEALING_KEY, "base64"));
+      const hopKey = hopKeyFrom(Buffer.from(pair.env.BROKER_SEALING_KEY!, "base64"));
       const target = { method: "POST", path: "/mcp", sessionId };
       const list = (hop: string) => postMcp(a.mcpUrl, token, { jsonrpc: "2.0", id: 9, method: "tools/list" }, { "mcp-session-id": sessionId, [HOP_HEADER]: hop });
       expect((await list(signHop(hopKey, target, Date.now()))).status).toBe(200);
@@ -268,7 +253,7 @@ describe("two replicas sharing Redis", () => {
 
 test("with Redis unreachable the broker starts, /healthz is 503 naming redis, and sign-up limits fall back to the replica's own", async () => {
   const closedPort = await freePort();
-  const t = await startTestBroker({ env: { BROKER_REDIS_URL: `redis://127.0.0.1:${closedPort}`, BROKER_REDIS_PREFIX: prefix }, broker: { rateLimit: { burst: 1, perSecond: 0.001 } } });
+  const t = await startTestBroker({ env: { BROKER_REDIS_URL: `redis://127.0.0.1:${closedPort}`, BROKER_REDIS_PREFIX: `fmb-test-${randomUUID()}:` }, broker: { rateLimit: { burst: 1, perSecond: 0.001 } } });
   try {
     const health = await fetch(`${t.config.publicUrl}/healthz`);
     expect(health.status).toBe(503);

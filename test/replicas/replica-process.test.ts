@@ -10,13 +10,13 @@ import { startFakeForgejo } from "../../src/testing/forgejo-stand-in.ts";
 import { startBrokerProcess } from "../helpers/broker-process.ts";
 import { childCommand } from "../helpers/mcp.ts";
 import { waitWhile } from "../helpers/promises.ts";
+import { deleteKeys, REDIS_URL } from "../helpers/redis.ts";
 
 const prefix = `fmb-test-${randomUUID()}:`;
-const redis = new RedisClient("redis://127.0.0.1:6379");
+const redis = new RedisClient(REDIS_URL);
 
 afterAll(async () => {
-  const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-  if (left.length > 0) await redis.del(...left);
+  await deleteKeys(redis, `${prefix}*`);
   redis.close();
 });
 
@@ -25,7 +25,7 @@ test("SIGTERM deletes the replica's liveness key", async () => {
   const dataDir = mkdtempSync(join(tmpdir(), "fmb-test-"));
   const replicaUrl = "http://replica-7.internal:8080";
   const broker = await startBrokerProcess(forgejo, dataDir, {
-    BROKER_REDIS_URL: "redis://127.0.0.1:6379",
+    BROKER_REDIS_URL: REDIS_URL,
     BROKER_REDIS_PREFIX: prefix,
     BROKER_REPLICA_URL: replicaUrl,
     BROKER_CHILD_COMMAND: childCommand(),

@@ -7,6 +7,7 @@ import { createMemoryLogger } from "../../src/log.ts";
 import type { RedisCommands } from "../../src/replicas/redis-connection.ts";
 import { RedisUnavailableError } from "../../src/replicas/redis-connection.ts";
 import { decodeEntry, SessionDirectory, sessionKey, type DirectoryEntry } from "../../src/replicas/session-directory.ts";
+import { deleteKeys, REDIS_URL } from "../helpers/redis.ts";
 
 const initialize = JSON.stringify({ jsonrpc: "2.0", id: 0, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "c", version: "1" } } });
 const started = { grantId: "grant-1", initialize, protocolVersion: "2025-11-25" };
@@ -85,14 +86,13 @@ describe("SessionDirectory with a stand-in Redis", () => {
 
 describe("SessionDirectory against Redis", () => {
   const prefix = `fmb-test-${randomUUID()}:`;
-  const client = new RedisClient("redis://127.0.0.1:6379");
+  const client = new RedisClient(REDIS_URL);
   const redis = { command: <T,>(run: (c: RedisCommands) => Promise<T>) => run(client as unknown as RedisCommands) };
   const on = (replicaId: string, unclaimedMs = 900_000) =>
     new SessionDirectory({ redis, prefix, replicaId, timeoutMs: 1_000, logger: createMemoryLogger(), unclaimedMs });
 
   afterAll(async () => {
-    const left = (await client.send("KEYS", [`${prefix}*`])) as string[];
-    if (left.length > 0) await client.del(...left);
+    await deleteKeys(client, `${prefix}*`);
     client.close();
   });
 
@@ -124,8 +124,7 @@ describe("SessionDirectory against Redis", () => {
   });
 
   test("othersLive lists the live other replicas' sessions with their owner's URL and start time: not this replica's, not a dead owner's", async () => {
-    const earlier = (await client.send("KEYS", [`${prefix}session:*`])) as string[];
-    if (earlier.length > 0) await client.del(...earlier);
+    await deleteKeys(client, `${prefix}session:*`);
     await client.set(`${prefix}replica:here`, "http://10.0.0.7:8080");
     await client.set(`${prefix}replica:there`, "http://10.0.0.8:8080");
     await on("here").started("mine", started);
@@ -135,8 +134,7 @@ describe("SessionDirectory against Redis", () => {
   });
 
   test("the entries of a replica that died without stopping get the idle timeout as their expiry; a live replica's keep none", async () => {
-    const earlier = (await client.send("KEYS", [`${prefix}session:*`])) as string[];
-    if (earlier.length > 0) await client.del(...earlier);
+    await deleteKeys(client, `${prefix}session:*`);
     await client.set(`${prefix}replica:alive`, "http://10.0.0.6:8080");
     const alive = on("alive");
     const dead = on("dead", 60_000);

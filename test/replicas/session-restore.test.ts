@@ -1,45 +1,28 @@
 // Two brokers sharing Redis and a database file: when the replica owning a legacy session is gone (its
 // liveness key expired, or it refuses connections), the next request on the other replica restores the session.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { RedisClient } from "bun";
-import { randomBytes, randomUUID } from "node:crypto";
+import type { RedisClient } from "bun";
 import type { RunningBroker } from "../../src/broker.ts";
 import { createMemoryLogger } from "../../src/log.ts";
-import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, connectAs, openSession, postMcp } from "../helpers/mcp.ts";
-import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
-
-const REDIS_URL = "redis://127.0.0.1:6379";
-const prefix = `fmb-test-${randomUUID()}:`;
-const redis = new RedisClient(REDIS_URL);
+import type { TestBroker } from "../helpers/broker.ts";
+import { connectAs, openSession, postMcp } from "../helpers/mcp.ts";
+import { startReplicaPair, type ReplicaPair } from "../helpers/replica-pair.ts";
 
 const echo = (id: number) => ({ jsonrpc: "2.0", id, method: "tools/call", params: { name: "slow_count", arguments: { n: 2 }, _meta: { progressToken: id } } });
 
 describe("a session whose replica is gone", () => {
-  const shared = {
-    BROKER_REDIS_URL: REDIS_URL,
-    BROKER_REDIS_PREFIX: prefix,
-    BROKER_SEALING_KEY: randomBytes(32).toString("base64"),
-    BROKER_CHILD_COMMAND: childCommand(),
-  };
+  let pair: ReplicaPair;
   let a: TestBroker;
   let b: RunningBroker;
-  let second: SecondReplica;
+  let prefix: string;
+  let redis: RedisClient;
   const bLogger = createMemoryLogger();
 
   beforeAll(async () => {
-    a = await startTestBroker({ env: shared });
-    second = await startSecondReplica(a, shared, { logger: bLogger });
-    b = second.broker;
+    ({ a, b, prefix, redis } = pair = await startReplicaPair({ b: { logger: bLogger } }));
   });
 
-  afterAll(async () => {
-    await second?.stop();
-    await a?.stop();
-    const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-    if (left.length > 0) await redis.del(...left);
-    redis.close();
-  });
+  afterAll(() => pair?.stop());
 
   test("is restored on the next request to another replica, without a new initialize; another grant's request gets 404; a restarted owner's address refusing connections counts as gone", async () => {
     const bob = await connectAs(a, "bob");

@@ -4,6 +4,7 @@ import { describe, expect, test } from "bun:test";
 import { createMemoryLogger } from "../../src/log.ts";
 import type { RateVerdict } from "../../src/oauth/rate-limit.ts";
 import { backoffDelayMs, REDIS_RECONNECT } from "../../src/replicas/backoff.ts";
+import { parseJsonObject } from "../../src/replicas/json-object.ts";
 import { RedisConnection, RedisUnavailableError, type RedisCommands } from "../../src/replicas/redis-connection.ts";
 import { decodeRevocation, encodeRevocation, MAX_UNANNOUNCED, RevocationFanout } from "../../src/replicas/revocation-fanout.ts";
 import { ReplicaLiveness } from "../../src/replicas/liveness.ts";
@@ -38,6 +39,23 @@ describe("the rate window", () => {
   ];
   test.each(verdicts)("request %p with %p ms left: %p", (count, leftMs, verdict) => {
     expect(windowVerdict(count, leftMs, window)).toEqual(verdict);
+  });
+});
+
+describe("parseJsonObject", () => {
+  test.each([
+    ['{"replica":"r1","n":2}', { replica: "r1", n: 2 }],
+    ["{}", {}],
+    ["[]", undefined],
+    ["null", undefined],
+    ['"text"', undefined],
+    ["3", undefined],
+    ["not json", undefined],
+    ["", undefined],
+    [null, undefined],
+    [7, undefined],
+  ])("%p is %p", (text, fields) => {
+    expect(parseJsonObject(text)).toEqual(fields);
   });
 });
 

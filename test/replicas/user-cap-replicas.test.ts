@@ -1,60 +1,54 @@
 // BROKER_MAX_SESSIONS_PER_USER over two brokers sharing Redis and a database file: a user's sessions and principal
 // children on the other replica count, a dead replica's count is dropped, and concurrent starts on both never pass the cap.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { RedisClient } from "bun";
-import { randomBytes, randomUUID } from "node:crypto";
+import type { RedisClient } from "bun";
+import { randomUUID } from "node:crypto";
 import type { RunningBroker } from "../../src/broker.ts";
-import { DEFAULT_FAKE_USERS } from "../../src/testing/forgejo-stand-in.ts";
+import { userSlotsKey } from "../../src/replicas/user-slots.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
-import { identityOf, startTestBroker, type TestBroker } from "../helpers/broker.ts";
-import { childCommand, INITIALIZE, isAlive, openSession, postMcp } from "../helpers/mcp.ts";
+import { identityOf, type TestBroker } from "../helpers/broker.ts";
+import { INITIALIZE, isAlive, openSession, postMcp } from "../helpers/mcp.ts";
 import { modernHeaders, modernRequest } from "../helpers/modern-client.ts";
 import { waitWhile } from "../helpers/promises.ts";
-import { startSecondReplica, type SecondReplica } from "../helpers/replica-pair.ts";
+import { startReplicaPair, type ReplicaPair } from "../helpers/replica-pair.ts";
 import { watchStream } from "../helpers/watched-stream.ts";
 
-const REDIS_URL = "redis://127.0.0.1:6379";
-const prefix = `fmb-test-${randomUUID()}:`;
-const redis = new RedisClient(REDIS_URL);
 const CAP = 2;
 const REQUEST_TIMEOUT_S = 120;
+const env = { BROKER_MAX_SESSIONS_PER_USER: String(CAP), BROKER_REQUEST_TIMEOUT_S: String(REQUEST_TIMEOUT_S) };
+
+/** A new sign-in as `login` on A: its token and Forgejo user id. */
+async function signInOn(a: TestBroker, login: string) {
+  a.forgejo.setCurrentUser(login);
+  const token = (await obtainTokens(a.config.publicUrl)).accessToken;
+  return { token, user: (await identityOf(a, token)).forgejoUserId };
+}
+
+const sessionsOn = (broker: RunningBroker, user: number) => broker.registry.sessionsOf(user);
+
+/** A replica's id as its own liveness key names it. */
+async function replicaIdOf({ redis, prefix }: ReplicaPair, broker: RunningBroker): Promise<string> {
+  for (const key of (await redis.send("KEYS", [`${prefix}replica:*`])) as string[]) {
+    if ((await redis.get(key)) === broker.url) return key.slice(`${prefix}replica:`.length);
+  }
+  throw new Error("no liveness key names the replica");
+}
 
 describe("the per-user cap across replicas", () => {
-  const shared = {
-    BROKER_REDIS_URL: REDIS_URL,
-    BROKER_REDIS_PREFIX: prefix,
-    BROKER_SEALING_KEY: randomBytes(32).toString("base64"),
-    BROKER_CHILD_COMMAND: childCommand(),
-    BROKER_MAX_SESSIONS_PER_USER: String(CAP),
-    BROKER_REQUEST_TIMEOUT_S: String(REQUEST_TIMEOUT_S),
-  };
+  let pair: ReplicaPair;
   let a: TestBroker;
   let b: RunningBroker;
-  let second: SecondReplica;
+  let prefix: string;
+  let redis: RedisClient;
   const bUrl = () => `${b.url}/mcp`;
-  /** A new sign-in as `login`: its token and Forgejo user id. */
-  const signIn = async (login: string) => {
-    a.forgejo.setCurrentUser(login);
-    const token = (await obtainTokens(a.config.publicUrl)).accessToken;
-    return { token, user: (await identityOf(a, token)).forgejoUserId };
-  };
-  const sessionsOn = (broker: RunningBroker, user: number) => broker.registry.sessionsOf(user);
-  const slotsKey = (user: number) => `${prefix}user-slots:${user}`;
+  const signIn = (login: string) => signInOn(a, login);
+  const slotsKey = (user: number) => userSlotsKey(prefix, user);
 
   beforeAll(async () => {
-    // Carol, a user of her own for the principal children's test: the others leave sessions behind.
-    a = await startTestBroker({ env: shared, forgejo: { users: [...DEFAULT_FAKE_USERS, { id: 3, login: "carol" }] } });
-    second = await startSecondReplica(a, shared);
-    b = second.broker;
+    ({ a, b, prefix, redis } = pair = await startReplicaPair({ env }));
   });
 
-  afterAll(async () => {
-    await second?.stop();
-    await a?.stop();
-    const left = (await redis.send("KEYS", [`${prefix}*`])) as string[];
-    if (left.length > 0) await redis.del(...left);
-    redis.close();
-  });
+  afterAll(() => pair?.stop());
 
   test("one session on each replica at a cap of 2: a third on either ends that replica's idle one; with it busy, 429", async () => {
     const { token, user } = await signIn("alice");
@@ -108,7 +102,7 @@ describe("the per-user cap across replicas", () => {
     const admitted = await openSession(bUrl(), token);
     expect(sessionsOn(b, user)).toEqual([admitted]);
     expect(await redis.send("HGET", [slotsKey(user), ghost])).toBeNull();
-    expect(await redis.send("HGETALL", [slotsKey(user)])).toEqual({ [await replicaIdOf(b)]: "1" });
+    expect(await redis.send("HGETALL", [slotsKey(user)])).toEqual({ [await replicaIdOf(pair, b)]: "1" });
   }, 30_000);
 
   test("eight session starts at once, four on each replica, for a user holding one already: the user never holds more than the cap, and every ended one is counted out", async () => {
@@ -129,9 +123,23 @@ describe("the per-user cap across replicas", () => {
     await waitWhile(async () => (await counted()) !== held(), 100, 50);
     expect(await counted()).toBeLessThanOrEqual(CAP);
   }, 60_000); // eight children start on two cores
+});
+
+// A pair of its own: the user starts with nothing, whatever the tests above left behind.
+describe("the per-user cap across replicas, with principal children", () => {
+  let pair: ReplicaPair;
+  let a: TestBroker;
+  let b: RunningBroker;
+  const bUrl = () => `${b.url}/mcp`;
+
+  beforeAll(async () => {
+    ({ a, b } = pair = await startReplicaPair({ env }));
+  });
+
+  afterAll(() => pair?.stop());
 
   test("a principal child on A and a session on B at a cap of 2: a third of either kind on either replica ends that replica's idle one; with it busy, 429", async () => {
-    const { token, user } = await signIn("carol");
+    const { token, user } = await signInOn(a, "alice");
     const { grantId } = await identityOf(a, token);
     /** The legacy test's refusal: the cap reached with one slot on the other replica, a Retry-After of about the request timeout. */
     const refusedByTheCap = (id: number, retryAfter: number) => {
@@ -150,7 +158,7 @@ describe("the per-user cap across replicas", () => {
     expect((await modern(a.mcpUrl, list)).status).toBe(200);
     const childOnA = a.broker.principals.childOf(grantId)!;
     const onB = await openSession(bUrl(), token);
-    expect(await redis.send("HGETALL", [slotsKey(user)])).toEqual({ [await replicaIdOf(a.broker)]: "1", [await replicaIdOf(b)]: "1" });
+    expect(await pair.redis.send("HGETALL", [userSlotsKey(pair.prefix, user)])).toEqual({ [await replicaIdOf(pair, a.broker)]: "1", [await replicaIdOf(pair, b)]: "1" });
 
     // A session on A: A's idle principal child makes room, B's session stays.
     const onA = await openSession(a.mcpUrl, token);
@@ -195,11 +203,4 @@ describe("the per-user cap across replicas", () => {
     cancelOnA.abort();
   }, 30_000); // four children start and two end: slow under load
 
-  /** A replica's id as its own liveness key names it. */
-  async function replicaIdOf(broker: RunningBroker): Promise<string> {
-    for (const key of (await redis.send("KEYS", [`${prefix}replica:*`])) as string[]) {
-      if ((await redis.get(key)) === broker.url) return key.slice(`${prefix}replica:`.length);
-    }
-    throw new Error("no liveness key names the replica");
-  }
 });
