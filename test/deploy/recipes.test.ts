@@ -89,7 +89,9 @@ describe("deploy/Containerfile", () => {
     expect(args.get("FORGEJO_MCP_VERSION")).toMatch(/^\d+\.\d+\.\d+$/);
     expect(args.get("FORGEJO_MCP_SHA256")).toMatch(/^[0-9a-f]{64}$/);
     const run = all(stages[1]!, "RUN").join(" ");
-    expect(run).toContain("https://codeberg.org/goern/forgejo-mcp/releases/download/v${FORGEJO_MCP_VERSION}/${archive}.tar.gz");
+    // Codeberg's releases by default; a mirror of their layout only by build argument, checked the same way.
+    expect(args.get("FORGEJO_MCP_RELEASES")).toBe("https://codeberg.org/goern/forgejo-mcp/releases/download");
+    expect(run).toContain("${FORGEJO_MCP_RELEASES}/v${FORGEJO_MCP_VERSION}/${archive}.tar.gz");
     expect(run.indexOf("sha256sum -c")).toBeLessThan(run.indexOf("tar -xzf"));
     expect(all(final, "COPY")).toContain("--from=forgejo-mcp /usr/local/bin/forgejo-mcp /usr/local/bin/forgejo-mcp");
     expect(all(final, "ENV").join(" ")).toContain('BROKER_CHILD_COMMAND="/usr/local/bin/forgejo-mcp --transport stdio"');
