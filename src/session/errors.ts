@@ -3,7 +3,7 @@
 import { ErrorCode, errorResponse, type JsonRpcId } from "../bridge/jsonrpc.ts";
 import type { OutboundEvent } from "../bridge/message-stream.ts";
 import type { Logger } from "../log.ts";
-import { reportChildFailure } from "../supervisor/failure-report.ts";
+import { isReported, reportChildFailure } from "../supervisor/failure-report.ts";
 
 /** The codes the SDK's own servers use for transport refusals and for an unknown session. */
 export const TRANSPORT_ERROR = -32000;
@@ -155,7 +155,8 @@ export class SessionStartError extends McpRefusal {
   }
 
   protected override clientMessage(context: RefusalContext): string {
-    return reportChildFailure(context.logger, this.message, this.lastStderrLine);
+    // A child that exited while the broker waited on it was reported by its channel, stderr line and all: one reference.
+    return isReported(this.message) ? this.message : reportChildFailure(context.logger, this.message, this.lastStderrLine);
   }
 }
 

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { startTestBroker, type TestBroker } from "../helpers/broker.ts";
 import { INITIALIZE, isAlive, postMcp } from "../helpers/mcp.ts";
 import { failureRef, loggedUnder } from "../helpers/failure-report.ts";
+import { modernRequest, postModern } from "../helpers/modern-client.ts";
 import { obtainTokens } from "../../src/testing/oauth-client.ts";
 
 /** A child that answers every request with the JSON-RPC error a server gives an unsupported protocol version. */
@@ -67,5 +68,27 @@ describe("a child that never answers initialize", () => {
     const pids = childPids(t);
     expect(pids).toHaveLength(1);
     expect(isAlive(pids[0]!)).toBe(false);
+  });
+});
+
+describe("a child that exits before it answers, for a 2026-07-28 caller", () => {
+  const EXITING_CHILD = `console.error("cannot reach FORGEJO_URL"); process.exit(3)`;
+  let t: TestBroker;
+  beforeAll(async () => {
+    t = await startTestBroker({ env: { BROKER_CHILD_COMMAND: `${process.execPath} -e '${EXITING_CHILD}'`, BROKER_CHILD_ERA: "legacy" } });
+  });
+  afterAll(async () => {
+    await t.stop();
+  });
+
+  test("the caller gets 502 saying the server exited, with one reference, under which the log holds its last stderr line", async () => {
+    const token = (await obtainTokens(t.config.publicUrl)).accessToken;
+    const response = await postModern(t, token, modernRequest(1, "tools/call", { name: "whoami", arguments: {} }));
+    expect(response.status).toBe(502);
+    const body = (await response.json()) as { error: { code: number; message: string } };
+    expect(body.error.code).toBe(-32000);
+    const ref = failureRef(body.error.message, "the MCP server exited");
+    expect({ message: body.error.message, ref }).toEqual({ message: body.error.message, ref: expect.any(String) });
+    expect(loggedUnder(t.logs, ref!)).toEqual([expect.objectContaining({ last_stderr_line: "cannot reach FORGEJO_URL" })]);
   });
 });

@@ -68,6 +68,13 @@ describe("a refusal as a JSON-RPC error", () => {
     expect([body.id, body.error.code]).toEqual([null, -32000]);
     expect(loggedUnder(logger.lines, ref!)).toEqual([expect.objectContaining({ last_stderr_line: "panic: 401" })]);
   });
+
+  test("a failure its channel reported already keeps that one reference, and is not logged again", async () => {
+    const { logger, refusalContext } = context();
+    const reported = "the MCP server exited (the broker log has the details under ref 0123456789ab)";
+    const body = (await new SessionStartError(reported, "panic: 401").toResponse(null, refusalContext).json()) as { error: { message: string } };
+    expect([body.error.message, logger.lines]).toEqual([reported, []]);
+  });
 });
 
 describe("a refusal that sends the client through sign-in again", () => {
