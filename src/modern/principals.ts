@@ -9,6 +9,7 @@ import type { Logger } from "../log.ts";
 import { noMetrics, type BrokerMetrics, type ChildExitReason } from "../observability/metrics.ts";
 import { drainingRefusal, McpRefusal, SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
 import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../session/registry.ts";
+import { RevocationWatch, type GrantIsLive } from "../session/revocation-watch.ts";
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
 import { every, reapIntervalFor, type TimerHandle, type Timers } from "../supervisor/timers.ts";
 import { MIN_REFRESH_INTERVAL_MS, refreshDueAt } from "../upstream/refresh-timing.ts";
@@ -46,7 +47,7 @@ export interface PrincipalChildrenDeps {
    */
   draining?: () => boolean;
   /** Whether a client can still act under the grant; without it, every grant is live. */
-  grantIsLive?: (grantId: string) => Promise<boolean>;
+  grantIsLive?: GrantIsLive;
   initializeTimeoutMs?: number;
   reapIntervalMs?: number;
   /** How long a caller has to retry after an input_required result; 10 minutes by default. */
@@ -105,8 +106,7 @@ export class PrincipalChildren {
   private readonly running = new Map<Principal, string>();
   private readonly stopReaping: () => void;
   private shuttingDown = false;
-  /** Revocation notices so far: a start asks about its grant again when one arrived while it was asking. */
-  private revocationNotices = 0;
+  private readonly revocations: RevocationWatch;
   /** Calls waiting for their callers' retries, whichever child (serving or retiring) holds them. */
   readonly continuations: Continuations<ModernCall>;
   private readonly sealer: RequestStateSealer;
@@ -121,6 +121,7 @@ export class PrincipalChildren {
 
   constructor(private readonly deps: PrincipalChildrenDeps) {
     this.eras = new ChildEras({ setting: deps.childEra, timers: deps.timers });
+    this.revocations = new RevocationWatch(deps.grantIsLive);
     this.sealer = deps.sharedStates === undefined ? new RequestStateSealer() : new RequestStateSealer(deps.sharedStates.key, deps.sharedStates.replicaId);
     const metrics = (this.metrics = deps.metrics ?? noMetrics);
     this.continuations = new Continuations({
@@ -238,9 +239,9 @@ export class PrincipalChildren {
 
   /** A token of the grant was revoked: once none is left, its child stops now, failing the calls in flight. */
   async grantRevoked(grantId: string): Promise<void> {
-    this.revocationNotices++;
+    this.revocations.noticed();
     const principal = this.live.get(grantId);
-    if (principal === undefined || this.deps.grantIsLive === undefined || (await this.deps.grantIsLive(grantId))) return;
+    if (principal === undefined || !(await this.revocations.isRevoked(grantId))) return;
     await this.stop(grantId, principal, "every token of its sign-in was revoked", "revoked");
   }
 
@@ -331,15 +332,10 @@ export class PrincipalChildren {
       await principal.child.close(problem);
       throw new SessionStartError(problem, (await process.exited).lastStderrLine);
     }
-    // A revocation during the start found no child to stop. Asked until no revocation arrived during the
-    // question, so none falls between the answer and the registration below.
-    for (let asked = -1; asked !== this.revocationNotices; ) {
-      asked = this.revocationNotices;
-      if (this.deps.grantIsLive !== undefined && !(await this.deps.grantIsLive(identity.grantId))) {
-        this.ended(principal, "revoked");
-        await principal.child.close("its sign-in was revoked while it started");
-        throw new SessionRevokedError();
-      }
+    if (!(await this.revocations.liveAfterStart(identity.grantId))) {
+      this.ended(principal, "revoked");
+      await principal.child.close("its sign-in was revoked while it started");
+      throw new SessionRevokedError();
     }
     if (this.shuttingDown) {
       this.ended(principal, "shutdown");

@@ -10,6 +10,7 @@ import type { SharedUserSlots, UserSlotVerdict } from "../replicas/user-slots.ts
 import type { SpawnChild } from "../supervisor/child.ts";
 import { ChildStartError } from "../supervisor/child.ts";
 import { SpawnPacer } from "../supervisor/spawn-pacer.ts";
+import { RevocationWatch, type GrantIsLive } from "./revocation-watch.ts";
 import { every, reapIntervalFor, type Timers } from "../supervisor/timers.ts";
 import {
   drainingRefusal,
@@ -78,7 +79,7 @@ export interface SessionRegistryDeps {
    * Asked after a revocation, and once a start is about to register its session, because a
    * revocation during the start found no session to end. Without it, every grant is live.
    */
-  grantIsLive?: (grantId: string) => Promise<boolean>;
+  grantIsLive?: GrantIsLive;
   initializeTimeoutMs?: number;
   reapIntervalMs?: number;
   refreshRetryMs?: number;
@@ -140,8 +141,7 @@ export class SessionRegistry {
   private readonly pacer: SpawnPacer;
   private readonly stopReaping: () => void;
   private closed = false;
-  /** Revocation notices so far: a start asks about its grant again when one arrived while it was asking. */
-  private revocationNotices = 0;
+  private readonly revocations: RevocationWatch;
   /** Set by drain(): no new session or other child starts, the live ones serve on. */
   private draining = false;
   private readonly evicted: Record<EvictionCap, number> = { user: 0, global: 0 };
@@ -150,6 +150,7 @@ export class SessionRegistry {
   constructor(private readonly deps: SessionRegistryDeps) {
     const refresh = deps.refresh;
     this.pacer = deps.spawnPacer ?? new SpawnPacer();
+    this.revocations = new RevocationWatch(deps.grantIsLive);
     this.scheduler =
       refresh === undefined
         ? null
@@ -384,8 +385,8 @@ export class SessionRegistry {
    * sign-in does not leave a child holding the user's Forgejo token until the idle reap.
    */
   async grantRevoked(grantId: string): Promise<void> {
-    this.revocationNotices++;
-    if (!this.hasGrant(grantId) || this.deps.grantIsLive === undefined || (await this.deps.grantIsLive(grantId))) return;
+    this.revocations.noticed();
+    if (!this.hasGrant(grantId) || !(await this.revocations.isRevoked(grantId))) return;
     const ended = [...this.sessions.values()].filter((entry) => entry.binding.grantId === grantId);
     await Promise.all(ended.map((entry) => this.drop(entry, "every token of its sign-in was revoked", {}, "revoked")));
   }
@@ -477,14 +478,10 @@ export class SessionRegistry {
       await session.close();
       throw new InitializeRejectedError(events);
     }
-    // Asked until no revocation arrived during the question, so none falls between the answer and the registration below.
-    for (let asked = -1; asked !== this.revocationNotices; ) {
-      asked = this.revocationNotices;
-      if (this.deps.grantIsLive !== undefined && !(await this.deps.grantIsLive(identity.grantId))) {
-        this.metrics.childExited("revoked");
-        await session.close("its sign-in was revoked while it started");
-        throw new SessionRevokedError();
-      }
+    if (!(await this.revocations.liveAfterStart(identity.grantId))) {
+      this.metrics.childExited("revoked");
+      await session.close("its sign-in was revoked while it started");
+      throw new SessionRevokedError();
     }
     if (this.closed) {
       this.metrics.childExited("shutdown");
