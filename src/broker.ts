@@ -224,17 +224,14 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     },
   });
   const replicaId = randomUUID();
-  const principals = new PrincipalChildren({
+  const principals: PrincipalChildren = new PrincipalChildren({
     config: config.sessions,
     spawn,
     childEra: config.child.era,
     childCommand: config.child.command.join(" "),
     upstreamToken,
-    // One set of caps over both eras' children.
-    reserveSlot: (forgejoUserId) => registry.reserveSlot(forgejoUserId),
-    slotFreed: (forgejoUserId) => registry.otherChildExited(forgejoUserId),
-    // One drain over both eras: no new session, no new modern call.
-    draining: () => registry.isDraining,
+    // One set of caps over both eras' children, and one drain: no new session, no new modern call.
+    limits: registry.shareLimits(() => principals.capped()),
     grantIsLive,
     logger,
     timers,
@@ -249,7 +246,6 @@ export async function startBroker(config: BrokerConfig, options: BrokerOptions):
     // Among replicas an MRTR retry may reach any of them: its state must open everywhere and name where its call is held.
     sharedStates: config.redis === undefined ? undefined : { key: requestStateKeyFrom(sealingKey), replicaId },
   });
-  registry.countAlso(() => principals.capped());
   prometheus?.sample({
     sessions: () => ({ legacy: registry.size, modern: principals.size }),
     childPids: () => liveChildren.pids(),

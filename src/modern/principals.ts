@@ -8,7 +8,7 @@ import { randomHex } from "../crypto.ts";
 import type { Logger } from "../log.ts";
 import { noMetrics, type BrokerMetrics, type ChildExitReason } from "../observability/metrics.ts";
 import { drainingRefusal, McpRefusal, SessionLimitError, SessionRevokedError, SessionStartError } from "../session/errors.ts";
-import type { CappedChild, SessionIdentity, UpstreamTokenProvider } from "../session/registry.ts";
+import type { CappedChild, SessionIdentity, SharedLimits, UpstreamTokenProvider } from "../session/registry.ts";
 import { RevocationWatch, type GrantIsLive } from "../session/revocation-watch.ts";
 import { ChildStartError, type SpawnChild } from "../supervisor/child.ts";
 import { every, reapIntervalFor, type TimerHandle, type Timers } from "../supervisor/timers.ts";
@@ -35,17 +35,11 @@ export interface PrincipalChildrenDeps {
   logger: Logger;
   timers: Timers;
   /**
-   * A slot under BROKER_MAX_SESSIONS and the per-user cap for a child about to start (the legacy
-   * registry's, which counts `capped()` too); the function it gives frees it. Without it, no cap.
+   * The legacy registry's caps, which count `capped()` too, and its drain (registry.shareLimits). While it
+   * drains no new call starts, neither here nor on a new child; the calls in flight go on, and so does a
+   * caller's retry of a call parked here. Without it, no cap and no drain.
    */
-  reserveSlot?: (forgejoUserId: number) => Promise<() => void>;
-  /** A child's process exited, freeing the slot it held (the per-user count across replicas goes down). */
-  slotFreed?: (forgejoUserId: number) => void;
-  /**
-   * Whether the broker drains (the admin command's drain, or a stop under way): no new call starts, neither
-   * here nor on a new child; the calls in flight go on, and so does a caller's retry of a call parked here.
-   */
-  draining?: () => boolean;
+  limits?: SharedLimits;
   /** Whether a client can still act under the grant; without it, every grant is live. */
   grantIsLive?: GrantIsLive;
   initializeTimeoutMs?: number;
@@ -178,7 +172,7 @@ export class PrincipalChildren {
   async childFor(identity: SessionIdentity): Promise<PrincipalChild> {
     for (;;) {
       if (this.shuttingDown) throw new SessionLimitError("the broker is shutting down", SHUTDOWN_RETRY_AFTER_S);
-      if (this.deps.draining?.() === true) throw drainingRefusal("calls");
+      if (this.deps.limits?.draining() === true) throw drainingRefusal("calls");
       let start = this.starts.get(identity.grantId);
       if (start === undefined) {
         start = this.start(identity);
@@ -283,7 +277,7 @@ export class PrincipalChildren {
   }
 
   private async startReserved(identity: SessionIdentity): Promise<Principal> {
-    const release = (await this.deps.reserveSlot?.(identity.forgejoUserId)) ?? (() => {});
+    const release = (await this.deps.limits?.reserveSlot(identity.forgejoUserId)) ?? (() => {});
     try {
       return await this.startInSlot(identity);
     } finally {
@@ -354,7 +348,7 @@ export class PrincipalChildren {
     void principal.exited.then(() => {
       this.running.delete(principal);
       this.deps.lifecycle?.exited(this.entryOf(principal, identity.grantId));
-      this.deps.slotFreed?.(identity.forgejoUserId);
+      this.deps.limits?.slotFreed(identity.forgejoUserId);
     });
     logger.info("principal child started", { forgejo_user_id: identity.forgejoUserId, client_id: identity.clientId, pid: process.pid, era: verdict.era });
     return principal;

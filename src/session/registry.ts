@@ -93,6 +93,16 @@ export interface SessionRegistryDeps {
   userSlots?: SharedUserSlots;
 }
 
+/** What the registry shares with children of another kind (the principals'): its caps, which count them too, and its drain. */
+export interface SharedLimits {
+  /** A slot under BROKER_MAX_SESSIONS and the per-user cap for a child about to start; the function it gives frees it. */
+  reserveSlot(forgejoUserId: number): Promise<() => void>;
+  /** A child's process exited, freeing the slot it held (the per-user count across replicas goes down). */
+  slotFreed(forgejoUserId: number): void;
+  /** Whether the broker drains (the admin command's drain, or a stop under way): nothing new starts. */
+  draining(): boolean;
+}
+
 /** What another replica needs to forward to a session or restore it. */
 export interface StartedSession {
   grantId: string;
@@ -185,7 +195,7 @@ export class SessionRegistry {
   /**
    * Starts a child with the user's upstream token, sends it the client's initialize and waits for
    * the answer; only then does the session exist. At a cap, the least recently used session (or other
-   * child, see countAlso) with no request in flight is ended to make room (the user's own at the per-user cap, anyone's at the
+   * child, see shareLimits) with no request in flight is ended to make room (the user's own at the per-user cap, anyone's at the
    * broker-wide one). Throws SessionLimitError, UserSessionLimitError (each when every session in
    * the way is busy), SessionStartError, InitializeRejectedError, or what the token provider throws.
    */
@@ -211,14 +221,18 @@ export class SessionRegistry {
     return entry;
   }
 
-  /** The caps count these children too (and may end an idle one), besides the registry's sessions. */
-  countAlso(children: () => CappedChild[]): void {
+  /**
+   * The caps count `children` too (and may end an idle one), besides the registry's sessions; returns what
+   * those children's owner needs to take and free their slots by the same rules, and to see a drain.
+   */
+  shareLimits(children: () => CappedChild[]): SharedLimits {
     this.otherChildren = children;
+    return { reserveSlot: (user) => this.reserveSlot(user), slotFreed: (user) => this.slotsChanged(user), draining: () => this.draining };
   }
 
   /**
-   * A slot for a child of another kind about to start (see countAlso), taken by the same rules as a
-   * session's; call the function returned once the child counts among countAlso's, or failed to start.
+   * A slot for a child of another kind about to start (see shareLimits), taken by the same rules as a
+   * session's; call the function returned once the child counts among shareLimits' children, or failed to start.
    * Throws SessionLimitError or UserSessionLimitError.
    */
   async reserveSlot(forgejoUserId: number): Promise<() => void> {
@@ -227,11 +241,6 @@ export class SessionRegistry {
       this.starting.delete(ticket);
       this.slotsChanged(forgejoUserId);
     };
-  }
-
-  /** A child counted through countAlso has exited: the user's count across replicas goes down with it. */
-  otherChildExited(forgejoUserId: number): void {
-    this.slotsChanged(forgejoUserId);
   }
 
   /** Waits for, or makes, room under both caps and holds it with a start ticket. */
@@ -330,7 +339,7 @@ export class SessionRegistry {
     return this.draining;
   }
 
-  /** Children running or about to: sessions, other children (see countAlso, handed-over ones too), starts under way and children still exiting. */
+  /** Children running or about to: sessions, other children (see shareLimits, handed-over ones too), starts under way and children still exiting. */
   get childrenHoldingSlots(): number {
     return this.holdingSlots(null, true);
   }

@@ -35,11 +35,11 @@ function setup(options: { maxSessionsPerUser?: number; expiresInMs?: number; lif
   const upstreamToken = async () => ({ token: "t", expiresAt: timers.now() + (options.expiresInMs ?? 10 * HOUR) });
   const logger = createMemoryLogger();
   const registry = new SessionRegistry({ config, spawn, upstreamToken, logger, timers, reapIntervalMs: 10_000, metrics });
-  const principals = new PrincipalChildren({
+  const principals: PrincipalChildren = new PrincipalChildren({
     config,
     spawn,
     upstreamToken,
-    reserveSlot: (user) => registry.reserveSlot(user),
+    limits: registry.shareLimits(() => principals.capped()),
     grantIsLive: async () => live,
     logger,
     timers,
@@ -49,7 +49,6 @@ function setup(options: { maxSessionsPerUser?: number; expiresInMs?: number; lif
     childCommand: "fake",
     lifecycle: options.lifecycle,
   });
-  registry.countAlso(() => principals.capped());
   return { principals, registry, timers, children, recorded, revoke: () => void (live = false) };
 }
 

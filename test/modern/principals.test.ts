@@ -64,22 +64,19 @@ function setup(
   const upstreamToken = async () => ({ token: "t", expiresAt: options.expiresInMs === null ? null : timers.now() + (options.expiresInMs ?? HOUR) });
   const logger = createMemoryLogger();
   const registry = new SessionRegistry({ config, spawn, upstreamToken, logger, timers, reapIntervalMs: 10_000, userSlots: options.userSlots });
-  const principals = new PrincipalChildren({
+  const principals: PrincipalChildren = new PrincipalChildren({
     config,
     spawn,
     childEra: "legacy",
     childCommand: "fake",
     upstreamToken,
-    reserveSlot: (user) => registry.reserveSlot(user),
-    slotFreed: (user) => registry.otherChildExited(user),
-    draining: () => registry.isDraining,
+    limits: registry.shareLimits(() => principals.capped()),
     grantIsLive: options.grantIsLive,
     logger,
     timers,
     reapIntervalMs: 10_000,
     continuationDeadlineMs: options.continuationDeadlineMs,
   });
-  registry.countAlso(() => principals.capped());
   return { principals, registry, timers, children };
 }
 

@@ -148,8 +148,7 @@ describe("listeners on a principal's child", () => {
     const upstreamToken = async () => ({ token: "t", expiresAt: null });
     const logger = createMemoryLogger();
     const registry = new SessionRegistry({ config, spawn, upstreamToken, logger, timers, reapIntervalMs: 10_000 });
-    const principals = new PrincipalChildren({ config, spawn, childEra: "legacy", childCommand: "fake", upstreamToken, reserveSlot: (user) => registry.reserveSlot(user), logger, timers, reapIntervalMs: 10_000 });
-    registry.countAlso(() => principals.capped());
+    const principals: PrincipalChildren = new PrincipalChildren({ config, spawn, childEra: "legacy", childCommand: "fake", upstreamToken, limits: registry.shareLimits(() => principals.capped()), logger, timers, reapIntervalMs: 10_000 });
     return { principals, timers, children };
   }
 
