@@ -1,10 +1,25 @@
 // In-memory stand-ins for a child process, for time and for the spawn pacer's loop turns, shared
 // by the bridge, session and supervisor tests so that none needs a real process or a real clock.
+import type { SessionConfig } from "../../src/config.ts";
 import type { ChildExit, ChildProcess } from "../../src/supervisor/child.ts";
 import type { NextTurn } from "../../src/supervisor/spawn-pacer.ts";
 import type { TimerHandle, Timers } from "../../src/supervisor/timers.ts";
 
 let nextPid = 10_000;
+
+/** The session settings the registry and principals tests run under, with what a test changes. */
+export function fakeSessionConfig(changes: Partial<SessionConfig> = {}): SessionConfig {
+  return {
+    maxSessions: 10,
+    maxSessionsPerUser: 3,
+    idleTimeoutMs: 900_000,
+    refreshLeadMs: 300_000,
+    requestTimeoutMs: 300_000,
+    maxMessageBytes: 1_000_000,
+    allowedOrigins: [],
+    ...changes,
+  };
+}
 
 export type Json = Record<string, unknown>;
 

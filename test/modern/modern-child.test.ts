@@ -2,10 +2,10 @@
 // it starts (probe in a sibling, or the operator's word), discover instead of initialize, requests forwarded, its requestState sealed, its listens.
 import { describe, expect, test } from "bun:test";
 import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
-import type { ChildEraSetting, SessionConfig } from "../../src/config.ts";
+import type { ChildEraSetting } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
-import { FakeChild, FakeTimers, readMessages, settle, type Json } from "../bridge/fakes.ts";
+import { FakeChild, FakeTimers, fakeSessionConfig, readMessages, settle, type Json } from "../bridge/fakes.ts";
 import { rejection } from "../helpers/promises.ts";
 
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
@@ -26,7 +26,7 @@ function nativeChild(): FakeChild {
 function setup(childEra: ChildEraSetting = "modern") {
   const timers = new FakeTimers();
   const children: FakeChild[] = [];
-  const config = { maxSessions: 10, maxSessionsPerUser: 3, idleTimeoutMs: 900_000, refreshLeadMs: 300_000, requestTimeoutMs: 300_000, maxMessageBytes: 1_000_000, allowedOrigins: [] } as SessionConfig;
+  const config = fakeSessionConfig();
   const spawn = () => {
     const child = nativeChild();
     children.push(child);

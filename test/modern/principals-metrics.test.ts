@@ -1,13 +1,12 @@
 // What the principal children tell the metrics and their lifecycle watcher, with fake children and time: each way a
 // child ends is counted once under its own reason, even when a retired child is later stopped by the shutdown.
 import { describe, expect, test } from "bun:test";
-import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { PrincipalChildren, type PrincipalChildEntry, type PrincipalChildrenDeps } from "../../src/modern/principals.ts";
 import type { ChildExitReason } from "../../src/observability/metrics.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
 import { recordingMetrics } from "../helpers/recording-metrics.ts";
-import { FakeChild, FakeTimers, initializingChild, settle } from "../bridge/fakes.ts";
+import { FakeChild, FakeTimers, fakeSessionConfig, initializingChild, settle } from "../bridge/fakes.ts";
 
 const HOUR = 3_600_000;
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
@@ -17,15 +16,7 @@ function setup(options: { maxSessionsPerUser?: number; expiresInMs?: number; lif
   const timers = new FakeTimers();
   const children: FakeChild[] = [];
   const { metrics, recorded } = recordingMetrics();
-  const config = {
-    maxSessions: 10,
-    maxSessionsPerUser: options.maxSessionsPerUser ?? 3,
-    idleTimeoutMs: 900_000,
-    refreshLeadMs: 300_000,
-    requestTimeoutMs: 300_000,
-    maxMessageBytes: 1_000_000,
-    allowedOrigins: [],
-  } as SessionConfig;
+  const config = fakeSessionConfig({ maxSessionsPerUser: options.maxSessionsPerUser ?? 3 });
   const spawn = () => {
     const child = initializingChild();
     children.push(child);

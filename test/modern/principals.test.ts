@@ -2,7 +2,6 @@
 // start, the idle reap, a crash, a revoked grant, a token due for refresh, and the child's own requests.
 import { describe, expect, test } from "bun:test";
 import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
-import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { ASKED_TOGETHER_MS, MAX_INPUT_REQUESTS } from "../../src/modern/modern-call.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
@@ -10,7 +9,7 @@ import type { SharedUserSlots } from "../../src/replicas/user-slots.ts";
 import { McpRefusal, UserSessionLimitError } from "../../src/session/errors.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
 import { rejection } from "../helpers/promises.ts";
-import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, initializingChild, readMessages, settle, type Json } from "../bridge/fakes.ts";
+import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, fakeSessionConfig, initializingChild, readMessages, settle, type Json } from "../bridge/fakes.ts";
 
 const HOUR = 3_600_000;
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
@@ -47,15 +46,7 @@ function setup(
 ) {
   const timers = new FakeTimers();
   const children: HeldChild[] = [];
-  const config: SessionConfig = {
-    maxSessions: 10,
-    maxSessionsPerUser: options.maxSessionsPerUser ?? 3,
-    idleTimeoutMs: 900_000,
-    refreshLeadMs: 300_000,
-    requestTimeoutMs: 300_000,
-    maxMessageBytes: 1_000_000,
-    allowedOrigins: [],
-  } as SessionConfig;
+  const config = fakeSessionConfig({ maxSessionsPerUser: options.maxSessionsPerUser ?? 3 });
   const spawn = () => {
     const child = (options.holdInitialize ? heldChild(options.answer) : initializingChild(options.answer, { slowStop: options.slowStop })) as HeldChild;
     children.push(child);

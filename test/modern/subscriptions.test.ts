@@ -2,14 +2,13 @@
 // notification, the filter, the child's resources/subscribe counted across listeners, the bounds, and how streams end.
 import { describe, expect, test } from "bun:test";
 import type { IncomingMessage } from "../../src/bridge/jsonrpc.ts";
-import type { SessionConfig } from "../../src/config.ts";
 import { createMemoryLogger } from "../../src/log.ts";
 import { PrincipalChildren } from "../../src/modern/principals.ts";
 import { honoredFilter, listenFilter, ListenerCount, Listeners, MAX_LISTENERS, MAX_LISTENERS_PER_GRANT } from "../../src/modern/subscriptions.ts";
 import { McpRefusal, UserSessionLimitError } from "../../src/session/errors.ts";
 import { SessionRegistry } from "../../src/session/registry.ts";
 import { rejection } from "../helpers/promises.ts";
-import { FakeChild, FakeTimers, readMessages, settle, type Json } from "../bridge/fakes.ts";
+import { FakeChild, FakeTimers, fakeSessionConfig, readMessages, settle, type Json } from "../bridge/fakes.ts";
 
 const ALICE = { grantId: "grant-a", forgejoUserId: 1, clientId: "client" };
 const CAPABILITIES = { tools: { listChanged: true }, prompts: { listChanged: true }, resources: { listChanged: true, subscribe: true } };
@@ -134,7 +133,7 @@ describe("listeners on a principal's child", () => {
   function setup(maxSessionsPerUser = 3) {
     const timers = new FakeTimers();
     const children: FakeChild[] = [];
-    const config = { maxSessions: 10, maxSessionsPerUser, idleTimeoutMs: IDLE_MS, refreshLeadMs: 300_000, requestTimeoutMs: 300_000, maxMessageBytes: 1_000_000, allowedOrigins: [] } as unknown as SessionConfig;
+    const config = fakeSessionConfig({ maxSessionsPerUser, idleTimeoutMs: IDLE_MS });
     const spawn = () => {
       const child = new FakeChild({
         onMessage: (sent, self) => {

@@ -19,7 +19,7 @@ import type { LegacySession } from "../../src/session/legacy-session.ts";
 import { SessionRegistry, type SessionIdentity, type SessionLifecycle, type UpstreamRefresher } from "../../src/session/registry.ts";
 import { ChildStartError, type ChildSpec } from "../../src/supervisor/child.ts";
 import { SpawnPacer } from "../../src/supervisor/spawn-pacer.ts";
-import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, initializingChild, manualTurns, settle, type Json } from "../bridge/fakes.ts";
+import { FAKE_INITIALIZE_RESULT, FakeChild, FakeTimers, fakeSessionConfig, initializingChild, manualTurns, settle, type Json } from "../bridge/fakes.ts";
 import { failureRef, loggedUnder } from "../helpers/failure-report.ts";
 
 const HOUR = 3600_000;
@@ -67,16 +67,7 @@ function setup(
   const tokens = new Map<number, { token: string; expiresAt: number | null }>();
   let makeChild = options.makeChild ?? toolChild;
   const registry = new SessionRegistry({
-    config: {
-      maxSessions: 10,
-      maxSessionsPerUser: 3,
-      idleTimeoutMs: 900_000,
-      refreshLeadMs: 300_000,
-      requestTimeoutMs: 300_000,
-      maxMessageBytes: 1_000_000,
-      allowedOrigins: [],
-      ...config,
-    },
+    config: fakeSessionConfig(config),
     spawn: (spec) => {
       spawned.push(spec);
       const child = makeChild(spec);
